@@ -1,0 +1,63 @@
+# killswitch — PGXS build.  `make && make install`, then see README.md.
+
+EXTENSION = killswitch
+MODULE_big = killswitch
+OBJS = src/killswitch.o src/state.o src/startup.o src/persist.o \
+       src/store.o src/json.o src/events.o src/change.o src/rights.o \
+       src/owner.o src/modetype.o src/tasks.o src/api.o src/guard.o
+DATA = sql/killswitch--1.0.sql
+PGFILEDESC = "killswitch - cluster-wide kill switch for AI agents"
+
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+PG_CPPFLAGS = -I$(srcdir)/src
+# Strict warnings; unused parameters are the norm for fmgr and callbacks.
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+
+# The state-file code again, built for frontend programs.
+FE_OBJS = src/store_fe.o src/json_fe.o
+FE_PROGRAMS = test/store_vectors
+EXTRA_CLEAN = $(FE_OBJS) $(FE_PROGRAMS) tmp_check results regression.diffs regression.out
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -lpgcommon -lpgport -lssl -lcrypto -lz -lm
+
+all: $(FE_PROGRAMS)
+
+src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h
+	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
+
+test/store_vectors: test/store_vectors.c $(FE_OBJS)
+	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)
+
+# ---- tests: each suite starts its own throwaway server (run as a non-root user) ----
+PG_BINDIR := $(shell $(PG_CONFIG) --bindir)
+PG_REGRESS_BIN = $(pgxsdir)/src/test/regress/pg_regress
+PG_ISOLATION_BIN = $(pgxsdir)/src/test/isolation/pg_isolation_regress
+TEST_CONF = test/killswitch.conf
+REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
+ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
+
+.PHONY: test-vectors test-regress test-isolation test-tap test-all
+
+test-vectors: test/store_vectors
+	test/store_vectors test/vectors/vectors.json
+
+test-regress:
+	$(PG_REGRESS_BIN) --temp-instance=tmp_check/regress --temp-config=$(TEST_CONF) \
+	  --bindir=$(PG_BINDIR) --inputdir=. --outputdir=tmp_check/regress-out \
+	  --dbname=contrib_regression $(sort $(REGRESS_TESTS))
+
+test-isolation:
+	$(PG_ISOLATION_BIN) --temp-instance=tmp_check/isolation --temp-config=$(TEST_CONF) \
+	  --bindir=$(PG_BINDIR) --inputdir=test/isolation --outputdir=tmp_check/isolation-out \
+	  --dbname=contrib_regression $(sort $(ISOLATION_TESTS))
+
+test-tap: test/store_vectors
+	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
+	PATH="$(PG_BINDIR):$$PATH" TESTDIR='$(CURDIR)/tmp_check/tap' \
+	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \
+	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) test/t/*.pl
+
+test-all: test-vectors test-regress test-isolation test-tap

@@ -1,0 +1,204 @@
+-- killswitch 1.0: the SQL surface (DESIGN §7).  Tables live in schema
+-- killswitch; the ks_* functions and the ks_mode type in the schema the
+-- extension is created in (public by default), so agents call them bare.
+
+\echo Use "CREATE EXTENSION killswitch" to load this file. \quit
+
+CREATE SCHEMA killswitch;
+COMMENT ON SCHEMA killswitch IS 'Kill switch history and configuration';
+
+-- Refuse to install unless preloaded and in killswitch.database.
+CREATE FUNCTION killswitch.check_install() RETURNS void
+    AS 'MODULE_PATHNAME', 'ks_check_install' LANGUAGE C;
+SELECT killswitch.check_install();
+REVOKE ALL ON FUNCTION killswitch.check_install() FROM PUBLIC;
+
+-- The three roles (cluster-wide, so created only if missing).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killswitch_operator') THEN
+        CREATE ROLE killswitch_operator NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killswitch_admin') THEN
+        CREATE ROLE killswitch_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killswitch_agent') THEN
+        CREATE ROLE killswitch_agent NOLOGIN;
+    END IF;
+    -- an admin may do everything an operator may
+    IF NOT pg_catalog.pg_has_role('killswitch_admin', 'killswitch_operator', 'MEMBER') THEN
+        GRANT killswitch_operator TO killswitch_admin;
+    END IF;
+END
+$roles$;
+
+CREATE TYPE @extschema@.ks_mode AS ENUM ('disengaged', 'halt_noncritical', 'halt_all', 'emergency');
+COMMENT ON TYPE @extschema@.ks_mode IS 'Kill switch modes, ordered: >= means at least this halted';
+
+CREATE TABLE killswitch.events (
+    id              bigint PRIMARY KEY,
+    at              timestamptz NOT NULL,
+    mode            @extschema@.ks_mode NOT NULL,
+    previous_mode   @extschema@.ks_mode,
+    reason          text NOT NULL,
+    triggered_by    text NOT NULL,
+    affected_tasks  integer NOT NULL,
+    source          text NOT NULL,
+    session_role    text NOT NULL,
+    client_addr     inet,
+    backend_pid     integer NOT NULL,
+    xid             xid8 NOT NULL,
+    generation      bigint NOT NULL UNIQUE,
+    key_id          text NOT NULL,
+    require_hmac    boolean NOT NULL,
+    prev_hash       text NOT NULL,
+    hash            text NOT NULL,
+    signature       text NOT NULL
+);
+COMMENT ON TABLE killswitch.events IS
+    'Append-only, hash-chained, HMAC-signed history of every kill switch change; check with ks_verify_events()';
+
+-- Append-only, for the owner too.
+CREATE FUNCTION killswitch.refuse_history_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION '% on killswitch.events is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = 'The kill switch history is append-only.',
+              HINT = 'Changes are recorded by ks_engage() and ks_disengage(); check the chain with ks_verify_events().';
+END
+$$;
+CREATE TRIGGER events_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON killswitch.events
+    FOR EACH STATEMENT EXECUTE FUNCTION killswitch.refuse_history_change();
+
+CREATE TABLE killswitch.critical_tasks (
+    task        text PRIMARY KEY CHECK (task <> ''),
+    added_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    added_by    text NOT NULL DEFAULT SESSION_USER
+);
+COMMENT ON TABLE killswitch.critical_tasks IS
+    'Tasks allowed in halt_noncritical and halt_all (never in emergency)';
+INSERT INTO killswitch.critical_tasks (task, added_by) VALUES
+    ('safety_monitoring', 'killswitch'),
+    ('data_persistence', 'killswitch'),
+    ('audit_logging', 'killswitch'),
+    ('kill_switch_itself', 'killswitch'),
+    ('cost_tracking', 'killswitch');
+
+CREATE FUNCTION killswitch.critical_tasks_changed() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'ks_critical_tasks_changed' LANGUAGE C;
+CREATE TRIGGER critical_tasks_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON killswitch.critical_tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION killswitch.critical_tasks_changed();
+
+SELECT pg_catalog.pg_extension_config_dump('killswitch.events', '');
+
+-- Reading the state: open to everyone.
+CREATE FUNCTION @extschema@.ks_mode() RETURNS @extschema@.ks_mode
+    AS 'MODULE_PATHNAME', 'ks_mode' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ks_mode() IS 'The current kill switch mode (one atomic read of shared memory)';
+
+CREATE FUNCTION @extschema@.ks_engaged() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'ks_engaged' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ks_engaged() IS 'True unless the mode is disengaged (one atomic read of shared memory)';
+
+CREATE FUNCTION @extschema@.ks_check_task(task text) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'ks_check_task' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ks_check_task(text) IS 'May this task run now: {allowed, action, reason | note}';
+
+CREATE FUNCTION @extschema@.ks_task_allowed(task text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'ks_task_allowed' LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION @extschema@.ks_assert_task(task text) RETURNS void
+    AS 'MODULE_PATHNAME', 'ks_assert_task' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ks_assert_task(text) IS 'Raise SQLSTATE KS001 unless the task may run now';
+
+CREATE FUNCTION killswitch.shared_state(
+    OUT mode @extschema@.ks_mode, OUT generation bigint, OUT integrity text,
+    OUT source text, OUT since timestamptz, OUT problem text,
+    OUT require_hmac boolean, OUT unrecorded boolean)
+    AS 'MODULE_PATHNAME', 'ks_shared_state' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION killswitch.iso_utc(timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+$$;
+
+CREATE FUNCTION @extschema@.ks_status() RETURNS jsonb
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'mode', upper(s.mode::text),
+        'engaged', s.mode <> 'disengaged',
+        'engagement_count', (SELECT count(*) FROM killswitch.events e WHERE e.mode <> 'disengaged'),
+        'last_engagement', (
+            SELECT jsonb_build_object('timestamp', killswitch.iso_utc(e.at),
+                                      'mode', upper(e.mode::text),
+                                      'reason', e.reason,
+                                      'triggered_by', e.triggered_by)
+            FROM killswitch.events e WHERE e.mode <> 'disengaged'
+            ORDER BY e.id DESC LIMIT 1),
+        'total_events', (SELECT count(*) FROM killswitch.events),
+        'generation', s.generation,
+        'since', killswitch.iso_utc(s.since),
+        'source', s.source,
+        'integrity', s.integrity,
+        'problem', s.problem,
+        'require_hmac', s.require_hmac,
+        'unrecorded_change', s.unrecorded)
+    FROM killswitch.shared_state() s
+$$;
+COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';
+
+CREATE FUNCTION @extschema@.ks_history(lim integer DEFAULT NULL, engaged_only boolean DEFAULT false)
+RETURNS SETOF killswitch.events
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM (
+        SELECT * FROM killswitch.events e
+        WHERE NOT $2 OR e.mode <> 'disengaged'
+        ORDER BY e.id DESC LIMIT $1) newest
+    ORDER BY id
+$$;
+COMMENT ON FUNCTION @extschema@.ks_history(integer, boolean) IS 'The newest lim events (all if NULL), oldest first';
+
+CREATE FUNCTION killswitch.event_canonical(killswitch.events) RETURNS text
+    AS 'MODULE_PATHNAME', 'ks_event_canonical' LANGUAGE C IMMUTABLE STRICT;
+COMMENT ON FUNCTION killswitch.event_canonical(killswitch.events) IS
+    'The canonical JSON a row''s hash covers: hash = sha256(prev_hash || event_canonical(row))';
+
+CREATE FUNCTION @extschema@.ks_verify_events(OUT ok boolean, OUT checked bigint, OUT first_bad_id bigint)
+    AS 'MODULE_PATHNAME', 'ks_verify_events' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.ks_verify_events() IS 'Verify the hash chain and signatures of killswitch.events; names the first bad row';
+
+CREATE FUNCTION @extschema@.ks_guard() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'ks_guard' LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.ks_guard() IS
+    'BEFORE INSERT OR UPDATE row trigger refusing task rows while halted; args: [task_column [, status_column, hold_value]]';
+
+-- Changing the state: operators engage, admins release.
+CREATE FUNCTION @extschema@.ks_engage(mode @extschema@.ks_mode, reason text,
+                                      triggered_by text DEFAULT NULL, affected_tasks integer DEFAULT 0)
+RETURNS killswitch.events
+    AS 'MODULE_PATHNAME', 'ks_engage' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) IS
+    'Raise or repeat the kill switch mode; takes effect at commit';
+
+CREATE FUNCTION @extschema@.ks_disengage(reason text, triggered_by text DEFAULT NULL)
+RETURNS killswitch.events
+    AS 'MODULE_PATHNAME', 'ks_disengage' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.ks_disengage(text, text) IS
+    'Release the kill switch (needs killswitch_admin); takes effect at commit';
+
+-- Rights (DESIGN §6).
+GRANT USAGE ON SCHEMA killswitch TO PUBLIC;
+REVOKE ALL ON killswitch.events FROM PUBLIC;
+GRANT SELECT ON killswitch.events TO PUBLIC;
+REVOKE ALL ON killswitch.critical_tasks FROM PUBLIC;
+GRANT SELECT ON killswitch.critical_tasks TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON killswitch.critical_tasks TO killswitch_admin;
+REVOKE ALL ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) TO killswitch_operator;
+REVOKE ALL ON FUNCTION @extschema@.ks_disengage(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.ks_disengage(text, text) TO killswitch_admin;
+REVOKE ALL ON FUNCTION killswitch.refuse_history_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION killswitch.critical_tasks_changed() FROM PUBLIC;

@@ -1,0 +1,184 @@
+/*
+ * api.c — the read side of the SQL surface (DESIGN §7): the mode, the task
+ * checks, the raw shared state behind ks_status(), and the install check.
+ * ks_mode() and ks_engaged() are one atomic read of shared memory.
+ */
+#include "postgres.h"
+
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/json.h"
+#include "commands/dbcommands.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+PG_FUNCTION_INFO_V1(ks_mode);
+PG_FUNCTION_INFO_V1(ks_engaged);
+PG_FUNCTION_INFO_V1(ks_check_task);
+PG_FUNCTION_INFO_V1(ks_task_allowed);
+PG_FUNCTION_INFO_V1(ks_assert_task);
+PG_FUNCTION_INFO_V1(ks_shared_state);
+PG_FUNCTION_INFO_V1(ks_check_install);
+
+/* SQL: the current mode. */
+Datum
+ks_mode(PG_FUNCTION_ARGS)
+{
+	/* the enum's type, looked up once per call site */
+	if (fcinfo->flinfo->fn_extra == NULL)
+	{
+		Oid		   *typoid;
+
+		ks_require_loaded();
+		typoid = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(Oid));
+		*typoid = get_func_rettype(fcinfo->flinfo->fn_oid);
+		fcinfo->flinfo->fn_extra = typoid;
+	}
+	PG_RETURN_DATUM(ks_mode_to_datum(ks_current_mode(),
+									 *(Oid *) fcinfo->flinfo->fn_extra));
+}
+
+/* SQL: is the kill switch engaged (any mode but disengaged)? */
+Datum
+ks_engaged(PG_FUNCTION_ARGS)
+{
+	if (unlikely(ks_shared == NULL))
+		ks_require_loaded();
+	PG_RETURN_BOOL(ks_current_mode() != KS_DISENGAGED);
+}
+
+/* The task argument: not null, not empty. */
+static char *
+task_arg(FunctionCallInfo fcinfo)
+{
+	char	   *task;
+
+	ks_require_loaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task must not be null")));
+	task = TextDatumGetCString(PG_GETARG_DATUM(0));
+	if (task[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("task must not be empty")));
+	return task;
+}
+
+/* SQL: {allowed, action, reason | note}, as check_task_allowed returns it. */
+Datum
+ks_check_task(PG_FUNCTION_ARGS)
+{
+	KsTaskVerdict v = ks_task_verdict(ks_current_mode(), task_arg(fcinfo));
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"allowed\": %s, \"action\": \"%s\"",
+					 v.allowed ? "true" : "false", v.action);
+	if (v.reason)
+	{
+		appendStringInfoString(&buf, ", \"reason\": ");
+		escape_json(&buf, v.reason);
+	}
+	if (v.note)
+		appendStringInfo(&buf, ", \"note\": \"%s\"", v.note);
+	appendStringInfoChar(&buf, '}');
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* SQL: may this task run now? */
+Datum
+ks_task_allowed(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(ks_task_verdict(ks_current_mode(), task_arg(fcinfo)).allowed);
+}
+
+/* Raise the kill switch error for a refusal. */
+void
+ks_refuse(const char *message)
+{
+	char		detail[512];
+
+	ks_refusal_detail(detail, sizeof(detail));
+	ereport(ERROR,
+			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
+			 errmsg("%s", message),
+			 errdetail("%s", detail),
+			 errhint("A member of %s may release it with ks_disengage().", KS_ROLE_ADMIN)));
+}
+
+/* SQL: raise the kill switch SQLSTATE unless the task may run. */
+Datum
+ks_assert_task(PG_FUNCTION_ARGS)
+{
+	KsTaskVerdict v = ks_task_verdict(ks_current_mode(), task_arg(fcinfo));
+
+	if (!v.allowed)
+		ks_refuse(v.reason);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: the shared state as a row, for ks_status(): mode, generation,
+ * integrity, source, since, problem, require_hmac, unrecorded.
+ */
+Datum
+ks_shared_state(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[8];
+	bool		nulls[8] = {false};
+	uint64		word;
+	int			flags;
+	char		source[16];
+	char		problem[KS_PROBLEM_LEN];
+	TimestampTz since;
+	bool		unrecorded;
+
+	ks_require_loaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	word = pg_atomic_read_u64(&ks_shared->word);
+	flags = KS_WORD_FLAGS(word);
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(source, ks_shared->source, sizeof(source));
+	strlcpy(problem, ks_shared->problem, sizeof(problem));
+	since = ks_shared->since;
+	unrecorded = ks_shared->unrecorded;
+	SpinLockRelease(&ks_shared->mutex);
+
+	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
+	values[1] = Int64GetDatum(KS_WORD_GENERATION(word));
+	values[2] = CStringGetTextDatum((flags & KS_FLAG_TAMPERED) ? "tampered" :
+									(flags & KS_FLAG_UNSIGNED) ? "unsigned" : "ok");
+	values[3] = CStringGetTextDatum(source);
+	values[4] = TimestampTzGetDatum(since);
+	nulls[4] = since == 0;
+	values[5] = CStringGetTextDatum(problem);
+	nulls[5] = problem[0] == '\0';
+	values[6] = BoolGetDatum(ks_require_hmac);
+	values[7] = BoolGetDatum(unrecorded);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* SQL, from the install script: preloaded, and in the right database. */
+Datum
+ks_check_install(PG_FUNCTION_ARGS)
+{
+	char	   *dbname = get_database_name(MyDatabaseId);
+
+	ks_require_loaded();
+	if (strcmp(dbname, ks_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the killswitch extension can only be created in database \"%s\"", ks_database),
+				 errdetail("The kill switch is cluster-wide; its history lives in one database, set by killswitch.database."),
+				 errhint("Connect to \"%s\", or set killswitch.database = '%s' and restart the server.",
+						 ks_database, dbname)));
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,316 @@
+/*
+ * change.c — ks_engage() and ks_disengage(), and when their change takes
+ * effect (DESIGN §5): the event row and the NOTIFY are transactional; the
+ * state file is written just before commit (an error there aborts the
+ * transaction); shared memory is published at commit.  Changes serialize
+ * on a lock on killswitch.events held to commit, so the chain and the file
+ * follow commit order.  A rollback, of the transaction or of a savepoint,
+ * leaves no trace.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+PG_FUNCTION_INFO_V1(ks_engage);
+PG_FUNCTION_INFO_V1(ks_disengage);
+
+/* A change made by this transaction, not yet committed. */
+typedef struct KsPending
+{
+	KsState		state;			/* what the state file will say */
+	int			nestlevel;		/* subtransaction that made it */
+	bool		recorded_startup;	/* it also recorded the startup change */
+} KsPending;
+
+/* This transaction's changes, oldest first, in TopTransactionContext. */
+static List *pending = NIL;
+/* The files as they were before the pre-commit write, to undo it. */
+static KsSaved saved;
+static bool files_written = false;
+
+/* Check a text argument: present, not blank, not too long. */
+static char *
+text_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool null_ok)
+{
+	char	   *s;
+	size_t		utf8len;
+	bool		blank = true;
+
+	if (PG_ARGISNULL(argno))
+	{
+		if (null_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+	}
+	s = TextDatumGetCString(PG_GETARG_DATUM(argno));
+	for (const char *p = s; *p; p++)
+		if (!isspace((unsigned char) *p))
+			blank = false;
+	if (blank)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name)));
+	utf8len = strlen(pg_server_to_any(s, strlen(s), PG_UTF8));
+	if (utf8len > KS_MAX_TEXT_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too long", name),
+				 errdetail("It is %zu bytes in UTF-8; the limit is %d.", utf8len, KS_MAX_TEXT_LEN),
+				 errhint("Every agent may read the state file before every action; keep it short.")));
+	return s;
+}
+
+/* The newest uncommitted change of this transaction, or NULL. */
+static KsPending *
+last_pending(void)
+{
+	return pending == NIL ? NULL : (KsPending *) llast(pending);
+}
+
+/* Make one change: check, lock, record, and remember it for commit. */
+static Datum
+make_change(KsMode mode, const char *reason, const char *triggered_by,
+			int32 affected_tasks, bool is_release)
+{
+	KsPending  *last;
+	KsPending  *p;
+	KsMode		current;
+	uint64		word;
+	KsEventInput in;
+	KsState		file_state;
+	Datum		row;
+	MemoryContext oldcxt;
+	bool		recorded_startup = false;
+
+	PreventCommandIfReadOnly(is_release ? "ks_disengage()" : "ks_engage()");
+	PreventCommandDuringRecovery(is_release ? "ks_disengage()" : "ks_engage()");
+	if (is_release)
+		ks_check_release_right();
+	else
+		ks_check_engage_right();
+
+	/* one change at a time, in commit order */
+	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+
+	word = pg_atomic_read_u64(&ks_shared->word);
+	last = last_pending();
+	current = last ? last->state.mode : KS_WORD_MODE(word);
+	if (mode < current && !is_release)
+		ks_check_release_right();
+
+	/* a change made while starting (a tamper verdict, an out-of-band file) first */
+	if (ks_shared->unrecorded && last == NULL)
+	{
+		KsState		ignored;
+
+		memset(&in, 0, sizeof(in));
+		in.mode = KS_WORD_MODE(word);
+		in.previous = ks_shared->unrecorded_previous;
+		SpinLockAcquire(&ks_shared->mutex);
+		in.reason = pstrdup(ks_shared->unrecorded_reason);
+		in.source = pstrdup(ks_shared->source);
+		SpinLockRelease(&ks_shared->mutex);
+		in.triggered_by = "killswitch";
+		in.floor_generation = KS_WORD_GENERATION(word);
+		(void) ks_record_event(&in, &ignored);
+		recorded_startup = true;
+	}
+
+	memset(&in, 0, sizeof(in));
+	in.mode = mode;
+	in.previous = current;
+	in.reason = reason;
+	in.triggered_by = triggered_by;
+	in.affected_tasks = affected_tasks;
+	in.source = "sql";
+	in.floor_generation = Max(KS_WORD_GENERATION(word),
+							  last ? last->state.generation : 0) + 1;
+	row = ks_record_event(&in, &file_state);
+
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	p = palloc0(sizeof(KsPending));
+	p->state = file_state;
+	p->state.engaged_at = pstrdup(file_state.engaged_at);
+	p->state.reason = pstrdup(file_state.reason);
+	p->state.triggered_by = pstrdup(file_state.triggered_by);
+	p->state.source = pstrdup(file_state.source);
+	p->state.key_id = pstrdup(file_state.key_id);
+	p->nestlevel = GetCurrentTransactionNestLevel();
+	p->recorded_startup = recorded_startup || (last && last->recorded_startup);
+	pending = lappend(pending, p);
+	MemoryContextSwitchTo(oldcxt);
+
+	return row;
+}
+
+/* SQL: raise or repeat the mode (or lower it, with the release right). */
+Datum
+ks_engage(PG_FUNCTION_ARGS)
+{
+	KsMode		mode;
+	char	   *reason;
+	char	   *by;
+	int32		affected;
+
+	ks_require_loaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("mode must not be null")));
+	mode = ks_mode_from_datum(PG_GETARG_DATUM(0));
+	if (mode == KS_DISENGAGED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cannot engage mode \"disengaged\""),
+				 errhint("Use ks_disengage() to release the kill switch.")));
+	reason = text_arg(fcinfo, 1, "reason", false);
+	by = text_arg(fcinfo, 2, "triggered_by", true);
+	if (by == NULL)
+		by = GetUserNameFromId(GetSessionUserId(), false);
+	affected = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3);
+	if (affected < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("affected_tasks must not be negative")));
+	PG_RETURN_DATUM(make_change(mode, reason, by, affected, false));
+}
+
+/* SQL: release the kill switch (needs the release right). */
+Datum
+ks_disengage(PG_FUNCTION_ARGS)
+{
+	char	   *reason;
+	char	   *by;
+
+	ks_require_loaded();
+	reason = text_arg(fcinfo, 0, "reason", false);
+	by = text_arg(fcinfo, 1, "triggered_by", true);
+	if (by == NULL)
+		by = GetUserNameFromId(GetSessionUserId(), false);
+	PG_RETURN_DATUM(make_change(KS_DISENGAGED, reason, by, 0, true));
+}
+
+/* Forget this transaction's changes. */
+static void
+reset_pending(void)
+{
+	pending = NIL;				/* its memory goes with TopTransactionContext */
+	files_written = false;
+	memset(&saved, 0, sizeof(saved));
+}
+
+/* Write the state file before commit; an error here aborts the transaction. */
+static void
+write_before_commit(void)
+{
+	KsPending  *last = last_pending();
+	char		problem[KS_PROBLEM_LEN];
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	bool		ok = ks_persist_state(&last->state, &saved, problem, sizeof(problem));
+
+	MemoryContextSwitchTo(oldcxt);
+	files_written = true;
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_IO_ERROR),
+				 errmsg("could not write the kill switch state file"),
+				 errdetail("%s", problem),
+				 errhint("The change was not made. Check killswitch.state_dir and the server log.")));
+}
+
+/* Publish the committed state to every session. */
+static void
+publish_at_commit(void)
+{
+	KsPending  *last = last_pending();
+	int64		usec;
+
+	if (last->recorded_startup)
+		ks_shared->unrecorded = false;
+	if (!ks_parse_iso(last->state.engaged_at, &usec))
+		usec = ks_timestamptz_to_unix_usec(GetCurrentTimestamp());
+	ks_publish(last->state.mode, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED,
+			   last->state.generation, ks_unix_usec_to_timestamptz(usec),
+			   last->state.source, last->state.reason, last->state.triggered_by);
+}
+
+/* Put the files back after a failure between the write and the commit. */
+static void
+undo_file_write(void)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_restore_state_file(&saved, problem, sizeof(problem)))
+		ereport(WARNING,
+				(errmsg("could not restore the kill switch state file after an aborted change"),
+				 errdetail("%s", problem),
+				 errhint("The file may hold a state that was not committed; check it with ks_status().")));
+}
+
+/* Transaction callback: the commit semantics above. */
+void
+ks_xact_callback(XactEvent event, void *arg)
+{
+	if (pending == NIL)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			write_before_commit();
+			break;
+		case XACT_EVENT_COMMIT:
+			publish_at_commit();
+			reset_pending();
+			break;
+		case XACT_EVENT_ABORT:
+			if (files_written)
+				undo_file_write();
+			reset_pending();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that changed the kill switch")));
+			break;
+		default:
+			break;
+	}
+}
+
+/* Subtransaction callback: a rolled-back savepoint takes its changes along. */
+void
+ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (pending == NIL)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		while (pending != NIL && last_pending()->nestlevel >= level)
+			pending = list_delete_last(pending);
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending)
+		{
+			KsPending  *p = (KsPending *) lfirst(lc);
+
+			if (p->nestlevel >= level)
+				p->nestlevel = level - 1;
+		}
+	}
+}

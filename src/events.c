@@ -1,0 +1,489 @@
+/*
+ * events.c — the governance table killswitch.events (DESIGN §2.3): append
+ * a chained, signed row; re-derive a row's canonical content; verify the
+ * chain; announce a change with NOTIFY.
+ *
+ * A row's hash is SHA-256 over the previous row's hash (hex) followed by
+ * the row's canonical content (the same canonical JSON as the state file);
+ * its signature is HMAC-SHA256 of that hash under the secret.  So pgcrypto
+ * re-checks a signature in plain SQL:
+ *   encode(hmac(hash, secret, 'sha256'), 'hex') = signature
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/ip.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "libpq/libpq-be.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/inet.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/typcache.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/xid8.h"
+
+#include "killswitch.h"
+
+PG_FUNCTION_INFO_V1(ks_event_canonical);
+PG_FUNCTION_INFO_V1(ks_verify_events);
+
+/* NOTIFY payloads must stay under 8000 bytes; leave room to spare. */
+#define KS_NOTIFY_MAX 7900
+
+#define KS_GENESIS_HASH \
+	"0000000000000000000000000000000000000000000000000000000000000000"
+
+/* Every column of a row that its hash covers. */
+typedef struct KsEventRow
+{
+	int64		id;
+	TimestampTz at;
+	KsMode		mode;
+	int			previous_mode;	/* KS_NO_MODE for NULL */
+	char	   *reason;			/* server encoding */
+	char	   *triggered_by;
+	int32		affected_tasks;
+	char	   *source;
+	char	   *session_role;
+	char	   *client_addr;	/* NULL for local connections */
+	int32		backend_pid;
+	uint64		xid;
+	int64		generation;
+	char	   *key_id;
+	bool		require_hmac;
+} KsEventRow;
+
+/* Text in the server encoding as UTF-8, which the canonical form is in. */
+static const char *
+to_utf8(const char *s)
+{
+	return s ? pg_server_to_any(s, strlen(s), PG_UTF8) : NULL;
+}
+
+/* The canonical content of a row (without prev_hash, hash and signature). */
+static void
+row_canonical(StringInfo out, const KsEventRow *r)
+{
+	KsJson	   *obj = ks_json_object();
+	char		at[40];
+
+	ks_format_iso_utc(ks_timestamptz_to_unix_usec(r->at), at, sizeof(at));
+	ks_json_put_int(obj, "affected_tasks", r->affected_tasks);
+	ks_json_put_string(obj, "at", at);
+	ks_json_put_int(obj, "backend_pid", r->backend_pid);
+	ks_json_put_string(obj, "client_addr", r->client_addr);
+	ks_json_put_int(obj, "generation", r->generation);
+	ks_json_put_int(obj, "id", r->id);
+	ks_json_put_string(obj, "key_id", r->key_id);
+	ks_json_put_string(obj, "mode", ks_mode_sql_names[r->mode]);
+	ks_json_put_string(obj, "previous_mode", r->previous_mode == KS_NO_MODE ? NULL
+					   : ks_mode_sql_names[r->previous_mode]);
+	ks_json_put_string(obj, "reason", to_utf8(r->reason));
+	ks_json_put_bool(obj, "require_hmac", r->require_hmac);
+	ks_json_put_string(obj, "session_role", to_utf8(r->session_role));
+	ks_json_put_string(obj, "source", r->source);
+	ks_json_put_string(obj, "triggered_by", to_utf8(r->triggered_by));
+	ks_json_put_int(obj, "xid", (int64) r->xid);
+	ks_json_canonical(out, obj, NULL);
+}
+
+/* hash = sha256(prev_hash || canonical); signature = hmac(secret, hash). */
+static void
+row_digests(const KsEventRow *r, const char *prev_hash,
+			const char *secret, size_t secretlen, char *hash, char *signature)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, prev_hash);
+	row_canonical(&buf, r);
+	if (!ks_sha256_hex(buf.data, buf.len, hash) ||
+		!ks_hmac_hex(secret, secretlen, hash, KS_HEX_DIGEST_LEN, signature))
+		elog(ERROR, "could not compute SHA-256/HMAC");
+	pfree(buf.data);
+}
+
+/* The secret, or a clear error (never showing its value). */
+static void
+require_secret(char **secret, size_t *len)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_backend_secret(secret, len, problem, sizeof(problem)))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("could not read the kill switch signing secret"),
+				 errdetail("%s", problem),
+				 errhint("Check killswitch.signing_secret_file.")));
+}
+
+/* The client's address as text, or NULL for a Unix-socket connection. */
+static char *
+client_address(void)
+{
+	char		host[NI_MAXHOST];
+	int			family;
+
+	if (MyProcPort == NULL)
+		return NULL;
+	family = MyProcPort->raddr.addr.ss_family;
+	if (family != AF_INET && family != AF_INET6)
+		return NULL;
+	if (pg_getnameinfo_all(&MyProcPort->raddr.addr, MyProcPort->raddr.salen,
+						   host, sizeof(host), NULL, 0, NI_NUMERICHOST) != 0)
+		return NULL;
+	clean_ipv6_addr(family, host);
+	return pstrdup(host);
+}
+
+/* Read the newest row's id, hash and generation with a fresh snapshot. */
+static void
+events_tail(int64 *id, char *hash, int64 *generation)
+{
+	int			rc;
+
+	/*
+	 * The caller holds the lock that orders changes; a fresh snapshot sees
+	 * every change committed before it, even in a REPEATABLE READ
+	 * transaction whose own snapshot is older.
+	 */
+	SPIPlanPtr	plan = SPI_prepare("SELECT id, hash, generation FROM killswitch.events "
+								   "ORDER BY id DESC LIMIT 1", 0, NULL);
+
+	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events: %d", rc);
+	if (SPI_processed == 0)
+	{
+		*id = 0;
+		strlcpy(hash, KS_GENESIS_HASH, KS_HEX_DIGEST_LEN + 1);
+		*generation = 0;
+		return;
+	}
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		*id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		strlcpy(hash, SPI_getvalue(tup, desc, 2), KS_HEX_DIGEST_LEN + 1);
+		*generation = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+}
+
+/*
+ * A RETURNING row as a value of the table's row type, which is what
+ * ks_engage() is declared to return (the SPI row is an anonymous record).
+ */
+static Datum
+as_events_row(HeapTuple tuple, TupleDesc spidesc)
+{
+	TupleDesc	rowdesc = lookup_rowtype_tupdesc(get_rel_type_id(ks_events_relid()), -1);
+	Datum	   *values = palloc0(sizeof(Datum) * rowdesc->natts);
+	bool	   *nulls = palloc0(sizeof(bool) * rowdesc->natts);
+	Datum		result;
+
+	for (int i = 0; i < rowdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(rowdesc, i);
+		int			col = att->attisdropped ? SPI_ERROR_NOATTRIBUTE
+			: SPI_fnumber(spidesc, NameStr(att->attname));
+
+		if (col <= 0)
+			nulls[i] = true;
+		else
+			values[i] = SPI_getbinval(tuple, spidesc, col, &nulls[i]);
+	}
+	result = HeapTupleGetDatum(heap_form_tuple(rowdesc, values, nulls));
+	ReleaseTupleDesc(rowdesc);
+	return result;
+}
+
+/*
+ * Append an event; the caller holds the lock that orders changes.  The
+ * generation is the next after the newest row's, and at least floor.
+ * Fills file_state with what the state file must say after it, queues the
+ * NOTIFY, and returns the new row as a composite Datum.
+ */
+Datum
+ks_record_event(const KsEventInput *in, KsState *file_state)
+{
+	KsOwnerContext owner;
+	KsEventRow	r;
+	char		prev_hash[KS_HEX_DIGEST_LEN + 1];
+	char		hash[KS_HEX_DIGEST_LEN + 1];
+	char		signature[KS_HEX_DIGEST_LEN + 1];
+	char		key_id[17];
+	char		at[40];
+	char	   *secret;
+	size_t		secretlen;
+	int64		last_id,
+				last_gen;
+	Oid			modetype = ks_mode_type_oid();
+	Oid			argtypes[18] = {INT8OID, TIMESTAMPTZOID, modetype, modetype,
+		TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INETOID, INT4OID,
+	XID8OID, INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[18];
+	char		nulls[18];
+	Datum		result;
+	int			rc;
+
+	require_secret(&secret, &secretlen);
+	ks_key_id(secret, secretlen, key_id);
+
+	ks_owner_begin(&owner);
+	events_tail(&last_id, prev_hash, &last_gen);
+
+	memset(&r, 0, sizeof(r));
+	r.id = last_id + 1;
+	r.at = GetCurrentTimestamp();
+	r.mode = in->mode;
+	r.previous_mode = in->previous;
+	r.reason = (char *) in->reason;
+	r.triggered_by = (char *) in->triggered_by;
+	r.affected_tasks = in->affected_tasks;
+	r.source = (char *) in->source;
+	r.session_role = GetUserNameFromId(GetSessionUserId(), false);
+	r.client_addr = client_address();
+	r.backend_pid = MyProcPid;
+	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	r.generation = Max(last_gen + 1, in->floor_generation);
+	r.key_id = key_id;
+	r.require_hmac = ks_require_hmac;
+	row_digests(&r, prev_hash, secret, secretlen, hash, signature);
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(r.id);
+	values[1] = TimestampTzGetDatum(r.at);
+	values[2] = ks_mode_to_datum(r.mode, modetype);
+	if (r.previous_mode == KS_NO_MODE)
+		nulls[3] = 'n', values[3] = (Datum) 0;
+	else
+		values[3] = ks_mode_to_datum((KsMode) r.previous_mode, modetype);
+	values[4] = CStringGetTextDatum(r.reason);
+	values[5] = CStringGetTextDatum(r.triggered_by);
+	values[6] = Int32GetDatum(r.affected_tasks);
+	values[7] = CStringGetTextDatum(r.source);
+	values[8] = CStringGetTextDatum(r.session_role);
+	if (r.client_addr)
+		values[9] = DirectFunctionCall1(inet_in, CStringGetDatum(r.client_addr));
+	else
+		nulls[9] = 'n', values[9] = (Datum) 0;
+	values[10] = Int32GetDatum(r.backend_pid);
+	values[11] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r.xid));
+	values[12] = Int64GetDatum(r.generation);
+	values[13] = CStringGetTextDatum(r.key_id);
+	values[14] = BoolGetDatum(r.require_hmac);
+	values[15] = CStringGetTextDatum(prev_hash);
+	values[16] = CStringGetTextDatum(hash);
+	values[17] = CStringGetTextDatum(signature);
+
+	rc = SPI_execute_with_args("INSERT INTO killswitch.events (id, at, mode, previous_mode, "
+							   "reason, triggered_by, affected_tasks, source, session_role, "
+							   "client_addr, backend_pid, xid, generation, key_id, require_hmac, "
+							   "prev_hash, hash, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+							   "$8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING *",
+							   18, argtypes, values, nulls, false, 1);
+	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		elog(ERROR, "could not insert into killswitch.events: %d", rc);
+	result = SPI_datumTransfer(as_events_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc),
+							   false, -1);
+	ks_owner_end(&owner);
+
+	/* what the state file must say once this commits */
+	ks_format_iso_utc(ks_timestamptz_to_unix_usec(r.at), at, sizeof(at));
+	ks_state_init(file_state);
+	file_state->mode = r.mode;
+	file_state->engaged_at = pstrdup(at);
+	file_state->reason = pstrdup(to_utf8(r.reason));
+	file_state->triggered_by = pstrdup(to_utf8(r.triggered_by));
+	file_state->generation = r.generation;
+	file_state->previous_mode = r.previous_mode;
+	file_state->affected_tasks = r.affected_tasks;
+	file_state->event_id = r.id;
+	file_state->source = pstrdup(r.source);
+	file_state->key_id = pstrdup(key_id);
+
+	ks_notify(r.id, r.mode, r.previous_mode, r.reason, r.triggered_by,
+			  r.at, r.generation, r.source);
+	return result;
+}
+
+/* Build the NOTIFY payload with reason and triggered_by cut to maxlen bytes. */
+static void
+notify_payload(StringInfo out, int64 id, KsMode mode, int previous,
+			   const char *reason, const char *by, TimestampTz at,
+			   int64 generation, const char *source, int maxlen)
+{
+	char		ts[40];
+	int			rlen = pg_mbcliplen(reason, strlen(reason), maxlen);
+	int			blen = pg_mbcliplen(by, strlen(by), maxlen);
+
+	ks_format_iso_utc(ks_timestamptz_to_unix_usec(at), ts, sizeof(ts));
+	resetStringInfo(out);
+	appendStringInfo(out, "{\"event_id\": " INT64_FORMAT ", \"mode\": \"%s\", \"previous_mode\": ",
+					 id, ks_mode_sql_names[mode]);
+	if (previous == KS_NO_MODE)
+		appendStringInfoString(out, "null");
+	else
+		appendStringInfo(out, "\"%s\"", ks_mode_sql_names[previous]);
+	appendStringInfoString(out, ", \"reason\": ");
+	escape_json(out, pnstrdup(reason, rlen));
+	appendStringInfoString(out, ", \"triggered_by\": ");
+	escape_json(out, pnstrdup(by, blen));
+	appendStringInfo(out, ", \"at\": \"%s\", \"generation\": " INT64_FORMAT ", \"source\": ",
+					 ts, generation);
+	escape_json(out, source);
+	if (rlen < (int) strlen(reason) || blen < (int) strlen(by))
+		appendStringInfoString(out, ", \"truncated\": true");
+	appendStringInfoChar(out, '}');
+}
+
+/*
+ * Queue the NOTIFY of a change on channel killswitch (and killswitch_alert
+ * for emergency and tamper).  Delivered at commit, gone with a rollback.
+ * The payload stays valid JSON under the 8000-byte limit: long texts are
+ * shortened here only, the table keeps them whole.
+ */
+void
+ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
+		  const char *triggered_by, TimestampTz at, int64 generation,
+		  const char *source)
+{
+	StringInfoData payload;
+	int			maxlen = KS_MAX_TEXT_LEN;
+
+	initStringInfo(&payload);
+	for (;;)
+	{
+		notify_payload(&payload, event_id, mode, previous, reason, triggered_by,
+					   at, generation, source, maxlen);
+		if (payload.len < KS_NOTIFY_MAX || maxlen == 0)
+			break;
+		maxlen = maxlen > 4000 ? 4000 : maxlen / 2;
+	}
+	Async_Notify(KS_CHANNEL, payload.data);
+	if (mode == KS_EMERGENCY || strcmp(source, "tamper") == 0)
+		Async_Notify(KS_ALERT_CHANNEL, payload.data);
+}
+
+/* Text of a column of a composite row; NULL for SQL NULL. */
+static char *
+row_text(HeapTupleHeader row, const char *column)
+{
+	bool		isnull;
+	Datum		d = GetAttributeByName(row, column, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* Decode a killswitch.events row. */
+static void
+row_from_composite(HeapTupleHeader row, KsEventRow *r)
+{
+	bool		isnull;
+	Datum		d;
+
+	memset(r, 0, sizeof(*r));
+	r->id = DatumGetInt64(GetAttributeByName(row, "id", &isnull));
+	r->at = DatumGetTimestampTz(GetAttributeByName(row, "at", &isnull));
+	r->mode = ks_mode_from_datum(GetAttributeByName(row, "mode", &isnull));
+	d = GetAttributeByName(row, "previous_mode", &isnull);
+	r->previous_mode = isnull ? KS_NO_MODE : (int) ks_mode_from_datum(d);
+	r->reason = row_text(row, "reason");
+	r->triggered_by = row_text(row, "triggered_by");
+	r->affected_tasks = DatumGetInt32(GetAttributeByName(row, "affected_tasks", &isnull));
+	r->source = row_text(row, "source");
+	r->session_role = row_text(row, "session_role");
+	d = GetAttributeByName(row, "client_addr", &isnull);
+	r->client_addr = isnull ? NULL : TextDatumGetCString(DirectFunctionCall1(inet_out, d));
+	r->backend_pid = DatumGetInt32(GetAttributeByName(row, "backend_pid", &isnull));
+	r->xid = U64FromFullTransactionId(DatumGetFullTransactionId(GetAttributeByName(row, "xid", &isnull)));
+	r->generation = DatumGetInt64(GetAttributeByName(row, "generation", &isnull));
+	r->key_id = row_text(row, "key_id");
+	r->require_hmac = DatumGetBool(GetAttributeByName(row, "require_hmac", &isnull));
+}
+
+/* SQL: the canonical content a row's hash covers, for auditors. */
+Datum
+ks_event_canonical(PG_FUNCTION_ARGS)
+{
+	KsEventRow	r;
+	StringInfoData buf;
+
+	row_from_composite(PG_GETARG_HEAPTUPLEHEADER(0), &r);
+	initStringInfo(&buf);
+	row_canonical(&buf, &r);
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data, buf.len));
+}
+
+/*
+ * SQL: walk the chain in id order.  A row is bad if its id does not follow
+ * the previous one, its prev_hash is not the previous row's hash, its hash
+ * does not match its content, or its signature does not match its hash.
+ */
+Datum
+ks_verify_events(PG_FUNCTION_ARGS)
+{
+	KsOwnerContext owner;
+	TupleDesc	tupdesc;
+	char	   *secret;
+	size_t		secretlen;
+	char		prev[KS_HEX_DIGEST_LEN + 1] = KS_GENESIS_HASH;
+	int64		checked = 0,
+				bad_id = -1,
+				expect_id = 1;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	int			rc;
+
+	ks_require_loaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	require_secret(&secret, &secretlen);
+
+	ks_owner_begin(&owner);
+	rc = SPI_execute("SELECT e, e.prev_hash, e.hash, e.signature "
+					 "FROM killswitch.events e ORDER BY e.id", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events: %d", rc);
+	for (uint64 i = 0; i < SPI_processed && bad_id < 0; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		KsEventRow	r;
+		char		hash[KS_HEX_DIGEST_LEN + 1];
+		char		sig[KS_HEX_DIGEST_LEN + 1];
+		char	   *row_prev = SPI_getvalue(tup, desc, 2);
+		char	   *row_hash = SPI_getvalue(tup, desc, 3);
+		char	   *row_sig = SPI_getvalue(tup, desc, 4);
+
+		row_from_composite(DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 1, &isnull)), &r);
+		row_digests(&r, prev, secret, secretlen, hash, sig);
+		checked++;
+		if (r.id != expect_id || row_prev == NULL || row_hash == NULL || row_sig == NULL ||
+			strcmp(row_prev, prev) != 0 || !ks_hex_equal(hash, row_hash) ||
+			!ks_hex_equal(sig, row_sig))
+			bad_id = r.id;
+		else
+		{
+			strlcpy(prev, row_hash, sizeof(prev));
+			expect_id = r.id + 1;
+		}
+	}
+	ks_owner_end(&owner);
+
+	values[0] = BoolGetDatum(bad_id < 0);
+	values[1] = Int64GetDatum(checked);
+	values[2] = Int64GetDatum(bad_id);
+	nulls[2] = bad_id < 0;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

@@ -1,0 +1,562 @@
+/*
+ * json.c — parse JSON into a small tree and print it in Python's canonical
+ * form: json.dumps(obj, separators=(",", ":"), sort_keys=True) with
+ * ensure_ascii on.  Parsing is PostgreSQL's own (common/jsonapi.h); only the
+ * tree and the printer are ours.  Frontend-safe.
+ */
+#include "ks_base.h"
+
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+
+#include "compat.h"
+#include "store.h"
+
+/* Parser state handed to the jsonapi callbacks. */
+typedef struct KsJsonBuild
+{
+	KsJson	   *root;
+	KsJson	   *stack[KS_MAX_JSON_DEPTH + 1];
+	int			depth;
+	char	   *pending_key;	/* member name waiting for its value */
+	char	   *problem;		/* first problem seen, or NULL */
+} KsJsonBuild;
+
+/* Make an empty node of the given kind. */
+static KsJson *
+json_node(KsJsonKind kind)
+{
+	KsJson	   *node = palloc0(sizeof(KsJson));
+
+	node->kind = kind;
+	return node;
+}
+
+/* Append a member (key may be NULL for arrays) to a container. */
+static void
+json_push(KsJson *container, char *key, KsJson *value)
+{
+	if (container->nitems == container->maxitems)
+	{
+		int			newmax = container->maxitems ? container->maxitems * 2 : 8;
+
+		if (container->maxitems == 0)
+		{
+			container->keys = palloc(sizeof(char *) * newmax);
+			container->items = palloc(sizeof(KsJson *) * newmax);
+		}
+		else
+		{
+			container->keys = repalloc(container->keys, sizeof(char *) * newmax);
+			container->items = repalloc(container->items, sizeof(KsJson *) * newmax);
+		}
+		container->maxitems = newmax;
+	}
+	container->keys[container->nitems] = key;
+	container->items[container->nitems] = value;
+	container->nitems++;
+}
+
+/* Record the first problem; later ones would only repeat its cause. */
+static void
+build_problem(KsJsonBuild *b, const char *msg)
+{
+	if (b->problem == NULL)
+		b->problem = pstrdup(msg);
+}
+
+/*
+ * Decode one UTF-8 sequence; return its length or 0 when it is not valid
+ * UTF-8 (overlong forms, surrogates and values past U+10FFFF included).
+ */
+static int
+utf8_decode(const unsigned char *s, pg_wchar *cp)
+{
+	int			len;
+	pg_wchar	c;
+	pg_wchar	min;
+
+	if (s[0] < 0x80)
+	{
+		*cp = s[0];
+		return 1;
+	}
+	else if ((s[0] & 0xE0) == 0xC0)
+		len = 2, c = s[0] & 0x1F, min = 0x80;
+	else if ((s[0] & 0xF0) == 0xE0)
+		len = 3, c = s[0] & 0x0F, min = 0x800;
+	else if ((s[0] & 0xF8) == 0xF0)
+		len = 4, c = s[0] & 0x07, min = 0x10000;
+	else
+		return 0;
+	for (int i = 1; i < len; i++)
+	{
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		c = (c << 6) | (s[i] & 0x3F);
+	}
+	if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+		return 0;
+	*cp = c;
+	return len;
+}
+
+/* Is this NUL-terminated string valid UTF-8? */
+static bool
+utf8_valid(const char *s)
+{
+	const unsigned char *p = (const unsigned char *) s;
+	pg_wchar	cp;
+
+	while (*p)
+	{
+		int			n = utf8_decode(p, &cp);
+
+		if (n == 0)
+			return false;
+		p += n;
+	}
+	return true;
+}
+
+/* Attach a finished value where the parser is: root, member or element. */
+static void
+build_attach(KsJsonBuild *b, KsJson *value)
+{
+	KsJson	   *parent = b->depth > 0 ? b->stack[b->depth - 1] : NULL;
+
+	if (parent == NULL)
+	{
+		b->root = value;
+		return;
+	}
+	if (parent->kind == KSJ_OBJECT)
+	{
+		char	   *key = b->pending_key;
+
+		b->pending_key = NULL;
+		if (key == NULL)
+		{
+			build_problem(b, "object member without a name");
+			return;
+		}
+		if (!utf8_valid(key))
+			build_problem(b, "member name is not valid UTF-8");
+		for (int i = 0; i < parent->nitems; i++)
+			if (strcmp(parent->keys[i], key) == 0)
+				build_problem(b, "duplicate member name");
+		json_push(parent, key, value);
+	}
+	else
+		json_push(parent, NULL, value);
+}
+
+/* Open an object or array. */
+static void
+build_open(KsJsonBuild *b, KsJsonKind kind)
+{
+	KsJson	   *node = json_node(kind);
+
+	build_attach(b, node);
+	if (b->depth >= KS_MAX_JSON_DEPTH)
+	{
+		build_problem(b, "nested too deeply");
+		return;
+	}
+	b->stack[b->depth++] = node;
+}
+
+static KS_JSON_CB_RETURN_TYPE
+cb_object_start(void *state)
+{
+	build_open((KsJsonBuild *) state, KSJ_OBJECT);
+	KS_JSON_CB_OK;
+}
+
+static KS_JSON_CB_RETURN_TYPE
+cb_array_start(void *state)
+{
+	build_open((KsJsonBuild *) state, KSJ_ARRAY);
+	KS_JSON_CB_OK;
+}
+
+static KS_JSON_CB_RETURN_TYPE
+cb_close(void *state)
+{
+	KsJsonBuild *b = (KsJsonBuild *) state;
+
+	if (b->depth > 0)
+		b->depth--;
+	KS_JSON_CB_OK;
+}
+
+static KS_JSON_CB_RETURN_TYPE
+cb_field_start(void *state, char *fname, bool isnull)
+{
+	((KsJsonBuild *) state)->pending_key = fname;
+	KS_JSON_CB_OK;
+}
+
+/* Is this number token a plain integer, the only kind the format has? */
+static bool
+integer_token(const char *token, int64 *value)
+{
+	const char *p = token;
+	int64		v = 0;
+	bool		neg = false;
+
+	if (*p == '-')
+		neg = true, p++;
+	if (*p == '\0')
+		return false;
+	for (; *p; p++)
+	{
+		if (*p < '0' || *p > '9')
+			return false;
+		/* accumulate negatively so that INT64_MIN fits */
+		if (v < (PG_INT64_MIN + (*p - '0')) / 10)
+			return false;
+		v = v * 10 - (*p - '0');
+	}
+	if (!neg)
+	{
+		if (v == PG_INT64_MIN)
+			return false;
+		v = -v;
+	}
+	*value = v;
+	return true;
+}
+
+static KS_JSON_CB_RETURN_TYPE
+cb_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	KsJsonBuild *b = (KsJsonBuild *) state;
+	KsJson	   *node;
+
+	switch (tokentype)
+	{
+		case JSON_TOKEN_STRING:
+			node = json_node(KSJ_STRING);
+			node->str = token;
+			if (!utf8_valid(token))
+				build_problem(b, "string is not valid UTF-8");
+			break;
+		case JSON_TOKEN_NUMBER:
+			node = json_node(KSJ_INT);
+			if (!integer_token(token, &node->ival))
+				build_problem(b, "number is not an integer in the 64-bit range");
+			break;
+		case JSON_TOKEN_TRUE:
+		case JSON_TOKEN_FALSE:
+			node = json_node(KSJ_BOOL);
+			node->bval = (tokentype == JSON_TOKEN_TRUE);
+			break;
+		default:
+			node = json_node(KSJ_NULL);
+			break;
+	}
+	build_attach(b, node);
+	KS_JSON_CB_OK;
+}
+
+/*
+ * Deepest bracket nesting outside strings.  Checked before parsing because
+ * the recursive-descent parser has no depth limit in frontend code.
+ */
+static int
+nesting_depth(const char *text, size_t len)
+{
+	int			depth = 0,
+				max = 0;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = text[i];
+
+		if (in_string)
+		{
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		}
+		else if (c == '"')
+			in_string = true;
+		else if (c == '{' || c == '[')
+		{
+			depth++;
+			max = Max(max, depth);
+		}
+		else if (c == '}' || c == ']')
+			depth--;
+	}
+	return max;
+}
+
+/*
+ * Describe a syntax error.  Frontend builds of libpgcommon in some
+ * distributions lack json_errdetail(), so there we name the position only.
+ */
+static const char *
+json_problem(JsonParseErrorType err, JsonLexContext *lex)
+{
+#ifdef FRONTEND
+	return psprintf("syntax error (code %d) at byte %d", (int) err,
+					(int) (lex->token_start ? lex->token_start - lex->input : 0));
+#else
+	return json_errdetail(err, lex);
+#endif
+}
+
+/*
+ * Parse text into a tree.  Returns NULL and a message on any problem: bad
+ * syntax, invalid UTF-8, duplicate names, non-integer numbers, deep nesting.
+ */
+KsJson *
+ks_json_parse(const char *text, size_t len, char *problem, size_t problemlen)
+{
+	JsonLexContext *lex;
+	JsonSemAction sem;
+	KsJsonBuild b;
+	JsonParseErrorType err;
+	char	   *copy;
+
+	if (memchr(text, '\0', len) != NULL)
+	{
+		snprintf(problem, problemlen, "contains a NUL byte");
+		return NULL;
+	}
+	if (nesting_depth(text, len) > KS_MAX_JSON_DEPTH)
+	{
+		snprintf(problem, problemlen, "nested more than %d levels deep",
+				 KS_MAX_JSON_DEPTH);
+		return NULL;
+	}
+
+	copy = palloc(len + 1);
+	memcpy(copy, text, len);
+	copy[len] = '\0';
+
+	memset(&b, 0, sizeof(b));
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &b;
+	sem.object_start = cb_object_start;
+	sem.object_end = cb_close;
+	sem.array_start = cb_array_start;
+	sem.array_end = cb_close;
+	sem.object_field_start = cb_field_start;
+	sem.scalar = cb_scalar;
+
+	lex = ks_make_json_lex(copy, (int) len);
+	err = pg_parse_json(lex, &sem);
+	if (err != JSON_SUCCESS)
+	{
+		snprintf(problem, problemlen, "not valid JSON: %s", json_problem(err, lex));
+		return NULL;
+	}
+	if (b.problem != NULL)
+	{
+		snprintf(problem, problemlen, "%s", b.problem);
+		return NULL;
+	}
+	return b.root;
+}
+
+/* A new empty object, to fill with ks_json_put_*(). */
+KsJson *
+ks_json_object(void)
+{
+	return json_node(KSJ_OBJECT);
+}
+
+/* Add a string member (NULL gives JSON null); the strings are not copied. */
+void
+ks_json_put_string(KsJson *object, const char *key, const char *value)
+{
+	KsJson	   *node = json_node(value ? KSJ_STRING : KSJ_NULL);
+
+	node->str = (char *) value;
+	json_push(object, (char *) key, node);
+}
+
+/* Add an integer member. */
+void
+ks_json_put_int(KsJson *object, const char *key, int64 value)
+{
+	KsJson	   *node = json_node(KSJ_INT);
+
+	node->ival = value;
+	json_push(object, (char *) key, node);
+}
+
+/* Add a boolean member. */
+void
+ks_json_put_bool(KsJson *object, const char *key, bool value)
+{
+	KsJson	   *node = json_node(KSJ_BOOL);
+
+	node->bval = value;
+	json_push(object, (char *) key, node);
+}
+
+/* The member named key of an object, or NULL. */
+const KsJson *
+ks_json_get(const KsJson *object, const char *key)
+{
+	if (object == NULL || object->kind != KSJ_OBJECT)
+		return NULL;
+	for (int i = 0; i < object->nitems; i++)
+		if (strcmp(object->keys[i], key) == 0)
+			return object->items[i];
+	return NULL;
+}
+
+/* Append one \uXXXX escape with lower-case hex, as Python prints it. */
+static void
+append_u_escape(StringInfo out, unsigned int unit)
+{
+	appendStringInfo(out, "\\u%04x", unit);
+}
+
+/*
+ * Append a UTF-8 string as a quoted JSON string with Python's ensure_ascii
+ * escaping.  The input must be valid UTF-8 (the parser and the server's
+ * text type guarantee it); an invalid byte is escaped as U+FFFD.
+ */
+void
+ks_json_append_string(StringInfo out, const char *utf8)
+{
+	const unsigned char *p = (const unsigned char *) utf8;
+
+	appendStringInfoChar(out, '"');
+	while (*p)
+	{
+		pg_wchar	cp;
+		int			n = utf8_decode(p, &cp);
+
+		if (n == 0)
+			cp = 0xFFFD, n = 1;
+		p += n;
+		switch (cp)
+		{
+			case '"':
+				appendStringInfoString(out, "\\\"");
+				break;
+			case '\\':
+				appendStringInfoString(out, "\\\\");
+				break;
+			case '\n':
+				appendStringInfoString(out, "\\n");
+				break;
+			case '\r':
+				appendStringInfoString(out, "\\r");
+				break;
+			case '\t':
+				appendStringInfoString(out, "\\t");
+				break;
+			case '\b':
+				appendStringInfoString(out, "\\b");
+				break;
+			case '\f':
+				appendStringInfoString(out, "\\f");
+				break;
+			default:
+				/*
+				 * Python escapes everything outside ' '..'~', so DEL (0x7F)
+				 * too, whatever DESIGN §3 said; the test vectors hold us to it.
+				 */
+				if (cp < 0x20 || cp == 0x7F)
+					append_u_escape(out, cp);
+				else if (cp < 0x80)
+					appendStringInfoChar(out, (char) cp);
+				else if (cp < 0x10000)
+					append_u_escape(out, cp);
+				else
+				{
+					/* astral: a UTF-16 surrogate pair */
+					cp -= 0x10000;
+					append_u_escape(out, 0xD800 + (cp >> 10));
+					append_u_escape(out, 0xDC00 + (cp & 0x3FF));
+				}
+				break;
+		}
+	}
+	appendStringInfoChar(out, '"');
+}
+
+/* qsort comparator over member indexes: code point order is byte order. */
+static const KsJson *sort_object;
+
+static int
+member_cmp(const void *a, const void *b)
+{
+	return strcmp(sort_object->keys[*(const int *) a],
+				  sort_object->keys[*(const int *) b]);
+}
+
+/* Fill order[] with an object's member indexes in canonical order. */
+void
+ks_json_sorted_members(const KsJson *object, int *order)
+{
+	for (int i = 0; i < object->nitems; i++)
+		order[i] = i;
+	sort_object = object;
+	qsort(order, object->nitems, sizeof(int), member_cmp);
+}
+
+/* Append a value in canonical form; skip_key drops one top-level member. */
+void
+ks_json_canonical(StringInfo out, const KsJson *value, const char *skip_key)
+{
+	switch (value->kind)
+	{
+		case KSJ_NULL:
+			appendStringInfoString(out, "null");
+			break;
+		case KSJ_BOOL:
+			appendStringInfoString(out, value->bval ? "true" : "false");
+			break;
+		case KSJ_INT:
+			appendStringInfo(out, INT64_FORMAT, value->ival);
+			break;
+		case KSJ_STRING:
+			ks_json_append_string(out, value->str);
+			break;
+		case KSJ_ARRAY:
+			appendStringInfoChar(out, '[');
+			for (int i = 0; i < value->nitems; i++)
+			{
+				if (i > 0)
+					appendStringInfoChar(out, ',');
+				ks_json_canonical(out, value->items[i], NULL);
+			}
+			appendStringInfoChar(out, ']');
+			break;
+		case KSJ_OBJECT:
+			{
+				int		   *order = palloc(sizeof(int) * Max(value->nitems, 1));
+				bool		first = true;
+
+				ks_json_sorted_members(value, order);
+				appendStringInfoChar(out, '{');
+				for (int i = 0; i < value->nitems; i++)
+				{
+					int			k = order[i];
+
+					if (skip_key && strcmp(value->keys[k], skip_key) == 0)
+						continue;
+					if (!first)
+						appendStringInfoChar(out, ',');
+					first = false;
+					ks_json_append_string(out, value->keys[k]);
+					appendStringInfoChar(out, ':');
+					ks_json_canonical(out, value->items[k], NULL);
+				}
+				appendStringInfoChar(out, '}');
+				pfree(order);
+			}
+			break;
+	}
+}

@@ -1,0 +1,109 @@
+/*
+ * killswitch.c — module entry: settings, shared memory hooks, transaction
+ * callbacks.  Everything works only when preloaded
+ * (shared_preload_libraries = 'killswitch'); otherwise every function
+ * fails with a clear error and a hint.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+
+#include "killswitch.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *ks_state_dir = NULL;
+char	   *ks_secret_file = NULL;
+bool		ks_require_hmac = true;
+char	   *ks_database = NULL;
+int			ks_settle_ms = 50;
+
+#ifdef KS_HAVE_SHMEM_REQUEST_HOOK
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+#ifdef KS_HAVE_SHMEM_REQUEST_HOOK
+/* shmem_request_hook: reserve our shared memory. */
+static void
+ks_shmem_request_hook(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	ks_shmem_request();
+}
+#endif
+
+/* shmem_startup_hook: create (and, in the postmaster, load) the state. */
+static void
+ks_shmem_startup_hook(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	ks_shmem_startup();
+}
+
+/* Define the killswitch.* settings. */
+static void
+define_settings(void)
+{
+	DefineCustomStringVariable("killswitch.state_dir",
+							   "Directory of the state file kill_switch_state.json.",
+							   "Relative paths are relative to the data directory. Share it with agents outside the database.",
+							   &ks_state_dir, KS_PRIVATE_DIR,
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("killswitch.signing_secret_file",
+							   "File holding the secret that signs the state file and the events.",
+							   "Created with a random secret at first start. Relative paths are relative to the data directory.",
+							   &ks_secret_file, KS_PRIVATE_DIR "/signing.key",
+							   PGC_POSTMASTER, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomBoolVariable("killswitch.require_hmac",
+							 "Treat an unsigned or wrongly signed state file as tampered.",
+							 "Turn off only for setups without a secret; the choice shows in ks_status() and in every event.",
+							 &ks_require_hmac, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("killswitch.database",
+							   "The one database that holds the kill switch's history.",
+							   NULL,
+							   &ks_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("killswitch.recheck_delay",
+							"Pause before reading a bad-looking state file again.",
+							"A writer that rewrites the file in place may be caught mid-write; only a second bad read counts.",
+							&ks_settle_ms, 50, 0, 5000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("killswitch");
+}
+
+/* Module load. */
+void
+_PG_init(void)
+{
+	/*
+	 * Without preloading there is no shared state to read; the functions
+	 * say so when called (ks_require_loaded), and nothing is half set up.
+	 */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	define_settings();
+
+#ifdef KS_HAVE_SHMEM_REQUEST_HOOK
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = ks_shmem_request_hook;
+#else
+	ks_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = ks_shmem_startup_hook;
+
+	RegisterXactCallback(ks_xact_callback, NULL);
+	RegisterSubXactCallback(ks_subxact_callback, NULL);
+	ks_tasks_init();
+}

@@ -1,0 +1,172 @@
+/*
+ * killswitch.h — what the server-side files share: settings, the shared
+ * memory copy of the state, and the entry points between files.
+ */
+#ifndef KILLSWITCH_H
+#define KILLSWITCH_H
+
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/spin.h"
+
+#include "compat.h"
+#include "store.h"
+
+/* The dedicated SQLSTATE for "refused by the kill switch". */
+#define ERRCODE_KILLSWITCH_ENGAGED MAKE_SQLSTATE('K','S','0','0','1')
+
+#define KS_SCHEMA "killswitch"
+#define KS_EVENTS_TABLE "events"
+#define KS_CRITICAL_TABLE "critical_tasks"
+#define KS_ROLE_OPERATOR "killswitch_operator"
+#define KS_ROLE_ADMIN "killswitch_admin"
+#define KS_ROLE_AGENT "killswitch_agent"
+#define KS_CHANNEL "killswitch"
+#define KS_ALERT_CHANNEL "killswitch_alert"
+/* Private directory inside the data directory. */
+#define KS_PRIVATE_DIR "pg_killswitch"
+#define KS_LAST_APPLIED_FILE KS_PRIVATE_DIR "/last_applied.json"
+
+/* Settings (killswitch.c) */
+extern char *ks_state_dir;
+extern char *ks_secret_file;
+extern bool ks_require_hmac;
+extern char *ks_database;
+extern int	ks_settle_ms;
+
+/*
+ * The fast copy.  word packs what every check reads, so that a reader gets
+ * mode and generation from one atomic load:
+ *   bits 0-3 mode, bits 4-7 flags, bits 8-63 generation.
+ * The rest is descriptive and guarded by mutex.
+ */
+#define KS_FLAG_TAMPERED 0x1	/* the state file could not be trusted */
+#define KS_FLAG_UNSIGNED 0x2	/* applied without a signature check */
+
+typedef struct KsShared
+{
+	pg_atomic_uint64 word;
+	slock_t		mutex;
+	TimestampTz since;			/* when the current mode was set */
+	char		source[16];		/* what set it: sql, file, cli, startup, tamper */
+	char		problem[KS_PROBLEM_LEN];	/* why it was judged tampered */
+	char		reason[256];	/* the current state's reason, shortened, UTF-8 */
+	char		triggered_by[64];	/* and who set it */
+	/* a change made while starting that killswitch.events lacks yet */
+	bool		unrecorded;
+	KsMode		unrecorded_previous;
+	char		unrecorded_reason[KS_PROBLEM_LEN + 64];
+} KsShared;
+
+extern KsShared *ks_shared;
+
+/* Unpack the word. */
+#define KS_WORD_MODE(w) ((KsMode) ((w) & 0xF))
+#define KS_WORD_FLAGS(w) ((int) (((w) >> 4) & 0xF))
+#define KS_WORD_GENERATION(w) ((int64) ((w) >> 8))
+#define KS_WORD(mode, flags, gen) \
+	(((uint64) (gen) << 8) | ((uint64) ((flags) & 0xF) << 4) | (uint64) (mode))
+
+/* The current mode: one atomic read, no lock, no syscall, no allocation. */
+static inline KsMode
+ks_current_mode(void)
+{
+	return KS_WORD_MODE(pg_atomic_read_u64(&ks_shared->word));
+}
+
+/* state.c */
+extern void ks_shmem_request(void);
+extern void ks_shmem_startup(void);
+extern void ks_require_loaded(void);
+extern void ks_publish(KsMode mode, int flags, int64 generation,
+					   TimestampTz since, const char *source,
+					   const char *reason, const char *triggered_by);
+extern void ks_refusal_detail(char *buf, size_t len);
+
+/* startup.c */
+extern void ks_load_at_startup(void);
+
+/* persist.c */
+extern void ks_state_file_path(char *buf, size_t len);
+extern bool ks_backend_secret(char **secret, size_t *len, char *problem, size_t problemlen);
+extern void ks_key_id(const char *secret, size_t len, char *buf);
+/* Bytes of the state file and the private copy before a write. */
+typedef struct KsSaved
+{
+	char	   *state;
+	size_t		state_len;
+	char	   *copy;
+	size_t		copy_len;
+} KsSaved;
+extern bool ks_persist_state(const KsState *state, KsSaved *saved,
+							 char *problem, size_t problemlen);
+extern bool ks_restore_state_file(const KsSaved *saved,
+								  char *problem, size_t problemlen);
+
+/* rights.c */
+extern Oid	ks_role_oid(const char *name);
+extern bool ks_role_is_agent(Oid roleid);
+extern void ks_check_engage_right(void);
+extern void ks_check_release_right(void);
+
+/* owner.c: run SPI as the extension's owner with a safe search_path */
+typedef struct KsOwnerContext
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} KsOwnerContext;
+extern Oid	ks_events_relid(void);
+extern void ks_owner_begin(KsOwnerContext *ctx);
+extern void ks_owner_end(KsOwnerContext *ctx);
+
+/* modetype.c */
+extern Oid	ks_mode_type_oid(void);
+extern Datum ks_mode_to_datum(KsMode mode, Oid typoid);
+extern KsMode ks_mode_from_datum(Datum value);
+
+/* events.c */
+/* What a new event says; the rest (who, where, when, chain) is filled in. */
+typedef struct KsEventInput
+{
+	KsMode		mode;
+	int			previous;		/* KS_NO_MODE for none */
+	const char *reason;			/* server encoding */
+	const char *triggered_by;
+	int32		affected_tasks;
+	const char *source;
+	int64		floor_generation;	/* the generation is at least this */
+} KsEventInput;
+extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
+extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
+					  const char *triggered_by, TimestampTz at, int64 generation,
+					  const char *source);
+
+/* change.c */
+extern void ks_xact_callback(XactEvent event, void *arg);
+extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								SubTransactionId parentSubid, void *arg);
+
+/* api.c */
+extern void ks_refuse(const char *message) pg_attribute_noreturn();
+
+/* tasks.c */
+typedef struct KsTaskVerdict
+{
+	bool		allowed;
+	const char *action;			/* allow, queue or block */
+	const char *reason;			/* when refused */
+	const char *note;			/* when a critical task is let through */
+} KsTaskVerdict;
+extern bool ks_task_is_critical(const char *task);
+extern KsTaskVerdict ks_task_verdict(KsMode mode, const char *task);
+extern void ks_tasks_init(void);
+
+/* state.c: time stamps between PostgreSQL's epoch and the file's */
+extern int64 ks_timestamptz_to_unix_usec(TimestampTz ts);
+extern TimestampTz ks_unix_usec_to_timestamptz(int64 usec);
+
+#endif							/* KILLSWITCH_H */

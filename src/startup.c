@@ -1,0 +1,297 @@
+/*
+ * startup.c — fill shared memory from the state file while the server
+ * starts, before any client connects (DESIGN §2, §4).  Runs in the
+ * postmaster, at first start and after every crash restart.
+ *
+ * Besides the state file (which other programs share), the server keeps a
+ * private signed copy of the last state it applied, pg_killswitch/
+ * last_applied.json.  It is what "the state the server holds" means at
+ * start: it tells a first start from a file deleted while the server was
+ * down, and a new out-of-band change from an old file put back.
+ *
+ * Nothing here may throw an error: an error in the postmaster is fatal, and
+ * a kill switch that cannot read its state must assume the stop, not crash.
+ */
+#include "postgres.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/file_perm.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+/* What the start decided. */
+typedef struct KsDecision
+{
+	KsState		state;			/* to apply and, if write, to write */
+	int			flags;
+	bool		write;			/* rewrite the state file and the copy */
+	bool		record;			/* a change killswitch.events lacks */
+	int			previous;		/* KsMode, or KS_NO_MODE */
+	char		problem[KS_PROBLEM_LEN];
+} KsDecision;
+
+/* Fill a fresh file state for a change made at start. */
+static void
+start_state(KsDecision *d, KsMode mode, int64 generation, const char *source,
+			const char *reason)
+{
+	char		now[40];
+
+	ks_format_iso_utc(ks_timestamptz_to_unix_usec(GetCurrentTimestamp()), now, sizeof(now));
+	ks_state_init(&d->state);
+	d->state.mode = mode;
+	d->state.engaged_at = pstrdup(now);
+	d->state.reason = reason ? pstrdup(reason) : NULL;
+	d->state.triggered_by = reason ? "killswitch" : NULL;
+	d->state.generation = generation;
+	d->state.source = (char *) source;
+	d->state.previous_mode = d->previous;
+	d->write = true;
+}
+
+/* The file cannot be trusted: at least halt_all, never lower than held. */
+static void
+decide_tampered(KsDecision *d, const KsState *held, bool held_ok,
+				const char *what, const char *problem)
+{
+	KsMode		mode = held_ok ? Max(held->mode, KS_HALT_ALL) : KS_HALT_ALL;
+	int64		gen = (held_ok ? held->generation : 0) + 1;
+	char		reason[KS_PROBLEM_LEN + 64];
+
+	snprintf(d->problem, sizeof(d->problem), "%s: %s", what, problem);
+	snprintf(reason, sizeof(reason), "state file rejected at startup: %s", d->problem);
+	d->previous = held_ok ? (int) held->mode : KS_NO_MODE;
+	start_state(d, mode, gen, "tamper", reason);
+	d->flags = KS_FLAG_TAMPERED;
+	d->record = true;
+}
+
+/* Is a file without a generation older than the held state? */
+static bool
+older_than(const KsState *file, const KsState *held)
+{
+	int64		f,
+				h;
+
+	if (file->engaged_at == NULL || held->engaged_at == NULL)
+		return file->engaged_at == NULL && held->engaged_at != NULL;
+	return ks_parse_iso(file->engaged_at, &f) && ks_parse_iso(held->engaged_at, &h) && f < h;
+}
+
+/* A readable file and the copy of what we held: apply, or call it a replay. */
+static void
+decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool held_ok)
+{
+	bool		same;
+
+	if (held_ok &&
+		((file->generation >= 0 && file->generation < held->generation) ||
+		 (file->generation < 0 && older_than(file, held))))
+	{
+		decide_tampered(d, held, true, "replay",
+						"the state file is older than the state the server last applied");
+		return;
+	}
+	same = held_ok &&
+		(file->generation >= 0 ? file->generation == held->generation
+		 : (file->mode == held->mode && file->engaged_at && held->engaged_at &&
+			strcmp(file->engaged_at, held->engaged_at) == 0));
+	d->state = *file;
+	d->previous = held_ok ? (int) held->mode : (int) KS_DISENGAGED;
+	if (same)
+	{
+		d->state.generation = held->generation;
+		return;
+	}
+	/* an out-of-band change made while the server was down */
+	if (file->generation < 0)
+		d->state.generation = (held_ok ? held->generation : 0) + (held_ok || file->mode != KS_DISENGAGED ? 1 : 0);
+	d->record = d->state.generation > 0;
+	d->state.previous_mode = d->previous;
+	if (file->source == NULL || strcmp(file->source, "cli") != 0)
+		d->state.source = "file";
+	/* our copy must learn the generation we gave it; the shared file keeps its bytes */
+	d->write = false;
+}
+
+/* Decide the state to start in from the file and the private copy. */
+static void
+decide(KsDecision *d, const char *secret, size_t secretlen)
+{
+	char		path[MAXPGPATH];
+	KsState		file,
+				held;
+	KsVerdict	fv,
+				hv;
+	char		fproblem[KS_PROBLEM_LEN],
+				hproblem[KS_PROBLEM_LEN];
+	bool		held_ok;
+
+	ks_state_file_path(path, sizeof(path));
+	hv = ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, true, 0,
+					   &held, hproblem, sizeof(hproblem));
+	fv = ks_state_read(path, secret, secretlen, ks_require_hmac, ks_settle_ms,
+					   &file, fproblem, sizeof(fproblem));
+	held_ok = (hv == KS_FILE_VALID && held.generation >= 0);
+
+	if (hv == KS_FILE_BAD || (hv == KS_FILE_VALID && !held_ok))
+		decide_tampered(d, &held, false, KS_LAST_APPLIED_FILE, hproblem);
+	else if (fv == KS_FILE_BAD)
+	{
+		char		aside[MAXPGPATH];
+
+		/* keep the evidence beside the file, then write a trusted state */
+		snprintf(aside, sizeof(aside), "%s.rejected", path);
+		(void) rename(path, aside);
+		decide_tampered(d, &held, held_ok, "state file", fproblem);
+	}
+	else if (fv == KS_FILE_MISSING && held_ok)
+	{
+		/* deleting never releases: keep the mode, rewrite the file */
+		snprintf(d->problem, sizeof(d->problem),
+				 "the state file was deleted while the server was down");
+		d->previous = held.mode;
+		start_state(d, held.mode, held.generation + 1, "tamper", d->problem);
+		d->flags = KS_FLAG_TAMPERED;
+		d->record = true;
+	}
+	else if (fv == KS_FILE_MISSING)
+	{
+		/* first start: disengaged, as the Python library starts */
+		d->previous = KS_NO_MODE;
+		start_state(d, KS_DISENGAGED, 0, "startup", NULL);
+		d->state.engaged_at = NULL;
+	}
+	else
+	{
+		decide_readable(d, &file, &held, held_ok);
+		if (fv == KS_FILE_UNSIGNED)
+			d->flags |= KS_FLAG_UNSIGNED;
+	}
+}
+
+/* Write the decided state: the file (if asked) and always our copy. */
+static bool
+write_decision(const KsDecision *d, const char *secret, size_t secretlen,
+			   char *problem, size_t problemlen)
+{
+	char		path[MAXPGPATH];
+	int			lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
+	bool		ok = true;
+
+	if (lockfd < 0)
+		return false;
+	ks_state_file_path(path, sizeof(path));
+	if (d->write)
+		ok = ks_state_write(path, &d->state, secret, secretlen, problem, problemlen);
+	if (ok)
+		ok = ks_state_write(KS_LAST_APPLIED_FILE, &d->state, secret, secretlen,
+							problem, problemlen);
+	ks_unlock_dir(lockfd);
+	return ok;
+}
+
+/* Make a directory and its parents, owner-only; true if it exists after. */
+static bool
+make_dir(const char *dir, char *problem, size_t problemlen)
+{
+	char	   *copy = pstrdup(dir);
+
+	if (pg_mkdir_p(copy, pg_dir_create_mode) != 0 && errno != EEXIST)
+	{
+		snprintf(problem, problemlen, "could not create directory \"%s\": %m", dir);
+		return false;
+	}
+	return true;
+}
+
+/* Apply a decision to shared memory and say what happened in the log. */
+static void
+apply(const KsDecision *d)
+{
+	int64		since = 0;
+	TimestampTz at = GetCurrentTimestamp();
+
+	if (d->state.engaged_at && ks_parse_iso(d->state.engaged_at, &since))
+		at = ks_unix_usec_to_timestamptz(since);
+
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(ks_shared->problem, d->problem, sizeof(ks_shared->problem));
+	ks_shared->unrecorded = d->record;
+	ks_shared->unrecorded_previous = d->previous == KS_NO_MODE ? KS_DISENGAGED : (KsMode) d->previous;
+	strlcpy(ks_shared->unrecorded_reason,
+			d->state.reason ? d->state.reason : "applied at startup",
+			sizeof(ks_shared->unrecorded_reason));
+	SpinLockRelease(&ks_shared->mutex);
+	ks_publish(d->state.mode, d->flags, d->state.generation, at,
+			   d->state.source ? d->state.source : "startup",
+			   d->state.reason, d->state.triggered_by);
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(ks_shared->problem, d->problem, sizeof(ks_shared->problem));
+	SpinLockRelease(&ks_shared->mutex);
+
+	if (d->flags & KS_FLAG_TAMPERED)
+		ereport(WARNING,
+				(errmsg("killswitch: the state could not be trusted; starting in %s",
+						ks_mode_sql_names[d->state.mode]),
+				 errdetail("%s", d->problem),
+				 errhint("An administrator can inspect the state and release it with ks_disengage().")));
+	else
+		ereport(LOG,
+				(errmsg("killswitch: starting in mode %s (generation " INT64_FORMAT ")",
+						ks_mode_sql_names[d->state.mode], d->state.generation)));
+}
+
+/* Read the state at start and publish it; on any failure, assume the stop. */
+void
+ks_load_at_startup(void)
+{
+	MemoryContext ctx = AllocSetContextCreate(TopMemoryContext, "killswitch startup",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldctx = MemoryContextSwitchTo(ctx);
+	ResourceOwner oldowner = CurrentResourceOwner;
+	KsDecision	d;
+	char	   *secret = NULL;
+	size_t		secretlen = 0;
+	char		problem[KS_PROBLEM_LEN];
+
+	/* the crypto functions register with a resource owner */
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, "killswitch startup");
+	memset(&d, 0, sizeof(d));
+
+	if (!make_dir(KS_PRIVATE_DIR, problem, sizeof(problem)) ||
+		!make_dir(ks_state_dir, problem, sizeof(problem)) ||
+		!ks_secret_load(ks_secret_file, true, &secret, &secretlen,
+						problem, sizeof(problem)))
+	{
+		KsState		none;
+
+		ks_state_init(&none);
+		decide_tampered(&d, &none, false, "signing secret", problem);
+		d.write = false;		/* nothing could be signed */
+	}
+	else
+	{
+		decide(&d, secret, secretlen);
+		if (!write_decision(&d, secret, secretlen, problem, sizeof(problem)))
+		{
+			KsState		held = d.state;
+
+			decide_tampered(&d, &held, true, "writing the state", problem);
+		}
+	}
+	apply(&d);
+
+	ResourceOwnerRelease(CurrentResourceOwner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
+	ResourceOwnerRelease(CurrentResourceOwner, RESOURCE_RELEASE_LOCKS, false, true);
+	ResourceOwnerRelease(CurrentResourceOwner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
+	ResourceOwnerDelete(CurrentResourceOwner);
+	CurrentResourceOwner = oldowner;
+	MemoryContextSwitchTo(oldctx);
+	MemoryContextDelete(ctx);
+}

@@ -1,0 +1,135 @@
+/*
+ * state.c — the fast copy of the state in shared memory (DESIGN §2.1):
+ * reserving it, creating it, and publishing a new state into it.
+ */
+#include "postgres.h"
+
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+
+#include "killswitch.h"
+
+KsShared   *ks_shared = NULL;
+
+/* Reserve our shared memory (from shmem_request_hook, or _PG_init before 15). */
+void
+ks_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(KsShared)));
+}
+
+/*
+ * Create the shared state, or attach to it.  The postmaster creates it
+ * while starting, and after every crash restart, and fills it from the
+ * state file before any client can connect.
+ */
+void
+ks_shmem_startup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ks_shared = ShmemInitStruct("killswitch", sizeof(KsShared), &found);
+	if (!found)
+	{
+		memset(ks_shared, 0, sizeof(KsShared));
+		SpinLockInit(&ks_shared->mutex);
+		/* until the file is read, assume the stop (DESIGN §4) */
+		pg_atomic_init_u64(&ks_shared->word, KS_WORD(KS_HALT_ALL, KS_FLAG_TAMPERED, 0));
+	}
+	LWLockRelease(AddinShmemInitLock);
+
+	if (!found && !IsUnderPostmaster)
+		ks_load_at_startup();
+}
+
+/* Fail clearly when the library was not preloaded. */
+void
+ks_require_loaded(void)
+{
+	if (ks_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("killswitch must be loaded via shared_preload_libraries"),
+				 errhint("Add 'killswitch' to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* Copy UTF-8 text into a fixed buffer, cut on a character boundary. */
+static void
+clip_utf8(char *dst, const char *src, size_t size)
+{
+	size_t		len;
+
+	if (src == NULL)
+	{
+		dst[0] = '\0';
+		return;
+	}
+	len = strlen(src);
+	if (len >= size)
+	{
+		len = size - 1;
+		/* step back over continuation bytes */
+		while (len > 0 && (src[len] & 0xC0) == 0x80)
+			len--;
+	}
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+/*
+ * Make a new state visible to every session.  The word is written last and
+ * with a barrier, so that a reader who sees the new generation also sees the
+ * descriptive fields that go with it.
+ */
+void
+ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
+		   const char *source, const char *reason, const char *triggered_by)
+{
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->since = since;
+	strlcpy(ks_shared->source, source, sizeof(ks_shared->source));
+	clip_utf8(ks_shared->reason, reason, sizeof(ks_shared->reason));
+	clip_utf8(ks_shared->triggered_by, triggered_by, sizeof(ks_shared->triggered_by));
+	if (!(flags & KS_FLAG_TAMPERED))
+		ks_shared->problem[0] = '\0';
+	SpinLockRelease(&ks_shared->mutex);
+	pg_write_barrier();
+	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation));
+}
+
+#define KS_EPOCH_SHIFT \
+	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY)
+
+/* PostgreSQL's microseconds since 2000 as microseconds since 1970. */
+int64
+ks_timestamptz_to_unix_usec(TimestampTz ts)
+{
+	return (int64) ts + KS_EPOCH_SHIFT;
+}
+
+/* The inverse of ks_timestamptz_to_unix_usec(). */
+TimestampTz
+ks_unix_usec_to_timestamptz(int64 usec)
+{
+	return (TimestampTz) (usec - KS_EPOCH_SHIFT);
+}
+
+/* "Engaged by X: reason" for refusals, in the server encoding. */
+void
+ks_refusal_detail(char *buf, size_t len)
+{
+	char		reason[256];
+	char		by[64];
+
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(reason, ks_shared->reason, sizeof(reason));
+	strlcpy(by, ks_shared->triggered_by, sizeof(by));
+	SpinLockRelease(&ks_shared->mutex);
+	snprintf(buf, len, "Set by %s: %s",
+			 by[0] ? pg_any_to_server(by, strlen(by), PG_UTF8) : "(unknown)",
+			 reason[0] ? pg_any_to_server(reason, strlen(reason), PG_UTF8) : "(no reason given)");
+}

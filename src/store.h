@@ -1,0 +1,154 @@
+/*
+ * store.h — the state file kill_switch_state.json: canonical JSON,
+ * HMAC-SHA256 signatures, parsing, verification and durable writes.
+ *
+ * The canonical form is byte for byte what Python prints for
+ * json.dumps(obj, separators=(",", ":"), sort_keys=True), so files are
+ * shared with the reference Python library (DESIGN §3).
+ *
+ * This file and store.c are compiled into the server module and, with
+ * -DFRONTEND, into the command-line tool and the test-vector checker: one
+ * implementation of the format.  Nothing here calls ereport(); problems come
+ * back as a message in a caller's buffer so that each side reports them in
+ * its own way (and the postmaster never errors out while starting).
+ */
+#ifndef KS_STORE_H
+#define KS_STORE_H
+
+#include "lib/stringinfo.h"
+
+/* The modes, ordered so that >= means "at least this halted" (DESIGN §1). */
+typedef enum KsMode
+{
+	KS_DISENGAGED = 0,
+	KS_HALT_NONCRITICAL = 1,
+	KS_HALT_ALL = 2,
+	KS_EMERGENCY = 3
+} KsMode;
+
+#define KS_MODE_COUNT 4
+#define KS_NO_MODE (-1)
+
+/* Names: lower case for SQL (enum labels), upper case for the file. */
+extern const char *const ks_mode_sql_names[KS_MODE_COUNT];
+extern const char *const ks_mode_file_names[KS_MODE_COUNT];
+
+#define KS_STATE_FILE_NAME "kill_switch_state.json"
+#define KS_LOCK_FILE_NAME "kill_switch_state.lock"
+
+/* Anything larger is not a state file (a 64 KiB reason escapes to < 400 KiB). */
+#define KS_MAX_FILE_SIZE (1024 * 1024)
+/* Longest reason or triggered_by we accept, in bytes. */
+#define KS_MAX_TEXT_LEN (64 * 1024)
+/* Deepest nesting a state file may have; ours has none. */
+#define KS_MAX_JSON_DEPTH 16
+
+#define KS_HEX_DIGEST_LEN 64	/* SHA-256 as lower-case hex */
+
+/* A parsed JSON value, kept whole so that unknown keys are signed too. */
+typedef enum KsJsonKind
+{
+	KSJ_NULL,
+	KSJ_BOOL,
+	KSJ_INT,
+	KSJ_STRING,
+	KSJ_OBJECT,
+	KSJ_ARRAY
+} KsJsonKind;
+
+typedef struct KsJson
+{
+	KsJsonKind	kind;
+	bool		bval;
+	int64		ival;
+	char	   *str;			/* UTF-8, for KSJ_STRING */
+	int			nitems;			/* members of an object or array */
+	int			maxitems;
+	char	  **keys;			/* object member names, UTF-8 */
+	struct KsJson **items;
+} KsJson;
+
+/*
+ * The state as the file carries it.  Optional keys are "absent" as NULL
+ * pointers or -1; absent keys are not written.  reason and triggered_by may
+ * be JSON null (NULL here) as the Python library writes before any event.
+ */
+typedef struct KsState
+{
+	KsMode		mode;
+	char	   *engaged_at;		/* ISO-8601 UTC with microseconds, or NULL */
+	char	   *reason;			/* UTF-8 or NULL */
+	char	   *triggered_by;	/* UTF-8 or NULL */
+	int64		generation;		/* -1: absent */
+	int			previous_mode;	/* KS_NO_MODE: absent */
+	int64		affected_tasks; /* -1: absent */
+	int64		event_id;		/* -1: absent */
+	char	   *source;			/* NULL: absent */
+	char	   *key_id;			/* NULL: absent */
+} KsState;
+
+/* What reading a state file found. */
+typedef enum KsVerdict
+{
+	KS_FILE_VALID,				/* parsed; signature verified */
+	KS_FILE_UNSIGNED,			/* parsed; not verified (require_hmac off) */
+	KS_FILE_MISSING,			/* no file at all */
+	KS_FILE_BAD					/* anything else: the halt is assumed */
+} KsVerdict;
+
+#define KS_PROBLEM_LEN 256
+
+/* JSON */
+extern KsJson *ks_json_parse(const char *text, size_t len,
+							 char *problem, size_t problemlen);
+extern void ks_json_canonical(StringInfo out, const KsJson *value,
+							  const char *skip_key);
+extern void ks_json_append_string(StringInfo out, const char *utf8);
+extern KsJson *ks_json_object(void);
+extern void ks_json_put_string(KsJson *object, const char *key, const char *value);
+extern void ks_json_put_int(KsJson *object, const char *key, int64 value);
+extern void ks_json_put_bool(KsJson *object, const char *key, bool value);
+extern void ks_json_sorted_members(const KsJson *object, int *order);
+extern const KsJson *ks_json_get(const KsJson *object, const char *key);
+
+/* Digests, as lower-case hex with a terminating NUL (65 bytes). */
+extern bool ks_hmac_hex(const char *key, size_t keylen,
+						const char *data, size_t datalen, char *hex);
+extern bool ks_sha256_hex(const char *data, size_t datalen, char *hex);
+extern bool ks_hex_equal(const char *a, const char *b);
+
+/* States */
+extern void ks_state_init(KsState *state);
+extern int	ks_mode_from_file_name(const char *name);
+extern int	ks_mode_from_sql_name(const char *name);
+extern void ks_state_canonical(StringInfo out, const KsState *state);
+extern bool ks_state_file_text(StringInfo out, const KsState *state,
+							   const char *secret, size_t secretlen);
+extern KsVerdict ks_state_from_text(const char *text, size_t len,
+									const char *secret, size_t secretlen,
+									bool require_hmac, KsState *state,
+									char *problem, size_t problemlen);
+extern KsVerdict ks_state_read(const char *path,
+							   const char *secret, size_t secretlen,
+							   bool require_hmac, int settle_ms,
+							   KsState *state,
+							   char *problem, size_t problemlen);
+extern bool ks_state_write(const char *path, const KsState *state,
+						   const char *secret, size_t secretlen,
+						   char *problem, size_t problemlen);
+
+/* Time stamps as the file carries them. */
+extern void ks_format_iso_utc(int64 unix_usec, char *buf, size_t buflen);
+extern bool ks_parse_iso(const char *text, int64 *unix_usec);
+
+/* Files */
+extern bool ks_read_file(const char *path, size_t maxlen, char **contents,
+						 size_t *len, char *problem, size_t problemlen);
+extern bool ks_write_file_durably(const char *path, const char *data,
+								  size_t len, char *problem, size_t problemlen);
+extern bool ks_secret_load(const char *path, bool create, char **secret,
+						   size_t *len, char *problem, size_t problemlen);
+extern int	ks_lock_dir(const char *dir, char *problem, size_t problemlen);
+extern void ks_unlock_dir(int fd);
+
+#endif							/* KS_STORE_H */
