@@ -425,6 +425,27 @@ ks_event_canonical(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The secret that signed a row: the current one, or the retired key its
+ * key_id names.  An unknown key leaves the current one, and the row fails.
+ */
+static void
+row_secret(const KsEventRow *r, char *current, size_t currentlen,
+		   const char *current_id, char **secret, size_t *len)
+{
+	char	   *retired;
+	size_t		retiredlen;
+
+	*secret = current;
+	*len = currentlen;
+	if (r->key_id && strcmp(r->key_id, current_id) != 0 &&
+		ks_retired_secret(ks_secret_file, r->key_id, &retired, &retiredlen))
+	{
+		*secret = retired;
+		*len = retiredlen;
+	}
+}
+
+/*
  * SQL: walk the chain in id order.  A row is bad if its id does not follow
  * the previous one, its prev_hash is not the previous row's hash, its hash
  * does not match its content, or its signature does not match its hash.
@@ -436,6 +457,9 @@ ks_verify_events(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	char	   *secret;
 	size_t		secretlen;
+	char		key_id[17];
+	char	   *rsecret;
+	size_t		rsecretlen;
 	char		prev[KS_HEX_DIGEST_LEN + 1] = KS_GENESIS_HASH;
 	int64		checked = 0,
 				bad_id = -1,
@@ -448,6 +472,7 @@ ks_verify_events(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	require_secret(&secret, &secretlen);
+	ks_key_id(secret, secretlen, key_id);
 
 	ks_owner_begin(&owner);
 	rc = SPI_execute("SELECT e, e.prev_hash, e.hash, e.signature "
@@ -467,7 +492,8 @@ ks_verify_events(PG_FUNCTION_ARGS)
 		char	   *row_sig = SPI_getvalue(tup, desc, 4);
 
 		row_from_composite(DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 1, &isnull)), &r);
-		row_digests(&r, prev, secret, secretlen, hash, sig);
+		row_secret(&r, secret, secretlen, key_id, &rsecret, &rsecretlen);
+		row_digests(&r, prev, rsecret, rsecretlen, hash, sig);
 		checked++;
 		if (r.id != expect_id || row_prev == NULL || row_hash == NULL || row_sig == NULL ||
 			strcmp(row_prev, prev) != 0 || !ks_hex_equal(hash, row_hash) ||

@@ -133,10 +133,10 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 	bool		held_ok;
 
 	ks_state_file_path(path, sizeof(path));
-	hv = ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, true, 0,
-					   &held, hproblem, sizeof(hproblem));
-	fv = ks_state_read(path, secret, secretlen, ks_require_hmac, ks_settle_ms,
-					   &file, fproblem, sizeof(fproblem));
+	hv = ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
+					   true, 0, &held, hproblem, sizeof(hproblem));
+	fv = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
+					   ks_settle_ms, &file, fproblem, sizeof(fproblem));
 	held_ok = (hv == KS_FILE_VALID && held.generation >= 0);
 
 	if (hv == KS_FILE_BAD || (hv == KS_FILE_VALID && !held_ok))

@@ -246,8 +246,8 @@ take_count(const KsJson *obj, const char *key, int64 *dst)
  */
 KsVerdict
 ks_state_from_text(const char *text, size_t len,
-				   const char *secret, size_t secretlen, bool require_hmac,
-				   KsState *st, char *problem, size_t problemlen)
+				   const char *secret, size_t secretlen, const char *secret_file,
+				   bool require_hmac, KsState *st, char *problem, size_t problemlen)
 {
 	KsJson	   *root;
 	const KsJson *sig;
@@ -278,7 +278,18 @@ ks_state_from_text(const char *text, size_t len,
 		if (!ks_hmac_hex(secret, secretlen, canon.data, canon.len, expect))
 			return PROBLEM("could not compute HMAC-SHA256");
 		if (!ks_hex_equal(expect, sig->str))
-			return PROBLEM("the signature does not match the contents");
+		{
+			/* signed with a retired key that is still kept beside the secret? */
+			const KsJson *kid = ks_json_get(root, "key_id");
+			char	   *old;
+			size_t		oldlen;
+
+			if (secret_file == NULL || kid == NULL || kid->kind != KSJ_STRING ||
+				!ks_retired_secret(secret_file, kid->str, &old, &oldlen) ||
+				!ks_hmac_hex(old, oldlen, canon.data, canon.len, expect) ||
+				!ks_hex_equal(expect, sig->str))
+				return PROBLEM("the signature does not match the contents");
+		}
 	}
 	else if (require_hmac)
 		return PROBLEM(sig ? "no signing secret to verify the signature with"
@@ -404,7 +415,8 @@ ks_read_file(const char *path, size_t maxlen, char **contents, size_t *len,
 /* Read and judge the state file once. */
 static KsVerdict
 state_read_once(const char *path, const char *secret, size_t secretlen,
-				bool require_hmac, KsState *st, char *problem, size_t problemlen)
+				const char *secret_file, bool require_hmac, KsState *st,
+				char *problem, size_t problemlen)
 {
 	char	   *text;
 	size_t		len;
@@ -418,8 +430,8 @@ state_read_once(const char *path, const char *secret, size_t secretlen,
 	}
 	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &text, &len, problem, problemlen))
 		return KS_FILE_BAD;
-	return ks_state_from_text(text, len, secret, secretlen, require_hmac,
-							  st, problem, problemlen);
+	return ks_state_from_text(text, len, secret, secretlen, secret_file,
+							  require_hmac, st, problem, problemlen);
 }
 
 /*
@@ -430,16 +442,16 @@ state_read_once(const char *path, const char *secret, size_t secretlen,
  */
 KsVerdict
 ks_state_read(const char *path, const char *secret, size_t secretlen,
-			  bool require_hmac, int settle_ms, KsState *st,
-			  char *problem, size_t problemlen)
+			  const char *secret_file, bool require_hmac, int settle_ms,
+			  KsState *st, char *problem, size_t problemlen)
 {
-	KsVerdict	v = state_read_once(path, secret, secretlen, require_hmac,
-									st, problem, problemlen);
+	KsVerdict	v = state_read_once(path, secret, secretlen, secret_file,
+									require_hmac, st, problem, problemlen);
 
 	if (v != KS_FILE_BAD || settle_ms <= 0)
 		return v;
 	pg_usleep(settle_ms * 1000L);
-	return state_read_once(path, secret, secretlen, require_hmac,
+	return state_read_once(path, secret, secretlen, secret_file, require_hmac,
 						   st, problem, problemlen);
 }
 
@@ -556,6 +568,25 @@ ks_secret_load(const char *path, bool create, char **secret, size_t *len,
 	*secret = text;
 	*len = n;
 	return true;
+}
+
+/*
+ * A retired secret, kept beside the current one as <secret_file>.<key_id>
+ * after a rotation, so that what it signed still verifies.  key_id must be
+ * 16 lower-case hex digits: it comes from files we are judging and must not
+ * name any other path.
+ */
+bool
+ks_retired_secret(const char *secret_file, const char *key_id,
+				  char **secret, size_t *len)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+
+	if (strlen(key_id) != 16 || strspn(key_id, "0123456789abcdef") != 16)
+		return false;
+	snprintf(path, sizeof(path), "%s.%s", secret_file, key_id);
+	return ks_secret_load(path, false, secret, len, problem, sizeof(problem));
 }
 
 /*

@@ -126,10 +126,12 @@ extern bool ks_state_file_text(StringInfo out, const KsState *state,
 							   const char *secret, size_t secretlen);
 extern KsVerdict ks_state_from_text(const char *text, size_t len,
 									const char *secret, size_t secretlen,
+									const char *secret_file,
 									bool require_hmac, KsState *state,
 									char *problem, size_t problemlen);
 extern KsVerdict ks_state_read(const char *path,
 							   const char *secret, size_t secretlen,
+							   const char *secret_file,
 							   bool require_hmac, int settle_ms,
 							   KsState *state,
 							   char *problem, size_t problemlen);
@@ -148,6 +150,8 @@ extern bool ks_write_file_durably(const char *path, const char *data,
 								  size_t len, char *problem, size_t problemlen);
 extern bool ks_secret_load(const char *path, bool create, char **secret,
 						   size_t *len, char *problem, size_t problemlen);
+extern bool ks_retired_secret(const char *secret_file, const char *key_id,
+							  char **secret, size_t *len);
 extern int	ks_lock_dir(const char *dir, char *problem, size_t problemlen);
 extern void ks_unlock_dir(int fd);
 
