@@ -21,7 +21,7 @@ EXTRA_CLEAN = $(FE_OBJS) $(FE_PROGRAMS) tmp_check results regression.diffs regre
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -lpgcommon -lpgport -lssl -lcrypto -lz -lm
+FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -lpgcommon -lpgport -lcrypto -lm
 
 all: $(FE_PROGRAMS)
 
