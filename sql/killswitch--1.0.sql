@@ -117,7 +117,8 @@ COMMENT ON FUNCTION @extschema@.ks_assert_task(text) IS 'Raise SQLSTATE KS001 un
 CREATE FUNCTION killswitch.shared_state(
     OUT mode @extschema@.ks_mode, OUT generation bigint, OUT integrity text,
     OUT source text, OUT since timestamptz, OUT problem text,
-    OUT require_hmac boolean, OUT unrecorded boolean)
+    OUT require_hmac boolean, OUT unrecorded boolean,
+    OUT watcher_checked_at timestamptz)
     AS 'MODULE_PATHNAME', 'ks_shared_state' LANGUAGE C VOLATILE;
 
 CREATE FUNCTION killswitch.iso_utc(timestamptz) RETURNS text
@@ -145,7 +146,9 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'integrity', s.integrity,
         'problem', s.problem,
         'require_hmac', s.require_hmac,
-        'unrecorded_change', s.unrecorded)
+        'unrecorded_change', s.unrecorded,
+        'watcher_checked_at', killswitch.iso_utc(s.watcher_checked_at),
+        'watcher_age_ms', round(extract(epoch FROM clock_timestamp() - s.watcher_checked_at) * 1000))
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';

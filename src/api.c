@@ -125,19 +125,21 @@ ks_assert_task(PG_FUNCTION_ARGS)
 
 /*
  * SQL: the shared state as a row, for ks_status(): mode, generation,
- * integrity, source, since, problem, require_hmac, unrecorded.
+ * integrity, source, since, problem, require_hmac, unrecorded,
+ * watcher_checked_at.
  */
 Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[8];
-	bool		nulls[8] = {false};
+	Datum		values[9];
+	bool		nulls[9] = {false};
 	uint64		word;
 	int			flags;
 	char		source[16];
 	char		problem[KS_PROBLEM_LEN];
 	TimestampTz since;
+	TimestampTz checked;
 	bool		unrecorded;
 
 	ks_require_loaded();
@@ -150,6 +152,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	strlcpy(problem, ks_shared->problem, sizeof(problem));
 	since = ks_shared->since;
 	unrecorded = ks_shared->unrecorded;
+	checked = ks_shared->watcher_checked_at;
 	SpinLockRelease(&ks_shared->mutex);
 
 	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
@@ -163,6 +166,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	nulls[5] = problem[0] == '\0';
 	values[6] = BoolGetDatum(ks_require_hmac);
 	values[7] = BoolGetDatum(unrecorded);
+	values[8] = TimestampTzGetDatum(checked);
+	nulls[8] = checked == 0;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

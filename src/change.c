@@ -27,6 +27,7 @@ PG_FUNCTION_INFO_V1(ks_disengage);
 typedef struct KsPending
 {
 	KsState		state;			/* what the state file will say */
+	int			flags;			/* KS_FLAG_* to publish with it */
 	int			nestlevel;		/* subtransaction that made it */
 	bool		recorded_startup;	/* it also recorded the startup change */
 } KsPending;
@@ -78,20 +79,111 @@ last_pending(void)
 	return pending == NIL ? NULL : (KsPending *) llast(pending);
 }
 
-/* Make one change: check, lock, record, and remember it for commit. */
+/* Remember a recorded change for the commit callbacks. */
+static void
+push_pending(const KsState *file_state, int flags, bool recorded_startup)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	KsPending  *p = palloc0(sizeof(KsPending));
+
+	p->state = *file_state;
+	p->state.engaged_at = pstrdup(file_state->engaged_at);
+	p->state.reason = pstrdup(file_state->reason);
+	p->state.triggered_by = pstrdup(file_state->triggered_by);
+	p->state.source = pstrdup(file_state->source);
+	p->state.key_id = pstrdup(file_state->key_id);
+	p->flags = flags;
+	p->nestlevel = GetCurrentTransactionNestLevel();
+	p->recorded_startup = recorded_startup;
+	pending = lappend(pending, p);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Record the change made while the server started (a tamper verdict, a file
+ * written while it was down), which killswitch.events lacks, with the
+ * generation shared memory already carries.
+ */
+static void
+record_startup_change(uint64 word, KsState *file_state)
+{
+	KsEventInput in;
+
+	memset(&in, 0, sizeof(in));
+	in.mode = KS_WORD_MODE(word);
+	SpinLockAcquire(&ks_shared->mutex);
+	in.previous = ks_shared->unrecorded_previous;
+	in.reason = pstrdup(ks_shared->unrecorded_reason);
+	in.source = pstrdup(ks_shared->source);
+	SpinLockRelease(&ks_shared->mutex);
+	in.triggered_by = "killswitch";
+	in.floor_generation = KS_WORD_GENERATION(word);
+	(void) ks_record_event(&in, file_state);
+}
+
+/*
+ * Make one change, whoever asks (SQL, the watcher): take the lock that
+ * orders changes, record the event, and remember it for commit.  Rights are
+ * the caller's business.
+ */
+Datum
+ks_apply_change(const KsChange *c)
+{
+	KsPending  *last;
+	uint64		word;
+	KsEventInput in;
+	KsState		file_state;
+	Datum		row;
+	bool		recorded_startup = false;
+
+	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+	word = pg_atomic_read_u64(&ks_shared->word);
+	last = last_pending();
+
+	if (ks_shared->unrecorded && last == NULL)
+	{
+		record_startup_change(word, &file_state);
+		recorded_startup = true;
+	}
+
+	memset(&in, 0, sizeof(in));
+	in.mode = c->mode;
+	in.previous = last ? last->state.mode : KS_WORD_MODE(word);
+	in.reason = c->reason;
+	in.triggered_by = c->triggered_by;
+	in.affected_tasks = c->affected_tasks;
+	in.source = c->source;
+	in.floor_generation = Max(KS_WORD_GENERATION(word),
+							  last ? last->state.generation : 0) + 1;
+	row = ks_record_event(&in, &file_state);
+	push_pending(&file_state, c->flags,
+				 recorded_startup || (last && last->recorded_startup));
+	return row;
+}
+
+/* Record a pending startup change on its own (the watcher, at its start). */
+void
+ks_flush_unrecorded(void)
+{
+	uint64		word;
+	KsState		file_state;
+
+	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+	word = pg_atomic_read_u64(&ks_shared->word);
+	if (!ks_shared->unrecorded || pending != NIL)
+		return;
+	record_startup_change(word, &file_state);
+	push_pending(&file_state, KS_WORD_FLAGS(word), true);
+}
+
+/* A change asked for through SQL: check the caller's rights, then make it. */
 static Datum
 make_change(KsMode mode, const char *reason, const char *triggered_by,
 			int32 affected_tasks, bool is_release)
 {
 	KsPending  *last;
-	KsPending  *p;
 	KsMode		current;
-	uint64		word;
-	KsEventInput in;
-	KsState		file_state;
-	Datum		row;
-	MemoryContext oldcxt;
-	bool		recorded_startup = false;
+	KsChange	c;
 
 	PreventCommandIfReadOnly(is_release ? "ks_disengage()" : "ks_engage()");
 	PreventCommandDuringRecovery(is_release ? "ks_disengage()" : "ks_engage()");
@@ -100,58 +192,20 @@ make_change(KsMode mode, const char *reason, const char *triggered_by,
 	else
 		ks_check_engage_right();
 
-	/* one change at a time, in commit order */
+	/* one change at a time, in commit order; then see what we would lower */
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
-
-	word = pg_atomic_read_u64(&ks_shared->word);
 	last = last_pending();
-	current = last ? last->state.mode : KS_WORD_MODE(word);
+	current = last ? last->state.mode : ks_current_mode();
 	if (mode < current && !is_release)
 		ks_check_release_right();
 
-	/* a change made while starting (a tamper verdict, an out-of-band file) first */
-	if (ks_shared->unrecorded && last == NULL)
-	{
-		KsState		ignored;
-
-		memset(&in, 0, sizeof(in));
-		in.mode = KS_WORD_MODE(word);
-		in.previous = ks_shared->unrecorded_previous;
-		SpinLockAcquire(&ks_shared->mutex);
-		in.reason = pstrdup(ks_shared->unrecorded_reason);
-		in.source = pstrdup(ks_shared->source);
-		SpinLockRelease(&ks_shared->mutex);
-		in.triggered_by = "killswitch";
-		in.floor_generation = KS_WORD_GENERATION(word);
-		(void) ks_record_event(&in, &ignored);
-		recorded_startup = true;
-	}
-
-	memset(&in, 0, sizeof(in));
-	in.mode = mode;
-	in.previous = current;
-	in.reason = reason;
-	in.triggered_by = triggered_by;
-	in.affected_tasks = affected_tasks;
-	in.source = "sql";
-	in.floor_generation = Max(KS_WORD_GENERATION(word),
-							  last ? last->state.generation : 0) + 1;
-	row = ks_record_event(&in, &file_state);
-
-	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	p = palloc0(sizeof(KsPending));
-	p->state = file_state;
-	p->state.engaged_at = pstrdup(file_state.engaged_at);
-	p->state.reason = pstrdup(file_state.reason);
-	p->state.triggered_by = pstrdup(file_state.triggered_by);
-	p->state.source = pstrdup(file_state.source);
-	p->state.key_id = pstrdup(file_state.key_id);
-	p->nestlevel = GetCurrentTransactionNestLevel();
-	p->recorded_startup = recorded_startup || (last && last->recorded_startup);
-	pending = lappend(pending, p);
-	MemoryContextSwitchTo(oldcxt);
-
-	return row;
+	c.mode = mode;
+	c.reason = reason;
+	c.triggered_by = triggered_by;
+	c.affected_tasks = affected_tasks;
+	c.source = "sql";
+	c.flags = 0;
+	return ks_apply_change(&c);
 }
 
 /* SQL: raise or repeat the mode (or lower it, with the release right). */
@@ -240,9 +294,15 @@ publish_at_commit(void)
 		ks_shared->unrecorded = false;
 	if (!ks_parse_iso(last->state.engaged_at, &usec))
 		usec = ks_timestamptz_to_unix_usec(GetCurrentTimestamp());
-	ks_publish(last->state.mode, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED,
+	ks_publish(last->state.mode, last->flags | (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED),
 			   last->state.generation, ks_unix_usec_to_timestamptz(usec),
 			   last->state.source, last->state.reason, last->state.triggered_by);
+	if (last->flags & KS_FLAG_TAMPERED)
+	{
+		SpinLockAcquire(&ks_shared->mutex);
+		strlcpy(ks_shared->problem, last->state.reason, sizeof(ks_shared->problem));
+		SpinLockRelease(&ks_shared->mutex);
+	}
 }
 
 /* Put the files back after a failure between the write and the commit. */

@@ -23,6 +23,7 @@ char	   *ks_secret_file = NULL;
 bool		ks_require_hmac = true;
 char	   *ks_database = NULL;
 int			ks_settle_ms = 50;
+int			ks_poll_interval = 100;
 
 #ifdef KS_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -78,6 +79,11 @@ define_settings(void)
 							"A writer that rewrites the file in place may be caught mid-write; only a second bad read counts.",
 							&ks_settle_ms, 50, 0, 5000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("killswitch.poll_interval",
+							"How often the watcher looks at the state file.",
+							"A look is one stat() when nothing changed.",
+							&ks_poll_interval, 100, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("killswitch");
 }
 
@@ -103,6 +109,7 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = ks_shmem_startup_hook;
 
+	ks_worker_register();
 	RegisterXactCallback(ks_xact_callback, NULL);
 	RegisterSubXactCallback(ks_subxact_callback, NULL);
 	ks_tasks_init();

@@ -36,6 +36,7 @@ extern char *ks_secret_file;
 extern bool ks_require_hmac;
 extern char *ks_database;
 extern int	ks_settle_ms;
+extern int	ks_poll_interval;
 
 /*
  * The fast copy.  word packs what every check reads, so that a reader gets
@@ -59,6 +60,7 @@ typedef struct KsShared
 	bool		unrecorded;
 	KsMode		unrecorded_previous;
 	char		unrecorded_reason[KS_PROBLEM_LEN + 64];
+	TimestampTz watcher_checked_at;	/* when the watcher last looked at the file */
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -85,6 +87,11 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 					   TimestampTz since, const char *source,
 					   const char *reason, const char *triggered_by);
 extern void ks_refusal_detail(char *buf, size_t len);
+
+/* worker.c, watch.c */
+extern void ks_worker_register(void);
+extern void ks_judge_file(const char *path);
+extern void ks_judge_file_without_history(const char *path);
 
 /* startup.c */
 extern void ks_load_at_startup(void);
@@ -146,6 +153,17 @@ extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *rea
 					  const char *source);
 
 /* change.c */
+typedef struct KsChange
+{
+	KsMode		mode;
+	const char *reason;			/* server encoding */
+	const char *triggered_by;
+	int32		affected_tasks;
+	const char *source;			/* sql, file, cli, tamper */
+	int			flags;			/* KS_FLAG_* to publish */
+} KsChange;
+extern Datum ks_apply_change(const KsChange *change);
+extern void ks_flush_unrecorded(void);
 extern void ks_xact_callback(XactEvent event, void *arg);
 extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
