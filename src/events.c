@@ -316,6 +316,21 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	return result;
 }
 
+/* Generation of the newest event (0 when there is none). */
+int64
+ks_events_last_generation(void)
+{
+	KsOwnerContext owner;
+	int64		id,
+				generation;
+	char		hash[KS_HEX_DIGEST_LEN + 1];
+
+	ks_owner_begin(&owner);
+	events_tail(&id, hash, &generation);
+	ks_owner_end(&owner);
+	return generation;
+}
+
 /* Build the NOTIFY payload with reason and triggered_by cut to maxlen bytes. */
 static void
 notify_payload(StringInfo out, int64 id, KsMode mode, int previous,

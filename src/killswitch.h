@@ -92,6 +92,7 @@ extern void ks_refusal_detail(char *buf, size_t len);
 extern void ks_worker_register(void);
 extern void ks_judge_file(const char *path);
 extern void ks_judge_file_without_history(const char *path);
+extern void ks_reconcile_history(void);
 
 /* startup.c */
 extern void ks_load_at_startup(void);
@@ -148,6 +149,7 @@ typedef struct KsEventInput
 	int64		floor_generation;	/* the generation is at least this */
 } KsEventInput;
 extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
+extern int64 ks_events_last_generation(void);
 extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
 					  const char *triggered_by, TimestampTz at, int64 generation,
 					  const char *source);

@@ -179,3 +179,41 @@ ks_judge_file_without_history(const char *path)
 			   GetCurrentTimestamp(), a.change.source,
 			   a.change.reason, a.change.triggered_by);
 }
+
+/*
+ * Make the history agree with the state (at the watcher's start, once there
+ * is a history).  The file is written just before a change commits, so a
+ * crash in between leaves the file — and so the state — one change ahead of
+ * killswitch.events: that change is recorded now, with its generation.  A
+ * history ahead of the state means both state files were put back from an
+ * older copy: a replay, and the halt is assumed.
+ */
+void
+ks_reconcile_history(void)
+{
+	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	int64		state_gen = KS_WORD_GENERATION(word);
+	int64		history_gen = ks_events_last_generation();
+
+	if (history_gen == state_gen || ks_shared->unrecorded)
+		return;
+	if (history_gen > state_gen)
+	{
+		KsVerdictAction a;
+
+		memset(&a, 0, sizeof(a));
+		tamper(&a, Max(KS_WORD_MODE(word), KS_HALT_ALL),
+			   psprintf("replay: the history has generation " INT64_FORMAT
+						" but the state file only " INT64_FORMAT, history_gen, state_gen));
+		(void) ks_apply_change(&a.change);
+		return;
+	}
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->unrecorded = true;
+	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
+	snprintf(ks_shared->unrecorded_reason, sizeof(ks_shared->unrecorded_reason),
+			 "recorded at start: the state file holds a change the history lacks (%s)",
+			 ks_shared->reason);
+	SpinLockRelease(&ks_shared->mutex);
+	ks_flush_unrecorded();
+}

@@ -120,6 +120,7 @@ static void
 examine_file(void)
 {
 	char		path[MAXPGPATH];
+	bool		history;
 
 	ks_state_file_path(path, sizeof(path));
 	SetCurrentStatementStartTimestamp();
@@ -127,10 +128,12 @@ examine_file(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "examining the kill switch state file");
 
-	had_history = extension_present();
-	if (had_history)
+	history = extension_present();
+	if (history)
 	{
 		LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+		if (!had_history)
+			ks_reconcile_history();
 		ks_judge_file(path);
 	}
 	else
@@ -138,6 +141,7 @@ examine_file(void)
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	had_history = history;
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
