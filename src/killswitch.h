@@ -93,6 +93,7 @@ extern void ks_worker_register(void);
 extern void ks_judge_file(const char *path);
 extern void ks_judge_file_without_history(const char *path);
 extern void ks_reconcile_history(void);
+extern void ks_watch_failed(void);
 
 /* startup.c */
 extern void ks_load_at_startup(void);

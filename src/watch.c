@@ -56,6 +56,23 @@ tamper(KsVerdictAction *a, KsMode mode, const char *what)
 			 errhint("An administrator can inspect the state with ks_status() and release it with ks_disengage().")));
 }
 
+/*
+ * Keep a rejected file as evidence, as <path>.rejected (replacing an older
+ * one), and clear the way for a trusted file.
+ */
+static void
+set_aside(const char *path)
+{
+	char		aside[MAXPGPATH];
+
+	snprintf(aside, sizeof(aside), "%s.rejected", path);
+	if (unlink(aside) != 0 && errno == EISDIR)
+		(void) rmdir(aside);
+	if (rename(path, aside) != 0)
+		ereport(LOG,
+				(errmsg("killswitch: could not move the rejected state file aside: %m")));
+}
+
 /* Is a file without a generation the state we hold (same mode, same time)? */
 static bool
 same_as_held(const KsState *st, KsMode mode, TimestampTz since)
@@ -116,10 +133,7 @@ judge(const char *path)
 	}
 	if (v == KS_FILE_BAD)
 	{
-		char		aside[MAXPGPATH];
-
-		snprintf(aside, sizeof(aside), "%s.rejected", path);
-		(void) rename(path, aside);
+		set_aside(path);
 		tamper(&a, raised, problem);
 		return a;
 	}
@@ -143,12 +157,32 @@ judge(const char *path)
 	return a;
 }
 
+/*
+ * Raise the mode in shared memory at once, before anything that can fail
+ * (writing the file, recording the event): the halt must not depend on the
+ * disk.  The generation moves when the change commits; if it cannot, the
+ * watcher marks the verdict unrecorded (ks_watch_failed).
+ */
+static void
+halt_now(const KsChange *c)
+{
+	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+
+	ks_publish(c->mode, c->flags, KS_WORD_GENERATION(word), GetCurrentTimestamp(),
+			   c->source, c->reason, c->triggered_by);
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(ks_shared->problem, c->reason, sizeof(ks_shared->problem));
+	SpinLockRelease(&ks_shared->mutex);
+}
+
 /* Judge the file and record what it calls for (the history exists). */
 void
 ks_judge_file(const char *path)
 {
 	KsVerdictAction a = judge(path);
 
+	if (a.act && (a.change.flags & KS_FLAG_TAMPERED))
+		halt_now(&a.change);
 	if (a.act)
 		(void) ks_apply_change(&a.change);
 	else if (ks_shared->unrecorded)
@@ -216,4 +250,23 @@ ks_reconcile_history(void)
 			 ks_shared->reason);
 	SpinLockRelease(&ks_shared->mutex);
 	ks_flush_unrecorded();
+}
+
+/*
+ * After a failed look (the file could not be rewritten, the event not
+ * recorded): whatever halt_now() raised stays, and the verdict waits to be
+ * recorded.
+ */
+void
+ks_watch_failed(void)
+{
+	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+
+	if (!(KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED))
+		return;
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->unrecorded = true;
+	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
+	strlcpy(ks_shared->unrecorded_reason, ks_shared->problem, sizeof(ks_shared->unrecorded_reason));
+	SpinLockRelease(&ks_shared->mutex);
 }

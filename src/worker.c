@@ -33,6 +33,9 @@
 
 PGDLLEXPORT void ks_worker_main(Datum arg);
 
+/* After a failed look, wait this long before trying to record again. */
+#define KS_RETRY_MS 5000
+
 /* What the last look at the file saw; a change in any of it means "read it". */
 typedef struct KsFileStamp
 {
@@ -145,6 +148,34 @@ examine_file(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * examine_file(), surviving its errors: an error (a file that cannot be
+ * rewritten, a full disk) is logged, the transaction rolled back, and the
+ * halt already raised in shared memory stays.  Returns false on error.
+ */
+static bool
+examine_file_safely(void)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		examine_file();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(ctx);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ks_watch_failed();
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
 /* The worker's entry point. */
 void
 ks_worker_main(Datum arg)
@@ -152,6 +183,7 @@ ks_worker_main(Datum arg)
 	char		path[MAXPGPATH];
 	KsFileStamp seen;
 	bool		first = true;
+	TimestampTz retry_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -173,10 +205,14 @@ ks_worker_main(Datum arg)
 
 		ks_state_file_path(path, sizeof(path));
 		now = file_stamp(path);
-		/* a startup change is recorded as soon as there is a history for it */
-		if (first || stamp_changed(&now, &seen) || (ks_shared->unrecorded && had_history))
+		/* an unrecorded change is recorded as soon as there is a history for it */
+		if (first || stamp_changed(&now, &seen) ||
+			(ks_shared->unrecorded && had_history &&
+			 GetCurrentTimestamp() >= retry_at))
 		{
-			examine_file();
+			if (!examine_file_safely())
+				retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   KS_RETRY_MS);
 			/* what we saw after acting, including our own rewrite */
 			now = file_stamp(path);
 			first = false;
