@@ -17,7 +17,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 # The state-file code again, built for frontend programs.
 FE_OBJS = src/store_fe.o src/json_fe.o
 FE_PROGRAMS = test/store_vectors
-EXTRA_CLEAN = $(FE_OBJS) $(FE_PROGRAMS) tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = $(FE_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -32,6 +32,23 @@ src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h
 test/store_vectors: test/store_vectors.c $(FE_OBJS)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)
 
+# ---- the fuzzer: libFuzzer + ASan/UBSan on the state-file reader ----
+comma := ,
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 20
+FUZZ_WRAP = $(addprefix -Wl$(comma)--wrap=,palloc palloc0 palloc_extended repalloc pfree \
+            pstrdup pnstrdup pg_malloc pg_malloc0 pg_realloc pg_free pg_strdup)
+
+test/fuzz/fuzz_state: test/fuzz/fuzz_state.c test/fuzz/alloc_wrap.c src/store.c src/json.c src/store.h
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-ignored-attributes \
+	  -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $(filter %.c,$^) $(FE_LIBS) $(FUZZ_WRAP)
+
+# A short run (CI); for a long one: make fuzz-run FUZZ_SECONDS=3600
+fuzz-run: test/fuzz/fuzz_state
+	rm -rf tmp_check/fuzz && mkdir -p tmp_check/fuzz/corpus && cp test/fuzz/corpus/* tmp_check/fuzz/corpus/
+	cd tmp_check/fuzz && ../../test/fuzz/fuzz_state -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	  -print_final_stats=1 corpus
+
 # ---- tests: each suite starts its own throwaway server (run as a non-root user) ----
 PG_BINDIR := $(shell $(PG_CONFIG) --bindir)
 PG_REGRESS_BIN = $(pgxsdir)/src/test/regress/pg_regress
@@ -40,7 +57,7 @@ TEST_CONF = test/killswitch.conf
 REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
 ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
 
-.PHONY: test-vectors test-regress test-isolation test-tap test-all
+.PHONY: test-vectors test-regress test-isolation test-tap test-all fuzz-run
 
 test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json
