@@ -62,14 +62,26 @@ COMMENT ON TABLE killswitch.events IS
 CREATE FUNCTION killswitch.refuse_history_change() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RAISE EXCEPTION '% on killswitch.events is not allowed', TG_OP
+    RAISE EXCEPTION '% on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege',
-              DETAIL = 'The kill switch history is append-only.',
+              DETAIL = 'The kill switch history and snapshots are append-only.',
               HINT = 'Changes are recorded by ks_engage() and ks_disengage(); check the chain with ks_verify_events().';
 END
 $$;
 CREATE TRIGGER events_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON killswitch.events
+    FOR EACH STATEMENT EXECUTE FUNCTION killswitch.refuse_history_change();
+
+CREATE TABLE killswitch.snapshots (
+    id          bigserial PRIMARY KEY,
+    generation  bigint NOT NULL,
+    taken_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    snapshot    jsonb NOT NULL
+);
+COMMENT ON TABLE killswitch.snapshots IS
+    'What the agents were doing when the kill switch entered emergency: status, sessions, locks';
+CREATE TRIGGER snapshots_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON killswitch.snapshots
     FOR EACH STATEMENT EXECUTE FUNCTION killswitch.refuse_history_change();
 
 CREATE TABLE killswitch.critical_tasks (
@@ -93,6 +105,8 @@ CREATE TRIGGER critical_tasks_changed
     FOR EACH STATEMENT EXECUTE FUNCTION killswitch.critical_tasks_changed();
 
 SELECT pg_catalog.pg_extension_config_dump('killswitch.events', '');
+SELECT pg_catalog.pg_extension_config_dump('killswitch.snapshots', '');
+SELECT pg_catalog.pg_extension_config_dump('killswitch.snapshots_id_seq', '');
 
 -- Reading the state: open to everyone.
 CREATE FUNCTION @extschema@.ks_mode() RETURNS @extschema@.ks_mode
@@ -199,6 +213,9 @@ GRANT SELECT ON killswitch.events TO PUBLIC;
 REVOKE ALL ON killswitch.critical_tasks FROM PUBLIC;
 GRANT SELECT ON killswitch.critical_tasks TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE ON killswitch.critical_tasks TO killswitch_admin;
+-- snapshots hold the agents' queries: operators and admins only
+REVOKE ALL ON killswitch.snapshots FROM PUBLIC;
+GRANT SELECT ON killswitch.snapshots TO killswitch_operator;
 REVOKE ALL ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) TO killswitch_operator;
 REVOKE ALL ON FUNCTION @extschema@.ks_disengage(text, text) FROM PUBLIC;

@@ -37,6 +37,15 @@ static List *pending = NIL;
 /* The files as they were before the pre-commit write, to undo it. */
 static KsSaved saved;
 static bool files_written = false;
+/* This transaction changed killswitch.critical_tasks. */
+static bool critical_changed = false;
+
+/* Note that killswitch.critical_tasks changed (from its trigger). */
+void
+ks_critical_tasks_mark_changed(void)
+{
+	critical_changed = true;
+}
 
 /* Check a text argument: present, not blank, not too long. */
 static char *
@@ -322,6 +331,15 @@ undo_file_write(void)
 void
 ks_xact_callback(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		ks_own_write_depth = 0;
+	if (event == XACT_EVENT_COMMIT && critical_changed)
+	{
+		ks_shared->critical_reload = true;
+		ks_wake_watcher();
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		critical_changed = false;
 	if (pending == NIL)
 		return;
 	switch (event)
@@ -331,6 +349,8 @@ ks_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 			publish_at_commit();
+			if (last_pending()->state.mode == KS_EMERGENCY)
+				ks_wake_watcher();	/* the emergency actions, now */
 			reset_pending();
 			break;
 		case XACT_EVENT_ABORT:

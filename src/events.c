@@ -389,6 +389,16 @@ ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
 		Async_Notify(KS_ALERT_CHANNEL, payload.data);
 }
 
+/* NOTIFY killswitch_alert that the emergency actions ran. */
+void
+ks_notify_alert(int64 generation, int sessions_ended)
+{
+	Async_Notify(KS_ALERT_CHANNEL,
+				 psprintf("{\"alert\": \"emergency\", \"generation\": " INT64_FORMAT
+						  ", \"sessions_ended\": %d, \"snapshot_file\": \"%s\"}",
+						  generation, sessions_ended, KS_SNAPSHOT_FILE_NAME));
+}
+
 /* Text of a column of a composite row; NULL for SQL NULL. */
 static char *
 row_text(HeapTupleHeader row, const char *column)

@@ -24,6 +24,8 @@ bool		ks_require_hmac = true;
 char	   *ks_database = NULL;
 int			ks_settle_ms = 50;
 int			ks_poll_interval = 100;
+char	   *ks_alert_command = NULL;
+int			ks_alert_timeout = 10000;
 
 #ifdef KS_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -84,6 +86,21 @@ define_settings(void)
 							"A look is one stat() when nothing changed.",
 							&ks_poll_interval, 100, 10, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("killswitch.task",
+							   "The task this session declares it is doing.",
+							   "An agent session whose task is in killswitch.critical_tasks may write in halt_noncritical and halt_all.",
+							   &ks_session_task, "",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("killswitch.alert_command",
+							   "Shell command run when the kill switch enters emergency.",
+							   "The details are in environment variables KS_MODE, KS_REASON, KS_EVENT_ID, KS_TRIGGERED_BY, ...; never in the command text.",
+							   &ks_alert_command, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomIntVariable("killswitch.alert_timeout",
+							"How long alert_command may run before it is killed.",
+							NULL,
+							&ks_alert_timeout, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("killswitch");
 }
 
@@ -110,6 +127,8 @@ _PG_init(void)
 	shmem_startup_hook = ks_shmem_startup_hook;
 
 	ks_worker_register();
+	ks_enforce_init();
+	ks_agents_init();
 	RegisterXactCallback(ks_xact_callback, NULL);
 	RegisterSubXactCallback(ks_subxact_callback, NULL);
 	ks_tasks_init();

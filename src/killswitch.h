@@ -10,6 +10,7 @@
 #include "access/xact.h"
 #include "datatype/timestamp.h"
 #include "port/atomics.h"
+#include "storage/latch.h"
 #include "storage/spin.h"
 
 #include "compat.h"
@@ -29,6 +30,9 @@
 /* Private directory inside the data directory. */
 #define KS_PRIVATE_DIR "pg_killswitch"
 #define KS_LAST_APPLIED_FILE KS_PRIVATE_DIR "/last_applied.json"
+#define KS_SNAPSHOT_FILE_NAME "kill_switch_snapshot.json"
+#define KS_MAX_AGENT_ROLES 256
+#define KS_MAX_CRITICAL 64
 
 /* Settings (killswitch.c) */
 extern char *ks_state_dir;
@@ -37,6 +41,10 @@ extern bool ks_require_hmac;
 extern char *ks_database;
 extern int	ks_settle_ms;
 extern int	ks_poll_interval;
+extern char *ks_session_task;
+extern char *ks_alert_command;
+extern int	ks_alert_timeout;
+extern int	ks_own_write_depth;
 
 /*
  * The fast copy.  word packs what every check reads, so that a reader gets
@@ -61,6 +69,13 @@ typedef struct KsShared
 	KsMode		unrecorded_previous;
 	char		unrecorded_reason[KS_PROBLEM_LEN + 64];
 	TimestampTz watcher_checked_at;	/* when the watcher last looked at the file */
+	Latch	   *watcher_latch;	/* to wake the watcher at once */
+	int64		emergency_handled;	/* emergency generation whose actions ran */
+	int			nagent_roles;	/* agent role names, for refusing logins */
+	char		agent_roles[KS_MAX_AGENT_ROLES][NAMEDATALEN];
+	bool		critical_reload;	/* killswitch.critical_tasks changed */
+	int			ncritical;		/* -1 until loaded: the defaults apply */
+	char		critical[KS_MAX_CRITICAL][NAMEDATALEN];
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -89,6 +104,7 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 extern void ks_refusal_detail(char *buf, size_t len);
 
 /* worker.c, watch.c */
+#define KS_NO_EMERGENCY (-1)
 extern void ks_worker_register(void);
 extern void ks_judge_file(const char *path);
 extern void ks_judge_file_without_history(const char *path);
@@ -170,6 +186,21 @@ extern void ks_flush_unrecorded(void);
 extern void ks_xact_callback(XactEvent event, void *arg);
 extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
+
+/* state.c, for enforcement everywhere */
+extern bool ks_shared_task_is_critical(const char *task);
+extern void ks_wake_watcher(void);
+
+/* agents.c, enforce.c, emergency.c */
+extern void ks_agents_init(void);
+extern bool ks_session_is_agent(void);
+extern void ks_enforce_init(void);
+extern bool ks_emergency_lists_role(const char *name);
+extern void ks_emergency_tick(bool history);
+extern void ks_alert_poll(void);
+extern void ks_notify_alert(int64 generation, int sessions_ended);
+extern void ks_critical_tasks_mark_changed(void);
+extern void ks_load_shared_critical_tasks(void);
 
 /* api.c */
 extern void ks_refuse(const char *message) pg_attribute_noreturn();

@@ -57,6 +57,7 @@ ks_owner_begin(KsOwnerContext *ctx)
 	SetUserIdAndSecContext(owner, ctx->save_sec_context |
 						   SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
+	ks_own_write_depth++;
 	ctx->save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION,
@@ -72,4 +73,5 @@ ks_owner_end(KsOwnerContext *ctx)
 	SPI_finish();
 	AtEOXact_GUC(false, ctx->save_nestlevel);
 	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+	ks_own_write_depth--;
 }

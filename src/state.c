@@ -37,6 +37,8 @@ ks_shmem_startup(void)
 	{
 		memset(ks_shared, 0, sizeof(KsShared));
 		SpinLockInit(&ks_shared->mutex);
+		ks_shared->emergency_handled = KS_NO_EMERGENCY;
+		ks_shared->ncritical = -1;
 		/* until the file is read, assume the stop (DESIGN §4) */
 		pg_atomic_init_u64(&ks_shared->word, KS_WORD(KS_HALT_ALL, KS_FLAG_TAMPERED, 0));
 	}
@@ -132,4 +134,47 @@ ks_refusal_detail(char *buf, size_t len)
 	snprintf(buf, len, "Set by %s: %s",
 			 by[0] ? pg_any_to_server(by, strlen(by), PG_UTF8) : "(unknown)",
 			 reason[0] ? pg_any_to_server(reason, strlen(reason), PG_UTF8) : "(no reason given)");
+}
+
+/* The reference library's defaults, used until the watcher loaded the table. */
+static const char *const default_critical[] = {
+	"safety_monitoring", "data_persistence", "audit_logging",
+	"kill_switch_itself", "cost_tracking"
+};
+
+/*
+ * Is task critical, by the copy of killswitch.critical_tasks in shared
+ * memory?  Enforcement runs in every database, also where the table is not.
+ */
+bool
+ks_shared_task_is_critical(const char *task)
+{
+	bool		found = false;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	if (ks_shared->ncritical < 0)
+	{
+		for (int i = 0; i < (int) lengthof(default_critical) && !found; i++)
+			found = strcmp(default_critical[i], task) == 0;
+	}
+	else
+	{
+		for (int i = 0; i < ks_shared->ncritical && !found; i++)
+			found = strcmp(ks_shared->critical[i], task) == 0;
+	}
+	SpinLockRelease(&ks_shared->mutex);
+	return found;
+}
+
+/* Wake the watcher (an emergency to act on, a table to reload). */
+void
+ks_wake_watcher(void)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	latch = ks_shared->watcher_latch;
+	SpinLockRelease(&ks_shared->mutex);
+	if (latch)
+		SetLatch(latch);
 }

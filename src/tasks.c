@@ -119,5 +119,28 @@ ks_critical_tasks_changed(PG_FUNCTION_ARGS)
 		elog(ERROR, "ks_critical_tasks_changed() must be called as a trigger");
 	/* transactional: delivered to other backends when this commits */
 	CacheInvalidateRelcache(trigdata->tg_relation);
+	/* and the copy in shared memory, which enforcement reads, is reloaded */
+	ks_critical_tasks_mark_changed();
 	return PointerGetDatum(NULL);
+}
+
+/* Copy killswitch.critical_tasks into shared memory (the watcher, in a transaction). */
+void
+ks_load_shared_critical_tasks(void)
+{
+	int			n;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT task FROM killswitch.critical_tasks ORDER BY task", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.critical_tasks");
+	n = Min((int) SPI_processed, KS_MAX_CRITICAL);
+	SpinLockAcquire(&ks_shared->mutex);
+	for (int i = 0; i < n; i++)
+		strlcpy(ks_shared->critical[i],
+				SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), NAMEDATALEN);
+	ks_shared->ncritical = n;
+	ks_shared->critical_reload = false;
+	SpinLockRelease(&ks_shared->mutex);
+	SPI_finish();
 }

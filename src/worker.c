@@ -176,6 +176,65 @@ examine_file_safely(void)
 	return ok;
 }
 
+/*
+ * The watcher's other duties, in a transaction of their own: keep the
+ * shared copy of the critical tasks, and act on an emergency.
+ */
+static void
+run_duties(void)
+{
+	bool		history;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	history = extension_present();
+	if (history && (ks_shared->critical_reload || ks_shared->ncritical < 0))
+		ks_load_shared_critical_tasks();
+	ks_emergency_tick(history);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* Are there duties to run this tick? */
+static bool
+duties_due(void)
+{
+	return ks_shared->critical_reload ||
+		(ks_shared->ncritical < 0 && had_history) ||
+		ks_current_mode() == KS_EMERGENCY;
+}
+
+/* run_duties(), surviving its errors like examine_file_safely(). */
+static void
+run_duties_safely(void)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		run_duties();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(ctx);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+}
+
+/* At exit: nobody should set a latch that is no longer ours. */
+static void
+forget_latch(int code, Datum arg)
+{
+	SpinLockAcquire(&ks_shared->mutex);
+	if (ks_shared->watcher_latch == MyLatch)
+		ks_shared->watcher_latch = NULL;
+	SpinLockRelease(&ks_shared->mutex);
+}
+
 /* The worker's entry point. */
 void
 ks_worker_main(Datum arg)
@@ -191,6 +250,10 @@ ks_worker_main(Datum arg)
 	BackgroundWorkerInitializeConnection(ks_database, NULL, 0);
 	pgstat_report_appname("killswitch watcher");
 	memset(&seen, 0, sizeof(seen));
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->watcher_latch = MyLatch;
+	SpinLockRelease(&ks_shared->mutex);
+	before_shmem_exit(forget_latch, (Datum) 0);
 
 	for (;;)
 	{
@@ -218,6 +281,9 @@ ks_worker_main(Datum arg)
 			first = false;
 		}
 		seen = now;
+		if (duties_due())
+			run_duties_safely();
+		ks_alert_poll();
 		note_liveness();
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -1,0 +1,316 @@
+/*
+ * emergency.c — what entering emergency does (DESIGN §9), run by the
+ * watcher, which commits wake at once, whether emergency came from SQL,
+ * the file or the CLI, and again at start if the server comes up in it:
+ *
+ *   1. the snapshot: status, every agent session and the locks they hold,
+ *      into killswitch.snapshots and kill_switch_snapshot.json beside the
+ *      state file;
+ *   2. every agent session ended, and agent logins refused from now on;
+ *   3. the alert: NOTIFY killswitch_alert, a WARNING in the log, and
+ *      killswitch.alert_command, run with the details in environment
+ *      variables (never in the shell text), bounded by
+ *      killswitch.alert_timeout, never waited for.
+ *
+ * While the emergency lasts, agent sessions that appear are ended too.
+ */
+#include "postgres.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+/* The alert command running, if any. */
+static pid_t alert_pid = 0;
+static TimestampTz alert_deadline = 0;
+
+/* Agent roles: members of killswitch_agent, however indirect. */
+#define AGENT_ROLES_SQL \
+	"WITH RECURSIVE agents(oid) AS (" \
+	"  SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'killswitch_agent'" \
+	"  UNION SELECT m.member FROM pg_catalog.pg_auth_members m JOIN agents a ON m.roleid = a.oid)" \
+	" SELECT a.oid, r.rolname FROM agents a JOIN pg_catalog.pg_roles r ON r.oid = a.oid" \
+	" WHERE r.rolname <> 'killswitch_agent'"
+
+/* List the agent roles into shared memory (for the login check); return their OIDs. */
+static Datum
+list_agent_roles(void)
+{
+	int			n;
+	Datum	   *oids;
+
+	if (SPI_execute(AGENT_ROLES_SQL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list the agent roles");
+	n = (int) SPI_processed;
+	oids = palloc(sizeof(Datum) * Max(n, 1));
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->nagent_roles = 0;
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		oids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		if (i < KS_MAX_AGENT_ROLES)
+			strlcpy(ks_shared->agent_roles[ks_shared->nagent_roles++], name, NAMEDATALEN);
+	}
+	SpinLockRelease(&ks_shared->mutex);
+	return PointerGetDatum(construct_array(oids, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+}
+
+/* Is this role name on the list of agent roles?  (No catalog access.) */
+bool
+ks_emergency_lists_role(const char *name)
+{
+	bool		found = false;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	for (int i = 0; i < ks_shared->nagent_roles && !found; i++)
+		found = strcmp(ks_shared->agent_roles[i], name) == 0;
+	SpinLockRelease(&ks_shared->mutex);
+	return found;
+}
+
+/* The snapshot as one JSON document. */
+#define SNAPSHOT_SQL \
+	"SELECT pg_catalog.jsonb_build_object(" \
+	" 'generation', $2, 'taken_at', pg_catalog.clock_timestamp()," \
+	" 'status', (SELECT pg_catalog.to_jsonb(s) FROM killswitch.shared_state() s)," \
+	" 'sessions', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(" \
+	"   'pid', a.pid, 'role', a.usename, 'database', a.datname, 'application', a.application_name," \
+	"   'client', a.client_addr, 'state', a.state, 'query', a.query, 'xact_start', a.xact_start," \
+	"   'query_start', a.query_start, 'wait_event_type', a.wait_event_type," \
+	"   'wait_event', a.wait_event) ORDER BY a.pid), '[]'::jsonb)" \
+	"   FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = ANY ($1))," \
+	" 'locks', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(" \
+	"   'pid', l.pid, 'locktype', l.locktype, 'database', l.database," \
+	"   'relation', l.relation, 'mode', l.mode, 'granted', l.granted," \
+	"   'transactionid', l.transactionid::text) ORDER BY l.pid), '[]'::jsonb)" \
+	"   FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid" \
+	"   WHERE a.usesysid = ANY ($1)))::text"
+
+/* Take the snapshot: a row in killswitch.snapshots (if there is a history) and the file. */
+static void
+take_snapshot(Datum agent_oids, int64 generation, bool history)
+{
+	Oid			argtypes[2] = {OIDARRAYOID, INT8OID};
+	Datum		values[2] = {agent_oids, Int64GetDatum(generation)};
+	char	   *json;
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+
+	if (SPI_execute_with_args(SNAPSHOT_SQL, 2, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not take the emergency snapshot");
+	json = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+	snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
+	if (!ks_write_file_durably(path, json, strlen(json), problem, sizeof(problem)))
+		ereport(WARNING, (errmsg("killswitch: could not write the emergency snapshot file"),
+						  errdetail("%s", problem)));
+	if (history)
+	{
+		Oid			t[2] = {INT8OID, JSONBOID};
+		Datum		v[2] = {Int64GetDatum(generation),
+		DirectFunctionCall1(jsonb_in, CStringGetDatum(json))};
+
+		if (SPI_execute_with_args("INSERT INTO killswitch.snapshots (generation, snapshot) "
+								  "VALUES ($1, $2)", 2, t, v, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not record the emergency snapshot");
+	}
+}
+
+/*
+ * take_snapshot() in a subtransaction: a snapshot that fails is logged and
+ * never keeps the sessions from being ended.
+ */
+static void
+snapshot_or_warn(Datum agent_oids, int64 generation, bool history)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(ctx);
+	PG_TRY();
+	{
+		take_snapshot(agent_oids, generation, history);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING,
+				(errmsg("killswitch: the emergency snapshot failed: %s", edata->message)));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(ctx);
+	CurrentResourceOwner = owner;
+}
+
+/* End every agent session; return how many were signalled. */
+static int
+end_agent_sessions(Datum agent_oids)
+{
+	Oid			argtypes[1] = {OIDARRAYOID};
+	Datum		values[1] = {agent_oids};
+
+	if (SPI_execute_with_args("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+							  "WHERE usesysid = ANY ($1) AND pid <> pg_catalog.pg_backend_pid()",
+							  1, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not end the agent sessions");
+	return (int) SPI_processed;
+}
+
+/* Start killswitch.alert_command with the details in its environment. */
+static void
+run_alert_command(int64 generation, int64 event_id, int ended)
+{
+	char		reason[256];
+	char		by[64];
+	char		source[16];
+	char		buf[MAXPGPATH];
+	char		snapshot[MAXPGPATH];
+	pid_t		pid;
+
+	if (ks_alert_command == NULL || ks_alert_command[0] == '\0' || alert_pid != 0)
+		return;
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(reason, ks_shared->reason, sizeof(reason));
+	strlcpy(by, ks_shared->triggered_by, sizeof(by));
+	strlcpy(source, ks_shared->source, sizeof(source));
+	SpinLockRelease(&ks_shared->mutex);
+	snprintf(buf, sizeof(buf), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
+	strlcpy(snapshot, make_absolute_path(buf), sizeof(snapshot));
+
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+	{
+		ereport(WARNING, (errmsg("killswitch: could not start alert_command: %m")));
+		return;
+	}
+	if (pid == 0)
+	{
+		/* the child: its own process group, so a timeout ends all of it */
+		setsid();
+		setenv("KS_MODE", "emergency", 1);
+		setenv("KS_REASON", reason, 1);
+		setenv("KS_TRIGGERED_BY", by, 1);
+		setenv("KS_SOURCE", source, 1);
+		snprintf(buf, sizeof(buf), INT64_FORMAT, generation);
+		setenv("KS_GENERATION", buf, 1);
+		if (event_id > 0)
+			snprintf(buf, sizeof(buf), INT64_FORMAT, event_id);
+		else
+			buf[0] = '\0';		/* not recorded yet (no history in this database) */
+		setenv("KS_EVENT_ID", buf, 1);
+		snprintf(buf, sizeof(buf), "%d", ended);
+		setenv("KS_SESSIONS_ENDED", buf, 1);
+		setenv("KS_SNAPSHOT_FILE", snapshot, 1);
+		execl("/bin/sh", "sh", "-c", ks_alert_command, (char *) NULL);
+		_exit(127);
+	}
+	alert_pid = pid;
+	alert_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ks_alert_timeout);
+	ereport(LOG, (errmsg("killswitch: alert_command started (pid %d)", (int) pid)));
+}
+
+/* Reap the alert command, or end it when it outlives killswitch.alert_timeout. */
+void
+ks_alert_poll(void)
+{
+	int			status;
+	pid_t		r;
+
+	if (alert_pid == 0)
+		return;
+	r = waitpid(alert_pid, &status, WNOHANG);
+	if (r == alert_pid)
+	{
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+			ereport(LOG, (errmsg("killswitch: alert_command succeeded")));
+		else
+			ereport(WARNING, (errmsg("killswitch: alert_command failed (status %d)", status)));
+		alert_pid = 0;
+	}
+	else if (GetCurrentTimestamp() >= alert_deadline)
+	{
+		kill(-alert_pid, SIGKILL);
+		(void) waitpid(alert_pid, &status, 0);
+		ereport(WARNING, (errmsg("killswitch: alert_command did not finish within %d ms and was killed",
+								 ks_alert_timeout)));
+		alert_pid = 0;
+	}
+}
+
+/* Id of the event that set a generation, or 0. */
+static int64
+event_of_generation(int64 generation)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(generation)};
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT id FROM killswitch.events WHERE generation = $1",
+							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		return 0;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * The watcher's emergency duty, inside its transaction: the first time it
+ * sees an emergency generation, snapshot, end sessions, alert; afterwards,
+ * end agent sessions that appear.
+ */
+void
+ks_emergency_tick(bool history)
+{
+	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	int64		generation = KS_WORD_GENERATION(word);
+	Datum		agents;
+	int			ended;
+	int64		event_id = 0;
+	bool		first;
+
+	if (KS_WORD_MODE(word) != KS_EMERGENCY)
+	{
+		ks_shared->nagent_roles = 0;
+		return;
+	}
+	first = ks_shared->emergency_handled != generation;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	agents = list_agent_roles();
+	if (first)
+		snapshot_or_warn(agents, generation, history);
+	ended = end_agent_sessions(agents);
+	if (first && history)
+		event_id = event_of_generation(generation);
+	SPI_finish();
+	if (!first)
+		return;
+
+	ks_shared->emergency_handled = generation;
+	ks_notify_alert(generation, ended);
+	ereport(WARNING,
+			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
+					generation, ended),
+			 errdetail("Agent logins are refused until the kill switch is released.")));
+	run_alert_command(generation, event_id, ended);
+}
