@@ -46,8 +46,9 @@ test/fuzz/fuzz_state: test/fuzz/fuzz_state.c test/fuzz/alloc_wrap.c src/store.c 
 # A short run (CI); for a long one: make fuzz-run FUZZ_SECONDS=3600
 fuzz-run: test/fuzz/fuzz_state
 	rm -rf tmp_check/fuzz && mkdir -p tmp_check/fuzz/corpus && cp test/fuzz/corpus/* tmp_check/fuzz/corpus/
-	cd tmp_check/fuzz && ../../test/fuzz/fuzz_state -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
-	  -print_final_stats=1 corpus
+	cd tmp_check/fuzz && if ../../test/fuzz/fuzz_state -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	  -print_final_stats=1 corpus > fuzz.log 2>&1; then grep -E '^(Done|stat::)' fuzz.log; \
+	  else tail -60 fuzz.log; exit 1; fi
 
 # ---- tests: each suite starts its own throwaway server (run as a non-root user) ----
 PG_BINDIR := $(shell $(PG_CONFIG) --bindir)
@@ -63,11 +64,13 @@ test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json
 
 test-regress:
+	mkdir -p tmp_check
 	$(PG_REGRESS_BIN) --temp-instance=tmp_check/regress --temp-config=$(TEST_CONF) \
 	  --bindir=$(PG_BINDIR) --inputdir=. --outputdir=tmp_check/regress-out \
 	  --dbname=contrib_regression $(sort $(REGRESS_TESTS))
 
 test-isolation:
+	mkdir -p tmp_check
 	$(PG_ISOLATION_BIN) --temp-instance=tmp_check/isolation --temp-config=$(TEST_CONF) \
 	  --bindir=$(PG_BINDIR) --inputdir=test/isolation --outputdir=tmp_check/isolation-out \
 	  --dbname=contrib_regression $(sort $(ISOLATION_TESTS))

@@ -33,12 +33,10 @@ void		__wrap_pg_free(void *ptr);
 char	   *__wrap_pg_strdup(const char *s);
 void		ks_fuzz_arena_reset(void);
 
-/* Allocate a chunk on the arena list. */
+/* Put a chunk at the head of the arena list; return its usable memory. */
 static void *
-chunk_alloc(size_t size, int zero)
+link_chunk(Chunk *c, size_t size)
 {
-	Chunk	   *c = zero ? calloc(1, sizeof(Chunk) + size) : malloc(sizeof(Chunk) + size);
-
 	if (c == NULL)
 	{
 		fprintf(stderr, "out of memory\n");
@@ -50,6 +48,13 @@ chunk_alloc(size_t size, int zero)
 	arena.next->prev = c;
 	arena.next = c;
 	return c->align;
+}
+
+/* Allocate a chunk on the arena list. */
+static void *
+chunk_alloc(size_t size, int zero)
+{
+	return link_chunk(zero ? calloc(1, sizeof(Chunk) + size) : malloc(sizeof(Chunk) + size), size);
 }
 
 /* The chunk of a pointer handed out. */
@@ -70,15 +75,7 @@ chunk_realloc(void *ptr, size_t size)
 	c = chunk_of(ptr);
 	c->prev->next = c->next;
 	c->next->prev = c->prev;
-	c = realloc(c, sizeof(Chunk) + size);
-	if (c == NULL)
-		abort();
-	c->size = size;
-	c->next = arena.next;
-	c->prev = &arena;
-	arena.next->prev = c;
-	arena.next = c;
-	return c->align;
+	return link_chunk(realloc(c, sizeof(Chunk) + size), size);
 }
 
 /* Free one chunk now. */

@@ -8,13 +8,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
-use Digest::SHA qw(hmac_sha256_hex);
+use KsTest;
 
-my $node = PostgreSQL::Test::Cluster->new('start');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
+my $node = ks_node('start');
 
 my $dir = $node->data_dir . '/pg_killswitch';
 my $file = "$dir/kill_switch_state.json";
@@ -45,15 +41,8 @@ is(sql('SELECT ks_mode()'), 'disengaged', 'a release survives a restart too');
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the history verifies after restarts');
 
 # 3. Every bad file at start: at least halt_all, tampered, a warning, a tamper event.
-my $secret = slurp_file("$dir/signing.key");
-$secret =~ s/\n\z//;
-
-sub signed
-{
-	my (%o) = @_;
-	$o{signature} = hmac_sha256_hex(JSON::PP->new->canonical->ascii->encode(\%o), $secret);
-	return JSON::PP->new->canonical->ascii->pretty->encode(\%o);
-}
+my $secret = ks_secret($node);
+sub signed { return ks_signed_text($secret, @_); }
 
 sub put
 {

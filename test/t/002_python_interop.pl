@@ -10,15 +10,12 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
 use IPC::Run;
+use KsTest;
 
 my ($python) = grep { -x $_ } map { "$_/python3" } split /:/, $ENV{PATH};
 plan skip_all => 'python3 is not installed' unless $python;
 
-my $node = PostgreSQL::Test::Cluster->new('interop');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
+my $node = ks_node('interop');
 my $dir = $node->data_dir . '/pg_killswitch';
 my $src = $ENV{KS_SRCDIR} or die 'KS_SRCDIR is not set';
 

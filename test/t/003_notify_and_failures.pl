@@ -7,12 +7,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
+use KsTest;
 
-my $node = PostgreSQL::Test::Cluster->new('notify');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
+my $node = ks_node('notify');
 
 sub sql { return $node->safe_psql('postgres', shift); }
 

@@ -9,19 +9,14 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
-use Digest::SHA qw(hmac_sha256_hex);
 use Time::HiRes qw(usleep);
+use KsTest;
 
-my $node = PostgreSQL::Test::Cluster->new('watcher');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
+my $node = ks_node('watcher');
 
 my $dir = $node->data_dir . '/pg_killswitch';
 my $file = "$dir/kill_switch_state.json";
-my $secret = slurp_file("$dir/signing.key");
-$secret =~ s/\n\z//;
+my $secret = ks_secret($node);
 
 sub sql { return $node->safe_psql('postgres', shift); }
 sub mode { return sql('SELECT ks_mode()'); }
@@ -36,15 +31,9 @@ sub wait_for
 	ok($node->poll_query_until('postgres', $sql, $want), $what);
 }
 
-# The canonical form the reference library signs: sorted keys, no spaces,
-# ASCII only.  (The tricky characters are covered by the test vectors.)
-sub signed_text
-{
-	my (%obj) = @_;
-	my $canon = JSON::PP->new->canonical->ascii->encode(\%obj);
-	$obj{signature} = hmac_sha256_hex($canon, $secret);
-	return JSON::PP->new->canonical->ascii->pretty->encode(\%obj);
-}
+# Signed the way the reference library signs (the tricky characters are
+# covered by the test vectors).
+sub signed_text { return ks_signed_text($secret, @_); }
 
 sub now_iso
 {

@@ -7,14 +7,10 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
-use Digest::SHA qw(hmac_sha256_hex);
 use Time::HiRes;
+use KsTest;
 
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\nrestart_after_crash = on\n");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
+my $node = ks_node('crash', conf => "restart_after_crash = on\n");
 
 my $dir = $node->data_dir . '/pg_killswitch';
 my $file = "$dir/kill_switch_state.json";
@@ -110,19 +106,15 @@ copies_agree('after a backend was killed mid-change');
 #    file holds a change the history lacks.  Simulated with the server down:
 #    both the state file and the server's private copy one generation ahead.
 $node->stop('immediate');
-my $secret = slurp_file("$dir/signing.key");
-$secret =~ s/\n\z//;
 my $cur = decode_json(slurp_file($file));
 delete $cur->{signature};
 delete $cur->{event_id};
 my %ahead = (%$cur, mode => 'HALT_ALL', previous_mode => $cur->{mode},
 	generation => $cur->{generation} + 1, reason => 'in flight at the crash', source => 'sql');
-my $canon = JSON::PP->new->canonical->ascii->encode(\%ahead);
-$ahead{signature} = hmac_sha256_hex($canon, $secret);
 for my $f ($file, "$dir/last_applied.json")
 {
 	open my $fh, '>', $f or die $!;
-	print $fh JSON::PP->new->canonical->ascii->pretty->encode(\%ahead);
+	print $fh ks_signed_text(ks_secret($node), %ahead);
 	close $fh;
 }
 $node->start;

@@ -9,18 +9,14 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
 use Time::HiRes qw(time usleep);
+use KsTest;
 
-my $node = PostgreSQL::Test::Cluster->new('enforce');
-$node->init;
-my $dir = $node->data_dir . '/pg_killswitch';
-$node->append_conf('postgresql.conf', qq(
-shared_preload_libraries = 'killswitch'
+my $node = ks_node('enforce', conf => qq(
 killswitch.alert_command = 'env | grep ^KS_ > alert.env'
 max_connections = 100
 ));
-$node->start;
+my $dir = $node->data_dir . '/pg_killswitch';
 $node->safe_psql('postgres', q(
-CREATE EXTENSION killswitch CASCADE;
 CREATE ROLE bot LOGIN IN ROLE killswitch_agent;
 CREATE ROLE helper NOLOGIN;
 GRANT helper TO bot;

@@ -1,0 +1,50 @@
+# KsTest — what the killswitch TAP tests share: a node with the library
+# preloaded and the extension created, and signing a state file the way the
+# reference Python library does.
+package KsTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use Digest::SHA qw(hmac_sha256_hex);
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+
+our @EXPORT = qw(ks_node ks_secret ks_signed_text);
+
+# A started node with killswitch preloaded (plus any extra settings) and,
+# unless no_extension is given, the extension created in database postgres.
+sub ks_node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'killswitch'\n" . ($opts{conf} // ''));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE')
+	  unless $opts{no_extension};
+	return $node;
+}
+
+# The node's signing secret: the key file less one trailing newline.
+sub ks_secret
+{
+	my ($node) = @_;
+	my $secret = slurp_file($node->data_dir . '/pg_killswitch/signing.key');
+	$secret =~ s/\n\z//;
+	return $secret;
+}
+
+# A state file's text, signed over the canonical form (sorted keys, no
+# spaces, ASCII: what the tests' values need of Python's json.dumps).
+sub ks_signed_text
+{
+	my ($secret, %obj) = @_;
+	my $canon = JSON::PP->new->canonical->ascii->encode(\%obj);
+	$obj{signature} = hmac_sha256_hex($canon, $secret);
+	return JSON::PP->new->canonical->ascii->pretty->encode(\%obj);
+}
+
+1;
