@@ -16,8 +16,9 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 
 # The state-file code again, built for frontend programs.
 FE_OBJS = src/store_fe.o src/json_fe.o
-FE_PROGRAMS = test/store_vectors
-EXTRA_CLEAN = $(FE_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
+CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o
+FE_PROGRAMS = test/store_vectors src/cli/killswitch
+EXTRA_CLEAN = $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -28,6 +29,27 @@ all: $(FE_PROGRAMS)
 
 src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h
 	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
+
+# The killswitch command: the same store.c, and libpq for -d.
+LIBPQ_INC = -I$(shell $(PG_CONFIG) --includedir)
+LIBPQ_LIB = -L$(shell $(PG_CONFIG) --libdir) -lpq
+
+src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h
+	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(LIBPQ_INC) $(CPPFLAGS) -c -o $@ $<
+
+src/cli/killswitch: $(CLI_OBJS) $(FE_OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LIBPQ_LIB) $(FE_LIBS)
+
+install: install-cli
+install-cli: src/cli/killswitch
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) src/cli/killswitch '$(DESTDIR)$(bindir)/killswitch'
+
+uninstall: uninstall-cli
+uninstall-cli:
+	rm -f '$(DESTDIR)$(bindir)/killswitch'
+
+.PHONY: install-cli uninstall-cli
 
 test/store_vectors: test/store_vectors.c $(FE_OBJS)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)

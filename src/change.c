@@ -117,15 +117,23 @@ static void
 record_startup_change(uint64 word, KsState *file_state)
 {
 	KsEventInput in;
+	char		reason[sizeof(ks_shared->unrecorded_reason)];
+	char		source[sizeof(ks_shared->source)];
+	char		by[sizeof(ks_shared->triggered_by)];
 
 	memset(&in, 0, sizeof(in));
 	in.mode = KS_WORD_MODE(word);
 	SpinLockAcquire(&ks_shared->mutex);
 	in.previous = ks_shared->unrecorded_previous;
-	in.reason = pstrdup(ks_shared->unrecorded_reason);
-	in.source = pstrdup(ks_shared->source);
+	strlcpy(reason, ks_shared->unrecorded_reason, sizeof(reason));
+	strlcpy(source, ks_shared->source, sizeof(source));
+	strlcpy(by, ks_shared->triggered_by, sizeof(by));
 	SpinLockRelease(&ks_shared->mutex);
-	in.triggered_by = "killswitch";
+	/* no palloc under a spinlock: copy out, then hand over */
+	in.reason = reason;
+	in.source = source;
+	/* whoever the state names: the file's writer, or the server itself */
+	in.triggered_by = by[0] ? by : "killswitch";
 	in.floor_generation = KS_WORD_GENERATION(word);
 	(void) ks_record_event(&in, file_state);
 }

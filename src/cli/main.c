@@ -1,0 +1,202 @@
+/*
+ * main.c — the killswitch command: arguments, help, dispatch.  Works on
+ * the state directory with the database down (offline), or through a
+ * database connection (-d).  See README "The killswitch command".
+ */
+#include "postgres_fe.h"
+
+#include <pwd.h>
+#include <unistd.h>
+
+#include "common/logging.h"
+#include "getopt_long.h"
+
+#include "cli.h"
+
+/* Print usage. */
+static void
+usage(const char *progname)
+{
+	printf("%s changes and inspects the killswitch state.\n\n", progname);
+	printf("Usage:\n"
+		   "  %s [OPTION]... status\n"
+		   "  %s [OPTION]... engage MODE --reason TEXT [--by NAME] [--affected N]\n"
+		   "  %s [OPTION]... disengage --reason TEXT [--by NAME]\n"
+		   "  %s [OPTION]... verify\n"
+		   "  %s [OPTION]... history [--limit N]      (needs -d)\n\n",
+		   progname, progname, progname, progname, progname);
+	printf("MODE is halt_noncritical, halt_all or emergency.\n\n"
+		   "Options:\n"
+		   "  -d, --dbname=CONNINFO     work through a database connection\n"
+		   "  -D, --pgdata=DATADIR      the data directory (default: $PGDATA)\n"
+		   "      --state-dir=DIR       the state directory (default: DATADIR/pg_killswitch)\n"
+		   "      --secret-file=FILE    the signing secret (default: DATADIR/pg_killswitch/signing.key)\n"
+		   "  -r, --reason=TEXT         why (engage, disengage)\n"
+		   "  -b, --by=NAME             who (default: your user name)\n"
+		   "      --affected=N          how many tasks are affected (engage)\n"
+		   "  -n, --limit=N             how many events (history)\n"
+		   "      --json                print JSON for scripts\n"
+		   "      --force               write over a state file that cannot be trusted\n"
+		   "      --no-require-hmac     accept an unsigned state file (status, verify)\n"
+		   "  -V, --version             print the version\n"
+		   "  -?, --help                show this help\n\n"
+		   "Exit status: 0 disengaged or done, 2 engaged, 3 tampered, 1 error.\n");
+}
+
+/* The OS user's name, for --by. */
+static const char *
+os_user(void)
+{
+	struct passwd *pw = getpwuid(geteuid());
+
+	return pw ? pw->pw_name : "unknown";
+}
+
+/* Parse a non-negative integer option or exit. */
+static int
+count_arg(const char *name, const char *value)
+{
+	char	   *end;
+	long		v = strtol(value, &end, 10);
+
+	if (*value == '\0' || *end != '\0' || v < 0 || v > PG_INT32_MAX)
+	{
+		pg_log_error("invalid value for %s: \"%s\"", name, value);
+		exit(KS_EXIT_ERROR);
+	}
+	return (int) v;
+}
+
+/* The mode an engage asks for, in any case, or exit. */
+static int
+mode_arg(const char *name)
+{
+	char	   *lower = pg_strdup(name);
+	int			mode;
+
+	for (char *p = lower; *p; p++)
+		*p = pg_tolower((unsigned char) *p);
+	mode = ks_mode_from_sql_name(lower);
+	if (mode == KS_NO_MODE)
+	{
+		pg_log_error("unknown mode \"%s\"", name);
+		pg_log_error_hint("Use halt_noncritical, halt_all or emergency.");
+		exit(KS_EXIT_ERROR);
+	}
+	if (mode == KS_DISENGAGED)
+	{
+		pg_log_error("cannot engage mode \"disengaged\"");
+		pg_log_error_hint("Use \"killswitch disengage\" to release the kill switch.");
+		exit(KS_EXIT_ERROR);
+	}
+	return mode;
+}
+
+int
+main(int argc, char **argv)
+{
+	static struct option long_options[] = {
+		{"dbname", required_argument, NULL, 'd'},
+		{"pgdata", required_argument, NULL, 'D'},
+		{"state-dir", required_argument, NULL, 1},
+		{"secret-file", required_argument, NULL, 2},
+		{"reason", required_argument, NULL, 'r'},
+		{"by", required_argument, NULL, 'b'},
+		{"affected", required_argument, NULL, 3},
+		{"limit", required_argument, NULL, 'n'},
+		{"json", no_argument, NULL, 4},
+		{"force", no_argument, NULL, 5},
+		{"no-require-hmac", no_argument, NULL, 6},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, '?'},
+		{NULL, 0, NULL, 0}
+	};
+	KsOptions	opt;
+	const char *progname = get_progname(argv[0]);
+	const char *command;
+	int			c;
+
+	pg_logging_init(argv[0]);
+	memset(&opt, 0, sizeof(opt));
+	opt.require_hmac = true;
+	opt.pgdata = getenv("PGDATA");
+
+	if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-?") == 0))
+	{
+		usage(progname);
+		exit(KS_EXIT_OK);
+	}
+	if (argc > 1 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0))
+	{
+		puts("killswitch 1.0");
+		exit(KS_EXIT_OK);
+	}
+
+	/* options may come before and after the command (and MODE) */
+	while ((c = getopt_long(argc, argv, "d:D:r:b:n:V?", long_options, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case 'd': opt.conninfo = optarg; break;
+			case 'D': opt.pgdata = optarg; break;
+			case 1: opt.state_dir = optarg; break;
+			case 2: opt.secret_file = optarg; break;
+			case 'r': opt.reason = optarg; break;
+			case 'b': opt.by = optarg; break;
+			case 3: opt.affected = count_arg("--affected", optarg); break;
+			case 'n': opt.limit = count_arg("--limit", optarg); break;
+			case 4: opt.json = true; break;
+			case 5: opt.force = true; break;
+			case 6: opt.require_hmac = false; break;
+			default:
+				pg_log_error_hint("Try \"%s --help\" for more information.", progname);
+				exit(KS_EXIT_ERROR);
+		}
+	}
+	if (optind >= argc)
+	{
+		pg_log_error("no command given");
+		pg_log_error_hint("Try \"%s --help\" for more information.", progname);
+		exit(KS_EXIT_ERROR);
+	}
+	command = argv[optind++];
+	if (strcmp(command, "status") == 0)
+		opt.command = CMD_STATUS;
+	else if (strcmp(command, "engage") == 0)
+	{
+		opt.command = CMD_ENGAGE;
+		if (optind >= argc)
+		{
+			pg_log_error("engage needs a MODE");
+			exit(KS_EXIT_ERROR);
+		}
+		opt.mode = mode_arg(argv[optind++]);
+	}
+	else if (strcmp(command, "disengage") == 0)
+		opt.command = CMD_DISENGAGE;
+	else if (strcmp(command, "verify") == 0)
+		opt.command = CMD_VERIFY;
+	else if (strcmp(command, "history") == 0)
+		opt.command = CMD_HISTORY;
+	else
+	{
+		pg_log_error("unknown command \"%s\"", command);
+		pg_log_error_hint("Try \"%s --help\" for more information.", progname);
+		exit(KS_EXIT_ERROR);
+	}
+	if (optind < argc)
+	{
+		pg_log_error("too many arguments, starting with \"%s\"", argv[optind]);
+		exit(KS_EXIT_ERROR);
+	}
+	if ((opt.command == CMD_ENGAGE || opt.command == CMD_DISENGAGE) &&
+		(opt.reason == NULL || opt.reason[0] == '\0'))
+	{
+		pg_log_error("%s needs --reason", command);
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt.by == NULL)
+		opt.by = os_user();
+
+	exit(opt.conninfo ? ks_cli_online(&opt) : ks_cli_offline(&opt));
+}

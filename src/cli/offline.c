@@ -1,0 +1,239 @@
+/*
+ * offline.c — the killswitch command on the state directory, with the
+ * database down or without a connection.  Writes go through store.c under
+ * the writers' lock, signed, atomically; the server applies them when it
+ * next looks (the watcher) or starts, as source "cli".
+ */
+#include "postgres_fe.h"
+
+#include <sys/time.h>
+
+#include "common/logging.h"
+
+#include "cli.h"
+
+/* Resolved paths. */
+typedef struct KsPaths
+{
+	char		state_dir[MAXPGPATH];
+	char		state_file[MAXPGPATH];
+	char		secret_file[MAXPGPATH];
+	char		last_applied[MAXPGPATH];	/* the server's private copy, if known */
+} KsPaths;
+
+/* Work out where things are, or exit. */
+static void
+resolve_paths(const KsOptions *opt, KsPaths *p)
+{
+	if (opt->pgdata == NULL && (opt->state_dir == NULL || opt->secret_file == NULL))
+	{
+		pg_log_error("no data directory specified");
+		pg_log_error_hint("Use -D DATADIR (or set PGDATA), or give --state-dir and --secret-file, or -d to connect.");
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt->state_dir)
+		strlcpy(p->state_dir, opt->state_dir, MAXPGPATH);
+	else
+		snprintf(p->state_dir, MAXPGPATH, "%s/pg_killswitch", opt->pgdata);
+	if (opt->secret_file)
+		strlcpy(p->secret_file, opt->secret_file, MAXPGPATH);
+	else
+		snprintf(p->secret_file, MAXPGPATH, "%s/pg_killswitch/signing.key", opt->pgdata);
+	snprintf(p->state_file, MAXPGPATH, "%s/%s", p->state_dir, KS_STATE_FILE_NAME);
+	p->last_applied[0] = '\0';
+	if (opt->pgdata)
+		snprintf(p->last_applied, MAXPGPATH, "%s/pg_killswitch/last_applied.json", opt->pgdata);
+}
+
+/* Print a state, for people or as JSON. */
+static void
+print_state(const KsOptions *opt, const KsState *st, KsVerdict v, const char *problem)
+{
+	const char *integrity = v == KS_FILE_VALID ? "ok" : v == KS_FILE_UNSIGNED ? "unsigned" : "tampered";
+
+	if (opt->json)
+	{
+		KsJson	   *o = ks_json_object();
+		StringInfoData out;
+
+		ks_json_put_string(o, "integrity", integrity);
+		if (v == KS_FILE_BAD)
+			ks_json_put_string(o, "problem", problem);
+		else
+		{
+			ks_json_put_string(o, "mode", ks_mode_file_names[st->mode]);
+			ks_json_put_bool(o, "engaged", st->mode != KS_DISENGAGED);
+			if (st->generation >= 0)
+				ks_json_put_int(o, "generation", st->generation);
+			ks_json_put_string(o, "engaged_at", st->engaged_at);
+			ks_json_put_string(o, "reason", st->reason);
+			ks_json_put_string(o, "triggered_by", st->triggered_by);
+			ks_json_put_string(o, "source", st->source);
+		}
+		initStringInfo(&out);
+		ks_json_canonical(&out, o, NULL);
+		puts(out.data);
+		return;
+	}
+	if (v == KS_FILE_BAD)
+	{
+		printf("integrity:    tampered (%s)\n", problem);
+		printf("mode:         unknown: the server assumes at least halt_all\n");
+		return;
+	}
+	printf("mode:         %s\n", ks_mode_sql_names[st->mode]);
+	if (st->generation >= 0)
+		printf("generation:   " INT64_FORMAT "\n", st->generation);
+	printf("since:        %s\n", st->engaged_at ? st->engaged_at : "(never engaged)");
+	printf("reason:       %s\n", st->reason ? st->reason : "");
+	printf("triggered_by: %s\n", st->triggered_by ? st->triggered_by : "");
+	printf("source:       %s\n", st->source ? st->source : "");
+	printf("integrity:    %s\n", integrity);
+}
+
+/* status and verify: read and judge the file. */
+static int
+show(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
+{
+	KsState		st;
+	char		problem[KS_PROBLEM_LEN];
+	KsVerdict	v = ks_state_read(p->state_file, secret, secretlen, p->secret_file,
+								  opt->require_hmac, 50, &st, problem, sizeof(problem));
+
+	if (v == KS_FILE_MISSING)
+	{
+		pg_log_error("no state file at \"%s\"", p->state_file);
+		return KS_EXIT_ERROR;
+	}
+	if (opt->command == CMD_VERIFY && !opt->json)
+	{
+		if (v == KS_FILE_BAD)
+			printf("%s: NOT trusted: %s\n", p->state_file, problem);
+		else
+			printf("%s: %s, mode %s\n", p->state_file,
+				   v == KS_FILE_VALID ? "signature valid" : "unsigned (accepted: --no-require-hmac)",
+				   ks_mode_sql_names[st.mode]);
+		return v == KS_FILE_BAD ? KS_EXIT_TAMPERED : KS_EXIT_OK;
+	}
+	print_state(opt, &st, v, problem);
+	if (v == KS_FILE_BAD)
+		return KS_EXIT_TAMPERED;
+	if (opt->command == CMD_VERIFY)
+		return KS_EXIT_OK;
+	return st.mode == KS_DISENGAGED ? KS_EXIT_OK : KS_EXIT_ENGAGED;
+}
+
+/* Microseconds since the epoch, now. */
+static int64
+now_usec(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return (int64) tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+/* engage and disengage: read, check, write the new state under the lock. */
+static int
+change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
+{
+	KsState		cur,
+				held,
+				next;
+	KsVerdict	v;
+	char		problem[KS_PROBLEM_LEN];
+	char		at[40];
+	char		key_hex[KS_HEX_DIGEST_LEN + 1];
+	int			mode = opt->command == CMD_ENGAGE ? opt->mode : KS_DISENGAGED;
+	int64		generation = 0;
+	int			lockfd = ks_lock_dir(p->state_dir, problem, sizeof(problem));
+
+	if (lockfd < 0)
+	{
+		pg_log_error("%s", problem);
+		return KS_EXIT_ERROR;
+	}
+	v = ks_state_read(p->state_file, secret, secretlen, p->secret_file, true, 50,
+					  &cur, problem, sizeof(problem));
+	if (v == KS_FILE_BAD && !opt->force)
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("the current state file cannot be trusted: %s", problem);
+		pg_log_error_hint("Inspect it first; --force writes over it.");
+		return KS_EXIT_TAMPERED;
+	}
+	if (v == KS_FILE_VALID)
+	{
+		if (opt->command == CMD_ENGAGE && mode < (int) cur.mode && !opt->force)
+		{
+			ks_unlock_dir(lockfd);
+			pg_log_error("the mode is %s; engaging %s would lower it",
+						 ks_mode_sql_names[cur.mode], ks_mode_sql_names[mode]);
+			pg_log_error_hint("Lowering is a release: use \"killswitch disengage\", or --force.");
+			return KS_EXIT_ERROR;
+		}
+		generation = Max(cur.generation, 0);
+	}
+	/* the server's own copy knows its generation, even if the file does not */
+	if (p->last_applied[0] &&
+		ks_state_read(p->last_applied, secret, secretlen, p->secret_file, true, 0,
+					  &held, problem, sizeof(problem)) == KS_FILE_VALID)
+		generation = Max(generation, held.generation);
+
+	ks_state_init(&next);
+	ks_format_iso_utc(now_usec(), at, sizeof(at));
+	ks_sha256_hex(secret, secretlen, key_hex);
+	key_hex[16] = '\0';
+	next.mode = (KsMode) mode;
+	next.engaged_at = at;
+	next.reason = (char *) opt->reason;
+	next.triggered_by = (char *) opt->by;
+	next.generation = generation + 1;
+	next.previous_mode = v == KS_FILE_VALID ? (int) cur.mode : KS_NO_MODE;
+	next.affected_tasks = opt->affected;
+	next.source = "cli";
+	next.key_id = key_hex;
+	if (!ks_state_write(p->state_file, &next, secret, secretlen, problem, sizeof(problem)))
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("%s", problem);
+		return KS_EXIT_ERROR;
+	}
+	ks_unlock_dir(lockfd);
+	if (opt->json)
+		print_state(opt, &next, KS_FILE_VALID, NULL);
+	else
+		printf("%s (generation " INT64_FORMAT ") written to %s\n",
+			   ks_mode_sql_names[mode], next.generation, p->state_file);
+	return KS_EXIT_OK;
+}
+
+/* The offline commands. */
+int
+ks_cli_offline(const KsOptions *opt)
+{
+	KsPaths		p;
+	char	   *secret = NULL;
+	size_t		secretlen = 0;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (opt->command == CMD_HISTORY)
+	{
+		pg_log_error("history needs a database connection (-d)");
+		return KS_EXIT_ERROR;
+	}
+	resolve_paths(opt, &p);
+	if (!ks_secret_load(p.secret_file, false, &secret, &secretlen, problem, sizeof(problem)))
+	{
+		/* without the secret nothing can be verified, nor written */
+		if (opt->require_hmac || opt->command == CMD_ENGAGE || opt->command == CMD_DISENGAGE)
+		{
+			pg_log_error("could not read the signing secret \"%s\": %s", p.secret_file, problem);
+			return KS_EXIT_ERROR;
+		}
+		secret = NULL;
+	}
+	if (opt->command == CMD_STATUS || opt->command == CMD_VERIFY)
+		return show(opt, &p, secret, secretlen);
+	return change(opt, &p, secret, secretlen);
+}

@@ -1,0 +1,175 @@
+/*
+ * online.c — the killswitch command through a database connection: the
+ * same SQL functions an operator would call, with parameters (never text
+ * spliced into SQL), and the server's rights and commit semantics.
+ */
+#include "postgres_fe.h"
+
+#include "common/logging.h"
+#include "libpq-fe.h"
+
+#include "cli.h"
+
+/* Run a query with text parameters; on error print it and return NULL. */
+static PGresult *
+run(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+	PGresult   *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		pg_log_error("%s%s%s", state ? state : "", state ? ": " : "",
+					 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+					 ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+					 : PQerrorMessage(conn));
+		if (PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL))
+			pg_log_error_detail("%s", PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+		if (PQresultErrorField(res, PG_DIAG_MESSAGE_HINT))
+			pg_log_error_hint("%s", PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+/* status: ks_status(); exit by mode and integrity. */
+static int
+status(const KsOptions *opt, PGconn *conn)
+{
+	PGresult   *res = run(conn,
+						  "SELECT s::text, s->>'mode', s->>'integrity', s->>'generation', s->>'since',"
+						  " s->'last_engagement'->>'reason', s->'last_engagement'->>'triggered_by',"
+						  " s->>'source', s->>'watcher_age_ms' FROM ks_status() s", 0, NULL);
+	int			rc;
+
+	if (res == NULL)
+		return KS_EXIT_ERROR;
+	if (opt->json)
+		puts(PQgetvalue(res, 0, 0));
+	else
+	{
+		printf("mode:         %s\n", PQgetvalue(res, 0, 1));
+		printf("generation:   %s\n", PQgetvalue(res, 0, 3));
+		printf("since:        %s\n", PQgetvalue(res, 0, 4));
+		printf("source:       %s\n", PQgetvalue(res, 0, 7));
+		printf("integrity:    %s\n", PQgetvalue(res, 0, 2));
+		printf("last engaged: %s (by %s)\n", PQgetvalue(res, 0, 5), PQgetvalue(res, 0, 6));
+		printf("watcher:      looked %s ms ago\n", PQgetvalue(res, 0, 8));
+	}
+	rc = strcmp(PQgetvalue(res, 0, 2), "tampered") == 0 ? KS_EXIT_TAMPERED
+		: strcmp(PQgetvalue(res, 0, 1), "DISENGAGED") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;
+	PQclear(res);
+	return rc;
+}
+
+/* engage and disengage: the SQL functions, committed in autocommit. */
+static int
+change(const KsOptions *opt, PGconn *conn)
+{
+	char		affected[16];
+	const char *params[4];
+	PGresult   *res;
+
+	snprintf(affected, sizeof(affected), "%d", opt->affected);
+	params[0] = opt->command == CMD_ENGAGE ? ks_mode_sql_names[opt->mode] : opt->reason;
+	params[1] = opt->command == CMD_ENGAGE ? opt->reason : opt->by;
+	params[2] = opt->by;
+	params[3] = affected;
+	res = opt->command == CMD_ENGAGE
+		? run(conn, "SELECT id, generation, mode FROM ks_engage($1::ks_mode, $2, $3, $4::int)", 4, params)
+		: run(conn, "SELECT id, generation, mode FROM ks_disengage($1, $2)", 2, params);
+	if (res == NULL)
+		return KS_EXIT_ERROR;
+	if (opt->json)
+		printf("{\"event_id\":%s,\"generation\":%s,\"mode\":\"%s\"}\n",
+			   PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+	else
+		printf("%s (event %s, generation %s)\n",
+			   PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+	PQclear(res);
+	return KS_EXIT_OK;
+}
+
+/* verify: ks_verify_events(). */
+static int
+verify(const KsOptions *opt, PGconn *conn)
+{
+	PGresult   *res = run(conn, "SELECT ok, checked, first_bad_id FROM ks_verify_events()", 0, NULL);
+	bool		ok;
+
+	if (res == NULL)
+		return KS_EXIT_ERROR;
+	ok = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	if (opt->json)
+		printf("{\"ok\":%s,\"checked\":%s,\"first_bad_id\":%s}\n", ok ? "true" : "false",
+			   PQgetvalue(res, 0, 1), PQgetisnull(res, 0, 2) ? "null" : PQgetvalue(res, 0, 2));
+	else if (ok)
+		printf("history verified: %s events, chain and signatures intact\n", PQgetvalue(res, 0, 1));
+	else
+		printf("history NOT intact: first bad event is %s\n", PQgetvalue(res, 0, 2));
+	PQclear(res);
+	return ok ? KS_EXIT_OK : KS_EXIT_TAMPERED;
+}
+
+/* history: ks_history(). */
+static int
+history(const KsOptions *opt, PGconn *conn)
+{
+	char		limit[16];
+	const char *params[1] = {limit};
+	PGresult   *res;
+
+	snprintf(limit, sizeof(limit), "%d", opt->limit);
+	res = opt->json
+		? run(conn, "SELECT coalesce(json_agg(h ORDER BY h.id), '[]')::text FROM ks_history(nullif($1::int, 0)) h",
+			  1, params)
+		: run(conn, "SELECT id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), mode,"
+			  " coalesce(previous_mode::text, '-'), source, triggered_by, reason"
+			  " FROM ks_history(nullif($1::int, 0))", 1, params);
+	if (res == NULL)
+		return KS_EXIT_ERROR;
+	if (opt->json)
+		puts(PQgetvalue(res, 0, 0));
+	else
+		for (int i = 0; i < PQntuples(res); i++)
+			printf("%s  %s UTC  %-16s <- %-16s %-7s %s: %s\n",
+				   PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
+				   PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5),
+				   PQgetvalue(res, i, 6));
+	PQclear(res);
+	return KS_EXIT_OK;
+}
+
+/* The online commands. */
+int
+ks_cli_online(const KsOptions *opt)
+{
+	PGconn	   *conn = PQconnectdb(opt->conninfo);
+	int			rc;
+
+	if (PQstatus(conn) != CONNECTION_OK)
+	{
+		pg_log_error("%s", PQerrorMessage(conn));
+		PQfinish(conn);
+		return KS_EXIT_ERROR;
+	}
+	switch (opt->command)
+	{
+		case CMD_STATUS:
+			rc = status(opt, conn);
+			break;
+		case CMD_VERIFY:
+			rc = verify(opt, conn);
+			break;
+		case CMD_HISTORY:
+			rc = history(opt, conn);
+			break;
+		default:
+			rc = change(opt, conn);
+			break;
+	}
+	PQfinish(conn);
+	return rc;
+}
