@@ -10,8 +10,9 @@ use Digest::SHA qw(hmac_sha256_hex);
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(ks_node ks_secret ks_signed_text);
+our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_running ks_kill9_and_start);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -45,6 +46,39 @@ sub ks_signed_text
 	my $canon = JSON::PP->new->canonical->ascii->encode(\%obj);
 	$obj{signature} = hmac_sha256_hex($canon, $secret);
 	return JSON::PP->new->canonical->ascii->pretty->encode(\%obj);
+}
+
+# Is a process still running?  A zombie is not: the init of some sandboxes
+# does not reap a killed postmaster, so its pid lingers as a zombie.
+sub ks_running
+{
+	my ($pid) = @_;
+	open my $fh, '<', "/proc/$pid/stat" or return 0;
+	my $stat = <$fh>;
+	close $fh;
+	return $stat !~ /^\d+ \(.*\) Z/;
+}
+
+# kill -9 the postmaster, wait for it (and its orphaned children) to be
+# gone, and start again.  The stale postmaster.pid is removed only once its
+# process is dead, which is all a reaping init would have done.
+sub ks_kill9_and_start
+{
+	my ($node) = @_;
+	my $pid = $node->{_pid};
+	$node->kill9;
+	for (1 .. 100)
+	{
+		last unless ks_running($pid);
+		usleep(100_000);
+	}
+	unlink $node->data_dir . '/postmaster.pid';
+	for my $try (1 .. 20)
+	{
+		# orphaned backends may still hold the old shared memory for a moment
+		last if $node->start(fail_ok => 1);
+		usleep(250_000);
+	}
 }
 
 1;

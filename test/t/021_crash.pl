@@ -33,38 +33,6 @@ sub copies_agree
 	is(sql('SELECT ok FROM ks_verify_events()'), 't', "$what: the history verifies");
 }
 
-# Is a process still running?  A zombie is not: the init of some sandboxes
-# does not reap a killed postmaster, so its pid lingers as a zombie.
-sub running
-{
-	my ($pid) = @_;
-	open my $fh, '<', "/proc/$pid/stat" or return 0;
-	my $stat = <$fh>;
-	close $fh;
-	return $stat !~ /^\d+ \(.*\) Z/;
-}
-
-# kill -9 the postmaster, wait for it (and its orphaned children) to be
-# gone, and start again.  The stale postmaster.pid is removed only once its
-# process is dead, which is all a reaping init would have done.
-sub kill9_and_start
-{
-	my $pid = $node->{_pid};
-	$node->kill9;
-	for (1 .. 100)
-	{
-		last unless running($pid);
-		Time::HiRes::usleep(100_000);
-	}
-	unlink $node->data_dir . '/postmaster.pid';
-	for my $try (1 .. 20)
-	{
-		# orphaned backends may still hold the old shared memory for a moment
-		last if $node->start(fail_ok => 1);
-		Time::HiRes::usleep(250_000);
-	}
-}
-
 # 1. Twenty cycles: a committed change, then kill -9 of the postmaster.
 my @modes = ('halt_noncritical', 'halt_all', 'emergency');
 for my $i (1 .. 20)
@@ -81,7 +49,7 @@ for my $i (1 .. 20)
 		# lowering needs the release right: the test runs as superuser
 		sql("SELECT ks_engage('$want', 'cycle $i', 'tester')");
 	}
-	kill9_and_start();
+	ks_kill9_and_start($node);
 	is(sql('SELECT ks_mode()'), $want, "cycle $i: the last committed mode survives kill -9");
 }
 copies_agree('after 20 kill -9 cycles');
