@@ -22,7 +22,7 @@ FROM killswitch.events;
 SELECT bool_and(hash = encode(digest(prev_hash || killswitch.event_canonical(e), 'sha256'), 'hex'))
        AS hashes_check_with_pgcrypto
 FROM killswitch.events e;
-SELECT killswitch.event_canonical(e) ~ '^\{"affected_tasks":0,"at":"[^"]+","backend_pid":\d+,"client_addr":null,"generation":\d+,"id":\d+,"key_id":"[0-9a-f]{16}","mode":"halt_noncritical","previous_mode":"disengaged","reason":"chain one","require_hmac":true,"session_role":"[^"]+","source":"sql","triggered_by":"auditor-test","xid":\d+\}$'
+SELECT killswitch.event_canonical(e) ~ '^\{"affected_tasks":0,"at":"[^"]+","backend_pid":\d+,"client_addr":null,"generation":\d+,"id":\d+,"key_id":"[0-9a-f]{16}","mode":"halt_noncritical","previous_mode":"disengaged","reason":"chain one","release_target":null,"require_hmac":true,"session_role":"[^"]+","source":"sql","triggered_by":"auditor-test","xid":\d+\}$'
        AS canonical_form
 FROM killswitch.events e WHERE reason = 'chain one';
 -- every row names the key that signed it

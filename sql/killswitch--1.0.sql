@@ -44,6 +44,7 @@ CREATE TABLE killswitch.events (
     triggered_by    text NOT NULL,
     affected_tasks  integer NOT NULL,
     source          text NOT NULL,
+    release_target  @extschema@.ks_mode,       -- a release request (source release_request) asks for this mode
     session_role    text NOT NULL,
     client_addr     inet,
     backend_pid     integer NOT NULL,
@@ -145,13 +146,14 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
         'mode', upper(s.mode::text),
         'engaged', s.mode <> 'disengaged',
-        'engagement_count', (SELECT count(*) FROM killswitch.events e WHERE e.mode <> 'disengaged'),
+        'engagement_count', (SELECT count(*) FROM killswitch.events e
+                             WHERE e.mode <> 'disengaged' AND e.source <> 'release_request'),
         'last_engagement', (
             SELECT jsonb_build_object('timestamp', killswitch.iso_utc(e.at),
                                       'mode', upper(e.mode::text),
                                       'reason', e.reason,
                                       'triggered_by', e.triggered_by)
-            FROM killswitch.events e WHERE e.mode <> 'disengaged'
+            FROM killswitch.events e WHERE e.mode <> 'disengaged' AND e.source <> 'release_request'
             ORDER BY e.id DESC LIMIT 1),
         'total_events', (SELECT count(*) FROM killswitch.events),
         'generation', s.generation,

@@ -170,6 +170,8 @@ ks_apply_change(const KsChange *c)
 	in.triggered_by = c->triggered_by;
 	in.affected_tasks = c->affected_tasks;
 	in.source = c->source;
+	in.request = c->request;
+	in.release_target = c->release_target;
 	in.floor_generation = Max(KS_WORD_GENERATION(word),
 							  last ? last->state.generation : 0) + 1;
 	row = ks_record_event(&in, &file_state);
@@ -222,6 +224,10 @@ make_change(KsMode mode, const char *reason, const char *triggered_by,
 	c.affected_tasks = affected_tasks;
 	c.source = "sql";
 	c.flags = 0;
+	c.request = false;
+	c.release_target = mode;
+	if (mode < current && ks_release_approvals > 1)
+		return ks_release_with_approval(&c, current);
 	return ks_apply_change(&c);
 }
 

@@ -258,18 +258,21 @@ ks_alert_poll(void)
 	}
 }
 
-/* Id of the event that set a generation, or 0. */
+/* Id of the event that set a generation (0 if none), and is it a release request? */
 static int64
-event_of_generation(int64 generation)
+event_of_generation(int64 generation, bool *request)
 {
 	Oid			argtypes[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(generation)};
 	bool		isnull;
 
-	if (SPI_execute_with_args("SELECT id FROM killswitch.events WHERE generation = $1",
+	*request = false;
+	if (SPI_execute_with_args("SELECT id, source = 'release_request' FROM killswitch.events "
+							  "WHERE generation = $1",
 							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		return 0;
+	*request = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
@@ -287,6 +290,7 @@ ks_emergency_tick(bool history)
 	int			ended;
 	int64		event_id = 0;
 	bool		first;
+	bool		request = false;
 
 	if (KS_WORD_MODE(word) != KS_EMERGENCY)
 	{
@@ -296,12 +300,18 @@ ks_emergency_tick(bool history)
 	first = ks_shared->emergency_handled != generation;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	if (first && history)
+		event_id = event_of_generation(generation, &request);
+	if (request && ks_shared->emergency_handled != KS_NO_EMERGENCY)
+	{
+		/* a release request repeats the mode: this emergency's actions ran */
+		ks_shared->emergency_handled = generation;
+		first = false;
+	}
 	agents = list_agent_roles();
 	if (first)
 		snapshot_or_warn(agents, generation, history);
 	ended = end_agent_sessions(agents);
-	if (first && history)
-		event_id = event_of_generation(generation);
 	SPI_finish();
 	if (!first)
 		return;

@@ -50,6 +50,7 @@ typedef struct KsEventRow
 	char	   *triggered_by;
 	int32		affected_tasks;
 	char	   *source;
+	int			release_target; /* KS_NO_MODE unless a release request */
 	char	   *session_role;
 	char	   *client_addr;	/* NULL for local connections */
 	int32		backend_pid;
@@ -85,6 +86,8 @@ row_canonical(StringInfo out, const KsEventRow *r)
 	ks_json_put_string(obj, "previous_mode", r->previous_mode == KS_NO_MODE ? NULL
 					   : ks_mode_sql_names[r->previous_mode]);
 	ks_json_put_string(obj, "reason", to_utf8(r->reason));
+	ks_json_put_string(obj, "release_target", r->release_target == KS_NO_MODE ? NULL
+					   : ks_mode_sql_names[r->release_target]);
 	ks_json_put_bool(obj, "require_hmac", r->require_hmac);
 	ks_json_put_string(obj, "session_role", to_utf8(r->session_role));
 	ks_json_put_string(obj, "source", r->source);
@@ -227,11 +230,11 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	int64		last_id,
 				last_gen;
 	Oid			modetype = ks_mode_type_oid();
-	Oid			argtypes[18] = {INT8OID, TIMESTAMPTZOID, modetype, modetype,
+	Oid			argtypes[19] = {INT8OID, TIMESTAMPTZOID, modetype, modetype,
 		TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INETOID, INT4OID,
-	XID8OID, INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[18];
-	char		nulls[18];
+	XID8OID, INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, modetype};
+	Datum		values[19];
+	char		nulls[19];
 	Datum		result;
 	int			rc;
 
@@ -250,6 +253,7 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	r.triggered_by = (char *) in->triggered_by;
 	r.affected_tasks = in->affected_tasks;
 	r.source = (char *) in->source;
+	r.release_target = in->request ? (int) in->release_target : KS_NO_MODE;
 	r.session_role = GetUserNameFromId(GetSessionUserId(), false);
 	r.client_addr = client_address();
 	r.backend_pid = MyProcPid;
@@ -284,13 +288,18 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	values[15] = CStringGetTextDatum(prev_hash);
 	values[16] = CStringGetTextDatum(hash);
 	values[17] = CStringGetTextDatum(signature);
+	if (r.release_target == KS_NO_MODE)
+		nulls[18] = 'n', values[18] = (Datum) 0;
+	else
+		values[18] = ks_mode_to_datum((KsMode) r.release_target, modetype);
 
 	rc = SPI_execute_with_args("INSERT INTO killswitch.events (id, at, mode, previous_mode, "
 							   "reason, triggered_by, affected_tasks, source, session_role, "
 							   "client_addr, backend_pid, xid, generation, key_id, require_hmac, "
-							   "prev_hash, hash, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-							   "$8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING *",
-							   18, argtypes, values, nulls, false, 1);
+							   "prev_hash, hash, signature, release_target) VALUES ($1, $2, $3, "
+							   "$4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
+							   "$18, $19) RETURNING *",
+							   19, argtypes, values, nulls, false, 1);
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "could not insert into killswitch.events: %d", rc);
 	result = SPI_datumTransfer(as_events_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc),
@@ -426,6 +435,8 @@ row_from_composite(HeapTupleHeader row, KsEventRow *r)
 	r->triggered_by = row_text(row, "triggered_by");
 	r->affected_tasks = DatumGetInt32(GetAttributeByName(row, "affected_tasks", &isnull));
 	r->source = row_text(row, "source");
+	d = GetAttributeByName(row, "release_target", &isnull);
+	r->release_target = isnull ? KS_NO_MODE : (int) ks_mode_from_datum(d);
 	r->session_role = row_text(row, "session_role");
 	d = GetAttributeByName(row, "client_addr", &isnull);
 	r->client_addr = isnull ? NULL : TextDatumGetCString(DirectFunctionCall1(inet_out, d));

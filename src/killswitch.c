@@ -26,6 +26,8 @@ int			ks_settle_ms = 50;
 int			ks_poll_interval = 100;
 char	   *ks_alert_command = NULL;
 int			ks_alert_timeout = 10000;
+int			ks_release_approvals = 1;
+int			ks_approval_timeout = 900;
 
 #ifdef KS_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -101,6 +103,16 @@ define_settings(void)
 							NULL,
 							&ks_alert_timeout, 10000, 100, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("killswitch.release_approvals",
+							"How many different administrators a release needs.",
+							"With 2, a release by one administrator is recorded as a request and takes effect when a second confirms it.",
+							&ks_release_approvals, 1, 1, 2,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("killswitch.approval_timeout",
+							"How long a release request waits for its second administrator.",
+							NULL,
+							&ks_approval_timeout, 900, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("killswitch");
 }
 

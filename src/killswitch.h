@@ -164,6 +164,8 @@ typedef struct KsEventInput
 	int32		affected_tasks;
 	const char *source;
 	int64		floor_generation;	/* the generation is at least this */
+	bool		request;		/* a release request (approval.c) */
+	KsMode		release_target; /* and the mode it asks for */
 } KsEventInput;
 extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
 extern int64 ks_events_last_generation(void);
@@ -178,10 +180,17 @@ typedef struct KsChange
 	const char *reason;			/* server encoding */
 	const char *triggered_by;
 	int32		affected_tasks;
-	const char *source;			/* sql, file, cli, tamper */
+	const char *source;			/* sql, file, cli, tamper, release_request */
 	int			flags;			/* KS_FLAG_* to publish */
+	bool		request;		/* a release request: mode unchanged */
+	KsMode		release_target; /* the mode the request asks for */
 } KsChange;
 extern Datum ks_apply_change(const KsChange *change);
+
+/* approval.c */
+extern int	ks_release_approvals;
+extern int	ks_approval_timeout;
+extern Datum ks_release_with_approval(const KsChange *release, KsMode current);
 extern void ks_flush_unrecorded(void);
 extern void ks_xact_callback(XactEvent event, void *arg);
 extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,

@@ -64,13 +64,18 @@ status(const KsOptions *opt, PGconn *conn)
 	return rc;
 }
 
-/* engage and disengage: the SQL functions, committed in autocommit. */
+/*
+ * engage and disengage: the SQL functions, committed in autocommit.  Under
+ * two-person release a release may only be recorded as a request: the mode
+ * stays, and the exit status says so.
+ */
 static int
 change(const KsOptions *opt, PGconn *conn)
 {
 	char		affected[16];
 	const char *params[4];
 	PGresult   *res;
+	bool		requested;
 
 	snprintf(affected, sizeof(affected), "%d", opt->affected);
 	params[0] = opt->command == CMD_ENGAGE ? ks_mode_sql_names[opt->mode] : opt->reason;
@@ -78,18 +83,21 @@ change(const KsOptions *opt, PGconn *conn)
 	params[2] = opt->by;
 	params[3] = affected;
 	res = opt->command == CMD_ENGAGE
-		? run(conn, "SELECT id, generation, mode FROM ks_engage($1::ks_mode, $2, $3, $4::int)", 4, params)
-		: run(conn, "SELECT id, generation, mode FROM ks_disengage($1, $2)", 2, params);
+		? run(conn, "SELECT id, generation, mode, source FROM ks_engage($1::ks_mode, $2, $3, $4::int)", 4, params)
+		: run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2)", 2, params);
 	if (res == NULL)
 		return KS_EXIT_ERROR;
+	requested = strcmp(PQgetvalue(res, 0, 3), "release_request") == 0;
 	if (opt->json)
-		printf("{\"event_id\":%s,\"generation\":%s,\"mode\":\"%s\"}\n",
-			   PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+		printf("{\"event_id\":%s,\"generation\":%s,\"mode\":\"%s\",\"release_requested\":%s}\n",
+			   PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+			   requested ? "true" : "false");
 	else
-		printf("%s (event %s, generation %s)\n",
+		printf("%s%s (event %s, generation %s)\n",
+			   requested ? "release requested, awaiting a second administrator; mode stays " : "",
 			   PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
 	PQclear(res);
-	return KS_EXIT_OK;
+	return requested ? KS_EXIT_ENGAGED : KS_EXIT_OK;
 }
 
 /* verify: ks_verify_events(). */
