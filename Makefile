@@ -18,7 +18,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 FE_OBJS = src/store_fe.o src/json_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-EXTRA_CLEAN = $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -50,6 +50,18 @@ uninstall-cli:
 	rm -f '$(DESTDIR)$(bindir)/killswitch'
 
 .PHONY: install-cli uninstall-cli
+
+# The benchmark suite's latency probe (libpq only), and the suite.
+bench/ks_probe: bench/ks_probe.c
+	$(CC) $(CFLAGS) $(PG_CFLAGS) $(LIBPQ_INC) -o $@ $< $(LIBPQ_LIB)
+
+bench:
+	bash bench/run
+
+bench-quick:
+	bash bench/run --quick
+
+.PHONY: bench bench-quick
 
 test/store_vectors: test/store_vectors.c $(FE_OBJS)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)

@@ -1,0 +1,318 @@
+/*
+ * ks_probe — latency probes for the benchmark suite (bench/run), libpq only.
+ *
+ *   ks_probe push CONNINFO LISTENERS TRIALS ks|notify
+ *       LISTENERS connections LISTEN on channel killswitch; another
+ *       connection commits ks_engage()/ks_disengage() (ks) or a plain
+ *       NOTIFY (notify, the baseline).  Prints, per receipt, milliseconds
+ *       from the commit's acknowledgement to the receipt.
+ *   ks_probe file CONNINFO TRIALS KILLSWITCH_BIN PGDATA
+ *       Runs "killswitch -D PGDATA engage|disengage" (which renames a signed
+ *       file into place) while a session polls ks_mode(); prints, per trial,
+ *       milliseconds from starting the command to the session seeing it.
+ *   ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS
+ *       AGENTS agent sessions run pg_sleep(); the admin engages emergency;
+ *       prints, per trial, milliseconds from the commit's acknowledgement to
+ *       the last agent session being gone.
+ *
+ * The clock starts late rather than early wherever there is a choice, so
+ * every figure is an upper bound on the true latency.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "libpq-fe.h"
+
+#define WAIT_LIMIT_MS 5000.0
+
+/* Monotonic milliseconds. */
+static double
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+static void fail(const char *fmt,...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* Print a message and exit with failure. */
+static void
+fail(const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	fprintf(stderr, "ks_probe: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, "\n");
+	va_end(ap);
+	exit(1);
+}
+
+/* Connect or exit. */
+static PGconn *
+connect_or_die(const char *conninfo)
+{
+	PGconn	   *conn = PQconnectdb(conninfo);
+
+	if (PQstatus(conn) != CONNECTION_OK)
+		fail("could not connect: %s", PQerrorMessage(conn));
+	return conn;
+}
+
+/* Run a statement that must succeed; return its first value (or ""), copied. */
+static char *
+exec_or_die(PGconn *conn, const char *sql)
+{
+	PGresult   *res = PQexec(conn, sql);
+	char	   *value;
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+		fail("\"%s\" failed: %s", sql, PQerrorMessage(conn));
+	value = strdup(PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "");
+	PQclear(res);
+	return value;
+}
+
+/* Bring the switch to a mode from SQL (as a superuser). */
+static void
+set_mode(PGconn *admin, bool engage, const char *mode)
+{
+	char		sql[200];
+
+	if (engage)
+		snprintf(sql, sizeof(sql), "SELECT ks_engage('%s', 'benchmark', 'ks_probe')", mode);
+	else
+		snprintf(sql, sizeof(sql), "SELECT ks_disengage('benchmark', 'ks_probe')");
+	free(exec_or_die(admin, sql));
+}
+
+/* push: fan-out latency of the NOTIFY that a change sends at commit. */
+static int
+probe_push(const char *conninfo, int nlisten, int trials, bool baseline)
+{
+	PGconn	   *admin = connect_or_die(conninfo);
+	PGconn	  **conns = calloc(nlisten, sizeof(PGconn *));
+	struct pollfd *fds = calloc(nlisten, sizeof(struct pollfd));
+
+	for (int i = 0; i < nlisten; i++)
+	{
+		conns[i] = connect_or_die(conninfo);
+		free(exec_or_die(conns[i], "LISTEN killswitch"));
+		fds[i].fd = PQsocket(conns[i]);
+		fds[i].events = POLLIN;
+	}
+	set_mode(admin, false, NULL);
+
+	for (int t = 0; t < trials; t++)
+	{
+		int			received = 0;
+		double		acked;
+
+		/* drain anything left over, so each trial counts its own */
+		for (int i = 0; i < nlisten; i++)
+		{
+			PGnotify   *n;
+
+			PQconsumeInput(conns[i]);
+			while ((n = PQnotifies(conns[i])) != NULL)
+				PQfreemem(n);
+		}
+		if (baseline)
+			free(exec_or_die(admin, "NOTIFY killswitch, 'baseline'"));
+		else
+			set_mode(admin, t % 2 == 0, "halt_all");
+		acked = now_ms();
+
+		while (received < nlisten && now_ms() - acked < WAIT_LIMIT_MS)
+		{
+			if (poll(fds, nlisten, 100) < 0 && errno != EINTR)
+				fail("poll: %s", strerror(errno));
+			for (int i = 0; i < nlisten; i++)
+			{
+				PGnotify   *n;
+
+				if (!(fds[i].revents & POLLIN))
+					continue;
+				if (!PQconsumeInput(conns[i]))
+					fail("listener lost: %s", PQerrorMessage(conns[i]));
+				while ((n = PQnotifies(conns[i])) != NULL)
+				{
+					printf("%.3f\n", now_ms() - acked);
+					received++;
+					PQfreemem(n);
+				}
+			}
+		}
+		if (received < nlisten)
+			fail("trial %d: %d of %d listeners heard nothing within %.0f ms",
+				 t, nlisten - received, nlisten, WAIT_LIMIT_MS);
+	}
+	set_mode(admin, false, NULL);
+	for (int i = 0; i < nlisten; i++)
+		PQfinish(conns[i]);
+	PQfinish(admin);
+	return 0;
+}
+
+/* Start the killswitch command; return its pid. */
+static pid_t
+start_command(const char *bin, const char *pgdata, bool engage)
+{
+	pid_t		pid = fork();
+
+	if (pid < 0)
+		fail("fork: %s", strerror(errno));
+	if (pid == 0)
+	{
+		if (freopen("/dev/null", "w", stdout) == NULL)
+			_exit(126);
+		if (engage)
+			execl(bin, bin, "-D", pgdata, "engage", "halt_all",
+				  "--reason", "benchmark", "--by", "ks_probe", (char *) NULL);
+		else
+			execl(bin, bin, "-D", pgdata, "disengage",
+				  "--reason", "benchmark", "--by", "ks_probe", (char *) NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* file: from an out-of-band file write to a session seeing the new mode. */
+static int
+probe_file(const char *conninfo, int trials, const char *bin, const char *pgdata)
+{
+	PGconn	   *conn = connect_or_die(conninfo);
+
+	srandom((unsigned) getpid());
+	set_mode(conn, false, NULL);
+	for (int t = 0; t < trials; t++)
+	{
+		bool		engage = t % 2 == 0;
+		const char *want = engage ? "halt_all" : "disengaged";
+		double		started;
+		pid_t		pid;
+		int			status;
+		bool		seen = false;
+
+		/*
+		 * Start at a random point of the watcher's poll cycle: right after
+		 * the last trial was seen we would always be just past a look.
+		 */
+		usleep((useconds_t) (random() % 150000));
+		started = now_ms();
+		pid = start_command(bin, pgdata, engage);
+
+		while (now_ms() - started < WAIT_LIMIT_MS)
+		{
+			char	   *mode = exec_or_die(conn, "SELECT ks_mode()");
+
+			seen = strcmp(mode, want) == 0;
+			free(mode);
+			if (seen)
+				break;
+		}
+		if (!seen)
+			fail("trial %d: the session did not see %s within %.0f ms", t, want, WAIT_LIMIT_MS);
+		printf("%.3f\n", now_ms() - started);
+		if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			fail("trial %d: the killswitch command failed", t);
+	}
+	PQfinish(conn);
+	return 0;
+}
+
+/* Has a busy agent session been ended?  (Its pg_sleep() answered early.) */
+static bool
+session_gone(PGconn *conn)
+{
+	if (!PQconsumeInput(conn))
+		return true;
+	return !PQisBusy(conn);
+}
+
+/* emergency: from the commit of emergency to the last agent session gone. */
+static int
+probe_emergency(const char *agent_conninfo, const char *admin_conninfo, int nagents, int trials)
+{
+	PGconn	   *admin = connect_or_die(admin_conninfo);
+	PGconn	  **agents = calloc(nagents, sizeof(PGconn *));
+	struct pollfd *fds = calloc(nagents, sizeof(struct pollfd));
+	bool	   *gone = calloc(nagents, sizeof(bool));
+
+	set_mode(admin, false, NULL);
+	for (int t = 0; t < trials; t++)
+	{
+		int			ngone = 0;
+		double		acked,
+					last = 0;
+
+		for (int i = 0; i < nagents; i++)
+		{
+			agents[i] = connect_or_die(agent_conninfo);
+			if (!PQsendQuery(agents[i], "SELECT pg_sleep(60)"))
+				fail("could not start an agent's work: %s", PQerrorMessage(agents[i]));
+			fds[i].fd = PQsocket(agents[i]);
+			fds[i].events = POLLIN;
+			gone[i] = false;
+		}
+		usleep(100 * 1000);		/* every agent is inside pg_sleep() */
+		set_mode(admin, true, "emergency");
+		acked = now_ms();
+
+		while (ngone < nagents && now_ms() - acked < WAIT_LIMIT_MS)
+		{
+			if (poll(fds, nagents, 100) < 0 && errno != EINTR)
+				fail("poll: %s", strerror(errno));
+			for (int i = 0; i < nagents; i++)
+			{
+				if (gone[i] || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+					continue;
+				if (session_gone(agents[i]))
+				{
+					gone[i] = true;
+					fds[i].fd = -1;
+					ngone++;
+					last = now_ms() - acked;
+				}
+			}
+		}
+		if (ngone < nagents)
+			fail("trial %d: %d of %d agent sessions still there after %.0f ms",
+				 t, nagents - ngone, nagents, WAIT_LIMIT_MS);
+		printf("%.3f\n", last);
+		for (int i = 0; i < nagents; i++)
+			PQfinish(agents[i]);
+		set_mode(admin, false, NULL);
+	}
+	PQfinish(admin);
+	return 0;
+}
+
+/* Dispatch on the probe's name. */
+int
+main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 6 && strcmp(argv[1], "push") == 0)
+		return probe_push(argv[2], atoi(argv[3]), atoi(argv[4]), strcmp(argv[5], "notify") == 0);
+	if (argc == 6 && strcmp(argv[1], "file") == 0)
+		return probe_file(argv[2], atoi(argv[3]), argv[4], argv[5]);
+	if (argc == 6 && strcmp(argv[1], "emergency") == 0)
+		return probe_emergency(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+	fprintf(stderr,
+			"usage: ks_probe push CONNINFO LISTENERS TRIALS ks|notify\n"
+			"       ks_probe file CONNINFO TRIALS KILLSWITCH_BIN PGDATA\n"
+			"       ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS\n");
+	return 2;
+}
