@@ -84,17 +84,24 @@ exec_or_die(PGconn *conn, const char *sql)
 	return value;
 }
 
+/* Bring the switch to a mode from SQL (as a superuser), with a reason. */
+static void
+set_mode_why(PGconn *admin, bool engage, const char *mode, const char *reason)
+{
+	char		sql[300];
+
+	if (engage)
+		snprintf(sql, sizeof(sql), "SELECT ks_engage('%s', '%s', 'ks_probe')", mode, reason);
+	else
+		snprintf(sql, sizeof(sql), "SELECT ks_disengage('%s', 'ks_probe')", reason);
+	free(exec_or_die(admin, sql));
+}
+
 /* Bring the switch to a mode from SQL (as a superuser). */
 static void
 set_mode(PGconn *admin, bool engage, const char *mode)
 {
-	char		sql[200];
-
-	if (engage)
-		snprintf(sql, sizeof(sql), "SELECT ks_engage('%s', 'benchmark', 'ks_probe')", mode);
-	else
-		snprintf(sql, sizeof(sql), "SELECT ks_disengage('benchmark', 'ks_probe')");
-	free(exec_or_die(admin, sql));
+	set_mode_why(admin, engage, mode, "benchmark");
 }
 
 /* push: fan-out latency of the NOTIFY that a change sends at commit. */
@@ -104,6 +111,7 @@ probe_push(const char *conninfo, int nlisten, int trials, bool baseline)
 	PGconn	   *admin = connect_or_die(conninfo);
 	PGconn	  **conns = calloc(nlisten, sizeof(PGconn *));
 	struct pollfd *fds = calloc(nlisten, sizeof(struct pollfd));
+	bool	   *heard = calloc(nlisten, sizeof(bool));
 
 	for (int i = 0; i < nlisten; i++)
 	{
@@ -118,20 +126,24 @@ probe_push(const char *conninfo, int nlisten, int trials, bool baseline)
 	{
 		int			received = 0;
 		double		acked;
+		char		marker[40];
+		char		sql[100];
 
-		/* drain anything left over, so each trial counts its own */
-		for (int i = 0; i < nlisten; i++)
-		{
-			PGnotify   *n;
-
-			PQconsumeInput(conns[i]);
-			while ((n = PQnotifies(conns[i])) != NULL)
-				PQfreemem(n);
-		}
+		/*
+		 * Each trial's notification carries a marker of its own (in the
+		 * reason, which the payload repeats), and each listener counts once:
+		 * a late notification of the previous change must not stand in for
+		 * the slowest receipt of this one.
+		 */
+		snprintf(marker, sizeof(marker), "[trial %d]", t);
+		memset(heard, 0, nlisten * sizeof(bool));
 		if (baseline)
-			free(exec_or_die(admin, "NOTIFY killswitch, 'baseline'"));
+		{
+			snprintf(sql, sizeof(sql), "NOTIFY killswitch, 'baseline %s'", marker);
+			free(exec_or_die(admin, sql));
+		}
 		else
-			set_mode(admin, t % 2 == 0, "halt_all");
+			set_mode_why(admin, t % 2 == 0, "halt_all", marker);
 		acked = now_ms();
 
 		while (received < nlisten && now_ms() - acked < WAIT_LIMIT_MS)
@@ -148,8 +160,12 @@ probe_push(const char *conninfo, int nlisten, int trials, bool baseline)
 					fail("listener lost: %s", PQerrorMessage(conns[i]));
 				while ((n = PQnotifies(conns[i])) != NULL)
 				{
-					printf("%.3f\n", now_ms() - acked);
-					received++;
+					if (!heard[i] && strstr(n->extra, marker) != NULL)
+					{
+						printf("%.3f\n", now_ms() - acked);
+						heard[i] = true;
+						received++;
+					}
 					PQfreemem(n);
 				}
 			}
@@ -162,6 +178,9 @@ probe_push(const char *conninfo, int nlisten, int trials, bool baseline)
 	for (int i = 0; i < nlisten; i++)
 		PQfinish(conns[i]);
 	PQfinish(admin);
+	free(heard);
+	free(fds);
+	free(conns);
 	return 0;
 }
 

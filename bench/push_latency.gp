@@ -1,7 +1,7 @@
 # Cumulative distribution of push latency (bench/run passes ks, plain, out, n).
-set terminal pngcairo size 800,450 font ",10"
+set terminal pngcairo size 800,450 font ",10" noenhanced
 set output out
-set title "Push latency: commit acknowledged -> NOTIFY received (".n." receipts)"
+set title "Push latency: commit acknowledged -> NOTIFY received (".n." receipts each)"
 set xlabel "milliseconds after the commit was acknowledged"
 set ylabel "receipts (%)"
 set key bottom right
