@@ -3,7 +3,7 @@
 EXTENSION = killswitch
 MODULE_big = killswitch
 OBJS = src/killswitch.o src/approval.o src/state.o src/startup.o src/persist.o \
-       src/store.o src/json.o src/events.o src/change.o src/rights.o \
+       src/store.o src/json.o src/canonical.o src/files.o src/isotime.o src/events.o src/notify.o src/change.o src/rights.o \
        src/owner.o src/modetype.o src/tasks.o src/api.o src/guard.o \
        src/worker.o src/watch.o src/agents.o src/enforce.o src/emergency.o
 DATA = sql/killswitch--1.0.sql
@@ -15,7 +15,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 # The state-file code again, built for frontend programs.
-FE_OBJS = src/store_fe.o src/json_fe.o
+FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
 EXTRA_CLEAN = bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
@@ -73,7 +73,8 @@ FUZZ_SECONDS ?= 20
 FUZZ_WRAP = $(addprefix -Wl$(comma)--wrap=,palloc palloc0 palloc_extended repalloc pfree \
             pstrdup pnstrdup pg_malloc pg_malloc0 pg_realloc pg_free pg_strdup)
 
-test/fuzz/fuzz_state: test/fuzz/fuzz_state.c test/fuzz/alloc_wrap.c src/store.c src/json.c src/store.h
+test/fuzz/fuzz_state: test/fuzz/fuzz_state.c test/fuzz/alloc_wrap.c src/store.c src/json.c \
+                     src/canonical.c src/files.c src/isotime.c src/store.h
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-ignored-attributes \
 	  -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $(filter %.c,$^) $(FE_LIBS) $(FUZZ_WRAP)
 

@@ -1,7 +1,7 @@
 /*
  * events.c — the governance table killswitch.events (DESIGN §2.3): append
  * a chained, signed row; re-derive a row's canonical content; verify the
- * chain; announce a change with NOTIFY.
+ * chain.  The NOTIFY of a change is in notify.c.
  *
  * A row's hash is SHA-256 over the previous row's hash (hex) followed by
  * the row's canonical content (the same canonical JSON as the state file);
@@ -13,7 +13,6 @@
 
 #include "catalog/pg_type.h"
 #include "common/ip.h"
-#include "commands/async.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "libpq/libpq-be.h"
@@ -21,7 +20,6 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/inet.h"
-#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/typcache.h"
 #include "utils/snapmgr.h"
@@ -32,9 +30,6 @@
 
 PG_FUNCTION_INFO_V1(ks_event_canonical);
 PG_FUNCTION_INFO_V1(ks_verify_events);
-
-/* NOTIFY payloads must stay under 8000 bytes; leave room to spare. */
-#define KS_NOTIFY_MAX 7900
 
 #define KS_GENESIS_HASH \
 	"0000000000000000000000000000000000000000000000000000000000000000"
@@ -338,74 +333,6 @@ ks_events_last_generation(void)
 	events_tail(&id, hash, &generation);
 	ks_owner_end(&owner);
 	return generation;
-}
-
-/* Build the NOTIFY payload with reason and triggered_by cut to maxlen bytes. */
-static void
-notify_payload(StringInfo out, int64 id, KsMode mode, int previous,
-			   const char *reason, const char *by, TimestampTz at,
-			   int64 generation, const char *source, int maxlen)
-{
-	char		ts[40];
-	int			rlen = pg_mbcliplen(reason, strlen(reason), maxlen);
-	int			blen = pg_mbcliplen(by, strlen(by), maxlen);
-
-	ks_format_iso_utc(ks_timestamptz_to_unix_usec(at), ts, sizeof(ts));
-	resetStringInfo(out);
-	appendStringInfo(out, "{\"event_id\": " INT64_FORMAT ", \"mode\": \"%s\", \"previous_mode\": ",
-					 id, ks_mode_sql_names[mode]);
-	if (previous == KS_NO_MODE)
-		appendStringInfoString(out, "null");
-	else
-		appendStringInfo(out, "\"%s\"", ks_mode_sql_names[previous]);
-	appendStringInfoString(out, ", \"reason\": ");
-	escape_json(out, pnstrdup(reason, rlen));
-	appendStringInfoString(out, ", \"triggered_by\": ");
-	escape_json(out, pnstrdup(by, blen));
-	appendStringInfo(out, ", \"at\": \"%s\", \"generation\": " INT64_FORMAT ", \"source\": ",
-					 ts, generation);
-	escape_json(out, source);
-	if (rlen < (int) strlen(reason) || blen < (int) strlen(by))
-		appendStringInfoString(out, ", \"truncated\": true");
-	appendStringInfoChar(out, '}');
-}
-
-/*
- * Queue the NOTIFY of a change on channel killswitch (and killswitch_alert
- * for emergency and tamper).  Delivered at commit, gone with a rollback.
- * The payload stays valid JSON under the 8000-byte limit: long texts are
- * shortened here only, the table keeps them whole.
- */
-void
-ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
-		  const char *triggered_by, TimestampTz at, int64 generation,
-		  const char *source)
-{
-	StringInfoData payload;
-	int			maxlen = KS_MAX_TEXT_LEN;
-
-	initStringInfo(&payload);
-	for (;;)
-	{
-		notify_payload(&payload, event_id, mode, previous, reason, triggered_by,
-					   at, generation, source, maxlen);
-		if (payload.len < KS_NOTIFY_MAX || maxlen == 0)
-			break;
-		maxlen = maxlen > 4000 ? 4000 : maxlen / 2;
-	}
-	Async_Notify(KS_CHANNEL, payload.data);
-	if (mode == KS_EMERGENCY || strcmp(source, "tamper") == 0)
-		Async_Notify(KS_ALERT_CHANNEL, payload.data);
-}
-
-/* NOTIFY killswitch_alert that the emergency actions ran. */
-void
-ks_notify_alert(int64 generation, int sessions_ended)
-{
-	Async_Notify(KS_ALERT_CHANNEL,
-				 psprintf("{\"alert\": \"emergency\", \"generation\": " INT64_FORMAT
-						  ", \"sessions_ended\": %d, \"snapshot_file\": \"%s\"}",
-						  generation, sessions_ended, KS_SNAPSHOT_FILE_NAME));
 }
 
 /* Text of a column of a composite row; NULL for SQL NULL. */

@@ -1,8 +1,8 @@
 /*
- * json.c — parse JSON into a small tree and print it in Python's canonical
- * form: json.dumps(obj, separators=(",", ":"), sort_keys=True) with
- * ensure_ascii on.  Parsing is PostgreSQL's own (common/jsonapi.h); only the
- * tree and the printer are ours.  Frontend-safe.
+ * json.c — parse JSON into a small tree that keeps every member, so that
+ * unknown keys are signed too.  Parsing is PostgreSQL's own
+ * (common/jsonapi.h); only the tree is ours.  canonical.c prints it back.
+ * Frontend-safe.
  */
 #include "ks_base.h"
 
@@ -66,57 +66,15 @@ build_problem(KsJsonBuild *b, const char *msg)
 }
 
 /*
- * Decode one UTF-8 sequence; return its length or 0 when it is not valid
- * UTF-8 (overlong forms, surrogates and values past U+10FFFF included).
+ * Is this NUL-terminated string valid UTF-8?  The lexer passes a string's
+ * raw bytes through unjudged, so a member name or value is checked here.
  */
-static int
-utf8_decode(const unsigned char *s, pg_wchar *cp)
-{
-	int			len;
-	pg_wchar	c;
-	pg_wchar	min;
-
-	if (s[0] < 0x80)
-	{
-		*cp = s[0];
-		return 1;
-	}
-	else if ((s[0] & 0xE0) == 0xC0)
-		len = 2, c = s[0] & 0x1F, min = 0x80;
-	else if ((s[0] & 0xF0) == 0xE0)
-		len = 3, c = s[0] & 0x0F, min = 0x800;
-	else if ((s[0] & 0xF8) == 0xF0)
-		len = 4, c = s[0] & 0x07, min = 0x10000;
-	else
-		return 0;
-	for (int i = 1; i < len; i++)
-	{
-		if ((s[i] & 0xC0) != 0x80)
-			return 0;
-		c = (c << 6) | (s[i] & 0x3F);
-	}
-	if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-		return 0;
-	*cp = c;
-	return len;
-}
-
-/* Is this NUL-terminated string valid UTF-8? */
 static bool
 utf8_valid(const char *s)
 {
-	const unsigned char *p = (const unsigned char *) s;
-	pg_wchar	cp;
+	int			len = strlen(s);
 
-	while (*p)
-	{
-		int			n = utf8_decode(p, &cp);
-
-		if (n == 0)
-			return false;
-		p += n;
-	}
-	return true;
+	return pg_encoding_verifymbstr(PG_UTF8, s, len) == len;
 }
 
 /* Attach a finished value where the parser is: root, member or element. */
@@ -411,152 +369,4 @@ ks_json_get(const KsJson *object, const char *key)
 		if (strcmp(object->keys[i], key) == 0)
 			return object->items[i];
 	return NULL;
-}
-
-/* Append one \uXXXX escape with lower-case hex, as Python prints it. */
-static void
-append_u_escape(StringInfo out, unsigned int unit)
-{
-	appendStringInfo(out, "\\u%04x", unit);
-}
-
-/*
- * Append a UTF-8 string as a quoted JSON string with Python's ensure_ascii
- * escaping.  The input must be valid UTF-8 (the parser and the server's
- * text type guarantee it); an invalid byte is escaped as U+FFFD.
- */
-void
-ks_json_append_string(StringInfo out, const char *utf8)
-{
-	const unsigned char *p = (const unsigned char *) utf8;
-
-	appendStringInfoChar(out, '"');
-	while (*p)
-	{
-		pg_wchar	cp;
-		int			n = utf8_decode(p, &cp);
-
-		if (n == 0)
-			cp = 0xFFFD, n = 1;
-		p += n;
-		switch (cp)
-		{
-			case '"':
-				appendStringInfoString(out, "\\\"");
-				break;
-			case '\\':
-				appendStringInfoString(out, "\\\\");
-				break;
-			case '\n':
-				appendStringInfoString(out, "\\n");
-				break;
-			case '\r':
-				appendStringInfoString(out, "\\r");
-				break;
-			case '\t':
-				appendStringInfoString(out, "\\t");
-				break;
-			case '\b':
-				appendStringInfoString(out, "\\b");
-				break;
-			case '\f':
-				appendStringInfoString(out, "\\f");
-				break;
-			default:
-				/*
-				 * Python escapes everything outside ' '..'~', so DEL (0x7F)
-				 * too, whatever DESIGN §3 said; the test vectors hold us to it.
-				 */
-				if (cp < 0x20 || cp == 0x7F)
-					append_u_escape(out, cp);
-				else if (cp < 0x80)
-					appendStringInfoChar(out, (char) cp);
-				else if (cp < 0x10000)
-					append_u_escape(out, cp);
-				else
-				{
-					/* astral: a UTF-16 surrogate pair */
-					cp -= 0x10000;
-					append_u_escape(out, 0xD800 + (cp >> 10));
-					append_u_escape(out, 0xDC00 + (cp & 0x3FF));
-				}
-				break;
-		}
-	}
-	appendStringInfoChar(out, '"');
-}
-
-/* qsort comparator over member indexes: code point order is byte order. */
-static const KsJson *sort_object;
-
-static int
-member_cmp(const void *a, const void *b)
-{
-	return strcmp(sort_object->keys[*(const int *) a],
-				  sort_object->keys[*(const int *) b]);
-}
-
-/* Fill order[] with an object's member indexes in canonical order. */
-void
-ks_json_sorted_members(const KsJson *object, int *order)
-{
-	for (int i = 0; i < object->nitems; i++)
-		order[i] = i;
-	sort_object = object;
-	qsort(order, object->nitems, sizeof(int), member_cmp);
-}
-
-/* Append a value in canonical form; skip_key drops one top-level member. */
-void
-ks_json_canonical(StringInfo out, const KsJson *value, const char *skip_key)
-{
-	switch (value->kind)
-	{
-		case KSJ_NULL:
-			appendStringInfoString(out, "null");
-			break;
-		case KSJ_BOOL:
-			appendStringInfoString(out, value->bval ? "true" : "false");
-			break;
-		case KSJ_INT:
-			appendStringInfo(out, INT64_FORMAT, value->ival);
-			break;
-		case KSJ_STRING:
-			ks_json_append_string(out, value->str);
-			break;
-		case KSJ_ARRAY:
-			appendStringInfoChar(out, '[');
-			for (int i = 0; i < value->nitems; i++)
-			{
-				if (i > 0)
-					appendStringInfoChar(out, ',');
-				ks_json_canonical(out, value->items[i], NULL);
-			}
-			appendStringInfoChar(out, ']');
-			break;
-		case KSJ_OBJECT:
-			{
-				int		   *order = palloc(sizeof(int) * Max(value->nitems, 1));
-				bool		first = true;
-
-				ks_json_sorted_members(value, order);
-				appendStringInfoChar(out, '{');
-				for (int i = 0; i < value->nitems; i++)
-				{
-					int			k = order[i];
-
-					if (skip_key && strcmp(value->keys[k], skip_key) == 0)
-						continue;
-					if (!first)
-						appendStringInfoChar(out, ',');
-					first = false;
-					ks_json_append_string(out, value->keys[k]);
-					appendStringInfoChar(out, ':');
-					ks_json_canonical(out, value->items[k], NULL);
-				}
-				appendStringInfoChar(out, '}');
-				pfree(order);
-			}
-			break;
-	}
 }

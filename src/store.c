@@ -1,33 +1,19 @@
 /*
- * store.c — the state file: state <-> JSON, signatures, verification,
- * durable writes, the secret, the writers' lock.  Frontend-safe: shared by
- * the server module and the command-line tool (DESIGN §3, §4).
+ * store.c — the state file's format: state <-> JSON, signatures,
+ * verification, reading and writing the whole file (DESIGN §3, §4).
+ * Frontend-safe: shared by the server module and the command-line tool, so
+ * that there is one implementation of the format.  The file primitives
+ * under it are in files.c, its time stamps in isotime.c.
  */
 #include "ks_base.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "common/cryptohash.h"
 #include "common/hmac.h"
 #include "common/sha2.h"
 
-#ifdef FRONTEND
-#include "common/file_utils.h"
-#else
-#include "storage/fd.h"
-#endif
-
 #include "store.h"
-
-#ifdef FRONTEND
-#define ks_durable_rename(from, to) durable_rename((from), (to))
-#else
-#define ks_durable_rename(from, to) durable_rename((from), (to), LOG)
-#endif
 
 const char *const ks_mode_sql_names[KS_MODE_COUNT] = {
 	"disengaged", "halt_noncritical", "halt_all", "emergency"
@@ -332,86 +318,6 @@ ks_state_from_text(const char *text, size_t len,
 	return verdict;
 }
 
-/*
- * Read a whole regular file of at most maxlen bytes.  Symbolic links,
- * directories and other non-regular files are refused: the state file is
- * only ever a plain file we or a library renamed into place.
- */
-bool
-ks_read_file(const char *path, size_t maxlen, char **contents, size_t *len,
-			 char *problem, size_t problemlen)
-{
-	struct stat sb;
-	int			fd;
-	char	   *buf;
-	size_t		got = 0;
-
-	*contents = NULL;
-	*len = 0;
-	if (lstat(path, &sb) != 0)
-	{
-		snprintf(problem, problemlen, "cannot stat: %s", strerror(errno));
-		return false;
-	}
-	if (S_ISLNK(sb.st_mode))
-	{
-		snprintf(problem, problemlen, "is a symbolic link");
-		return false;
-	}
-	if (S_ISDIR(sb.st_mode))
-	{
-		snprintf(problem, problemlen, "is a directory");
-		return false;
-	}
-	if (!S_ISREG(sb.st_mode))
-	{
-		snprintf(problem, problemlen, "is not a regular file");
-		return false;
-	}
-	if ((size_t) sb.st_size > maxlen)
-	{
-		snprintf(problem, problemlen, "is too large (%lld bytes; the limit is %zu)",
-				 (long long) sb.st_size, maxlen);
-		return false;
-	}
-	fd = open(path, O_RDONLY | O_NOFOLLOW | PG_BINARY, 0);
-	if (fd < 0)
-	{
-		snprintf(problem, problemlen, "cannot open: %s", strerror(errno));
-		return false;
-	}
-	buf = palloc(maxlen + 1);
-	for (;;)
-	{
-		ssize_t		n = read(fd, buf + got, maxlen + 1 - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-		{
-			snprintf(problem, problemlen, "cannot read: %s", strerror(errno));
-			close(fd);
-			pfree(buf);
-			return false;
-		}
-		if (n == 0)
-			break;
-		got += n;
-		if (got > maxlen)
-		{
-			snprintf(problem, problemlen, "grew past %zu bytes while being read", maxlen);
-			close(fd);
-			pfree(buf);
-			return false;
-		}
-	}
-	close(fd);
-	buf[got] = '\0';
-	*contents = buf;
-	*len = got;
-	return true;
-}
-
 /* Read and judge the state file once. */
 static KsVerdict
 state_read_once(const char *path, const char *secret, size_t secretlen,
@@ -455,59 +361,6 @@ ks_state_read(const char *path, const char *secret, size_t secretlen,
 						   st, problem, problemlen);
 }
 
-/*
- * Write data to path atomically and durably: a temporary file in the same
- * directory, created 0600, then durable_rename() (which fsyncs the file,
- * renames it and fsyncs the directory).
- */
-bool
-ks_write_file_durably(const char *path, const char *data, size_t len,
-					  char *problem, size_t problemlen)
-{
-	char		tmp[MAXPGPATH];
-	int			fd;
-	size_t		done = 0;
-
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int) getpid());
-	unlink(tmp);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY, S_IRUSR | S_IWUSR);
-	if (fd < 0)
-	{
-		snprintf(problem, problemlen, "could not create \"%s\": %s", tmp, strerror(errno));
-		return false;
-	}
-	while (done < len)
-	{
-		ssize_t		n = write(fd, data + done, len - done);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-		{
-			snprintf(problem, problemlen, "could not write \"%s\": %s", tmp,
-					 n < 0 ? strerror(errno) : "no space left");
-			close(fd);
-			unlink(tmp);
-			return false;
-		}
-		done += n;
-	}
-	if (close(fd) != 0)
-	{
-		snprintf(problem, problemlen, "could not close \"%s\": %s", tmp, strerror(errno));
-		unlink(tmp);
-		return false;
-	}
-	if (ks_durable_rename(tmp, path) != 0)
-	{
-		snprintf(problem, problemlen, "could not rename \"%s\" to \"%s\": %s",
-				 tmp, path, strerror(errno));
-		unlink(tmp);
-		return false;
-	}
-	return true;
-}
-
 /* Sign and write a state file atomically. */
 bool
 ks_state_write(const char *path, const KsState *state,
@@ -523,200 +376,4 @@ ks_state_write(const char *path, const KsState *state,
 		return false;
 	}
 	return ks_write_file_durably(path, text.data, text.len, problem, problemlen);
-}
-
-/*
- * Load the signing secret: the file's bytes less one trailing newline.
- * With create, a missing file is made from 32 strong random bytes as 64 hex
- * characters, mode 0600.  The secret's value is never put in a message.
- */
-bool
-ks_secret_load(const char *path, bool create, char **secret, size_t *len,
-			   char *problem, size_t problemlen)
-{
-	struct stat sb;
-	char	   *text;
-	size_t		n;
-
-	*secret = NULL;
-	*len = 0;
-	if (create && lstat(path, &sb) != 0 && errno == ENOENT)
-	{
-		uint8		raw[32];
-		char		hex[65];
-
-		if (!pg_strong_random(raw, sizeof(raw)))
-		{
-			snprintf(problem, problemlen, "could not generate a random secret");
-			return false;
-		}
-		for (int i = 0; i < 32; i++)
-			snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-		hex[64] = '\n';
-		if (!ks_write_file_durably(path, hex, 65, problem, problemlen))
-			return false;
-	}
-	if (!ks_read_file(path, 4096, &text, &n, problem, problemlen))
-		return false;
-	if (n > 0 && text[n - 1] == '\n')
-		text[--n] = '\0';
-	if (n == 0)
-	{
-		snprintf(problem, problemlen, "the secret file is empty");
-		return false;
-	}
-	*secret = text;
-	*len = n;
-	return true;
-}
-
-/*
- * A retired secret, kept beside the current one as <secret_file>.<key_id>
- * after a rotation, so that what it signed still verifies.  key_id must be
- * 16 lower-case hex digits: it comes from files we are judging and must not
- * name any other path.
- */
-bool
-ks_retired_secret(const char *secret_file, const char *key_id,
-				  char **secret, size_t *len)
-{
-	char		path[MAXPGPATH];
-	char		problem[KS_PROBLEM_LEN];
-
-	if (strlen(key_id) != 16 || strspn(key_id, "0123456789abcdef") != 16)
-		return false;
-	snprintf(path, sizeof(path), "%s.%s", secret_file, key_id);
-	return ks_secret_load(path, false, secret, len, problem, sizeof(problem));
-}
-
-/*
- * Take the writers' lock of a state directory (a lock file, flock()), so
- * that the server and the command-line tool never interleave their
- * read-modify-write cycles.  Returns the descriptor to pass to
- * ks_unlock_dir(), or -1.
- */
-int
-ks_lock_dir(const char *dir, char *problem, size_t problemlen)
-{
-	char		path[MAXPGPATH];
-	int			fd;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, KS_LOCK_FILE_NAME);
-	fd = open(path, O_RDWR | O_CREAT | PG_BINARY, S_IRUSR | S_IWUSR);
-	if (fd < 0)
-	{
-		snprintf(problem, problemlen, "could not open \"%s\": %s", path, strerror(errno));
-		return -1;
-	}
-	while (flock(fd, LOCK_EX) != 0)
-	{
-		if (errno == EINTR)
-			continue;
-		snprintf(problem, problemlen, "could not lock \"%s\": %s", path, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* Release the writers' lock. */
-void
-ks_unlock_dir(int fd)
-{
-	if (fd >= 0)
-		close(fd);
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date. */
-static int64
-days_from_civil(int y, int m, int d)
-{
-	int			era;
-	int			yoe,
-				doy,
-				doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return (int64) era * 146097 + doe - 719468;
-}
-
-/* Format microseconds since the Unix epoch as the file's time stamps. */
-void
-ks_format_iso_utc(int64 unix_usec, char *buf, size_t buflen)
-{
-	time_t		secs = (time_t) (unix_usec / 1000000);
-	int			usec = (int) (unix_usec % 1000000);
-	struct tm	tm;
-
-	if (usec < 0)
-		usec += 1000000, secs--;
-	gmtime_r(&secs, &tm);
-	snprintf(buf, buflen, "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00",
-			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-			 tm.tm_hour, tm.tm_min, tm.tm_sec, usec);
-}
-
-/*
- * Parse what Python's datetime.isoformat() prints for an aware time:
- * YYYY-MM-DDTHH:MM:SS[.ffffff](+HH:MM|-HH:MM|Z).
- */
-bool
-ks_parse_iso(const char *s, int64 *unix_usec)
-{
-	int			y,
-				mo,
-				d,
-				h,
-				mi,
-				se,
-				n = 0;
-	int64		frac = 0;
-	int			offset_min = 0;
-	const char *p;
-
-	if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &se, &n) != 6 ||
-		n != 19)
-		return false;
-	if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60 ||
-		h < 0 || mi < 0 || se < 0)
-		return false;
-	p = s + 19;
-	if (*p == '.')
-	{
-		int			digits = 0;
-
-		for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-		{
-			if (digits >= 6)
-				return false;
-			frac = frac * 10 + (*p - '0');
-		}
-		if (digits == 0)
-			return false;
-		for (; digits < 6; digits++)
-			frac *= 10;
-	}
-	if (*p == 'Z')
-		p++;
-	else if ((*p == '+' || *p == '-') && strlen(p) == 6 && p[3] == ':')
-	{
-		int			oh,
-					om;
-
-		if (sscanf(p + 1, "%2d:%2d", &oh, &om) != 2 || oh > 23 || om > 59)
-			return false;
-		offset_min = (oh * 60 + om) * (*p == '-' ? -1 : 1);
-		p += 6;
-	}
-	else
-		return false;
-	if (*p != '\0')
-		return false;
-	*unix_usec = ((days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se) -
-				  (int64) offset_min * 60) * 1000000 + frac;
-	return true;
 }

@@ -6,9 +6,9 @@
  * json.dumps(obj, separators=(",", ":"), sort_keys=True), so files are
  * shared with the reference Python library (DESIGN §3).
  *
- * This file and store.c are compiled into the server module and, with
- * -DFRONTEND, into the command-line tool and the test-vector checker: one
- * implementation of the format.  Nothing here calls ereport(); problems come
+ * Its implementation (store.c, json.c, files.c, isotime.c) is compiled into
+ * the server module and, with -DFRONTEND, into the command-line tool and the
+ * test-vector checker: one implementation of the format.  Nothing here calls ereport(); problems come
  * back as a message in a caller's buffer so that each side reports them in
  * its own way (and the postmaster never errors out while starting).
  */
@@ -139,11 +139,11 @@ extern bool ks_state_write(const char *path, const KsState *state,
 						   const char *secret, size_t secretlen,
 						   char *problem, size_t problemlen);
 
-/* Time stamps as the file carries them. */
+/* Time stamps as the file carries them (isotime.c). */
 extern void ks_format_iso_utc(int64 unix_usec, char *buf, size_t buflen);
 extern bool ks_parse_iso(const char *text, int64 *unix_usec);
 
-/* Files */
+/* Files (files.c) */
 extern bool ks_read_file(const char *path, size_t maxlen, char **contents,
 						 size_t *len, char *problem, size_t problemlen);
 extern bool ks_write_file_durably(const char *path, const char *data,

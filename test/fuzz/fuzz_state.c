@@ -1,7 +1,8 @@
 /*
  * fuzz_state.c — libFuzzer harness for the state-file reader: JSON parsing,
- * canonicalization and signature verification (src/json.c, src/store.c,
- * built for frontend programs).  Properties checked on every input:
+ * canonicalization and signature verification (src/json.c, canonical.c,
+ * store.c and the files.c/isotime.c under them, built for frontend programs).
+ * Properties checked on every input:
  *   - nothing crashes, whatever the bytes;
  *   - an input accepted as a state re-serializes to a file that is accepted
  *     again with the same mode, generation and texts (round trip);
