@@ -134,6 +134,9 @@ refused("SET killswitch.task = 'not_critical'; INSERT INTO t VALUES (5)", 'SET o
 refused("SET transaction_read_only = off; INSERT INTO t VALUES (5)", 'SET transaction_read_only');
 refused("RESET ALL; INSERT INTO t VALUES (5)", 'RESET ALL');
 not_done("SET session_replication_role = replica; INSERT INTO t VALUES (5)", 'SET session_replication_role');
+not_done("SET killswitch.require_hmac = off; INSERT INTO t VALUES (5)", 'SET of a killswitch.* server setting');
+not_done("SELECT set_config('killswitch.release_approvals', '1', false); INSERT INTO t VALUES (5)", 'set_config() of a killswitch.* server setting');
+not_done("ALTER SYSTEM SET killswitch.require_hmac = off", 'ALTER SYSTEM');
 refused("SET ROLE helper; INSERT INTO t VALUES (5)", 'SET ROLE to a non-agent role it is a member of');
 refused("LOAD 'killswitch'", 'LOAD');
 refused("ALTER ROLE bot SET killswitch.task = 'audit_logging'", 'ALTER ROLE');
