@@ -103,6 +103,13 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 			strcmp(file->engaged_at, held->engaged_at) == 0));
 	d->state = *file;
 	d->previous = held_ok ? (int) held->mode : (int) KS_DISENGAGED;
+	if (ks_state_is_tamper_verdict(file))
+	{
+		/* a verdict stands, across restarts, until someone changes the state */
+		d->flags |= KS_FLAG_TAMPERED;
+		strlcpy(d->problem, file->reason ? file->reason : "an earlier tamper verdict",
+				sizeof(d->problem));
+	}
 	if (same)
 	{
 		d->state.generation = held->generation;
@@ -113,7 +120,7 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 		d->state.generation = (held_ok ? held->generation : 0) + (held_ok || file->mode != KS_DISENGAGED ? 1 : 0);
 	d->record = d->state.generation > 0;
 	d->state.previous_mode = d->previous;
-	if (file->source == NULL || strcmp(file->source, "cli") != 0)
+	if (!ks_state_is_tamper_verdict(file) && (file->source == NULL || strcmp(file->source, "cli") != 0))
 		d->state.source = "file";
 	/* our copy must learn the generation we gave it; the shared file keeps its bytes */
 	d->write = false;

@@ -35,6 +35,17 @@ ks_state_init(KsState *state)
 	state->event_id = -1;
 }
 
+/*
+ * Is this state a tamper verdict?  Only the server writes source "tamper",
+ * always with at least halt_all; the verdict stands until the state changes.
+ */
+bool
+ks_state_is_tamper_verdict(const KsState *state)
+{
+	return state->source != NULL && strcmp(state->source, "tamper") == 0 &&
+		state->mode >= KS_HALT_ALL;
+}
+
 /* Mode from its upper-case file name, or KS_NO_MODE. */
 int
 ks_mode_from_file_name(const char *name)

@@ -119,6 +119,7 @@ extern bool ks_hex_equal(const char *a, const char *b);
 
 /* States */
 extern void ks_state_init(KsState *state);
+extern bool ks_state_is_tamper_verdict(const KsState *state);
 extern int	ks_mode_from_file_name(const char *name);
 extern int	ks_mode_from_sql_name(const char *name);
 extern void ks_state_canonical(StringInfo out, const KsState *state);

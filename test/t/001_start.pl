@@ -116,7 +116,18 @@ $node->start;
 is(sql('SELECT ks_mode()'), 'halt_all', 'a file deleted while down never releases');
 is(sql("SELECT ks_status()->>'integrity'"), 'tampered', 'and is reported as tampered');
 ok(-f $file, 'the file is written again');
+ok($node->poll_query_until('postgres',
+	"SELECT source = 'tamper' FROM killswitch.events ORDER BY id DESC LIMIT 1"),
+	'the verdict is recorded');
+my $events = sql('SELECT count(*) FROM killswitch.events');
+$node->restart;
+is(sql("SELECT ks_status()->>'integrity'"), 'tampered', 'the verdict stands across a restart');
+like(sql("SELECT ks_status()->>'problem'"), qr/deleted while the server was down/, 'with its problem');
+ok($node->poll_query_until('postgres', "SELECT ks_status()->>'watcher_checked_at' IS NOT NULL"),
+	'the watcher looks again');
+is(sql('SELECT count(*) FROM killswitch.events'), $events, 'and a restart records nothing new');
 sql("SELECT ks_disengage('after the deletion', 'admin')");
+is(sql("SELECT ks_status()->>'integrity'"), 'ok', 'a release ends the verdict');
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the history verifies after all of this');
 $node->stop;
 

@@ -121,4 +121,28 @@ is($rc, 0, 'which verifies');
 ($rc, $out, $err) = ks('-D', $pgdata, 'history');
 is($rc, 1, 'history needs a connection');
 
+# 6. A tamper verdict the server wrote stands, offline and across a restart,
+# until someone changes the state.
+open $fh, '>', "$pgdata/pg_killswitch/kill_switch_state.json" or die $!;
+print $fh '{"mode": "DISENGAGED"}';
+close $fh;
+$node->start;
+ok($node->poll_query_until('postgres',
+	"SELECT source = 'tamper' FROM killswitch.events ORDER BY id DESC LIMIT 1"),
+	'the server records its verdict on the unsigned file');
+$node->stop;
+($rc, $out) = ks('-D', $pgdata, 'status');
+is($rc, 3, 'offline status of the verdict exits 3 (tampered)');
+like($out, qr/source:\s+tamper.*\n.*integrity:\s+tampered/s, 'and says why');
+($rc) = ks('-D', $pgdata, 'verify');
+is($rc, 0, 'though the file the server wrote verifies');
+$node->start;
+($rc, $out) = ks('-d', $conn, 'status');
+is($rc, 3, 'after a restart, online status still exits 3');
+($rc, $out, $err) = ks('-d', $conn, 'disengage', '--reason', 'investigated', '--by', 'admin');
+is($rc, 0, 'an admin releases') or diag($err);
+($rc) = ks('-d', $conn, 'status');
+is($rc, 0, 'and the verdict is gone');
+$node->stop;
+
 done_testing();
