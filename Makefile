@@ -23,6 +23,11 @@ EXTRA_CLEAN = bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuz
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: a changed struct must rebuild every
+# object that lays it out, or the module mixes two layouts.
+KS_HEADERS = src/killswitch.h src/store.h src/compat.h src/ks_base.h
+$(OBJS): $(KS_HEADERS)
+
 FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -lpgcommon -lpgport -lcrypto -lm
 
 all: $(FE_PROGRAMS)
