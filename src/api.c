@@ -137,7 +137,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	uint64		word;
 	int			flags;
 	char		source[16];
-	char		problem[KS_PROBLEM_LEN];
+	char		reason[sizeof(ks_shared->reason)];
 	TimestampTz since;
 	TimestampTz checked;
 	bool		unrecorded;
@@ -149,7 +149,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	flags = KS_WORD_FLAGS(word);
 	SpinLockAcquire(&ks_shared->mutex);
 	strlcpy(source, ks_shared->source, sizeof(source));
-	strlcpy(problem, ks_shared->problem, sizeof(problem));
+	strlcpy(reason, ks_shared->reason, sizeof(reason));
 	since = ks_shared->since;
 	unrecorded = ks_shared->unrecorded;
 	checked = ks_shared->watcher_checked_at;
@@ -162,8 +162,9 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[3] = CStringGetTextDatum(source);
 	values[4] = TimestampTzGetDatum(since);
 	nulls[4] = since == 0;
-	values[5] = CStringGetTextDatum(problem);
-	nulls[5] = problem[0] == '\0';
+	/* a verdict's reason says what was wrong */
+	values[5] = CStringGetTextDatum(reason);
+	nulls[5] = !(flags & KS_FLAG_TAMPERED);
 	values[6] = BoolGetDatum(ks_require_hmac);
 	values[7] = BoolGetDatum(unrecorded);
 	values[8] = TimestampTzGetDatum(checked);

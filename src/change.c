@@ -320,12 +320,6 @@ publish_at_commit(void)
 	ks_publish(last->state.mode, last->flags | (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED),
 			   last->state.generation, ks_unix_usec_to_timestamptz(usec),
 			   last->state.source, last->state.reason, last->state.triggered_by);
-	if (last->flags & KS_FLAG_TAMPERED)
-	{
-		SpinLockAcquire(&ks_shared->mutex);
-		strlcpy(ks_shared->problem, last->state.reason, sizeof(ks_shared->problem));
-		SpinLockRelease(&ks_shared->mutex);
-	}
 }
 
 /* Put the files back after a failure between the write and the commit. */

@@ -61,7 +61,6 @@ typedef struct KsShared
 	slock_t		mutex;
 	TimestampTz since;			/* when the current mode was set */
 	char		source[16];		/* what set it: sql, file, cli, startup, tamper */
-	char		problem[KS_PROBLEM_LEN];	/* why it was judged tampered */
 	char		reason[256];	/* the current state's reason, shortened, UTF-8 */
 	char		triggered_by[64];	/* and who set it */
 	/* a change made while starting that killswitch.events lacks yet */

@@ -32,7 +32,6 @@ typedef struct KsDecision
 	bool		write;			/* rewrite the state file and the copy */
 	bool		record;			/* a change killswitch.events lacks */
 	int			previous;		/* KsMode, or KS_NO_MODE */
-	char		problem[KS_PROBLEM_LEN];
 } KsDecision;
 
 /* Fill a fresh file state for a change made at start. */
@@ -63,11 +62,10 @@ decide_tampered(KsDecision *d, const KsState *held, bool held_ok,
 	int64		gen = (held_ok ? held->generation : 0) + 1;
 	char		reason[KS_PROBLEM_LEN + 64];
 
-	snprintf(d->problem, sizeof(d->problem), "%s: %s", what, problem);
-	snprintf(reason, sizeof(reason), "state file rejected at startup: %s", d->problem);
+	/* source "tamper" is the verdict: ks_publish() raises the flag from it */
+	snprintf(reason, sizeof(reason), "state file rejected at startup: %s: %s", what, problem);
 	d->previous = held_ok ? (int) held->mode : KS_NO_MODE;
 	start_state(d, mode, gen, "tamper", reason);
-	d->flags = KS_FLAG_TAMPERED;
 	d->record = true;
 }
 
@@ -103,13 +101,6 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 			strcmp(file->engaged_at, held->engaged_at) == 0));
 	d->state = *file;
 	d->previous = held_ok ? (int) held->mode : (int) KS_DISENGAGED;
-	if (ks_state_is_tamper_verdict(file))
-	{
-		/* a verdict stands, across restarts, until someone changes the state */
-		d->flags |= KS_FLAG_TAMPERED;
-		strlcpy(d->problem, file->reason ? file->reason : "an earlier tamper verdict",
-				sizeof(d->problem));
-	}
 	if (same)
 	{
 		d->state.generation = held->generation;
@@ -120,7 +111,7 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 		d->state.generation = (held_ok ? held->generation : 0) + (held_ok || file->mode != KS_DISENGAGED ? 1 : 0);
 	d->record = d->state.generation > 0;
 	d->state.previous_mode = d->previous;
-	if (!ks_state_is_tamper_verdict(file) && (file->source == NULL || strcmp(file->source, "cli") != 0))
+	if (!ks_is_tamper_source(file->source) && (file->source == NULL || strcmp(file->source, "cli") != 0))
 		d->state.source = "file";
 	/* our copy must learn the generation we gave it; the shared file keeps its bytes */
 	d->write = false;
@@ -160,11 +151,9 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 	else if (fv == KS_FILE_MISSING && held_ok)
 	{
 		/* deleting never releases: keep the mode, rewrite the file */
-		snprintf(d->problem, sizeof(d->problem),
-				 "the state file was deleted while the server was down");
 		d->previous = held.mode;
-		start_state(d, held.mode, held.generation + 1, "tamper", d->problem);
-		d->flags = KS_FLAG_TAMPERED;
+		start_state(d, held.mode, held.generation + 1, "tamper",
+					"the state file was deleted while the server was down");
 		d->record = true;
 	}
 	else if (fv == KS_FILE_MISSING)
@@ -228,7 +217,6 @@ apply(const KsDecision *d)
 		at = ks_unix_usec_to_timestamptz(since);
 
 	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(ks_shared->problem, d->problem, sizeof(ks_shared->problem));
 	ks_shared->unrecorded = d->record;
 	ks_shared->unrecorded_previous = d->previous == KS_NO_MODE ? KS_DISENGAGED : (KsMode) d->previous;
 	strlcpy(ks_shared->unrecorded_reason,
@@ -238,15 +226,12 @@ apply(const KsDecision *d)
 	ks_publish(d->state.mode, d->flags, d->state.generation, at,
 			   d->state.source ? d->state.source : "startup",
 			   d->state.reason, d->state.triggered_by);
-	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(ks_shared->problem, d->problem, sizeof(ks_shared->problem));
-	SpinLockRelease(&ks_shared->mutex);
 
-	if (d->flags & KS_FLAG_TAMPERED)
+	if (KS_WORD_FLAGS(pg_atomic_read_u64(&ks_shared->word)) & KS_FLAG_TAMPERED)
 		ereport(WARNING,
 				(errmsg("killswitch: the state could not be trusted; starting in %s",
 						ks_mode_sql_names[d->state.mode]),
-				 errdetail("%s", d->problem),
+				 errdetail("%s", d->state.reason),
 				 errhint("An administrator can inspect the state and release it with ks_disengage().")));
 	else
 		ereport(LOG,

@@ -85,19 +85,22 @@ clip_utf8(char *dst, const char *src, size_t size)
 /*
  * Make a new state visible to every session.  The word is written last and
  * with a barrier, so that a reader who sees the new generation also sees the
- * descriptive fields that go with it.
+ * descriptive fields that go with it.  The tamper flag follows the state's
+ * source, wherever the state came from (a verdict, or a restart after one).
  */
 void
 ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 		   const char *source, const char *reason, const char *triggered_by)
 {
+	if (ks_is_tamper_source(source))
+		flags |= KS_FLAG_TAMPERED;
+	else
+		flags &= ~KS_FLAG_TAMPERED;
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->since = since;
 	strlcpy(ks_shared->source, source, sizeof(ks_shared->source));
 	clip_utf8(ks_shared->reason, reason, sizeof(ks_shared->reason));
 	clip_utf8(ks_shared->triggered_by, triggered_by, sizeof(ks_shared->triggered_by));
-	if (!(flags & KS_FLAG_TAMPERED))
-		ks_shared->problem[0] = '\0';
 	SpinLockRelease(&ks_shared->mutex);
 	pg_write_barrier();
 	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation));

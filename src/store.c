@@ -36,14 +36,14 @@ ks_state_init(KsState *state)
 }
 
 /*
- * Is this state a tamper verdict?  Only the server writes source "tamper",
- * always with at least halt_all; the verdict stands until the state changes.
+ * Is a state with this source a tamper verdict?  Only the server writes
+ * source "tamper" (always with at least halt_all), so the verdict is part of
+ * the state and stands, across restarts, until the state changes.
  */
 bool
-ks_state_is_tamper_verdict(const KsState *state)
+ks_is_tamper_source(const char *source)
 {
-	return state->source != NULL && strcmp(state->source, "tamper") == 0 &&
-		state->mode >= KS_HALT_ALL;
+	return source != NULL && strcmp(source, "tamper") == 0;
 }
 
 /* Mode from its upper-case file name, or KS_NO_MODE. */

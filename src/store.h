@@ -6,11 +6,12 @@
  * json.dumps(obj, separators=(",", ":"), sort_keys=True), so files are
  * shared with the reference Python library (DESIGN §3).
  *
- * Its implementation (store.c, json.c, files.c, isotime.c) is compiled into
- * the server module and, with -DFRONTEND, into the command-line tool and the
- * test-vector checker: one implementation of the format.  Nothing here calls ereport(); problems come
- * back as a message in a caller's buffer so that each side reports them in
- * its own way (and the postmaster never errors out while starting).
+ * Its implementation (store.c, json.c, canonical.c, files.c, isotime.c) is
+ * compiled into the server module and, with -DFRONTEND, into the
+ * command-line tool and the test-vector checker: one implementation of the
+ * format.  Nothing here calls ereport(); problems come back as a message in
+ * a caller's buffer so that each side reports them in its own way (and the
+ * postmaster never errors out while starting).
  */
 #ifndef KS_STORE_H
 #define KS_STORE_H
@@ -119,7 +120,7 @@ extern bool ks_hex_equal(const char *a, const char *b);
 
 /* States */
 extern void ks_state_init(KsState *state);
-extern bool ks_state_is_tamper_verdict(const KsState *state);
+extern bool ks_is_tamper_source(const char *source);
 extern int	ks_mode_from_file_name(const char *name);
 extern int	ks_mode_from_sql_name(const char *name);
 extern void ks_state_canonical(StringInfo out, const KsState *state);

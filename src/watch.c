@@ -170,9 +170,6 @@ halt_now(const KsChange *c)
 
 	ks_publish(c->mode, c->flags, KS_WORD_GENERATION(word), GetCurrentTimestamp(),
 			   c->source, c->reason, c->triggered_by);
-	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(ks_shared->problem, c->reason, sizeof(ks_shared->problem));
-	SpinLockRelease(&ks_shared->mutex);
 }
 
 /* Judge the file and record what it calls for (the history exists). */
@@ -206,8 +203,6 @@ ks_judge_file_without_history(const char *path)
 	ks_shared->unrecorded = true;
 	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
 	strlcpy(ks_shared->unrecorded_reason, a.change.reason, sizeof(ks_shared->unrecorded_reason));
-	if (a.change.flags & KS_FLAG_TAMPERED)
-		strlcpy(ks_shared->problem, a.change.reason, sizeof(ks_shared->problem));
 	SpinLockRelease(&ks_shared->mutex);
 	ks_publish(a.change.mode, a.change.flags, KS_WORD_GENERATION(word) + 1,
 			   GetCurrentTimestamp(), a.change.source,
@@ -267,6 +262,6 @@ ks_watch_failed(void)
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->unrecorded = true;
 	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-	strlcpy(ks_shared->unrecorded_reason, ks_shared->problem, sizeof(ks_shared->unrecorded_reason));
+	strlcpy(ks_shared->unrecorded_reason, ks_shared->reason, sizeof(ks_shared->unrecorded_reason));
 	SpinLockRelease(&ks_shared->mutex);
 }

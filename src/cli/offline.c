@@ -49,7 +49,7 @@ resolve_paths(const KsOptions *opt, KsPaths *p)
 static void
 print_state(const KsOptions *opt, const KsState *st, KsVerdict v, const char *problem)
 {
-	const char *integrity = v == KS_FILE_BAD || ks_state_is_tamper_verdict(st) ? "tampered" :
+	const char *integrity = v == KS_FILE_BAD || ks_is_tamper_source(st->source) ? "tampered" :
 		v == KS_FILE_UNSIGNED ? "unsigned" : "ok";
 
 	if (opt->json)
@@ -121,7 +121,7 @@ show(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretle
 		return KS_EXIT_TAMPERED;
 	if (opt->command == CMD_VERIFY)
 		return KS_EXIT_OK;
-	if (ks_state_is_tamper_verdict(&st))
+	if (ks_is_tamper_source(st.source))
 		return KS_EXIT_TAMPERED;
 	return st.mode == KS_DISENGAGED ? KS_EXIT_OK : KS_EXIT_ENGAGED;
 }
