@@ -59,6 +59,20 @@ fail(const char *fmt,...)
 	exit(1);
 }
 
+/* A count from the command line: a whole number from 1 to 100000, or exit. */
+static int
+count_arg(const char *text, const char *what)
+{
+	char	   *end;
+	long		v;
+
+	errno = 0;
+	v = strtol(text, &end, 10);
+	if (errno != 0 || end == text || *end != '\0' || v < 1 || v > 100000)
+		fail("%s must be a whole number from 1 to 100000, not \"%s\"", what, text);
+	return (int) v;
+}
+
 /* Connect or exit. */
 static PGconn *
 connect_or_die(const char *conninfo)
@@ -324,11 +338,17 @@ main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc == 6 && strcmp(argv[1], "push") == 0)
-		return probe_push(argv[2], atoi(argv[3]), atoi(argv[4]), strcmp(argv[5], "notify") == 0);
+	{
+		if (strcmp(argv[5], "ks") != 0 && strcmp(argv[5], "notify") != 0)
+			fail("push measures \"ks\" or \"notify\", not \"%s\"", argv[5]);
+		return probe_push(argv[2], count_arg(argv[3], "LISTENERS"),
+						  count_arg(argv[4], "TRIALS"), strcmp(argv[5], "notify") == 0);
+	}
 	if (argc == 6 && strcmp(argv[1], "file") == 0)
-		return probe_file(argv[2], atoi(argv[3]), argv[4], argv[5]);
+		return probe_file(argv[2], count_arg(argv[3], "TRIALS"), argv[4], argv[5]);
 	if (argc == 6 && strcmp(argv[1], "emergency") == 0)
-		return probe_emergency(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+		return probe_emergency(argv[2], argv[3], count_arg(argv[4], "AGENTS"),
+							   count_arg(argv[5], "TRIALS"));
 	fprintf(stderr,
 			"usage: ks_probe push CONNINFO LISTENERS TRIALS ks|notify\n"
 			"       ks_probe file CONNINFO TRIALS KILLSWITCH_BIN PGDATA\n"
