@@ -66,4 +66,17 @@ CREATE TABLE bad5 (x int);
 CREATE TRIGGER guard BEFORE INSERT ON bad5 FOR EACH STATEMENT EXECUTE FUNCTION ks_guard();
 INSERT INTO bad5 VALUES (1);
 SELECT ks_guard();
+-- a long reason in a refusal is cut on a character boundary, never inside one
+SELECT (ks_engage('halt_all', repeat('é', 300), 'tester')).mode;
+DO $$
+DECLARE
+    d text;
+BEGIN
+    INSERT INTO tasks (task_type) VALUES ('etl');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+    RAISE NOTICE 'detail: % bytes, % characters after "Set by tester: ", all é: %',
+        octet_length(d), length(d) - 15, substr(d, 16) = repeat('é', length(d) - 15);
+END $$;
+SELECT (ks_disengage('long reason over', 'tester')).mode;
 DROP TABLE tasks, strict_tasks, any_rows, bad1, bad2, bad3, bad4, bad5;

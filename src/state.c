@@ -70,14 +70,7 @@ clip_utf8(char *dst, const char *src, size_t size)
 		dst[0] = '\0';
 		return;
 	}
-	len = strlen(src);
-	if (len >= size)
-	{
-		len = size - 1;
-		/* step back over continuation bytes */
-		while (len > 0 && (src[len] & 0xC0) == 0x80)
-			len--;
-	}
+	len = pg_encoding_mbcliplen(PG_UTF8, src, strlen(src), size - 1);
 	memcpy(dst, src, len);
 	dst[len] = '\0';
 }
