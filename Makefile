@@ -119,6 +119,6 @@ test-tap: test/store_vectors
 	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
 	PATH="$(PG_BINDIR):$$PATH" TESTDIR='$(CURDIR)/tmp_check/tap' \
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \
-	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) test/t/*.pl
+	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) $(or $(TAP_TESTS),test/t/*.pl)
 
 test-all: test-vectors test-regress test-isolation test-tap
