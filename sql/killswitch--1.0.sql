@@ -99,15 +99,40 @@ INSERT INTO killswitch.critical_tasks (task, added_by) VALUES
     ('kill_switch_itself', 'killswitch'),
     ('cost_tracking', 'killswitch');
 
+-- Who may claim a critical task: a session's killswitch.task exempts an
+-- agent from hard enforcement only when the task is granted here to its
+-- session user or to a role that one is a member of.  Granted to nobody
+-- by default: a claim alone exempts nothing.
+CREATE TABLE killswitch.task_grants (
+    task        text NOT NULL REFERENCES killswitch.critical_tasks (task)
+                    ON UPDATE CASCADE ON DELETE CASCADE,
+    grantee     regrole NOT NULL,
+    granted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    granted_by  text NOT NULL DEFAULT SESSION_USER,
+    PRIMARY KEY (task, grantee)
+);
+COMMENT ON TABLE killswitch.task_grants IS
+    'Roles whose sessions may claim a critical task (SET killswitch.task) to write while halted';
+
+-- Either table changed: the transaction rebuilds the shared list at commit.
 CREATE FUNCTION killswitch.critical_tasks_changed() RETURNS trigger
     AS 'MODULE_PATHNAME', 'ks_critical_tasks_changed' LANGUAGE C;
 CREATE TRIGGER critical_tasks_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON killswitch.critical_tasks
     FOR EACH STATEMENT EXECUTE FUNCTION killswitch.critical_tasks_changed();
+CREATE TRIGGER task_grants_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON killswitch.task_grants
+    FOR EACH STATEMENT EXECUTE FUNCTION killswitch.critical_tasks_changed();
+
+-- How many agent claims to ungranted critical tasks were refused since start.
+CREATE FUNCTION killswitch.refused_claims() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'ks_refused_claims_sql' LANGUAGE C VOLATILE;
 
 SELECT pg_catalog.pg_extension_config_dump('killswitch.events', '');
 SELECT pg_catalog.pg_extension_config_dump('killswitch.snapshots', '');
 SELECT pg_catalog.pg_extension_config_dump('killswitch.snapshots_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('killswitch.critical_tasks', $$WHERE added_by <> 'killswitch'$$);
+SELECT pg_catalog.pg_extension_config_dump('killswitch.task_grants', '');
 
 -- Reading the state: open to everyone.
 CREATE FUNCTION @extschema@.ks_mode() RETURNS @extschema@.ks_mode
@@ -163,6 +188,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'problem', s.problem,
         'require_hmac', s.require_hmac,
         'unrecorded_change', s.unrecorded,
+        'refused_claims', killswitch.refused_claims(),
         'watcher_checked_at', killswitch.iso_utc(s.watcher_checked_at),
         'watcher_age_ms', round(extract(epoch FROM clock_timestamp() - s.watcher_checked_at) * 1000))
     FROM killswitch.shared_state() s
@@ -215,6 +241,9 @@ GRANT SELECT ON killswitch.events TO PUBLIC;
 REVOKE ALL ON killswitch.critical_tasks FROM PUBLIC;
 GRANT SELECT ON killswitch.critical_tasks TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE ON killswitch.critical_tasks TO killswitch_admin;
+REVOKE ALL ON killswitch.task_grants FROM PUBLIC;
+GRANT SELECT ON killswitch.task_grants TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON killswitch.task_grants TO killswitch_admin;
 -- snapshots hold the agents' queries: operators and admins only
 REVOKE ALL ON killswitch.snapshots FROM PUBLIC;
 GRANT SELECT ON killswitch.snapshots TO killswitch_operator;

@@ -20,11 +20,15 @@ static Oid	cached_user = InvalidOid;
 static Oid	cached_session = InvalidOid;
 static bool cached_answer = false;
 
+/* Bumped whenever roles or memberships change (the watcher's list of agent roles). */
+uint64		ks_agent_roles_epoch = 0;
+
 /* Syscache callback: a role or a membership changed. */
 static void
 agents_inval(Datum arg, int cacheid, uint32 hashvalue)
 {
 	cache_valid = false;
+	ks_agent_roles_epoch++;
 }
 
 /* Register the invalidation callbacks; once per process, from _PG_init. */

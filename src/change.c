@@ -37,16 +37,6 @@ static List *pending = NIL;
 /* The files as they were before the pre-commit write, to undo it. */
 static KsSaved saved;
 static bool files_written = false;
-/* This transaction changed killswitch.critical_tasks. */
-static bool critical_changed = false;
-
-/* Note that killswitch.critical_tasks changed (from its trigger). */
-void
-ks_critical_tasks_mark_changed(void)
-{
-	critical_changed = true;
-}
-
 /* Check a text argument: present, not blank, not too long. */
 static char *
 text_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool null_ok)
@@ -341,13 +331,6 @@ ks_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 		ks_own_write_depth = 0;
-	if (event == XACT_EVENT_COMMIT && critical_changed)
-	{
-		ks_shared->critical_reload = true;
-		ks_wake_watcher();
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-		critical_changed = false;
 	if (pending == NIL)
 		return;
 	switch (event)

@@ -41,29 +41,42 @@ static TimestampTz alert_deadline = 0;
 	" SELECT a.oid, r.rolname FROM agents a JOIN pg_catalog.pg_roles r ON r.oid = a.oid" \
 	" WHERE r.rolname <> 'killswitch_agent'"
 
-/* List the agent roles into shared memory (for the login check); return their OIDs. */
+/* ks_agent_roles_epoch when the shared list of agent roles was last built. */
+static uint64 agents_built_epoch = 0;
+static bool agents_listed = false;
+
+/*
+ * List the agent roles; return their OIDs.  When roles or memberships
+ * changed since the last time (or none is published), the names are built
+ * into a new shared list outside any lock and swapped in (lists.c), for
+ * the login check: any number of roles, read under a shared LWLock.
+ */
 static Datum
 list_agent_roles(void)
 {
 	int			n;
 	Datum	   *oids;
+	KsListItem *items;
+	uint64		epoch = ks_agent_roles_epoch;
 
 	if (SPI_execute(AGENT_ROLES_SQL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list the agent roles");
 	n = (int) SPI_processed;
 	oids = palloc(sizeof(Datum) * Max(n, 1));
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->nagent_roles = 0;
+	items = palloc0(sizeof(KsListItem) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		bool		isnull;
-		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
 		oids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-		if (i < KS_MAX_AGENT_ROLES)
-			strlcpy(ks_shared->agent_roles[ks_shared->nagent_roles++], name, NAMEDATALEN);
+		items[i].name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 	}
-	SpinLockRelease(&ks_shared->mutex);
+	if (!agents_listed || epoch != agents_built_epoch)
+	{
+		(void) ks_list_swap(KS_LIST_AGENTS, ks_list_build(items, n), NULL, NULL, 0);
+		agents_listed = true;
+		agents_built_epoch = epoch;
+	}
 	return PointerGetDatum(construct_array(oids, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
 }
 
@@ -71,13 +84,7 @@ list_agent_roles(void)
 bool
 ks_emergency_lists_role(const char *name)
 {
-	bool		found = false;
-
-	SpinLockAcquire(&ks_shared->mutex);
-	for (int i = 0; i < ks_shared->nagent_roles && !found; i++)
-		found = strcmp(ks_shared->agent_roles[i], name) == 0;
-	SpinLockRelease(&ks_shared->mutex);
-	return found;
+	return ks_list_lookup(KS_LIST_AGENTS, name, NULL, NULL) == KS_LIST_PRESENT;
 }
 
 /* The snapshot as one JSON document. */
@@ -294,7 +301,10 @@ ks_emergency_tick(bool history)
 
 	if (KS_WORD_MODE(word) != KS_EMERGENCY)
 	{
-		ks_shared->nagent_roles = 0;
+		/* logins are checked only in emergency: free the list */
+		if (agents_listed)
+			ks_list_swap(KS_LIST_AGENTS, InvalidDsaPointer, NULL, NULL, 0);
+		agents_listed = false;
 		return;
 	}
 	first = ks_shared->emergency_handled != generation;

@@ -5,7 +5,8 @@
  * at parse time, so plans cached by PL/pgSQL cannot slip through:
  *
  *   halt_noncritical   writes refused unless the session's killswitch.task
- *                      is a critical task
+ *                      is a critical task granted to its role (tasks.c);
+ *                      an ungranted claim is refused and recorded
  *   halt_all           the same (the reference rules let critical tasks on)
  *   emergency          every statement refused and the session ended; new
  *                      logins refused
@@ -23,7 +24,7 @@
 
 #include "killswitch.h"
 
-/* killswitch.task: the task this session declares it is doing. */
+/* killswitch.task: the task this session claims to be doing. */
 char	   *ks_session_task = NULL;
 
 /* > 0 while the kill switch itself writes (ks_engage by an agent operator). */
@@ -52,8 +53,32 @@ refuse_agent(KsMode mode, const char *what)
 }
 
 /*
+ * Refuse a claim to a critical task not granted to the session's role, and
+ * record it where an auditor sees it even when the agent catches the error:
+ * a LOG line (server only) and the count in ks_status().
+ */
+static void
+refuse_claim(KsMode mode, const char *task)
+{
+	const char *who = GetUserNameFromId(GetSessionUserId(), false);
+
+	ks_count_refused_claim();
+	ereport(LOG_SERVER_ONLY,
+			(errmsg("killswitch: refused the claim of session user \"%s\" (pid %d) to critical task \"%s\" in %s: not granted",
+					who, MyProcPid, task, ks_mode_file_names[mode])));
+	ereport(ERROR,
+			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
+			 errmsg("Kill switch engaged (%s): critical task \"%s\" is not granted to role \"%s\"",
+					ks_mode_file_names[mode], task, who),
+			 errdetail("Setting killswitch.task exempts an agent from the halt only for a task an administrator granted to its role."),
+			 errhint("A member of %s may grant it: INSERT INTO killswitch.task_grants (task, grantee) VALUES (...).",
+					 KS_ROLE_ADMIN)));
+}
+
+/*
  * May the session do what would write?  Only asked when the mode is not
- * disengaged; the agent check is cached.
+ * disengaged; the agent check is cached.  An agent's claim to a critical
+ * task counts only when the task is granted to its role.
  */
 static bool
 write_allowed(KsMode mode)
@@ -62,8 +87,17 @@ write_allowed(KsMode mode)
 		return true;
 	if (mode == KS_EMERGENCY)
 		return false;
-	return ks_session_task != NULL && ks_session_task[0] != '\0' &&
-		ks_shared_task_is_critical(ks_session_task);
+	switch (ks_judge_claim(ks_session_task))
+	{
+		case KS_CLAIM_GRANTED:
+			return true;
+		case KS_CLAIM_UNGRANTED:
+			refuse_claim(mode, ks_session_task);
+			break;
+		case KS_CLAIM_NONE:
+			break;
+	}
+	return false;
 }
 
 /* Does this execution write (or lock rows)? */
@@ -156,8 +190,9 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 
 /*
  * ClientAuthentication: in emergency, refuse a login whose role is one of
- * the agent roles the watcher listed (no catalog access is possible here).
- * A role missing from the list is stopped at its first statement.
+ * the agent roles the watcher listed (no catalog access is possible here;
+ * the list has no length limit and is read under a shared LWLock).  A role
+ * missing from the list is stopped at its first statement.
  */
 static void
 ks_ClientAuthentication(Port *port, int status)

@@ -89,8 +89,8 @@ define_settings(void)
 							&ks_poll_interval, 100, 10, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomStringVariable("killswitch.task",
-							   "The task this session declares it is doing.",
-							   "An agent session whose task is in killswitch.critical_tasks may write in halt_noncritical and halt_all.",
+							   "The task this session claims to be doing.",
+							   "An agent session may write in halt_noncritical and halt_all when its task is in killswitch.critical_tasks and granted to its role in killswitch.task_grants.",
 							   &ks_session_task, "",
 							   PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("killswitch.alert_command",

@@ -12,6 +12,7 @@
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
+#include "utils/dsa.h"
 
 #include "compat.h"
 #include "store.h"
@@ -31,8 +32,7 @@
 #define KS_PRIVATE_DIR "pg_killswitch"
 #define KS_LAST_APPLIED_FILE KS_PRIVATE_DIR "/last_applied.json"
 #define KS_SNAPSHOT_FILE_NAME "kill_switch_snapshot.json"
-#define KS_MAX_AGENT_ROLES 256
-#define KS_MAX_CRITICAL 64
+#define KS_GRANTS_TABLE "task_grants"
 
 /* Settings (killswitch.c) */
 extern char *ks_state_dir;
@@ -70,11 +70,6 @@ typedef struct KsShared
 	TimestampTz watcher_checked_at;	/* when the watcher last looked at the file */
 	Latch	   *watcher_latch;	/* to wake the watcher at once */
 	int64		emergency_handled;	/* emergency generation whose actions ran */
-	int			nagent_roles;	/* agent role names, for refusing logins */
-	char		agent_roles[KS_MAX_AGENT_ROLES][NAMEDATALEN];
-	bool		critical_reload;	/* killswitch.critical_tasks changed */
-	int			ncritical;		/* -1 until loaded: the defaults apply */
-	char		critical[KS_MAX_CRITICAL][NAMEDATALEN];
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -101,6 +96,40 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 					   TimestampTz since, const char *source,
 					   const char *reason, const char *triggered_by);
 extern void ks_refusal_detail(char *buf, size_t len);
+
+/* lists.c: shared lists of any length, under an LWLock */
+typedef enum KsListId
+{
+	KS_LIST_CRITICAL,			/* critical tasks, each with its granted roles */
+	KS_LIST_AGENTS,				/* agent role names, while in emergency */
+	KS_NLISTS
+} KsListId;
+typedef enum KsListAnswer
+{
+	KS_LIST_ABSENT,
+	KS_LIST_PRESENT,
+	KS_LIST_UNKNOWN				/* not loaded or stale: fail closed */
+} KsListAnswer;
+typedef struct KsListItem
+{
+	char	   *name;
+	int			nroles;
+	Oid		   *roles;
+} KsListItem;
+extern void ks_lists_shmem_request(void);
+extern void ks_lists_shmem_startup(void);
+extern dsa_pointer ks_list_build(KsListItem *items, int n);
+extern void ks_list_discard(dsa_pointer block);
+extern uint64 ks_list_version(KsListId which);
+extern bool ks_list_swap(KsListId which, dsa_pointer block, const uint64 *expect_version,
+						 const TransactionId *resolved, int nresolved);
+extern void ks_list_unload(KsListId which);
+extern KsListAnswer ks_list_lookup(KsListId which, const char *name, Oid **roles, int *nroles);
+extern bool ks_list_loaded(KsListId which);
+extern void ks_list_register_prepared(TransactionId xid);
+extern TransactionId *ks_list_prepared_over(int *nover, bool *committed);
+extern void ks_count_refused_claim(void);
+extern uint64 ks_refused_claims(void);
 
 /* worker.c, watch.c */
 #define KS_NO_EMERGENCY (-1)
@@ -195,8 +224,7 @@ extern void ks_xact_callback(XactEvent event, void *arg);
 extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
 
-/* state.c, for enforcement everywhere */
-extern bool ks_shared_task_is_critical(const char *task);
+/* state.c */
 extern void ks_wake_watcher(void);
 
 /* agents.c, enforce.c, emergency.c */
@@ -207,8 +235,7 @@ extern bool ks_emergency_lists_role(const char *name);
 extern void ks_emergency_tick(bool history);
 extern void ks_alert_poll(void);
 extern void ks_notify_alert(int64 generation, int sessions_ended);
-extern void ks_critical_tasks_mark_changed(void);
-extern void ks_load_shared_critical_tasks(void);
+extern uint64 ks_agent_roles_epoch;
 
 /* api.c */
 extern void ks_refuse(const char *message) pg_attribute_noreturn();
@@ -224,6 +251,16 @@ typedef struct KsTaskVerdict
 extern bool ks_task_is_critical(const char *task);
 extern KsTaskVerdict ks_task_verdict(KsMode mode, const char *task);
 extern void ks_tasks_init(void);
+/* A session's claim to a task, judged for hard enforcement. */
+typedef enum KsClaim
+{
+	KS_CLAIM_NONE,				/* no task, or not a critical one */
+	KS_CLAIM_GRANTED,			/* critical and granted to the session's role */
+	KS_CLAIM_UNGRANTED			/* critical, but not granted: refused, recorded */
+} KsClaim;
+extern KsClaim ks_judge_claim(const char *task);
+extern bool ks_critical_list_due(void);
+extern void ks_load_critical_list(bool first);
 
 /* state.c: time stamps between PostgreSQL's epoch and the file's */
 extern int64 ks_timestamptz_to_unix_usec(TimestampTz ts);

@@ -19,6 +19,7 @@ void
 ks_shmem_request(void)
 {
 	RequestAddinShmemSpace(MAXALIGN(sizeof(KsShared)));
+	ks_lists_shmem_request();
 }
 
 /*
@@ -38,10 +39,10 @@ ks_shmem_startup(void)
 		memset(ks_shared, 0, sizeof(KsShared));
 		SpinLockInit(&ks_shared->mutex);
 		ks_shared->emergency_handled = KS_NO_EMERGENCY;
-		ks_shared->ncritical = -1;
 		/* until the file is read, assume the stop (DESIGN §4) */
 		pg_atomic_init_u64(&ks_shared->word, KS_WORD(KS_HALT_ALL, KS_FLAG_TAMPERED, 0));
 	}
+	ks_lists_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 
 	if (!found && !IsUnderPostmaster)
@@ -85,15 +86,23 @@ void
 ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 		   const char *source, const char *reason, const char *triggered_by)
 {
+	char		src[sizeof(ks_shared->source)];
+	char		why[sizeof(ks_shared->reason)];
+	char		by[sizeof(ks_shared->triggered_by)];
+
 	if (ks_is_tamper_source(source))
 		flags |= KS_FLAG_TAMPERED;
 	else
 		flags &= ~KS_FLAG_TAMPERED;
+	/* prepared outside the spinlock, which guards only the copy */
+	strlcpy(src, source, sizeof(src));
+	clip_utf8(why, reason, sizeof(why));
+	clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->since = since;
-	strlcpy(ks_shared->source, source, sizeof(ks_shared->source));
-	clip_utf8(ks_shared->reason, reason, sizeof(ks_shared->reason));
-	clip_utf8(ks_shared->triggered_by, triggered_by, sizeof(ks_shared->triggered_by));
+	memcpy(ks_shared->source, src, sizeof(src));
+	memcpy(ks_shared->reason, why, sizeof(why));
+	memcpy(ks_shared->triggered_by, by, sizeof(by));
 	SpinLockRelease(&ks_shared->mutex);
 	pg_write_barrier();
 	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation));
@@ -130,36 +139,6 @@ ks_refusal_detail(char *buf, size_t len)
 	snprintf(buf, len, "Set by %s: %s",
 			 by[0] ? pg_any_to_server(by, strlen(by), PG_UTF8) : "(unknown)",
 			 reason[0] ? pg_any_to_server(reason, strlen(reason), PG_UTF8) : "(no reason given)");
-}
-
-/* The reference library's defaults, used until the watcher loaded the table. */
-static const char *const default_critical[] = {
-	"safety_monitoring", "data_persistence", "audit_logging",
-	"kill_switch_itself", "cost_tracking"
-};
-
-/*
- * Is task critical, by the copy of killswitch.critical_tasks in shared
- * memory?  Enforcement runs in every database, also where the table is not.
- */
-bool
-ks_shared_task_is_critical(const char *task)
-{
-	bool		found = false;
-
-	SpinLockAcquire(&ks_shared->mutex);
-	if (ks_shared->ncritical < 0)
-	{
-		for (int i = 0; i < (int) lengthof(default_critical) && !found; i++)
-			found = strcmp(default_critical[i], task) == 0;
-	}
-	else
-	{
-		for (int i = 0; i < ks_shared->ncritical && !found; i++)
-			found = strcmp(ks_shared->critical[i], task) == 0;
-	}
-	SpinLockRelease(&ks_shared->mutex);
-	return found;
 }
 
 /* Wake the watcher (an emergency to act on, a table to reload). */

@@ -1,82 +1,206 @@
 /*
- * tasks.c — the critical tasks (killswitch.critical_tasks) and the
- * reference library's task rules: which task may run in which mode, and
- * the result shape {allowed, action, reason | note} with its strings.
+ * tasks.c — the critical tasks (killswitch.critical_tasks), who may claim
+ * them (killswitch.task_grants), and the reference library's task rules:
+ * which task may run in which mode, and the result shape
+ * {allowed, action, reason | note} with its strings.
+ *
+ * Every path reads one list, the shared copy (lists.c): ks_check_task(),
+ * ks_guard() and hard enforcement in every database.  It is rebuilt by the
+ * transaction that changes either table, before its commit, under a lock
+ * that orders such transactions, and swapped in at its commit; a PREPAREd
+ * change is applied by the watcher once committed, and until then the
+ * list counts as stale (fail closed).
  */
 #include "postgres.h"
 
+#include "access/twophase.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "catalog/namespace.h"
+#include "utils/snapmgr.h"
 
 #include "killswitch.h"
 
 PG_FUNCTION_INFO_V1(ks_critical_tasks_changed);
+PG_FUNCTION_INFO_V1(ks_refused_claims_sql);
 
-/* This backend's copy of the table, rebuilt after it changes. */
-static List *critical_tasks = NIL;
-static bool critical_valid = false;
-static Oid	critical_relid = InvalidOid;
+/* The tasks, each with the roles granted it; sorted in C (lists.c). */
+#define CRITICAL_LIST_SQL \
+	"SELECT c.task, coalesce((SELECT pg_catalog.array_agg(g.grantee::oid)" \
+	"  FROM killswitch.task_grants g WHERE g.task = c.task), '{}')" \
+	" FROM killswitch.critical_tasks c"
 
-/* Relcache callback: the table changed (or everything was invalidated). */
-static void
-critical_inval(Datum arg, Oid relid)
+/* This transaction changed the tables; the list it built before commit. */
+static bool critical_changed = false;
+static bool critical_gone = false;	/* the tables went (DROP EXTENSION) */
+static dsa_pointer critical_built = InvalidDsaPointer;
+static TransactionId *critical_over = NULL;
+static int	critical_nover = 0;
+
+/* OID of killswitch.critical_tasks here, or InvalidOid without the extension. */
+static Oid
+critical_relid(void)
 {
-	if (relid == InvalidOid || relid == critical_relid)
-		critical_valid = false;
+	Oid			nsp = get_namespace_oid(KS_SCHEMA, true);
+
+	return OidIsValid(nsp) ? get_relname_relid(KS_CRITICAL_TABLE, nsp) : InvalidOid;
 }
 
-/* Register the invalidation callback; once per process, from _PG_init. */
-void
-ks_tasks_init(void)
-{
-	CacheRegisterRelcacheCallback(critical_inval, (Datum) 0);
-}
-
-/* Load the table into CacheMemoryContext. */
-static void
-load_critical_tasks(void)
+/*
+ * Read both tables with a snapshot taken now (so a change that committed
+ * before, and this transaction's own, are seen whatever the isolation
+ * level) and build the list block.  *over: the prepared changes that were
+ * over before the snapshot.
+ */
+static dsa_pointer
+build_critical_list(TransactionId **over, int *nover)
 {
 	KsOwnerContext owner;
-	MemoryContext oldcxt;
-	List	   *tasks = NIL;
+	KsListItem *items;
+	int			n;
+	bool		committed;
+	dsa_pointer block;
+	MemoryContext cxt = CurrentMemoryContext;
 
+	*over = ks_list_prepared_over(nover, &committed);
+	PushActiveSnapshot(GetLatestSnapshot());
 	ks_owner_begin(&owner);
-	if (SPI_execute("SELECT task FROM killswitch.critical_tasks", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute(CRITICAL_LIST_SQL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read killswitch.critical_tasks");
-	oldcxt = MemoryContextSwitchTo(CacheMemoryContext);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	n = (int) SPI_processed;
+	items = MemoryContextAlloc(cxt, sizeof(KsListItem) * Max(n, 1));
+	for (int i = 0; i < n; i++)
 	{
-		char	   *task = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		Datum		task = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
+		ArrayType  *roles = DatumGetArrayTypeP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		Datum	   *elems;
+		int			nelems;
 
-		if (task)
-			tasks = lappend(tasks, pstrdup(task));
+		items[i].name = MemoryContextStrdup(cxt, TextDatumGetCString(task));
+		deconstruct_array(roles, OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+						  &elems, NULL, &nelems);
+		items[i].nroles = nelems;
+		items[i].roles = MemoryContextAlloc(cxt, sizeof(Oid) * Max(nelems, 1));
+		for (int r = 0; r < nelems; r++)
+			items[i].roles[r] = DatumGetObjectId(elems[r]);
 	}
-	MemoryContextSwitchTo(oldcxt);
 	ks_owner_end(&owner);
-
-	list_free_deep(critical_tasks);
-	critical_tasks = tasks;
-	critical_relid = get_relname_relid(KS_CRITICAL_TABLE, get_namespace_oid(KS_SCHEMA, false));
-	critical_valid = true;
+	PopActiveSnapshot();
+	block = ks_list_build(items, n);
+	return block;
 }
 
-/* Is task one of the critical tasks? */
+/*
+ * Load the list into shared memory (the watcher, and backends of
+ * killswitch.database that find it unknown), in a transaction.  Published
+ * only if no change committed meanwhile (its own build is newer).  first:
+ * after a start, also count every prepared transaction of this database
+ * as a possible change (what was registered before a restart is gone).
+ */
+void
+ks_load_critical_list(bool first)
+{
+	uint64		version = ks_list_version(KS_LIST_CRITICAL);
+	TransactionId *over;
+	int			nover;
+	dsa_pointer block;
+
+	if (first && max_prepared_xacts > 0)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute("SELECT transaction FROM pg_catalog.pg_prepared_xacts "
+						"WHERE database = pg_catalog.current_database()", true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not list the prepared transactions");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			TransactionId xid = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[i],
+																	SPI_tuptable->tupdesc, 1, &isnull));
+
+			ks_list_register_prepared(xid);
+		}
+		SPI_finish();
+	}
+	block = build_critical_list(&over, &nover);
+	(void) ks_list_swap(KS_LIST_CRITICAL, block, &version, over, nover);
+}
+
+/* Does the watcher have to (re)load the list: never loaded, or a prepared change over? */
+bool
+ks_critical_list_due(void)
+{
+	int			nover;
+	bool		committed;
+
+	if (!ks_list_loaded(KS_LIST_CRITICAL))
+		return true;
+	pfree(ks_list_prepared_over(&nover, &committed));
+	return nover > 0;
+}
+
+/*
+ * The list's answer for a task; KS_LIST_UNKNOWN (fail closed) when it is
+ * not loaded or stale.  In killswitch.database, with a transaction, an
+ * unknown list is loaded on the spot; elsewhere the watcher is woken.
+ */
+static KsListAnswer
+lookup_critical(const char *task, Oid **roles, int *nroles)
+{
+	KsListAnswer answer = ks_list_lookup(KS_LIST_CRITICAL, task, roles, nroles);
+
+	if (answer != KS_LIST_UNKNOWN)
+		return answer;
+	ks_wake_watcher();
+	if (IsTransactionState() && OidIsValid(critical_relid()))
+	{
+		ks_load_critical_list(!ks_list_loaded(KS_LIST_CRITICAL));
+		answer = ks_list_lookup(KS_LIST_CRITICAL, task, roles, nroles);
+	}
+	return answer;
+}
+
+/* Is task one of the critical tasks?  (Not while the list cannot be trusted.) */
 bool
 ks_task_is_critical(const char *task)
 {
-	ListCell   *lc;
+	return lookup_critical(task, NULL, NULL) == KS_LIST_PRESENT;
+}
 
-	if (!critical_valid)
-		load_critical_tasks();
-	foreach(lc, critical_tasks)
-		if (strcmp((const char *) lfirst(lc), task) == 0)
-			return true;
-	return false;
+/*
+ * Judge the session's claim to a task for hard enforcement.  A critical
+ * task exempts the session only when granted to its session user (the role
+ * it logged in as, which neither SET ROLE nor a SECURITY DEFINER function
+ * changes) or to a role that one is a member of, directly or through other
+ * roles, INHERIT or not (a member may SET ROLE to it); being superuser
+ * counts for nothing.  Grants are per role, so a setting leaked by a pooler
+ * exempts only roles that hold the grant anyway.
+ */
+KsClaim
+ks_judge_claim(const char *task)
+{
+	Oid		   *roles;
+	int			nroles;
+	Oid			session = GetSessionUserId();
+
+	if (task == NULL || task[0] == '\0' ||
+		lookup_critical(task, &roles, &nroles) != KS_LIST_PRESENT)
+		return KS_CLAIM_NONE;
+	for (int i = 0; i < nroles; i++)
+		if (is_member_of_role_nosuper(session, roles[i]))
+			return KS_CLAIM_GRANTED;
+	return KS_CLAIM_UNGRANTED;
 }
 
 /*
@@ -109,38 +233,98 @@ ks_task_verdict(KsMode mode, const char *task)
 	return v;
 }
 
-/* Trigger on killswitch.critical_tasks: tell every backend to reload. */
+/*
+ * Trigger on killswitch.critical_tasks and killswitch.task_grants: this
+ * transaction rebuilds the shared list before it commits.  The lock (on the
+ * list as an object, not on the tables, so that readers and the writes
+ * themselves never wait for it) orders such transactions, so each builds on
+ * what the one before committed; a PREPAREd one holds it until COMMIT or
+ * ROLLBACK PREPARED.
+ */
 Datum
 ks_critical_tasks_changed(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "ks_critical_tasks_changed() must be called as a trigger");
-	/* transactional: delivered to other backends when this commits */
-	CacheInvalidateRelcache(trigdata->tg_relation);
-	/* and the copy in shared memory, which enforcement reads, is reloaded */
-	ks_critical_tasks_mark_changed();
+	LockDatabaseObject(RelationRelationId, critical_relid(), 0, ExclusiveLock);
+	critical_changed = true;
 	return PointerGetDatum(NULL);
 }
 
-/* Copy killswitch.critical_tasks into shared memory (the watcher, in a transaction). */
-void
-ks_load_shared_critical_tasks(void)
+/* Forget this transaction's build. */
+static void
+reset_critical_build(bool discard)
 {
-	int			n;
+	if (discard)
+		ks_list_discard(critical_built);
+	critical_built = InvalidDsaPointer;
+	critical_over = NULL;		/* TopTransactionContext, gone with it */
+	critical_nover = 0;
+	critical_changed = false;
+	critical_gone = false;
+}
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT task FROM killswitch.critical_tasks ORDER BY task", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read killswitch.critical_tasks");
-	n = Min((int) SPI_processed, KS_MAX_CRITICAL);
-	SpinLockAcquire(&ks_shared->mutex);
-	for (int i = 0; i < n; i++)
-		strlcpy(ks_shared->critical[i],
-				SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), NAMEDATALEN);
-	ks_shared->ncritical = n;
-	ks_shared->critical_reload = false;
-	SpinLockRelease(&ks_shared->mutex);
-	SPI_finish();
+/*
+ * Transaction callback: build before commit (an error here aborts the
+ * change, nothing published), swap in at commit, register a PREPARE.
+ */
+static void
+tasks_xact_callback(XactEvent event, void *arg)
+{
+	if (!critical_changed)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			{
+				Oid			relid = critical_relid();
+				MemoryContext old;
+
+				critical_gone = !OidIsValid(relid);
+				if (critical_gone)
+					break;
+				/* again: a savepoint rolled back may have released it */
+				LockDatabaseObject(RelationRelationId, relid, 0, ExclusiveLock);
+				/* make the last statement's own changes visible to the read */
+				CommandCounterIncrement();
+				old = MemoryContextSwitchTo(TopTransactionContext);
+				critical_built = build_critical_list(&critical_over, &critical_nover);
+				MemoryContextSwitchTo(old);
+			}
+			break;
+		case XACT_EVENT_COMMIT:
+			/* nobody else could build meanwhile: we hold the lock */
+			if (critical_gone)
+				ks_list_unload(KS_LIST_CRITICAL);
+			else
+				(void) ks_list_swap(KS_LIST_CRITICAL, critical_built, NULL,
+									critical_over, critical_nover);
+			reset_critical_build(false);
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			ks_list_register_prepared(GetTopTransactionId());
+			break;
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			reset_critical_build(true);
+			break;
+		default:
+			break;
+	}
+}
+
+/* Register the transaction callback; once per process, from _PG_init. */
+void
+ks_tasks_init(void)
+{
+	RegisterXactCallback(tasks_xact_callback, NULL);
+}
+
+/* SQL: how many claims to a critical task were refused since the server started. */
+Datum
+ks_refused_claims_sql(PG_FUNCTION_ARGS)
+{
+	ks_require_loaded();
+	PG_RETURN_INT64((int64) ks_refused_claims());
 }

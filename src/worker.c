@@ -189,8 +189,10 @@ run_duties(void)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	history = extension_present();
-	if (history && (ks_shared->critical_reload || ks_shared->ncritical < 0))
-		ks_load_shared_critical_tasks();
+	if (history && ks_critical_list_due())
+		ks_load_critical_list(!ks_list_loaded(KS_LIST_CRITICAL));
+	else if (!history && ks_list_loaded(KS_LIST_CRITICAL))
+		ks_list_unload(KS_LIST_CRITICAL);
 	ks_emergency_tick(history);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -200,8 +202,8 @@ run_duties(void)
 static bool
 duties_due(void)
 {
-	return ks_shared->critical_reload ||
-		(ks_shared->ncritical < 0 && had_history) ||
+	return (had_history && ks_critical_list_due()) ||
+		(!had_history && ks_list_loaded(KS_LIST_CRITICAL)) ||
 		ks_current_mode() == KS_EMERGENCY;
 }
 
