@@ -148,15 +148,22 @@ ok($drc != 0 && $derr =~ /may never release/, 'ks_disengage even when granted ad
 sql('REVOKE killswitch_admin FROM bot');
 is(sql('SELECT ks_mode()'), 'halt_all', 'still halted after every attempt');
 
-# 4. Critical tasks: allowed in halt_noncritical and halt_all, not in emergency.
-allowed("SET killswitch.task = 'audit_logging'; INSERT INTO t VALUES (6, 'audit')", 'a critical task in halt_all');
+# 4. Critical tasks granted to the agent's role: allowed in halt_noncritical
+#    and halt_all, not in emergency.  A claim alone is refused (080_lists.pl
+#    tests the grants in depth).
+my ($crc, $cerr) = as_bot("SET killswitch.task = 'audit_logging'; INSERT INTO t VALUES (6, 'audit')");
+ok($crc != 0 && $cerr =~ /critical task "audit_logging" is not granted to role "bot"/,
+	'refused: a claim to a critical task not granted to the role') or diag($cerr);
+sql("INSERT INTO killswitch.task_grants (task, grantee) VALUES ('audit_logging', 'bot'), ('cost_tracking', 'bot')");
+allowed("SET killswitch.task = 'audit_logging'; INSERT INTO t VALUES (6, 'audit')", 'a granted critical task in halt_all');
 sql("SELECT ks_engage('halt_noncritical', 'step down', 'tester')");
 refused('INSERT INTO t VALUES (7)', 'a write without a task in halt_noncritical');
-allowed("SET killswitch.task = 'cost_tracking'; INSERT INTO t VALUES (7, 'cost')", 'a critical task in halt_noncritical');
+allowed("SET killswitch.task = 'cost_tracking'; INSERT INTO t VALUES (7, 'cost')", 'a granted critical task in halt_noncritical');
 refused("SET killswitch.task = 'nightly_export'; INSERT INTO t VALUES (8)", 'a task before it is made critical');
-sql("INSERT INTO killswitch.critical_tasks (task) VALUES ('nightly_export')");
-eventually_allowed("SET killswitch.task = 'nightly_export'; INSERT INTO t VALUES (8)", 'a task once made critical');
-allowed("SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (8)", 'a critical task in another database', 'other');
+sql("INSERT INTO killswitch.critical_tasks (task) VALUES ('nightly_export'); "
+	. "INSERT INTO killswitch.task_grants (task, grantee) VALUES ('nightly_export', 'bot')");
+allowed("SET killswitch.task = 'nightly_export'; INSERT INTO t VALUES (8)", 'a task once made critical and granted');
+allowed("SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (8)", 'a granted critical task in another database', 'other');
 
 # 5. A non-agent superuser is unaffected in every mode.
 for my $m ('halt_all', 'emergency')
