@@ -92,12 +92,6 @@ CREATE TABLE killswitch.critical_tasks (
 );
 COMMENT ON TABLE killswitch.critical_tasks IS
     'Tasks allowed in halt_noncritical and halt_all (never in emergency)';
-INSERT INTO killswitch.critical_tasks (task, added_by) VALUES
-    ('safety_monitoring', 'killswitch'),
-    ('data_persistence', 'killswitch'),
-    ('audit_logging', 'killswitch'),
-    ('kill_switch_itself', 'killswitch'),
-    ('cost_tracking', 'killswitch');
 
 -- Who may claim a critical task: a session's killswitch.task exempts an
 -- agent from hard enforcement only when the task is granted here to its
@@ -123,6 +117,15 @@ CREATE TRIGGER critical_tasks_changed
 CREATE TRIGGER task_grants_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON killswitch.task_grants
     FOR EACH STATEMENT EXECUTE FUNCTION killswitch.critical_tasks_changed();
+
+-- The defaults, after the triggers: this transaction publishes the list
+-- (and so replaces any left in shared memory by an earlier installation).
+INSERT INTO killswitch.critical_tasks (task, added_by) VALUES
+    ('safety_monitoring', 'killswitch'),
+    ('data_persistence', 'killswitch'),
+    ('audit_logging', 'killswitch'),
+    ('kill_switch_itself', 'killswitch'),
+    ('cost_tracking', 'killswitch');
 
 -- How many agent claims to ungranted critical tasks were refused since start.
 CREATE FUNCTION killswitch.refused_claims() RETURNS bigint

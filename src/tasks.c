@@ -15,8 +15,10 @@
 
 #include "access/twophase.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -151,6 +153,29 @@ ks_critical_list_due(void)
 }
 
 /*
+ * On a standby no transaction of this server changes the tables (they
+ * change by WAL replay) and no watcher runs: read the table itself, the
+ * one truth the shared list copies.  Only the task rules need it there;
+ * nothing can write on a standby.
+ */
+static KsListAnswer
+standby_lookup(const char *task)
+{
+	KsOwnerContext owner;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(task)};
+	bool		found;
+
+	ks_owner_begin(&owner);
+	if (SPI_execute_with_args("SELECT 1 FROM killswitch.critical_tasks WHERE task = $1",
+							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.critical_tasks");
+	found = SPI_processed > 0;
+	ks_owner_end(&owner);
+	return found ? KS_LIST_PRESENT : KS_LIST_ABSENT;
+}
+
+/*
  * The list's answer for a task; KS_LIST_UNKNOWN (fail closed) when it is
  * not loaded or stale.  In killswitch.database, with a transaction, an
  * unknown list is loaded on the spot; elsewhere the watcher is woken.
@@ -158,12 +183,17 @@ ks_critical_list_due(void)
 static KsListAnswer
 lookup_critical(const char *task, Oid **roles, int *nroles)
 {
-	KsListAnswer answer = ks_list_lookup(KS_LIST_CRITICAL, task, roles, nroles);
+	KsListAnswer answer;
 
+	if (RecoveryInProgress() && roles == NULL && IsTransactionState() &&
+		OidIsValid(critical_relid()))
+		return standby_lookup(task);
+	answer = ks_list_lookup(KS_LIST_CRITICAL, task, roles, nroles);
 	if (answer != KS_LIST_UNKNOWN)
 		return answer;
 	ks_wake_watcher();
-	if (IsTransactionState() && OidIsValid(critical_relid()))
+	if (IsTransactionState() && !IsInParallelMode() && !RecoveryInProgress() &&
+		OidIsValid(critical_relid()))
 	{
 		ks_load_critical_list(!ks_list_loaded(KS_LIST_CRITICAL));
 		answer = ks_list_lookup(KS_LIST_CRITICAL, task, roles, nroles);

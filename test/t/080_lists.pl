@@ -199,7 +199,17 @@ sql("SELECT ks_disengage('claims done', 'tester')");
 ($rc, $err) = as_role('bot', "INSERT INTO killswitch.task_grants (task, grantee) VALUES ('cost_tracking', 'bot')");
 ok($rc != 0 && $err =~ /permission denied/, 'not even while disengaged') or diag($err);
 
-# 8. Any number of agent roles: 10,000, the login check in emergency.
+# 8. DROP and CREATE EXTENSION: the new installation's list replaces the old at once.
+sql("SELECT ks_engage('halt_all', 'reinstall', 'tester')");
+allowed('bot', "SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (12)", 'granted before the reinstallation', 'other');
+sql('DROP EXTENSION killswitch; CREATE EXTENSION killswitch');
+refused('bot', "SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (12)",
+	qr/a write by agent "bot" refused/, 'a task of the old installation exempts nothing after CREATE EXTENSION', 'other');
+refused('bot', "SET killswitch.task = 'audit_logging'; INSERT INTO o VALUES (12)",
+	qr/not granted to role "bot"/, 'nor do its grants', 'other');
+sql("SELECT ks_disengage('reinstalled', 'tester')");
+
+# 9. Any number of agent roles: 10,000, the login check in emergency.
 sql(q(DO $$ BEGIN
   FOR i IN 1..10000 LOOP
     EXECUTE format('CREATE ROLE %I LOGIN IN ROLE killswitch_agent', 'fleet_' || lpad(i::text, 5, '0'));
