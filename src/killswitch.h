@@ -32,7 +32,6 @@
 #define KS_PRIVATE_DIR "pg_killswitch"
 #define KS_LAST_APPLIED_FILE KS_PRIVATE_DIR "/last_applied.json"
 #define KS_SNAPSHOT_FILE_NAME "kill_switch_snapshot.json"
-#define KS_GRANTS_TABLE "task_grants"
 
 /* Settings (killswitch.c) */
 extern char *ks_state_dir;
@@ -127,7 +126,7 @@ extern void ks_list_unload(KsListId which);
 extern KsListAnswer ks_list_lookup(KsListId which, const char *name, Oid **roles, int *nroles);
 extern bool ks_list_loaded(KsListId which);
 extern void ks_list_register_prepared(TransactionId xid);
-extern TransactionId *ks_list_prepared_over(int *nover, bool *committed);
+extern TransactionId *ks_list_prepared_over(int *nover);
 extern void ks_count_refused_claim(void);
 extern uint64 ks_refused_claims(void);
 

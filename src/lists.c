@@ -9,8 +9,9 @@
  * the number of names nor their length has a bound but memory.  A writer
  * builds the new block outside any lock and swaps the pointer in under the
  * exclusive LWLock of the "killswitch" tranche; readers look a name up under
- * the shared lock.  The spinlock in KsShared guards only the state's plain
- * descriptive fields (ARCHITECTURE: "Spinlocks guard only plain memory").
+ * the shared lock.  (The spinlock in KsShared guards only copies of the
+ * state's plain, fixed-size descriptive fields: nothing that can allocate
+ * or fail runs under it.)
  *
  * Keeping the critical list current (tasks.c decides when to build):
  *   - a committing change of killswitch.critical_tasks or task_grants
@@ -391,15 +392,14 @@ ks_list_register_prepared(TransactionId xid)
 /*
  * The prepared changes that are over (committed or rolled back): a list
  * built from a snapshot taken after this call includes them.  Returns a
- * palloc'd array; *nover its length; *committed whether one committed.
+ * palloc'd array; *nover its length.
  */
 TransactionId *
-ks_list_prepared_over(int *nover, bool *committed)
+ks_list_prepared_over(int *nover)
 {
 	TransactionId *over;
 	int			n = 0;
 
-	*committed = false;
 	LWLockAcquire(ks_lists->lock, LW_SHARED);
 	over = palloc(sizeof(TransactionId) * Max(ks_lists->nprepared, 1));
 	for (int i = 0; i < ks_lists->nprepared; i++)
@@ -407,11 +407,7 @@ ks_list_prepared_over(int *nover, bool *committed)
 		TransactionId xid = ks_lists->prepared[i];
 
 		if (!TransactionIdIsInProgress(xid))
-		{
 			over[n++] = xid;
-			if (TransactionIdDidCommit(xid))
-				*committed = true;
-		}
 	}
 	LWLockRelease(ks_lists->lock);
 	*nover = n;

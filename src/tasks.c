@@ -69,11 +69,10 @@ build_critical_list(TransactionId **over, int *nover)
 	KsOwnerContext owner;
 	KsListItem *items;
 	int			n;
-	bool		committed;
 	dsa_pointer block;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	*over = ks_list_prepared_over(nover, &committed);
+	*over = ks_list_prepared_over(nover);
 	PushActiveSnapshot(GetLatestSnapshot());
 	ks_owner_begin(&owner);
 	if (SPI_execute(CRITICAL_LIST_SQL, true, 0) != SPI_OK_SELECT)
@@ -144,11 +143,10 @@ bool
 ks_critical_list_due(void)
 {
 	int			nover;
-	bool		committed;
 
 	if (!ks_list_loaded(KS_LIST_CRITICAL))
 		return true;
-	pfree(ks_list_prepared_over(&nover, &committed));
+	pfree(ks_list_prepared_over(&nover));
 	return nover > 0;
 }
 
