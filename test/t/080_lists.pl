@@ -142,6 +142,26 @@ refused('bot3', "SET killswitch.task = 'audit_logging'; SELECT definer_add(4)",
 	$bgo->quit;
 }
 
+# 4b. Concurrent changes are ordered: the second waits for the first to
+#     commit, and builds on it, so neither is lost from the list.
+{
+	my $a = $node->background_psql('postgres', on_error_stop => 1);
+	my $b = $node->background_psql('postgres', on_error_stop => 1);
+	$a->query_safe("BEGIN; INSERT INTO killswitch.task_grants (task, grantee) VALUES ('data_persistence', 'bot3')");
+	$b->query_until(qr/started/, "\\echo started\nBEGIN; INSERT INTO killswitch.task_grants (task, grantee) VALUES ('safety_monitoring', 'bot3');\n\\echo inserted\n");
+	ok($node->poll_query_until('postgres',
+		"SELECT count(*) FROM pg_locks WHERE locktype = 'object' AND NOT granted AND objid = 'killswitch.critical_tasks'::regclass", '1'),
+		'a second change of the grants waits for the first one');
+	$a->query_safe('COMMIT');
+	$b->query_until(qr/inserted/, '');
+	$b->query_safe('COMMIT');
+	allowed('bot3', "SET killswitch.task = 'data_persistence'; INSERT INTO t VALUES (7)", 'the first of two concurrent grants holds');
+	allowed('bot3', "SET killswitch.task = 'safety_monitoring'; INSERT INTO t VALUES (7)", 'and so does the second');
+	$a->quit;
+	$b->quit;
+	sql("DELETE FROM killswitch.task_grants WHERE grantee = 'bot3'::regrole");
+}
+
 # 5. COMMIT PREPARED of a change takes effect for enforcement.
 sql("BEGIN; DELETE FROM killswitch.task_grants WHERE grantee = 'bot'::regrole; PREPARE TRANSACTION 'revoke'");
 allowed('bot', "SET killswitch.task = 'audit_logging'; INSERT INTO o VALUES (8)", 'a prepared revoke changes nothing yet', 'other');
