@@ -73,9 +73,15 @@ list_agent_roles(void)
 	}
 	if (!agents_listed || epoch != agents_built_epoch)
 	{
-		(void) ks_list_swap(KS_LIST_AGENTS, ks_list_build(items, n), NULL, NULL, 0);
-		agents_listed = true;
-		agents_built_epoch = epoch;
+		/* a list that cannot be built never keeps sessions from being ended */
+		dsa_pointer block = ks_list_build(items, n, WARNING);
+
+		if (DsaPointerIsValid(block))
+		{
+			(void) ks_list_swap(KS_LIST_AGENTS, block, NULL, NULL, 0);
+			agents_listed = true;
+			agents_built_epoch = epoch;
+		}
 	}
 	return PointerGetDatum(construct_array(oids, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
 }

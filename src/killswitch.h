@@ -117,7 +117,7 @@ typedef struct KsListItem
 } KsListItem;
 extern void ks_lists_shmem_request(void);
 extern void ks_lists_shmem_startup(void);
-extern dsa_pointer ks_list_build(KsListItem *items, int n);
+extern dsa_pointer ks_list_build(KsListItem *items, int n, int elevel);
 extern void ks_list_discard(dsa_pointer block);
 extern uint64 ks_list_version(KsListId which);
 extern bool ks_list_swap(KsListId which, dsa_pointer block, const uint64 *expect_version,

@@ -153,11 +153,12 @@ item_cmp(const void *a, const void *b)
 
 /*
  * Build a list block from items (sorted here; names must be distinct) in
- * the shared area, outside any lock.  A clear error when shared memory is
- * exhausted; nothing is published until ks_list_swap().
+ * the shared area, outside any lock.  When shared memory is exhausted, a
+ * clear message at elevel; below ERROR, InvalidDsaPointer is returned (the
+ * caller keeps the list it has).  Nothing is published until ks_list_swap().
  */
 dsa_pointer
-ks_list_build(KsListItem *items, int n)
+ks_list_build(KsListItem *items, int n, int elevel)
 {
 	dsa_area   *area = lists_dsa();
 	Size		size = offsetof(KsListBlock, entries) + mul_size(sizeof(KsListEntry), n);
@@ -173,15 +174,21 @@ ks_list_build(KsListItem *items, int n)
 		size = add_size(size, mul_size(sizeof(Oid), items[i].nroles));
 	}
 	if (size > PG_UINT32_MAX)
-		ereport(ERROR,
+	{
+		ereport(elevel,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("killswitch: a shared list of %d names needs %zu bytes, more than 4 GB", n, size)));
-	dp = dsa_allocate_extended(area, size, DSA_ALLOC_NO_OOM);
+		return InvalidDsaPointer;
+	}
+	dp = dsa_allocate_extended(area, size, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
 	if (!DsaPointerIsValid(dp))
-		ereport(ERROR,
+	{
+		ereport(elevel,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("killswitch: out of shared memory for a list of %d names (%zu bytes)", n, size),
-				 errhint("Raise min_dynamic_shared_memory or the operating system's limit on shared memory.")));
+				 errhint("Free shared memory (dynamic_shared_memory_type, the operating system's limits) and try again.")));
+		return InvalidDsaPointer;
+	}
 	block = dsa_get_address(area, dp);
 	block->n = n;
 	off = offsetof(KsListBlock, entries) + sizeof(KsListEntry) * n;

@@ -98,7 +98,7 @@ build_critical_list(TransactionId **over, int *nover)
 	}
 	ks_owner_end(&owner);
 	PopActiveSnapshot();
-	block = ks_list_build(items, n);
+	block = ks_list_build(items, n, ERROR);
 	return block;
 }
 
