@@ -199,7 +199,10 @@ sql("BEGIN; DELETE FROM killswitch.critical_tasks WHERE task = 'nightly_export';
 sql("ROLLBACK PREPARED 'drop'");
 allowed('bot', "SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (10)", 'a rolled-back prepared change leaves the list as it was', 'other');
 
-# 6. The list survives a restart (the watcher loads it before any exemption).
+# 6. The list survives a restart (the watcher loads it before any exemption),
+#    and so does a prepared change of it.
+sql("BEGIN; DELETE FROM killswitch.task_grants WHERE task = 'nightly_export' AND grantee = 'bot'::regrole; "
+	. "PREPARE TRANSACTION 'across'");
 $node->restart;
 $ok = 0;
 for (1 .. 50)
@@ -209,6 +212,10 @@ for (1 .. 50)
 	usleep(100_000);
 }
 ok($ok, 'grants hold after a restart');
+sql("COMMIT PREPARED 'across'");
+refused('bot', "SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (11)",
+	qr/refused|not granted/, 'a revoke prepared before a restart and committed after it: refused at once', 'other');
+sql("INSERT INTO killswitch.task_grants (task, grantee) VALUES ('nightly_export', 'bot')");
 refused('bot3', "SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (11)",
 	qr/not granted to role "bot3"/, 'and ungranted claims stay refused', 'other');
 
@@ -244,7 +251,14 @@ for my $r ('fleet_00001', 'fleet_05000', 'fleet_10000', 'bot')
 {
 	my $tries = 0;
 	my ($rc, $err);
-	do { usleep(100_000) if $tries++; ($rc, $err) = as_role($r, 'SELECT 1'); } while ($tries < 30 && $err !~ /login by agent/);
+	# -c, no stdin: a refused login ends psql before it could read any
+	do
+	{
+		usleep(100_000) if $tries++;
+		$err = '';
+		$rc = $node->psql('postgres', undef, stderr => \$err,
+			extra_params => [ '-U', $r, '-c', 'SELECT 1' ]);
+	} while ($tries < 30 && $err !~ /login by agent/);
 	ok($rc != 0 && $err =~ /login by agent "$r" refused/, "the login of agent $r is refused in emergency") or diag($err);
 }
 allowed('human', 'SELECT 1', 'a non-agent login is admitted in emergency');
