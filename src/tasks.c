@@ -274,6 +274,7 @@ ks_critical_tasks_changed(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "ks_critical_tasks_changed() must be called as a trigger");
+	ks_require_loaded();
 	LockDatabaseObject(RelationRelationId, critical_relid(), 0, ExclusiveLock);
 	critical_changed = true;
 	return PointerGetDatum(NULL);

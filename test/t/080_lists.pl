@@ -265,5 +265,13 @@ allowed('human', 'SELECT 1', 'a non-agent login is admitted in emergency');
 sql("SELECT ks_disengage('all clear', 'tester')");
 allowed('fleet_10000', 'SELECT 1', 'agent logins are admitted again after the release');
 
+# 10. Restarted without preloading: changing the lists is a clear error, not a crash.
+$node->append_conf('postgresql.conf', "shared_preload_libraries = ''\n");
+$node->restart;
+my ($prc, $pout, $perr) = $node->psql('postgres', "INSERT INTO killswitch.task_grants (task, grantee) VALUES ('audit_logging', 'bot3')");
+like($perr, qr/killswitch must be loaded via shared_preload_libraries/, 'a change of the grants without preloading fails clearly');
+is($node->safe_psql('postgres', "SELECT count(*) FROM killswitch.task_grants WHERE grantee = 'bot3'::regrole"), '0',
+	'and changes nothing');
+
 $node->stop;
 done_testing();
