@@ -309,7 +309,7 @@ ks_emergency_tick(bool history)
 	{
 		/* logins are checked only in emergency: free the list */
 		if (agents_listed)
-			ks_list_swap(KS_LIST_AGENTS, InvalidDsaPointer, NULL, NULL, 0);
+			(void) ks_list_swap(KS_LIST_AGENTS, InvalidDsaPointer, NULL, NULL, 0);
 		agents_listed = false;
 		return;
 	}
