@@ -68,6 +68,11 @@ define_settings(void)
 							   "Created with a random secret at first start. Relative paths are relative to the data directory.",
 							   &ks_secret_file, KS_PRIVATE_DIR "/signing.key",
 							   PGC_POSTMASTER, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("killswitch.release_key_file",
+							   "File holding the release key, which a state file needs to lower the mode.",
+							   "Created with a random key at first start. Give it to administrators' tools only, never to agents. Relative paths are relative to the data directory.",
+							   &ks_release_key_file, KS_PRIVATE_DIR "/release.key",
+							   PGC_POSTMASTER, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomBoolVariable("killswitch.require_hmac",
 							 "Treat an unsigned or wrongly signed state file as tampered.",
 							 "Turn off only for setups without a secret; the choice shows in ks_status() and in every event.",

@@ -36,6 +36,7 @@
 /* Settings (killswitch.c) */
 extern char *ks_state_dir;
 extern char *ks_secret_file;
+extern char *ks_release_key_file;
 extern bool ks_require_hmac;
 extern char *ks_database;
 extern int	ks_settle_ms;
@@ -156,6 +157,12 @@ typedef struct KsSaved
 extern bool ks_persist_state(const KsState *state, KsSaved *saved,
 							 char *problem, size_t problemlen);
 extern bool ks_restore_state_file(const KsSaved *saved,
+								  char *problem, size_t problemlen);
+
+/* release.c: the release credential */
+extern void ks_release_key_prepare(void);
+extern void ks_release_key_for_writing(char **key, size_t *len);
+extern bool ks_release_authorized(const KsState *file, KsMode held,
 								  char *problem, size_t problemlen);
 
 /* rights.c */

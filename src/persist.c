@@ -65,6 +65,8 @@ ks_persist_state(const KsState *state, KsSaved *saved,
 	char		path[MAXPGPATH];
 	char	   *secret;
 	size_t		secretlen;
+	char	   *release_key;
+	size_t		release_keylen;
 	int			lockfd;
 	bool		ok;
 
@@ -72,15 +74,17 @@ ks_persist_state(const KsState *state, KsSaved *saved,
 
 	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
 		return false;
+	ks_release_key_for_writing(&release_key, &release_keylen);
 	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	if (lockfd < 0)
 		return false;
 	saved->state = read_if_present(path, &saved->state_len);
 	saved->copy = read_if_present(KS_LAST_APPLIED_FILE, &saved->copy_len);
-	ok = ks_state_write(path, state, secret, secretlen, problem, problemlen) &&
+	ok = ks_state_write(path, state, secret, secretlen, release_key, release_keylen,
+						problem, problemlen) &&
 		ks_state_write(KS_LAST_APPLIED_FILE, state, secret, secretlen,
-					   problem, problemlen);
+					   release_key, release_keylen, problem, problemlen);
 	ks_unlock_dir(lockfd);
 	return ok;
 }

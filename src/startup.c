@@ -86,6 +86,7 @@ static void
 decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool held_ok)
 {
 	bool		same;
+	char		problem[KS_PROBLEM_LEN];
 
 	if (held_ok &&
 		((file->generation >= 0 && file->generation < held->generation) ||
@@ -99,6 +100,19 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 		(file->generation >= 0 ? file->generation == held->generation
 		 : (file->mode == held->mode && file->engaged_at && held->engaged_at &&
 			strcmp(file->engaged_at, held->engaged_at) == 0));
+	if (!same && held_ok &&
+		!ks_release_authorized(file, held->mode, problem, sizeof(problem)))
+	{
+		char		path[MAXPGPATH];
+		char		aside[MAXPGPATH];
+
+		/* a release without the release key: keep the evidence, assume the halt */
+		ks_state_file_path(path, sizeof(path));
+		snprintf(aside, sizeof(aside), "%s.rejected", path);
+		(void) rename(path, aside);
+		decide_tampered(d, held, true, "state file", problem);
+		return;
+	}
 	d->state = *file;
 	d->previous = held_ok ? (int) held->mode : (int) KS_DISENGAGED;
 	if (same)
@@ -177,17 +191,21 @@ write_decision(const KsDecision *d, const char *secret, size_t secretlen,
 			   char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
+	char	   *release_key;
+	size_t		release_keylen;
 	int			lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	bool		ok = true;
 
 	if (lockfd < 0)
 		return false;
+	ks_release_key_for_writing(&release_key, &release_keylen);
 	ks_state_file_path(path, sizeof(path));
 	if (d->write)
-		ok = ks_state_write(path, &d->state, secret, secretlen, problem, problemlen);
+		ok = ks_state_write(path, &d->state, secret, secretlen,
+							release_key, release_keylen, problem, problemlen);
 	if (ok)
 		ok = ks_state_write(KS_LAST_APPLIED_FILE, &d->state, secret, secretlen,
-							problem, problemlen);
+							release_key, release_keylen, problem, problemlen);
 	ks_unlock_dir(lockfd);
 	return ok;
 }
@@ -269,6 +287,7 @@ ks_load_at_startup(void)
 	}
 	else
 	{
+		ks_release_key_prepare();
 		decide(&d, secret, secretlen);
 		if (!write_decision(&d, secret, secretlen, problem, sizeof(problem)))
 		{

@@ -165,20 +165,53 @@ ks_state_canonical(StringInfo out, const KsState *state)
 	ks_json_canonical(out, state_object(state), NULL);
 }
 
+/* Which key signed: the first 16 hex digits of its SHA-256 (key_id's rule). */
+static bool
+key_id_of(const char *key, size_t keylen, char *id)
+{
+	char		hex[KS_HEX_DIGEST_LEN + 1];
+
+	if (!ks_sha256_hex(key, keylen, hex))
+		return false;
+	strlcpy(id, hex, 17);
+	return true;
+}
+
 /*
  * The file's text: the canonical members, one per line as Python's
- * json.dump(indent=2) lays them out, then the signature.  Returns false if
- * no signature could be computed.
+ * json.dump(indent=2) lays them out, then the signature.  With a release
+ * key, the file also carries release_key_id and release_signature: the
+ * HMAC-SHA256 under the release key of the canonical form of every member
+ * but signature and release_signature.  signature, under the shared
+ * secret, then covers every member but itself, release_signature included,
+ * as the reference library computes it.  Returns false if no signature
+ * could be computed.
  */
 bool
 ks_state_file_text(StringInfo out, const KsState *state,
-				   const char *secret, size_t secretlen)
+				   const char *secret, size_t secretlen,
+				   const char *release_key, size_t release_keylen)
 {
 	KsJson	   *obj = state_object(state);
 	StringInfoData canon;
 	char		sig[KS_HEX_DIGEST_LEN + 1];
 	int			sorted[16];
 
+	/* the members keep pointers: these buffers live until the text is made */
+	char		release_key_id[17];
+	char		release_sig[KS_HEX_DIGEST_LEN + 1];
+
+	if (release_key != NULL)
+	{
+		initStringInfo(&canon);
+		if (!key_id_of(release_key, release_keylen, release_key_id))
+			return false;
+		ks_json_put_string(obj, "release_key_id", release_key_id);
+		ks_json_canonical(&canon, obj, NULL);
+		if (!ks_hmac_hex(release_key, release_keylen, canon.data, canon.len, release_sig))
+			return false;
+		ks_json_put_string(obj, "release_signature", release_sig);
+	}
 	initStringInfo(&canon);
 	ks_json_canonical(&canon, obj, NULL);
 	if (!ks_hmac_hex(secret, secretlen, canon.data, canon.len, sig))
@@ -318,6 +351,11 @@ ks_state_from_text(const char *text, size_t len,
 		return PROBLEM("\"source\" is not a string");
 	if (!take_string(root, "key_id", &st->key_id, true))
 		return PROBLEM("\"key_id\" is not a string");
+	if (!take_string(root, "release_signature", &st->release_signature, false))
+		return PROBLEM("\"release_signature\" is not a string");
+	if (!take_string(root, "release_key_id", &st->release_key_id, false))
+		return PROBLEM("\"release_key_id\" is not a string");
+	st->object = root;
 	if (!take_string(root, "previous_mode", &prev, true))
 		return PROBLEM("\"previous_mode\" is not a string");
 	if (prev != NULL)
@@ -372,19 +410,83 @@ ks_state_read(const char *path, const char *secret, size_t secretlen,
 						   st, problem, problemlen);
 }
 
-/* Sign and write a state file atomically. */
+/* Sign (with the release key too, if given) and write a state file atomically. */
 bool
 ks_state_write(const char *path, const KsState *state,
 			   const char *secret, size_t secretlen,
+			   const char *release_key, size_t release_keylen,
 			   char *problem, size_t problemlen)
 {
 	StringInfoData text;
 
 	initStringInfo(&text);
-	if (!ks_state_file_text(&text, state, secret, secretlen))
+	if (!ks_state_file_text(&text, state, secret, secretlen,
+							release_key, release_keylen))
 	{
 		snprintf(problem, problemlen, "could not compute HMAC-SHA256");
 		return false;
 	}
 	return ks_write_file_durably(path, text.data, text.len, problem, problemlen);
+}
+
+/* The object without one member: a shallow copy, the values shared. */
+static KsJson *
+without_member(const KsJson *object, const char *key)
+{
+	KsJson	   *copy = ks_json_object();
+
+	copy->keys = palloc(sizeof(char *) * Max(object->nitems, 1));
+	copy->items = palloc(sizeof(KsJson *) * Max(object->nitems, 1));
+	copy->maxitems = Max(object->nitems, 1);
+	for (int i = 0; i < object->nitems; i++)
+	{
+		if (strcmp(object->keys[i], key) == 0)
+			continue;
+		copy->keys[copy->nitems] = object->keys[i];
+		copy->items[copy->nitems] = object->items[i];
+		copy->nitems++;
+	}
+	return copy;
+}
+
+/*
+ * Does a state read from a file carry a valid release_signature: the
+ * HMAC-SHA256 under the release key (or a retired one kept beside it as
+ * <release_key_file>.<release_key_id>) of the canonical form of every
+ * member but signature and release_signature?  This is the credential a
+ * file needs to lower the mode (DESIGN §3): agents hold the shared secret,
+ * never the release key.  On false, problem says why.
+ */
+bool
+ks_state_release_signed(const KsState *st, const char *release_key, size_t release_keylen,
+						const char *release_key_file, char *problem, size_t problemlen)
+{
+	StringInfoData canon;
+	char		expect[KS_HEX_DIGEST_LEN + 1];
+	char	   *old;
+	size_t		oldlen;
+
+	if (st->object == NULL || st->release_signature == NULL)
+	{
+		snprintf(problem, problemlen, "it carries no release_signature");
+		return false;
+	}
+	if (release_key == NULL)
+	{
+		snprintf(problem, problemlen, "there is no release key to verify its release_signature with");
+		return false;
+	}
+	initStringInfo(&canon);
+	ks_json_canonical(&canon, without_member(st->object, "release_signature"), "signature");
+	if (ks_hmac_hex(release_key, release_keylen, canon.data, canon.len, expect) &&
+		ks_hex_equal(expect, st->release_signature))
+		return true;
+	/* signed with a retired release key that is still kept beside the current one? */
+	if (release_key_file != NULL && st->release_key_id != NULL &&
+		ks_retired_secret(release_key_file, st->release_key_id, &old, &oldlen) &&
+		ks_hmac_hex(old, oldlen, canon.data, canon.len, expect) &&
+		ks_hex_equal(expect, st->release_signature))
+		return true;
+	snprintf(problem, problemlen, "its release_signature does not match the contents");
+	return false;
 }

@@ -86,6 +86,10 @@ typedef struct KsState
 	int64		event_id;		/* -1: absent */
 	char	   *source;			/* NULL: absent */
 	char	   *key_id;			/* NULL: absent */
+	/* what a read found; ignored when writing (the writer signs afresh) */
+	char	   *release_signature;	/* NULL: absent */
+	char	   *release_key_id; /* NULL: absent */
+	const KsJson *object;		/* the object as read, every member */
 } KsState;
 
 /* What reading a state file found. */
@@ -125,7 +129,8 @@ extern int	ks_mode_from_file_name(const char *name);
 extern int	ks_mode_from_sql_name(const char *name);
 extern void ks_state_canonical(StringInfo out, const KsState *state);
 extern bool ks_state_file_text(StringInfo out, const KsState *state,
-							   const char *secret, size_t secretlen);
+							   const char *secret, size_t secretlen,
+							   const char *release_key, size_t release_keylen);
 extern KsVerdict ks_state_from_text(const char *text, size_t len,
 									const char *secret, size_t secretlen,
 									const char *secret_file,
@@ -139,7 +144,12 @@ extern KsVerdict ks_state_read(const char *path,
 							   char *problem, size_t problemlen);
 extern bool ks_state_write(const char *path, const KsState *state,
 						   const char *secret, size_t secretlen,
+						   const char *release_key, size_t release_keylen,
 						   char *problem, size_t problemlen);
+extern bool ks_state_release_signed(const KsState *state,
+									const char *release_key, size_t release_keylen,
+									const char *release_key_file,
+									char *problem, size_t problemlen);
 
 /* Time stamps as the file carries them (isotime.c). */
 extern void ks_format_iso_utc(int64 unix_usec, char *buf, size_t buflen);

@@ -146,6 +146,12 @@ judge(const char *path)
 		tamper(&a, raised, "replay: the state file is older than the state the server holds");
 		return a;
 	}
+	if (!ks_release_authorized(&st, held, problem, sizeof(problem)))
+	{
+		set_aside(path);
+		tamper(&a, raised, problem);
+		return a;
+	}
 	a.act = true;
 	a.change.mode = st.mode;
 	a.change.reason = file_text(st.reason, "(no reason given in the state file)");

@@ -6,13 +6,14 @@ package KsTest;
 use strict;
 use warnings;
 use Exporter 'import';
-use Digest::SHA qw(hmac_sha256_hex);
+use Digest::SHA qw(hmac_sha256_hex sha256_hex);
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_running ks_kill9_and_start);
+our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
+  ks_running ks_kill9_and_start);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -46,6 +47,27 @@ sub ks_signed_text
 	my $canon = JSON::PP->new->canonical->ascii->encode(\%obj);
 	$obj{signature} = hmac_sha256_hex($canon, $secret);
 	return JSON::PP->new->canonical->ascii->pretty->encode(\%obj);
+}
+
+# The node's release key, read like the secret.
+sub ks_release_key
+{
+	my ($node) = @_;
+	my $key = slurp_file($node->data_dir . '/pg_killswitch/release.key');
+	$key =~ s/\n\z//;
+	return $key;
+}
+
+# A state file's text that may lower the mode: release_key_id and
+# release_signature (HMAC-SHA256 under the release key of every member but
+# the two signatures), then signature over everything but itself.
+sub ks_release_signed_text
+{
+	my ($secret, $release_key, %obj) = @_;
+	$obj{release_key_id} = substr(sha256_hex($release_key), 0, 16);
+	my $canon = JSON::PP->new->canonical->ascii->encode(\%obj);
+	$obj{release_signature} = hmac_sha256_hex($canon, $release_key);
+	return ks_signed_text($secret, %obj);
 }
 
 # Is a process still running?  A zombie is not: the init of some sandboxes

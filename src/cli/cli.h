@@ -33,6 +33,7 @@ typedef struct KsOptions
 	const char *pgdata;
 	const char *state_dir;
 	const char *secret_file;
+	const char *release_key_file;
 	bool		json;
 	bool		force;
 	bool		require_hmac;

@@ -31,6 +31,8 @@ usage(const char *progname)
 		   "  -D, --pgdata=DATADIR      the data directory (default: $PGDATA)\n"
 		   "      --state-dir=DIR       the state directory (default: DATADIR/pg_killswitch)\n"
 		   "      --secret-file=FILE    the signing secret (default: DATADIR/pg_killswitch/signing.key)\n"
+		   "      --release-key-file=FILE  the release key, which disengage needs offline\n"
+		   "                            (default: DATADIR/pg_killswitch/release.key)\n"
 		   "  -r, --reason=TEXT         why (engage, disengage)\n"
 		   "  -b, --by=NAME             who (default: your user name)\n"
 		   "      --affected=N          how many tasks are affected (engage)\n"
@@ -107,6 +109,7 @@ main(int argc, char **argv)
 		{"json", no_argument, NULL, 4},
 		{"force", no_argument, NULL, 5},
 		{"no-require-hmac", no_argument, NULL, 6},
+		{"release-key-file", required_argument, NULL, 7},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, '?'},
 		{NULL, 0, NULL, 0}
@@ -148,6 +151,7 @@ main(int argc, char **argv)
 			case 4: opt.json = true; break;
 			case 5: opt.force = true; break;
 			case 6: opt.require_hmac = false; break;
+			case 7: opt.release_key_file = optarg; break;
 			default:
 				pg_log_error_hint("Try \"%s --help\" for more information.", progname);
 				exit(KS_EXIT_ERROR);

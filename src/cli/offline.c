@@ -18,6 +18,7 @@ typedef struct KsPaths
 	char		state_dir[MAXPGPATH];
 	char		state_file[MAXPGPATH];
 	char		secret_file[MAXPGPATH];
+	char		release_key_file[MAXPGPATH];	/* empty: not known */
 	char		last_applied[MAXPGPATH];	/* the server's private copy, if known */
 } KsPaths;
 
@@ -40,6 +41,11 @@ resolve_paths(const KsOptions *opt, KsPaths *p)
 	else
 		snprintf(p->secret_file, MAXPGPATH, "%s/pg_killswitch/signing.key", opt->pgdata);
 	snprintf(p->state_file, MAXPGPATH, "%s/%s", p->state_dir, KS_STATE_FILE_NAME);
+	p->release_key_file[0] = '\0';
+	if (opt->release_key_file)
+		strlcpy(p->release_key_file, opt->release_key_file, MAXPGPATH);
+	else if (opt->pgdata)
+		snprintf(p->release_key_file, MAXPGPATH, "%s/pg_killswitch/release.key", opt->pgdata);
 	p->last_applied[0] = '\0';
 	if (opt->pgdata)
 		snprintf(p->last_applied, MAXPGPATH, "%s/pg_killswitch/last_applied.json", opt->pgdata);
@@ -136,6 +142,34 @@ now_usec(void)
 	return (int64) tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
+/*
+ * The release key, which a file needs to lower the mode.  A release
+ * (needed) fails without it; any other write is signed with it when it can
+ * be read and goes without it otherwise (raising the mode needs only the
+ * shared secret).
+ */
+static bool
+release_key_load(const KsPaths *p, bool needed, char **key, size_t *len)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	*key = NULL;
+	*len = 0;
+	if (p->release_key_file[0] != '\0' &&
+		ks_secret_load(p->release_key_file, false, key, len, problem, sizeof(problem)))
+		return true;
+	if (!needed)
+		return true;
+	if (p->release_key_file[0] == '\0')
+		pg_log_error("a release needs the release key, and its file is not known");
+	else
+		pg_log_error("a release needs the release key: could not read \"%s\": %s",
+					 p->release_key_file, problem);
+	pg_log_error_hint("Give --release-key-file (default: DATADIR/pg_killswitch/release.key); "
+					  "a file that lowers the mode without it is judged tampering.");
+	return false;
+}
+
 /* engage and disengage: read, check, write the new state under the lock. */
 static int
 change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
@@ -149,6 +183,9 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	char		key_hex[KS_HEX_DIGEST_LEN + 1];
 	int			mode = opt->command == CMD_ENGAGE ? opt->mode : KS_DISENGAGED;
 	int64		generation = 0;
+	bool		lowers = false;
+	char	   *release_key;
+	size_t		release_keylen;
 	int			lockfd = ks_lock_dir(p->state_dir, problem, sizeof(problem));
 
 	if (lockfd < 0)
@@ -176,12 +213,22 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 			return KS_EXIT_ERROR;
 		}
 		generation = Max(cur.generation, 0);
+		lowers = mode < (int) cur.mode;
 	}
 	/* the server's own copy knows its generation, even if the file does not */
 	if (p->last_applied[0] &&
 		ks_state_read(p->last_applied, secret, secretlen, p->secret_file, true, 0,
 					  &held, problem, sizeof(problem)) == KS_FILE_VALID)
+	{
 		generation = Max(generation, held.generation);
+		lowers |= mode < (int) held.mode;
+	}
+	if (!release_key_load(p, lowers || opt->command == CMD_DISENGAGE,
+						  &release_key, &release_keylen))
+	{
+		ks_unlock_dir(lockfd);
+		return KS_EXIT_ERROR;
+	}
 
 	ks_state_init(&next);
 	ks_format_iso_utc(now_usec(), at, sizeof(at));
@@ -196,7 +243,8 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	next.affected_tasks = opt->affected;
 	next.source = "cli";
 	next.key_id = key_hex;
-	if (!ks_state_write(p->state_file, &next, secret, secretlen, problem, sizeof(problem)))
+	if (!ks_state_write(p->state_file, &next, secret, secretlen,
+						release_key, release_keylen, problem, sizeof(problem)))
 	{
 		ks_unlock_dir(lockfd);
 		pg_log_error("%s", problem);

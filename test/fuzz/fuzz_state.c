@@ -20,6 +20,7 @@
 extern void ks_fuzz_arena_reset(void);
 
 #define SECRET "fuzzing-secret"
+#define RELEASE_KEY "fuzzing-release-key"
 
 /* Abort (so libFuzzer reports the input) when a property fails. */
 #define CHECK(cond) do { if (!(cond)) { fprintf(stderr, "property failed: %s\n", #cond); abort(); } } while (0)
@@ -51,12 +52,24 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		KsState		back;
 
 		initStringInfo(&text);
-		CHECK(ks_state_file_text(&text, &st, SECRET, strlen(SECRET)));
+		CHECK(ks_state_file_text(&text, &st, SECRET, strlen(SECRET), NULL, 0));
 		CHECK(ks_state_from_text(text.data, text.len, SECRET, strlen(SECRET), NULL,
 								 true, &back, problem, sizeof(problem)) == KS_FILE_VALID);
 		CHECK(back.mode == st.mode && back.generation == st.generation);
 		CHECK(same_text(back.reason, st.reason) && same_text(back.triggered_by, st.triggered_by));
 		CHECK(same_text(back.engaged_at, st.engaged_at));
+		/* without a release key no release_signature; with one, it verifies */
+		CHECK(!ks_state_release_signed(&back, RELEASE_KEY, strlen(RELEASE_KEY), NULL,
+									   problem, sizeof(problem)));
+		resetStringInfo(&text);
+		CHECK(ks_state_file_text(&text, &st, SECRET, strlen(SECRET),
+								 RELEASE_KEY, strlen(RELEASE_KEY)));
+		CHECK(ks_state_from_text(text.data, text.len, SECRET, strlen(SECRET), NULL,
+								 true, &back, problem, sizeof(problem)) == KS_FILE_VALID);
+		CHECK(ks_state_release_signed(&back, RELEASE_KEY, strlen(RELEASE_KEY), NULL,
+									  problem, sizeof(problem)));
+		CHECK(!ks_state_release_signed(&back, SECRET, strlen(SECRET), NULL,
+									   problem, sizeof(problem)));
 	}
 
 	tree = ks_json_parse((const char *) data, size, problem, sizeof(problem));

@@ -185,12 +185,14 @@ release();
 
 # 8. A writer that rewrites the file in place is never judged mid-write:
 #    half a file, a pause shorter than killswitch.recheck_delay, the rest.
+#    The releases carry the release key's signature (test/t/100_release.pl).
 $before = tampers();
+my $release_key = ks_release_key($node);
 for my $i (1 .. 5)
 {
 	my $m = $i % 2 ? 'HALT_NONCRITICAL' : 'DISENGAGED';
-	my $t = signed_text(mode => $m, engaged_at => now_iso(), reason => "in place $i",
-		triggered_by => 'python');
+	my %o = (mode => $m, engaged_at => now_iso(), reason => "in place $i", triggered_by => 'python');
+	my $t = $m eq 'DISENGAGED' ? ks_release_signed_text($secret, $release_key, %o) : signed_text(%o);
 	open my $w, '+<', $file or die $!;
 	truncate $w, 0;
 	syswrite $w, substr($t, 0, 40);
