@@ -169,6 +169,82 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
     SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
 $$;
 
+-- The fleet's escape routes (DESIGN §6): every agent role (a member of
+-- killswitch_agent, directly or through other roles) that holds a power
+-- letting it around the switch — reading or writing the keys and the state
+-- file, making roles outside the fleet, or planting code others run.
+-- Roles are cluster-wide; functions are those of this database.
+CREATE FUNCTION killswitch.audit(OUT role name, OUT power text, OUT detail text)
+RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE agents(oid) AS (
+        SELECT m.member FROM pg_auth_members m JOIN pg_roles k ON k.oid = m.roleid
+        WHERE k.rolname = 'killswitch_agent'
+        UNION
+        SELECT m.member FROM pg_auth_members m JOIN agents a ON m.roleid = a.oid
+    ),
+    -- every role an agent is a member of, and whether it inherits its privileges
+    -- (in PostgreSQL 15 a member can always SET ROLE to it, so either counts)
+    memberships(agent, roleid, inherits) AS (
+        SELECT a.oid, m.roleid, r.rolinherit
+        FROM agents a JOIN pg_auth_members m ON m.member = a.oid JOIN pg_roles r ON r.oid = a.oid
+        UNION
+        SELECT ms.agent, m.roleid, ms.inherits AND r.rolinherit
+        FROM memberships ms JOIN pg_auth_members m ON m.member = ms.roleid
+             JOIN pg_roles r ON r.oid = ms.roleid
+    ),
+    powers(power, detail) AS (VALUES
+        ('pg_read_server_files', 'reads any file the server can (COPY FROM, pg_read_file): the signing secret and the release key'),
+        ('pg_write_server_files', 'writes any file the server can (COPY TO): the state file, the keys, postgresql.auto.conf'),
+        ('pg_execute_server_program', 'runs programs as the server''s operating-system user: everything the server can do'),
+        ('pg_write_all_data', 'writes every table, killswitch.critical_tasks included'),
+        ('killswitch_admin', 'manages the critical tasks (a release stays refused to agents)')
+    ),
+    findings(role, power, detail) AS (
+        SELECT r.oid, 'superuser', 'a superuser: every check is bypassed, every file readable, the keys included'
+        FROM pg_roles r JOIN agents a ON a.oid = r.oid WHERE r.rolsuper
+        UNION ALL
+        SELECT r.oid, 'bypassrls', 'BYPASSRLS: row-level security policies do not apply to it'
+        FROM pg_roles r JOIN agents a ON a.oid = r.oid WHERE r.rolbypassrls AND NOT r.rolsuper
+        UNION ALL
+        SELECT r.oid, 'createrole', 'CREATEROLE: can grant itself pg_write_server_files and the like, and make roles outside killswitch_agent'
+        FROM pg_roles r JOIN agents a ON a.oid = r.oid WHERE r.rolcreaterole AND NOT r.rolsuper
+        UNION ALL
+        SELECT r.oid, 'replication', 'REPLICATION: a base backup copies every file of the data directory, the keys included'
+        FROM pg_roles r JOIN agents a ON a.oid = r.oid WHERE r.rolreplication AND NOT r.rolsuper
+        UNION ALL
+        SELECT ms.agent, p.power,
+               CASE WHEN bool_or(ms.inherits) THEN 'member, with its privileges: '
+                    ELSE 'member, through SET ROLE: ' END || p.detail
+        FROM memberships ms JOIN pg_roles g ON g.oid = ms.roleid JOIN powers p ON p.power = g.rolname
+             JOIN pg_roles r ON r.oid = ms.agent
+        WHERE NOT r.rolsuper
+        GROUP BY ms.agent, p.power, p.detail
+        UNION ALL
+        -- not provably read-only: volatile, or in a language whose volatility is not enforced
+        SELECT f.proowner, 'security_definer_function',
+               format('owns SECURITY DEFINER function %s (%s, %s): code that runs with its rights in any session that calls it',
+                      f.oid::regprocedure,
+                      CASE f.provolatile WHEN 'v' THEN 'volatile' WHEN 's' THEN 'stable' ELSE 'immutable' END,
+                      l.lanname)
+        FROM pg_proc f JOIN agents a ON a.oid = f.proowner JOIN pg_language l ON l.oid = f.prolang
+        WHERE f.prosecdef AND (f.provolatile = 'v' OR l.lanname NOT IN ('sql', 'plpgsql'))
+    )
+    SELECT r.rolname, f.power, f.detail
+    FROM findings f JOIN pg_roles r ON r.oid = f.role
+    ORDER BY r.rolname, f.power, f.detail
+$$;
+COMMENT ON FUNCTION killswitch.audit() IS
+    'Agent roles holding powers that get around the kill switch (what ks_audit() shows)';
+
+CREATE FUNCTION @extschema@.ks_audit(OUT role name, OUT power text, OUT detail text)
+RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM killswitch.audit()
+$$;
+COMMENT ON FUNCTION @extschema@.ks_audit() IS
+    'Agent roles holding powers that get around the kill switch: superuser, BYPASSRLS, CREATEROLE, REPLICATION, server-file roles, writing SECURITY DEFINER functions';
+
 CREATE FUNCTION @extschema@.ks_status() RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
@@ -193,7 +269,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'unrecorded_change', s.unrecorded,
         'refused_claims', killswitch.refused_claims(),
         'watcher_checked_at', killswitch.iso_utc(s.watcher_checked_at),
-        'watcher_age_ms', round(extract(epoch FROM clock_timestamp() - s.watcher_checked_at) * 1000))
+        'watcher_age_ms', round(extract(epoch FROM clock_timestamp() - s.watcher_checked_at) * 1000),
+        'audit_findings', (SELECT count(*) FROM killswitch.audit()))
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';
@@ -256,3 +333,20 @@ REVOKE ALL ON FUNCTION @extschema@.ks_disengage(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.ks_disengage(text, text) TO killswitch_admin;
 REVOKE ALL ON FUNCTION killswitch.refuse_history_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION killswitch.critical_tasks_changed() FROM PUBLIC;
+
+-- Say at once if agent roles already hold powers that get around the switch
+-- (roles outlive the extension; the watcher warns about later ones).
+DO $audit$
+DECLARE
+    n bigint;
+    list text;
+BEGIN
+    SELECT count(*), string_agg(format('%s: %s', a.role, a.power), '; ' ORDER BY a.role, a.power)
+    INTO n, list FROM killswitch.audit() a;
+    IF n > 0 THEN
+        RAISE WARNING 'killswitch: % power(s) held by agent roles get around the kill switch', n
+            USING DETAIL = list,
+                  HINT = 'SELECT * FROM ks_audit() says what each allows; revoke them from the fleet.';
+    END IF;
+END
+$audit$;

@@ -165,6 +165,9 @@ extern void ks_release_key_for_writing(char **key, size_t *len);
 extern bool ks_release_authorized(const KsState *file, KsMode held,
 								  char *problem, size_t problemlen);
 
+/* audit.c: the watcher's look at the agent roles' powers */
+extern void ks_audit_watch(void);
+
 /* rights.c */
 extern Oid	ks_role_oid(const char *name);
 extern bool ks_role_is_agent(Oid roleid);

@@ -285,6 +285,7 @@ ks_worker_main(Datum arg)
 		seen = now;
 		if (duties_due())
 			run_duties_safely();
+		ks_audit_watch();
 		ks_alert_poll();
 		note_liveness();
 

@@ -1,0 +1,151 @@
+/*
+ * audit.c — the watcher's eye on the fleet's escape routes (DESIGN §6).
+ * killswitch.audit() (SQL, in the install script) lists agent roles that
+ * hold powers getting around the switch; ks_audit() shows it, ks_status()
+ * counts it, CREATE EXTENSION warns about it.  Here the watcher runs it
+ * every minute, and within a second of a change to roles, memberships or
+ * functions (a syscache invalidation), and logs a WARNING for each finding
+ * it has not logged before — so a power granted to an agent mid-incident
+ * is in the log at once, and an unchanged finding is not repeated every
+ * minute.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+/* How often to take in catalog changes, and to audit regardless. */
+#define KS_AUDIT_LOOK_MS 1000
+#define KS_AUDIT_EVERY_MS 60000
+
+static bool callbacks_registered = false;
+static bool catalog_changed = true;
+static TimestampTz last_look = 0;
+static TimestampTz last_audit = 0;
+
+/* The findings logged so far ("role\npower\ndetail"), in their own context. */
+static MemoryContext known_cxt = NULL;
+static List *known = NIL;
+
+/* Syscache callback: roles, memberships or functions changed. */
+static void
+catalog_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
+{
+	catalog_changed = true;
+}
+
+/* Is a finding among those already logged? */
+static bool
+is_known(const char *finding)
+{
+	ListCell   *lc;
+
+	foreach(lc, known)
+		if (strcmp((const char *) lfirst(lc), finding) == 0)
+			return true;
+	return false;
+}
+
+/* Run killswitch.audit(); WARNING for each new finding; remember them all. */
+static void
+audit_now(void)
+{
+	/* under the transaction until done, so that an error frees it */
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "killswitch audit",
+											  ALLOCSET_SMALL_SIZES);
+	List	   *found = NIL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT role::text, power, detail FROM killswitch.audit()", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not run killswitch.audit()");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *role = SPI_getvalue(row, desc, 1);
+		char	   *power = SPI_getvalue(row, desc, 2);
+		char	   *detail = SPI_getvalue(row, desc, 3);
+		char	   *finding = psprintf("%s\n%s\n%s", role, power, detail);
+		MemoryContext old;
+
+		if (!is_known(finding))
+			ereport(WARNING,
+					(errmsg("killswitch: agent role \"%s\" holds %s, which gets around the kill switch",
+							role, power),
+					 errdetail("%s", detail),
+					 errhint("SELECT * FROM ks_audit() lists every such power; revoke it from the fleet.")));
+		old = MemoryContextSwitchTo(cxt);
+		found = lappend(found, pstrdup(finding));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+
+	if (known_cxt != NULL)
+		MemoryContextDelete(known_cxt);
+	MemoryContextSetParent(cxt, TopMemoryContext);
+	known_cxt = cxt;
+	known = found;
+}
+
+/*
+ * From the watcher's loop: at most once a second, take in catalog changes
+ * (a transaction start processes invalidations), and — once the extension,
+ * and so killswitch.audit(), exists — audit when they touched roles,
+ * memberships or functions, or a minute has passed.  Errors are logged and
+ * the loop goes on: the audit only reports.
+ */
+void
+ks_audit_watch(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext ctx = CurrentMemoryContext;
+
+	if (!TimestampDifferenceExceeds(last_look, now, KS_AUDIT_LOOK_MS))
+		return;
+	last_look = now;
+	if (!callbacks_registered)
+	{
+		CacheRegisterSyscacheCallback(AUTHOID, catalog_changed_cb, (Datum) 0);
+		/* one cache of pg_auth_members hears of every change to it */
+		CacheRegisterSyscacheCallback(AUTHMEMMEMROLE, catalog_changed_cb, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, catalog_changed_cb, (Datum) 0);
+		callbacks_registered = true;
+	}
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (OidIsValid(get_extension_oid("killswitch", true)) &&
+			(catalog_changed || TimestampDifferenceExceeds(last_audit, now, KS_AUDIT_EVERY_MS)))
+		{
+			catalog_changed = false;
+			last_audit = now;
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pgstat_report_activity(STATE_RUNNING, "auditing the agent roles' powers");
+			audit_now();
+			PopActiveSnapshot();
+			pgstat_report_activity(STATE_IDLE, NULL);
+		}
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(ctx);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+}
