@@ -173,6 +173,13 @@ is(integrity(), 'ok', 'and is no tampering');
 is($rc, 1, 'an offline disengage without the release key is refused') or diag($err);
 like($err, qr/a release needs the release key/, 'saying why');
 $last = newest();
+($rc, $out, $err) = ks('-D', $pgdata, '--release-key-file', "$dir/nonexistent.key",
+	'engage', 'emergency', '--reason', 'no key needed', '--by', 'on-call');
+is($rc, 0, 'an offline engage needs only the shared secret') or diag($err);
+wait_judged($last, 'the engage the command wrote without the release key');
+is(mode(), 'emergency', 'it is applied');
+is(integrity(), 'ok', 'and trusted');
+$last = newest();
 ($rc, $out, $err) = ks('-D', $pgdata, 'disengage', '--reason', 'cli release', '--by', 'night-shift');
 is($rc, 0, 'an offline disengage with the release key') or diag($err);
 wait_judged($last, 'the release the command wrote');
