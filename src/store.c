@@ -195,11 +195,10 @@ ks_state_file_text(StringInfo out, const KsState *state,
 	KsJson	   *obj = state_object(state);
 	StringInfoData canon;
 	char		sig[KS_HEX_DIGEST_LEN + 1];
-	int			sorted[16];
-
-	/* the members keep pointers: these buffers live until the text is made */
+	/* the members point into these: they must live until the text is made */
 	char		release_key_id[17];
 	char		release_sig[KS_HEX_DIGEST_LEN + 1];
+	int			sorted[16];
 
 	if (release_key != NULL)
 	{
