@@ -253,6 +253,142 @@ nesting_depth(const char *text, size_t len)
 	return max;
 }
 
+/* The value of four hex digits, or -1 when they are not four hex digits. */
+static int
+hex4(const char *p, const char *end)
+{
+	int			v = 0;
+
+	if (end - p < 4)
+		return -1;
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = p[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v |= c - 'A' + 10;
+		else
+			return -1;
+	}
+	return v;
+}
+
+/*
+ * Turn every \uXXXX escape of a character beyond ASCII (a surrogate pair
+ * as one character) into its UTF-8 bytes, in place, before jsonapi sees
+ * the text.  Returns the new length, or -1 with a problem.
+ *
+ * Why ourselves: jsonapi's backend build decodes such an escape with
+ * pg_unicode_to_server(), into the *database* encoding.  The postmaster's
+ * is SQL_ASCII, where that conversion ERRORs (a FATAL: a server that does
+ * not start after ks_engage(..., 'café')), and a LATIN1 database would get
+ * LATIN1 bytes where the tree must hold UTF-8.  Reporting the database
+ * encoding as UTF-8 around pg_parse_json would also work, but would bend a
+ * global that error reporting and the client conversion read; decoding
+ * here costs one pass, gives the same UTF-8 in the backend, the postmaster
+ * and FRONTEND builds of every version, and can never ERROR.  jsonapi then
+ * sees only ASCII escapes, which it decodes alike in every encoding.
+ *
+ * Only bytes inside strings change (and only shrink: 6 or 12 bytes of
+ * escape become at most 4).  A JSON string cannot hide a quote, so this walk
+ * sees the strings the lexer sees, up to the lexer's first syntax error,
+ * where it stops anyway; escapes it does not understand are left for the
+ * lexer to reject.  \u0000 (which text cannot hold) and a lone surrogate
+ * are problems, like any other invalid JSON.
+ */
+static int
+decode_unicode_escapes(char *text, int len, char *problem, size_t problemlen)
+{
+	const char *end = text + len;
+	const char *in = text;
+	char	   *out = text;
+	bool		in_string = false;
+
+	while (in < end)
+	{
+		char		c = *in;
+
+		if (!in_string)
+		{
+			if (c == '"')
+				in_string = true;
+			*out++ = *in++;
+			continue;
+		}
+		if (c == '"')
+		{
+			in_string = false;
+			*out++ = *in++;
+			continue;
+		}
+		if (c != '\\' || in + 1 >= end)
+		{
+			*out++ = *in++;
+			continue;
+		}
+		if (in[1] == 'u')
+		{
+			int			unit = hex4(in + 2, end);
+			pg_wchar	cp = (pg_wchar) unit;
+			int			used = 6;
+
+			if (unit == 0)
+			{
+				snprintf(problem, problemlen, "string contains \\u0000");
+				return -1;
+			}
+			if (unit >= 0 && is_utf16_surrogate_first(cp))
+			{
+				int			second = (end - in >= 12 && in[6] == '\\' && in[7] == 'u')
+				? hex4(in + 8, end) : -1;
+
+				if (second < 0 || !is_utf16_surrogate_second((pg_wchar) second))
+				{
+					snprintf(problem, problemlen,
+							 "string contains a lone UTF-16 surrogate \\u%04x", unit);
+					return -1;
+				}
+				cp = surrogate_pair_to_codepoint(cp, (pg_wchar) second);
+				used = 12;
+			}
+			else if (unit >= 0 && is_utf16_surrogate_second(cp))
+			{
+				snprintf(problem, problemlen,
+						 "string contains a lone UTF-16 surrogate \\u%04x", unit);
+				return -1;
+			}
+			if (unit >= 0x80)
+			{
+				unicode_to_utf8(cp, (unsigned char *) out);
+				out += pg_utf_mblen((unsigned char *) out);
+				in += used;
+				continue;
+			}
+		}
+		/* any other escape (ASCII \uXXXX too) is the lexer's: copy it whole */
+		*out++ = *in++;
+		*out++ = *in++;
+	}
+	return (int) (out - text);
+}
+
+/*
+ * Problems are logged by the postmaster and stored as text in any database
+ * encoding: keep them ASCII (a syntax error quotes the file's bytes).
+ */
+static void
+ascii_only(char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char) *s >= 0x80 || (unsigned char) *s < 0x20)
+			*s = '?';
+}
+
 /*
  * Describe a syntax error.  Frontend builds of libpgcommon in some
  * distributions lack json_errdetail(), so there we name the position only.
@@ -280,6 +416,7 @@ ks_json_parse(const char *text, size_t len, char *problem, size_t problemlen)
 	KsJsonBuild b;
 	JsonParseErrorType err;
 	char	   *copy;
+	int			newlen;
 
 	if (memchr(text, '\0', len) != NULL)
 	{
@@ -296,6 +433,10 @@ ks_json_parse(const char *text, size_t len, char *problem, size_t problemlen)
 	copy = palloc(len + 1);
 	memcpy(copy, text, len);
 	copy[len] = '\0';
+	newlen = decode_unicode_escapes(copy, (int) len, problem, problemlen);
+	if (newlen < 0)
+		return NULL;
+	copy[newlen] = '\0';
 
 	memset(&b, 0, sizeof(b));
 	memset(&sem, 0, sizeof(sem));
@@ -307,11 +448,12 @@ ks_json_parse(const char *text, size_t len, char *problem, size_t problemlen)
 	sem.object_field_start = cb_field_start;
 	sem.scalar = cb_scalar;
 
-	lex = ks_make_json_lex(copy, (int) len);
+	lex = ks_make_json_lex(copy, newlen);
 	err = pg_parse_json(lex, &sem);
 	if (err != JSON_SUCCESS)
 	{
 		snprintf(problem, problemlen, "not valid JSON: %s", json_problem(err, lex));
+		ascii_only(problem);
 		return NULL;
 	}
 	if (b.problem != NULL)
