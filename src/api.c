@@ -163,7 +163,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[4] = TimestampTzGetDatum(since);
 	nulls[4] = since == 0;
 	/* a verdict's reason says what was wrong */
-	values[5] = CStringGetTextDatum(reason);
+	values[5] = CStringGetTextDatum(ks_utf8_to_db(reason));
 	nulls[5] = !(flags & KS_FLAG_TAMPERED);
 	values[6] = BoolGetDatum(ks_require_hmac);
 	values[7] = BoolGetDatum(unrecorded);

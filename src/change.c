@@ -37,7 +37,7 @@ static List *pending = NIL;
 /* The files as they were before the pre-commit write, to undo it. */
 static KsSaved saved;
 static bool files_written = false;
-/* Check a text argument: present, not blank, not too long. */
+/* A text argument in UTF-8: present, not blank, not too long. */
 static char *
 text_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool null_ok)
 {
@@ -61,7 +61,8 @@ text_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool null_ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be empty", name)));
-	utf8len = strlen(pg_server_to_any(s, strlen(s), PG_UTF8));
+	s = ks_text_to_utf8(s, name);
+	utf8len = strlen(s);
 	if (utf8len > KS_MAX_TEXT_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -244,7 +245,7 @@ ks_engage(PG_FUNCTION_ARGS)
 	reason = text_arg(fcinfo, 1, "reason", false);
 	by = text_arg(fcinfo, 2, "triggered_by", true);
 	if (by == NULL)
-		by = GetUserNameFromId(GetSessionUserId(), false);
+		by = ks_text_to_utf8(GetUserNameFromId(GetSessionUserId(), false), "the session user's name");
 	affected = PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3);
 	if (affected < 0)
 		ereport(ERROR,
@@ -264,7 +265,7 @@ ks_disengage(PG_FUNCTION_ARGS)
 	reason = text_arg(fcinfo, 0, "reason", false);
 	by = text_arg(fcinfo, 1, "triggered_by", true);
 	if (by == NULL)
-		by = GetUserNameFromId(GetSessionUserId(), false);
+		by = ks_text_to_utf8(GetUserNameFromId(GetSessionUserId(), false), "the session user's name");
 	PG_RETURN_DATUM(make_change(KS_DISENGAGED, reason, by, 0, true));
 }
 

@@ -41,7 +41,7 @@ typedef struct KsEventRow
 	TimestampTz at;
 	KsMode		mode;
 	int			previous_mode;	/* KS_NO_MODE for NULL */
-	char	   *reason;			/* server encoding */
+	char	   *reason;			/* database encoding, as the table holds it */
 	char	   *triggered_by;
 	int32		affected_tasks;
 	char	   *source;
@@ -244,8 +244,13 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	r.at = GetCurrentTimestamp();
 	r.mode = in->mode;
 	r.previous_mode = in->previous;
-	r.reason = (char *) in->reason;
-	r.triggered_by = (char *) in->triggered_by;
+	/*
+	 * The table holds text as this database shows it (a character it cannot
+	 * hold escaped), and the hash covers what the table holds, so auditors
+	 * re-derive it from the row alone; the file keeps the exact UTF-8.
+	 */
+	r.reason = ks_utf8_to_db(in->reason);
+	r.triggered_by = ks_utf8_to_db(in->triggered_by);
 	r.affected_tasks = in->affected_tasks;
 	r.source = (char *) in->source;
 	r.release_target = in->request ? (int) in->release_target : KS_NO_MODE;
@@ -306,8 +311,8 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	ks_state_init(file_state);
 	file_state->mode = r.mode;
 	file_state->engaged_at = pstrdup(at);
-	file_state->reason = pstrdup(to_utf8(r.reason));
-	file_state->triggered_by = pstrdup(to_utf8(r.triggered_by));
+	file_state->reason = pstrdup(in->reason);
+	file_state->triggered_by = pstrdup(in->triggered_by);
 	file_state->generation = r.generation;
 	file_state->previous_mode = r.previous_mode;
 	file_state->affected_tasks = r.affected_tasks;

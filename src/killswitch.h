@@ -131,6 +131,10 @@ extern TransactionId *ks_list_prepared_over(int *nover);
 extern void ks_count_refused_claim(void);
 extern uint64 ks_refused_claims(void);
 
+/* encoding.c: the kill switch's text is UTF-8; these cross to a database */
+extern char *ks_text_to_utf8(const char *s, const char *name);
+extern char *ks_utf8_to_db(const char *utf8);
+
 /* worker.c, watch.c */
 #define KS_NO_EMERGENCY (-1)
 extern void ks_worker_register(void);
@@ -196,7 +200,7 @@ typedef struct KsEventInput
 {
 	KsMode		mode;
 	int			previous;		/* KS_NO_MODE for none */
-	const char *reason;			/* server encoding */
+	const char *reason;			/* UTF-8 */
 	const char *triggered_by;
 	int32		affected_tasks;
 	const char *source;
@@ -214,7 +218,7 @@ extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *rea
 typedef struct KsChange
 {
 	KsMode		mode;
-	const char *reason;			/* server encoding */
+	const char *reason;			/* UTF-8 */
 	const char *triggered_by;
 	int32		affected_tasks;
 	const char *source;			/* sql, file, cli, tamper, release_request */

@@ -60,18 +60,24 @@ ks_require_loaded(void)
 				 errhint("Add 'killswitch' to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
-/* Copy UTF-8 text into a fixed buffer, cut on a character boundary. */
+/*
+ * Copy UTF-8 text into a fixed buffer, cut on a character boundary and
+ * before anything that is not UTF-8, so that shared memory holds UTF-8
+ * only whatever a caller passed.
+ */
 static void
 clip_utf8(char *dst, const char *src, size_t size)
 {
-	size_t		len;
+	int			len;
 
 	if (src == NULL)
 	{
 		dst[0] = '\0';
 		return;
 	}
-	len = pg_encoding_mbcliplen(PG_UTF8, src, strlen(src), size - 1);
+	len = strnlen(src, size);
+	len = pg_encoding_verifymbstr(PG_UTF8, src, len);
+	len = pg_encoding_mbcliplen(PG_UTF8, src, len, size - 1);
 	memcpy(dst, src, len);
 	dst[len] = '\0';
 }
@@ -125,20 +131,24 @@ ks_unix_usec_to_timestamptz(int64 usec)
 	return (TimestampTz) (usec - KS_EPOCH_SHIFT);
 }
 
-/* "Engaged by X: reason" for refusals, in the server encoding. */
+/*
+ * "Set by X: reason" for refusals, as this database shows it: a character
+ * its encoding cannot hold is escaped, so the refusal stays KS001 (and an
+ * emergency's FATAL stays FATAL) in every database.
+ */
 void
 ks_refusal_detail(char *buf, size_t len)
 {
-	char		reason[256];
-	char		by[64];
+	char		reason[sizeof(ks_shared->reason)];
+	char		by[sizeof(ks_shared->triggered_by)];
 
 	SpinLockAcquire(&ks_shared->mutex);
 	strlcpy(reason, ks_shared->reason, sizeof(reason));
 	strlcpy(by, ks_shared->triggered_by, sizeof(by));
 	SpinLockRelease(&ks_shared->mutex);
 	snprintf(buf, len, "Set by %s: %s",
-			 by[0] ? pg_any_to_server(by, strlen(by), PG_UTF8) : "(unknown)",
-			 reason[0] ? pg_any_to_server(reason, strlen(reason), PG_UTF8) : "(no reason given)");
+			 by[0] ? ks_utf8_to_db(by) : "(unknown)",
+			 reason[0] ? ks_utf8_to_db(reason) : "(no reason given)");
 }
 
 /* Wake the watcher (an emergency to act on, a table to reload). */

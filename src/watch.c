@@ -29,13 +29,13 @@ typedef struct KsVerdictAction
 	KsChange	change;
 } KsVerdictAction;
 
-/* Text from the file (UTF-8) in the server encoding, or a stand-in. */
+/* Text from the file, kept in UTF-8 like every change's, or a stand-in. */
 static const char *
 file_text(const char *utf8, const char *fallback)
 {
 	if (utf8 == NULL || utf8[0] == '\0')
 		return fallback;
-	return pg_any_to_server(utf8, strlen(utf8), PG_UTF8);
+	return utf8;
 }
 
 /* Fill a tamper action: never lower than held, at least halt_all unless kept. */
