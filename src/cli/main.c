@@ -10,8 +10,27 @@
 
 #include "common/logging.h"
 #include "getopt_long.h"
+#include "mb/pg_wchar.h"
 
 #include "cli.h"
+
+/*
+ * Is a text argument UTF-8?  The state file holds UTF-8, and so does what
+ * -d sends (client_encoding UTF8): other bytes are refused, not mangled.
+ */
+static bool
+utf8_arg(const char *s, const char *name)
+{
+	int			len;
+
+	if (s == NULL)
+		return true;
+	len = strlen(s);
+	if (pg_encoding_verifymbstr(PG_UTF8, s, len) == len)
+		return true;
+	pg_log_error("%s is not valid UTF-8", name);
+	return false;
+}
 
 /* Print usage. */
 static void
@@ -201,6 +220,8 @@ main(int argc, char **argv)
 	}
 	if (opt.by == NULL)
 		opt.by = os_user();
+	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by"))
+		exit(KS_EXIT_ERROR);
 
 	exit(opt.conninfo ? ks_cli_online(&opt) : ks_cli_offline(&opt));
 }

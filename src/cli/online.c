@@ -157,7 +157,8 @@ ks_cli_online(const KsOptions *opt)
 	PGconn	   *conn = PQconnectdb(opt->conninfo);
 	int			rc;
 
-	if (PQstatus(conn) != CONNECTION_OK)
+	/* our text is UTF-8 whatever the database's encoding: let it convert */
+	if (PQstatus(conn) != CONNECTION_OK || PQsetClientEncoding(conn, "UTF8") != 0)
 	{
 		pg_log_error("%s", PQerrorMessage(conn));
 		PQfinish(conn);

@@ -13,14 +13,26 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Encode qw(encode_utf8 decode_utf8);
 use IPC::Run;
+use JSON::PP;
 use KsTest;
 
 my ($python) = grep { -x $_ } map { "$_/python3" } split /:/, $ENV{PATH};
 plan skip_all => 'python3 is not installed' unless $python;
 my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
 
-# Every client speaks UTF-8; the server converts for LATIN1 databases.
+# Every client here speaks UTF-8; the server converts for LATIN1 databases.
+# Servers start without it: a postmaster takes PGCLIENTENCODING from its
+# environment as every session's default, which would hide a client (the
+# killswitch command) that does not say what it sends.
 $ENV{PGCLIENTENCODING} = 'UTF8';
+
+sub start_server
+{
+	my ($node) = @_;
+	local $ENV{PGCLIENTENCODING};
+	delete $ENV{PGCLIENTENCODING};
+	$node->start;
+}
 
 # What a database of this encoding shows of UTF-8 text: LATIN1 escapes
 # what it cannot hold as \uXXXX / \UXXXXXXXX; UTF8 and SQL_ASCII show it.
@@ -68,7 +80,7 @@ sub setup
 	$node->init(extra => [ "--encoding=$enc", '--locale=C' ]);
 	$node->append_conf('postgresql.conf',
 		"shared_preload_libraries = 'killswitch'\nrestart_after_crash = on\n");
-	$node->start;
+	start_server($node);
 	$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
 	$node->safe_psql('postgres', q{
 		CREATE ROLE bot LOGIN IN ROLE killswitch_agent;
@@ -143,7 +155,11 @@ sub run_cli
 {
 	my ($c, @args) = @_;
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ $cli, '-D', $c->{node}->data_dir, map { encode_utf8($_) } @args ],
+	# the command must say itself that it speaks UTF-8
+	local $ENV{PGCLIENTENCODING};
+	delete $ENV{PGCLIENTENCODING};
+	@args = ('-D', $c->{node}->data_dir, @args) unless $args[0] eq '-d';
+	IPC::Run::run([ $cli, map { encode_utf8($_) } @args ],
 		'>', \$out, '2>', \$err);
 	return ($? >> 8, $err);
 }
@@ -160,16 +176,31 @@ for my $c (@clusters)
 	# SQL can only send what the database holds
 	my ($r, $b) = $enc eq 'LATIN1' ? ($latin, $latin_by) : ($wide, $wide_by);
 
-	# 1. Through SQL, then the server's own file read back by the watcher.
+	# 1. Through SQL, then the server's own file read back by the watcher;
+	#    a listener gets the text as its database shows it.
+	my $listener = $node->background_psql('postgres');
+	$listener->query_safe('LISTEN killswitch');
 	sql($c, "SELECT ks_engage('halt_all', \$r\$$r\$r\$, \$b\$$b\$b\$)");
 	check_state($c, 'SQL engage', 'halt_all', $r, $b, 'sql');
 	is(sql($c, 'SELECT encode(convert_to(reason, \'UTF8\'), \'hex\') FROM killswitch.events ORDER BY id DESC LIMIT 1'),
 		hexu($r), "$c->{name}: the history holds the reason exactly");
+	my $heard = $listener->query_safe('SELECT 1');
+	$listener->quit;
+	my ($payload) = $heard =~ /with payload "(.*)" received from server process/s;
+	my $p = $payload ? decode_json($payload) : {};
+	is($p->{reason} // '', shown($enc, $r), "$c->{name}: the NOTIFY payload carries the reason exactly");
+	is($p->{triggered_by} // '', shown($enc, $b), "$c->{name}: and triggered_by");
+
+	# 1b. The killswitch command through a connection (it speaks UTF-8).
+	my ($orc, $oerr) = run_cli($c, '-d', $node->connstr('postgres'), 'engage', 'halt_all',
+		'--reason', "$r (-d)", '--by', $b);
+	is($orc, 0, "$c->{name}: killswitch -d engage with non-ASCII text") or diag($oerr);
+	check_state($c, 'CLI -d engage', 'halt_all', "$r (-d)", $b, 'sql');
 
 	# 2. A fast restart reads the file back (in the postmaster).
 	$node->stop('fast');
-	$node->start;
-	check_state($c, 'fast restart', 'halt_all', $r, $b, 'sql');
+	start_server($node);
+	check_state($c, 'fast restart', 'halt_all', "$r (-d)", $b, 'sql');
 
 	# 3. The killswitch command, offline while the server runs.
 	my ($rc, $err) = run_cli($c, 'engage', 'halt_all', '--reason', $wide, '--by', $wide_by);
@@ -180,7 +211,7 @@ for my $c (@clusters)
 
 	# 4. An immediate stop: the start reads the command's file.
 	$node->stop('immediate');
-	$node->start;
+	start_server($node);
 	check_state($c, 'immediate restart', 'halt_all', $wide, $wide_by, 'cli');
 
 	# 5. A Python writer asks for emergency.
@@ -231,6 +262,19 @@ for my $c (@clusters)
 	like($err, qr/ERROR:  22021: reason is not valid UTF-8/, 'SQL_ASCII: a reason that is not UTF-8 is refused clearly');
 	is(sql($c, "SELECT ks_mode() || ' ' || (ks_status()->>'generation')"), "disengaged $gen",
 		'and nothing changed');
+}
+
+# The command refuses text that is not UTF-8 rather than mangle it.
+{
+	my $c = $clusters[0];
+	my $before = slurp_file($c->{node}->data_dir . '/pg_killswitch/kill_switch_state.json');
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $cli, '-D', $c->{node}->data_dir, 'engage', 'halt_all', '--reason', "bad \xe9 latin1" ],
+		'>', \$out, '2>', \$err);
+	is($? >> 8, 1, 'killswitch: a --reason that is not UTF-8 is refused');
+	like($err, qr/--reason is not valid UTF-8/, 'with a clear message');
+	is(slurp_file($c->{node}->data_dir . '/pg_killswitch/kill_switch_state.json'), $before,
+		'and the file is unchanged');
 }
 
 $_->{node}->stop for @clusters;
