@@ -96,6 +96,7 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 					   TimestampTz since, const char *source,
 					   const char *reason, const char *triggered_by);
 extern void ks_refusal_detail(char *buf, size_t len);
+extern void ks_clip_utf8(char *dst, const char *src, size_t size);
 
 /* lists.c: shared lists of any length, under an LWLock */
 typedef enum KsListId

@@ -230,16 +230,17 @@ apply(const KsDecision *d)
 {
 	int64		since = 0;
 	TimestampTz at = GetCurrentTimestamp();
+	char		reason[sizeof(ks_shared->unrecorded_reason)];
 
 	if (d->state.engaged_at && ks_parse_iso(d->state.engaged_at, &since))
 		at = ks_unix_usec_to_timestamptz(since);
 
+	/* cut on a character boundary: a cut character would be recorded */
+	ks_clip_utf8(reason, d->state.reason ? d->state.reason : "applied at startup", sizeof(reason));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->unrecorded = d->record;
 	ks_shared->unrecorded_previous = d->previous == KS_NO_MODE ? KS_DISENGAGED : (KsMode) d->previous;
-	strlcpy(ks_shared->unrecorded_reason,
-			d->state.reason ? d->state.reason : "applied at startup",
-			sizeof(ks_shared->unrecorded_reason));
+	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
 	SpinLockRelease(&ks_shared->mutex);
 	ks_publish(d->state.mode, d->flags, d->state.generation, at,
 			   d->state.source ? d->state.source : "startup",

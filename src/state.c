@@ -65,8 +65,8 @@ ks_require_loaded(void)
  * before anything that is not UTF-8, so that shared memory holds UTF-8
  * only whatever a caller passed.
  */
-static void
-clip_utf8(char *dst, const char *src, size_t size)
+void
+ks_clip_utf8(char *dst, const char *src, size_t size)
 {
 	int			len;
 
@@ -102,8 +102,8 @@ ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 		flags &= ~KS_FLAG_TAMPERED;
 	/* prepared outside the spinlock, which guards only the copy */
 	strlcpy(src, source, sizeof(src));
-	clip_utf8(why, reason, sizeof(why));
-	clip_utf8(by, triggered_by, sizeof(by));
+	ks_clip_utf8(why, reason, sizeof(why));
+	ks_clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->since = since;
 	memcpy(ks_shared->source, src, sizeof(src));

@@ -202,13 +202,15 @@ ks_judge_file_without_history(const char *path)
 {
 	KsVerdictAction a = judge(path);
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	char		reason[sizeof(ks_shared->unrecorded_reason)];
 
 	if (!a.act)
 		return;
+	ks_clip_utf8(reason, a.change.reason, sizeof(reason));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->unrecorded = true;
 	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-	strlcpy(ks_shared->unrecorded_reason, a.change.reason, sizeof(ks_shared->unrecorded_reason));
+	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
 	SpinLockRelease(&ks_shared->mutex);
 	ks_publish(a.change.mode, a.change.flags, KS_WORD_GENERATION(word) + 1,
 			   GetCurrentTimestamp(), a.change.source,
