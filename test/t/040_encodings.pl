@@ -230,6 +230,25 @@ for my $c (@clusters)
 	like($lerr, qr/FATAL:  Kill switch engaged \(EMERGENCY\): login by agent "bot" refused/,
 		"$c->{name}: in emergency an agent login is refused");
 
+	# An agent role created since the emergency began is not in the list of
+	# logins to refuse: its first statement ends its session, FATAL KS001
+	# with the reason as each database shows it.
+	$node->safe_psql('postgres', 'CREATE ROLE latebot LOGIN IN ROLE killswitch_agent');
+	for my $d (@{ $c->{dbs} })
+	{
+		my ($db, $dbenc) = @$d;
+		my ($o, $e) = ('', '');
+		$node->psql($db, "\\set VERBOSITY verbose\nSELECT 1;",
+			stdout => \$o, stderr => \$e, extra_params => [ '-U', "latebot" ]);
+		$e = decode_utf8($e);
+		next if $e =~ /login by agent "latebot" refused/;	# listed after all: nothing to show
+		like($e, qr/FATAL:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "latebot" refused/,
+			"$c->{name}: in emergency an agent's statement in $db ($dbenc) ends its session with KS001");
+		my $detail = 'Set by ' . shown($dbenc, $pyby) . ': ' . shown($dbenc, $pyreason);
+		ok(index($e, "DETAIL:  $detail") >= 0, "$c->{name}: and the FATAL in $db ($dbenc) names the reason exactly")
+		  or diag("want: $detail\ngot: $e");
+	}
+
 	# 6. kill -9 of a backend: the crash restart re-reads the file.
 	my $bg = $node->background_psql('postgres', on_error_stop => 0);
 	my $pid = $bg->query_safe('SELECT pg_backend_pid()');
