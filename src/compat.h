@@ -31,6 +31,16 @@
 #define KS_HAVE_SHMEM_REQUEST_HOOK 1
 #endif
 
+/*
+ * A conversion that stops before an untranslatable character instead of
+ * raising it (pg_do_encoding_conversion_buf) exists from 14 on; before it,
+ * encoding.c escapes every character beyond ASCII where a database is not
+ * UTF-8.
+ */
+#if PG_VERSION_NUM >= 140000
+#define KS_HAVE_CONVERSION_NOERROR 1
+#endif
+
 /* MarkGUCPrefixReserved() replaced EmitWarningsOnPlaceholders() in 15. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)

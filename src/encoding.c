@@ -20,6 +20,7 @@
 #include "catalog/namespace.h"
 #include "mb/pg_wchar.h"
 
+#include "compat.h"
 #include "killswitch.h"
 
 /*
@@ -58,7 +59,8 @@ append_escaped(StringInfo out, pg_wchar cp)
 /*
  * The conversion from UTF-8 to this database's encoding, looked up once
  * (the encoding of a backend never changes); InvalidOid where none can be
- * looked up now (outside a transaction), and then nothing is converted.
+ * looked up now (outside a transaction) or used without erroring (before
+ * PostgreSQL 14), and then only ASCII is shown as it is.
  */
 static Oid
 utf8_to_db_proc(void)
@@ -66,11 +68,13 @@ utf8_to_db_proc(void)
 	static Oid	proc = InvalidOid;
 	static bool looked_up = false;
 
+#ifdef KS_HAVE_CONVERSION_NOERROR
 	if (!looked_up && IsTransactionState())
 	{
 		proc = FindDefaultConversionProc(PG_UTF8, GetDatabaseEncoding());
 		looked_up = true;
 	}
+#endif
 	return proc;
 }
 
@@ -83,8 +87,7 @@ static void
 append_converted(StringInfo out, const char *s, int len)
 {
 	int			enc = GetDatabaseEncoding();
-	Oid			proc = (enc == PG_UTF8 || enc == PG_SQL_ASCII) ? InvalidOid
-		: utf8_to_db_proc();
+	Oid			proc;
 	char	   *buf = NULL;
 
 	if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
@@ -92,6 +95,7 @@ append_converted(StringInfo out, const char *s, int len)
 		appendBinaryStringInfo(out, s, len);
 		return;
 	}
+	proc = utf8_to_db_proc();
 	if (OidIsValid(proc))
 		buf = palloc((size_t) len * MAX_CONVERSION_GROWTH + 1);
 	while (len > 0)
@@ -99,6 +103,7 @@ append_converted(StringInfo out, const char *s, int len)
 		int			done = 0;
 		int			n;
 
+#ifdef KS_HAVE_CONVERSION_NOERROR
 		if (OidIsValid(proc))
 		{
 			done = pg_do_encoding_conversion_buf(proc, PG_UTF8, enc,
@@ -111,6 +116,7 @@ append_converted(StringInfo out, const char *s, int len)
 			len -= done;
 		}
 		else
+#endif
 		{
 			/* ASCII is the same in every server encoding */
 			while (done < len && !IS_HIGHBIT_SET(s[done]))
