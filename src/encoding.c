@@ -65,17 +65,19 @@ append_escaped(StringInfo out, pg_wchar cp)
 static Oid
 utf8_to_db_proc(void)
 {
+#ifdef KS_HAVE_CONVERSION_NOERROR
 	static Oid	proc = InvalidOid;
 	static bool looked_up = false;
 
-#ifdef KS_HAVE_CONVERSION_NOERROR
 	if (!looked_up && IsTransactionState())
 	{
 		proc = FindDefaultConversionProc(PG_UTF8, GetDatabaseEncoding());
 		looked_up = true;
 	}
-#endif
 	return proc;
+#else
+	return InvalidOid;
+#endif
 }
 
 /*
