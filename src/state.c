@@ -141,14 +141,20 @@ ks_refusal_detail(char *buf, size_t len)
 {
 	char		reason[sizeof(ks_shared->reason)];
 	char		by[sizeof(ks_shared->triggered_by)];
+	char	   *full;
+	int			cut;
 
 	SpinLockAcquire(&ks_shared->mutex);
 	strlcpy(reason, ks_shared->reason, sizeof(reason));
 	strlcpy(by, ks_shared->triggered_by, sizeof(by));
 	SpinLockRelease(&ks_shared->mutex);
-	snprintf(buf, len, "Set by %s: %s",
-			 by[0] ? ks_utf8_to_db(by) : "(unknown)",
-			 reason[0] ? ks_utf8_to_db(reason) : "(no reason given)");
+	full = psprintf("Set by %s: %s",
+					by[0] ? ks_utf8_to_db(by) : "(unknown)",
+					reason[0] ? ks_utf8_to_db(reason) : "(no reason given)");
+	/* escapes lengthen it: cut whole characters of the database encoding */
+	cut = pg_mbcliplen(full, strlen(full), len - 1);
+	memcpy(buf, full, cut);
+	buf[cut] = '\0';
 }
 
 /* Wake the watcher (an emergency to act on, a table to reload). */

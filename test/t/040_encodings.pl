@@ -233,16 +233,17 @@ for my $c (@clusters)
 	# An agent role created since the emergency began is not in the list of
 	# logins to refuse: its first statement ends its session, FATAL KS001
 	# with the reason as each database shows it.
-	$node->safe_psql('postgres', 'CREATE ROLE latebot LOGIN IN ROLE killswitch_agent');
+	# one such role per database: once seen, a role may join the list
+	$node->safe_psql('postgres', "CREATE ROLE latebot_$_->[0] LOGIN IN ROLE killswitch_agent") for @{ $c->{dbs} };
 	for my $d (@{ $c->{dbs} })
 	{
 		my ($db, $dbenc) = @$d;
 		my ($o, $e) = ('', '');
 		$node->psql($db, "\\set VERBOSITY verbose\nSELECT 1;",
-			stdout => \$o, stderr => \$e, extra_params => [ '-U', "latebot" ]);
+			stdout => \$o, stderr => \$e, extra_params => [ '-U', "latebot_$db" ]);
 		$e = decode_utf8($e);
-		next if $e =~ /login by agent "latebot" refused/;	# listed after all: nothing to show
-		like($e, qr/FATAL:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "latebot" refused/,
+		next if $e =~ /login by agent "latebot_$db" refused/;	# listed after all: nothing to show
+		like($e, qr/FATAL:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "latebot_$db" refused/,
 			"$c->{name}: in emergency an agent's statement in $db ($dbenc) ends its session with KS001");
 		my $detail = 'Set by ' . shown($dbenc, $pyby) . ': ' . shown($dbenc, $pyreason);
 		ok(index($e, "DETAIL:  $detail") >= 0, "$c->{name}: and the FATAL in $db ($dbenc) names the reason exactly")
@@ -281,6 +282,29 @@ for my $c (@clusters)
 	like($err, qr/ERROR:  22021: reason is not valid UTF-8/, 'SQL_ASCII: a reason that is not UTF-8 is refused clearly');
 	is(sql($c, "SELECT ks_mode() || ' ' || (ks_status()->>'generation')"), "disengaged $gen",
 		'and nothing changed');
+}
+
+# A refusal's detail is cut to whole characters of the database encoding
+# when escapes lengthen it: here the cut falls in the middle of the
+# two-byte EUC_JP form of a kanji.
+{
+	my $c = $clusters[0];
+	my $node = $c->{node};
+	$node->safe_psql('postgres',
+		"CREATE DATABASE jp ENCODING 'EUC_JP' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+	$node->safe_psql('jp', 'CREATE TABLE t (x int); GRANT ALL ON t TO bot;');
+	my $by = "\x{1F916}" x 10;
+	my $reason = 'x' . ("\x{1F6A8}" x 36) . ("\x{6771}" x 36);
+	sql($c, "SELECT ks_engage('halt_all', \$r\$$reason\$r\$, \$b\$$by\$b\$)");
+	my ($out, $err) = ('', '');
+	$node->psql('jp', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1);",
+		stdout => \$out, stderr => \$err, extra_params => [ '-U', 'bot' ]);
+	$err = decode_utf8($err);
+	like($err, qr/ERROR:  KS001: /, 'EUC_JP: a long escaped refusal is still KS001');
+	my $full = 'Set by ' . ('\U0001F916' x 10) . ': x' . ('\U0001F6A8' x 36) . ("\x{6771}" x 36);
+	my ($detail) = $err =~ /DETAIL:  (.*)/;
+	$detail //= '';
+	is($detail, substr($full, 0, 470 + 20), 'and its detail is cut after the last whole character that fits');
 }
 
 # The command refuses text that is not UTF-8 rather than mangle it.
