@@ -24,6 +24,7 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -118,6 +119,7 @@ take_snapshot(Datum agent_oids, int64 generation, bool history)
 	Oid			argtypes[2] = {OIDARRAYOID, INT8OID};
 	Datum		values[2] = {agent_oids, Int64GetDatum(generation)};
 	char	   *json;
+	char	   *file_json;
 	char		path[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
 
@@ -125,9 +127,11 @@ take_snapshot(Datum agent_oids, int64 generation, bool history)
 		SPI_processed != 1)
 		elog(ERROR, "could not take the emergency snapshot");
 	json = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	/* the file, like the state file beside it, is UTF-8 whatever the database's encoding */
+	file_json = pg_server_to_any(json, strlen(json), PG_UTF8);
 
 	snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
-	if (!ks_write_file_durably(path, json, strlen(json), problem, sizeof(problem)))
+	if (!ks_write_file_durably(path, file_json, strlen(file_json), problem, sizeof(problem)))
 		ereport(WARNING, (errmsg("killswitch: could not write the emergency snapshot file"),
 						  errdetail("%s", problem)));
 	if (history)

@@ -14,6 +14,7 @@ use Test::More;
 use Encode qw(encode_utf8 decode_utf8);
 use IPC::Run;
 use JSON::PP;
+use Time::HiRes qw(usleep);
 use KsTest;
 
 my ($python) = grep { -x $_ } map { "$_/python3" } split /:/, $ENV{PATH};
@@ -151,6 +152,22 @@ sub check_history
 		FROM killswitch.events e}), 't', "$c->{name} $what: every hash re-derives with pgcrypto");
 }
 
+# The mode once the server accepts connections again after a crash: the
+# query goes with -c, since a refused connection could break psql's stdin.
+sub mode_after_crash
+{
+	my ($node) = @_;
+	for (1 .. 600)
+	{
+		my ($out, $err) = ('', '');
+		my $rc = $node->psql('postgres', '', stdout => \$out, stderr => \$err,
+			extra_params => [ '-c', 'SELECT ks_mode()' ]);
+		return $out if $rc == 0 && $out ne '';
+		usleep(100_000);
+	}
+	return 'not back';
+}
+
 sub run_cli
 {
 	my ($c, @args) = @_;
@@ -214,7 +231,13 @@ for my $c (@clusters)
 	start_server($node);
 	check_state($c, 'immediate restart', 'halt_all', $wide, $wide_by, 'cli');
 
-	# 5. A Python writer asks for emergency.
+	# 5. A Python writer asks for emergency, while an agent runs a query
+	#    with non-ASCII text: the snapshot file is UTF-8 all the same.
+	my $busy = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'bot' ]);
+	$busy->query_until(qr/started/, encode_utf8("\\echo started\nSELECT pg_sleep(60) /* r\x{e9}sum\x{e9} */;\n"));
+	ok($node->poll_query_until('postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE usename = 'bot' AND state = 'active'"),
+		"$c->{name}: an agent is busy");
 	my $pyreason = "\x{1F525} Python: caf\x{e9}\x{2028}\x{4e2d}\x{6587} \x7f\x02";
 	my $pyby = "gouverneur \x{20ac}";
 	my ($out, $perr);
@@ -224,9 +247,18 @@ for my $c (@clusters)
 	ok($node->poll_query_until('postgres', 'SELECT ks_mode()', 'emergency'),
 		"$c->{name}: the watcher applies a Python writer's emergency");
 	check_state($c, 'Python engage', 'emergency', $pyreason, $pyby, 'file');
+	eval { $busy->quit; };
+	my $snapfile = $node->data_dir . '/pg_killswitch/kill_switch_snapshot.json';
+	ok($node->poll_query_until('postgres', 'SELECT count(*) FROM killswitch.snapshots', '1'),
+		"$c->{name}: the emergency snapshot is taken");
+	my $snap = eval { JSON::PP->new->utf8->decode(slurp_file($snapfile)) };
+	ok($snap, "$c->{name}: the snapshot file is valid UTF-8 JSON") or diag($@);
+	ok((grep { ($_->{query} // '') =~ /r\x{e9}sum\x{e9}/ } @{ $snap->{sessions} // [] }),
+		"$c->{name}: and holds the agent's query text exactly");
 	my ($lout, $lerr) = ('', '');
-	$node->psql('postgres', 'SELECT 1',
-		stdout => \$lout, stderr => \$lerr, extra_params => [ '-U', 'bot' ]);
+	# the query goes with -c: a refused login could break the pipe of stdin
+	$node->psql('postgres', '',
+		stdout => \$lout, stderr => \$lerr, extra_params => [ '-U', 'bot', '-c', 'SELECT 1' ]);
 	like($lerr, qr/FATAL:  Kill switch engaged \(EMERGENCY\): login by agent "bot" refused/,
 		"$c->{name}: in emergency an agent login is refused");
 
@@ -239,8 +271,8 @@ for my $c (@clusters)
 	{
 		my ($db, $dbenc) = @$d;
 		my ($o, $e) = ('', '');
-		$node->psql($db, "\\set VERBOSITY verbose\nSELECT 1;",
-			stdout => \$o, stderr => \$e, extra_params => [ '-U', "latebot_$db" ]);
+		$node->psql($db, '', stdout => \$o, stderr => \$e,
+			extra_params => [ '-U', "latebot_$db", '-v', 'VERBOSITY=verbose', '-c', 'SELECT 1' ]);
 		$e = decode_utf8($e);
 		next if $e =~ /login by agent "latebot_$db" refused/;	# listed after all: nothing to show
 		like($e, qr/FATAL:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "latebot_$db" refused/,
@@ -255,8 +287,7 @@ for my $c (@clusters)
 	my $pid = $bg->query_safe('SELECT pg_backend_pid()');
 	kill 'KILL', $pid;
 	eval { $bg->quit; };
-	ok($node->poll_query_until('postgres', 'SELECT ks_mode()', 'emergency'),
-		"$c->{name}: the server is back after a crash restart, in emergency");
+	is(mode_after_crash($node), 'emergency', "$c->{name}: the server is back after a crash restart, in emergency");
 	check_state($c, 'crash restart', 'emergency', $pyreason, $pyby, 'file');
 
 	# 7. Released with non-ASCII text.
