@@ -1,9 +1,10 @@
 /*
  * agents.c — is this session an agent?  A session is one when its current
- * role or its session role is a member of killswitch_agent (directly or
- * through other roles, whatever INHERIT says), so that neither SET ROLE to a
- * granted non-agent role nor a SECURITY DEFINER function owned by one lifts
- * the halt.  The answer is cached per (current, session) role pair and
+ * role, its session role or the role it logged in as is a member of
+ * killswitch_agent (directly or through other roles, whatever INHERIT
+ * says), so that neither SET ROLE to a granted non-agent role, nor a
+ * SECURITY DEFINER function owned by one, nor SET SESSION AUTHORIZATION
+ * lifts the halt.  The answer is cached per (current, session) role pair and
  * forgotten whenever roles or memberships change.
  */
 #include "postgres.h"
@@ -55,7 +56,9 @@ ks_session_is_agent(void)
 		return cached_answer;
 	/* valid first: an invalidation arriving during the lookups clears it */
 	cache_valid = true;
-	answer = ks_role_is_agent(user) || (session != user && ks_role_is_agent(session));
+	answer = ks_role_is_agent(user) || (session != user && ks_role_is_agent(session)) ||
+		(OidIsValid(GetAuthenticatedUserId()) && GetAuthenticatedUserId() != session &&
+		 ks_role_is_agent(GetAuthenticatedUserId()));
 	cached_user = user;
 	cached_session = session;
 	cached_answer = answer;

@@ -330,8 +330,6 @@ undo_file_write(void)
 void
 ks_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-		ks_own_write_depth = 0;
 	if (pending == NIL)
 		return;
 	switch (event)

@@ -3,16 +3,26 @@
  * watcher, which commits wake at once, whether emergency came from SQL,
  * the file or the CLI, and again at start if the server comes up in it:
  *
- *   1. the snapshot: status, every agent session and the locks they hold,
- *      into killswitch.snapshots and kill_switch_snapshot.json beside the
- *      state file;
- *   2. every agent session ended, and agent logins refused from now on;
+ *   1. the snapshot: status, every agent session, the locks they hold and
+ *      the agents' prepared transactions, into killswitch.snapshots and
+ *      kill_switch_snapshot.json beside the state file;
+ *   2. the agent sessions that are doing something ended — running a
+ *      statement, in a transaction, or holding advisory locks — and the
+ *      agents' prepared transactions in this database rolled back.  Idle
+ *      sessions stay: enforce.c refuses their every statement with KS001,
+ *      which is what an agent behind a transaction pooler must see (a
+ *      pooler whose server connections are ended or whose logins are
+ *      refused leaves its clients hanging and turns them away after the
+ *      release).  Agent logins are refused only with
+ *      killswitch.refuse_agent_logins, from the list of agent role names
+ *      kept here;
  *   3. the alert: NOTIFY killswitch_alert, a WARNING in the log, and
  *      killswitch.alert_command, run with the details in environment
  *      variables (never in the shell text), bounded by
  *      killswitch.alert_timeout, never waited for.
  *
- * While the emergency lasts, agent sessions that appear are ended too.
+ * While the emergency lasts, agent sessions still doing something that
+ * began before it was published are ended too.
  */
 #include "postgres.h"
 
@@ -20,12 +30,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "access/twophase.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "killswitch.h"
@@ -33,6 +45,9 @@
 /* The alert command running, if any. */
 static pid_t alert_pid = 0;
 static TimestampTz alert_deadline = 0;
+
+/* Agents' prepared transactions in this database, to roll back after the tick. */
+static List *prepared_to_rollback = NIL;
 
 /* Agent roles: members of killswitch_agent, however indirect. */
 #define AGENT_ROLES_SQL \
@@ -110,7 +125,12 @@ ks_emergency_lists_role(const char *name)
 	"   'relation', l.relation, 'mode', l.mode, 'granted', l.granted," \
 	"   'transactionid', l.transactionid::text) ORDER BY l.pid), '[]'::jsonb)" \
 	"   FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid" \
-	"   WHERE a.usesysid = ANY ($1)))::text"
+	"   WHERE a.usesysid = ANY ($1))," \
+	" 'prepared', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(" \
+	"   'gid', p.gid, 'owner', p.owner, 'database', p.database, 'prepared', p.prepared," \
+	"   'transaction', p.transaction::text) ORDER BY p.prepared), '[]'::jsonb)" \
+	"   FROM pg_catalog.pg_prepared_xacts p JOIN pg_catalog.pg_roles r ON r.rolname = p.owner" \
+	"   WHERE r.oid = ANY ($1)))::text"
 
 /* Take the snapshot: a row in killswitch.snapshots (if there is a history) and the file. */
 static void
@@ -179,18 +199,110 @@ snapshot_or_warn(Datum agent_oids, int64 generation, bool history)
 	CurrentResourceOwner = owner;
 }
 
-/* End every agent session; return how many were signalled. */
+/*
+ * End the agent sessions that are doing something: running a statement or
+ * in a transaction that began before the emergency was published (later
+ * ones are being refused by enforce.c, and must see KS001 rather than a
+ * lost connection), or holding advisory locks.  A session whose transaction
+ * start is not known yet (starting up, or between its statement's start and
+ * its transaction's) began after the publication, or is ended at the next
+ * tick.  Without activity tracking (state "disabled"), every session.
+ * Returns how many were signalled.
+ */
 static int
-end_agent_sessions(Datum agent_oids)
+end_agent_sessions(Datum agent_oids, TimestampTz before)
+{
+	Oid			argtypes[2] = {OIDARRAYOID, TIMESTAMPTZOID};
+	Datum		values[2] = {agent_oids, TimestampTzGetDatum(before)};
+
+	if (SPI_execute_with_args("SELECT pg_catalog.pg_terminate_backend(a.pid) "
+							  "FROM pg_catalog.pg_stat_activity a "
+							  "WHERE a.usesysid = ANY ($1) AND a.pid <> pg_catalog.pg_backend_pid() "
+							  "AND ((a.state <> 'idle' AND a.xact_start < $2) OR a.state = 'disabled' "
+							  "  OR EXISTS (SELECT FROM pg_catalog.pg_locks l "
+							  "             WHERE l.pid = a.pid AND l.locktype = 'advisory'))",
+							  2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not end the agent sessions");
+	return (int) SPI_processed;
+}
+
+/*
+ * Note the agents' prepared transactions: those of this database are
+ * rolled back after the tick (ks_emergency_finish_prepared); those of other
+ * databases cannot be from here (a prepared transaction is finished from
+ * its own database), so they are named in the log.  While halted, agents
+ * cannot COMMIT PREPARED them (enforce.c).
+ */
+static void
+note_prepared(Datum agent_oids)
 {
 	Oid			argtypes[1] = {OIDARRAYOID};
 	Datum		values[1] = {agent_oids};
+	MemoryContext oldcxt;
 
-	if (SPI_execute_with_args("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-							  "WHERE usesysid = ANY ($1) AND pid <> pg_catalog.pg_backend_pid()",
-							  1, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not end the agent sessions");
-	return (int) SPI_processed;
+	if (SPI_execute_with_args("SELECT p.gid, p.database = pg_catalog.current_database(), p.database "
+							  "FROM pg_catalog.pg_prepared_xacts p "
+							  "JOIN pg_catalog.pg_roles r ON r.rolname = p.owner "
+							  "WHERE r.oid = ANY ($1) ORDER BY p.prepared",
+							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list the agents' prepared transactions");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *gid = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)))
+		{
+			oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+			prepared_to_rollback = lappend(prepared_to_rollback, pstrdup(gid));
+			MemoryContextSwitchTo(oldcxt);
+		}
+		else
+			ereport(WARNING,
+					(errmsg("killswitch: prepared transaction \"%s\" of an agent in database \"%s\" was not rolled back",
+							gid, SPI_getvalue(tup, desc, 3)),
+					 errdetail("A prepared transaction can only be finished from its own database; agents cannot commit it while halted."),
+					 errhint("Run ROLLBACK PREPARED '%s' in database \"%s\".",
+							 gid, SPI_getvalue(tup, desc, 3))));
+	}
+}
+
+/*
+ * Roll back the prepared transactions note_prepared() found, each in a
+ * transaction of its own as ROLLBACK PREPARED does; outside any transaction
+ * (the watcher, after its tick).  One that fails (finished meanwhile) is
+ * logged.
+ */
+void
+ks_emergency_finish_prepared(void)
+{
+	while (prepared_to_rollback != NIL)
+	{
+		char	   *gid = (char *) linitial(prepared_to_rollback);
+		MemoryContext ctx = CurrentMemoryContext;
+
+		prepared_to_rollback = list_delete_first(prepared_to_rollback);
+		PG_TRY();
+		{
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			FinishPreparedTransaction(gid, false);
+			CommitTransactionCommand();
+			ereport(LOG,
+					(errmsg("killswitch: prepared transaction \"%s\" of an agent rolled back", gid)));
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(ctx);
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+		}
+		PG_END_TRY();
+		pfree(gid);
+	}
 }
 
 /* Start killswitch.alert_command with the details in its environment. */
@@ -308,6 +420,7 @@ ks_emergency_tick(bool history)
 	int64		event_id = 0;
 	bool		first;
 	bool		request = false;
+	TimestampTz published_at;
 
 	if (KS_WORD_MODE(word) != KS_EMERGENCY)
 	{
@@ -318,6 +431,9 @@ ks_emergency_tick(bool history)
 		return;
 	}
 	first = ks_shared->emergency_handled != generation;
+	SpinLockAcquire(&ks_shared->mutex);
+	published_at = ks_shared->published_at;
+	SpinLockRelease(&ks_shared->mutex);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (first && history)
@@ -331,7 +447,9 @@ ks_emergency_tick(bool history)
 	agents = list_agent_roles();
 	if (first)
 		snapshot_or_warn(agents, generation, history);
-	ended = end_agent_sessions(agents);
+	ended = end_agent_sessions(agents, published_at);
+	if (first)
+		note_prepared(agents);
 	SPI_finish();
 	if (!first)
 		return;
@@ -341,6 +459,6 @@ ks_emergency_tick(bool history)
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
 					generation, ended),
-			 errdetail("Agent logins are refused until the kill switch is released.")));
+			 errdetail("Every statement of an agent is refused until the kill switch is released.")));
 	run_alert_command(generation, event_id, ended);
 }

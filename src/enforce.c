@@ -1,24 +1,42 @@
 /*
  * enforce.c — hard enforcement (DESIGN §8.3): members of killswitch_agent
  * are stopped by the server itself, in every database, whether they check
- * or not.  Decided at execution time (ExecutorStart, ProcessUtility), not
- * at parse time, so plans cached by PL/pgSQL cannot slip through:
+ * or not.  Decided when something runs, not when it is parsed, so plans
+ * cached by PL/pgSQL and cursors declared before the halt cannot slip
+ * through:
  *
- *   halt_noncritical   writes refused unless the session's killswitch.task
- *                      is a critical task granted to its role (tasks.c);
- *                      an ungranted claim is refused and recorded
- *   halt_all           the same (the reference rules let critical tasks on)
- *   emergency          every statement refused and the session ended; new
- *                      logins refused
+ *   halt_noncritical,  writes refused (unless the session's killswitch.task
+ *   halt_all           is a critical task granted to its role, tasks.c; an
+ *                      ungranted claim is refused and recorded):
+ *                      ExecutorStart and ExecutorRun
+ *                      (statements, EXPLAIN ANALYZE of CREATE TABLE AS,
+ *                      FETCH from a FOR UPDATE cursor), ProcessUtility
+ *                      (DDL, COPY to or from files, PREPARE TRANSACTION,
+ *                      COMMIT PREPARED, ...), the functions that write
+ *                      without a writing statement (writefuncs.c), and a
+ *                      backstop at commit: a transaction that holds a
+ *                      transaction id wrote something, whatever the path,
+ *                      and does not commit;
+ *   emergency          every statement refused with an ERROR (KS001); the
+ *                      watcher ends the sessions that were running
+ *                      something (emergency.c).  Logins stay open, so that
+ *                      a pooler in front of the agents keeps working and
+ *                      relays KS001 instead of hanging — unless
+ *                      killswitch.refuse_agent_logins asks otherwise.
  *
- * Non-agents pay one atomic read per statement while disengaged.
+ * The extension's own writes (an agent operator's ks_engage) are recognised
+ * by what they are (owner.c), never by a flag.  Non-agents pay one atomic
+ * read per statement while disengaged.
  */
 #include "postgres.h"
 
+#include "access/transam.h"
+#include "access/xact.h"
 #include "executor/executor.h"
 #include "libpq/auth.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "tcop/dest.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
 
@@ -27,28 +45,38 @@
 /* killswitch.task: the task this session claims to be doing. */
 char	   *ks_session_task = NULL;
 
-/* > 0 while the kill switch itself writes (ks_engage by an agent operator). */
-int			ks_own_write_depth = 0;
+/* The transaction id our own write (owner.c) was given in this transaction. */
+static TransactionId own_xid = InvalidTransactionId;
 
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+static ExecutorRun_hook_type prev_ExecutorRun = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static ClientAuthentication_hook_type prev_ClientAuthentication = NULL;
 
-/* Refuse, or in emergency end the session. */
-static void
-refuse_agent(KsMode mode, const char *what)
+/* The current mode, or disengaged when the library is not preloaded. */
+static inline KsMode
+mode_now(void)
+{
+	return ks_shared ? ks_current_mode() : KS_DISENGAGED;
+}
+
+/* Refuse an agent's action with KS001: the mode, the reason, who may release. */
+void
+ks_refuse_agent(KsMode mode, const char *what)
 {
 	char		detail[512];
-	const char *who = GetUserNameFromId(GetSessionUserId(), false);
+	/* the role that logged in: SET ROLE and SET SESSION AUTHORIZATION hide nothing */
+	const char *who = GetUserNameFromId(GetAuthenticatedUserId(), false);
 
 	ks_refusal_detail(detail, sizeof(detail));
-	ereport(mode == KS_EMERGENCY ? FATAL : ERROR,
+	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
 			 errmsg("Kill switch engaged (%s): %s by agent \"%s\" refused",
 					ks_mode_file_names[mode], what, who),
 			 errdetail("%s", detail),
 			 mode == KS_EMERGENCY
-			 ? errhint("Agent sessions are ended while the kill switch is in emergency.")
+			 ? errhint("Every statement of an agent is refused until a member of %s releases the kill switch.",
+					   KS_ROLE_ADMIN)
 			 : errhint("A member of %s may release it with ks_disengage().", KS_ROLE_ADMIN)));
 }
 
@@ -76,14 +104,14 @@ refuse_claim(KsMode mode, const char *task)
 }
 
 /*
- * May the session do what would write?  Only asked when the mode is not
- * disengaged; the agent check is cached.  An agent's claim to a critical
- * task counts only when the task is granted to its role.
+ * May the session do what would write, in this (engaged) mode?  Non-agents
+ * and the extension's own work may; an agent only for a critical task
+ * granted to its role, and never in emergency.  The agent check is cached.
  */
-static bool
-write_allowed(KsMode mode)
+bool
+ks_agent_may_write(KsMode mode)
 {
-	if (ks_own_write_depth > 0 || !ks_session_is_agent())
+	if (!ks_session_is_agent() || ks_in_owner_region())
 		return true;
 	if (mode == KS_EMERGENCY)
 		return false;
@@ -100,27 +128,38 @@ write_allowed(KsMode mode)
 	return false;
 }
 
-/* Does this execution write (or lock rows)? */
+/*
+ * Does this execution write (or lock rows)?  CREATE TABLE AS, SELECT INTO
+ * and CREATE MATERIALIZED VIEW (also under EXPLAIN ANALYZE) run a SELECT
+ * whose receiver fills a new relation.
+ */
 static bool
 execution_writes(QueryDesc *queryDesc)
 {
+	CommandDest dest = queryDesc->dest ? queryDesc->dest->mydest : DestNone;
+
 	return queryDesc->operation != CMD_SELECT ||
 		queryDesc->plannedstmt->hasModifyingCTE ||
-		queryDesc->plannedstmt->rowMarks != NIL;
+		queryDesc->plannedstmt->rowMarks != NIL ||
+		dest == DestIntoRel || dest == DestTransientRel;
+}
+
+/* Refuse an agent's execution that writes, or any in emergency. */
+static void
+check_execution(QueryDesc *queryDesc, KsMode mode)
+{
+	if ((mode == KS_EMERGENCY || execution_writes(queryDesc)) && !ks_agent_may_write(mode))
+		ks_refuse_agent(mode, mode == KS_EMERGENCY ? "any statement" : "a write");
 }
 
 /* ExecutorStart: refuse an agent's writes, and everything in emergency. */
 static void
 ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
-	KsMode		mode = ks_shared ? ks_current_mode() : KS_DISENGAGED;
+	KsMode		mode = mode_now();
 
 	if (unlikely(mode != KS_DISENGAGED) && !(eflags & EXEC_FLAG_EXPLAIN_ONLY))
-	{
-		if (mode == KS_EMERGENCY ? !write_allowed(mode)
-			: execution_writes(queryDesc) && !write_allowed(mode))
-			refuse_agent(mode, mode == KS_EMERGENCY ? "any statement" : "a write");
-	}
+		check_execution(queryDesc, mode);
 	if (prev_ExecutorStart)
 		prev_ExecutorStart(queryDesc, eflags);
 	else
@@ -128,58 +167,113 @@ ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
 }
 
 /*
- * Utility statements an agent may run while halted: reading, transaction
- * control, session settings (which lift nothing: enforcement does not read
- * them), cursors.  Statements they contain (EXECUTE, CALL, DO, EXPLAIN
- * ANALYZE, COPY (query) TO) are checked again by the executor.
+ * ExecutorRun: the same again, for executions started before the halt and
+ * run after it — a FETCH from a FOR UPDATE cursor declared earlier locks
+ * rows at each run.
+ */
+static void
+ks_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+			   bool execute_once)
+{
+	KsMode		mode = mode_now();
+
+	if (unlikely(mode != KS_DISENGAGED))
+		check_execution(queryDesc, mode);
+	if (prev_ExecutorRun)
+		prev_ExecutorRun(queryDesc, direction, count, execute_once);
+	else
+		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+}
+
+/*
+ * Utility statements an agent may run while halted.  In every mode: ending
+ * work (COMMIT — refused at commit if the transaction wrote —, ROLLBACK,
+ * ROLLBACK PREPARED), dropping session state (DISCARD, DEALLOCATE, CLOSE,
+ * UNLISTEN) and session settings (SET, RESET, SHOW: they lift nothing,
+ * enforcement does not read them) — what a pooler sends when it hands a
+ * server connection to a client, and drops the client when refused.  In
+ * halt_noncritical and halt_all also reading, cursors, BEGIN and
+ * savepoints, and COPY to the client.  Statements they contain (EXECUTE, CALL, DO, EXPLAIN
+ * ANALYZE, COPY (query) TO, FETCH) are checked again by the executor.
+ * Never: PREPARE TRANSACTION (it would keep the writes for later) and
+ * COMMIT PREPARED (a transaction prepared before the halt).
  */
 static bool
-utility_allowed_while_halted(Node *stmt)
+utility_allowed(Node *stmt, KsMode mode)
 {
 	switch (nodeTag(stmt))
 	{
 		case T_TransactionStmt:
+			switch (((TransactionStmt *) stmt)->kind)
+			{
+				case TRANS_STMT_COMMIT:
+				case TRANS_STMT_ROLLBACK:
+				case TRANS_STMT_ROLLBACK_TO:
+				case TRANS_STMT_RELEASE:
+				case TRANS_STMT_ROLLBACK_PREPARED:
+					return true;
+				case TRANS_STMT_PREPARE:
+				case TRANS_STMT_COMMIT_PREPARED:
+					return false;
+				default:
+					return mode != KS_EMERGENCY;
+			}
+		case T_DiscardStmt:
+		case T_DeallocateStmt:
+		case T_ClosePortalStmt:
+		case T_UnlistenStmt:
 		case T_VariableSetStmt:
 		case T_VariableShowStmt:
+			return true;
+		default:
+			break;
+	}
+	if (mode == KS_EMERGENCY)
+		return false;
+	switch (nodeTag(stmt))
+	{
 		case T_ListenStmt:
-		case T_UnlistenStmt:
 		case T_DeclareCursorStmt:
 		case T_FetchStmt:
-		case T_ClosePortalStmt:
 		case T_PrepareStmt:
 		case T_ExecuteStmt:
-		case T_DeallocateStmt:
 		case T_ExplainStmt:
-		case T_DiscardStmt:
 		case T_CallStmt:
 		case T_DoStmt:
 			return true;
 		case T_CopyStmt:
-			return !((CopyStmt *) stmt)->is_from;
+			/* COPY TO STDOUT only: a file or a program is a write */
+			return !((CopyStmt *) stmt)->is_from && ((CopyStmt *) stmt)->filename == NULL;
 		default:
 			return false;
 	}
 }
 
-/* ProcessUtility: refuse an agent's DDL, COPY FROM, LOAD, role changes... */
+/* What a refused utility statement was, for the message. */
+static const char *
+utility_name(Node *stmt)
+{
+	if (IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->filename != NULL)
+		return ((CopyStmt *) stmt)->is_program
+			? (((CopyStmt *) stmt)->is_from ? "COPY FROM PROGRAM" : "COPY TO PROGRAM")
+			: (((CopyStmt *) stmt)->is_from ? "COPY FROM a file" : "COPY TO a file");
+	return GetCommandTagName(CreateCommandTag(stmt));
+}
+
+/* ProcessUtility: refuse an agent's DDL, COPY to or from files, LOAD, 2PC, ... */
 static void
 ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 				  ProcessUtilityContext context, ParamListInfo params,
 				  QueryEnvironment *queryEnv, DestReceiver *dest,
 				  QueryCompletion *qc)
 {
-	KsMode		mode = ks_shared ? ks_current_mode() : KS_DISENGAGED;
+	KsMode		mode = mode_now();
 
-	if (unlikely(mode != KS_DISENGAGED))
-	{
-		bool		harmless = utility_allowed_while_halted(pstmt->utilityStmt);
-
-		/* in emergency even harmless statements end an agent's session */
-		if ((mode == KS_EMERGENCY || !harmless) && IsTransactionState() &&
-			!write_allowed(mode))
-			refuse_agent(mode, mode == KS_EMERGENCY ? "any statement"
-						 : psprintf("%s", GetCommandTagName(CreateCommandTag(pstmt->utilityStmt))));
-	}
+	/* outside a healthy transaction only ROLLBACK and the like can run */
+	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState() &&
+		!utility_allowed(pstmt->utilityStmt, mode) && !ks_agent_may_write(mode))
+		ks_refuse_agent(mode, mode == KS_EMERGENCY ? "any statement"
+						: utility_name(pstmt->utilityStmt));
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);
@@ -188,9 +282,63 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 								queryEnv, dest, qc);
 }
 
+/* Our own write (owner.c) was given this transaction id; the backstop lets it commit. */
+void
+ks_note_own_xid(TransactionId xid)
+{
+	own_xid = xid;
+}
+
 /*
- * ClientAuthentication: in emergency, refuse a login whose role is one of
- * the agent roles the watcher listed (no catalog access is possible here;
+ * The backstop, at commit and at PREPARE TRANSACTION: a transaction with a
+ * transaction id wrote something (a row, a row lock, a large object, a temp
+ * table, ...), by whatever path — also one nobody listed, and also writes
+ * made before the halt.  A halted agent's such transaction does not commit.
+ * A transaction id first given to our own write is not the agent's; writes
+ * the agent adds after it in the same transaction are caught by the checks
+ * above, not by this one.
+ */
+static void
+check_commit(bool prepare)
+{
+	KsMode		mode = mode_now();
+	TransactionId xid;
+
+	if (likely(mode == KS_DISENGAGED))
+		return;
+	xid = GetTopTransactionIdIfAny();
+	if (!TransactionIdIsValid(xid) || TransactionIdEquals(xid, own_xid))
+		return;
+	if (!ks_agent_may_write(mode))
+		ks_refuse_agent(mode, prepare ? "PREPARE TRANSACTION of a transaction that wrote"
+						: "the commit of a transaction that wrote");
+}
+
+/* Transaction callback: the backstop, and forgetting our own transaction id. */
+static void
+enforce_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			check_commit(false);
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			check_commit(true);
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			own_xid = InvalidTransactionId;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * ClientAuthentication: in emergency, with killswitch.refuse_agent_logins
+ * on, refuse a login whose role is one of the agent roles the watcher listed (no catalog access is possible here;
  * the list has no length limit and is read under a shared LWLock).  A role
  * missing from the list is stopped at its first statement.
  */
@@ -199,7 +347,8 @@ ks_ClientAuthentication(Port *port, int status)
 {
 	if (prev_ClientAuthentication)
 		prev_ClientAuthentication(port, status);
-	if (status == STATUS_OK && ks_shared && ks_current_mode() == KS_EMERGENCY &&
+	if (status == STATUS_OK && ks_refuse_agent_logins && ks_shared &&
+		ks_current_mode() == KS_EMERGENCY &&
 		ks_emergency_lists_role(port->user_name))
 		ereport(FATAL,
 				(errcode(ERRCODE_KILLSWITCH_ENGAGED),
@@ -209,14 +358,22 @@ ks_ClientAuthentication(Port *port, int status)
 						 KS_ROLE_ADMIN)));
 }
 
-/* Install the hooks; from _PG_init while preloading. */
+/*
+ * Install the hooks; from _PG_init while preloading.  Registered after the
+ * kill switch's own transaction callback, so that the backstop runs first
+ * and a refused commit writes no state file.
+ */
 void
 ks_enforce_init(void)
 {
 	prev_ExecutorStart = ExecutorStart_hook;
 	ExecutorStart_hook = ks_ExecutorStart;
+	prev_ExecutorRun = ExecutorRun_hook;
+	ExecutorRun_hook = ks_ExecutorRun;
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = ks_ProcessUtility;
 	prev_ClientAuthentication = ClientAuthentication_hook;
 	ClientAuthentication_hook = ks_ClientAuthentication;
+	RegisterXactCallback(enforce_xact_callback, NULL);
+	ks_writefuncs_init();
 }

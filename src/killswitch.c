@@ -26,6 +26,7 @@ int			ks_settle_ms = 50;
 int			ks_poll_interval = 100;
 char	   *ks_alert_command = NULL;
 int			ks_alert_timeout = 10000;
+bool		ks_refuse_agent_logins = false;
 int			ks_release_approvals = 1;
 int			ks_approval_timeout = 900;
 
@@ -108,6 +109,11 @@ define_settings(void)
 							NULL,
 							&ks_alert_timeout, 10000, 100, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomBoolVariable("killswitch.refuse_agent_logins",
+							 "In emergency, refuse the logins of agent roles.",
+							 "Off by default: logged-in agents can do nothing in emergency (every statement is refused with KS001), and a pooler whose server logins are refused leaves its clients hanging and turns them away after the release. Turn on only when agents never connect through a pooler.",
+							 &ks_refuse_agent_logins, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("killswitch.release_approvals",
 							"How many different administrators a release needs.",
 							"With 2, a release by one administrator is recorded as a request and takes effect when a second confirms it.",
@@ -144,9 +150,10 @@ _PG_init(void)
 	shmem_startup_hook = ks_shmem_startup_hook;
 
 	ks_worker_register();
-	ks_enforce_init();
 	ks_agents_init();
 	RegisterXactCallback(ks_xact_callback, NULL);
 	RegisterSubXactCallback(ks_subxact_callback, NULL);
+	/* after ks_xact_callback: callbacks run newest first, the backstop first */
+	ks_enforce_init();
 	ks_tasks_init();
 }

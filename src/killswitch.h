@@ -44,7 +44,7 @@ extern int	ks_poll_interval;
 extern char *ks_session_task;
 extern char *ks_alert_command;
 extern int	ks_alert_timeout;
-extern int	ks_own_write_depth;
+extern bool ks_refuse_agent_logins;
 
 /*
  * The fast copy.  word packs what every check reads, so that a reader gets
@@ -60,6 +60,7 @@ typedef struct KsShared
 	pg_atomic_uint64 word;
 	slock_t		mutex;
 	TimestampTz since;			/* when the current mode was set */
+	TimestampTz published_at;	/* when this server made it visible */
 	char		source[16];		/* what set it: sql, file, cli, startup, tamper */
 	char		reason[256];	/* the current state's reason, shortened, UTF-8 */
 	char		triggered_by[64];	/* and who set it */
@@ -185,10 +186,12 @@ typedef struct KsOwnerContext
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
+	bool		had_xid;		/* the transaction had an id before the region */
 } KsOwnerContext;
 extern Oid	ks_events_relid(void);
 extern void ks_owner_begin(KsOwnerContext *ctx);
 extern void ks_owner_end(KsOwnerContext *ctx);
+extern bool ks_in_owner_region(void);
 
 /* modetype.c */
 extern Oid	ks_mode_type_oid(void);
@@ -241,12 +244,17 @@ extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 /* state.c */
 extern void ks_wake_watcher(void);
 
-/* agents.c, enforce.c, emergency.c */
+/* agents.c, enforce.c, writefuncs.c, emergency.c */
 extern void ks_agents_init(void);
 extern bool ks_session_is_agent(void);
 extern void ks_enforce_init(void);
 extern bool ks_emergency_lists_role(const char *name);
+extern bool ks_agent_may_write(KsMode mode);
+extern void ks_refuse_agent(KsMode mode, const char *what) pg_attribute_noreturn();
+extern void ks_note_own_xid(TransactionId xid);
+extern void ks_writefuncs_init(void);
 extern void ks_emergency_tick(bool history);
+extern void ks_emergency_finish_prepared(void);
 extern void ks_alert_poll(void);
 extern void ks_notify_alert(int64 generation, int sessions_ended);
 extern uint64 ks_agent_roles_epoch;

@@ -9,6 +9,7 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 #include "killswitch.h"
 
@@ -95,6 +96,7 @@ ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	char		src[sizeof(ks_shared->source)];
 	char		why[sizeof(ks_shared->reason)];
 	char		by[sizeof(ks_shared->triggered_by)];
+	TimestampTz now = GetCurrentTimestamp();
 
 	if (ks_is_tamper_source(source))
 		flags |= KS_FLAG_TAMPERED;
@@ -106,6 +108,7 @@ ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	ks_clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->since = since;
+	ks_shared->published_at = now;
 	memcpy(ks_shared->source, src, sizeof(src));
 	memcpy(ks_shared->reason, why, sizeof(why));
 	memcpy(ks_shared->triggered_by, by, sizeof(by));

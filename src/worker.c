@@ -225,6 +225,8 @@ run_duties_safely(void)
 		AbortCurrentTransaction();
 	}
 	PG_END_TRY();
+	/* each in a transaction of its own, as ROLLBACK PREPARED */
+	ks_emergency_finish_prepared();
 }
 
 /* At exit: nobody should set a latch that is no longer ours. */
