@@ -1,7 +1,7 @@
 # Hard enforcement and the emergency (DESIGN §8.3, §9): members of
 # killswitch_agent are stopped by the server itself, whether they check or
 # not, and cannot lift their own halt; emergency snapshots, ends agent
-# sessions, refuses agent logins and alerts.
+# sessions that are busy, refuses every agent statement with KS001 and alerts.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -175,7 +175,15 @@ for my $m ('halt_all', 'emergency')
 sql("SELECT ks_disengage('before the emergency test', 'tester')");
 
 # 6. Emergency: 50 busy agent sessions, a snapshot of what they ran, all
-#    ended, logins refused, the alert with its environment.
+#    ended; an idle agent session stays, and it and new logins get KS001
+#    for every statement; one holding an advisory lock is ended; the alert
+#    with its environment.
+my $idle = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'bot' ]);
+$idle->query_safe('\set VERBOSITY verbose');
+my $idle_pid = $idle->query_safe('SELECT pg_backend_pid()');
+my $locker = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'bot' ]);
+my $locker_pid = $locker->query_safe('SELECT pg_backend_pid(), pg_advisory_lock(42)');
+$locker_pid =~ s/\|.*//;
 my @sessions;
 for my $i (1 .. 50)
 {
@@ -190,7 +198,7 @@ $node->poll_query_until('postgres',
 my $reason = q{stop now; $(touch injected) `touch injected2` "quoted" 'single'};
 my $t0 = time;
 $node->safe_psql('postgres', "SELECT ks_engage('emergency', \$r\$$reason\$r\$, 'tester')");
-$node->poll_query_until('postgres', "SELECT count(*) FROM pg_stat_activity WHERE usename = 'bot'", '0')
+$node->poll_query_until('postgres', "SELECT count(*) FROM pg_stat_activity WHERE usename = 'bot' AND pid <> $idle_pid", '0')
   or diag('agent sessions were not ended');
 my $elapsed = time - $t0;
 diag(sprintf('50 agent sessions ended %.0f ms after the emergency was committed', $elapsed * 1000));
@@ -198,15 +206,31 @@ cmp_ok($elapsed, '<', 5, '50 agent sessions are ended promptly (loose bound; the
 eval { $_->quit } for @sessions;
 
 my $snap = decode_json(sql('SELECT snapshot FROM killswitch.snapshots ORDER BY id DESC LIMIT 1'));
-is(scalar @{ $snap->{sessions} }, 50, 'the snapshot lists the 50 agent sessions');
+is(scalar @{ $snap->{sessions} }, 52, 'the snapshot lists the 52 agent sessions');
 is(scalar(grep { $_->{query} =~ /agent-task-\d+/ } @{ $snap->{sessions} }), 50,
 	'the snapshot holds what each session was running');
 ok(-f "$dir/kill_switch_snapshot.json", 'the snapshot is also written beside the state file');
 is($snap->{status}{mode}, 'emergency', 'the snapshot holds the kill switch status');
 
+is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $locker_pid"), '0',
+	'an idle agent session holding an advisory lock is ended');
+eval { $locker->quit };
+is(sql("SELECT state FROM pg_stat_activity WHERE pid = $idle_pid"), 'idle',
+	'an idle agent session is not ended (a pooler keeps its connection)');
+for my $try (1, 2)
+{
+	$idle->{stderr} = '';
+	$idle->query('SELECT 1;');
+	like($idle->{stderr}, qr/ERROR:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/,
+		"its statement is refused with an ERROR, KS001 (try $try)");
+}
+$idle->{stderr} = '';
+$idle->query("SELECT ks_mode();");
+like($idle->{stderr}, qr/KS001/, 'reading too');
 my ($rc, $err) = as_bot('SELECT 1');
-ok($rc != 0 && $err =~ /login by agent "bot" refused/, 'an agent login is refused during emergency') or diag($err);
-is($node->psql('postgres', 'SELECT 1'), 0, 'a non-agent login is not');
+ok($rc != 0 && $err =~ /ERROR:  Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/,
+	'a new agent login is accepted, and its statements refused') or diag($err);
+is($node->psql('postgres', 'SELECT 1'), 0, 'a non-agent is not');
 
 my $envfile = $node->data_dir . '/alert.env';
 for (1 .. 100) { last if -s $envfile; usleep(100_000); }
@@ -219,9 +243,13 @@ is($env{KS_EVENT_ID}, sql("SELECT id FROM killswitch.events WHERE mode = 'emerge
 ok(!-e $node->data_dir . '/injected' && !-e $node->data_dir . '/injected2',
 	'the reason text cannot inject into the shell command');
 
-# 7. After release, agents log in and write again.
+# 7. After release, agents log in and write again, and so does the idle session.
 sql("SELECT ks_disengage('all clear', 'tester')");
 allowed('INSERT INTO t VALUES (20)', 'an agent logs in and writes after release');
+$idle->{stderr} = '';
+$idle->query('INSERT INTO t VALUES (21);');
+is($idle->{stderr}, '', 'the idle session that stayed writes again at once');
+$idle->quit;
 
 # 8. A hanging alert command is bounded and never blocks the halt.
 $node->append_conf('postgresql.conf', "killswitch.alert_command = 'sleep 60'\nkillswitch.alert_timeout = 500\n");
