@@ -11,9 +11,11 @@ use Test::More;
 use Time::HiRes qw(usleep);
 use KsTest;
 
+# killswitch.refuse_agent_logins: section 9 checks the login list in emergency
 my $node = ks_node('lists', conf => qq(
 max_prepared_transactions = 5
 max_connections = 40
+killswitch.refuse_agent_logins = on
 ));
 
 sub sql { return $node->safe_psql('postgres', shift); }
