@@ -60,13 +60,28 @@ mode_now(void)
 	return ks_shared ? ks_current_mode() : KS_DISENGAGED;
 }
 
+/*
+ * The agent to name in a refusal: the session user if it is one, else the
+ * role that logged in (SET SESSION AUTHORIZATION hides nothing), else the
+ * current role.
+ */
+static const char *
+agent_name(void)
+{
+	Oid			session = GetSessionUserId();
+	Oid			login = GetAuthenticatedUserId();
+	Oid			who = ks_role_is_agent(session) ? session
+		: ks_role_is_agent(login) ? login : GetUserId();
+
+	return GetUserNameFromId(who, false);
+}
+
 /* Refuse an agent's action with KS001: the mode, the reason, who may release. */
 void
 ks_refuse_agent(KsMode mode, const char *what)
 {
 	char		detail[512];
-	/* the role that logged in: SET ROLE and SET SESSION AUTHORIZATION hide nothing */
-	const char *who = GetUserNameFromId(GetAuthenticatedUserId(), false);
+	const char *who = agent_name();
 
 	ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
