@@ -79,8 +79,9 @@ sub setup
 	my ($name, $enc, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(extra => [ "--encoding=$enc", '--locale=C' ]);
+	# refuse_agent_logins: section 5 checks the refused login's message too
 	$node->append_conf('postgresql.conf',
-		"shared_preload_libraries = 'killswitch'\nrestart_after_crash = on\n");
+		"shared_preload_libraries = 'killswitch'\nrestart_after_crash = on\nkillswitch.refuse_agent_logins = on\n");
 	start_server($node);
 	$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
 	$node->safe_psql('postgres', q{
@@ -263,8 +264,8 @@ for my $c (@clusters)
 		"$c->{name}: in emergency an agent login is refused");
 
 	# An agent role created since the emergency began is not in the list of
-	# logins to refuse: its first statement ends its session, FATAL KS001
-	# with the reason as each database shows it.
+	# logins to refuse: its statements are refused, ERROR KS001 with the
+	# reason as each database shows it.
 	# one such role per database: once seen, a role may join the list
 	$node->safe_psql('postgres', "CREATE ROLE latebot_$_->[0] LOGIN IN ROLE killswitch_agent") for @{ $c->{dbs} };
 	for my $d (@{ $c->{dbs} })
@@ -275,10 +276,10 @@ for my $c (@clusters)
 			extra_params => [ '-U', "latebot_$db", '-v', 'VERBOSITY=verbose', '-c', 'SELECT 1' ]);
 		$e = decode_utf8($e);
 		next if $e =~ /login by agent "latebot_$db" refused/;	# listed after all: nothing to show
-		like($e, qr/FATAL:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "latebot_$db" refused/,
-			"$c->{name}: in emergency an agent's statement in $db ($dbenc) ends its session with KS001");
+		like($e, qr/ERROR:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "latebot_$db" refused/,
+			"$c->{name}: in emergency an agent's statement in $db ($dbenc) is refused with KS001");
 		my $detail = 'Set by ' . shown($dbenc, $pyby) . ': ' . shown($dbenc, $pyreason);
-		ok(index($e, "DETAIL:  $detail") >= 0, "$c->{name}: and the FATAL in $db ($dbenc) names the reason exactly")
+		ok(index($e, "DETAIL:  $detail") >= 0, "$c->{name}: and the refusal in $db ($dbenc) names the reason exactly")
 		  or diag("want: $detail\ngot: $e");
 	}
 
