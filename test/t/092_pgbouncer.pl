@@ -46,6 +46,8 @@ logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 });
 my $bouncer = IPC::Run::start([ $pgbouncer, "$dir/pgbouncer.ini" ], '>', "$dir/out", '2>', "$dir/err");
+# stopped however the test ends, a failure included
+END { $bouncer->kill_kill if $bouncer; }
 $ENV{PGPASSWORD} = 'agent-secret';
 my @via = ('-d', "host=127.0.0.1 port=$bport dbname=postgres user=bot");
 for (1 .. 100)
@@ -114,5 +116,6 @@ unlike(slurp_file("$dir/pgbouncer.log"), qr/server login has been failing|login 
 
 eval { $_->quit } for (@clients, $new, $busy, $after);
 $bouncer->kill_kill;
+undef $bouncer;
 $node->stop;
 done_testing();
