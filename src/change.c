@@ -6,6 +6,12 @@
  * on a lock on killswitch.events held to commit, so the chain and the file
  * follow commit order.  A rollback, of the transaction or of a savepoint,
  * leaves no trace.
+ *
+ * The pre-commit write is a compare-and-swap (persist.c): if a program
+ * outside the database changed the file since the server last judged it,
+ * the change fails with a serialization failure rather than overwrite what
+ * nobody has seen, and the watcher applies and records the newcomer first;
+ * the client retries on top of it.
  */
 #include "postgres.h"
 
@@ -34,9 +40,11 @@ typedef struct KsPending
 
 /* This transaction's changes, oldest first, in TopTransactionContext. */
 static List *pending = NIL;
-/* The files as they were before the pre-commit write, to undo it. */
-static KsSaved saved;
-static bool files_written = false;
+/* What the pre-commit write did, to finish it at commit or undo it. */
+static KsWritten written;
+/* What the state file held when this transaction's changes were judged. */
+static KsExpect expect;
+
 /* A text argument in UTF-8: present, not blank, not too long. */
 static char *
 text_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool null_ok)
@@ -79,19 +87,35 @@ last_pending(void)
 	return pending == NIL ? NULL : (KsPending *) llast(pending);
 }
 
+/* A copy of a state in TopTransactionContext (the caller switched to it). */
+static KsState *
+copy_state(const KsState *st)
+{
+	KsState    *c = palloc(sizeof(KsState));
+
+	*c = *st;
+	c->engaged_at = st->engaged_at ? pstrdup(st->engaged_at) : NULL;
+	c->reason = st->reason ? pstrdup(st->reason) : NULL;
+	c->triggered_by = st->triggered_by ? pstrdup(st->triggered_by) : NULL;
+	c->source = st->source ? pstrdup(st->source) : NULL;
+	c->key_id = st->key_id ? pstrdup(st->key_id) : NULL;
+	return c;
+}
+
 /* Remember a recorded change for the commit callbacks. */
 static void
-push_pending(const KsState *file_state, int flags, bool recorded_startup)
+push_pending(const KsState *file_state, int flags, bool recorded_startup,
+			 const KsExpect *judged)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
 	KsPending  *p = palloc0(sizeof(KsPending));
 
-	p->state = *file_state;
-	p->state.engaged_at = pstrdup(file_state->engaged_at);
-	p->state.reason = pstrdup(file_state->reason);
-	p->state.triggered_by = pstrdup(file_state->triggered_by);
-	p->state.source = pstrdup(file_state->source);
-	p->state.key_id = pstrdup(file_state->key_id);
+	p->state = *copy_state(file_state);
+	/* a file the watcher judged may stand in for the state held */
+	if (judged && judged->judged)
+		expect.judged = copy_state(judged->judged);
+	if (judged && judged->untrusted)
+		expect.untrusted = true;
 	p->flags = flags;
 	p->nestlevel = GetCurrentTransactionNestLevel();
 	p->recorded_startup = recorded_startup;
@@ -99,10 +123,21 @@ push_pending(const KsState *file_state, int flags, bool recorded_startup)
 	MemoryContextSwitchTo(oldcxt);
 }
 
+/* Text from a state file (UTF-8, as events take it), or NULL if empty. */
+static const char *
+from_file_text(const char *utf8)
+{
+	if (utf8 == NULL || utf8[0] == '\0')
+		return NULL;
+	return utf8;
+}
+
 /*
  * Record the change made while the server started (a tamper verdict, a file
  * written while it was down), which killswitch.events lacks, with the
- * generation shared memory already carries.
+ * generation shared memory already carries.  The private copy holds that
+ * change whole (the file's reason, triggered_by, affected_tasks and
+ * source); shared memory only shortened, so it is the fallback.
  */
 static void
 record_startup_change(uint64 word, KsState *file_state)
@@ -111,6 +146,8 @@ record_startup_change(uint64 word, KsState *file_state)
 	char		reason[sizeof(ks_shared->unrecorded_reason)];
 	char		source[sizeof(ks_shared->source)];
 	char		by[sizeof(ks_shared->triggered_by)];
+	KsState		held;
+	char		problem[KS_PROBLEM_LEN];
 
 	memset(&in, 0, sizeof(in));
 	in.mode = KS_WORD_MODE(word);
@@ -126,6 +163,18 @@ record_startup_change(uint64 word, KsState *file_state)
 	/* whoever the state names: the file's writer, or the server itself */
 	in.triggered_by = by[0] ? by : "killswitch";
 	in.floor_generation = KS_WORD_GENERATION(word);
+	if (ks_read_held(&held, problem, sizeof(problem)) &&
+		held.generation == KS_WORD_GENERATION(word) && held.mode == in.mode)
+	{
+		/* the whole reason, unless the verdict wrapped it in its own words */
+		if (from_file_text(held.reason) &&
+			strncmp(held.reason, reason, strlen(reason)) == 0)
+			in.reason = from_file_text(held.reason);
+		if (from_file_text(held.triggered_by))
+			in.triggered_by = from_file_text(held.triggered_by);
+		if (held.affected_tasks >= 0 && held.affected_tasks <= PG_INT32_MAX)
+			in.affected_tasks = (int32) held.affected_tasks;
+	}
 	(void) ks_record_event(&in, file_state);
 }
 
@@ -145,6 +194,9 @@ ks_apply_change(const KsChange *c)
 	bool		recorded_startup = false;
 
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+	/* a change written before a crash is settled first, on the history */
+	if (ks_shared->unconfirmed)
+		ks_confirm_in_flight();
 	word = pg_atomic_read_u64(&ks_shared->word);
 	last = last_pending();
 
@@ -163,11 +215,13 @@ ks_apply_change(const KsChange *c)
 	in.source = c->source;
 	in.request = c->request;
 	in.release_target = c->release_target;
-	in.floor_generation = Max(KS_WORD_GENERATION(word),
-							  last ? last->state.generation : 0) + 1;
+	/* the next generation, or the one the file's writer gave (the CLI printed it) */
+	in.floor_generation = Max(Max(KS_WORD_GENERATION(word),
+								  last ? last->state.generation : 0) + 1,
+							  c->generation);
 	row = ks_record_event(&in, &file_state);
 	push_pending(&file_state, c->flags,
-				 recorded_startup || (last && last->recorded_startup));
+				 recorded_startup || (last && last->recorded_startup), &c->expect);
 	return row;
 }
 
@@ -183,7 +237,7 @@ ks_flush_unrecorded(void)
 	if (!ks_shared->unrecorded || pending != NIL)
 		return;
 	record_startup_change(word, &file_state);
-	push_pending(&file_state, KS_WORD_FLAGS(word), true);
+	push_pending(&file_state, KS_WORD_FLAGS(word), true, NULL);
 }
 
 /* A change asked for through SQL: check the caller's rights, then make it. */
@@ -217,6 +271,9 @@ make_change(KsMode mode, const char *reason, const char *triggered_by,
 	c.flags = 0;
 	c.request = false;
 	c.release_target = mode;
+	c.generation = 0;
+	c.expect.judged = NULL;		/* the file must hold what the server holds */
+	c.expect.untrusted = false;
 	if (mode < current && ks_release_approvals > 1)
 		return ks_release_with_approval(&c, current);
 	return ks_apply_change(&c);
@@ -274,22 +331,36 @@ static void
 reset_pending(void)
 {
 	pending = NIL;				/* its memory goes with TopTransactionContext */
-	files_written = false;
-	memset(&saved, 0, sizeof(saved));
+	memset(&written, 0, sizeof(written));
+	memset(&expect, 0, sizeof(expect));
 }
 
-/* Write the state file before commit; an error here aborts the transaction. */
+/*
+ * Write the state file before commit, by compare-and-swap; an error here
+ * aborts the transaction.  A newcomer in the file is PostgreSQL's
+ * write-write conflict: a serialization failure, which clients retry; the
+ * watcher is woken to apply and record the newcomer first.
+ */
 static void
 write_before_commit(void)
 {
 	KsPending  *last = last_pending();
 	char		problem[KS_PROBLEM_LEN];
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	bool		ok = ks_persist_state(&last->state, &saved, problem, sizeof(problem));
+	KsWriteResult r = ks_persist_state(&last->state, &expect, &written,
+									   problem, sizeof(problem));
 
 	MemoryContextSwitchTo(oldcxt);
-	files_written = true;
-	if (!ok)
+	if (r == KS_WRITE_CONFLICT)
+	{
+		ks_wake_watcher();
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("the kill switch state changed outside the database while this change was in flight"),
+				 errdetail("The state file holds a change the server has not applied yet; it was not overwritten."),
+				 errhint("The outside change is being applied; retry.")));
+	}
+	if (r != KS_WRITE_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_IO_ERROR),
 				 errmsg("could not write the kill switch state file"),
@@ -319,7 +390,7 @@ undo_file_write(void)
 {
 	char		problem[KS_PROBLEM_LEN];
 
-	if (!ks_restore_state_file(&saved, problem, sizeof(problem)))
+	if (!ks_persist_undo(&written, problem, sizeof(problem)))
 		ereport(WARNING,
 				(errmsg("could not restore the kill switch state file after an aborted change"),
 				 errdetail("%s", problem),
@@ -339,12 +410,13 @@ ks_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 			publish_at_commit();
+			ks_persist_commit(&written);
 			if (last_pending()->state.mode == KS_EMERGENCY)
 				ks_wake_watcher();	/* the emergency actions, now */
 			reset_pending();
 			break;
 		case XACT_EVENT_ABORT:
-			if (files_written)
+			if (written.marked)
 				undo_file_write();
 			reset_pending();
 			break;

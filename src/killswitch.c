@@ -22,7 +22,7 @@ char	   *ks_state_dir = NULL;
 char	   *ks_secret_file = NULL;
 bool		ks_require_hmac = true;
 char	   *ks_database = NULL;
-int			ks_settle_ms = 50;
+int			ks_recheck_delay = 50;
 int			ks_poll_interval = 100;
 char	   *ks_alert_command = NULL;
 int			ks_alert_timeout = 10000;
@@ -87,7 +87,7 @@ define_settings(void)
 	DefineCustomIntVariable("killswitch.recheck_delay",
 							"Pause before reading a bad-looking state file again.",
 							"A writer that rewrites the file in place may be caught mid-write; only a second bad read counts.",
-							&ks_settle_ms, 50, 0, 5000,
+							&ks_recheck_delay, 50, 0, 5000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("killswitch.poll_interval",
 							"How often the watcher looks at the state file.",

@@ -39,7 +39,7 @@ extern char *ks_secret_file;
 extern char *ks_release_key_file;
 extern bool ks_require_hmac;
 extern char *ks_database;
-extern int	ks_settle_ms;
+extern int	ks_recheck_delay;
 extern int	ks_poll_interval;
 extern char *ks_session_task;
 extern char *ks_alert_command;
@@ -68,6 +68,8 @@ typedef struct KsShared
 	bool		unrecorded;
 	KsMode		unrecorded_previous;
 	char		unrecorded_reason[KS_PROBLEM_LEN + 64];
+	/* a change written before a crash whose commit the watcher must confirm */
+	bool		unconfirmed;
 	TimestampTz watcher_checked_at;	/* when the watcher last looked at the file */
 	Latch	   *watcher_latch;	/* to wake the watcher at once */
 	int64		emergency_handled;	/* emergency generation whose actions ran */
@@ -144,26 +146,52 @@ extern void ks_judge_file(const char *path);
 extern void ks_judge_file_without_history(const char *path);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
+extern void ks_confirm_in_flight(void);
 
 /* startup.c */
 extern void ks_load_at_startup(void);
 
 /* persist.c */
+/* The mark of a change written to the state file whose commit is not known. */
+#define KS_IN_FLIGHT_FILE KS_PRIVATE_DIR "/in_flight.json"
 extern void ks_state_file_path(char *buf, size_t len);
 extern bool ks_backend_secret(char **secret, size_t *len, char *problem, size_t problemlen);
 extern void ks_key_id(const char *secret, size_t len, char *buf);
-/* Bytes of the state file and the private copy before a write. */
-typedef struct KsSaved
+/* A readable file against the state held. */
+typedef enum KsOrder
 {
-	char	   *state;
-	size_t		state_len;
-	char	   *copy;
-	size_t		copy_len;
-} KsSaved;
-extern bool ks_persist_state(const KsState *state, KsSaved *saved,
-							 char *problem, size_t problemlen);
-extern bool ks_restore_state_file(const KsSaved *saved,
-								  char *problem, size_t problemlen);
+	KS_OLDER,					/* a replay */
+	KS_SAME,					/* what the server holds */
+	KS_NEWER					/* a change to judge */
+} KsOrder;
+extern KsOrder ks_compare_to_held(const KsState *file, const KsState *held);
+extern bool ks_read_held(KsState *held, char *problem, size_t problemlen);
+/* What a writer last judged the state file to hold (compare-and-swap). */
+typedef struct KsExpect
+{
+	const KsState *judged;		/* the file as the watcher judged it, or NULL */
+	bool		untrusted;		/* a verdict on a missing or untrusted file */
+} KsExpect;
+/* What a pre-commit write did, for the commit or the undo. */
+typedef struct KsWritten
+{
+	char	   *before;			/* the state file's bytes before, or NULL */
+	size_t		before_len;
+	char	   *text;			/* what this change wrote */
+	size_t		text_len;
+	bool		marked;			/* the in-flight mark was written */
+	bool		file_written;	/* and the state file */
+} KsWritten;
+typedef enum KsWriteResult
+{
+	KS_WRITE_OK,
+	KS_WRITE_CONFLICT,			/* an outside change nobody has judged yet */
+	KS_WRITE_FAILED
+} KsWriteResult;
+extern KsWriteResult ks_persist_state(const KsState *state, const KsExpect *expect,
+									  KsWritten *w, char *problem, size_t problemlen);
+extern void ks_persist_commit(const KsWritten *w);
+extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
 
 /* release.c: the release credential */
 extern void ks_release_key_prepare(void);
@@ -229,6 +257,8 @@ typedef struct KsChange
 	int			flags;			/* KS_FLAG_* to publish */
 	bool		request;		/* a release request: mode unchanged */
 	KsMode		release_target; /* the mode the request asks for */
+	int64		generation;		/* the file's own generation, or 0: the next */
+	KsExpect	expect;			/* what the file held when judged (watcher) */
 } KsChange;
 extern Datum ks_apply_change(const KsChange *change);
 

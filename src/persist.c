@@ -1,7 +1,21 @@
 /*
  * persist.c — the server's side of the state file: where it is, the secret
- * that signs it, and writing it (with the server's private copy of the last
- * state it applied) under the writers' lock.
+ * that signs it, and writing it under the writers' lock by compare-and-swap,
+ * so that no outside change is ever overwritten unseen.
+ *
+ * Three files in the private directory and the state directory tell, after
+ * a crash at any instant, whether a change had committed:
+ *
+ *   last_applied.json   the newest state known to have committed (the copy)
+ *   in_flight.json      a change written to the state file whose commit is
+ *                       not yet known (the mark): written before the state
+ *                       file at pre-commit, removed at commit or abort
+ *   kill_switch_state.json   the state file every program shares
+ *
+ * The copy is rewritten at commit, not before: so it never runs ahead of
+ * the history, and a crash between the pre-commit write and the commit
+ * record leaves the mark for the server to check against killswitch.events
+ * (startup.c, ks_confirm_in_flight()).
  */
 #include "postgres.h"
 
@@ -41,6 +55,48 @@ ks_key_id(const char *secret, size_t len, char *buf)
 	strlcpy(buf, hex, 17);
 }
 
+/* The time of a state in microseconds since 1970, or false if it has none. */
+static bool
+state_time(const KsState *st, int64 *usec)
+{
+	return st->engaged_at != NULL && ks_parse_iso(st->engaged_at, usec);
+}
+
+/*
+ * Compare a readable file with the state the server holds: the same state,
+ * an older one (a replay), or a newer one.  A file with a generation is
+ * placed by it; one without (the reference library's) by its engaged_at,
+ * and a file that was never engaged (engaged_at null) is older than any
+ * held state that was, the same as one that was not.  The one rule for the
+ * postmaster at start, the watcher, and the compare-and-swap of a writer.
+ */
+KsOrder
+ks_compare_to_held(const KsState *file, const KsState *held)
+{
+	int64		f,
+				h;
+	bool		fhas = state_time(file, &f);
+	bool		hhas = state_time(held, &h);
+
+	if (file->generation >= 0)
+	{
+		if (file->generation < held->generation)
+			return KS_OLDER;
+		if (file->generation > held->generation)
+			return KS_NEWER;
+		/* same generation: only the state we hold is the same */
+		return file->mode == held->mode && fhas == hhas && (!fhas || f == h)
+			? KS_SAME : KS_NEWER;
+	}
+	if (!fhas)
+		return hhas ? KS_OLDER : (file->mode == held->mode ? KS_SAME : KS_NEWER);
+	if (!hhas)
+		return KS_NEWER;
+	if (f < h)
+		return KS_OLDER;
+	return f == h && file->mode == held->mode ? KS_SAME : KS_NEWER;
+}
+
 /* Read a file's bytes if it exists; NULL otherwise. */
 static char *
 read_if_present(const char *path, size_t *len)
@@ -53,13 +109,54 @@ read_if_present(const char *path, size_t *len)
 	return data;
 }
 
-/*
- * Write the state file and the private copy, signed, under the writers'
- * lock.  *saved receives what was there before, for
- * ks_restore_state_file().
- */
+/* Read the server's private copy of the newest committed state. */
 bool
-ks_persist_state(const KsState *state, KsSaved *saved,
+ks_read_held(KsState *held, char *problem, size_t problemlen)
+{
+	char	   *secret;
+	size_t		secretlen;
+
+	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
+		return false;
+	return ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
+						 true, 0, held, problem, problemlen) == KS_FILE_VALID;
+}
+
+/*
+ * Does the state file still hold what the writer last judged?  Either the
+ * state the server holds (its copy), or the file the watcher judged
+ * (expect->judged), or — for a verdict on an untrusted file — a file that
+ * is still missing or untrusted.  Anything else is a newcomer nobody has
+ * judged yet.
+ */
+static bool
+file_as_expected(const char *path, const KsExpect *expect,
+				 const char *secret, size_t secretlen)
+{
+	KsState		file,
+				held;
+	KsVerdict	v;
+	char		problem[KS_PROBLEM_LEN];
+
+	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
+					  0, &file, problem, sizeof(problem));
+	if (v == KS_FILE_MISSING || v == KS_FILE_BAD)
+		return expect->untrusted;
+	if (expect->judged && ks_compare_to_held(&file, expect->judged) == KS_SAME)
+		return true;
+	return ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
+						 true, 0, &held, problem, sizeof(problem)) == KS_FILE_VALID &&
+		ks_compare_to_held(&file, &held) == KS_SAME;
+}
+
+/*
+ * The pre-commit write, by compare-and-swap under the writers' lock: if the
+ * state file still holds what was last judged, mark the change in flight
+ * and write the state file; otherwise write nothing and report the
+ * conflict.  *w receives what the commit or the undo needs.
+ */
+KsWriteResult
+ks_persist_state(const KsState *state, const KsExpect *expect, KsWritten *w,
 				 char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
@@ -67,46 +164,115 @@ ks_persist_state(const KsState *state, KsSaved *saved,
 	size_t		secretlen;
 	char	   *release_key;
 	size_t		release_keylen;
+	StringInfoData text;
 	int			lockfd;
-	bool		ok;
+	KsWriteResult result = KS_WRITE_FAILED;
 
-	memset(saved, 0, sizeof(KsSaved));
-
+	memset(w, 0, sizeof(KsWritten));
 	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
-		return false;
+		return KS_WRITE_FAILED;
 	ks_release_key_for_writing(&release_key, &release_keylen);
+	initStringInfo(&text);
+	if (!ks_state_file_text(&text, state, secret, secretlen, release_key, release_keylen))
+	{
+		snprintf(problem, problemlen, "could not compute HMAC-SHA256");
+		return KS_WRITE_FAILED;
+	}
 	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	if (lockfd < 0)
-		return false;
-	saved->state = read_if_present(path, &saved->state_len);
-	saved->copy = read_if_present(KS_LAST_APPLIED_FILE, &saved->copy_len);
-	ok = ks_state_write(path, state, secret, secretlen, release_key, release_keylen,
-						problem, problemlen) &&
-		ks_state_write(KS_LAST_APPLIED_FILE, state, secret, secretlen,
-					   release_key, release_keylen, problem, problemlen);
+		return KS_WRITE_FAILED;
+	if (!file_as_expected(path, expect, secret, secretlen))
+	{
+		snprintf(problem, problemlen, "the state file changed outside the database");
+		result = KS_WRITE_CONFLICT;
+	}
+	else
+	{
+		w->before = read_if_present(path, &w->before_len);
+		w->text = text.data;
+		w->text_len = text.len;
+		/* the mark first: a state file without it would look committed */
+		w->marked = ks_write_file_durably(KS_IN_FLIGHT_FILE, text.data, text.len,
+										  problem, problemlen);
+		if (w->marked)
+			w->file_written = ks_write_file_durably(path, text.data, text.len,
+													problem, problemlen);
+		if (w->file_written)
+			result = KS_WRITE_OK;
+	}
 	ks_unlock_dir(lockfd);
-	return ok;
+	return result;
 }
 
-/* Put back both files as ks_persist_state() found them. */
+/*
+ * At commit: the change is history now, so the copy learns it and the mark
+ * goes.  Never an error (the transaction has committed): a failure leaves
+ * the mark, which costs a short fail-closed window at the next start until
+ * the watcher has confirmed the change.  No writers' lock is needed: only a
+ * holder of the lock on killswitch.events (which this transaction still
+ * holds) or the postmaster writes the private files.
+ */
+void
+ks_persist_commit(const KsWritten *w)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!w->file_written)
+		return;
+	if (!ks_write_file_durably(KS_LAST_APPLIED_FILE, w->text, w->text_len,
+							   problem, sizeof(problem)))
+	{
+		ereport(LOG,
+				(errmsg("killswitch: could not update the private copy after a commit: %s", problem),
+				 errdetail("The change is committed; it is confirmed against the history at the next start.")));
+		return;
+	}
+	if (unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
+		ereport(LOG,
+				(errmsg("killswitch: could not remove \"%s\": %m", KS_IN_FLIGHT_FILE)));
+}
+
+/*
+ * After an abort: put back only our own bytes.  Under the writers' lock,
+ * the state file is restored only if it still holds exactly what this
+ * change wrote; a newer outside write stays, for the watcher to judge.
+ * The mark goes last, so that a crash in between finds a file that is not
+ * the change in flight and simply drops the mark.  Returns false, with a
+ * problem, if something written could not be put back.
+ */
 bool
-ks_restore_state_file(const KsSaved *saved, char *problem, size_t problemlen)
+ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
+	char	   *now;
+	size_t		nowlen;
 	int			lockfd;
 	bool		ok = true;
 
+	if (!w->marked)
+		return true;
 	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	if (lockfd < 0)
 		return false;
-	if (saved->state)
-		ok = ks_write_file_durably(path, saved->state, saved->state_len,
-								   problem, problemlen);
-	if (ok && saved->copy)
-		ok = ks_write_file_durably(KS_LAST_APPLIED_FILE, saved->copy,
-								   saved->copy_len, problem, problemlen);
+	now = w->file_written ? read_if_present(path, &nowlen) : NULL;
+	if (now && nowlen == w->text_len && memcmp(now, w->text, nowlen) == 0)
+	{
+		if (w->before)
+			ok = ks_write_file_durably(path, w->before, w->before_len,
+									   problem, problemlen);
+		else if (unlink(path) != 0 && errno != ENOENT)
+		{
+			snprintf(problem, problemlen, "could not remove \"%s\": %m", path);
+			ok = false;
+		}
+	}
+	if (ok && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
+	{
+		snprintf(problem, problemlen, "could not remove \"%s\": %m", KS_IN_FLIGHT_FILE);
+		ok = false;
+	}
 	ks_unlock_dir(lockfd);
 	return ok;
 }

@@ -9,6 +9,13 @@
  * start: it tells a first start from a file deleted while the server was
  * down, and a new out-of-band change from an old file put back.
  *
+ * A change written to the state file whose commit was not known at the
+ * crash (the mark pg_killswitch/in_flight.json, persist.c) cannot be
+ * settled here: the postmaster cannot read the commit log.  The server
+ * starts at the higher of that change and the newest committed state —
+ * never lower than what committed — and the watcher settles it against the
+ * history as soon as it connects (ks_confirm_in_flight()).
+ *
  * Nothing here may throw an error: an error in the postmaster is fatal, and
  * a kill switch that cannot read its state must assume the stop, not crash.
  */
@@ -32,6 +39,7 @@ typedef struct KsDecision
 	bool		write;			/* rewrite the state file and the copy */
 	bool		record;			/* a change killswitch.events lacks */
 	int			previous;		/* KsMode, or KS_NO_MODE */
+	bool		unconfirmed;	/* the state file holds a change in flight */
 } KsDecision;
 
 /* Fill a fresh file state for a change made at start. */
@@ -69,37 +77,20 @@ decide_tampered(KsDecision *d, const KsState *held, bool held_ok,
 	d->record = true;
 }
 
-/* Is a file without a generation older than the held state? */
-static bool
-older_than(const KsState *file, const KsState *held)
-{
-	int64		f,
-				h;
-
-	if (file->engaged_at == NULL || held->engaged_at == NULL)
-		return file->engaged_at == NULL && held->engaged_at != NULL;
-	return ks_parse_iso(file->engaged_at, &f) && ks_parse_iso(held->engaged_at, &h) && f < h;
-}
-
 /* A readable file and the copy of what we held: apply, or call it a replay. */
 static void
 decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool held_ok)
 {
-	bool		same;
+	KsOrder		order = held_ok ? ks_compare_to_held(file, held) : KS_NEWER;
+	bool		same = order == KS_SAME;
 	char		problem[KS_PROBLEM_LEN];
 
-	if (held_ok &&
-		((file->generation >= 0 && file->generation < held->generation) ||
-		 (file->generation < 0 && older_than(file, held))))
+	if (order == KS_OLDER)
 	{
 		decide_tampered(d, held, true, "replay",
 						"the state file is older than the state the server last applied");
 		return;
 	}
-	same = held_ok &&
-		(file->generation >= 0 ? file->generation == held->generation
-		 : (file->mode == held->mode && file->engaged_at && held->engaged_at &&
-			strcmp(file->engaged_at, held->engaged_at) == 0));
 	if (!same && held_ok &&
 		!ks_release_authorized(file, held->mode, problem, sizeof(problem)))
 	{
@@ -137,22 +128,46 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 {
 	char		path[MAXPGPATH];
 	KsState		file,
-				held;
+				held,
+				mark;
 	KsVerdict	fv,
-				hv;
+				hv,
+				mv;
 	char		fproblem[KS_PROBLEM_LEN],
-				hproblem[KS_PROBLEM_LEN];
+				hproblem[KS_PROBLEM_LEN],
+				mproblem[KS_PROBLEM_LEN];
 	bool		held_ok;
+	bool		in_flight;
 
 	ks_state_file_path(path, sizeof(path));
 	hv = ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
 					   true, 0, &held, hproblem, sizeof(hproblem));
+	mv = ks_state_read(KS_IN_FLIGHT_FILE, secret, secretlen, ks_secret_file,
+					   true, 0, &mark, mproblem, sizeof(mproblem));
 	fv = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					   ks_settle_ms, &file, fproblem, sizeof(fproblem));
+					   ks_recheck_delay, &file, fproblem, sizeof(fproblem));
 	held_ok = (hv == KS_FILE_VALID && held.generation >= 0);
+	in_flight = held_ok && mv == KS_FILE_VALID && mark.generation > held.generation;
 
 	if (hv == KS_FILE_BAD || (hv == KS_FILE_VALID && !held_ok))
 		decide_tampered(d, &held, false, KS_LAST_APPLIED_FILE, hproblem);
+	else if (mv == KS_FILE_BAD)
+		decide_tampered(d, &held, held_ok, KS_IN_FLIGHT_FILE, mproblem);
+	else if (in_flight && fv != KS_FILE_BAD && fv != KS_FILE_MISSING &&
+			 ks_compare_to_held(&file, &mark) == KS_SAME)
+	{
+		/*
+		 * The change in flight reached the state file; whether it committed
+		 * is for the watcher to tell.  Until then, the higher of it and the
+		 * newest committed state, with its generation; the copy stays.
+		 */
+		d->state = mark.mode >= held.mode ? mark : held;
+		d->state.generation = mark.generation;
+		d->previous = held.mode;
+		d->unconfirmed = true;
+		if (fv == KS_FILE_UNSIGNED)
+			d->flags |= KS_FLAG_UNSIGNED;
+	}
 	else if (fv == KS_FILE_BAD)
 	{
 		char		aside[MAXPGPATH];
@@ -160,6 +175,9 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 		/* keep the evidence beside the file, then write a trusted state */
 		snprintf(aside, sizeof(aside), "%s.rejected", path);
 		(void) rename(path, aside);
+		/* a change in flight may have committed: never below it */
+		if (in_flight)
+			held.mode = Max(held.mode, mark.mode);
 		decide_tampered(d, &held, held_ok, "state file", fproblem);
 	}
 	else if (fv == KS_FILE_MISSING && held_ok)
@@ -203,9 +221,13 @@ write_decision(const KsDecision *d, const char *secret, size_t secretlen,
 	if (d->write)
 		ok = ks_state_write(path, &d->state, secret, secretlen,
 							release_key, release_keylen, problem, problemlen);
-	if (ok)
+	/* a change in flight keeps its mark and the copy its committed state */
+	if (ok && !d->unconfirmed)
 		ok = ks_state_write(KS_LAST_APPLIED_FILE, &d->state, secret, secretlen,
 							release_key, release_keylen, problem, problemlen);
+	if (ok && !d->unconfirmed && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
+		ereport(LOG,
+				(errmsg("killswitch: could not remove \"%s\": %m", KS_IN_FLIGHT_FILE)));
 	ks_unlock_dir(lockfd);
 	return ok;
 }
@@ -239,6 +261,7 @@ apply(const KsDecision *d)
 	ks_clip_utf8(reason, d->state.reason ? d->state.reason : "applied at startup", sizeof(reason));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->unrecorded = d->record;
+	ks_shared->unconfirmed = d->unconfirmed;
 	ks_shared->unrecorded_previous = d->previous == KS_NO_MODE ? KS_DISENGAGED : (KsMode) d->previous;
 	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
 	SpinLockRelease(&ks_shared->mutex);
@@ -252,6 +275,10 @@ apply(const KsDecision *d)
 						ks_mode_sql_names[d->state.mode]),
 				 errdetail("%s", d->state.reason),
 				 errhint("An administrator can inspect the state and release it with ks_disengage().")));
+	else if (d->unconfirmed)
+		ereport(LOG,
+				(errmsg("killswitch: starting in mode %s until the change of generation " INT64_FORMAT " written before the crash is confirmed",
+						ks_mode_sql_names[d->state.mode], d->state.generation)));
 	else
 		ereport(LOG,
 				(errmsg("killswitch: starting in mode %s (generation " INT64_FORMAT ")",
@@ -295,6 +322,7 @@ ks_load_at_startup(void)
 			KsState		held = d.state;
 
 			decide_tampered(&d, &held, true, "writing the state", problem);
+			d.unconfirmed = false;
 		}
 	}
 	apply(&d);

@@ -73,25 +73,25 @@ set_aside(const char *path)
 				(errmsg("killswitch: could not move the rejected state file aside: %m")));
 }
 
-/* Is a file without a generation the state we hold (same mode, same time)? */
-static bool
-same_as_held(const KsState *st, KsMode mode, TimestampTz since)
+/*
+ * The state the server holds: its private copy when that is what shared
+ * memory carries (it keeps an engaged_at of null as null), else shared
+ * memory itself (a verdict not yet written).
+ */
+static void
+held_state(KsState *held, uint64 word, TimestampTz since)
 {
-	int64		usec;
+	char		problem[KS_PROBLEM_LEN];
+	char		at[40];
 
-	return st->mode == mode && st->engaged_at != NULL &&
-		ks_parse_iso(st->engaged_at, &usec) &&
-		ks_unix_usec_to_timestamptz(usec) == since;
-}
-
-/* Is a file without a generation older than the state we hold? */
-static bool
-older_than_held(const KsState *st, TimestampTz since)
-{
-	int64		usec;
-
-	return st->engaged_at == NULL ||
-		(ks_parse_iso(st->engaged_at, &usec) && ks_unix_usec_to_timestamptz(usec) < since);
+	if (ks_read_held(held, problem, sizeof(problem)) &&
+		held->generation == KS_WORD_GENERATION(word) && held->mode == KS_WORD_MODE(word))
+		return;
+	ks_state_init(held);
+	held->mode = KS_WORD_MODE(word);
+	held->generation = KS_WORD_GENERATION(word);
+	ks_format_iso_utc(ks_timestamptz_to_unix_usec(since), at, sizeof(at));
+	held->engaged_at = pstrdup(at);
 }
 
 /* Decide what the file asks for, compared with the state held. */
@@ -107,8 +107,10 @@ judge(const char *path)
 	char	   *secret;
 	size_t		secretlen;
 	char		problem[KS_PROBLEM_LEN];
-	KsState		st;
+	KsState		st,
+				hst;
 	KsVerdict	v;
+	KsOrder		order;
 	struct stat sb;
 
 	memset(&a, 0, sizeof(a));
@@ -119,29 +121,36 @@ judge(const char *path)
 	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)))
 	{
 		tamper(&a, raised, psprintf("signing secret: %s", problem));
+		a.change.expect.untrusted = true;
 		return a;
 	}
 	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					  ks_settle_ms, &st, problem, sizeof(problem));
+					  ks_recheck_delay, &st, problem, sizeof(problem));
 	if (v == KS_FILE_MISSING ||
 		(v == KS_FILE_BAD && lstat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0))
 	{
 		/* deleting or emptying never releases: keep the mode, rewrite */
 		tamper(&a, held, v == KS_FILE_MISSING ? "the state file was deleted"
 			   : "the state file was emptied");
+		a.change.expect.untrusted = true;
 		return a;
 	}
 	if (v == KS_FILE_BAD)
 	{
 		set_aside(path);
 		tamper(&a, raised, problem);
+		a.change.expect.untrusted = true;
 		return a;
 	}
 
 	/* readable: ours, newer, or a replay */
-	if (st.generation >= 0 ? st.generation == generation : same_as_held(&st, held, since))
+	held_state(&hst, word, since);
+	order = ks_compare_to_held(&st, &hst);
+	if (order == KS_SAME)
 		return a;
-	if (st.generation >= 0 ? st.generation < generation : older_than_held(&st, since))
+	a.change.expect.judged = palloc(sizeof(KsState));
+	*(KsState *) a.change.expect.judged = st;
+	if (order == KS_OLDER)
 	{
 		tamper(&a, raised, "replay: the state file is older than the state the server holds");
 		return a;
@@ -153,6 +162,8 @@ judge(const char *path)
 		return a;
 	}
 	a.act = true;
+	/* the generation the writer gave (the CLI printed it), if it is ahead */
+	a.change.generation = st.generation > generation ? st.generation : 0;
 	a.change.mode = st.mode;
 	a.change.reason = file_text(st.reason, "(no reason given in the state file)");
 	a.change.triggered_by = file_text(st.triggered_by, "(unknown)");
@@ -182,7 +193,11 @@ halt_now(const KsChange *c)
 void
 ks_judge_file(const char *path)
 {
-	KsVerdictAction a = judge(path);
+	KsVerdictAction a;
+
+	if (ks_shared->unconfirmed)
+		ks_confirm_in_flight();
+	a = judge(path);
 
 	if (a.act && (a.change.flags & KS_FLAG_TAMPERED))
 		halt_now(&a.change);
@@ -230,8 +245,14 @@ ks_reconcile_history(void)
 {
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
 	int64		state_gen = KS_WORD_GENERATION(word);
-	int64		history_gen = ks_events_last_generation();
+	int64		history_gen;
 
+	/* first settle a change written before a crash, then compare */
+	if (ks_shared->unconfirmed)
+		ks_confirm_in_flight();
+	word = pg_atomic_read_u64(&ks_shared->word);
+	state_gen = KS_WORD_GENERATION(word);
+	history_gen = ks_events_last_generation();
 	if (history_gen == state_gen || ks_shared->unrecorded)
 		return;
 	if (history_gen > state_gen)
@@ -272,4 +293,104 @@ ks_watch_failed(void)
 	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
 	strlcpy(ks_shared->unrecorded_reason, ks_shared->reason, sizeof(ks_shared->unrecorded_reason));
 	SpinLockRelease(&ks_shared->mutex);
+}
+
+/* Publish a state read from one of our files (UTF-8 texts). */
+static void
+publish_file_state(const KsState *st)
+{
+	int64		usec;
+	TimestampTz since = GetCurrentTimestamp();
+
+	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
+		since = ks_unix_usec_to_timestamptz(usec);
+	ks_publish(st->mode, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, st->generation, since,
+			   st->source ? st->source : "startup", st->reason, st->triggered_by);
+}
+
+/*
+ * Settle a change that was written to the state file before a crash but
+ * whose commit was not known at start (the mark, persist.c).  The server
+ * started at the higher of it and the newest committed state; now, with
+ * the history at hand (the caller holds the lock that orders changes), the
+ * change's event tells: there → it committed, and is published as written;
+ * absent → it never committed, and the state file and shared memory go
+ * back to the newest committed state.  An uncommitted release never takes
+ * effect.  Nothing is recorded: the history is already right.
+ */
+void
+ks_confirm_in_flight(void)
+{
+	char		path[MAXPGPATH];
+	char	   *secret;
+	size_t		secretlen;
+	char		problem[KS_PROBLEM_LEN];
+	KsState		mark,
+				held,
+				file;
+	char	   *bytes;
+	size_t		len;
+	int			lockfd;
+	bool		committed;
+
+	if (!ks_shared->unconfirmed)
+		return;
+	ks_state_file_path(path, sizeof(path));
+	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)) ||
+		ks_state_read(KS_IN_FLIGHT_FILE, secret, secretlen, ks_secret_file, true, 0,
+					  &mark, problem, sizeof(problem)) != KS_FILE_VALID ||
+		ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file, true, 0,
+					  &held, problem, sizeof(problem)) != KS_FILE_VALID)
+	{
+		/* cannot tell: the higher of the two modes stays in force */
+		ereport(WARNING,
+				(errmsg("killswitch: could not confirm the change in flight at the crash: %s", problem),
+				 errhint("The higher mode stays in force; an administrator can release it.")));
+		ks_shared->unconfirmed = false;
+		return;
+	}
+	committed = ks_events_last_generation() >= mark.generation;
+	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	if (lockfd < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_IO_ERROR),
+				 errmsg("could not lock the kill switch state directory"),
+				 errdetail("%s", problem)));
+	if (committed)
+	{
+		/* the copy learns what the commit callback could not write */
+		if (ks_read_file(KS_IN_FLIGHT_FILE, KS_MAX_FILE_SIZE, &bytes, &len,
+						 problem, sizeof(problem)) &&
+			ks_write_file_durably(KS_LAST_APPLIED_FILE, bytes, len, problem, sizeof(problem)))
+			(void) unlink(KS_IN_FLIGHT_FILE);
+		publish_file_state(&mark);
+		ereport(LOG,
+				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash had committed; mode %s",
+						mark.generation, ks_mode_sql_names[mark.mode])));
+	}
+	else
+	{
+		/* put back the newest committed state, unless someone wrote since */
+		if (ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac, 0,
+						  &file, problem, sizeof(problem)) != KS_FILE_BAD &&
+			file.generation >= 0 && ks_compare_to_held(&file, &mark) == KS_SAME &&
+			!(ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &bytes, &len,
+						   problem, sizeof(problem)) &&
+			  ks_write_file_durably(path, bytes, len, problem, sizeof(problem))))
+		{
+			/* the higher mode stays until the file can be put back */
+			ks_unlock_dir(lockfd);
+			ereport(ERROR,
+					(errcode(ERRCODE_IO_ERROR),
+					 errmsg("could not put back the kill switch state file after a change that never committed"),
+					 errdetail("%s", problem)));
+		}
+		(void) unlink(KS_IN_FLIGHT_FILE);
+		publish_file_state(&held);
+		ereport(LOG,
+				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash never committed; back to generation " INT64_FORMAT ", mode %s",
+						mark.generation, held.generation, ks_mode_sql_names[held.mode])));
+	}
+	ks_shared->unconfirmed = false;
+	ks_unlock_dir(lockfd);
 }

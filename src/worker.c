@@ -274,14 +274,16 @@ ks_worker_main(Datum arg)
 		now = file_stamp(path);
 		/* an unrecorded change is recorded as soon as there is a history for it */
 		if (first || stamp_changed(&now, &seen) ||
-			(ks_shared->unrecorded && had_history &&
+			(((ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
 			 GetCurrentTimestamp() >= retry_at))
 		{
+			/* after a failure, a file written since is still news */
 			if (!examine_file_safely())
 				retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   KS_RETRY_MS);
-			/* what we saw after acting, including our own rewrite */
-			now = file_stamp(path);
+			else
+				/* what we saw after acting, including our own rewrite */
+				now = file_stamp(path);
 			first = false;
 		}
 		seen = now;

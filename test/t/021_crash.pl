@@ -70,9 +70,10 @@ is(sql('SELECT ks_mode()'), 'halt_noncritical', 'a change killed before commit n
 is(sql('SELECT count(*) FROM killswitch.events'), $before, 'and left no event');
 copies_agree('after a backend was killed mid-change');
 
-# 3. A crash after the file was written but before the commit record: the
-#    file holds a change the history lacks.  Simulated with the server down:
-#    both the state file and the server's private copy one generation ahead.
+# 3. Both the state file and the server's private copy one generation ahead
+#    of the history, with no change marked in flight (a crash between the
+#    pre-commit write and the commit leaves the mark: 051_crash_commit.pl):
+#    the files hold a change the history lacks.  Simulated with the server down.
 $node->stop('immediate');
 my $cur = decode_json(slurp_file($file));
 delete $cur->{signature};
