@@ -3,10 +3,17 @@
  * database down or without a connection.  Writes go through store.c under
  * the writers' lock, signed, atomically; the server applies them when it
  * next looks (the watcher) or starts, as source "cli".
+ *
+ * While a server runs on the data directory, a write waits (a few seconds
+ * at most) until the server has judged the one before — its private copy
+ * has caught up with the file — so that every write becomes its own event,
+ * with the generation printed here.
  */
 #include "postgres_fe.h"
 
+#include <signal.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "common/logging.h"
 
@@ -170,6 +177,84 @@ release_key_load(const KsPaths *p, bool needed, char **key, size_t *len)
 	return false;
 }
 
+/* How long a write waits for the server to judge the previous one. */
+#define KS_JUDGED_WAIT_MS 5000
+
+/* Is a server running on the data directory (postmaster.pid names a live process)? */
+static bool
+server_running(const KsOptions *opt)
+{
+	char		path[MAXPGPATH];
+	FILE	   *f;
+	long		pid = 0;
+
+	if (opt->pgdata == NULL)
+		return false;
+	snprintf(path, sizeof(path), "%s/postmaster.pid", opt->pgdata);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return false;
+	if (fscanf(f, "%ld", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return pid > 0 && (kill((pid_t) pid, 0) == 0 || errno == EPERM);
+}
+
+/*
+ * Has the server judged the state file?  Its private copy carries the
+ * generation it applied; a file ahead of it (or without a generation, as
+ * the reference library writes) is still waiting.  A file that is missing
+ * or untrusted is not waited for: the server's verdict on it is a halt.
+ */
+static bool
+server_has_judged(const KsPaths *p, const char *secret, size_t secretlen)
+{
+	KsState		cur,
+				held;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (ks_state_read(p->state_file, secret, secretlen, p->secret_file, true, 0,
+					  &cur, problem, sizeof(problem)) != KS_FILE_VALID)
+		return true;
+	if (ks_state_read(p->last_applied, secret, secretlen, p->secret_file, true, 0,
+					  &held, problem, sizeof(problem)) != KS_FILE_VALID)
+		return true;
+	return cur.generation >= 0 && cur.generation <= held.generation;
+}
+
+/*
+ * Take the writers' lock once the server (if one runs here) has judged the
+ * file: otherwise two writes in quick succession would reach the watcher as
+ * one.  Bounded: after KS_JUDGED_WAIT_MS the write goes ahead (an engage
+ * must never wait on a watcher that is down) and says so.
+ */
+static int
+lock_when_judged(const KsOptions *opt, const KsPaths *p, const char *secret,
+				 size_t secretlen, char *problem, size_t problemlen)
+{
+	bool		wait = server_running(opt) && p->last_applied[0];
+	int64		deadline = now_usec() + (int64) KS_JUDGED_WAIT_MS * 1000;
+
+	for (;;)
+	{
+		int			lockfd;
+
+		while (wait && !server_has_judged(p, secret, secretlen) && now_usec() < deadline)
+			pg_usleep(10 * 1000L);
+		lockfd = ks_lock_dir(p->state_dir, problem, problemlen);
+		if (lockfd < 0 || !wait || server_has_judged(p, secret, secretlen))
+			return lockfd;
+		if (now_usec() >= deadline)
+		{
+			pg_log_warning("the server has not applied the previous change to the state file yet; writing anyway");
+			pg_log_warning_detail("The two changes may be recorded as one event.");
+			return lockfd;
+		}
+		/* another write came first: let the server judge it too */
+		ks_unlock_dir(lockfd);
+	}
+}
+
 /* engage and disengage: read, check, write the new state under the lock. */
 static int
 change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
@@ -186,7 +271,8 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	bool		lowers = false;
 	char	   *release_key;
 	size_t		release_keylen;
-	int			lockfd = ks_lock_dir(p->state_dir, problem, sizeof(problem));
+	int			lockfd = lock_when_judged(opt, p, secret, secretlen,
+										  problem, sizeof(problem));
 
 	if (lockfd < 0)
 	{
