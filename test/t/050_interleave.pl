@@ -1,0 +1,293 @@
+# No change is lost or applied unseen (compare-and-swap on the state file):
+# an SQL change in flight while the CLI writes (engage and release), while a
+# writer rewrites the file in place as the Python library does, and while
+# the watcher judges; aborted changes after a concurrent outside write.
+# After every trial nothing is lost, and the history, the file and shared
+# memory agree on generation and mode.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use JSON::PP;
+use IPC::Run;
+use Time::HiRes qw(usleep);
+use KsTest;
+
+my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
+my $node = ks_node('interleave');
+my $pgdata = $node->data_dir;
+my $dir = "$pgdata/pg_killswitch";
+my $file = "$dir/kill_switch_state.json";
+my $secret = ks_secret($node);
+
+sub sql { return $node->safe_psql('postgres', shift); }
+
+# Run the command; return (exit code, stdout, stderr).
+sub ks
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $cli, '-D', $pgdata, @_ ], '>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
+
+sub now_iso
+{
+	my ($s, $us) = Time::HiRes::gettimeofday();
+	my @t = gmtime($s);
+	return sprintf('%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00',
+		$t[5] + 1900, $t[4] + 1, @t[3, 2, 1, 0], $us);
+}
+
+# Write the file in place, without a lock, as the reference library does.
+sub write_in_place
+{
+	my (%state) = @_;
+	open my $fh, '>', $file or die $!;
+	print $fh ks_signed_text($secret, engaged_at => now_iso(), %state);
+	close $fh;
+}
+
+# The history, the file and shared memory agree, once the watcher has
+# judged the file (its generation is the one the server holds).
+sub agree
+{
+	my ($what) = @_;
+	my $ok = soon(qq{
+		SELECT (ks_status()->>'generation')::bigint = (SELECT max(generation) FROM killswitch.events)
+		   AND NOT (ks_status()->>'unrecorded_change')::boolean
+		   AND (ks_status()->>'generation')::bigint =
+		       (pg_read_file('pg_killswitch/kill_switch_state.json')::jsonb->>'generation')::bigint});
+	my $row = sql(q{SELECT ks_status()->>'generation', ks_mode(),
+		(SELECT max(generation) FROM killswitch.events),
+		(SELECT mode FROM killswitch.events ORDER BY id DESC LIMIT 1)});
+	my ($gen, $mode, $hgen, $hmode) = split /\|/, $row;
+	my $f = decode_json(slurp_file($file));
+	my $agreed = $ok && $gen == $hgen && $gen == $f->{generation}
+	  && $mode eq $hmode && uc($mode) eq $f->{mode};
+	ok($agreed, "$what: history, file and shared memory agree")
+	  or diag("shared memory $gen $mode, history $hgen $hmode, file $f->{generation} $f->{mode}");
+	return $agreed;
+}
+
+# Wait until a query is true, for 20 seconds at most (a lost change must
+# fail the test, not stall it).
+sub soon
+{
+	my ($query) = @_;
+	for (1 .. 200)
+	{
+		return 1 if sql($query) eq 't';
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# Does the history hold an event with this reason (and these details)?
+sub event_with
+{
+	my ($reason) = @_;
+	return sql("SELECT mode || ' ' || source || ' ' || generation FROM killswitch.events WHERE reason = '$reason'");
+}
+
+# A session to hold a change in flight; errors show their SQLSTATE.
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_safe('\set VERBOSITY verbose');
+
+# Start a change, hold it in flight, let something else happen, try to commit.
+# Returns the error output of the COMMIT ('' when it committed).
+sub in_flight
+{
+	my ($change, $meanwhile, $end) = @_;
+	$bg->{stderr} = '';
+	$bg->query_safe('BEGIN');
+	$bg->query_safe("SELECT 1 FROM $change");
+	$meanwhile->();
+	$bg->query($end // 'COMMIT');
+	my $err = $bg->{stderr};
+	$bg->{stderr} = '';
+	return $err;
+}
+
+my $trials = 20;
+
+# 1. The CLI writes while an SQL change is in flight: engage (SQL lower,
+#    CLI emergency) and release (SQL emergency, CLI disengage), alternating.
+my $lost = 0;
+my $bad_error = 0;
+for my $i (1 .. $trials)
+{
+	my $release = $i % 2 == 0;
+	sql("SELECT ks_engage('halt_all', 'setup $i', 'tester')") if $release;
+	my $printed;
+	my $err = in_flight(
+		$release
+		? "ks_engage('emergency', 'sql $i', 'tester')"
+		: "ks_engage('halt_noncritical', 'sql $i', 'tester')",
+		sub {
+			my ($rc, $out, $cerr) = $release
+			  ? ks('disengage', '--reason', "cli $i", '--by', 'night-shift')
+			  : ks('engage', 'emergency', '--reason', "cli $i", '--by', 'night-shift');
+			die "cli failed: $cerr" if $rc != 0;
+			($printed) = $out =~ /generation (\d+)/;
+		});
+	$bad_error++
+	  unless $err =~ /40001: the kill switch state changed outside the database while this change was in flight/
+	  && $err =~ /HINT:  The outside change is being applied; retry\./;
+	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'cli $i'")
+	  or diag("trial $i: the CLI's change was not recorded");
+	my $want = ($release ? 'disengaged' : 'emergency') . " cli $printed";
+	if (event_with("cli $i") ne $want || event_with("sql $i") ne '')
+	{
+		$lost++;
+		diag("trial $i: cli event '" . event_with("cli $i") . "', expected '$want'; sql event '"
+			  . event_with("sql $i") . "'");
+	}
+	agree("CLI trial $i") or last;
+	sql("SELECT ks_disengage('reset $i', 'tester')");
+}
+is($lost, 0, "$trials CLI writes during an SQL change: each applied with its generation, the SQL change refused");
+is($bad_error, 0, 'each refused COMMIT is a serialization failure (40001) that says to retry');
+
+# 2. A writer that rewrites the file in place (no lock, no generation)
+#    while an SQL change is in flight; both directions.
+$lost = 0;
+for my $i (1 .. $trials)
+{
+	my $release = $i % 2 == 0;
+	sql("SELECT ks_engage('halt_all', 'setup py $i', 'tester')") if $release;
+	my $err = in_flight(
+		$release
+		? "ks_engage('emergency', 'sql py $i', 'tester')"
+		: "ks_engage('halt_noncritical', 'sql py $i', 'tester')",
+		sub {
+			write_in_place(
+				mode => $release ? 'DISENGAGED' : 'HALT_ALL',
+				reason => "py $i", triggered_by => 'cost_governor');
+		});
+	$lost++ unless $err =~ /40001/;
+	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'py $i'")
+	  or diag("trial $i: the in-place write was not recorded");
+	$lost++ unless event_with("py $i") =~ /^(disengaged|halt_all) file \d+$/
+	  && event_with("sql py $i") eq '';
+	agree("in-place trial $i") or last;
+	sql("SELECT ks_disengage('reset py $i', 'tester')");
+}
+is($lost, 0, "$trials in-place writes during an SQL change: none lost, the SQL change refused");
+
+# 3. An in-place write just before an autocommit change: either the watcher
+#    applied it first (the change commits on top) or the change is refused
+#    and, retried, commits on top.  Nothing lost, in that order.
+$lost = 0;
+for my $i (1 .. $trials)
+{
+	write_in_place(mode => 'HALT_NONCRITICAL', reason => "early $i", triggered_by => 'agent');
+	usleep(3000 * ($i % 5));
+	my $tries = 0;
+	my ($rc, $out, $err);
+	do
+	{
+		$tries++;
+		($rc, $out, $err) = $node->psql('postgres',
+			"SELECT 1 FROM ks_engage('halt_all', 'after $i', 'tester')");
+	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 50);
+	$lost++ if $rc != 0;
+	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'early $i'");
+	my $order = sql("SELECT string_agg(reason, ',' ORDER BY id) FROM killswitch.events "
+		  . "WHERE reason IN ('early $i', 'after $i')");
+	$lost++, diag("trial $i: $order") unless $order eq "early $i,after $i";
+	agree("early write trial $i") or last;
+	sql("SELECT ks_disengage('reset early $i', 'tester')");
+}
+is($lost, 0, "$trials in-place writes racing an autocommit change: both recorded, in order");
+
+# 4. While the watcher judges: the CLI writes and an SQL change follows at
+#    once, retried on a serialization failure.  Both recorded, CLI first.
+$lost = 0;
+for my $i (1 .. $trials)
+{
+	my ($rc, $out, $err) = ks('engage', 'halt_noncritical', '--reason', "cli race $i");
+	my ($printed) = $out =~ /generation (\d+)/;
+	my $tries = 0;
+	do
+	{
+		$tries++;
+		($rc, $out, $err) = $node->psql('postgres',
+			"SELECT 1 FROM ks_engage('halt_all', 'sql race $i', 'tester')");
+	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 50);
+	$lost++ if $rc != 0;
+	my $order = sql("SELECT string_agg(reason || ' ' || generation, ',' ORDER BY id) FROM killswitch.events "
+		  . "WHERE reason IN ('cli race $i', 'sql race $i')");
+	$lost++, diag("trial $i: $order") unless $order =~ /^cli race $i $printed,sql race $i \d+$/;
+	agree("watcher race trial $i") or last;
+	sql("SELECT ks_disengage('reset race $i', 'tester')");
+}
+is($lost, 0, "$trials CLI writes racing an SQL change: both recorded, the CLI's with its generation");
+
+# 5. Aborted changes after a concurrent outside write: a rollback writes
+#    nothing, so the outside change is applied and nothing is put back.
+$lost = 0;
+for my $i (1 .. $trials)
+{
+	my $err = in_flight("ks_engage('halt_all', 'rolled back $i', 'tester')",
+		sub {
+			if ($i % 2)
+			{
+				ks('engage', 'halt_noncritical', '--reason', "kept $i");
+			}
+			else
+			{
+				write_in_place(mode => 'HALT_NONCRITICAL', reason => "kept $i", triggered_by => 'agent');
+			}
+		},
+		'ROLLBACK');
+	$lost++ if $err ne '';
+	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'kept $i'")
+	  or $lost++;
+	$lost++ unless sql('SELECT ks_mode()') eq 'halt_noncritical'
+	  && event_with("rolled back $i") eq '';
+	agree("rollback trial $i") or last;
+	sql("SELECT ks_disengage('reset rollback $i', 'tester')");
+}
+is($lost, 0, "$trials rollbacks after an outside write: the outside change stands");
+
+# 6. An abort after the pre-commit write (a serialization failure found at
+#    commit) puts back exactly the bytes that were there, and removes the
+#    in-flight mark; nothing else is said.
+sql('CREATE TABLE skew (k int PRIMARY KEY, v int); INSERT INTO skew VALUES (1, 0), (2, 0)');
+my $before = slurp_file($file);
+my $other = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_safe('BEGIN ISOLATION LEVEL SERIALIZABLE');
+$other->query_safe('BEGIN ISOLATION LEVEL SERIALIZABLE');
+$bg->query_safe('SELECT sum(v) FROM skew WHERE k = 1');
+$other->query_safe('SELECT sum(v) FROM skew WHERE k = 2');
+$bg->query_safe('UPDATE skew SET v = 1 WHERE k = 2');
+$other->query_safe('UPDATE skew SET v = 1 WHERE k = 1');
+$bg->query_safe("SELECT 1 FROM ks_engage('emergency', 'aborted at commit', 'tester')");
+$other->query_safe('COMMIT');
+$bg->{stderr} = '';
+$bg->query('COMMIT');
+my $err = $bg->{stderr};
+$bg->{stderr} = '';
+like($err, qr/40001: could not serialize access/, 'the change is aborted at commit, after its pre-commit write');
+unlike($err, qr/could not restore/, 'no warning about restoring: the undo put the bytes back');
+is(slurp_file($file), $before, 'the state file holds exactly its bytes from before');
+ok(!-e "$dir/in_flight.json", 'and the in-flight mark is gone');
+is(sql('SELECT ks_mode()'), 'disengaged', 'the aborted change never took effect');
+is(event_with('aborted at commit'), '', 'nor is it in the history');
+$other->quit;
+
+# 7. A write that fails writes nothing, and says nothing about restoring.
+chmod 0500, $dir;
+$bg->{stderr} = '';
+$bg->query("SELECT 1 FROM ks_engage('halt_all', 'cannot write', 'tester')");
+$err = $bg->{stderr};
+$bg->{stderr} = '';
+chmod 0700, $dir;
+like($err, qr/could not write the kill switch state file/, 'a failed write aborts with a clear error');
+unlike($err, qr/could not restore/, 'with no warning about restoring what was never written');
+agree('after a failed write');
+
+$bg->quit;
+$node->stop;
+done_testing();
