@@ -401,6 +401,9 @@ undo_file_write(void)
 void
 ks_xact_callback(XactEvent event, void *arg)
 {
+	/* savepoints may have taken every change along, not what they judged */
+	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT) && pending == NIL)
+		memset(&expect, 0, sizeof(expect));
 	if (pending == NIL)
 		return;
 	switch (event)
