@@ -177,12 +177,20 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 		(void) rename(path, aside);
 		/* a change in flight may have committed: never below it */
 		if (in_flight)
+		{
 			held.mode = Max(held.mode, mark.mode);
+			held.generation = mark.generation;
+		}
 		decide_tampered(d, &held, held_ok, "state file", fproblem);
 	}
 	else if (fv == KS_FILE_MISSING && held_ok)
 	{
-		/* deleting never releases: keep the mode, rewrite the file */
+		/* deleting never releases: keep the mode (or the change in flight's), rewrite */
+		if (in_flight)
+		{
+			held.mode = Max(held.mode, mark.mode);
+			held.generation = mark.generation;
+		}
 		d->previous = held.mode;
 		start_state(d, held.mode, held.generation + 1, "tamper",
 					"the state file was deleted while the server was down");
