@@ -39,12 +39,17 @@ sub now_iso
 		$t[5] + 1900, $t[4] + 1, @t[3, 2, 1, 0], $us);
 }
 
-# Write the file in place, without a lock, as the reference library does.
+# Write the file in place, without a lock, as the reference library does;
+# a release carries the release signature (an administrators' tool: the
+# library itself cannot release).
+my $release_key = ks_release_key($node);
 sub write_in_place
 {
 	my (%state) = @_;
 	open my $fh, '>', $file or die $!;
-	print $fh ks_signed_text($secret, engaged_at => now_iso(), %state);
+	print $fh $state{mode} eq 'DISENGAGED'
+	  ? ks_release_signed_text($secret, $release_key, engaged_at => now_iso(), %state)
+	  : ks_signed_text($secret, engaged_at => now_iso(), %state);
 	close $fh;
 }
 
