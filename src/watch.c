@@ -159,6 +159,7 @@ judge(const char *path)
 	{
 		set_aside(path);
 		tamper(&a, raised, problem);
+		a.change.expect.untrusted = true;	/* set aside: no file now */
 		return a;
 	}
 	a.act = true;

@@ -277,13 +277,15 @@ ks_worker_main(Datum arg)
 			(((ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
 			 GetCurrentTimestamp() >= retry_at))
 		{
-			/* after a failure, a file written since is still news */
+			/*
+			 * "seen" stays the stamp from before the look: a file written
+			 * while we looked (the CLI writes as soon as our commit has
+			 * updated the private copy) is news at the next tick, and our
+			 * own rewrite costs one more look that finds nothing to do.
+			 */
 			if (!examine_file_safely())
 				retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   KS_RETRY_MS);
-			else
-				/* what we saw after acting, including our own rewrite */
-				now = file_stamp(path);
 			first = false;
 		}
 		seen = now;
