@@ -9,7 +9,9 @@
  *   ks_probe file CONNINFO TRIALS KILLSWITCH_BIN PGDATA
  *       Runs "killswitch -D PGDATA engage|disengage" (which renames a signed
  *       file into place) while a session polls ks_mode(); prints, per trial,
- *       milliseconds from starting the command to the session seeing it.
+ *       milliseconds from starting the command to the session seeing it,
+ *       and from the rename (seen by inotify on PGDATA/pg_killswitch) to the
+ *       session seeing it.
  *   ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS
  *       AGENTS agent sessions run pg_sleep(); the admin engages emergency;
  *       prints, per trial, milliseconds from the commit's acknowledgement to
@@ -25,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -221,12 +224,45 @@ start_command(const char *bin, const char *pgdata, bool engage)
 	return pid;
 }
 
-/* file: from an out-of-band file write to a session seeing the new mode. */
+/* Has the state file been renamed into place since the last call?  (Drains the queue.) */
+static bool
+renamed_into_place(int ifd)
+{
+	char		buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	bool		renamed = false;
+	ssize_t		len;
+
+	while ((len = read(ifd, buf, sizeof(buf))) > 0)
+	{
+		for (char *p = buf; p < buf + len;)
+		{
+			const struct inotify_event *ev = (const struct inotify_event *) p;
+
+			p += sizeof(struct inotify_event) + ev->len;
+			if (ev->len > 0 && strcmp(ev->name, "kill_switch_state.json") == 0)
+				renamed = true;
+		}
+	}
+	return renamed;
+}
+
+/*
+ * file: from an out-of-band file write to a session seeing the new mode;
+ * two clocks: from starting the command (its start, signing and fsync
+ * included), and from the rename itself.  The rename is dated to the last
+ * look at the inotify queue that found it empty: before the rename, so
+ * both figures are upper bounds.
+ */
 static int
 probe_file(const char *conninfo, int trials, const char *bin, const char *pgdata)
 {
 	PGconn	   *conn = connect_or_die(conninfo);
+	char		dir[4096];
+	int			ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 
+	snprintf(dir, sizeof(dir), "%s/pg_killswitch", pgdata);
+	if (ifd < 0 || inotify_add_watch(ifd, dir, IN_MOVED_TO) < 0)
+		fail("cannot watch %s: %s", dir, strerror(errno));
 	srandom((unsigned) getpid());
 	set_mode(conn, false, NULL);
 	for (int t = 0; t < trials; t++)
@@ -234,33 +270,51 @@ probe_file(const char *conninfo, int trials, const char *bin, const char *pgdata
 		bool		engage = t % 2 == 0;
 		const char *want = engage ? "halt_all" : "disengaged";
 		double		started;
+		double		renamed = -1;
+		double		empty;
 		pid_t		pid;
 		int			status;
 		bool		seen = false;
+		double		at;
 
 		/*
 		 * Start at a random point of the watcher's poll cycle: right after
 		 * the last trial was seen we would always be just past a look.
 		 */
 		usleep((useconds_t) (random() % 150000));
-		started = now_ms();
+		(void) renamed_into_place(ifd);
+		started = empty = now_ms();
 		pid = start_command(bin, pgdata, engage);
 
 		while (now_ms() - started < WAIT_LIMIT_MS)
 		{
-			char	   *mode = exec_or_die(conn, "SELECT ks_mode()");
+			char	   *mode;
 
+			if (renamed < 0)
+			{
+				if (renamed_into_place(ifd))
+					renamed = empty;
+				else
+					empty = now_ms();
+			}
+			mode = exec_or_die(conn, "SELECT ks_mode()");
 			seen = strcmp(mode, want) == 0;
 			free(mode);
 			if (seen)
 				break;
 		}
+		at = now_ms();
 		if (!seen)
 			fail("trial %d: the session did not see %s within %.0f ms", t, want, WAIT_LIMIT_MS);
-		printf("%.3f\n", now_ms() - started);
+		if (renamed < 0 && renamed_into_place(ifd))
+			renamed = empty;
+		if (renamed < 0)
+			fail("trial %d: the session saw %s, but no rename of the state file was seen", t, want);
+		printf("%.3f %.3f\n", at - started, at - renamed);
 		if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
 			fail("trial %d: the killswitch command failed", t);
 	}
+	close(ifd);
 	PQfinish(conn);
 	return 0;
 }

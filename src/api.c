@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -126,14 +127,15 @@ ks_assert_task(PG_FUNCTION_ARGS)
 /*
  * SQL: the shared state as a row, for ks_status(): mode, generation,
  * integrity, source, since, problem, require_hmac, unrecorded,
- * watcher_checked_at.
+ * watcher_checked_at, watcher_problem (null when the watcher can do all its
+ * work), watch (how it sees changes: inotify or poll).
  */
 Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[9];
-	bool		nulls[9] = {false};
+	Datum		values[11];
+	bool		nulls[11] = {false};
 	uint64		word;
 	int			flags;
 	char		source[16];
@@ -141,6 +143,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	TimestampTz since;
 	TimestampTz checked;
 	bool		unrecorded;
+	char		problem[sizeof(ks_shared->watcher_problem)];
+	bool		inotify;
 
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -153,6 +157,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	since = ks_shared->since;
 	unrecorded = ks_shared->unrecorded;
 	checked = ks_shared->watcher_checked_at;
+	strlcpy(problem, ks_shared->watcher_problem, sizeof(problem));
+	inotify = ks_shared->watcher_inotify;
 	SpinLockRelease(&ks_shared->mutex);
 
 	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
@@ -169,6 +175,11 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[7] = BoolGetDatum(unrecorded);
 	values[8] = TimestampTzGetDatum(checked);
 	nulls[8] = checked == 0;
+	/* it names killswitch.database, whose bytes may not be valid here */
+	values[9] = CStringGetTextDatum(pg_verifymbstr(problem, strlen(problem), true) ? problem
+									: "the watcher has a problem; see the server log");
+	nulls[9] = problem[0] == '\0';
+	values[10] = CStringGetTextDatum(inotify ? "inotify" : "poll");
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

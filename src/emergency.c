@@ -23,6 +23,11 @@
  *
  * While the emergency lasts, agent sessions still doing something that
  * began before it was published are ended too.
+ *
+ * A watcher connected to no database (killswitch.database unusable) does
+ * what needs no table: the snapshot file, the sessions ended, the WARNING
+ * and the alert command; the snapshot row, the NOTIFY and the prepared
+ * transactions wait for a database.
  */
 #include "postgres.h"
 
@@ -31,13 +36,18 @@
 #include <unistd.h>
 
 #include "access/twophase.h"
+#include "access/genam.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/fmgrprotos.h"
 #include "utils/timestamp.h"
 
 #include "killswitch.h"
@@ -461,4 +471,143 @@ ks_emergency_tick(bool history)
 					generation, ended),
 			 errdetail("Every statement of an agent is refused until the kill switch is released.")));
 	run_alert_command(generation, event_id, ended);
+}
+
+/*
+ * The agent roles read from the shared catalogs (pg_authid, pg_auth_members)
+ * with no database; their OIDs returned, and their names published as
+ * list_agent_roles() does, for the login check.
+ */
+static List *
+agent_roles_from_catalog(void)
+{
+	Oid			agent = get_role_oid(KS_ROLE_AGENT, true);
+	uint64		epoch = ks_agent_roles_epoch;
+	List	   *roles = NIL;
+	List	   *names = NIL;
+	KsListItem *items;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (OidIsValid(agent))
+	{
+		Relation	rel = table_open(AuthIdRelationId, AccessShareLock);
+		SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+		HeapTuple	tup;
+
+		while ((tup = systable_getnext(scan)) != NULL)
+		{
+			Form_pg_authid role = (Form_pg_authid) GETSTRUCT(tup);
+
+			if (role->oid == agent || !is_member_of_role_nosuper(role->oid, agent))
+				continue;
+			roles = lappend_oid(roles, role->oid);
+			names = lappend(names, pstrdup(NameStr(role->rolname)));
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
+	if (agents_listed && epoch == agents_built_epoch)
+		return roles;
+	items = palloc0(sizeof(KsListItem) * Max(list_length(names), 1));
+	foreach(lc, names)
+		items[n++].name = lfirst(lc);
+	{
+		/* a list that cannot be built never keeps sessions from being ended */
+		dsa_pointer block = ks_list_build(items, n, WARNING);
+
+		if (DsaPointerIsValid(block))
+		{
+			(void) ks_list_swap(KS_LIST_AGENTS, block, NULL, NULL, 0);
+			agents_listed = true;
+			agents_built_epoch = epoch;
+		}
+	}
+	return roles;
+}
+
+/*
+ * Write the snapshot file from shared memory alone.  A failure is a
+ * WARNING: it never keeps the sessions from being ended.
+ */
+static void
+snapshot_file_without_database(List *roles, int64 generation)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		char	   *json = ks_sessions_snapshot_json(roles, generation);
+		char		path[MAXPGPATH];
+		char		problem[KS_PROBLEM_LEN];
+
+		snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
+		if (!ks_write_file_durably(path, json, strlen(json), problem, sizeof(problem)))
+			ereport(WARNING, (errmsg("killswitch: could not write the emergency snapshot file"),
+							  errdetail("%s", problem)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(WARNING,
+				(errmsg("killswitch: the emergency snapshot failed: %s", edata->message)));
+	}
+	PG_END_TRY();
+}
+
+/*
+ * ks_emergency_tick() for a watcher connected to no database, inside its
+ * transaction: the first time it sees an emergency generation, the snapshot
+ * file, the sessions ended, the WARNING and the alert command; afterwards,
+ * agent sessions that appear are ended.  Nothing is recorded: the history
+ * learns of the change when the watcher has its database again.
+ */
+void
+ks_emergency_tick_without_database(void)
+{
+	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	int64		generation = KS_WORD_GENERATION(word);
+	List	   *roles;
+	ListCell   *lc;
+	int			ended = 0;
+	bool		first;
+	TimestampTz published_at;
+
+	if (KS_WORD_MODE(word) != KS_EMERGENCY)
+	{
+		/* logins are checked only in emergency: free the list */
+		if (agents_listed)
+			(void) ks_list_swap(KS_LIST_AGENTS, InvalidDsaPointer, NULL, NULL, 0);
+		agents_listed = false;
+		return;
+	}
+	first = ks_shared->emergency_handled != generation;
+	roles = agent_roles_from_catalog();
+	if (first)
+		snapshot_file_without_database(roles, generation);
+	SpinLockAcquire(&ks_shared->mutex);
+	published_at = ks_shared->published_at;
+	SpinLockRelease(&ks_shared->mutex);
+	foreach(lc, ks_sessions_of_roles(roles, published_at))
+	{
+		if (DatumGetBool(DirectFunctionCall2(pg_terminate_backend,
+											 Int32GetDatum(lfirst_int(lc)),
+											 Int64GetDatum(0))))
+			ended++;
+	}
+	if (!first)
+		return;
+
+	ks_shared->emergency_handled = generation;
+	ereport(WARNING,
+			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
+					generation, ended),
+			 errdetail("Every statement of an agent is refused until the kill switch is released. "
+					   "The watcher has no database: the snapshot is in the file %s only, and no NOTIFY was sent.",
+					   KS_SNAPSHOT_FILE_NAME)));
+	run_alert_command(generation, 0, ended);
 }

@@ -9,6 +9,7 @@
 
 #include "access/xact.h"
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
@@ -32,6 +33,7 @@
 #define KS_PRIVATE_DIR "pg_killswitch"
 #define KS_LAST_APPLIED_FILE KS_PRIVATE_DIR "/last_applied.json"
 #define KS_SNAPSHOT_FILE_NAME "kill_switch_snapshot.json"
+#define KS_WATCHER_PROBLEM_LEN 256
 
 /* Settings (killswitch.c) */
 extern char *ks_state_dir;
@@ -73,6 +75,11 @@ typedef struct KsShared
 	TimestampTz watcher_checked_at;	/* when the watcher last looked at the file */
 	Latch	   *watcher_latch;	/* to wake the watcher at once */
 	int64		emergency_handled;	/* emergency generation whose actions ran */
+	/* the watcher's own state (worker.c), for ks_status() */
+	bool		watcher_connecting; /* a connection to killswitch.database under way */
+	int			watcher_usable_retries; /* failed connections to a database that looked usable */
+	bool		watcher_inotify;	/* sees changes through inotify (else: the poll) */
+	char		watcher_problem[KS_WATCHER_PROBLEM_LEN];	/* why it cannot do all its work; "" when fine */
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -147,6 +154,19 @@ extern void ks_judge_file_without_history(const char *path);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
 extern void ks_confirm_in_flight(void);
+
+/* dirwatch.c: inotify on the state directory */
+typedef enum KsDirEvent
+{
+	KS_DIR_NOTHING,				/* nothing about the state file */
+	KS_DIR_WRITING,				/* written to, still open: judge once it settles */
+	KS_DIR_CHANGED,				/* replaced, moved, deleted: judge if it looks changed */
+	KS_DIR_WRITTEN,				/* written in place and closed: judge now */
+	KS_DIR_LOST					/* the watch is gone (directory moved, queue lost) */
+} KsDirEvent;
+extern int	ks_dirwatch_start(const char *dir, char *problem, size_t problemlen);
+extern KsDirEvent ks_dirwatch_drain(int fd, const char *name);
+extern void ks_dirwatch_stop(int fd);
 
 /* startup.c */
 extern void ks_load_at_startup(void);
@@ -285,9 +305,14 @@ extern void ks_note_own_xid(TransactionId xid);
 extern void ks_writefuncs_init(void);
 extern void ks_emergency_tick(bool history);
 extern void ks_emergency_finish_prepared(void);
+extern void ks_emergency_tick_without_database(void);
 extern void ks_alert_poll(void);
 extern void ks_notify_alert(int64 generation, int sessions_ended);
 extern uint64 ks_agent_roles_epoch;
+
+/* sessions.c: agent sessions from shared memory, with no database */
+extern List *ks_sessions_of_roles(List *roles, TimestampTz before);
+extern char *ks_sessions_snapshot_json(List *roles, int64 generation);
 
 /* api.c */
 extern void ks_refuse(const char *message) pg_attribute_noreturn();

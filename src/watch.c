@@ -195,12 +195,15 @@ void
 ks_judge_file(const char *path)
 {
 	KsVerdictAction a;
+	KsMode		held;
 
 	if (ks_shared->unconfirmed)
 		ks_confirm_in_flight();
 	a = judge(path);
+	held = ks_current_mode();
 
-	if (a.act && (a.change.flags & KS_FLAG_TAMPERED))
+	/* a verdict, or an outside engage, halts before the disk is written */
+	if (a.act && ((a.change.flags & KS_FLAG_TAMPERED) || a.change.mode > held))
 		halt_now(&a.change);
 	if (a.act)
 		(void) ks_apply_change(&a.change);

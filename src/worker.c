@@ -2,19 +2,33 @@
  * worker.c — the watcher (DESIGN §5 "From outside"): one background worker
  * per cluster, connected to killswitch.database, that notices a state file
  * changed by another program (the CLI, the Python library, a hand edit)
- * within killswitch.poll_interval and applies it — or, if it cannot be
- * trusted, assumes the halt (DESIGN §4).  Each change goes through the same
- * path as ks_engage(): an event, the file rewritten with its generation,
- * shared memory published at commit, NOTIFY.
+ * and applies it — or, if it cannot be trusted, assumes the halt (DESIGN
+ * §4).  Each change goes through the same path as ks_engage(): an event,
+ * the file rewritten with its generation, shared memory published at
+ * commit, NOTIFY.
  *
- * When nothing changed, a tick is one stat() of the file.
+ * It sees a change at once through inotify on the state directory
+ * (dirwatch.c), and polls as a fallback: when nothing changed, a tick is one
+ * stat() of the file.
+ *
+ * Without a usable killswitch.database (missing, or the connection fails)
+ * the watcher still works, connected to no database: it judges the file
+ * into shared memory, fail-closed, and acts on an emergency with what needs
+ * no table (agent sessions ended, the snapshot file, the WARNING and the
+ * alert command); it records nothing.  It says so in ks_status()
+ * (watcher_problem) and in one WARNING a minute, and once the database is
+ * usable it exits, to be started again connected to it, and records what
+ * the history lacks.
  */
 #include "postgres.h"
 
 #include <sys/stat.h>
 
+#include "access/genam.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -24,7 +38,9 @@
 #include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -35,6 +51,21 @@ PGDLLEXPORT void ks_worker_main(Datum arg);
 
 /* After a failed look, wait this long before trying to record again. */
 #define KS_RETRY_MS 5000
+/* How often a watcher without its database looks whether it is there now. */
+#define KS_DATABASE_RECHECK_MS 1000
+/* Retry a database that looks usable but whose connection failed this often. */
+#define KS_CONNECT_RETRY_MS 60000
+/* Repeat the WARNING about a standing problem this often. */
+#define KS_PROBLEM_WARN_MS 60000
+/*
+ * A writer still has the file open: judge it killswitch.recheck_delay after
+ * its last write (at least this long), as a reader re-reads a bad-looking
+ * file; a writer that closes the file is judged at once.
+ */
+#define KS_WRITING_SETTLE_MS 20
+#define KS_SETTLE_AFTER_WRITE_MS Max(ks_recheck_delay, KS_WRITING_SETTLE_MS)
+/* Wait at most this long for a server's own change, written but not committed. */
+#define KS_IN_FLIGHT_MS 1000
 
 /* What the last look at the file saw; a change in any of it means "read it". */
 typedef struct KsFileStamp
@@ -106,13 +137,32 @@ note_liveness(void)
 static bool
 extension_present(void)
 {
-	Oid			nsp = get_namespace_oid(KS_SCHEMA, true);
+	Oid			nsp;
 
+	/* a long-lived worker takes no lock first: see CREATE EXTENSION now */
+	AcceptInvalidationMessages();
+	nsp = get_namespace_oid(KS_SCHEMA, true);
 	return OidIsValid(nsp) && OidIsValid(get_relname_relid(KS_EVENTS_TABLE, nsp));
 }
 
 /* Did the last look find the extension, and so a history to record into? */
 static bool had_history = false;
+
+/* Has the extension been created since the last look?  (Its own transaction.) */
+static bool
+extension_appeared(void)
+{
+	bool		present;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	present = extension_present();
+	CommitTransactionCommand();
+	return present;
+}
+
+/* Connected to no database: killswitch.database could not be used. */
+static bool without_database = false;
 
 /*
  * Look at the file and act on it, in one transaction holding the lock that
@@ -131,7 +181,7 @@ examine_file(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "examining the kill switch state file");
 
-	history = extension_present();
+	history = !without_database && extension_present();
 	if (history)
 	{
 		LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
@@ -146,6 +196,37 @@ examine_file(void)
 	CommitTransactionCommand();
 	had_history = history;
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Is the state file a change made through SQL (source sql or
+ * release_request, validly signed)?  Without a history to lock, the watcher
+ * cannot wait for a change committing through SQL in some database the way
+ * examine_file() does; such a file is written just before its commit and
+ * published by its own backend at commit (or put back at abort), so the
+ * watcher waits (at most KS_IN_FLIGHT_MS) rather than apply it a second
+ * time.
+ */
+static bool
+sql_write(const char *path)
+{
+	char	   *secret;
+	size_t		secretlen;
+	char		problem[KS_PROBLEM_LEN];
+	KsState		st;
+	KsVerdict	v = KS_FILE_BAD;
+	bool		result;
+
+	/* in a transaction: the HMAC needs a resource owner */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)))
+		v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac, 0,
+						  &st, problem, sizeof(problem));
+	result = (v == KS_FILE_VALID || v == KS_FILE_UNSIGNED) && st.source != NULL &&
+		(strcmp(st.source, "sql") == 0 || strcmp(st.source, "release_request") == 0);
+	CommitTransactionCommand();
+	return result;
 }
 
 /*
@@ -188,12 +269,20 @@ run_duties(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	history = extension_present();
+	history = !without_database && extension_present();
+	/*
+	 * Without a database the table cannot be read: the list stays as the
+	 * backends of a database with the extension load it (unloading it each
+	 * tick would only make them load it again).
+	 */
 	if (history && ks_critical_list_due())
 		ks_load_critical_list(!ks_list_loaded(KS_LIST_CRITICAL));
-	else if (!history && ks_list_loaded(KS_LIST_CRITICAL))
+	else if (!history && !without_database && ks_list_loaded(KS_LIST_CRITICAL))
 		ks_list_unload(KS_LIST_CRITICAL);
-	ks_emergency_tick(history);
+	if (without_database)
+		ks_emergency_tick_without_database();
+	else
+		ks_emergency_tick(history);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 }
@@ -203,7 +292,7 @@ static bool
 duties_due(void)
 {
 	return (had_history && ks_critical_list_due()) ||
-		(!had_history && ks_list_loaded(KS_LIST_CRITICAL)) ||
+		(!had_history && !without_database && ks_list_loaded(KS_LIST_CRITICAL)) ||
 		ks_current_mode() == KS_EMERGENCY;
 }
 
@@ -229,6 +318,243 @@ run_duties_safely(void)
 	ks_emergency_finish_prepared();
 }
 
+
+/*
+ * The watcher's problem, or "" when it can do all its work: into shared
+ * memory for ks_status(), and into the log as a WARNING when it appears,
+ * changes, and once a minute while it stands, so that nobody learns of it
+ * in an incident.
+ */
+static void
+report_problem(const char *problem, const char *hint)
+{
+	static TimestampTz warned_at = 0;
+	char		last[KS_WATCHER_PROBLEM_LEN];
+	TimestampTz now = GetCurrentTimestamp();
+	bool		same;
+
+	/* what is shown now, maybe by the watcher before this one */
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(last, ks_shared->watcher_problem, sizeof(last));
+	SpinLockRelease(&ks_shared->mutex);
+	same = strncmp(last, problem, sizeof(last) - 1) == 0;
+
+	if (same && (problem[0] == '\0' ||
+				 !TimestampDifferenceExceeds(warned_at, now, KS_PROBLEM_WARN_MS)))
+		return;
+	if (problem[0] == '\0')
+		ereport(LOG, (errmsg("killswitch: the watcher's problem is solved: %s", last)));
+	else
+	{
+		ereport(WARNING,
+				(errmsg("killswitch: %s", problem),
+				 errdetail("The watcher still judges the state file and acts on an emergency, "
+						   "but records nothing in killswitch.events: no events, no NOTIFY, no snapshot rows."),
+				 errhint("%s", hint)));
+		warned_at = now;
+	}
+	SpinLockAcquire(&ks_shared->mutex);
+	strlcpy(ks_shared->watcher_problem, problem, sizeof(ks_shared->watcher_problem));
+	SpinLockRelease(&ks_shared->mutex);
+}
+
+/* What the shared catalog says about killswitch.database. */
+typedef enum KsDatabaseState
+{
+	KS_DB_USABLE,
+	KS_DB_MISSING,
+	KS_DB_INVALID				/* left behind by an interrupted DROP DATABASE */
+} KsDatabaseState;
+
+/* Look killswitch.database up in pg_database (a shared catalog: no database needed). */
+static KsDatabaseState
+database_state(void)
+{
+	KsDatabaseState state = KS_DB_MISSING;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_database_datname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum(ks_database));
+	/* a heap scan: with no database, only the shared catalogs' heaps are safe to open */
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		state = KS_DB_USABLE;
+#ifdef DATCONNLIMIT_INVALID_DB
+		if (((Form_pg_database) GETSTRUCT(tup))->datconnlimit == DATCONNLIMIT_INVALID_DB)
+			state = KS_DB_INVALID;
+#endif
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return state;
+}
+
+/* Say why the database cannot be used, for the state found. */
+static void
+report_database_state(KsDatabaseState state)
+{
+	char		problem[KS_WATCHER_PROBLEM_LEN];
+	char		hint[512];
+
+	if (state == KS_DB_MISSING)
+	{
+		snprintf(problem, sizeof(problem),
+				 "database \"%s\" named by killswitch.database does not exist; "
+				 "the watcher runs without it and records nothing", ks_database);
+		snprintf(hint, sizeof(hint),
+				 "Create it and run CREATE EXTENSION killswitch in it, or set killswitch.database "
+				 "to the database that holds the kill switch and restart the server.");
+	}
+	else if (state == KS_DB_INVALID)
+	{
+		snprintf(problem, sizeof(problem),
+				 "database \"%s\" named by killswitch.database is invalid (an interrupted DROP DATABASE); "
+				 "the watcher runs without it and records nothing", ks_database);
+		snprintf(hint, sizeof(hint),
+				 "Drop it and create it again with CREATE EXTENSION killswitch in it, or set "
+				 "killswitch.database to another database and restart the server.");
+	}
+	else
+	{
+		snprintf(problem, sizeof(problem),
+				 "the watcher could not connect to database \"%s\" named by killswitch.database; "
+				 "it runs without it and records nothing", ks_database);
+		snprintf(hint, sizeof(hint),
+				 "See the earlier errors of the \"killswitch watcher\" in the server log; "
+				 "the watcher tries again every %d seconds.", KS_CONNECT_RETRY_MS / 1000);
+	}
+	report_problem(problem, hint);
+}
+
+/* Say whether the history can be recorded in the database we are in. */
+static void
+report_history_state(void)
+{
+	char		problem[KS_WATCHER_PROBLEM_LEN];
+	char		hint[512];
+
+	if (had_history)
+	{
+		report_problem("", "");
+		return;
+	}
+	snprintf(problem, sizeof(problem),
+			 "the killswitch extension is not installed in database \"%s\" (killswitch.database); "
+			 "changes are applied but not recorded", ks_database);
+	snprintf(hint, sizeof(hint), "Run CREATE EXTENSION killswitch in database \"%s\".", ks_database);
+	report_problem(problem, hint);
+}
+
+/*
+ * Connect to killswitch.database, or to no database when the last attempt
+ * died trying: a missing database is a FATAL error at connection, which no
+ * code of ours survives, so a flag in shared memory carries the lesson to
+ * the next start.
+ */
+static void
+connect_to_database(void)
+{
+	bool		failed_before;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	failed_before = ks_shared->watcher_connecting;
+	ks_shared->watcher_connecting = true;
+	SpinLockRelease(&ks_shared->mutex);
+
+	if (!failed_before)
+	{
+		/* a kill switch keeps working where logins are switched off */
+		BackgroundWorkerInitializeConnection(ks_database, NULL, BGWORKER_BYPASS_ALLOWCONN);
+		SpinLockAcquire(&ks_shared->mutex);
+		ks_shared->watcher_connecting = false;
+		ks_shared->watcher_usable_retries = 0;
+		SpinLockRelease(&ks_shared->mutex);
+		return;
+	}
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	without_database = true;
+}
+
+/*
+ * Without a database: is it time to exit and be started again connected to
+ * it?  Yes as soon as it exists, the first time; when it looked usable and
+ * the connection still failed, once every KS_CONNECT_RETRY_MS.  Reports the
+ * problem otherwise.
+ */
+static void
+recheck_database(TimestampTz started)
+{
+	KsDatabaseState state = database_state();
+	bool		retry = false;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	if (state != KS_DB_USABLE)
+		ks_shared->watcher_usable_retries = 0;
+	else if (ks_shared->watcher_usable_retries == 0 ||
+			 TimestampDifferenceExceeds(started, GetCurrentTimestamp(), KS_CONNECT_RETRY_MS))
+	{
+		ks_shared->watcher_usable_retries++;
+		ks_shared->watcher_connecting = false;
+		retry = true;
+	}
+	SpinLockRelease(&ks_shared->mutex);
+
+	if (retry)
+	{
+		ereport(LOG,
+				(errmsg("killswitch: database \"%s\" is there now; the watcher restarts to connect to it",
+						ks_database)));
+		proc_exit(1);			/* the postmaster starts us again */
+	}
+	report_database_state(state);
+}
+
+/* Start watching the state directory; the poll goes on either way. */
+static int
+start_dirwatch(void)
+{
+	static bool warned = false;
+	char		problem[KS_PROBLEM_LEN];
+	int			fd = ks_dirwatch_start(ks_state_dir, problem, sizeof(problem));
+
+	if (fd < 0 && !warned)
+	{
+		ereport(LOG,
+				(errmsg("killswitch: the watcher polls the state file every %d ms: %s",
+						ks_poll_interval, problem)));
+		warned = true;
+	}
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->watcher_inotify = fd >= 0;
+	SpinLockRelease(&ks_shared->mutex);
+	return fd;
+}
+
+/* What the watcher waits on: its latch, the postmaster's death, the directory. */
+static WaitEventSet *
+make_wait_set(WaitEventSet *old, int watch_fd)
+{
+	WaitEventSet *set;
+
+	if (old)
+		FreeWaitEventSet(old);
+	set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (watch_fd >= 0)
+		AddWaitEventToSet(set, WL_SOCKET_READABLE, watch_fd, NULL, NULL);
+	return set;
+}
+
 /* At exit: nobody should set a latch that is no longer ours. */
 static void
 forget_latch(int code, Datum arg)
@@ -236,7 +562,19 @@ forget_latch(int code, Datum arg)
 	SpinLockAcquire(&ks_shared->mutex);
 	if (ks_shared->watcher_latch == MyLatch)
 		ks_shared->watcher_latch = NULL;
+	ks_shared->watcher_inotify = false;
 	SpinLockRelease(&ks_shared->mutex);
+}
+
+/* Milliseconds from now until a moment (at least 1: never a busy loop on 0). */
+static long
+ms_until(TimestampTz when)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(GetCurrentTimestamp(), when, &secs, &usecs);
+	return secs * 1000 + usecs / 1000 + 1;
 }
 
 /* The worker's entry point. */
@@ -247,21 +585,39 @@ ks_worker_main(Datum arg)
 	KsFileStamp seen;
 	bool		first = true;
 	TimestampTz retry_at = 0;
+	bool		failed = false;	/* the last look failed: try again at retry_at */
+	TimestampTz started;
+	TimestampTz rechecked_at = 0;
+	TimestampTz settle_at = 0;	/* a writer still at the file: judge then */
+	TimestampTz rewatch_at = 0;
+	KsDirEvent	dir_event = KS_DIR_NOTHING;
+	TimestampTz in_flight_since = 0;	/* the server's own write seen, not yet published */
+	bool		look;
+	int			watch_fd;
+	WaitEventSet *wait_set;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(ks_database, NULL, 0);
+	connect_to_database();
+	started = GetCurrentTimestamp();
 	pgstat_report_appname("killswitch watcher");
 	memset(&seen, 0, sizeof(seen));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->watcher_latch = MyLatch;
 	SpinLockRelease(&ks_shared->mutex);
 	before_shmem_exit(forget_latch, (Datum) 0);
+	ks_state_file_path(path, sizeof(path));
+	watch_fd = start_dirwatch();
+	wait_set = make_wait_set(NULL, watch_fd);
 
 	for (;;)
 	{
 		KsFileStamp now;
+		TimestampTz tick;
+		WaitEvent	events[3];
+		long		timeout;
+		int			n;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -269,34 +625,109 @@ ks_worker_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-
-		ks_state_file_path(path, sizeof(path));
-		now = file_stamp(path);
-		/* an unrecorded change is recorded as soon as there is a history for it */
-		if (first || stamp_changed(&now, &seen) ||
-			(((ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
-			 GetCurrentTimestamp() >= retry_at))
+		tick = GetCurrentTimestamp();
+		if (without_database &&
+			(rechecked_at == 0 ||
+			 TimestampDifferenceExceeds(rechecked_at, tick, KS_DATABASE_RECHECK_MS)))
 		{
-			/*
-			 * "seen" stays the stamp from before the look: a file written
-			 * while we looked (the CLI writes as soon as our commit has
-			 * updated the private copy) is news at the next tick, and our
-			 * own rewrite costs one more look that finds nothing to do.
-			 */
-			if (!examine_file_safely())
+			recheck_database(started);
+			rechecked_at = tick;
+		}
+		else if (!without_database && !had_history && !first &&
+				 TimestampDifferenceExceeds(rechecked_at, tick, KS_DATABASE_RECHECK_MS))
+		{
+			/* CREATE EXTENSION does not touch the file: look for the history */
+			if (extension_appeared())
+				dir_event = KS_DIR_WRITTEN;
+			rechecked_at = tick;
+		}
+		/* the directory was moved or the kernel dropped the watch: poll, and try again */
+		if (dir_event == KS_DIR_LOST || (watch_fd < 0 && rewatch_at != 0 && tick >= rewatch_at))
+		{
+			ks_dirwatch_stop(watch_fd);
+			watch_fd = start_dirwatch();
+			wait_set = make_wait_set(wait_set, watch_fd);
+			rewatch_at = watch_fd < 0 ? TimestampTzPlusMilliseconds(tick, KS_PROBLEM_WARN_MS) : 0;
+			dir_event = KS_DIR_CHANGED;
+		}
+		if (dir_event == KS_DIR_WRITING)
+		{
+			settle_at = TimestampTzPlusMilliseconds(tick, KS_SETTLE_AFTER_WRITE_MS);
+			dir_event = KS_DIR_NOTHING;
+		}
+		else if (dir_event != KS_DIR_NOTHING)
+			settle_at = 0;
+		if (settle_at != 0 && tick >= settle_at)
+		{
+			settle_at = 0;
+			dir_event = KS_DIR_WRITTEN;
+		}
+
+		now = file_stamp(path);
+		/*
+		 * Written in place and closed: judge even when the stamp looks the
+		 * same (time stamps are coarse).  An unrecorded change is recorded
+		 * as soon as there is a history for it, an unconfirmed one is
+		 * confirmed; a look that failed (the event or the rewrite) is tried
+		 * again after KS_RETRY_MS.
+		 */
+		look = first || stamp_changed(&now, &seen) || dir_event == KS_DIR_WRITTEN ||
+			((failed || (ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
+			 GetCurrentTimestamp() >= retry_at);
+		if (look && !first && !had_history && sql_write(path))
+		{
+			/* the server's own change, committing somewhere: look again shortly */
+			if (in_flight_since == 0)
+				in_flight_since = tick;
+			if (!TimestampDifferenceExceeds(in_flight_since, tick, KS_IN_FLIGHT_MS))
+			{
+				look = false;
+				now = seen;
+				settle_at = TimestampTzPlusMilliseconds(tick, KS_WRITING_SETTLE_MS);
+			}
+		}
+		if (look)
+		{
+			in_flight_since = 0;
+			failed = !examine_file_safely();
+			if (failed)
 				retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   KS_RETRY_MS);
+			/*
+			 * Compare the next look with what we saw before acting: a change
+			 * that lands while we act (a writer racing our rewrite) is judged
+			 * then, and our own rewrite costs one more look that finds the
+			 * state we hold.  Without a history nothing is rewritten, but a
+			 * rejected file is moved aside: that is not a new deletion.
+			 */
+			if (!had_history)
+				now = file_stamp(path);
 			first = false;
 		}
+		dir_event = KS_DIR_NOTHING;
 		seen = now;
 		if (duties_due())
 			run_duties_safely();
-		ks_audit_watch();
+		if (!without_database)
+			ks_audit_watch();	/* its catalogs are a database's */
 		ks_alert_poll();
 		note_liveness();
+		if (!without_database)
+			report_history_state();
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 ks_poll_interval, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		/* the poll, or sooner: a write to let settle, a failed look to retry */
+		timeout = ks_poll_interval;
+		if (settle_at != 0)
+			timeout = Min(timeout, ms_until(settle_at));
+		if (failed)
+			timeout = Min(timeout, ms_until(retry_at));
+		n = WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
+		for (int i = 0; i < n; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			if (events[i].events & WL_SOCKET_READABLE)
+				dir_event = Max(dir_event, ks_dirwatch_drain(watch_fd, KS_STATE_FILE_NAME));
+		}
 	}
 }

@@ -120,15 +120,19 @@ my %variants = (
 		put_file(signed_text(mode => 5, engaged_at => now_iso(), reason => 'x',
 			triggered_by => 'y', generation => generation() + 1));
 	},
-	'a directory' => sub { unlink $file; mkdir $file or die $!; },
+	# the watcher sees a deletion at once (inotify) and writes the file back: retry
+	'a directory' => sub {
+		for (1 .. 100) { unlink $file; last if mkdir $file; }
+		-d $file or die "could not put a directory in place of $file";
+	},
 	'a symlink' => sub {
 		my $t = signed_text(mode => 'DISENGAGED', engaged_at => now_iso(), reason => 'x',
 			triggered_by => 'y', generation => generation() + 1);
 		open my $o, '>', "$dir/elsewhere.json" or die $!;
 		print $o $t;
 		close $o;
-		unlink $file;
-		symlink "$dir/elsewhere.json", $file or die $!;
+		symlink "$dir/elsewhere.json", "$file.link" or die $!;
+		rename "$file.link", $file or die $!;
 	},
 	'a huge file' => sub { put_file('{"mode": "DISENGAGED", "reason": "' . ('x' x (2 * 1024 * 1024)) . '"}'); },
 	'unreadable' => sub {
