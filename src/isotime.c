@@ -25,6 +25,32 @@ days_from_civil(int y, int m, int d)
 	return (int64) era * 146097 + doe - 719468;
 }
 
+/* Days in a month of the proleptic Gregorian calendar. */
+static int
+days_in_month(int y, int m)
+{
+	static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	bool		leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+
+	return m == 2 && leap ? 29 : days[m - 1];
+}
+
+/*
+ * Does s begin with text of the shape of pattern, where 'd' stands for a
+ * digit and every other character for itself?  sscanf's %d alone would take
+ * signs and spaces ("2026-+2-01").
+ */
+static bool
+shaped(const char *s, const char *pattern)
+{
+	for (; *pattern; s++, pattern++)
+	{
+		if (*pattern == 'd' ? !(*s >= '0' && *s <= '9') : *s != *pattern)
+			return false;
+	}
+	return true;
+}
+
 /* Format microseconds since the Unix epoch as the file's time stamps. */
 void
 ks_format_iso_utc(int64 unix_usec, char *buf, size_t buflen)
@@ -59,11 +85,12 @@ ks_parse_iso(const char *s, int64 *unix_usec)
 	int			offset_min = 0;
 	const char *p;
 
-	if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &se, &n) != 6 ||
+	if (!shaped(s, "dddd-dd-ddTdd:dd:dd") ||
+		sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &se, &n) != 6 ||
 		n != 19)
 		return false;
-	if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60 ||
-		h < 0 || mi < 0 || se < 0)
+	if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) ||
+		h > 23 || mi > 59 || se > 59 || h < 0 || mi < 0 || se < 0)
 		return false;
 	p = s + 19;
 	if (*p == '.')
@@ -83,7 +110,7 @@ ks_parse_iso(const char *s, int64 *unix_usec)
 	}
 	if (*p == 'Z')
 		p++;
-	else if ((*p == '+' || *p == '-') && strlen(p) == 6 && p[3] == ':')
+	else if ((*p == '+' || *p == '-') && strlen(p) == 6 && shaped(p + 1, "dd:dd"))
 	{
 		int			oh,
 					om;
