@@ -379,14 +379,35 @@ row_from_composite(HeapTupleHeader row, KsEventRow *r)
 	r->require_hmac = DatumGetBool(GetAttributeByName(row, "require_hmac", &isnull));
 }
 
-/* SQL: the canonical content a row's hash covers, for auditors. */
+/*
+ * SQL: the canonical content a row's hash covers, for auditors.  Only a
+ * row that could be in killswitch.events has one: a NULL where the table
+ * has NOT NULL (a row built by hand) is refused with a clear error rather
+ * than decoded as zero (a NULL mode was "cache lookup failed", XX000).
+ */
 Datum
 ks_event_canonical(PG_FUNCTION_ARGS)
 {
+	static const char *const not_null[] = {
+		"id", "at", "mode", "reason", "triggered_by", "affected_tasks", "source",
+		"session_role", "backend_pid", "xid", "generation", "key_id", "require_hmac"
+	};
+	HeapTupleHeader row = PG_GETARG_HEAPTUPLEHEADER(0);
 	KsEventRow	r;
 	StringInfoData buf;
 
-	row_from_composite(PG_GETARG_HEAPTUPLEHEADER(0), &r);
+	for (size_t i = 0; i < lengthof(not_null); i++)
+	{
+		bool		isnull;
+
+		(void) GetAttributeByName(row, not_null[i], &isnull);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("column \"%s\" of the killswitch.events row is null", not_null[i]),
+					 errdetail("Only a row that killswitch.events could hold has a canonical form, and that column is NOT NULL there.")));
+	}
+	row_from_composite(row, &r);
 	initStringInfo(&buf);
 	row_canonical(&buf, &r);
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data, buf.len));
