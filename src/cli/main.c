@@ -6,6 +6,7 @@
 #include "postgres_fe.h"
 
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/logging.h"
@@ -71,6 +72,65 @@ os_user(void)
 	struct passwd *pw = getpwuid(geteuid());
 
 	return pw ? pw->pw_name : "unknown";
+}
+
+/* A user's name for a message, or the number. */
+static const char *
+user_name(uid_t uid)
+{
+	struct passwd *pw = getpwuid(uid);
+
+	return pw ? pg_strdup(pw->pw_name) : psprintf("uid %u", (unsigned) uid);
+}
+
+/*
+ * Offline, the command writes files the server must read and takes the lock
+ * the server takes: run by root or by anyone but the directory's owner, it
+ * would leave root-owned 0600 files the server cannot read (a tamper
+ * verdict, an emergency lost) and a lock file that blocks the server's
+ * changes.  So, like pg_ctl and pg_resetwal, it runs only as the owner of
+ * the data directory (and of the state directory), or exits.
+ */
+static void
+require_owner(const char *what, const char *dir)
+{
+	struct stat sb;
+
+	if (dir == NULL)
+		return;
+	if (stat(dir, &sb) != 0)
+	{
+		pg_log_error("could not access %s \"%s\": %m", what, dir);
+		exit(KS_EXIT_ERROR);
+	}
+	if (sb.st_uid != geteuid())
+	{
+		pg_log_error("must be run as the owner of the %s \"%s\" (%s), not as %s",
+					 what, dir, user_name(sb.st_uid), user_name(geteuid()));
+		pg_log_error_hint("Run it as that user, e.g. \"sudo -u %s killswitch ...\", or use -d to go through the database.",
+						  user_name(sb.st_uid));
+		exit(KS_EXIT_ERROR);
+	}
+}
+
+/* Refuse to work on the files as root or as another user than their owner. */
+static void
+require_owner_offline(const KsOptions *opt, const char *progname)
+{
+	const char *dir = opt->pgdata ? opt->pgdata : opt->state_dir;
+	struct stat sb;
+
+	if (geteuid() == 0)
+	{
+		pg_log_error("cannot be run as root without -d");
+		pg_log_error_hint("Run %s as the operating system user that owns the data directory "
+						  "(\"sudo -u %s %s ...\"): files written by root cannot be read by the server.",
+						  progname, dir && stat(dir, &sb) == 0 ? user_name(sb.st_uid) : "postgres",
+						  progname);
+		exit(KS_EXIT_ERROR);
+	}
+	require_owner("data directory", opt->pgdata);
+	require_owner("state directory", opt->state_dir);
 }
 
 /* Parse a non-negative integer option or exit. */
@@ -222,6 +282,8 @@ main(int argc, char **argv)
 		opt.by = os_user();
 	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by"))
 		exit(KS_EXIT_ERROR);
+	if (opt.conninfo == NULL)
+		require_owner_offline(&opt, progname);
 
 	exit(opt.conninfo ? ks_cli_online(&opt) : ks_cli_offline(&opt));
 }

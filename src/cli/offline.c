@@ -58,6 +58,82 @@ resolve_paths(const KsOptions *opt, KsPaths *p)
 		snprintf(p->last_applied, MAXPGPATH, "%s/pg_killswitch/last_applied.json", opt->pgdata);
 }
 
+/* Append "key": to a JSON object's text, after a comma unless first. */
+static void
+put_key(StringInfo out, const char *key)
+{
+	if (out->data[out->len - 1] != '{')
+		appendStringInfoChar(out, ',');
+	ks_json_append_string(out, key);
+	appendStringInfoChar(out, ':');
+}
+
+/* Append "key":value (a JSON string, or null) to a JSON object's text. */
+static void
+put_string(StringInfo out, const char *key, const char *value)
+{
+	put_key(out, key);
+	if (value)
+		ks_json_append_string(out, value);
+	else
+		appendStringInfoString(out, "null");
+}
+
+/* Append "key":raw, where raw is JSON text already (a number, a literal). */
+static void
+put_raw(StringInfo out, const char *key, const char *raw)
+{
+	put_key(out, key);
+	appendStringInfoString(out, raw);
+}
+
+/*
+ * status --json: the members of ks_status(), as "killswitch -d ... status
+ * --json" prints them, so that a script reads one shape either way.  What
+ * only the database knows (the history's counts, the watcher) is null; so
+ * is last_engagement when the file is disengaged, and the mode of a file
+ * that cannot be trusted (the server then assumes at least halt_all).
+ */
+static void
+print_status_json(const KsOptions *opt, const KsState *st, KsVerdict v,
+				  const char *integrity, const char *problem)
+{
+	StringInfoData out;
+	bool		bad = v == KS_FILE_BAD;
+	char		gen[32];
+
+	initStringInfo(&out);
+	appendStringInfoChar(&out, '{');
+	put_string(&out, "mode", bad ? NULL : ks_mode_file_names[st->mode]);
+	put_raw(&out, "engaged", bad || st->mode != KS_DISENGAGED ? "true" : "false");
+	snprintf(gen, sizeof(gen), INT64_FORMAT, st->generation);
+	put_raw(&out, "generation", !bad && st->generation >= 0 ? gen : "null");
+	put_string(&out, "since", bad ? NULL : st->engaged_at);
+	put_string(&out, "source", bad ? NULL : st->source);
+	put_string(&out, "integrity", integrity);
+	put_string(&out, "problem", bad ? problem : ks_is_tamper_source(st->source) ? st->reason : NULL);
+	put_raw(&out, "require_hmac", opt->require_hmac ? "true" : "false");
+	if (!bad && st->mode != KS_DISENGAGED)
+	{
+		put_key(&out, "last_engagement");
+		appendStringInfoChar(&out, '{');
+		put_string(&out, "timestamp", st->engaged_at);
+		put_string(&out, "mode", ks_mode_file_names[st->mode]);
+		put_string(&out, "reason", st->reason);
+		put_string(&out, "triggered_by", st->triggered_by);
+		appendStringInfoChar(&out, '}');
+	}
+	else
+		put_raw(&out, "last_engagement", "null");
+	put_raw(&out, "engagement_count", "null");
+	put_raw(&out, "total_events", "null");
+	put_raw(&out, "unrecorded_change", "null");
+	put_raw(&out, "watcher_checked_at", "null");
+	put_raw(&out, "watcher_age_ms", "null");
+	appendStringInfoChar(&out, '}');
+	puts(out.data);
+}
+
 /* Print a state, for people or as JSON. */
 static void
 print_state(const KsOptions *opt, const KsState *st, KsVerdict v, const char *problem)
@@ -67,26 +143,7 @@ print_state(const KsOptions *opt, const KsState *st, KsVerdict v, const char *pr
 
 	if (opt->json)
 	{
-		KsJson	   *o = ks_json_object();
-		StringInfoData out;
-
-		ks_json_put_string(o, "integrity", integrity);
-		if (v == KS_FILE_BAD)
-			ks_json_put_string(o, "problem", problem);
-		else
-		{
-			ks_json_put_string(o, "mode", ks_mode_file_names[st->mode]);
-			ks_json_put_bool(o, "engaged", st->mode != KS_DISENGAGED);
-			if (st->generation >= 0)
-				ks_json_put_int(o, "generation", st->generation);
-			ks_json_put_string(o, "engaged_at", st->engaged_at);
-			ks_json_put_string(o, "reason", st->reason);
-			ks_json_put_string(o, "triggered_by", st->triggered_by);
-			ks_json_put_string(o, "source", st->source);
-		}
-		initStringInfo(&out);
-		ks_json_canonical(&out, o, NULL);
-		puts(out.data);
+		print_status_json(opt, st, v, integrity, problem);
 		return;
 	}
 	if (v == KS_FILE_BAD)
@@ -337,8 +394,9 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 		return KS_EXIT_ERROR;
 	}
 	ks_unlock_dir(lockfd);
-	if (opt->json)
-		print_state(opt, &next, KS_FILE_VALID, NULL);
+	if (opt->json)				/* the shape "killswitch -d" prints; no event yet */
+		printf("{\"event_id\":null,\"generation\":" INT64_FORMAT ",\"mode\":\"%s\",\"release_requested\":false}\n",
+			   next.generation, ks_mode_sql_names[mode]);
 	else
 		printf("%s (generation " INT64_FORMAT ") written to %s\n",
 			   ks_mode_sql_names[mode], next.generation, p->state_file);

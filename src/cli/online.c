@@ -34,12 +34,23 @@ run(PGconn *conn, const char *sql, int nparams, const char *const *params)
 	return res;
 }
 
-/* status: ks_status(); exit by mode and integrity. */
+/*
+ * status: ks_status(); exit by mode and integrity.  --json prints a fixed
+ * set of its members, the set offline.c prints from the file, so that the
+ * shape does not depend on how the command reached the state.
+ */
 static int
 status(const KsOptions *opt, PGconn *conn)
 {
 	PGresult   *res = run(conn,
-						  "SELECT s::text, s->>'mode', s->>'integrity', s->>'generation', s->>'since',"
+						  "SELECT jsonb_build_object("
+						  " 'mode', s->'mode', 'engaged', s->'engaged', 'generation', s->'generation',"
+						  " 'since', s->'since', 'source', s->'source', 'integrity', s->'integrity',"
+						  " 'problem', s->'problem', 'require_hmac', s->'require_hmac',"
+						  " 'last_engagement', s->'last_engagement', 'engagement_count', s->'engagement_count',"
+						  " 'total_events', s->'total_events', 'unrecorded_change', s->'unrecorded_change',"
+						  " 'watcher_checked_at', s->'watcher_checked_at', 'watcher_age_ms', s->'watcher_age_ms')::text,"
+						  " s->>'mode', s->>'integrity', s->>'generation', s->>'since',"
 						  " s->'last_engagement'->>'reason', s->'last_engagement'->>'triggered_by',"
 						  " s->>'source', s->>'watcher_age_ms' FROM ks_status() s", 0, NULL);
 	int			rc;
