@@ -21,6 +21,7 @@
 #include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -397,6 +398,27 @@ undo_file_write(void)
 				 errhint("The file may hold a state that was not committed; check it with ks_status().")));
 }
 
+/*
+ * An engage takes effect locally at once, even when a synchronous standby
+ * is down: a transaction whose changes leave the mode at least where it
+ * found it commits with synchronous_commit = local (as SET LOCAL would), so
+ * its commit does not wait in SyncRepWaitForLSN() before shared memory is
+ * published.  A release (the mode ends lower) waits for the standbys as
+ * usual.  Other work in the same transaction shares the one commit record,
+ * so it too is only locally durable when the commit returns.
+ */
+static void
+commit_engage_locally(void)
+{
+	KsPending  *first = (KsPending *) linitial(pending);
+
+	if ((int) last_pending()->state.mode < first->state.previous_mode ||
+		synchronous_commit <= SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
+		return;
+	(void) set_config_option("synchronous_commit", "local", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
 /* Transaction callback: the commit semantics above. */
 void
 ks_xact_callback(XactEvent event, void *arg)
@@ -409,6 +431,7 @@ ks_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
+			commit_engage_locally();
 			write_before_commit();
 			break;
 		case XACT_EVENT_COMMIT:
