@@ -17,6 +17,7 @@
 #include "pgstat.h"
 #include "storage/fd.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
 #include "utils/timestamp.h"
 #endif
 
@@ -351,13 +352,40 @@ wait_for_lock(int fd, const char *path, char *problem, size_t problemlen)
 #else
 
 /*
- * The server waits on its latch between tries, so that statement_timeout,
- * pg_cancel_backend() and pg_terminate_backend() end the wait (the wait
- * shows in pg_stat_activity as wait event "Extension").  A process that
- * cannot be interrupted — the postmaster, which has no latch to wait on and
- * must never hang, or a backend holding interrupts — gives up after
- * KS_LOCK_BOUNDED_MS.  CHECK_FOR_INTERRUPTS() may throw: the caller closes
- * the descriptor.
+ * A session's statement_timeout and lock_timeout apply to this wait too.
+ * The server takes the lock at commit, and PostgreSQL disarms the
+ * statement timeout before a commit (finish_xact_command): without this a
+ * commit would wait for an outside holder however short the session asked
+ * its statements to be.  The wait raises what the timeout itself would.
+ */
+static void
+check_session_timeouts(TimestampTz start, const char *path)
+{
+	TimestampTz now;
+
+	if (MyBackendType != B_BACKEND || (StatementTimeout <= 0 && LockTimeout <= 0))
+		return;
+	now = GetCurrentTimestamp();
+	if (LockTimeout > 0 && TimestampDifferenceExceeds(start, now, LockTimeout))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("canceling statement due to lock timeout"),
+				 errdetail("Another process held the kill switch writers' lock \"%s\"; nothing was changed.", path)));
+	if (StatementTimeout > 0 && TimestampDifferenceExceeds(start, now, StatementTimeout))
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling statement due to statement timeout"),
+				 errdetail("Another process held the kill switch writers' lock \"%s\"; nothing was changed.", path)));
+}
+
+/*
+ * The server waits on its latch between tries, so that pg_cancel_backend(),
+ * pg_terminate_backend(), statement_timeout and lock_timeout end the wait
+ * (the wait shows in pg_stat_activity as wait event "Extension").  A
+ * process that cannot be interrupted — the postmaster, which has no latch
+ * to wait on and must never hang, or a backend holding interrupts (the
+ * undo at abort) — gives up after KS_LOCK_BOUNDED_MS.  This may throw: the
+ * caller closes the descriptor.
  */
 static bool
 wait_for_lock(int fd, const char *path, char *problem, size_t problemlen)
@@ -382,10 +410,14 @@ wait_for_lock(int fd, const char *path, char *problem, size_t problemlen)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 KS_LOCK_POLL_MS, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
 		}
 		else
 			pg_usleep(KS_LOCK_POLL_MS * 1000L);
+		if (interruptible)
+		{
+			CHECK_FOR_INTERRUPTS();
+			check_session_timeouts(start, path);
+		}
 	}
 	if (r < 0)
 	{
