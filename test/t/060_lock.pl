@@ -1,0 +1,169 @@
+# The writers' lock (kill_switch_state.lock) held by an outside process:
+# every wait for it can be interrupted.  A change waiting at commit ends
+# with statement_timeout (57014), lock_timeout (55P03), pg_cancel_backend
+# (57014) and pg_terminate_backend, and shows the wait in pg_stat_activity;
+# nothing changes.  The postmaster gives up after a bounded wait and starts
+# fail-closed without writing; the command-line tool gives up with a
+# message.  A lock file replaced by a symbolic link is refused.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use Time::HiRes qw(usleep);
+use KsTest;
+
+my $node = ks_node('lock');
+my $pgdata = $node->data_dir;
+my $dir = "$pgdata/pg_killswitch";
+my $lock = "$dir/kill_switch_state.lock";
+my $file = "$dir/kill_switch_state.json";
+my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
+
+sub sql { return $node->safe_psql('postgres', shift); }
+
+# What must not change while a writer cannot get the lock.
+sub snapshot
+{
+	return join '|', slurp_file($file),
+	  sql("SELECT ks_mode() || ' ' || (ks_status()->>'generation') || ' ' || "
+		  . "(SELECT count(*) FROM killswitch.events)");
+}
+
+# Is the lock free right now?  (flock -n fails while someone holds it.)
+sub lock_free { return system('flock', '-n', $lock, 'true') == 0; }
+
+# An outside process holding the lock, as `flock FILE sleep N` does (one
+# process, so that killing it lets the lock go: flock(1)'s child would keep it).
+sub hold_lock
+{
+	my ($seconds) = @_;
+	my $h = IPC::Run::start([ $^X, '-e',
+		'use Fcntl ":flock"; open my $f, ">>", $ARGV[0] or die $!; flock $f, LOCK_EX or die $!; sleep $ARGV[1]',
+		$lock, $seconds ]);
+	for (1 .. 300)
+	{
+		last unless lock_free();
+		usleep(50_000);
+	}
+	ok(!lock_free(), 'an outside process holds the writers\' lock');
+	return $h;
+}
+
+sub let_go
+{
+	my ($h) = @_;
+	$h->kill_kill;
+	$h->finish;
+}
+
+# Start a session that engages and so waits for the lock at commit.
+sub start_engage
+{
+	my ($reason) = @_;
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(
+		[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c', '\\set VERBOSITY verbose',
+		  '-c', "SELECT mode FROM ks_engage('halt_all', '$reason')" ],
+		'<', \undef, '>', \$out, '2>', \$err);
+	return ($h, \$out, \$err);
+}
+
+# The pid of the session waiting on the lock, seen with its wait event.
+sub waiting_pid
+{
+	my ($reason) = @_;
+	ok( $node->poll_query_until('postgres',
+			"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension' "
+			  . "AND query LIKE '%$reason%' AND pid <> pg_backend_pid()", '1'),
+		"the waiting change shows wait event Extension ($reason)");
+	return sql("SELECT pid FROM pg_stat_activity WHERE query LIKE '%$reason%' "
+		  . "AND pid <> pg_backend_pid()");
+}
+
+my $before = snapshot();
+my $log_offset = -s $node->logfile;
+my $holder = hold_lock(300);
+my ($ret, $out, $err);
+
+# 1. statement_timeout and lock_timeout end the wait at commit.
+($ret, $out, $err) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSET statement_timeout = '1s';\nSELECT ks_engage('halt_all', 'timeout');",
+	on_error_stop => 0);
+like($err, qr/ERROR:  57014: canceling statement due to statement timeout/,
+	'statement_timeout ends the wait for the lock (57014)');
+like($err, qr/writers' lock/, 'and the detail names the lock');
+is(snapshot(), $before, 'nothing changed');
+
+($ret, $out, $err) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSET lock_timeout = '500ms';\nBEGIN;\nSELECT 1 FROM ks_engage('halt_all', 'lock timeout');\nCOMMIT;",
+	on_error_stop => 0);
+like($err, qr/ERROR:  55P03: canceling statement due to lock timeout/,
+	'lock_timeout ends the wait at COMMIT (55P03)');
+is(snapshot(), $before, 'nothing changed');
+
+# 2. pg_cancel_backend ends the wait.
+my ($h, $hout, $herr) = start_engage('to be cancelled');
+my $pid = waiting_pid('to be cancelled');
+sql("SELECT pg_cancel_backend($pid)");
+$h->finish;
+like($$herr, qr/ERROR:  57014: canceling statement due to user request/,
+	'pg_cancel_backend ends the wait for the lock (57014)');
+is(snapshot(), $before, 'nothing changed');
+
+# 3. pg_terminate_backend ends the session.
+($h, $hout, $herr) = start_engage('to be terminated');
+$pid = waiting_pid('to be terminated');
+sql("SELECT pg_terminate_backend($pid)");
+$h->finish;
+like($$herr, qr/terminating connection due to administrator command/,
+	'pg_terminate_backend ends the waiting session');
+ok($node->poll_query_until('postgres', "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid", '0'),
+	'the session is gone');
+is(snapshot(), $before, 'nothing changed');
+unlike(slurp_file($node->logfile, $log_offset), qr/could not restore/,
+	'no warning about restoring files that were never written');
+
+# 4. The command-line tool waits a bounded time, says why, writes nothing.
+my ($cout, $cerr) = ('', '');
+IPC::Run::run([ $cli, '-D', $pgdata, 'engage', 'halt_all', '--reason', 'cli while held' ],
+	'>', \$cout, '2>', \$cerr);
+is($? >> 8, 1, 'killswitch engage gives up on a held lock (exit 1)');
+like($cerr, qr/waiting for the writers' lock/, 'it said it was waiting');
+like($cerr, qr/another writer held it for \d+ s; nothing was written/, 'and why it gave up');
+is(snapshot(), $before, 'nothing changed');
+
+# 5. Once the lock is free, changes work again.
+let_go($holder);
+is(sql("SELECT mode FROM ks_engage('halt_all', 'lock free again')"), 'halt_all', 'with the lock free, an engage commits');
+sql("SELECT ks_disengage('test reset')");
+
+# 6. The postmaster does not wait unbounded: it starts fail-closed.
+$node->stop;
+$holder = hold_lock(60);
+$log_offset = -s $node->logfile;
+$node->start;
+is(sql('SELECT ks_mode()'), 'halt_all', 'started with the lock held: halt_all');
+is(sql("SELECT ks_status()->>'integrity'"), 'tampered', 'integrity tampered');
+like(slurp_file($node->logfile, $log_offset),
+	qr/writing the state: could not lock "[^"]*kill_switch_state.lock": another process held it for more than \d+ ms/,
+	'the log says the lock could not be taken');
+let_go($holder);
+sql("SELECT ks_disengage('test reset')");
+is(sql('SELECT ks_mode()'), 'disengaged', 'an administrator releases it once the lock is free');
+
+# 7. A lock file replaced by a symbolic link is not followed.
+$before = snapshot();
+unlink $lock or die $!;
+symlink "$pgdata/planted_by_agent", $lock or die $!;
+($ret, $out, $err) = $node->psql('postgres', "SELECT ks_engage('halt_all', 'symlinked lock')");
+like($err, qr/could not write the kill switch state file/, 'a symlinked lock file: the change fails');
+like($err, qr/symbolic link/, 'saying why');
+ok(!-e "$pgdata/planted_by_agent", 'the link\'s target was not created');
+is(snapshot(), $before, 'nothing changed');
+unlink $lock;
+is(sql("SELECT mode FROM ks_engage('halt_all', 'lock file back')"), 'halt_all', 'with the link gone, changes work again');
+
+$node->stop;
+done_testing();
