@@ -66,7 +66,7 @@ sub start_engage
 	my $h = IPC::Run::start(
 		[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c', '\\set VERBOSITY verbose',
 		  '-c', "SELECT mode FROM ks_engage('halt_all', '$reason')" ],
-		'<', \undef, '>', \$out, '2>', \$err);
+		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
 	return ($h, \$out, \$err);
 }
 
