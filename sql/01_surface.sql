@@ -1,4 +1,4 @@
--- The SQL surface (DESIGN §7) and the reference library's task rules.
+-- The SQL surface (ARCHITECTURE §7) and the reference library's task rules.
 CREATE EXTENSION killswitch CASCADE;
 
 -- every function of the design, with those names

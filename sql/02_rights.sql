@@ -1,4 +1,4 @@
--- Who may do what (DESIGN §6): operators engage, admins release, agents
+-- Who may do what (ARCHITECTURE §6): operators engage, admins release, agents
 -- never release; the history is append-only; the secret stays hidden.
 CREATE ROLE plain_user;
 CREATE ROLE on_call IN ROLE killswitch_operator;

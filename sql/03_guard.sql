@@ -1,4 +1,4 @@
--- ks_guard (DESIGN §8.2): task rows refused (or held) while halted, with
+-- ks_guard (ARCHITECTURE §8.2): task rows refused (or held) while halted, with
 -- critical tasks exempted where the reference rules allow.
 CREATE TABLE tasks (id serial, task_type text, status text DEFAULT 'pending');
 CREATE TRIGGER guard BEFORE INSERT OR UPDATE ON tasks

@@ -1,4 +1,4 @@
--- The governance table (DESIGN §2.3): hash-chained, HMAC-signed, checked
+-- The governance table (ARCHITECTURE §2): hash-chained, HMAC-signed, checked
 -- by ks_verify_events(), and re-checkable in plain SQL with pgcrypto.
 SELECT (ks_engage('halt_noncritical', 'chain one', 'auditor-test')).mode;
 SELECT (ks_engage('halt_all', 'chain two', 'auditor-test')).mode;

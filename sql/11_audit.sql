@@ -1,4 +1,4 @@
--- The fleet's escape routes (DESIGN §6): ks_audit() lists every agent role
+-- The fleet's escape routes (ARCHITECTURE §6): ks_audit() lists every agent role
 -- (a member of killswitch_agent, directly or through other roles) holding a
 -- power that gets around the kill switch, and ks_status() counts them.
 

@@ -1,4 +1,4 @@
--- killswitch 1.0: the SQL surface (DESIGN §7).  Tables live in schema
+-- killswitch 1.0: the SQL surface (ARCHITECTURE §7).  Tables live in schema
 -- killswitch; the ks_* functions and the ks_mode type in the schema the
 -- extension is created in (public by default), so agents call them bare.
 
@@ -170,7 +170,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
     SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
 $$;
 
--- The fleet's escape routes (DESIGN §6): every agent role (a member of
+-- The fleet's escape routes (ARCHITECTURE §6): every agent role (a member of
 -- killswitch_agent, directly or through other roles) that holds a power
 -- letting it around the switch — reading or writing the keys and the state
 -- file, making roles outside the fleet, or planting code others run.
@@ -317,7 +317,7 @@ RETURNS killswitch.events
 COMMENT ON FUNCTION @extschema@.ks_disengage(text, text) IS
     'Release the kill switch (needs killswitch_admin); takes effect at commit';
 
--- Rights (DESIGN §6).
+-- Rights (ARCHITECTURE §6).
 GRANT USAGE ON SCHEMA killswitch TO PUBLIC;
 REVOKE ALL ON killswitch.events FROM PUBLIC;
 GRANT SELECT ON killswitch.events TO PUBLIC;

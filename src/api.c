@@ -1,5 +1,5 @@
 /*
- * api.c — the read side of the SQL surface (DESIGN §7): the mode, the task
+ * api.c — the read side of the SQL surface (ARCHITECTURE §7): the mode, the task
  * checks, the raw shared state behind ks_status(), and the install check.
  * ks_mode() and ks_engaged() are one atomic read of shared memory.
  */

@@ -1,5 +1,5 @@
 /*
- * audit.c — the watcher's eye on the fleet's escape routes (DESIGN §6).
+ * audit.c — the watcher's eye on the fleet's escape routes (ARCHITECTURE §6).
  * killswitch.audit() (SQL, in the install script) lists agent roles that
  * hold powers getting around the switch; ks_audit() shows it, ks_status()
  * counts it, CREATE EXTENSION warns about it.  Here the watcher runs it

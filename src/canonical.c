@@ -1,7 +1,7 @@
 /*
  * canonical.c — print a JSON tree in Python's canonical form:
  * json.dumps(obj, separators=(",", ":"), sort_keys=True) with ensure_ascii
- * on, byte for byte, since that is what signatures cover (DESIGN §3).
+ * on, byte for byte, since that is what signatures cover (ARCHITECTURE §3).
  * Frontend-safe.
  */
 #include "ks_base.h"
@@ -78,7 +78,7 @@ ks_json_append_string(StringInfo out, const char *utf8)
 			default:
 				/*
 				 * Python escapes everything outside ' '..'~', so DEL (0x7F)
-				 * too, whatever DESIGN §3 said; the test vectors hold us to it.
+				 * too, whatever ARCHITECTURE §3 said; the test vectors hold us to it.
 				 */
 				if (cp < 0x20 || cp == 0x7F)
 					append_u_escape(out, cp);

@@ -1,6 +1,6 @@
 /*
  * change.c — ks_engage() and ks_disengage(), and when their change takes
- * effect (DESIGN §5): the event row and the NOTIFY are transactional; the
+ * effect (ARCHITECTURE §5): the event row and the NOTIFY are transactional; the
  * state file is written just before commit (an error there aborts the
  * transaction); shared memory is published at commit.  Changes serialize
  * on a lock on killswitch.events held to commit, so the chain and the file

@@ -1,5 +1,5 @@
 /*
- * emergency.c — what entering emergency does (DESIGN §9), run by the
+ * emergency.c — what entering emergency does (ARCHITECTURE §9), run by the
  * watcher, which commits wake at once, whether emergency came from SQL,
  * the file or the CLI, and again at start if the server comes up in it:
  *

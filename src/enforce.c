@@ -1,5 +1,5 @@
 /*
- * enforce.c — hard enforcement (DESIGN §8.3): members of killswitch_agent
+ * enforce.c — hard enforcement (ARCHITECTURE §8.3): members of killswitch_agent
  * are stopped by the server itself, in every database, whether they check
  * or not.  Decided when something runs, not when it is parsed, so plans
  * cached by PL/pgSQL and cursors declared before the halt cannot slip

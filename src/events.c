@@ -1,5 +1,5 @@
 /*
- * events.c — the governance table killswitch.events (DESIGN §2.3): append
+ * events.c — the governance table killswitch.events (ARCHITECTURE §2): append
  * a chained, signed row; re-derive a row's canonical content; verify the
  * chain.  The NOTIFY of a change is in notify.c.
  *

@@ -1,5 +1,5 @@
 /*
- * guard.c — ks_guard(), the data guard (DESIGN §8.2): a BEFORE INSERT OR
+ * guard.c — ks_guard(), the data guard (ARCHITECTURE §8.2): a BEFORE INSERT OR
  * UPDATE row trigger on a task table that refuses rows while the kill switch
  * is engaged.  Arguments, all optional:
  *   1. the task-type column: rows whose task is critical are let through

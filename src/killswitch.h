@@ -35,18 +35,18 @@
 #define KS_SNAPSHOT_FILE_NAME "kill_switch_snapshot.json"
 #define KS_WATCHER_PROBLEM_LEN 256
 
-/* Settings (killswitch.c) */
+/* killswitch.c: the settings */
 extern char *ks_state_dir;
 extern char *ks_secret_file;
-extern char *ks_release_key_file;
 extern bool ks_require_hmac;
 extern char *ks_database;
 extern int	ks_recheck_delay;
 extern int	ks_poll_interval;
-extern char *ks_session_task;
 extern char *ks_alert_command;
 extern int	ks_alert_timeout;
 extern bool ks_refuse_agent_logins;
+extern int	ks_release_approvals;
+extern int	ks_approval_timeout;
 
 /*
  * The fast copy.  word packs what every check reads, so that a reader gets
@@ -107,6 +107,10 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 					   const char *reason, const char *triggered_by);
 extern void ks_refusal_detail(char *buf, size_t len);
 extern void ks_clip_utf8(char *dst, const char *src, size_t size);
+extern void ks_wake_watcher(void);
+/* time stamps between PostgreSQL's epoch and the file's */
+extern int64 ks_timestamptz_to_unix_usec(TimestampTz ts);
+extern TimestampTz ks_unix_usec_to_timestamptz(int64 usec);
 
 /* lists.c: shared lists of any length, under an LWLock */
 typedef enum KsListId
@@ -146,9 +150,11 @@ extern uint64 ks_refused_claims(void);
 extern char *ks_text_to_utf8(const char *s, const char *name);
 extern char *ks_utf8_to_db(const char *utf8);
 
-/* worker.c, watch.c */
+/* worker.c: the watcher */
 #define KS_NO_EMERGENCY (-1)
 extern void ks_worker_register(void);
+
+/* watch.c: judging the file while running */
 extern void ks_judge_file(const char *path);
 extern void ks_judge_file_without_history(const char *path);
 extern void ks_reconcile_history(void);
@@ -214,6 +220,7 @@ extern void ks_persist_commit(const KsWritten *w);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
 
 /* release.c: the release credential */
+extern char *ks_release_key_file;
 extern void ks_release_key_prepare(void);
 extern void ks_release_key_for_writing(char **key, size_t *len);
 extern bool ks_release_authorized(const KsState *file, KsMode held,
@@ -262,9 +269,12 @@ typedef struct KsEventInput
 } KsEventInput;
 extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
 extern int64 ks_events_last_generation(void);
+
+/* notify.c */
 extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
 					  const char *triggered_by, TimestampTz at, int64 generation,
 					  const char *source);
+extern void ks_notify_alert(int64 generation, int sessions_ended);
 
 /* change.c */
 typedef struct KsChange
@@ -281,34 +291,35 @@ typedef struct KsChange
 	KsExpect	expect;			/* what the file held when judged (watcher) */
 } KsChange;
 extern Datum ks_apply_change(const KsChange *change);
-
-/* approval.c */
-extern int	ks_release_approvals;
-extern int	ks_approval_timeout;
-extern Datum ks_release_with_approval(const KsChange *release, KsMode current);
 extern void ks_flush_unrecorded(void);
 extern void ks_xact_callback(XactEvent event, void *arg);
 extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);
 
-/* state.c */
-extern void ks_wake_watcher(void);
+/* approval.c */
+extern Datum ks_release_with_approval(const KsChange *release, KsMode current);
 
-/* agents.c, enforce.c, writefuncs.c, emergency.c */
+/* agents.c */
+extern uint64 ks_agent_roles_epoch;
 extern void ks_agents_init(void);
 extern bool ks_session_is_agent(void);
+
+/* enforce.c */
+extern char *ks_session_task;
 extern void ks_enforce_init(void);
-extern bool ks_emergency_lists_role(const char *name);
 extern bool ks_agent_may_write(KsMode mode);
 extern void ks_refuse_agent(KsMode mode, const char *what) pg_attribute_noreturn();
 extern void ks_note_own_xid(TransactionId xid);
+
+/* writefuncs.c */
 extern void ks_writefuncs_init(void);
+
+/* emergency.c */
+extern bool ks_emergency_lists_role(const char *name);
 extern void ks_emergency_tick(bool history);
 extern void ks_emergency_finish_prepared(void);
 extern void ks_emergency_tick_without_database(void);
 extern void ks_alert_poll(void);
-extern void ks_notify_alert(int64 generation, int sessions_ended);
-extern uint64 ks_agent_roles_epoch;
 
 /* sessions.c: agent sessions from shared memory, with no database */
 extern List *ks_sessions_of_roles(List *roles, TimestampTz before);
@@ -338,9 +349,5 @@ typedef enum KsClaim
 extern KsClaim ks_judge_claim(const char *task);
 extern bool ks_critical_list_due(void);
 extern void ks_load_critical_list(bool first);
-
-/* state.c: time stamps between PostgreSQL's epoch and the file's */
-extern int64 ks_timestamptz_to_unix_usec(TimestampTz ts);
-extern TimestampTz ks_unix_usec_to_timestamptz(int64 usec);
 
 #endif							/* KILLSWITCH_H */

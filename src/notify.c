@@ -1,5 +1,5 @@
 /*
- * notify.c — announcing a change (DESIGN §5): the JSON payload on channel
+ * notify.c — announcing a change (ARCHITECTURE §5): the JSON payload on channel
  * killswitch, and killswitch_alert for emergency and tamper.  Queued inside
  * the changing transaction, so delivered at its commit and never after a
  * rollback.

@@ -1,5 +1,5 @@
 /*
- * release.c — the release credential (DESIGN §3, §4): a release from
+ * release.c — the release credential (ARCHITECTURE §3, §4): a release from
  * outside the database needs a key agents never hold.
  *
  * The shared secret signs the state file so that agents can verify it and

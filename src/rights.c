@@ -1,5 +1,5 @@
 /*
- * rights.c — who may do what (DESIGN §6): engaging needs
+ * rights.c — who may do what (ARCHITECTURE §6): engaging needs
  * killswitch_operator, releasing needs killswitch_admin, and members of
  * killswitch_agent may never release, whatever else they are granted.
  */

@@ -1,6 +1,6 @@
 /*
  * startup.c — fill shared memory from the state file while the server
- * starts, before any client connects (DESIGN §2, §4).  Runs in the
+ * starts, before any client connects (ARCHITECTURE §2, §4).  Runs in the
  * postmaster, at first start and after every crash restart.
  *
  * Besides the state file (which other programs share), the server keeps a

@@ -1,5 +1,5 @@
 /*
- * state.c — the fast copy of the state in shared memory (DESIGN §2.1):
+ * state.c — the fast copy of the state in shared memory (ARCHITECTURE §2):
  * reserving it, creating it, and publishing a new state into it.
  */
 #include "postgres.h"
@@ -40,7 +40,7 @@ ks_shmem_startup(void)
 		memset(ks_shared, 0, sizeof(KsShared));
 		SpinLockInit(&ks_shared->mutex);
 		ks_shared->emergency_handled = KS_NO_EMERGENCY;
-		/* until the file is read, assume the stop (DESIGN §4) */
+		/* until the file is read, assume the stop (ARCHITECTURE §4) */
 		pg_atomic_init_u64(&ks_shared->word, KS_WORD(KS_HALT_ALL, KS_FLAG_TAMPERED, 0));
 	}
 	ks_lists_shmem_startup();

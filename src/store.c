@@ -1,6 +1,6 @@
 /*
  * store.c — the state file's format: state <-> JSON, signatures,
- * verification, reading and writing the whole file (DESIGN §3, §4).
+ * verification, reading and writing the whole file (ARCHITECTURE §3, §4).
  * Frontend-safe: shared by the server module and the command-line tool, so
  * that there is one implementation of the format.  The file primitives
  * under it are in files.c, its time stamps in isotime.c.
@@ -156,13 +156,6 @@ state_object(const KsState *st)
 	if (st->key_id)
 		ks_json_put_string(obj, "key_id", st->key_id);
 	return obj;
-}
-
-/* The canonical bytes of a state: what its signature covers. */
-void
-ks_state_canonical(StringInfo out, const KsState *state)
-{
-	ks_json_canonical(out, state_object(state), NULL);
 }
 
 /* Which key signed: the first 16 hex digits of its SHA-256 (key_id's rule). */
@@ -453,7 +446,7 @@ without_member(const KsJson *object, const char *key)
  * HMAC-SHA256 under the release key (or a retired one kept beside it as
  * <release_key_file>.<release_key_id>) of the canonical form of every
  * member but signature and release_signature?  This is the credential a
- * file needs to lower the mode (DESIGN §3): agents hold the shared secret,
+ * file needs to lower the mode (ARCHITECTURE §3): agents hold the shared secret,
  * never the release key.  On false, problem says why.
  */
 bool

@@ -4,7 +4,7 @@
  *
  * The canonical form is byte for byte what Python prints for
  * json.dumps(obj, separators=(",", ":"), sort_keys=True), so files are
- * shared with the reference Python library (DESIGN §3).
+ * shared with the reference Python library (ARCHITECTURE §3).
  *
  * Its implementation (store.c, json.c, canonical.c, files.c, isotime.c) is
  * compiled into the server module and, with -DFRONTEND, into the
@@ -18,7 +18,7 @@
 
 #include "lib/stringinfo.h"
 
-/* The modes, ordered so that >= means "at least this halted" (DESIGN §1). */
+/* The modes, ordered so that >= means "at least this halted" (ARCHITECTURE §1). */
 typedef enum KsMode
 {
 	KS_DISENGAGED = 0,
@@ -127,7 +127,6 @@ extern void ks_state_init(KsState *state);
 extern bool ks_is_tamper_source(const char *source);
 extern int	ks_mode_from_file_name(const char *name);
 extern int	ks_mode_from_sql_name(const char *name);
-extern void ks_state_canonical(StringInfo out, const KsState *state);
 extern bool ks_state_file_text(StringInfo out, const KsState *state,
 							   const char *secret, size_t secretlen,
 							   const char *release_key, size_t release_keylen);

@@ -1,5 +1,5 @@
 /*
- * watch.c — judging the state file while the server runs (DESIGN §4): a
+ * watch.c — judging the state file while the server runs (ARCHITECTURE §4): a
  * validly signed newer file is applied; anything else that differs from
  * the state the server holds is tampering and can only raise the mode:
  *

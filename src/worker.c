@@ -1,9 +1,9 @@
 /*
- * worker.c — the watcher (DESIGN §5 "From outside"): one background worker
- * per cluster, connected to killswitch.database, that notices a state file
- * changed by another program (the CLI, the Python library, a hand edit)
- * and applies it — or, if it cannot be trusted, assumes the halt (DESIGN
- * §4).  Each change goes through the same path as ks_engage(): an event,
+ * worker.c — the watcher (ARCHITECTURE §5 "From outside"): one background
+ * worker per cluster, connected to killswitch.database, that notices a
+ * state file changed by another program (the CLI, the Python library, a
+ * hand edit) and applies it — or, if it cannot be trusted, assumes the halt
+ * (ARCHITECTURE §4).  Each change goes through the same path as ks_engage(): an event,
  * the file rewritten with its generation, shared memory published at
  * commit, NOTIFY.
  *

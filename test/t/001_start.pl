@@ -1,4 +1,4 @@
-# The state at server start (DESIGN §2, §4): a halt survives restarts and
+# The state at server start (ARCHITECTURE §2, §4): a halt survives restarts and
 # immediate shutdowns; a state file that cannot be trusted at start means at
 # least halt_all, reported as tampered; without preloading, nothing
 # half-works.

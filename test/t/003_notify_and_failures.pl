@@ -1,4 +1,4 @@
-# NOTIFY (DESIGN §5) and a failure to write the state file: the payload is
+# NOTIFY (ARCHITECTURE §5) and a failure to write the state file: the payload is
 # valid JSON under the 8000-byte limit whatever the reason; a change whose
 # file cannot be written aborts with a clear error and changes nothing.
 use strict;

@@ -1,5 +1,5 @@
 # The watcher: changes to the state file made outside the database while the
-# server runs (DESIGN §4, §5).  A validly signed newer file is applied and
+# server runs (ARCHITECTURE §4, §5).  A validly signed newer file is applied and
 # recorded; every other kind of file makes the state at least halt_all (or,
 # for a deleted or emptied file, keeps it) and records a tamper event;
 # nothing written outside ever releases without the secret.

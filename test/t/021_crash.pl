@@ -1,4 +1,4 @@
-# Crash safety (DESIGN §2, §5): after a crash at any point of a change, the
+# Crash safety (ARCHITECTURE §2, §5): after a crash at any point of a change, the
 # state after restart is the last committed one, and the file, shared memory
 # and the newest event carry the same generation.
 use strict;

@@ -1,4 +1,4 @@
-# Hard enforcement and the emergency (DESIGN §8.3, §9): members of
+# Hard enforcement and the emergency (ARCHITECTURE §8.3, §9): members of
 # killswitch_agent are stopped by the server itself, whether they check or
 # not, and cannot lift their own halt; emergency snapshots, ends agent
 # sessions that are busy, refuses every agent statement with KS001 and alerts.

@@ -1,4 +1,4 @@
-# The bypass matrix (DESIGN §8.3): every way out an agent might try, run as
+# The bypass matrix (ARCHITECTURE §8.3): every way out an agent might try, run as
 # a direct and as a nested member of killswitch_agent, disengaged (where
 # each one works, so that every refusal below is the switch's doing) and in
 # halt_noncritical, halt_all and emergency, each with its exact outcome:

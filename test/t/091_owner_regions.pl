@@ -1,5 +1,5 @@
 # The exemption for the extension's own writes cannot outlive the call that
-# opened it (DESIGN §8.3).  Every SQL function an agent can call that runs
+# opened it (ARCHITECTURE §8.3).  Every SQL function an agent can call that runs
 # work as the extension's owner (ks_verify_events; ks_check_task and the
 # other task checks, which rebuild a stale list of critical tasks; ks_engage
 # by an agent that is also an operator) is made to fail *inside* that work — a

@@ -1,4 +1,4 @@
-# Behind a transaction pooler (DESIGN §8.3): agents connected through the
+# Behind a transaction pooler (ARCHITECTURE §8.3): agents connected through the
 # real PgBouncer (Debian's pgbouncer, transaction pooling, started here) get
 # SQLSTATE KS001 at once when the kill switch enters emergency — not a hang
 # — and work again at once after the release: the pooler's server logins

@@ -1,4 +1,4 @@
-# Holding what agents hold is never enough to release (DESIGN §3, §4).
+# Holding what agents hold is never enough to release (ARCHITECTURE §3, §4).
 # Agents hold the shared secret to verify the state file, so they can sign
 # any file with it; a file that lowers the mode must also carry a
 # release_signature made with the release key, which agents never hold.

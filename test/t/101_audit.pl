@@ -1,4 +1,4 @@
-# The fleet's escape routes are said out loud (DESIGN §6): CREATE EXTENSION
+# The fleet's escape routes are said out loud (ARCHITECTURE §6): CREATE EXTENSION
 # warns when agent roles already hold powers that get around the switch
 # (roles are cluster-wide and outlive the extension), and the watcher warns
 # in the server log as soon as an agent gains a new one — once per finding,
