@@ -234,6 +234,36 @@ ks_persist_commit(const KsWritten *w)
 }
 
 /*
+ * The copy learns a state applied from the state file where no transaction
+ * records it (the watcher without its history).  The copy is what "the
+ * state the server holds" means to the watcher's judging and to the
+ * compare-and-swap: left behind shared memory, the same file would be
+ * judged newer once the history exists, and its change recorded twice.
+ * Returns false, with a problem, if the copy could not be written.
+ */
+bool
+ks_persist_applied(const KsState *state, char *problem, size_t problemlen)
+{
+	char	   *secret;
+	size_t		secretlen;
+	char	   *release_key;
+	size_t		release_keylen;
+	int			lockfd;
+	bool		ok;
+
+	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
+		return false;
+	ks_release_key_for_writing(&release_key, &release_keylen);
+	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
+	if (lockfd < 0)
+		return false;
+	ok = ks_state_write(KS_LAST_APPLIED_FILE, state, secret, secretlen,
+						release_key, release_keylen, problem, problemlen);
+	ks_unlock_dir(lockfd);
+	return ok;
+}
+
+/*
  * After an abort: put back only our own bytes.  Under the writers' lock,
  * the state file is restored only if it still holds exactly what this
  * change wrote; a newer outside write stays, for the watcher to judge.

@@ -214,26 +214,46 @@ ks_judge_file(const char *path)
 /*
  * Judge the file where there is no history yet (the extension is not
  * created): shared memory still follows the file, so enforcement holds; the
- * change is recorded once the history exists.
+ * change is recorded once the history exists (ks_flush_unrecorded()).  A
+ * trusted change also goes into the private copy, as a change applied at
+ * start does: the copy is the state held that the file is judged against,
+ * so once the history exists the file is what we hold, not a newer change.
  */
 void
 ks_judge_file_without_history(const char *path)
 {
 	KsVerdictAction a = judge(path);
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	int64		generation;
 	char		reason[sizeof(ks_shared->unrecorded_reason)];
+	char		problem[KS_PROBLEM_LEN];
 
 	if (!a.act)
 		return;
+	/* the next generation, or the one the file's writer gave (the CLI printed it) */
+	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_clip_utf8(reason, a.change.reason, sizeof(reason));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->unrecorded = true;
 	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
 	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
 	SpinLockRelease(&ks_shared->mutex);
-	ks_publish(a.change.mode, a.change.flags, KS_WORD_GENERATION(word) + 1,
+	ks_publish(a.change.mode, a.change.flags, generation,
 			   GetCurrentTimestamp(), a.change.source,
 			   a.change.reason, a.change.triggered_by);
+
+	if (!(a.change.flags & KS_FLAG_TAMPERED))
+	{
+		KsState		held = *(const KsState *) a.change.expect.judged;
+
+		held.generation = generation;
+		held.previous_mode = KS_WORD_MODE(word);
+		held.source = (char *) a.change.source;
+		if (!ks_persist_applied(&held, problem, sizeof(problem)))
+			ereport(WARNING,
+					(errmsg("killswitch: could not keep the applied state in the private copy: %s", problem),
+					 errdetail("The change is in force; once the history exists it may be recorded twice.")));
+	}
 }
 
 /*

@@ -32,7 +32,7 @@ ok($node->poll_query_until('postgres', "$problem IS NULL"),
 # 1. killswitch.database names a database that does not exist.  The history
 #    in postgres stays, so ks_status() can be asked there.
 $node->append_conf('postgresql.conf',
-	"killswitch.database = 'ksdb'\nkillswitch.alert_command = 'env > alert.env'\nkillswitch.refuse_agent_logins = on\n");
+	"killswitch.database = 'ksdb'\nkillswitch.alert_command = 'env >> alert.env'\nkillswitch.refuse_agent_logins = on\n");
 $node->restart;
 ok($node->poll_query_until('postgres', "$problem LIKE '%database \"ksdb\"%does not exist%'"),
 	'ks_status() in another database shows watcher_problem');
@@ -61,6 +61,8 @@ my ($out, $err) = ('', '');
 IPC::Run::run([ $cli, '-D', $pgdata, 'engage', 'emergency', '--reason', 'fire, no db', '--by', 'ops' ],
 	'>', \$out, '2>', \$err);
 is($?, 0, 'killswitch -D engage emergency writes the file') or diag($err);
+my ($cli_gen) = $out =~ /\(generation (\d+)\) written/;
+like($cli_gen, qr/^\d+$/, 'the command prints the generation it wrote') or diag($out);
 ok($node->poll_query_until('postgres', 'SELECT ks_mode()', 'emergency'),
 	'the watcher without a database applies it to shared memory');
 ok($node->poll_query_until('postgres', "SELECT count(*) FROM pg_stat_activity WHERE usename = 'bot'", '0'),
@@ -97,6 +99,17 @@ ok($node->poll_query_until('ksdb',
 is($node->safe_psql('ksdb', "SELECT ks_mode()"), 'emergency', 'the mode is still emergency');
 is($node->safe_psql('ksdb', "SELECT (ks_status()->>'generation')::bigint = max(generation) FROM killswitch.events"),
 	't', 'history and shared memory agree on the generation');
+is($node->safe_psql('ksdb', "SELECT string_agg(generation || ' ' || source, ',') FROM killswitch.events WHERE reason = 'fire, no db'"),
+	"$cli_gen cli", 'the change is recorded once, with the generation the command printed');
+is($node->safe_psql('ksdb', "SELECT count(*) FROM killswitch.events WHERE mode = 'emergency'"), '1',
+	'one emergency event in the history');
+# a whole turn of the watcher after the change was recorded: its duties ran
+my $t0 = $node->safe_psql('ksdb', 'SELECT clock_timestamp()');
+ok($node->poll_query_until('ksdb', "SELECT (ks_status()->>'watcher_checked_at')::timestamptz > '$t0'::timestamptz"),
+	'the watcher went round once more');
+is(() = slurp_file($node->logfile) =~ /killswitch: EMERGENCY \(generation/g, 1,
+	'the emergency actions did not run again after the restart');
+is(() = slurp_file($envfile) =~ /^KS_REASON=/mg, 1, 'the alert command ran once');
 
 # 4. The extension missing in killswitch.database is a problem too.
 $node->safe_psql('ksdb', "SELECT ks_disengage('all clear', 'tester')");
