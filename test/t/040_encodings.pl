@@ -155,9 +155,12 @@ sub check_history
 
 # The mode once the server accepts connections again after a crash: the
 # query goes with -c, since a refused connection could break psql's stdin.
+# The postmaster learns of the crash when it reaps the killed backend: until
+# it logs the reinitialization, the old server still answers.
 sub mode_after_crash
 {
-	my ($node) = @_;
+	my ($node, $log_offset) = @_;
+	$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
 	for (1 .. 600)
 	{
 		my ($out, $err) = ('', '');
@@ -286,9 +289,10 @@ for my $c (@clusters)
 	# 6. kill -9 of a backend: the crash restart re-reads the file.
 	my $bg = $node->background_psql('postgres', on_error_stop => 0);
 	my $pid = $bg->query_safe('SELECT pg_backend_pid()');
+	my $log_offset = -s $node->logfile;
 	kill 'KILL', $pid;
 	eval { $bg->quit; };
-	is(mode_after_crash($node), 'emergency', "$c->{name}: the server is back after a crash restart, in emergency");
+	is(mode_after_crash($node, $log_offset), 'emergency', "$c->{name}: the server is back after a crash restart, in emergency");
 	check_state($c, 'crash restart', 'emergency', $pyreason, $pyby, 'file');
 
 	# 7. Released with non-ASCII text.
