@@ -62,7 +62,12 @@ typedef struct KsShared
 	pg_atomic_uint64 word;
 	slock_t		mutex;
 	TimestampTz since;			/* when the current mode was set */
-	TimestampTz published_at;	/* when this server made it visible */
+	/*
+	 * When this server first showed the current mode; a new generation of
+	 * the same mode keeps it.  The emergency ends agent sessions busy since
+	 * before it: one that began later is refused statement by statement.
+	 */
+	TimestampTz published_at;
 	char		source[16];		/* what set it: sql, file, cli, startup, tamper */
 	char		reason[256];	/* the current state's reason, shortened, UTF-8 */
 	char		triggered_by[64];	/* and who set it */

@@ -88,6 +88,9 @@ ks_clip_utf8(char *dst, const char *src, size_t size)
  * with a barrier, so that a reader who sees the new generation also sees the
  * descriptive fields that go with it.  The tamper flag follows the state's
  * source, wherever the state came from (a verdict, or a restart after one).
+ * published_at keeps the moment the mode first showed: publishing the same
+ * mode again (a repeated engage, the watcher's commit after its early halt)
+ * is no new beginning for the sessions the emergency ends.
  */
 void
 ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
@@ -108,7 +111,9 @@ ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	ks_clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->since = since;
-	ks_shared->published_at = now;
+	/* only a change of mode moves it: see KsShared.published_at */
+	if (KS_WORD_MODE(pg_atomic_read_u64(&ks_shared->word)) != mode || ks_shared->published_at == 0)
+		ks_shared->published_at = now;
 	memcpy(ks_shared->source, src, sizeof(src));
 	memcpy(ks_shared->reason, why, sizeof(why));
 	memcpy(ks_shared->triggered_by, by, sizeof(by));
