@@ -600,6 +600,14 @@ ks_worker_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	connect_to_database();
+
+	/*
+	 * The watcher's transactions (outside changes, tamper verdicts, the
+	 * emergency's snapshot) commit locally: waiting for a synchronous
+	 * standby that is down would hold the lock that orders every change,
+	 * and so every ks_engage(), behind it.  The WAL still streams them.
+	 */
+	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
 	started = GetCurrentTimestamp();
 	pgstat_report_appname("killswitch watcher");
 	memset(&seen, 0, sizeof(seen));

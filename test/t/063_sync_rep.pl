@@ -70,6 +70,25 @@ is(sql('SELECT ks_mode()'), 'disengaged', 'the release is in force locally');
 is(sql("SELECT mode FROM killswitch.events ORDER BY id DESC LIMIT 1"), 'disengaged',
 	'and recorded');
 
+# 3. An emergency from outside: the watcher applies and records it, and
+# its own transactions (the event, the snapshot) commit locally, so it
+# never holds the lock that orders changes while it waits for the standby.
+my ($cout, $cerr) = ('', '');
+IPC::Run::run([ "$ENV{KS_SRCDIR}/src/cli/killswitch", '-D', $node->data_dir, 'engage',
+	'emergency', '--reason', 'fire, standby down', '--by', 'ops' ], '>', \$cout, '2>', \$cerr);
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) FROM killswitch.events WHERE reason = 'fire, standby down' AND source = 'cli'", '1'),
+	'the watcher records an outside emergency with the standby down');
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) FROM killswitch.snapshots", '1'),
+	'and takes its snapshot');
+($ret, $out, $err) = $node->psql('postgres',
+	"SELECT mode FROM ks_engage('emergency', 'again, standby down', 'tester')",
+	timeout => 60, timed_out => \$timed_out);
+ok(!$timed_out, 'an SQL engage after it is not held behind the watcher');
+is(sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"), '0',
+	'nothing of the kill switch waits for the missing standby');
+
 $node->append_conf('postgresql.conf', "synchronous_standby_names = ''\n");
 $node->reload;
 $node->stop;
