@@ -135,12 +135,12 @@ ks_read_file(const char *path, size_t maxlen, char **contents, size_t *len,
 
 /*
  * Write data to path atomically and durably: a temporary file in the same
- * directory, created 0600, then durable_rename() (which fsyncs the file,
- * renames it and fsyncs the directory).
+ * directory with the given mode, then durable_rename() (which fsyncs the
+ * file, renames it and fsyncs the directory).
  */
-bool
-ks_write_file_durably(const char *path, const char *data, size_t len,
-					  char *problem, size_t problemlen)
+static bool
+write_durably(const char *path, const char *data, size_t len, mode_t mode,
+			  char *problem, size_t problemlen)
 {
 	char		tmp[MAXPGPATH];
 	int			fd;
@@ -148,10 +148,18 @@ ks_write_file_durably(const char *path, const char *data, size_t len,
 
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int) getpid());
 	unlink(tmp);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY, S_IRUSR | S_IWUSR);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY, mode);
 	if (fd < 0)
 	{
 		snprintf(problem, problemlen, "could not create \"%s\": %s", tmp, strerror(errno));
+		return false;
+	}
+	/* the umask (0077 in the server unless the data directory has group access) must not narrow it */
+	if (fchmod(fd, mode) != 0)
+	{
+		snprintf(problem, problemlen, "could not set the mode of \"%s\": %s", tmp, strerror(errno));
+		close(fd);
+		unlink(tmp);
 		return false;
 	}
 	while (done < len)
@@ -184,6 +192,36 @@ ks_write_file_durably(const char *path, const char *data, size_t len,
 		return false;
 	}
 	return true;
+}
+
+/* Write a file only the owner may read (secrets, snapshots, private copies): mode 0600. */
+bool
+ks_write_file_durably(const char *path, const char *data, size_t len,
+					  char *problem, size_t problemlen)
+{
+	return write_durably(path, data, len, S_IRUSR | S_IWUSR, problem, problemlen);
+}
+
+/*
+ * Write a file meant for readers outside the server (the state file): 0600,
+ * or 0640 when its directory grants its group read and search access, so that
+ * agents in that group can read the state (as core's pg_file_create_mode
+ * follows the data directory's group access).  Never wider: others get nothing.
+ */
+bool
+ks_write_shared_file_durably(const char *path, const char *data, size_t len,
+							 char *problem, size_t problemlen)
+{
+	char		dir[MAXPGPATH];
+	struct stat sb;
+	mode_t		mode = S_IRUSR | S_IWUSR;
+
+	strlcpy(dir, path, sizeof(dir));
+	get_parent_directory(dir);
+	if (stat(dir[0] ? dir : ".", &sb) == 0 &&
+		(sb.st_mode & (S_IRGRP | S_IXGRP)) == (S_IRGRP | S_IXGRP))
+		mode |= S_IRGRP;
+	return write_durably(path, data, len, mode, problem, problemlen);
 }
 
 /*

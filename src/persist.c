@@ -196,8 +196,8 @@ ks_persist_state(const KsState *state, const KsExpect *expect, KsWritten *w,
 		w->marked = ks_write_file_durably(KS_IN_FLIGHT_FILE, text.data, text.len,
 										  problem, problemlen);
 		if (w->marked)
-			w->file_written = ks_write_file_durably(path, text.data, text.len,
-													problem, problemlen);
+			w->file_written = ks_write_shared_file_durably(path, text.data, text.len,
+														   problem, problemlen);
 		if (w->file_written)
 			result = KS_WRITE_OK;
 	}
@@ -290,8 +290,8 @@ ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 	if (now && nowlen == w->text_len && memcmp(now, w->text, nowlen) == 0)
 	{
 		if (w->before)
-			ok = ks_write_file_durably(path, w->before, w->before_len,
-									   problem, problemlen);
+			ok = ks_write_shared_file_durably(path, w->before, w->before_len,
+											  problem, problemlen);
 		else if (unlink(path) != 0 && errno != ENOENT)
 		{
 			snprintf(problem, problemlen, "could not remove \"%s\": %m", path);

@@ -418,7 +418,7 @@ ks_state_write(const char *path, const KsState *state,
 		snprintf(problem, problemlen, "could not compute HMAC-SHA256");
 		return false;
 	}
-	return ks_write_file_durably(path, text.data, text.len, problem, problemlen);
+	return ks_write_shared_file_durably(path, text.data, text.len, problem, problemlen);
 }
 
 /* The object without one member: a shallow copy, the values shared. */

@@ -159,6 +159,8 @@ extern bool ks_read_file(const char *path, size_t maxlen, char **contents,
 						 size_t *len, char *problem, size_t problemlen);
 extern bool ks_write_file_durably(const char *path, const char *data,
 								  size_t len, char *problem, size_t problemlen);
+extern bool ks_write_shared_file_durably(const char *path, const char *data,
+										 size_t len, char *problem, size_t problemlen);
 extern bool ks_secret_load(const char *path, bool create, char **secret,
 						   size_t *len, char *problem, size_t problemlen);
 extern bool ks_retired_secret(const char *secret_file, const char *key_id,

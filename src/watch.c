@@ -400,7 +400,7 @@ ks_confirm_in_flight(void)
 			file.generation >= 0 && ks_compare_to_held(&file, &mark) == KS_SAME &&
 			!(ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &bytes, &len,
 						   problem, sizeof(problem)) &&
-			  ks_write_file_durably(path, bytes, len, problem, sizeof(problem))))
+			  ks_write_shared_file_durably(path, bytes, len, problem, sizeof(problem))))
 		{
 			/* the higher mode stays until the file can be put back */
 			ks_unlock_dir(lockfd);
