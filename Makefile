@@ -69,6 +69,13 @@ bench-quick:
 
 .PHONY: bench bench-quick
 
+# The Python and Node agents of examples/, directly and through PgBouncer,
+# against a throwaway server (as root or with sudo, like bench).
+examples:
+	bash examples/run
+
+.PHONY: examples
+
 test/store_vectors: test/store_vectors.c $(FE_OBJS)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)
 

@@ -1,0 +1,277 @@
+#!/usr/bin/python3
+"""The examples' harness: runs Python and Node agents against a server,
+directly and through PgBouncer, pulls the switch, checks that every agent
+halts and that no task row was written after the engage committed, releases,
+checks that every agent resumes.  Prints TAP-like `ok` / `not ok` lines and
+ends with `N passed, M failed` (exit 1 on any failure).
+
+With --bench it only measures: the stop latency of each agent, from the
+moment the engage's COMMIT is sent to the agent's own "halted" line (same
+host, same clock), and prints p50/p99/max per group.
+
+examples/run sets up the server and PgBouncer and calls this.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = "/usr/bin/python3"     # Debian's, with python3-psycopg
+
+
+class AgentProc:
+    """One agent process and what it has said so far."""
+
+    def __init__(self, name, group, argv):
+        self.name, self.group = name, group
+        self.events = []
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=HERE)
+        self.err = []
+        threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True).start()
+
+    def _read(self, stream, is_out):
+        for line in stream:
+            if not is_out:
+                self.err.append(line.rstrip())
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                self.err.append(line.rstrip())
+                continue
+            with self.lock:
+                self.events.append(ev)
+
+    def first(self, event, after=0.0, **match):
+        """The first event of that kind at or after a time, or None."""
+        with self.lock:
+            for ev in self.events:
+                if ev["event"] == event and ev["t"] >= after and \
+                        all(ev.get(k) == v for k, v in match.items()):
+                    return ev
+        return None
+
+    def count(self, event, after=0.0):
+        with self.lock:
+            return sum(1 for ev in self.events if ev["event"] == event and ev["t"] >= after)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Tap:
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def ok(self, cond, what, detail=None):
+        if cond:
+            self.passed += 1
+            print(f"ok - {what}", flush=True)
+        else:
+            self.failed += 1
+            print(f"not ok - {what}" + (f": {detail}" if detail else ""), flush=True)
+        return cond
+
+
+def wait_until(pred, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def start_agents(a):
+    """N Python and N Node agents per path; half of them members of killswitch_agent."""
+    agents = []
+    paths = [("direct", a.direct_host, a.direct_port, False, a.direct_wake)]
+    if a.bouncer_port:
+        paths.append(("pgbouncer", "127.0.0.1", a.bouncer_port, True, "poll"))
+    for path, host, port, pooled, wake in paths:
+        for lang in ("py", "node"):
+            for i in range(a.n + (2 if a.careless else 0)):
+                # two careless ones (--skip-check) never ask: the server must
+                # stop them -- hard enforcement and the guard ("fleet"), the
+                # guard alone ("worker")
+                careless = i >= a.n
+                role = "fleet" if i % 2 == 0 else "worker"
+                name = f"{lang}-{path}-{wake}-{i}-{role}{'-careless' if careless else ''}"
+                dsn = f"host={host} port={port} dbname=postgres user={role} password={role}"
+                common = ["--dsn", dsn, "--name", name, "--wake", wake, "--seconds", "600",
+                          "--think-ms", str(a.think_ms), "--poll-ms", str(a.poll_ms)]
+                if pooled:
+                    common.append("--pooled")
+                if careless:
+                    common.append("--skip-check")
+                if lang == "py":
+                    argv = [PY, "python/agent.py"] + common
+                else:
+                    common[1] = f"postgresql://{role}:{role}@{host}:{port}/postgres"
+                    argv = ["node", "node/agent.js"] + common
+                agents.append(AgentProc(name, f"{lang} {path} {wake}", argv))
+    if a.state_dir:
+        dsn = f"host={a.direct_host} port={a.direct_port} dbname=postgres user=worker password=worker"
+        agents.append(AgentProc("py-file-agent", "py file", [
+            PY, "python/file_agent.py", "--dsn", dsn, "--state-dir", a.state_dir,
+            "--name", "py-file-agent", "--seconds", "600", "--poll-ms", "100"]))
+    return agents
+
+
+def rows_after(admin, t, column="ins_at"):
+    return admin.execute(f"SELECT count(*) FROM tasks WHERE {column} > to_timestamp(%s)",
+                         [t]).fetchone()[0]
+
+
+def engage(admin, mode, reason):
+    """Engage in an explicit transaction: (time COMMIT was sent, time it returned)."""
+    admin.execute("BEGIN")
+    admin.execute("SELECT ks_engage(%s, %s, 'examples')", [mode, reason])
+    t0 = time.time()
+    admin.execute("COMMIT")
+    return t0, time.time()
+
+
+def percentile(values, p):
+    v = sorted(values)
+    i = max(1, min(len(v), int(len(v) * p / 100 + 0.999999)))
+    return v[i - 1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--admin-dsn", required=True)
+    ap.add_argument("--direct-host", required=True)
+    ap.add_argument("--direct-port", required=True)
+    ap.add_argument("--direct-wake", default="listen", choices=["listen", "poll"])
+    ap.add_argument("--bouncer-port")
+    ap.add_argument("--state-dir", help="also run the file agent on this state directory")
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--think-ms", type=int, default=50)
+    ap.add_argument("--poll-ms", type=int, default=50)
+    ap.add_argument("--careless", action="store_true", help="one agent of each kind never asks")
+    ap.add_argument("--bench", metavar="OUT", help="only measure stop latency; write ms per group to OUT")
+    a = ap.parse_args()
+
+    tap = Tap()
+    admin = psycopg.connect(a.admin_dsn, autocommit=True)
+    admin.execute("TRUNCATE tasks")
+    if admin.execute("SELECT ks_engaged()").fetchone()[0]:
+        admin.execute("SELECT ks_disengage('examples: a clean start', 'examples')")
+    agents = start_agents(a)
+    try:
+        return run(a, tap, admin, agents)
+    finally:
+        for ag in agents:
+            ag.stop()
+        with open("agents.log", "w") as log:      # every agent's account, for a post-mortem
+            for ag in agents:
+                for ev in ag.events:
+                    log.write(f"{ag.name}\t{json.dumps(ev)}\n")
+        for ag in agents:
+            if ag.err and not a.bench:
+                print(f"# {ag.name} stderr: " + " | ".join(ag.err[-5:]))
+
+
+def run(a, tap, admin, agents):
+    # 1. every agent is working
+    working = wait_until(lambda: all(ag.first("did") for ag in agents), 30)
+    tap.ok(working, f"all {len(agents)} agents are working",
+           ", ".join(ag.name for ag in agents if not ag.first("did")))
+    if not working:
+        return finish(tap)
+    time.sleep(0.3)
+
+    # 2. pull the switch
+    t_sent, t_committed = engage(admin, "halt_all", "examples: the switch is pulled")
+    all_halted = wait_until(lambda: all(ag.first("halted", t_sent - 1) for ag in agents), 15)
+    if a.bench:
+        with open(a.bench, "a") as out:
+            for ag in agents:
+                ev = ag.first("halted", t_sent - 1)
+                if ev:
+                    out.write(f"{ag.group}\t{(ev['t'] - t_sent) * 1000:.3f}\n")
+        tap.ok(all_halted, "every agent halted")
+        admin.execute("SELECT ks_disengage('examples: bench trial over', 'examples')")
+        return finish(tap)
+    for ag in agents:
+        ev = ag.first("halted", t_sent - 1)
+        tap.ok(ev is not None, f"{ag.name} halts"
+               + (f" ({ev['how']}, {(ev['t'] - t_sent) * 1000:.1f} ms after COMMIT was sent)" if ev else ""))
+    # the guard and hard enforcement refuse every row whose trigger runs after
+    # the commit published the mode; ins_at (clock_timestamp() as a default)
+    # is taken before the BEFORE trigger runs, so a row with ins_at after the
+    # COMMIT returned would be a row the server let through after the halt
+    late = rows_after(admin, t_committed)
+    late_stmt = rows_after(admin, t_committed, "stmt_at")
+    tap.ok(late == 0 and late_stmt == 0,
+           "no task row was written by a statement that started after the engage committed",
+           f"{late} rows inserted, {late_stmt} from statements started, after the COMMIT returned")
+    careless = [ag for ag in agents if ag.name.endswith("careless")]
+    for ag in careless:
+        tap.ok(ag.first("halted", t_sent - 1, how="ks001") is not None,
+               f"{ag.name} (never asks) is stopped by the server and treats KS001 as halted")
+
+    # 3. connections lost while halted: each agent reconnects and stays halted
+    t_kill = time.time()
+    n = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                      "WHERE usename IN ('fleet', 'worker') AND application_name <> 'py-file-agent'").fetchone()[0]
+    direct = [ag for ag in agents if " direct " in f" {ag.group} "]
+    back = wait_until(lambda: all(ag.first("connected", t_kill) for ag in direct), 10)
+    tap.ok(back, f"after {n} agent backends were terminated, every direct agent reconnected",
+           ", ".join(ag.name for ag in direct if not ag.first("connected", t_kill)))
+    for ag in direct:
+        ev = ag.first("connected", t_kill)
+        if ev:
+            tap.ok(ev["mode"] == "halt_all", f"{ag.name} re-read the mode after reconnecting: {ev['mode']}")
+    time.sleep(1.0)
+    tap.ok(all(ag.first("resumed", t_sent) is None for ag in agents),
+           "no agent resumed while halted",
+           ", ".join(ag.name for ag in agents if ag.first("resumed", t_sent)))
+    late = rows_after(admin, t_committed)
+    tap.ok(late == 0, "still no task row since the engage committed", f"{late} rows")
+    crashed = [ag.name for ag in agents if not ag.alive()]
+    tap.ok(not crashed, "no agent crashed while halted", ", ".join(crashed))
+
+    # 4. release: every agent resumes by itself and works again
+    admin.execute("SELECT ks_disengage('examples: released', 'examples')")
+    t_rel = time.time()
+    wait_until(lambda: all(ag.first("resumed", t_rel - 1) for ag in agents), 15)
+    for ag in agents:
+        tap.ok(ag.first("resumed", t_rel - 1) is not None, f"{ag.name} resumes after the release")
+    time.sleep(0.5)
+    worked = dict(admin.execute("SELECT agent, count(*) FROM tasks WHERE ins_at > to_timestamp(%s) "
+                                "GROUP BY agent", [t_rel]).fetchall())
+    idle = [ag.name for ag in agents if not worked.get(ag.name)]
+    tap.ok(not idle, "every agent wrote task rows again after the release", ", ".join(idle))
+    crashed = [ag.name for ag in agents if not ag.alive()]
+    tap.ok(not crashed, "no agent crashed", ", ".join(crashed))
+    return finish(tap)
+
+
+def finish(tap):
+    print(f"{tap.passed} passed, {tap.failed} failed", flush=True)
+    return 1 if tap.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+#!/usr/bin/env node
+// An agent that obeys the kill switch: node-postgres (`pg` from npm).
+//
+//   node agent.js --dsn postgresql://agent_7@localhost/postgres
+//   node agent.js --dsn postgresql://agent_7@localhost:6432/postgres --pooled --wake poll
+//
+// Each action is one row in a task table guarded by ks_guard().  The agent
+//  * asks ks_check_task() before every action;
+//  * treats SQLSTATE KS001 (a guarded table or hard enforcement refusing it)
+//    as "halted", not as a crash;
+//  * stops sooner than its next check: directly it LISTENs on channel
+//    killswitch (client.on('notification')); behind a transaction pooler,
+//    where LISTEN cannot work, it waits in ks_wait() if the server has it,
+//    or else polls ks_mode();
+//  * re-reads the mode after every (re)connect: NOTIFY is never replayed;
+//  * resumes by itself once an administrator has released the switch.
+// It prints one JSON object per line on stdout (what it did and when, on the
+// epoch clock) so that `make examples` can check it; a real agent would log.
+'use strict';
+
+const { Client } = require('pg');
+const { performance } = require('perf_hooks');
+
+const KS_REFUSED = 'KS001'; // the kill switch's SQLSTATE
+
+function parseArgs(argv) {
+  const a = { name: 'node-agent', task: 'data_export', pooled: false, wake: 'listen',
+    pollMs: 50, thinkMs: 50, seconds: 60, verbose: false, skipCheck: false };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i];
+    const next = () => argv[++i];
+    if (k === '--dsn') a.dsn = next();
+    else if (k === '--name') a.name = next();
+    else if (k === '--task') a.task = next();
+    else if (k === '--pooled') a.pooled = true;
+    else if (k === '--wake') a.wake = next();
+    else if (k === '--poll-ms') a.pollMs = Number(next());
+    else if (k === '--think-ms') a.thinkMs = Number(next());
+    else if (k === '--seconds') a.seconds = Number(next());
+    else if (k === '--verbose') a.verbose = true;
+    else if (k === '--skip-check') a.skipCheck = true; // for tests: the server must stop it
+    else throw new Error(`unknown argument ${k}`);
+  }
+  if (!a.dsn) throw new Error('--dsn is required');
+  if (!['listen', 'poll'].includes(a.wake)) throw new Error('--wake is listen or poll');
+  if (a.pooled && a.wake === 'listen') {
+    throw new Error('LISTEN does not work behind a transaction pooler: use --wake poll');
+  }
+  return a;
+}
+
+// One line of the agent's account of itself, for the harness.
+function say(event, fields = {}) {
+  const t = (performance.timeOrigin + performance.now()) / 1000;
+  process.stdout.write(JSON.stringify({ ...fields, event, t }) + '\n');
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+class Agent {
+  constructor(args) {
+    this.args = args;
+    this.client = null;
+    this.mode = 'unknown'; // what we last learnt, from a query or a NOTIFY
+    this.halted = false;
+    this.hasKsWait = false;
+    this.done = 0;
+    this.wakeUp = null; // resolves the current pause early
+  }
+
+  // (Re)connect, LISTEN if we can, then read the mode: never trust what we knew.
+  async connect() {
+    for (;;) {
+      const client = new Client({ connectionString: this.args.dsn, application_name: this.args.name });
+      // A dropped connection is reported here; the next query then fails and
+      // run() reconnects.  Without a listener, 'error' would crash the process.
+      client.on('error', (e) => say('connection_error', { error: e.message }));
+      try {
+        await client.connect();
+        this.client = client;
+        break;
+      } catch (e) {
+        say('connect_failed', { error: e.message });
+        await sleep(200);
+      }
+    }
+    if (this.args.wake === 'listen' && !this.args.skipCheck) {
+      this.client.on('notification', (msg) => this.onNotify(msg));
+      await this.client.query('LISTEN killswitch');
+    }
+    const r = await this.client.query(
+      "SELECT to_regprocedure('ks_wait(bigint,integer)') IS NOT NULL AS has, ks_mode()::text AS mode");
+    this.hasKsWait = r.rows[0].has;
+    this.mode = r.rows[0].mode;
+    say('connected', { mode: this.mode });
+  }
+
+  // A change was committed: note the new mode and cut any pause short.
+  onNotify(msg) {
+    if (msg.channel !== 'killswitch') return;
+    this.mode = JSON.parse(msg.payload).mode;
+    if (this.mode !== 'disengaged') this.halt('notify');
+    if (this.wakeUp) this.wakeUp();
+  }
+
+  halt(how, reason) {
+    if (!this.halted) {
+      this.halted = true;
+      say('halted', { how, mode: this.mode, reason });
+    }
+  }
+
+  resume() {
+    if (this.halted) {
+      this.halted = false;
+      say('resumed', { mode: this.mode });
+    }
+  }
+
+  // Sleep up to ms, or less if a notification arrives.
+  nap(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { this.wakeUp = null; resolve(); }, ms);
+      this.wakeUp = () => { clearTimeout(timer); this.wakeUp = null; resolve(); };
+    });
+  }
+
+  async readMode() {
+    this.mode = (await this.client.query('SELECT ks_mode()::text AS mode')).rows[0].mode;
+    return this.mode;
+  }
+
+  // Idle between actions, but wake at once when the switch changes.
+  async pause(ms) {
+    if (this.args.skipCheck) {
+      await sleep(ms); // a careless agent does not look
+      return;
+    }
+    if (this.args.wake === 'listen') {
+      await this.nap(ms); // onNotify() halts us and wakes us
+      return;
+    }
+    const deadline = Date.now() + ms;
+    while (!this.halted && Date.now() < deadline) {
+      await sleep(Math.min(this.args.pollMs, deadline - Date.now()));
+      if ((await this.readMode()) !== 'disengaged') this.halt('poll');
+    }
+  }
+
+  // Halted: wait until the mode changes, then look again.
+  async waitForRelease() {
+    if (this.args.skipCheck) {
+      await sleep(this.args.pollMs);
+    } else if (this.args.wake === 'listen') {
+      await this.nap(1000); // the timeout is only a safety net
+    } else if (this.hasKsWait) {
+      const g = await this.client.query("SELECT (ks_status()->>'generation')::bigint AS g");
+      await this.client.query('SELECT ks_wait($1, 1000)', [g.rows[0].g]);
+    } else {
+      await sleep(this.args.pollMs);
+    }
+  }
+
+  // One action: ask, then do.  The guard refuses the row if a halt came between.
+  async act() {
+    const v = this.args.skipCheck ? { allowed: true } // a careless agent
+      : (await this.client.query('SELECT ks_check_task($1) AS v', [this.args.task])).rows[0].v;
+    if (!v.allowed) {
+      this.halt('check', v.reason);
+      await this.waitForRelease();
+      return;
+    }
+    if (!this.args.skipCheck) this.resume(); // (a NOTIFY during the INSERT below halts us again)
+    const r = await this.client.query(
+      'INSERT INTO tasks (agent, task_type) VALUES ($1, $2) RETURNING id', [this.args.name, this.args.task]);
+    if (this.args.skipCheck) this.resume(); // the careless learn only from a refusal, and its absence
+    this.done += 1;
+    if (this.done === 1 || this.args.verbose) say('did', { id: Number(r.rows[0].id) });
+    await this.pause((0.5 + Math.random()) * this.args.thinkMs);
+  }
+
+  async run() {
+    await this.connect();
+    const end = Date.now() + this.args.seconds * 1000;
+    let refused = false;
+    while (Date.now() < end) {
+      try {
+        if (refused) {
+          refused = false;
+          await this.waitForRelease();
+        }
+        await this.act();
+      } catch (e) {
+        if (e.code === KS_REFUSED) {
+          // refused by the kill switch: halted, not broken
+          this.halt('ks001', e.message);
+          refused = true;
+          continue;
+        }
+        if (e.code === undefined || e.code.startsWith('08') || e.code.startsWith('57P')) {
+          // connection lost (or ended by the server): reconnect and re-read
+          say('disconnected', { error: e.message });
+          this.client.end().catch(() => {});
+          await sleep(100);
+          await this.connect();
+          continue;
+        }
+        throw e;
+      }
+    }
+    say('finished', { done: this.done });
+    await this.client.end();
+  }
+}
+
+new Agent(parseArgs(process.argv.slice(2))).run().catch((e) => {
+  say('crashed', { error: e.message, code: e.code });
+  process.exit(1);
+});

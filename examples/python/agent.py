@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""An agent that obeys the kill switch: psycopg 3.1, as Debian 12 ships it
+(python3-psycopg), and nothing else.
+
+    python3 agent.py --dsn "host=/run/postgresql dbname=postgres user=agent_7"
+    python3 agent.py --dsn "host=127.0.0.1 port=6432 ..." --pooled   # behind PgBouncer
+
+Each action is one row in a task table guarded by ks_guard().  The agent
+
+  * asks ks_check_task() before every action;
+  * treats SQLSTATE KS001 (a guarded table or hard enforcement refusing it)
+    as "halted", not as a crash;
+  * stops sooner than its next check: directly it LISTENs on channel
+    killswitch; behind a transaction pooler, where LISTEN cannot work, it
+    waits in ks_wait() if the server has it, or else polls ks_mode();
+  * re-reads the mode after every (re)connect: NOTIFY is never replayed;
+  * resumes by itself once an administrator has released the switch.
+
+It prints one JSON object per line on stdout (what it did and when, on the
+epoch clock) so that `make examples` can check it; a real agent would log.
+"""
+import argparse
+import json
+import random
+import select
+import sys
+import time
+
+import psycopg
+
+KS_REFUSED = "KS001"    # the kill switch's SQLSTATE
+
+
+def say(event, **fields):
+    """One line of the agent's account of itself, for the harness."""
+    fields.update(event=event, t=time.time())
+    print(json.dumps(fields), flush=True)
+
+
+class Agent:
+    def __init__(self, args):
+        self.args = args
+        self.conn = None
+        self.mode = "unknown"        # what we last learnt, from a query or a NOTIFY
+        self.halted = False
+        self.has_ks_wait = False
+        self.done = 0
+
+    # ---------------------------------------------------------------- connection
+    def connect(self):
+        """(Re)connect, LISTEN if we can, then read the mode: never trust what we knew."""
+        while True:
+            try:
+                # Behind PgBouncer (transaction pooling) a statement may run on
+                # another server connection than the one that prepared it, so
+                # psycopg's automatic prepared statements must be off.
+                self.conn = psycopg.connect(
+                    self.args.dsn, autocommit=True,
+                    prepare_threshold=None if self.args.pooled else 5,
+                    application_name=self.args.name)
+                break
+            except psycopg.OperationalError as e:
+                say("connect_failed", error=str(e).strip()[:200])
+                time.sleep(0.2)
+        if self.args.wake == "listen" and not self.args.skip_check:
+            # psycopg 3.1: a notification that arrives while a query runs is
+            # handed to these callbacks and to nothing else -- conn.notifies()
+            # would never see it.  So the handler is where we learn of a halt.
+            self.conn.add_notify_handler(self.on_notify)
+            self.conn.execute("LISTEN killswitch")
+        self.has_ks_wait = self.conn.execute(
+            "SELECT to_regprocedure('ks_wait(bigint,integer)') IS NOT NULL").fetchone()[0]
+        self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
+        say("connected", mode=self.mode)
+
+    def on_notify(self, n):
+        """A change was committed: note the new mode at once."""
+        if n.channel == "killswitch":
+            self.mode = json.loads(n.payload)["mode"]
+            if self.mode != "disengaged" and not self.halted:
+                self.halt("notify")
+
+    # -------------------------------------------------------------------- states
+    def halt(self, how, reason=None):
+        if not self.halted:
+            self.halted = True
+            say("halted", how=how, mode=self.mode, reason=reason)
+
+    def resume(self):
+        if self.halted:
+            self.halted = False
+            say("resumed", mode=self.mode)
+
+    # ------------------------------------------------------------------- waiting
+    def pause(self, seconds):
+        """Idle between actions, but wake at once when the switch changes."""
+        if self.args.skip_check:
+            time.sleep(seconds)             # a careless agent does not look
+            return
+        deadline = time.monotonic() + seconds
+        while not self.halted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.args.wake == "listen":
+                # The socket becomes readable when a NOTIFY arrives; a cheap
+                # query then lets psycopg read it and call on_notify().
+                if select.select([self.conn.fileno()], [], [], left)[0]:
+                    self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
+                    if self.mode != "disengaged":
+                        self.halt("notify")
+            else:
+                time.sleep(min(left, self.args.poll_ms / 1000))
+                self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
+                if self.mode != "disengaged":
+                    self.halt("poll")
+
+    def wait_for_release(self):
+        """Halted: wait until the mode changes, then look again."""
+        if self.args.skip_check:
+            time.sleep(self.args.poll_ms / 1000)
+        elif self.args.wake == "listen":
+            # on_notify() updates self.mode; the timeout is only a safety net
+            select.select([self.conn.fileno()], [], [], 1.0)
+            self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
+        elif self.has_ks_wait:
+            gen = self.conn.execute("SELECT (ks_status()->>'generation')::bigint").fetchone()[0]
+            self.conn.execute("SELECT ks_wait(%s, 1000)", [gen])
+        else:
+            time.sleep(self.args.poll_ms / 1000)
+
+    # -------------------------------------------------------------------- acting
+    def act(self):
+        """One action: ask, then do.  The guard refuses the row if a halt came between."""
+        if self.args.skip_check:
+            verdict = {"allowed": True}     # a careless agent: the server must stop it
+        else:
+            verdict = self.conn.execute("SELECT ks_check_task(%s)", [self.args.task]).fetchone()[0]
+        if not verdict["allowed"]:
+            self.halt("check", verdict.get("reason"))
+            self.wait_for_release()
+            return
+        if not self.args.skip_check:
+            self.resume()       # (a NOTIFY during the INSERT below halts us again)
+        row = self.conn.execute(
+            "INSERT INTO tasks (agent, task_type) VALUES (%s, %s) RETURNING id",
+            [self.args.name, self.args.task]).fetchone()
+        if self.args.skip_check:
+            self.resume()       # the careless learn only from a refusal, and its absence
+        self.done += 1
+        if self.done == 1 or self.args.verbose:
+            say("did", id=row[0])
+        self.pause(random.uniform(0.5, 1.5) * self.args.think_ms / 1000)
+
+    def run(self):
+        self.connect()
+        end = time.monotonic() + self.args.seconds
+        refused = False
+        while time.monotonic() < end:
+            try:
+                if refused:
+                    refused = False
+                    self.wait_for_release()
+                self.act()
+            except psycopg.Error as e:
+                if e.sqlstate == KS_REFUSED:
+                    # refused by the kill switch: halted, not broken
+                    self.halt("ks001", e.diag.message_primary)
+                    refused = True
+                    continue
+                if self.conn.broken or isinstance(e, psycopg.OperationalError):
+                    say("disconnected", error=str(e).strip()[:200])
+                    self.conn.close()
+                    time.sleep(0.1)
+                    self.connect()
+                    continue
+                raise
+        say("finished", done=self.done)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dsn", required=True)
+    p.add_argument("--name", default="py-agent")
+    p.add_argument("--task", default="data_export")
+    p.add_argument("--pooled", action="store_true",
+                   help="behind a transaction pooler: no prepared statements")
+    p.add_argument("--wake", choices=["listen", "poll"], default="listen",
+                   help="how to learn of a change between checks (poll behind a pooler)")
+    p.add_argument("--poll-ms", type=int, default=50)
+    p.add_argument("--think-ms", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--skip-check", action="store_true",
+                   help="for tests: never ask first (ks_guard and hard enforcement must stop it)")
+    args = p.parse_args()
+    if args.pooled and args.wake == "listen":
+        p.error("LISTEN does not work behind a transaction pooler: use --wake poll")
+    Agent(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
