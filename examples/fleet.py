@@ -14,6 +14,7 @@ examples/run sets up the server and PgBouncer and calls this.
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def wait_until(pred, timeout):
 def start_agents(a):
     """N Python and N Node agents per path; half of them members of killswitch_agent."""
     agents = []
-    paths = [("direct", a.direct_host, a.direct_port, False, a.direct_wake)]
+    paths = [] if a.no_direct else [("direct", a.direct_host, a.direct_port, False, a.direct_wake)]
     if a.bouncer_port:
         paths.append(("pgbouncer", "127.0.0.1", a.bouncer_port, True, "poll"))
     for path, host, port, pooled, wake in paths:
@@ -169,7 +170,9 @@ def main():
     ap.add_argument("--think-ms", type=int, default=50)
     ap.add_argument("--poll-ms", type=int, default=50)
     ap.add_argument("--careless", action="store_true", help="one agent of each kind never asks")
-    ap.add_argument("--bench", metavar="OUT", help="only measure stop latency; write ms per group to OUT")
+    ap.add_argument("--no-direct", action="store_true", help="only the agents behind PgBouncer")
+    ap.add_argument("--bench", metavar="OUT", help="only measure stop latency; append ms per group to OUT")
+    ap.add_argument("--trials", type=int, default=1, help="with --bench: engage and release this often")
     a = ap.parse_args()
 
     tap = Tap()
@@ -201,18 +204,12 @@ def run(a, tap, admin, agents):
         return finish(tap)
     time.sleep(0.3)
 
+    if a.bench:
+        return bench(a, tap, admin, agents)
+
     # 2. pull the switch
     t_sent, t_committed = engage(admin, "halt_all", "examples: the switch is pulled")
-    all_halted = wait_until(lambda: all(ag.first("halted", t_sent - 1) for ag in agents), 15)
-    if a.bench:
-        with open(a.bench, "a") as out:
-            for ag in agents:
-                ev = ag.first("halted", t_sent - 1)
-                if ev:
-                    out.write(f"{ag.group}\t{(ev['t'] - t_sent) * 1000:.3f}\n")
-        tap.ok(all_halted, "every agent halted")
-        admin.execute("SELECT ks_disengage('examples: bench trial over', 'examples')")
-        return finish(tap)
+    wait_until(lambda: all(ag.first("halted", t_sent - 1) for ag in agents), 15)
     for ag in agents:
         ev = ag.first("halted", t_sent - 1)
         tap.ok(ev is not None, f"{ag.name} halts"
@@ -265,6 +262,25 @@ def run(a, tap, admin, agents):
     tap.ok(not idle, "every agent wrote task rows again after the release", ", ".join(idle))
     crashed = [ag.name for ag in agents if not ag.alive()]
     tap.ok(not crashed, "no agent crashed", ", ".join(crashed))
+    return finish(tap)
+
+
+def bench(a, tap, admin, agents):
+    """Stop latency: from sending the engage's COMMIT to each agent's own "halted" line."""
+    for trial in range(a.trials):
+        t_sent, _ = engage(admin, "halt_all", f"examples: bench trial {trial}")
+        halted = wait_until(lambda: all(ag.first("halted", t_sent) for ag in agents), 15)
+        with open(a.bench, "a") as out:
+            for ag in agents:
+                ev = ag.first("halted", t_sent)
+                if ev:
+                    out.write(f"{ag.group}\t{(ev['t'] - t_sent) * 1000:.3f}\n")
+        tap.ok(halted, f"trial {trial}: every agent halted")
+        t_rel = time.time()
+        admin.execute("SELECT ks_disengage('examples: bench trial over', 'examples')")
+        # every agent working again, and a pause at a random point of their cycles
+        wait_until(lambda: all(ag.first("resumed", t_rel) for ag in agents), 15)
+        time.sleep(0.3 + random.random() * 0.2)
     return finish(tap)
 
 
