@@ -41,6 +41,7 @@ class AgentProc:
         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True).start()
 
     def _read(self, stream, is_out):
+        """Collect the agent's JSON lines (stdout) and anything else it prints."""
         for line in stream:
             if not is_out:
                 self.err.append(line.rstrip())
@@ -62,14 +63,12 @@ class AgentProc:
                     return ev
         return None
 
-    def count(self, event, after=0.0):
-        with self.lock:
-            return sum(1 for ev in self.events if ev["event"] == event and ev["t"] >= after)
-
     def alive(self):
+        """Still running (an agent never exits by itself within a run)."""
         return self.proc.poll() is None
 
     def stop(self):
+        """End the agent: SIGTERM, then SIGKILL if it lingers."""
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -80,10 +79,13 @@ class AgentProc:
 
 
 class Tap:
+    """ok / not ok lines and their count."""
+
     def __init__(self):
         self.passed = self.failed = 0
 
     def ok(self, cond, what, detail=None):
+        """Print one check's line; detail says what was wrong."""
         if cond:
             self.passed += 1
             print(f"ok - {what}", flush=True)
@@ -94,6 +96,7 @@ class Tap:
 
 
 def wait_until(pred, timeout):
+    """Poll pred every 20 ms until it holds or timeout seconds pass; its last value."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
@@ -139,6 +142,7 @@ def start_agents(a):
 
 
 def rows_after(admin, t, column="ins_at"):
+    """How many task rows carry a time stamp after t (epoch seconds)."""
     return admin.execute(f"SELECT count(*) FROM tasks WHERE {column} > to_timestamp(%s)",
                          [t]).fetchone()[0]
 
@@ -152,13 +156,8 @@ def engage(admin, mode, reason):
     return t0, time.time()
 
 
-def percentile(values, p):
-    v = sorted(values)
-    i = max(1, min(len(v), int(len(v) * p / 100 + 0.999999)))
-    return v[i - 1]
-
-
 def main():
+    """Start the agents, run the checks (or the bench), stop the agents."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--admin-dsn", required=True)
     ap.add_argument("--direct-host", required=True)
@@ -196,6 +195,7 @@ def main():
 
 
 def run(a, tap, admin, agents):
+    """The checks: working, halted, no late rows, reconnect into the halt, resume."""
     # 1. every agent is working
     working = wait_until(lambda: all(ag.first("did") for ag in agents), 30)
     tap.ok(working, f"all {len(agents)} agents are working",
@@ -285,6 +285,7 @@ def bench(a, tap, admin, agents):
 
 
 def finish(tap):
+    """The closing count; the exit status."""
     print(f"{tap.passed} passed, {tap.failed} failed", flush=True)
     return 1 if tap.failed else 0
 

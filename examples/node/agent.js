@@ -23,6 +23,7 @@ const { performance } = require('perf_hooks');
 
 const KS_REFUSED = 'KS001'; // the kill switch's SQLSTATE
 
+// The command line: --dsn and the knobs the harness turns.
 function parseArgs(argv) {
   const a = { name: 'node-agent', task: 'data_export', pooled: false, wake: 'listen',
     pollMs: 50, thinkMs: 50, seconds: 60, verbose: false, skipCheck: false };
@@ -57,6 +58,7 @@ function say(event, fields = {}) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// One agent: a connection, what it knows of the switch, and its loop.
 class Agent {
   constructor(args) {
     this.args = args;
@@ -103,6 +105,7 @@ class Agent {
     if (this.wakeUp) this.wakeUp();
   }
 
+  // Stop taking actions; say how we learnt of the halt.
   halt(how, reason) {
     if (!this.halted) {
       this.halted = true;
@@ -110,6 +113,7 @@ class Agent {
     }
   }
 
+  // Work again: the switch was released (an action was allowed, or succeeded).
   resume() {
     if (this.halted) {
       this.halted = false;
@@ -125,6 +129,7 @@ class Agent {
     });
   }
 
+  // What the server enforces now.
   async readMode() {
     this.mode = (await this.client.query('SELECT ks_mode()::text AS mode')).rows[0].mode;
     return this.mode;
@@ -179,6 +184,7 @@ class Agent {
     await this.pause((0.5 + Math.random()) * this.args.thinkMs);
   }
 
+  // Act until --seconds are up; a refusal halts us, a lost connection is made again.
   async run() {
     await this.connect();
     const end = Date.now() + this.args.seconds * 1000;

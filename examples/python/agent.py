@@ -38,6 +38,8 @@ def say(event, **fields):
 
 
 class Agent:
+    """One agent: a connection, what it knows of the switch, and its loop."""
+
     def __init__(self, args):
         self.args = args
         self.conn = None
@@ -82,11 +84,13 @@ class Agent:
 
     # -------------------------------------------------------------------- states
     def halt(self, how, reason=None):
+        """Stop taking actions; say how we learnt of the halt."""
         if not self.halted:
             self.halted = True
             say("halted", how=how, mode=self.mode, reason=reason)
 
     def resume(self):
+        """Work again: the switch was released (an action was allowed, or succeeded)."""
         if self.halted:
             self.halted = False
             say("resumed", mode=self.mode)
@@ -153,6 +157,7 @@ class Agent:
         self.pause(random.uniform(0.5, 1.5) * self.args.think_ms / 1000)
 
     def run(self):
+        """Act until --seconds are up; a refusal halts us, a lost connection is made again."""
         self.connect()
         end = time.monotonic() + self.args.seconds
         refused = False
@@ -179,6 +184,7 @@ class Agent:
 
 
 def main():
+    """Parse the options and run one agent."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dsn", required=True)
     p.add_argument("--name", default="py-agent")

@@ -37,11 +37,13 @@ except ImportError:
 
 
 def say(event, **fields):
+    """One line of the agent's account of itself, for the harness."""
     fields.update(event=event, t=time.time())
     print(json.dumps(fields), flush=True)
 
 
 def main():
+    """Check the file before every action, act through the database, until --seconds are up."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dsn", required=True)
     p.add_argument("--state-dir", required=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 class KillSwitchMode(enum.Enum):
+    """The four modes, by the names the file carries."""
     DISENGAGED = 1
     HALT_NONCRITICAL = 2
     HALT_ALL = 3
@@ -35,6 +36,8 @@ DEFAULT_CRITICAL_TASKS = frozenset(["safety_monitoring", "data_persistence", "au
 
 
 class KillSwitch:
+    """A state read from the file: its mode, and the task rules."""
+
     def __init__(self, mode, critical_tasks):
         self._mode = mode
         self._critical = critical_tasks or DEFAULT_CRITICAL_TASKS
@@ -62,10 +65,12 @@ class KillSwitch:
 
     @property
     def mode(self):
+        """The mode the file held when it was loaded."""
         return self._mode
 
     @property
     def engaged(self):
+        """Anything but DISENGAGED."""
         return self._mode != KillSwitchMode.DISENGAGED
 
     def check_task_allowed(self, task_type):
