@@ -168,8 +168,11 @@ class Agent {
 
   // One action: ask, then do.  The guard refuses the row if a halt came between.
   async act() {
+    const wasHalted = this.halted;
     const v = this.args.skipCheck ? { allowed: true } // a careless agent
       : (await this.client.query('SELECT ks_check_task($1) AS v', [this.args.task])).rows[0].v;
+    // a NOTIFY that came in with the answer is newer than the check
+    if (!this.args.skipCheck && this.halted && !wasHalted) return;
     if (!v.allowed) {
       this.halt('check', v.reason);
       await this.waitForRelease();

@@ -136,10 +136,14 @@ class Agent:
     # -------------------------------------------------------------------- acting
     def act(self):
         """One action: ask, then do.  The guard refuses the row if a halt came between."""
+        was_halted = self.halted
         if self.args.skip_check:
             verdict = {"allowed": True}     # a careless agent: the server must stop it
         else:
             verdict = self.conn.execute("SELECT ks_check_task(%s)", [self.args.task]).fetchone()[0]
+            if self.halted and not was_halted:
+                # a NOTIFY came in with the answer: the halt is newer than the check
+                return
         if not verdict["allowed"]:
             self.halt("check", verdict.get("reason"))
             self.wait_for_release()
