@@ -25,6 +25,10 @@ import psycopg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = "/usr/bin/python3"     # Debian's, with python3-psycopg
+# examples/run adds this task to killswitch.critical_tasks: the file agent
+# doing it must keep working in halt_all (it reads critical_tasks= from the table)
+CRITICAL_TASK = "nightly_backup"
+CRITICAL_AGENT = "py-file-agent-critical"
 
 
 class AgentProc:
@@ -135,16 +139,17 @@ def start_agents(a):
                 agents.append(AgentProc(name, f"{lang} {path} {wake}", argv))
     if a.state_dir:
         dsn = f"host={a.direct_host} port={a.direct_port} dbname=postgres user=worker password=worker"
-        agents.append(AgentProc("py-file-agent", "py file", [
-            PY, "python/file_agent.py", "--dsn", dsn, "--state-dir", a.state_dir,
-            "--name", "py-file-agent", "--seconds", "600", "--poll-ms", "100"]))
+        for name, task in (("py-file-agent", "data_export"), (CRITICAL_AGENT, CRITICAL_TASK)):
+            agents.append(AgentProc(name, "py file", [
+                PY, "python/file_agent.py", "--dsn", dsn, "--state-dir", a.state_dir,
+                "--name", name, "--task", task, "--seconds", "600", "--poll-ms", "100"]))
     return agents
 
 
 def rows_after(admin, t, column="ins_at"):
-    """How many task rows carry a time stamp after t (epoch seconds)."""
-    return admin.execute(f"SELECT count(*) FROM tasks WHERE {column} > to_timestamp(%s)",
-                         [t]).fetchone()[0]
+    """How many non-critical task rows carry a time stamp after t (epoch seconds)."""
+    return admin.execute(f"SELECT count(*) FROM tasks WHERE {column} > to_timestamp(%s) "
+                         "AND task_type <> %s", [t, CRITICAL_TASK]).fetchone()[0]
 
 
 def engage(admin, mode, reason):
@@ -210,6 +215,8 @@ def run(a, tap, admin, agents):
     # 2. pull the switch
     t_sent, t_committed = engage(admin, "halt_all", "examples: the switch is pulled")
     wait_until(lambda: all(ag.first("halted", t_sent - 1) for ag in agents), 15)
+    critical = [ag for ag in agents if ag.name == CRITICAL_AGENT]
+    agents = [ag for ag in agents if ag.name != CRITICAL_AGENT]
     for ag in agents:
         ev = ag.first("halted", t_sent - 1)
         tap.ok(ev is not None, f"{ag.name} halts"
@@ -228,10 +235,17 @@ def run(a, tap, admin, agents):
         tap.ok(ag.first("halted", t_sent - 1, how="ks001") is not None,
                f"{ag.name} (never asks) is stopped by the server and treats KS001 as halted")
 
+    for ag in critical:
+        q = "SELECT count(*) FROM tasks WHERE agent = %s AND ins_at > to_timestamp(%s)"
+        kept = wait_until(lambda: admin.execute(q, [ag.name, t_committed]).fetchone()[0] > 0, 5)
+        tap.ok(kept and ag.first("halted", t_sent - 1) is None,
+               f"{ag.name} ({CRITICAL_TASK}, critical by the table) keeps working in halt_all",
+               f"rows since the engage: {kept}, halted: {ag.first('halted', t_sent - 1)}")
+
     # 3. connections lost while halted: each agent reconnects and stays halted
     t_kill = time.time()
     n = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                      "WHERE usename IN ('fleet', 'worker') AND application_name <> 'py-file-agent'").fetchone()[0]
+                      "WHERE usename IN ('fleet', 'worker') AND application_name NOT LIKE 'py-file-agent%'").fetchone()[0]
     direct = [ag for ag in agents if " direct " in f" {ag.group} "]
     back = wait_until(lambda: all(ag.first("connected", t_kill) for ag in direct), 10)
     tap.ok(back, f"after {n} agent backends were terminated, every direct agent reconnected",
@@ -258,9 +272,9 @@ def run(a, tap, admin, agents):
     time.sleep(0.5)
     worked = dict(admin.execute("SELECT agent, count(*) FROM tasks WHERE ins_at > to_timestamp(%s) "
                                 "GROUP BY agent", [t_rel]).fetchall())
-    idle = [ag.name for ag in agents if not worked.get(ag.name)]
+    idle = [ag.name for ag in agents + critical if not worked.get(ag.name)]
     tap.ok(not idle, "every agent wrote task rows again after the release", ", ".join(idle))
-    crashed = [ag.name for ag in agents if not ag.alive()]
+    crashed = [ag.name for ag in agents + critical if not ag.alive()]
     tap.ok(not crashed, "no agent crashed", ", ".join(crashed))
     return finish(tap)
 
