@@ -194,7 +194,7 @@ write_durably(const char *path, const char *data, size_t len, mode_t mode,
 	return true;
 }
 
-/* Write a file only the owner may read (secrets, snapshots, private copies): mode 0600. */
+/* Write a file only the owner may read (the secret, the emergency snapshot, the private files): 0600. */
 bool
 ks_write_file_durably(const char *path, const char *data, size_t len,
 					  char *problem, size_t problemlen)
@@ -203,8 +203,8 @@ ks_write_file_durably(const char *path, const char *data, size_t len,
 }
 
 /*
- * Write a file meant for readers outside the server (the state file): 0600,
- * or 0640 when its directory grants its group read and search access, so that
+ * Write the state file, which agents outside the server may read: 0600, or
+ * 0640 when its directory grants its group read and search access, so that
  * agents in that group can read the state (as core's pg_file_create_mode
  * follows the data directory's group access).  Never wider: others get nothing.
  */
