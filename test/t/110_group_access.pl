@@ -2,8 +2,8 @@
 # killswitch.state_dir grants its group read and search access (0750), the
 # server writes the state file 0640 -- after SQL changes, after applying an
 # outside write, after a tamper verdict -- and never anything wider; the
-# secret stays 0600 even in that directory.  An owner-only directory (0700)
-# keeps the file 0600.
+# secret and the emergency snapshot stay 0600 even in that directory.  An
+# owner-only directory (0700) keeps the file 0600.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -45,6 +45,10 @@ ok($node->poll_query_until('postgres',
 	"SELECT (ks_status()->>'generation')::bigint > $gen AND ks_mode() = 'emergency'"),
 	'an outside write is applied');
 is(mode_of($file), '0640', 'and the server rewrites the file 0640');
+# the emergency's snapshot, beside the state file, holds the agents' queries
+my $snap = "$shared/kill_switch_snapshot.json";
+for (1 .. 100) { last if -e $snap; select(undef, undef, undef, 0.1); }
+is(mode_of($snap), '0600', 'the emergency snapshot in that directory stays 0600');
 
 # A tamper verdict's rewrite too.
 $gen = sql("SELECT ks_status()->>'generation'");
