@@ -194,7 +194,7 @@ write_durably(const char *path, const char *data, size_t len, mode_t mode,
 	return true;
 }
 
-/* Write a file only the owner may read (the secret, the emergency snapshot, the private files): 0600. */
+/* Write a file only its owner may read (the secret, the snapshot, the private files): 0600. */
 bool
 ks_write_file_durably(const char *path, const char *data, size_t len,
 					  char *problem, size_t problemlen)
