@@ -3,7 +3,7 @@ file_agent.py uses, so that `make examples` can run it where the library is
 not installed (it is on PyPI only).  Standard library only.
 
 It is NOT the library.  It reads and verifies kill_switch_state.json exactly
-as killswitch's DESIGN section 3 specifies the shared format (the signature
+as killswitch's ARCHITECTURE.md section 3 specifies the shared format (the signature
 is the hex HMAC-SHA256, keyed with the secret, of
 json.dumps(obj without "signature", separators=(",", ":"), sort_keys=True)),
 and applies the reference task rules.  It offers only the calls file_agent.py
