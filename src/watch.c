@@ -290,13 +290,24 @@ ks_reconcile_history(void)
 		(void) ks_apply_change(&a.change);
 		return;
 	}
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->unrecorded = true;
-	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-	snprintf(ks_shared->unrecorded_reason, sizeof(ks_shared->unrecorded_reason),
-			 "recorded at start: the state file holds a change the history lacks (%s)",
-			 ks_shared->reason);
-	SpinLockRelease(&ks_shared->mutex);
+	/* copy out, format outside the spinlock (whole characters), copy in */
+	{
+		char		held[sizeof(ks_shared->reason)];
+		char		reason[sizeof(ks_shared->unrecorded_reason)];
+		char	   *text;
+
+		SpinLockAcquire(&ks_shared->mutex);
+		memcpy(held, ks_shared->reason, sizeof(held));
+		SpinLockRelease(&ks_shared->mutex);
+		text = psprintf("recorded at start: the state file holds a change the history lacks (%s)",
+						held);
+		ks_clip_utf8(reason, text, sizeof(reason));
+		SpinLockAcquire(&ks_shared->mutex);
+		ks_shared->unrecorded = true;
+		ks_shared->unrecorded_previous = KS_WORD_MODE(word);
+		memcpy(ks_shared->unrecorded_reason, reason, sizeof(reason));
+		SpinLockRelease(&ks_shared->mutex);
+	}
 	ks_flush_unrecorded();
 }
 
