@@ -415,6 +415,18 @@ event_of_generation(int64 generation, bool *request)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* Is the mode emergency?  If not, free the agent list that logins are checked against. */
+static bool
+still_in_emergency(uint64 word)
+{
+	if (KS_WORD_MODE(word) == KS_EMERGENCY)
+		return true;
+	if (agents_listed)
+		(void) ks_list_swap(KS_LIST_AGENTS, InvalidDsaPointer, NULL, NULL, 0);
+	agents_listed = false;
+	return false;
+}
+
 /*
  * The watcher's emergency duty, inside its transaction: the first time it
  * sees an emergency generation, snapshot, end sessions, alert; afterwards,
@@ -432,14 +444,8 @@ ks_emergency_tick(bool history)
 	bool		request = false;
 	TimestampTz published_at;
 
-	if (KS_WORD_MODE(word) != KS_EMERGENCY)
-	{
-		/* logins are checked only in emergency: free the list */
-		if (agents_listed)
-			(void) ks_list_swap(KS_LIST_AGENTS, InvalidDsaPointer, NULL, NULL, 0);
-		agents_listed = false;
+	if (!still_in_emergency(word))
 		return;
-	}
 	first = ks_shared->emergency_handled != generation;
 	SpinLockAcquire(&ks_shared->mutex);
 	published_at = ks_shared->published_at;
@@ -577,14 +583,8 @@ ks_emergency_tick_without_database(void)
 	bool		first;
 	TimestampTz published_at;
 
-	if (KS_WORD_MODE(word) != KS_EMERGENCY)
-	{
-		/* logins are checked only in emergency: free the list */
-		if (agents_listed)
-			(void) ks_list_swap(KS_LIST_AGENTS, InvalidDsaPointer, NULL, NULL, 0);
-		agents_listed = false;
+	if (!still_in_emergency(word))
 		return;
-	}
 	first = ks_shared->emergency_handled != generation;
 	roles = agent_roles_from_catalog();
 	if (first)
