@@ -142,10 +142,7 @@ ks_audit_watch(void)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(ctx);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		ks_watcher_survive_error(ctx);
 	}
 	PG_END_TRY();
 }

@@ -305,10 +305,7 @@ ks_emergency_finish_prepared(void)
 		}
 		PG_CATCH();
 		{
-			MemoryContextSwitchTo(ctx);
-			EmitErrorReport();
-			FlushErrorState();
-			AbortCurrentTransaction();
+			ks_watcher_survive_error(ctx);
 		}
 		PG_END_TRY();
 		pfree(gid);

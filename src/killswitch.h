@@ -158,6 +158,7 @@ extern char *ks_utf8_to_db(const char *utf8);
 /* worker.c: the watcher */
 #define KS_NO_EMERGENCY (-1)
 extern void ks_worker_register(void);
+extern void ks_watcher_survive_error(MemoryContext ctx);
 
 /* watch.c: judging the file while running */
 extern void ks_judge_file(const char *path);

@@ -77,6 +77,20 @@ typedef struct KsFileStamp
 	ino_t		ino;
 } KsFileStamp;
 
+/*
+ * In a watcher's PG_CATCH: log the error being handled and abort its
+ * transaction, so that the watcher goes on (what it already raised in
+ * shared memory stays).  ctx is the memory context from before PG_TRY.
+ */
+void
+ks_watcher_survive_error(MemoryContext ctx)
+{
+	MemoryContextSwitchTo(ctx);
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+}
+
 /* Register the watcher; from _PG_init while preloading. */
 void
 ks_worker_register(void)
@@ -246,10 +260,7 @@ examine_file_safely(void)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(ctx);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		ks_watcher_survive_error(ctx);
 		ks_watch_failed();
 		ok = false;
 	}
@@ -308,10 +319,7 @@ run_duties_safely(void)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(ctx);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		ks_watcher_survive_error(ctx);
 	}
 	PG_END_TRY();
 	/* each in a transaction of its own, as ROLLBACK PREPARED */
