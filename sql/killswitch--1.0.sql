@@ -162,7 +162,8 @@ CREATE FUNCTION killswitch.shared_state(
     OUT source text, OUT since timestamptz, OUT problem text,
     OUT require_hmac boolean, OUT unrecorded boolean,
     OUT watcher_checked_at timestamptz,
-    OUT watcher_problem text, OUT watch text)
+    OUT watcher_problem text, OUT watch text,
+    OUT role text, OUT state_lsn pg_lsn)
     AS 'MODULE_PATHNAME', 'ks_shared_state' LANGUAGE C VOLATILE;
 
 CREATE FUNCTION killswitch.iso_utc(timestamptz) RETURNS text
@@ -273,7 +274,9 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'watcher_age_ms', round(extract(epoch FROM clock_timestamp() - s.watcher_checked_at) * 1000),
         'audit_findings', (SELECT count(*) FROM killswitch.audit()),
         'watcher_problem', s.watcher_problem,
-        'watch', s.watch)
+        'watch', s.watch,
+        'role', s.role,
+        'state_lsn', s.state_lsn::text)
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';

@@ -5,6 +5,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -13,6 +14,7 @@
 #include "utils/json.h"
 #include "commands/dbcommands.h"
 #include "utils/lsyscache.h"
+#include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
 #include "killswitch.h"
@@ -128,14 +130,15 @@ ks_assert_task(PG_FUNCTION_ARGS)
  * SQL: the shared state as a row, for ks_status(): mode, generation,
  * integrity, source, since, problem, require_hmac, unrecorded,
  * watcher_checked_at, watcher_problem (null when the watcher can do all its
- * work), watch (how it sees changes: inotify or poll).
+ * work), watch (how it sees changes: inotify or poll), role (primary or
+ * standby), state_lsn (the WAL record of the state, written or replayed).
  */
 Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[11];
-	bool		nulls[11] = {false};
+	Datum		values[13];
+	bool		nulls[13] = {false};
 	uint64		word;
 	int			flags;
 	char		source[16];
@@ -145,6 +148,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	bool		unrecorded;
 	char		problem[sizeof(ks_shared->watcher_problem)];
 	bool		inotify;
+	XLogRecPtr	state_lsn;
 
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -159,6 +163,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	checked = ks_shared->watcher_checked_at;
 	strlcpy(problem, ks_shared->watcher_problem, sizeof(problem));
 	inotify = ks_shared->watcher_inotify;
+	state_lsn = ks_shared->state_lsn;
 	SpinLockRelease(&ks_shared->mutex);
 
 	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
@@ -180,6 +185,9 @@ ks_shared_state(PG_FUNCTION_ARGS)
 									: "the watcher has a problem; see the server log");
 	nulls[9] = problem[0] == '\0';
 	values[10] = CStringGetTextDatum(inotify ? "inotify" : "poll");
+	values[11] = CStringGetTextDatum(RecoveryInProgress() ? "standby" : "primary");
+	values[12] = LSNGetDatum(state_lsn);
+	nulls[12] = XLogRecPtrIsInvalid(state_lsn);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

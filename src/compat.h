@@ -41,6 +41,11 @@
 #define KS_HAVE_CONVERSION_NOERROR 1
 #endif
 
+/* Custom WAL resource managers (RegisterCustomRmgr) appeared in 15. */
+#if PG_VERSION_NUM >= 150000
+#define KS_HAVE_CUSTOM_RMGR 1
+#endif
+
 /* MarkGUCPrefixReserved() replaced EmitWarningsOnPlaceholders() in 15. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)

@@ -603,6 +603,10 @@ ks_emergency_tick_without_database(void)
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
 					generation, ended),
+			 RecoveryInProgress() ?
+			 errdetail("Every statement of an agent is refused until the kill switch is released. "
+					   "This is a standby: the snapshot is in the file %s only, and no NOTIFY was sent.",
+					   KS_SNAPSHOT_FILE_NAME) :
 			 errdetail("Every statement of an agent is refused until the kill switch is released. "
 					   "The watcher has no database: the snapshot is in the file %s only, and no NOTIFY was sent.",
 					   KS_SNAPSHOT_FILE_NAME)));

@@ -340,6 +340,59 @@ ks_events_last_generation(void)
 	return generation;
 }
 
+/*
+ * The state the newest event leaves, as the state file says it (the same
+ * fields ks_record_event() fills), with a fresh snapshot.  false when the
+ * history is empty.  For a server that comes out of recovery, and for a
+ * standby following the history (standby.c).
+ */
+bool
+ks_events_newest_state(KsState *st)
+{
+	KsOwnerContext owner;
+	MemoryContext caller = CurrentMemoryContext;
+	SPIPlanPtr	plan;
+	bool		found = false;
+	int			rc;
+
+	ks_owner_begin(&owner);
+	plan = SPI_prepare("SELECT at, mode::text, previous_mode::text, reason, triggered_by, "
+					   "affected_tasks, source, generation, id, key_id "
+					   "FROM killswitch.events ORDER BY id DESC LIMIT 1", 0, NULL);
+	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events: %d", rc);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char		at[40];
+		char	   *prev;
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		ks_state_init(st);
+		ks_format_iso_utc(ks_timestamptz_to_unix_usec(DatumGetTimestampTz(SPI_getbinval(tup, desc, 1, &isnull))),
+						  at, sizeof(at));
+		st->engaged_at = pstrdup(at);
+		st->mode = (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2));
+		prev = SPI_getvalue(tup, desc, 3);
+		st->previous_mode = prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE;
+		st->reason = ks_text_to_utf8(SPI_getvalue(tup, desc, 4), "reason");
+		st->triggered_by = ks_text_to_utf8(SPI_getvalue(tup, desc, 5), "triggered_by");
+		st->affected_tasks = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		st->source = pstrdup(SPI_getvalue(tup, desc, 7));
+		st->generation = DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
+		st->event_id = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
+		st->key_id = pstrdup(SPI_getvalue(tup, desc, 10));
+		MemoryContextSwitchTo(spi);
+		found = st->mode >= 0;
+	}
+	ks_owner_end(&owner);
+	return found;
+}
+
 /* Text of a column of a composite row; NULL for SQL NULL. */
 static char *
 row_text(HeapTupleHeader row, const char *column)

@@ -139,6 +139,8 @@ _PG_init(void)
 		return;
 
 	define_settings();
+	/* standbys replay our records: see wal.c */
+	ks_wal_register();
 
 #ifdef KS_HAVE_SHMEM_REQUEST_HOOK
 	prev_shmem_request_hook = shmem_request_hook;

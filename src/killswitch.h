@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
@@ -85,6 +86,9 @@ typedef struct KsShared
 	int			watcher_usable_retries; /* failed connections to a database that looked usable */
 	bool		watcher_inotify;	/* sees changes through inotify (else: the poll) */
 	char		watcher_problem[KS_WATCHER_PROBLEM_LEN];	/* why it cannot do all its work; "" when fine */
+	/* the fleet (wal.c, standby.c) */
+	XLogRecPtr	state_lsn;		/* the WAL record of the state: written, or replayed */
+	bool		from_recovery;	/* started as a standby or for PITR: adopt the history when it ends */
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -276,6 +280,7 @@ typedef struct KsEventInput
 } KsEventInput;
 extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
 extern int64 ks_events_last_generation(void);
+extern bool ks_events_newest_state(KsState *st);
 
 /* notify.c */
 extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
@@ -356,5 +361,18 @@ typedef enum KsClaim
 extern KsClaim ks_judge_claim(const char *task);
 extern bool ks_critical_list_due(void);
 extern void ks_load_critical_list(bool first);
+
+/* wal.c: the state in the WAL */
+#define KS_RMGR_ID 177			/* in the range left to extensions, 128-255 */
+extern void ks_wal_register(void);
+extern void ks_wal_log_state(const char *text, size_t len, KsMode mode, int64 generation);
+extern void ks_wal_log_file(const char *path);
+
+/* standby.c: a server in recovery follows its primary */
+extern bool ks_recovery_requested(void);
+extern void ks_publish_state(const KsState *st, int flags);
+extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
+extern void ks_adopt_history_after_recovery(void);
+extern void ks_standby_tick(bool history);
 
 #endif							/* KILLSWITCH_H */

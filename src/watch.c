@@ -253,6 +253,8 @@ ks_judge_file_without_history(const char *path)
 			ereport(WARNING,
 					(errmsg("killswitch: could not keep the applied state in the private copy: %s", problem),
 					 errdetail("The change is in force; once the history exists it may be recorded twice.")));
+		else
+			ks_wal_log_file(KS_LAST_APPLIED_FILE);	/* standbys follow */
 	}
 }
 
@@ -271,6 +273,12 @@ ks_reconcile_history(void)
 	int64		state_gen = KS_WORD_GENERATION(word);
 	int64		history_gen;
 
+	/* out of recovery, the replicated history is the truth (standby.c) */
+	if (ks_shared->from_recovery)
+	{
+		ks_adopt_history_after_recovery();
+		return;
+	}
 	/* first settle a change written before a crash, then compare */
 	if (ks_shared->unconfirmed)
 		ks_confirm_in_flight();
@@ -330,19 +338,6 @@ ks_watch_failed(void)
 	SpinLockRelease(&ks_shared->mutex);
 }
 
-/* Publish a state read from one of our files (UTF-8 texts). */
-static void
-publish_file_state(const KsState *st)
-{
-	int64		usec;
-	TimestampTz since = GetCurrentTimestamp();
-
-	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
-		since = ks_unix_usec_to_timestamptz(usec);
-	ks_publish(st->mode, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, st->generation, since,
-			   st->source ? st->source : "startup", st->reason, st->triggered_by);
-}
-
 /*
  * Settle a change that was written to the state file before a crash but
  * whose commit was not known at start (the mark, persist.c).  The server
@@ -398,7 +393,7 @@ ks_confirm_in_flight(void)
 						 problem, sizeof(problem)) &&
 			ks_write_file_durably(KS_LAST_APPLIED_FILE, bytes, len, problem, sizeof(problem)))
 			(void) unlink(KS_IN_FLIGHT_FILE);
-		publish_file_state(&mark);
+		ks_publish_state(&mark, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED);
 		ereport(LOG,
 				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash had committed; mode %s",
 						mark.generation, ks_mode_sql_names[mark.mode])));
@@ -421,7 +416,7 @@ ks_confirm_in_flight(void)
 					 errdetail("%s", problem)));
 		}
 		(void) unlink(KS_IN_FLIGHT_FILE);
-		publish_file_state(&held);
+		ks_publish_state(&held, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED);
 		ereport(LOG,
 				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash never committed; back to generation " INT64_FORMAT ", mode %s",
 						mark.generation, held.generation, ks_mode_sql_names[held.mode])));

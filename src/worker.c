@@ -26,6 +26,7 @@
 
 #include "access/genam.h"
 #include "access/table.h"
+#include "access/xlog.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_database.h"
@@ -99,7 +100,8 @@ ks_worker_register(void)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	/* on a hot standby too: it follows its primary there (standby.c) */
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 1;	/* seconds: a dead watcher comes back fast */
 	strlcpy(worker.bgw_library_name, "killswitch", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "ks_worker_main", BGW_MAXLEN);
@@ -305,6 +307,34 @@ duties_due(void)
 	return (had_history && ks_critical_list_due()) ||
 		(!had_history && !without_database && ks_list_loaded(KS_LIST_CRITICAL)) ||
 		ks_current_mode() == KS_EMERGENCY;
+}
+
+/*
+ * On a standby (or during a point-in-time recovery), the watcher's only
+ * work: follow the primary's history, put back outside writes, act on an
+ * emergency — in a read-only transaction, surviving its errors.
+ */
+static void
+standby_look_safely(void)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "following the primary's kill switch state");
+		ks_standby_tick(!without_database && extension_present());
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		ks_watcher_survive_error(ctx);
+	}
+	PG_END_TRY();
 }
 
 /* run_duties(), surviving its errors like examine_file_safely(). */
@@ -585,6 +615,27 @@ ms_until(TimestampTz when)
 	return secs * 1000 + usecs / 1000 + 1;
 }
 
+/*
+ * Sleep until the latch is set, the state directory changes, or the
+ * timeout; returns the strongest directory event seen (or dir_event).
+ */
+static KsDirEvent
+wait_for_work(WaitEventSet *wait_set, int watch_fd, long timeout, KsDirEvent dir_event)
+{
+	WaitEvent	events[3];
+	int			n;
+
+	n = WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
+	for (int i = 0; i < n; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		if (events[i].events & WL_SOCKET_READABLE)
+			dir_event = Max(dir_event, ks_dirwatch_drain(watch_fd, KS_STATE_FILE_NAME));
+	}
+	return dir_event;
+}
+
 /* The worker's entry point. */
 void
 ks_worker_main(Datum arg)
@@ -631,9 +682,7 @@ ks_worker_main(Datum arg)
 	{
 		KsFileStamp now;
 		TimestampTz tick;
-		WaitEvent	events[3];
 		long		timeout;
-		int			n;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -656,6 +705,15 @@ ks_worker_main(Datum arg)
 			if (extension_appeared())
 				dir_event = KS_DIR_WRITTEN;
 			rechecked_at = tick;
+		}
+		/* a standby follows; its first look as a primary comes after promotion */
+		if (RecoveryInProgress())
+		{
+			standby_look_safely();
+			ks_alert_poll();
+			note_liveness();
+			(void) wait_for_work(wait_set, watch_fd, ks_poll_interval, KS_DIR_NOTHING);
+			continue;
 		}
 		/* the directory was moved or the kernel dropped the watch: poll, and try again */
 		if (dir_event == KS_DIR_LOST || (watch_fd < 0 && rewatch_at != 0 && tick >= rewatch_at))
@@ -718,6 +776,9 @@ ks_worker_main(Datum arg)
 			 */
 			if (!had_history)
 				now = file_stamp(path);
+			/* standbys learn the state now: a crash may have come between a commit and its record */
+			if (first)
+				ks_wal_log_file(KS_LAST_APPLIED_FILE);
 			first = false;
 		}
 		dir_event = KS_DIR_NOTHING;
@@ -737,13 +798,6 @@ ks_worker_main(Datum arg)
 			timeout = Min(timeout, ms_until(settle_at));
 		if (failed)
 			timeout = Min(timeout, ms_until(retry_at));
-		n = WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
-		for (int i = 0; i < n; i++)
-		{
-			if (events[i].events & WL_LATCH_SET)
-				ResetLatch(MyLatch);
-			if (events[i].events & WL_SOCKET_READABLE)
-				dir_event = Max(dir_event, ks_dirwatch_drain(watch_fd, KS_STATE_FILE_NAME));
-		}
+		dir_event = wait_for_work(wait_set, watch_fd, timeout, dir_event);
 	}
 }

@@ -13,7 +13,7 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
-  ks_running ks_kill9_and_start);
+  ks_running ks_kill9_and_start ks_init_from_backup);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -27,6 +27,22 @@ sub ks_node
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE')
 	  unless $opts{no_extension};
+	return $node;
+}
+
+# A node made from a backup, as init_from_backup() does, with the keys'
+# modes as pg_basebackup leaves them (0600): the framework copies the
+# backup directory with the umask's modes, which killswitch rightly refuses
+# for a key.
+sub ks_init_from_backup
+{
+	my ($node, $root, $backup, %params) = @_;
+	$node->init_from_backup($root, $backup, %params);
+	for my $key ('signing.key', 'release.key')
+	{
+		my $path = $node->data_dir . "/pg_killswitch/$key";
+		chmod 0600, $path if -e $path;
+	}
 	return $node;
 }
 

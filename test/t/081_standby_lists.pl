@@ -17,7 +17,7 @@ $primary->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
 $primary->safe_psql('postgres', "SELECT ks_engage('halt_all', 'standby test', 'tester')");
 $primary->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('lists_standby');
-$standby->init_from_backup($primary, 'b', has_streaming => 1);
+ks_init_from_backup($standby, $primary, 'b', has_streaming => 1);
 $standby->start;
 
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'a standby');

@@ -1,0 +1,237 @@
+/*
+ * standby.c — a server in recovery follows its primary (ARCHITECTURE §11).
+ *
+ * A standby's state is what it replayed: redo of the WAL record (wal.c)
+ * publishes it and writes the primary's exact bytes into the state file
+ * and the private copy, so a restart starts where replay was.  Its watcher
+ * also follows the replicated history (a record can be missing: a crash
+ * between a commit and its record, a recovery target between the two),
+ * puts back any outside write to the state file — a standby never runs
+ * lower than it replayed, and an outside write cannot release it — and
+ * runs the emergency actions that need no table.  A standby never writes
+ * history and never creates a key.  When recovery ends (promotion, or the
+ * end of a point-in-time recovery), the history is the truth: the new
+ * primary adopts its newest event, without a tamper verdict.
+ */
+#include "postgres.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+/*
+ * Will this start be a recovery (a standby, or a point-in-time recovery)?
+ * The postmaster decides before the startup process runs, the way
+ * PostgreSQL itself does: by the signal files in the data directory.
+ */
+bool
+ks_recovery_requested(void)
+{
+	struct stat sb;
+
+	return stat(STANDBY_SIGNAL_FILE, &sb) == 0 || stat(RECOVERY_SIGNAL_FILE, &sb) == 0;
+}
+
+/* Publish a state read from a file or the history (UTF-8 texts). */
+void
+ks_publish_state(const KsState *st, int flags)
+{
+	int64		usec;
+	TimestampTz since = GetCurrentTimestamp();
+
+	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
+		since = ks_unix_usec_to_timestamptz(usec);
+	ks_publish(st->mode, flags, st->generation, since,
+			   st->source ? st->source : "startup", st->reason, st->triggered_by);
+}
+
+/*
+ * Redo, in the startup process: apply a replayed state unless this server
+ * already holds a newer one (a restarted standby replays from its last
+ * restartpoint), write its bytes into the state file and the private copy,
+ * and wake the watcher for the emergency actions.  Never an error: a file
+ * that cannot be written is logged, and shared memory still follows.
+ */
+void
+ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn)
+{
+	KsState		st;
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	int			lockfd;
+	int64		held = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+
+	if (ks_state_from_text(text, len, NULL, 0, NULL, false, &st,
+						   problem, sizeof(problem)) == KS_FILE_BAD ||
+		st.generation < 0)
+	{
+		ereport(WARNING,
+				(errmsg("killswitch: a replayed state record could not be read: %s", problem),
+				 errdetail("The standby keeps its state; its watcher follows the history.")));
+		return;
+	}
+	if (st.generation < held)
+		return;
+
+	ks_state_file_path(path, sizeof(path));
+	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	if (lockfd < 0 ||
+		!ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) ||
+		!ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)))
+		ereport(LOG,
+				(errmsg("killswitch: could not write the replayed state (generation " INT64_FORMAT "): %s",
+						st.generation, problem),
+				 errdetail("The standby follows it in shared memory; a restart starts from the files.")));
+	/* the primary's mark of a change in flight has no meaning here */
+	(void) unlink(KS_IN_FLIGHT_FILE);
+	ks_unlock_dir(lockfd);
+
+	ks_publish_state(&st, 0);
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->state_lsn = lsn;
+	SpinLockRelease(&ks_shared->mutex);
+	if (st.mode == KS_EMERGENCY)
+		ks_wake_watcher();
+}
+
+/*
+ * Write a state taken from the history into the state file and the
+ * private copy, signed with this server's secret.  false, with a problem,
+ * if it could not (then only shared memory follows).
+ */
+static bool
+write_adopted(const KsState *st, char *problem, size_t problemlen)
+{
+	char		path[MAXPGPATH];
+	char	   *secret;
+	size_t		secretlen;
+	char	   *release_key;
+	size_t		release_keylen;
+	int			lockfd;
+	bool		ok;
+
+	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
+		return false;
+	ks_release_key_for_writing(&release_key, &release_keylen);
+	ks_state_file_path(path, sizeof(path));
+	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
+	if (lockfd < 0)
+		return false;
+	ok = ks_state_write(KS_LAST_APPLIED_FILE, st, secret, secretlen,
+						release_key, release_keylen, problem, problemlen) &&
+		ks_state_write(path, st, secret, secretlen,
+					   release_key, release_keylen, problem, problemlen);
+	(void) unlink(KS_IN_FLIGHT_FILE);
+	ks_unlock_dir(lockfd);
+	return ok;
+}
+
+/*
+ * Take the newest event as the state (inside a transaction, the history at
+ * hand).  On a standby only when the history is ahead of what was replayed;
+ * out of recovery whenever the two differ, either way: the recovery target
+ * decides, not a file copied with the base backup.  Returns true if the
+ * state changed.
+ */
+static bool
+adopt_history(bool in_recovery)
+{
+	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	int64		held = KS_WORD_GENERATION(word);
+	KsState		st;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_events_newest_state(&st))
+		return false;
+	if (in_recovery ? st.generation <= held :
+		(st.generation == held && st.mode == KS_WORD_MODE(word) &&
+		 !(KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED)))
+		return false;
+	if (!write_adopted(&st, problem, sizeof(problem)))
+		ereport(WARNING,
+				(errmsg("killswitch: could not write the state taken from the history: %s", problem),
+				 errhint("Check killswitch.signing_secret_file: every server of the fleet needs the primary's secret.")));
+	ks_publish_state(&st, 0);
+	ereport(LOG,
+			(errmsg("killswitch: %s: mode %s from the history (generation " INT64_FORMAT ", was " INT64_FORMAT ")",
+					in_recovery ? "the standby follows the replicated history" : "recovery has ended",
+					ks_mode_sql_names[st.mode], st.generation, held)));
+	return true;
+}
+
+/*
+ * At the first look after recovery ended: the new primary's state is its
+ * history's newest event, announced to its own standbys.  No tamper
+ * verdict: a promoted standby's files are behind or ahead of its history
+ * only by what replay had not reached.  The watcher's first look then
+ * announces it to this server's own standbys (worker.c).
+ */
+void
+ks_adopt_history_after_recovery(void)
+{
+	if (!ks_shared->from_recovery)
+		return;
+	ks_release_key_prepare();
+	(void) adopt_history(false);
+	ks_shared->from_recovery = false;
+}
+
+/*
+ * The state file on a standby holds what was replayed.  An outside write
+ * (the command-line tool, the Python library, anyone) is put back, with a
+ * WARNING: it may not lower the standby, and a raise of one standby alone
+ * would be a mode its primary does not know.
+ */
+static void
+put_back_outside_write(void)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	char	   *file = NULL;
+	char	   *copy = NULL;
+	size_t		filelen = 0;
+	size_t		copylen = 0;
+	int			lockfd;
+	bool		put_back = false;
+	bool		ok = true;
+
+	ks_state_file_path(path, sizeof(path));
+	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	if (lockfd < 0)
+		return;
+	if (ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &copy, &copylen,
+					 problem, sizeof(problem)))
+	{
+		if (!ks_read_file(path, KS_MAX_FILE_SIZE, &file, &filelen, problem, sizeof(problem)))
+			file = NULL;
+		put_back = file == NULL || filelen != copylen || memcmp(file, copy, copylen) != 0;
+		if (put_back)
+			ok = ks_write_shared_file_durably(path, copy, copylen, problem, sizeof(problem));
+	}
+	ks_unlock_dir(lockfd);
+	if (put_back)
+		ereport(WARNING,
+				(errmsg("killswitch: refused an outside change of the state file on a standby"),
+				 errdetail(ok ? "A standby follows its primary through the WAL; the replayed state was put back."
+						   : "A standby follows its primary through the WAL; the replayed state could not be put back: %s",
+						   problem),
+				 errhint("Change the kill switch on the primary, or promote this standby.")));
+}
+
+/*
+ * One look of the watcher on a standby, inside its transaction: follow the
+ * history, put back outside writes, and act on an emergency.
+ */
+void
+ks_standby_tick(bool history)
+{
+	if (history)
+		(void) adopt_history(true);
+	put_back_outside_write();
+	ks_emergency_tick_without_database();
+}
