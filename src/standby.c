@@ -20,6 +20,7 @@
 
 #include "access/xlog.h"
 #include "miscadmin.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "killswitch.h"
@@ -50,15 +51,9 @@ ks_publish_state(const KsState *st, int flags)
 			   st->source ? st->source : "startup", st->reason, st->triggered_by);
 }
 
-/*
- * Redo, in the startup process: apply a replayed state unless this server
- * already holds a newer one (a restarted standby replays from its last
- * restartpoint), write its bytes into the state file and the private copy,
- * and wake the watcher for the emergency actions.  Never an error: a file
- * that cannot be written is logged, and shared memory still follows.
- */
-void
-ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn)
+/* ks_standby_apply(), in its memory context. */
+static void
+apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 {
 	KsState		st;
 	char		path[MAXPGPATH];
@@ -97,6 +92,27 @@ ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn)
 	SpinLockRelease(&ks_shared->mutex);
 	if (st.mode == KS_EMERGENCY)
 		ks_wake_watcher();
+}
+
+/*
+ * Redo, in the startup process: apply a replayed state unless this server
+ * already holds a newer one (a restarted standby replays from its last
+ * restartpoint), write its bytes into the state file and the private copy,
+ * and wake the watcher for the emergency actions.  Never an error: a file
+ * that cannot be written is logged, and shared memory still follows.  Its
+ * allocations go with a context of its own: nothing resets the startup
+ * process's memory between records.
+ */
+void
+ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn)
+{
+	MemoryContext ctx = AllocSetContextCreate(CurrentMemoryContext, "killswitch redo",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(ctx);
+
+	apply_replayed(text, len, lsn);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(ctx);
 }
 
 /*
