@@ -12,6 +12,7 @@
 #include "postgres_fe.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -313,6 +314,26 @@ lock_when_judged(const KsOptions *opt, const KsPaths *p, const char *secret,
 }
 
 /* engage and disengage: read, check, write the new state under the lock. */
+/*
+ * Is the data directory a standby's (or one set up for point-in-time
+ * recovery)?  Its state follows its primary through the WAL; the server
+ * would put back whatever this command wrote (ARCHITECTURE §11).
+ */
+static bool
+is_standby(const KsOptions *opt)
+{
+	char		path[MAXPGPATH];
+	struct stat sb;
+
+	if (opt->pgdata == NULL)
+		return false;
+	snprintf(path, sizeof(path), "%s/standby.signal", opt->pgdata);
+	if (stat(path, &sb) == 0)
+		return true;
+	snprintf(path, sizeof(path), "%s/recovery.signal", opt->pgdata);
+	return stat(path, &sb) == 0;
+}
+
 static int
 change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
 {
@@ -328,9 +349,15 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	bool		lowers = false;
 	char	   *release_key;
 	size_t		release_keylen;
-	int			lockfd = lock_when_judged(opt, p, secret, secretlen,
-										  problem, sizeof(problem));
+	int			lockfd;
 
+	if (is_standby(opt))
+	{
+		pg_log_error("\"%s\" is a standby's data directory: its state follows its primary", opt->pgdata);
+		pg_log_error_hint("Change the kill switch on the primary (killswitch -d), or promote this standby.");
+		return KS_EXIT_ERROR;
+	}
+	lockfd = lock_when_judged(opt, p, secret, secretlen, problem, sizeof(problem));
 	if (lockfd < 0)
 	{
 		pg_log_error("%s", problem);

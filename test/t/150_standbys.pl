@@ -12,6 +12,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use KsTest;
+use IPC::Run;
 
 my $primary = PostgreSQL::Test::Cluster->new('fleet_primary');
 $primary->init(allows_streaming => 1);
@@ -89,6 +90,15 @@ for my $node ($standby, $cascade)
 my ($ret, $out, $err) = $standby->psql('postgres', "SELECT ks_engage('emergency', 'here', 'ops')");
 like($err, qr/cannot execute ks_engage\(\) during recovery|read-only transaction/,
 	'ks_engage on a standby: refused');
+
+# the command refuses a standby's data directory
+{
+	my ($cout, $cerr) = ('', '');
+	my $ok = IPC::Run::run([ "$ENV{KS_SRCDIR}/src/cli/killswitch", 'engage', 'emergency', '--reason', 'here', '-D',
+		$standby->data_dir ], '>', \$cout, '2>', \$cerr);
+	ok(!$ok, 'killswitch -D on a standby: fails');
+	like($cerr, qr/is a standby's data directory/, 'and says why');
+}
 
 # an outside write to a standby's file is put back, never lowers it
 my $secret = ks_secret($standby);
