@@ -73,6 +73,17 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 	if (st.generation < held)
 		return;
 
+	/*
+	 * Shared memory first: the record is already durable in this server's
+	 * WAL, and a crash before the files are written replays it again.
+	 */
+	ks_publish_state(&st, 0);
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->state_lsn = lsn;
+	SpinLockRelease(&ks_shared->mutex);
+	if (st.mode == KS_EMERGENCY)
+		ks_wake_watcher();
+
 	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
 	if (lockfd < 0 ||
@@ -85,13 +96,6 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 	/* the primary's mark of a change in flight has no meaning here */
 	(void) unlink(KS_IN_FLIGHT_FILE);
 	ks_unlock_dir(lockfd);
-
-	ks_publish_state(&st, 0);
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->state_lsn = lsn;
-	SpinLockRelease(&ks_shared->mutex);
-	if (st.mode == KS_EMERGENCY)
-		ks_wake_watcher();
 }
 
 /*
