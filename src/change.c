@@ -436,12 +436,12 @@ ks_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 			publish_at_commit();
-			ks_persist_commit(&written);
 			/* after the commit record: a standby applies only what committed */
 			if (written.file_written)
 				ks_wal_log_state(written.text, written.text_len,
 								 last_pending()->state.mode,
 								 last_pending()->state.generation);
+			ks_persist_commit(&written);
 			if (last_pending()->state.mode == KS_EMERGENCY)
 				ks_wake_watcher();	/* the emergency actions, now */
 			reset_pending();
