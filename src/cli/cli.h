@@ -12,6 +12,13 @@
 #define KS_EXIT_ENGAGED 2		/* the mode is not disengaged */
 #define KS_EXIT_TAMPERED 3		/* the state cannot be trusted */
 
+/*
+ * Seconds a connection attempt may take when neither the connection string,
+ * a service file nor PGCONNECT_TIMEOUT says (libpq's own default is to wait
+ * forever): a halt must not hang on one unreachable server.
+ */
+#define KS_CONNECT_TIMEOUT "10"
+
 typedef enum KsCommand
 {
 	CMD_STATUS,
@@ -21,15 +28,27 @@ typedef enum KsCommand
 	CMD_HISTORY
 } KsCommand;
 
+/* One cluster the command goes to through a connection (-d, --dbname-file). */
+typedef struct KsTarget
+{
+	const char *conninfo;
+	const char *origin;			/* where it was given: "-d #2", "FILE:LINE" */
+	char	   *label;			/* how the output names it: never a password */
+} KsTarget;
+
 typedef struct KsOptions
 {
 	KsCommand	command;
+	const char *progname;		/* for messages */
 	int			mode;			/* for engage */
 	const char *reason;
 	const char *by;
 	int			affected;
 	int			limit;			/* for history; 0: all */
-	const char *conninfo;		/* online when set */
+	const char *conninfo;		/* online when set: one cluster */
+	KsTarget   *targets;		/* every -d and --dbname-file line, in order */
+	int			ntargets;
+	bool		fleet;			/* several clusters, or --dbname-file: fleet.c */
 	const char *pgdata;
 	const char *state_dir;
 	const char *secret_file;
@@ -41,5 +60,10 @@ typedef struct KsOptions
 
 extern int	ks_cli_offline(const KsOptions *opt);
 extern int	ks_cli_online(const KsOptions *opt);
+
+/* fleet.c */
+extern void ks_cli_add_target(KsOptions *opt, const char *conninfo, const char *origin);
+extern void ks_cli_add_target_file(KsOptions *opt, const char *path);
+extern int	ks_cli_fleet(const KsOptions *opt);
 
 #endif							/* KS_CLI_H */

@@ -1,7 +1,8 @@
 /*
  * main.c — the killswitch command: arguments, help, dispatch.  Works on
  * the state directory with the database down (offline), or through a
- * database connection (-d).  See README "The killswitch command".
+ * database connection (-d), or through several at once (fleet.c).  See
+ * README "The killswitch command".
  */
 #include "postgres_fe.h"
 
@@ -47,7 +48,9 @@ usage(const char *progname)
 		   progname, progname, progname, progname, progname);
 	printf("MODE is halt_noncritical, halt_all or emergency.\n\n"
 		   "Options:\n"
-		   "  -d, --dbname=CONNINFO     work through a database connection\n"
+		   "  -d, --dbname=CONNINFO     work through a database connection; repeat it to\n"
+		   "                            apply the command to several clusters in parallel\n"
+		   "      --dbname-file=FILE    one CONNINFO a line, as more -d (\"-\": standard input)\n"
 		   "  -D, --pgdata=DATADIR      the data directory (default: $PGDATA)\n"
 		   "      --state-dir=DIR       the state directory (default: DATADIR/pg_killswitch)\n"
 		   "      --secret-file=FILE    the signing secret (default: DATADIR/pg_killswitch/signing.key)\n"
@@ -62,7 +65,8 @@ usage(const char *progname)
 		   "      --no-require-hmac     accept an unsigned state file (status, verify)\n"
 		   "  -V, --version             print the version\n"
 		   "  -?, --help                show this help\n\n"
-		   "Exit status: 0 disengaged or done, 2 engaged, 3 tampered, 1 error.\n");
+		   "Exit status: 0 disengaged or done, 2 engaged, 3 tampered, 1 error.\n"
+		   "With several clusters, the worst of theirs: 1, then 3, then 2, then 0.\n");
 }
 
 /* The OS user's name, for --by. */
@@ -189,6 +193,7 @@ main(int argc, char **argv)
 		{"force", no_argument, NULL, 5},
 		{"no-require-hmac", no_argument, NULL, 6},
 		{"release-key-file", required_argument, NULL, 7},
+		{"dbname-file", required_argument, NULL, 8},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, '?'},
 		{NULL, 0, NULL, 0}
@@ -197,10 +202,14 @@ main(int argc, char **argv)
 	const char *progname = get_progname(argv[0]);
 	const char *command;
 	int			c;
+	int			ndbname = 0;
+	bool		pgdata_given = false;
+	bool		dbname_file_given = false;
 
 	pg_logging_init(argv[0]);
 	memset(&opt, 0, sizeof(opt));
 	opt.require_hmac = true;
+	opt.progname = progname;
 	opt.pgdata = getenv("PGDATA");
 
 	if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-?") == 0))
@@ -219,8 +228,10 @@ main(int argc, char **argv)
 	{
 		switch (c)
 		{
-			case 'd': opt.conninfo = optarg; break;
-			case 'D': opt.pgdata = optarg; break;
+			case 'd':
+				ks_cli_add_target(&opt, optarg, psprintf("-d #%d", ++ndbname));
+				break;
+			case 'D': opt.pgdata = optarg; pgdata_given = true; break;
 			case 1: opt.state_dir = optarg; break;
 			case 2: opt.secret_file = optarg; break;
 			case 'r': opt.reason = optarg; break;
@@ -231,11 +242,30 @@ main(int argc, char **argv)
 			case 5: opt.force = true; break;
 			case 6: opt.require_hmac = false; break;
 			case 7: opt.release_key_file = optarg; break;
+			case 8:
+				ks_cli_add_target_file(&opt, optarg);
+				dbname_file_given = true;
+				break;
 			default:
 				pg_log_error_hint("Try \"%s --help\" for more information.", progname);
 				exit(KS_EXIT_ERROR);
 		}
 	}
+	if (pgdata_given && (ndbname > 0 || dbname_file_given))
+	{
+		pg_log_error("cannot use -D together with -d or --dbname-file");
+		pg_log_error_hint("-D works on one data directory's files; -d goes through a connection, to one or several clusters.");
+		exit(KS_EXIT_ERROR);
+	}
+	if (dbname_file_given && opt.ntargets == 0)
+	{
+		pg_log_error("--dbname-file names no connection string");
+		exit(KS_EXIT_ERROR);
+	}
+	/* one -d is today's command; a list (or a file, even of one line) is a fleet */
+	opt.fleet = opt.ntargets > 1 || dbname_file_given;
+	if (opt.ntargets == 1)
+		opt.conninfo = opt.targets[0].conninfo;
 	if (optind >= argc)
 	{
 		pg_log_error("no command given");
@@ -282,8 +312,10 @@ main(int argc, char **argv)
 		opt.by = os_user();
 	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by"))
 		exit(KS_EXIT_ERROR);
-	if (opt.conninfo == NULL)
+	if (opt.ntargets == 0)
 		require_owner_offline(&opt, progname);
 
+	if (opt.fleet)
+		exit(ks_cli_fleet(&opt));
 	exit(opt.conninfo ? ks_cli_online(&opt) : ks_cli_offline(&opt));
 }

@@ -165,8 +165,15 @@ history(const KsOptions *opt, PGconn *conn)
 int
 ks_cli_online(const KsOptions *opt)
 {
-	PGconn	   *conn = PQconnectdb(opt->conninfo);
+	PGconn	   *conn;
 	int			rc;
+
+	/*
+	 * A default connect_timeout at the lowest precedence libpq has: the
+	 * connection string and a service file still win over the environment.
+	 */
+	setenv("PGCONNECT_TIMEOUT", KS_CONNECT_TIMEOUT, 0);
+	conn = PQconnectdb(opt->conninfo);
 
 	/* our text is UTF-8 whatever the database's encoding: let it convert */
 	if (PQstatus(conn) != CONNECTION_OK || PQsetClientEncoding(conn, "UTF8") != 0)
