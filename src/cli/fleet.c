@@ -174,9 +174,14 @@ max_parallel(int n)
 	struct rlimit rl;
 	int			limit = KS_FLEET_MAX_PARALLEL;
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-		(rl.rlim_cur - 16) / 2 < (rlim_t) limit)
-		limit = rl.rlim_cur > 18 ? (int) (rl.rlim_cur - 16) / 2 : 1;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+	{
+		/* stdio and a few spare for libpq in the parent; two a child */
+		rlim_t		room = rl.rlim_cur > 18 ? (rl.rlim_cur - 16) / 2 : 1;
+
+		if (room < (rlim_t) limit)
+			limit = (int) room;
+	}
 	return Min(limit, n);
 }
 
