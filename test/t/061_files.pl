@@ -42,12 +42,14 @@ sub put_file
 	rename "$file.new", $file or die $!;
 }
 
-# A FIFO put in place of path (what was there is renamed aside).
+# A FIFO put in place of path (what was there kept aside), in one rename:
+# the watcher sees no moment without a file to rewrite.
 sub fifo_in_place
 {
 	my ($path) = @_;
-	rename $path, "$path.aside" or die $!;
-	mkfifo($path, 0600) or die $!;
+	link $path, "$path.aside" or die $!;
+	mkfifo("$path.fifo", 0600) or die $!;
+	rename "$path.fifo", $path or die $!;
 }
 
 sub fifo_gone
