@@ -195,7 +195,9 @@ ks_apply_change(const KsChange *c)
 	bool		recorded_startup = false;
 
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
-	/* a change written before a crash is settled first, on the history */
+	/* out of recovery, the history is adopted first; a change written before a crash settled */
+	if (ks_shared->from_recovery)
+		ks_adopt_history_after_recovery();
 	if (ks_shared->unconfirmed)
 		ks_confirm_in_flight();
 	word = pg_atomic_read_u64(&ks_shared->word);
@@ -259,6 +261,8 @@ make_change(KsMode mode, const char *reason, const char *triggered_by,
 
 	/* one change at a time, in commit order; then see what we would lower */
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+	if (ks_shared->from_recovery)
+		ks_adopt_history_after_recovery();	/* the mode is the history's, not a stale copy's */
 	last = last_pending();
 	current = last ? last->state.mode : ks_current_mode();
 	if (mode < current && !is_release)

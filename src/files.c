@@ -421,15 +421,17 @@ check_session_timeouts(TimestampTz start, const char *path)
  * pg_terminate_backend(), statement_timeout and lock_timeout end the wait
  * (the wait shows in pg_stat_activity as wait event "Extension").  A
  * process that cannot be interrupted — the postmaster, which has no latch
- * to wait on and must never hang, or a backend holding interrupts (the
- * undo at abort) — gives up after KS_LOCK_BOUNDED_MS.  This may throw: the
+ * to wait on and must never hang, a backend holding interrupts (the undo
+ * at abort), or the startup process replaying a change on a standby (its
+ * interrupts never end this wait, and WAL replay waits behind it) — gives
+ * up after KS_LOCK_BOUNDED_MS.  This may throw: the
  * caller closes the descriptor.
  */
 static bool
 wait_for_lock(int fd, const char *path, char *problem, size_t problemlen)
 {
 	bool		latch = IsUnderPostmaster && MyLatch != NULL;
-	bool		interruptible = latch && INTERRUPTS_CAN_BE_PROCESSED();
+	bool		interruptible = latch && INTERRUPTS_CAN_BE_PROCESSED() && !AmStartupProcess();
 	TimestampTz start = GetCurrentTimestamp();
 	int			r;
 

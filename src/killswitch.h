@@ -89,6 +89,7 @@ typedef struct KsShared
 	/* the fleet (wal.c, standby.c) */
 	XLogRecPtr	state_lsn;		/* the WAL record of the state: written, or replayed */
 	bool		from_recovery;	/* started as a standby or for PITR: adopt the history when it ends */
+	bool		files_behind;	/* redo could not write the files: the watcher writes them */
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -369,10 +370,13 @@ extern void ks_wal_log_state(const char *text, size_t len, KsMode mode, int64 ge
 extern void ks_wal_log_file(const char *path);
 
 /* standby.c: a server in recovery follows its primary */
+/* marks a start from another server's WAL until the history is adopted */
+#define KS_RECOVERED_FILE KS_PRIVATE_DIR "/from_recovery"
 extern bool ks_recovery_requested(void);
 extern void ks_publish_state(const KsState *st, int flags);
 extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
 extern void ks_adopt_history_after_recovery(void);
 extern void ks_standby_tick(bool history);
+extern void ks_standby_put_back(void);
 
 #endif							/* KILLSWITCH_H */

@@ -26,16 +26,20 @@
 #include "killswitch.h"
 
 /*
- * Will this start be a recovery (a standby, or a point-in-time recovery)?
- * The postmaster decides before the startup process runs, the way
- * PostgreSQL itself does: by the signal files in the data directory.
+ * Will this start be a recovery from another server's WAL — a standby, a
+ * point-in-time recovery, or a base backup started as it is (crash
+ * recovery from its backup_label)?  The postmaster decides before the
+ * startup process runs, by the files PostgreSQL itself goes by; and by our
+ * own mark, which outlives a crash between the end of such a recovery and
+ * the watcher's adoption of the history.
  */
 bool
 ks_recovery_requested(void)
 {
 	struct stat sb;
 
-	return stat(STANDBY_SIGNAL_FILE, &sb) == 0 || stat(RECOVERY_SIGNAL_FILE, &sb) == 0;
+	return stat(STANDBY_SIGNAL_FILE, &sb) == 0 || stat(RECOVERY_SIGNAL_FILE, &sb) == 0 ||
+		stat(BACKUP_LABEL_FILE, &sb) == 0 || stat(KS_RECOVERED_FILE, &sb) == 0;
 }
 
 /* Publish a state read from a file or the history (UTF-8 texts). */
@@ -86,13 +90,15 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 
 	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
-	if (lockfd < 0 ||
+	ks_shared->files_behind =
+		lockfd < 0 ||
 		!ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) ||
-		!ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)))
+		!ks_write_shared_file_durably(path, text, len, problem, sizeof(problem));
+	if (ks_shared->files_behind)
 		ereport(LOG,
 				(errmsg("killswitch: could not write the replayed state (generation " INT64_FORMAT "): %s",
 						st.generation, problem),
-				 errdetail("The standby follows it in shared memory; a restart starts from the files.")));
+				 errdetail("The standby follows it in shared memory; its watcher writes the files from the history.")));
 	/* the primary's mark of a change in flight has no meaning here */
 	(void) unlink(KS_IN_FLIGHT_FILE);
 	ks_unlock_dir(lockfd);
@@ -168,6 +174,13 @@ adopt_history(bool in_recovery)
 
 	if (!ks_events_newest_state(&st))
 		return false;
+	/* redo could not write the files: write what it published */
+	if (in_recovery && ks_shared->files_behind && st.generation == held)
+	{
+		if (write_adopted(&st, problem, sizeof(problem)))
+			ks_shared->files_behind = false;
+		return false;
+	}
 	if (in_recovery ? st.generation <= held :
 		(st.generation == held && st.mode == KS_WORD_MODE(word) &&
 		 !(KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED)))
@@ -194,21 +207,25 @@ adopt_history(bool in_recovery)
 void
 ks_adopt_history_after_recovery(void)
 {
-	if (!ks_shared->from_recovery)
+	if (!ks_shared->from_recovery || RecoveryInProgress())
 		return;
 	ks_release_key_prepare();
 	(void) adopt_history(false);
 	ks_shared->from_recovery = false;
+	if (unlink(KS_RECOVERED_FILE) != 0 && errno != ENOENT)
+		ereport(LOG,
+				(errmsg("killswitch: could not remove \"%s\": %m", KS_RECOVERED_FILE)));
 }
 
 /*
  * The state file on a standby holds what was replayed.  An outside write
  * (the command-line tool, the Python library, anyone) is put back, with a
  * WARNING: it may not lower the standby, and a raise of one standby alone
- * would be a mode its primary does not know.
+ * would be a mode its primary does not know.  By the watcher, and by the
+ * postmaster at start (the watcher needs hot standby).  Never an error.
  */
-static void
-put_back_outside_write(void)
+void
+ks_standby_put_back(void)
 {
 	char		path[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
@@ -252,6 +269,6 @@ ks_standby_tick(bool history)
 {
 	if (history)
 		(void) adopt_history(true);
-	put_back_outside_write();
+	ks_standby_put_back();
 	ks_emergency_tick_without_database();
 }

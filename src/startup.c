@@ -214,26 +214,23 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 /*
  * A server starting as a standby, or for a point-in-time recovery, starts
  * in the state it last replayed — the private copy, which redo writes with
- * the primary's bytes — and writes nothing: replay and then the history
- * decide (standby.c).  Without the copy, the state file; without either,
- * or without the secret to check them, the halt, at generation 0 so that
- * the first replayed record replaces it.
+ * the primary's bytes — and writes nothing but the state file put back
+ * from that copy: replay and then the history decide (standby.c).  Without
+ * the copy, or without the secret to check it, the halt, at generation 0
+ * so that the first replayed record replaces it (the shared state file is
+ * no substitute: anyone may have written it, with any generation).
  */
 static void
 decide_in_recovery(KsDecision *d, const char *secret, size_t secretlen)
 {
-	char		path[MAXPGPATH];
 	KsState		st;
 	char		problem[KS_PROBLEM_LEN];
 
 	d->write = false;
 	d->previous = KS_NO_MODE;
-	ks_state_file_path(path, sizeof(path));
 	if (secret == NULL)
 		strlcpy(problem, "this standby has no signing secret; copy the primary's", sizeof(problem));
 	else if (ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file, true, 0,
-						   &st, problem, sizeof(problem)) == KS_FILE_VALID ||
-			 ks_state_read(path, secret, secretlen, ks_secret_file, true, ks_recheck_delay,
 						   &st, problem, sizeof(problem)) == KS_FILE_VALID)
 	{
 		d->state = st;
@@ -349,10 +346,13 @@ ks_load_at_startup(void)
 	{
 		/* a standby never creates a key nor writes: it follows (standby.c) */
 		ks_shared->from_recovery = true;
+		if (make_dir(KS_PRIVATE_DIR, problem, sizeof(problem)))
+			(void) ks_write_file_durably(KS_RECOVERED_FILE, "", 0, problem, sizeof(problem));
 		if (!ks_secret_load(ks_secret_file, false, &secret, &secretlen,
 							problem, sizeof(problem)))
 			secret = NULL;
 		decide_in_recovery(&d, secret, secretlen);
+		ks_standby_put_back();
 	}
 	else if (!make_dir(KS_PRIVATE_DIR, problem, sizeof(problem)) ||
 		!make_dir(ks_state_dir, problem, sizeof(problem)) ||

@@ -25,6 +25,7 @@
 
 #include "access/xlog.h"
 #include "miscadmin.h"
+#include "utils/memutils.h"
 
 #include "killswitch.h"
 
@@ -49,12 +50,14 @@ typedef struct KsXlogState
 static void ks_redo(XLogReaderState *record);
 static void ks_desc(StringInfo buf, XLogReaderState *record);
 static const char *ks_identify(uint8 info);
+static void ks_decode(struct LogicalDecodingContext *ctx, struct XLogRecordBuffer *buf);
 
 static RmgrData ks_rmgr = {
 	.rm_name = "killswitch",
 	.rm_redo = ks_redo,
 	.rm_desc = ks_desc,
 	.rm_identify = ks_identify,
+	.rm_decode = ks_decode,
 };
 
 /* Register the resource manager (from _PG_init, while preloading). */
@@ -93,8 +96,9 @@ ks_wal_log_state(const char *text, size_t len, KsMode mode, int64 generation)
 }
 
 /*
- * Redo: on a standby, and during archive recovery, the record's state is
- * applied (standby.c).  Crash recovery of a primary replays its own older
+ * Redo: on a standby, during archive recovery, and in the crash recovery
+ * that starts a base backup (from_recovery, standby.c), the record's
+ * state is applied.  Crash recovery of a primary replays its own older
  * records: its files already hold what they said, or newer.
  */
 static void
@@ -111,7 +115,7 @@ ks_redo(XLogReaderState *record)
 	if (xlrec.version != KS_XLOG_VERSION)
 		elog(PANIC, "killswitch redo: record version %d, this library reads version %d",
 			 xlrec.version, KS_XLOG_VERSION);
-	if (!ArchiveRecoveryRequested)
+	if (!ArchiveRecoveryRequested && !ks_shared->from_recovery)
 		return;
 	ks_standby_apply(data + sizeof(xlrec), len - sizeof(xlrec), record->EndRecPtr);
 }
@@ -127,6 +131,16 @@ ks_desc(StringInfo buf, XLogReaderState *record)
 	memcpy(&xlrec, XLogRecGetData(record), sizeof(xlrec));
 	appendStringInfo(buf, "generation " INT64_FORMAT " mode %s", xlrec.generation,
 					 xlrec.mode < KS_MODE_COUNT ? ks_mode_sql_names[xlrec.mode] : "?");
+}
+
+/*
+ * rm_decode: logical decoding has nothing to send.  Without it, decoding
+ * would treat the record's xid — a transaction already committed, since
+ * the record follows its commit — as one starting again.
+ */
+static void
+ks_decode(struct LogicalDecodingContext *ctx, struct XLogRecordBuffer *buf)
+{
 }
 
 /* rm_identify: the record kind's name. */
@@ -152,10 +166,15 @@ ks_wal_log_state(const char *text, size_t len, KsMode mode, int64 generation)
 
 #endif							/* KS_HAVE_CUSTOM_RMGR */
 
-/* Log the bytes of one of our files (the private copy) as the state. */
+/*
+ * Log the bytes of one of our files (the private copy) as the state, in a
+ * memory context of its own (the watcher calls it outside a transaction).
+ */
 void
 ks_wal_log_file(const char *path)
 {
+	MemoryContext ctx;
+	MemoryContext old;
 	char	   *text;
 	size_t		len;
 	char		problem[KS_PROBLEM_LEN];
@@ -163,14 +182,16 @@ ks_wal_log_file(const char *path)
 
 	if (RecoveryInProgress())
 		return;
+	ctx = AllocSetContextCreate(CurrentMemoryContext, "killswitch announce", ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(ctx);
 	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &text, &len, problem, sizeof(problem)) ||
 		ks_state_from_text(text, len, NULL, 0, NULL, false, &st,
 						   problem, sizeof(problem)) == KS_FILE_BAD)
-	{
 		ereport(LOG,
 				(errmsg("killswitch: could not announce the state to standbys: %s", problem),
 				 errdetail("Standbys follow the history instead.")));
-		return;
-	}
-	ks_wal_log_state(text, len, st.mode, st.generation);
+	else
+		ks_wal_log_state(text, len, st.mode, st.generation);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(ctx);
 }

@@ -313,7 +313,6 @@ lock_when_judged(const KsOptions *opt, const KsPaths *p, const char *secret,
 	}
 }
 
-/* engage and disengage: read, check, write the new state under the lock. */
 /*
  * Is the data directory a standby's (or one set up for point-in-time
  * recovery)?  Its state follows its primary through the WAL; the server
@@ -334,6 +333,7 @@ is_standby(const KsOptions *opt)
 	return stat(path, &sb) == 0;
 }
 
+/* engage and disengage: read, check, write the new state under the lock. */
 static int
 change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
 {
