@@ -1,0 +1,92 @@
+# The fleet's edges (ARCHITECTURE §11): a base backup started as it is
+# (crash recovery from its backup_label) whose WAL holds a change made after
+# the state files were copied; a standby without hot standby puts back an
+# outside write at start; the writers' lock held on a standby never stops
+# WAL replay, and the files follow once it is free.
+use strict;
+use warnings;
+use Fcntl qw(:flock);
+use File::Copy;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::RecursiveCopy;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use KsTest;
+
+sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
+
+my $primary = PostgreSQL::Test::Cluster->new('edge_primary');
+$primary->init(allows_streaming => 1);
+$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
+$primary->start;
+q1($primary, q(
+CREATE EXTENSION killswitch CASCADE;
+CREATE TABLE t (x int);
+));
+
+# ---- a base backup started as it is ----
+# A low-level backup: the files are copied, then a change commits, then the
+# backup ends; its WAL holds the change, its copy of the state files does not.
+my $bg = $primary->background_psql('postgres');
+$bg->query_safe("SELECT pg_backup_start('edge', true)");
+my $backup = $primary->backup_dir . '/manual';
+PostgreSQL::Test::RecursiveCopy::copypath($primary->data_dir, $backup,
+	filterfn => sub { my $p = shift; return $p ne 'postmaster.pid' && $p !~ m{^pg_wal/.}; });
+my $gen = q1($primary, "SELECT generation FROM ks_engage('halt_all', 'after the copy', 'ops')");
+my $label = $bg->query('SELECT labelfile FROM pg_backup_stop(false)');
+$label .= "\n" unless $label =~ /\n\z/;
+$bg->quit;
+append_to_file("$backup/backup_label", $label);
+opendir my $dh, $primary->data_dir . '/pg_wal' or die;
+for my $f (grep { /^[0-9A-F]{24}$/ } readdir $dh)
+{
+	copy($primary->data_dir . "/pg_wal/$f", "$backup/pg_wal/$f") or die $!;
+}
+closedir $dh;
+my $copy = PostgreSQL::Test::Cluster->new('edge_copy');
+ks_init_from_backup($copy, $primary, 'manual');
+ok(!-e $copy->data_dir . '/standby.signal' && !-e $copy->data_dir . '/recovery.signal',
+	'the copy starts with no signal file');
+$copy->start;
+ok($copy->poll_query_until('postgres', "SELECT ks_mode() = 'halt_all'"),
+	'a base backup started as it is: the change in its WAL holds');
+ok($copy->poll_query_until('postgres', "SELECT ks_status()->>'generation' = '$gen'"),
+	'at the change\'s generation');
+is(q1($copy, "SELECT ks_status()->>'integrity' || ' ' || (SELECT count(*) FROM killswitch.events WHERE source = 'tamper')"),
+	'ok 0', 'integrity ok, no tamper event');
+$copy->stop;
+
+# ---- hot_standby = off: an outside write is put back at start ----
+$primary->backup('b');
+my $cold = PostgreSQL::Test::Cluster->new('edge_cold');
+ks_init_from_backup($cold, $primary, 'b', has_streaming => 1);
+$cold->append_conf('postgresql.conf', "hot_standby = off\n");
+$cold->start;
+$cold->stop;
+my $state = $cold->data_dir . '/pg_killswitch/kill_switch_state.json';
+my $copied = $cold->data_dir . '/pg_killswitch/last_applied.json';
+append_to_file($state, ' ');	# an outside write: any byte counts
+$cold->start;
+is(slurp_file($state), slurp_file($copied), 'hot_standby = off: the state file is put back at start');
+ok($cold->log_contains('refused an outside change of the state file on a standby'),
+	'with the WARNING');
+$cold->stop;
+
+# ---- the writers' lock held on a standby ----
+my $standby = PostgreSQL::Test::Cluster->new('edge_standby');
+ks_init_from_backup($standby, $primary, 'b', has_streaming => 1);
+$standby->start;
+open my $lock, '>>', $standby->data_dir . '/pg_killswitch/kill_switch_state.lock' or die $!;
+flock($lock, LOCK_EX) or die $!;
+my $g2 = q1($primary, "SELECT generation FROM ks_engage('emergency', 'while the lock is held', 'ops')");
+q1($primary, 'INSERT INTO t VALUES (1)');
+ok($standby->poll_query_until('postgres', 'SELECT count(*) = 1 FROM t'),
+	'replay goes on while the writers\' lock is held on the standby');
+is(q1($standby, 'SELECT ks_mode()'), 'emergency', 'and the standby follows in memory');
+close $lock;	# the lock is free: the watcher writes the files redo could not
+ok($standby->poll_query_until('postgres',
+	"SELECT pg_read_file('pg_killswitch/last_applied.json')::jsonb->>'generation' = '$g2'"),
+	'the private copy follows once the lock is free');
+$standby->stop;
+$primary->stop;
+done_testing();
