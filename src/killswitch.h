@@ -90,6 +90,7 @@ typedef struct KsShared
 	XLogRecPtr	state_lsn;		/* the WAL record of the state: written, or replayed */
 	bool		from_recovery;	/* started as a standby or for PITR: adopt the history when it ends */
 	bool		files_behind;	/* redo could not write the files: the watcher writes them */
+	bool		state_dir_foreign;	/* another running server claimed killswitch.state_dir (claim.c) */
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -368,6 +369,10 @@ extern void ks_load_critical_list(bool first);
 extern void ks_wal_register(void);
 extern void ks_wal_log_state(const char *text, size_t len, KsMode mode, int64 generation);
 extern void ks_wal_log_file(const char *path);
+
+/* claim.c: one state directory, one server */
+extern bool ks_claim_state_dir(char *problem, size_t problemlen);
+extern bool ks_state_dir_ours(char *problem, size_t problemlen);
 
 /* standby.c: a server in recovery follows its primary */
 /* marks a start from another server's WAL until the history is adopted */

@@ -169,7 +169,8 @@ ks_persist_state(const KsState *state, const KsExpect *expect, KsWritten *w,
 	KsWriteResult result = KS_WRITE_FAILED;
 
 	memset(w, 0, sizeof(KsWritten));
-	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
+	if (!ks_state_dir_ours(problem, problemlen) ||
+		!ks_backend_secret(&secret, &secretlen, problem, problemlen))
 		return KS_WRITE_FAILED;
 	ks_release_key_for_writing(&release_key, &release_keylen);
 	initStringInfo(&text);

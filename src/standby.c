@@ -93,7 +93,8 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 	ks_shared->files_behind =
 		lockfd < 0 ||
 		!ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) ||
-		!ks_write_shared_file_durably(path, text, len, problem, sizeof(problem));
+		(!ks_shared->state_dir_foreign &&
+		 !ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
 	if (ks_shared->files_behind)
 		ereport(LOG,
 				(errmsg("killswitch: could not write the replayed state (generation " INT64_FORMAT "): %s",
@@ -150,8 +151,9 @@ write_adopted(const KsState *st, char *problem, size_t problemlen)
 		return false;
 	ok = ks_state_write(KS_LAST_APPLIED_FILE, st, secret, secretlen,
 						release_key, release_keylen, problem, problemlen) &&
-		ks_state_write(path, st, secret, secretlen,
-					   release_key, release_keylen, problem, problemlen);
+		(ks_shared->state_dir_foreign ||
+		 ks_state_write(path, st, secret, secretlen,
+						release_key, release_keylen, problem, problemlen));
 	(void) unlink(KS_IN_FLIGHT_FILE);
 	ks_unlock_dir(lockfd);
 	return ok;
@@ -237,6 +239,8 @@ ks_standby_put_back(void)
 	bool		put_back = false;
 	bool		ok = true;
 
+	if (ks_shared->state_dir_foreign)
+		return;
 	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
 	if (lockfd < 0)

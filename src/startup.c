@@ -342,7 +342,21 @@ ks_load_at_startup(void)
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "killswitch startup");
 	memset(&d, 0, sizeof(d));
 
-	if (ks_recovery_requested())
+	if (!ks_claim_state_dir(problem, sizeof(problem)))
+	{
+		KsState		none;
+
+		/* another server's file: neither read nor written; the halt (a standby's replay lifts it) */
+		if (ks_recovery_requested())
+			ks_shared->from_recovery = true;
+		ks_state_init(&none);
+		decide_tampered(&d, &none, false, "state directory", problem);
+		d.write = false;
+		d.record = false;		/* its change could not be written either */
+		if (ks_shared->from_recovery)
+			d.state.generation = 0;
+	}
+	else if (ks_recovery_requested())
 	{
 		/* a standby never creates a key nor writes: it follows (standby.c) */
 		ks_shared->from_recovery = true;

@@ -196,7 +196,10 @@ ks_judge_file(const char *path)
 {
 	KsVerdictAction a;
 	KsMode		held;
+	char		problem[KS_PROBLEM_LEN];
 
+	if (!ks_state_dir_ours(problem, sizeof(problem)))
+		return;					/* another server's file (claim.c) */
 	if (ks_shared->unconfirmed)
 		ks_confirm_in_flight();
 	a = judge(path);
@@ -222,12 +225,15 @@ ks_judge_file(const char *path)
 void
 ks_judge_file_without_history(const char *path)
 {
-	KsVerdictAction a = judge(path);
+	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
 	int64		generation;
 	char		reason[sizeof(ks_shared->unrecorded_reason)];
 	char		problem[KS_PROBLEM_LEN];
 
+	if (!ks_state_dir_ours(problem, sizeof(problem)))
+		return;					/* another server's file (claim.c) */
+	a = judge(path);
 	if (!a.act)
 		return;
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */

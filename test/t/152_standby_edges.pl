@@ -88,5 +88,34 @@ ok($standby->poll_query_until('postgres',
 	"SELECT pg_read_file('pg_killswitch/last_applied.json')::jsonb->>'generation' = '$g2'"),
 	'the private copy follows once the lock is free');
 $standby->stop;
+
+# ---- one state directory, one server ----
+# A same-host standby made by pg_basebackup inherits the primary's absolute
+# killswitch.state_dir: it must not write the primary's file.
+my $shared = PostgreSQL::Test::Utils::tempdir();
+chmod 0700, $shared;
+$primary->append_conf('postgresql.conf', "killswitch.state_dir = '$shared'\n");
+$primary->restart;
+# (a moved state directory is a deleted file: a tamper verdict, released here)
+q1($primary, "SELECT ks_disengage('own directory', 'ops')");
+my $tampers = q1($primary, "SELECT count(*) FROM killswitch.events WHERE source = 'tamper'");
+$primary->backup('b2');
+my $twin = PostgreSQL::Test::Cluster->new('edge_twin');
+ks_init_from_backup($twin, $primary, 'b2', has_streaming => 1);
+$twin->start;
+ok($twin->log_contains('is in use by the server whose data directory is'),
+	'a standby sharing the primary\'s state directory says so');
+for my $i (1 .. 10)
+{
+	q1($primary, "SELECT ks_engage('halt_all', 'shared $i', 'ops')");
+	q1($primary, "SELECT ks_disengage('shared $i', 'ops')");
+}
+my $last = q1($primary, "SELECT ks_status()->>'generation'");
+ok($twin->poll_query_until('postgres', "SELECT ks_mode() = 'disengaged' AND ks_status()->>'generation' = '$last'"),
+	'the standby follows in memory');
+is(q1($primary, "SELECT count(*) FROM killswitch.events WHERE source = 'tamper'"), $tampers,
+	'and the primary sees no false tamper verdict');
+is(q1($primary, "SELECT ks_status()->>'integrity'"), 'ok', 'its integrity is ok');
+$twin->stop;
 $primary->stop;
 done_testing();
