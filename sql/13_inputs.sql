@@ -16,6 +16,11 @@ SELECT killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', 'halt_all', N
 -- a complete row has one; the nullable columns may be NULL
 SELECT killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', 'halt_all', NULL, 'r', 't', 0, 'sql', NULL,
                                       'u', NULL, 1, '1', 1, 'k', true, NULL, NULL, NULL)::killswitch.events);
+-- a client address (a TCP client's row) is in it as written, IPv4 and IPv6
+SELECT a, strpos(killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', 'halt_all', NULL, 'r', 't', 0, 'sql',
+                                                NULL, 'u', a::inet, 1, '1', 1, 'k', true, NULL, NULL, NULL)::killswitch.events),
+                 '"client_addr":"' || a || '"') > 0 AS canonical_has_address
+FROM (VALUES ('127.0.0.1'), ('::1'), ('2001:db8::17')) v(a);
 -- and a real row's is what its hash covers
 SELECT mode FROM ks_engage('halt_noncritical', 'inputs test', 'regress');
 SELECT encode(sha256(convert_to(e.prev_hash || killswitch.event_canonical(e), 'UTF8')), 'hex') = e.hash AS hash_matches

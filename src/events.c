@@ -424,7 +424,7 @@ row_from_composite(HeapTupleHeader row, KsEventRow *r)
 	r->release_target = isnull ? KS_NO_MODE : (int) ks_mode_from_datum(d);
 	r->session_role = row_text(row, "session_role");
 	d = GetAttributeByName(row, "client_addr", &isnull);
-	r->client_addr = isnull ? NULL : TextDatumGetCString(DirectFunctionCall1(inet_out, d));
+	r->client_addr = isnull ? NULL : DatumGetCString(DirectFunctionCall1(inet_out, d));
 	r->backend_pid = DatumGetInt32(GetAttributeByName(row, "backend_pid", &isnull));
 	r->xid = U64FromFullTransactionId(DatumGetFullTransactionId(GetAttributeByName(row, "xid", &isnull)));
 	r->generation = DatumGetInt64(GetAttributeByName(row, "generation", &isnull));
