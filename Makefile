@@ -106,7 +106,7 @@ TEST_CONF = test/killswitch.conf
 REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
 ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
 
-.PHONY: test-vectors test-regress test-isolation test-tap test-all fuzz-run
+.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-all fuzz-run
 
 test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json
@@ -129,4 +129,9 @@ test-tap: test/store_vectors
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \
 	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) $(or $(TAP_TESTS),test/t/*.pl)
 
-test-all: test-vectors test-regress test-isolation test-tap
+# A real automatic failover: a pg_auto_failover monitor and two nodes on
+# localhost, the primary killed while engaged (test/failover/run).
+test-failover:
+	PG_CONFIG='$(PG_CONFIG)' bash test/failover/run
+
+test-all: test-vectors test-regress test-isolation test-tap test-failover
