@@ -340,59 +340,6 @@ ks_events_last_generation(void)
 	return generation;
 }
 
-/*
- * The state the newest event leaves, as the state file says it (the same
- * fields ks_record_event() fills), with a fresh snapshot.  false when the
- * history is empty.  For a server that comes out of recovery, and for a
- * standby following the history (standby.c).
- */
-bool
-ks_events_newest_state(KsState *st)
-{
-	KsOwnerContext owner;
-	MemoryContext caller = CurrentMemoryContext;
-	SPIPlanPtr	plan;
-	bool		found = false;
-	int			rc;
-
-	ks_owner_begin(&owner);
-	plan = SPI_prepare("SELECT at, mode::text, previous_mode::text, reason, triggered_by, "
-					   "affected_tasks, source, generation, id, key_id "
-					   "FROM killswitch.events ORDER BY id DESC LIMIT 1", 0, NULL);
-	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
-							  InvalidSnapshot, true, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read killswitch.events: %d", rc);
-	if (SPI_processed == 1)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char		at[40];
-		char	   *prev;
-		MemoryContext spi = MemoryContextSwitchTo(caller);
-
-		ks_state_init(st);
-		ks_format_iso_utc(ks_timestamptz_to_unix_usec(DatumGetTimestampTz(SPI_getbinval(tup, desc, 1, &isnull))),
-						  at, sizeof(at));
-		st->engaged_at = pstrdup(at);
-		st->mode = (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2));
-		prev = SPI_getvalue(tup, desc, 3);
-		st->previous_mode = prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE;
-		st->reason = ks_text_to_utf8(SPI_getvalue(tup, desc, 4), "reason");
-		st->triggered_by = ks_text_to_utf8(SPI_getvalue(tup, desc, 5), "triggered_by");
-		st->affected_tasks = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		st->source = pstrdup(SPI_getvalue(tup, desc, 7));
-		st->generation = DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
-		st->event_id = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
-		st->key_id = pstrdup(SPI_getvalue(tup, desc, 10));
-		MemoryContextSwitchTo(spi);
-		found = st->mode >= 0;
-	}
-	ks_owner_end(&owner);
-	return found;
-}
-
 /* Text of a column of a composite row; NULL for SQL NULL. */
 static char *
 row_text(HeapTupleHeader row, const char *column)
@@ -485,6 +432,92 @@ row_secret(const KsEventRow *r, char *current, size_t currentlen,
 		*secret = retired;
 		*len = retiredlen;
 	}
+}
+
+/*
+ * Is the newest row what the secret signed, over the hash it chains from?
+ * (Only the newest: it alone decides the state taken from the history.)
+ */
+static bool
+newest_row_signed(HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	KsEventRow	r;
+	char	   *secret;
+	size_t		secretlen;
+	char		key_id[17];
+	char	   *rsecret;
+	size_t		rsecretlen;
+	char		hash[KS_HEX_DIGEST_LEN + 1];
+	char		sig[KS_HEX_DIGEST_LEN + 1];
+	char	   *row_prev = SPI_getvalue(tup, desc, 12);
+	char	   *row_hash = SPI_getvalue(tup, desc, 13);
+	char	   *row_sig = SPI_getvalue(tup, desc, 14);
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)) ||
+		row_prev == NULL || row_hash == NULL || row_sig == NULL)
+		return false;
+	ks_key_id(secret, secretlen, key_id);
+	row_from_composite(DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 11, &isnull)), &r);
+	row_secret(&r, secret, secretlen, key_id, &rsecret, &rsecretlen);
+	row_digests(&r, row_prev, rsecret, rsecretlen, hash, sig);
+	return ks_hex_equal(hash, row_hash) && ks_hex_equal(sig, row_sig);
+}
+
+/*
+ * The state the newest event leaves, as the state file says it (the same
+ * fields ks_record_event() fills), with a fresh snapshot — if the row
+ * verifies.  For a server that comes out of recovery, and for a standby
+ * following the history (standby.c).
+ */
+KsHistory
+ks_events_newest_state(KsState *st)
+{
+	KsOwnerContext owner;
+	MemoryContext caller = CurrentMemoryContext;
+	SPIPlanPtr	plan;
+	KsHistory	result = KS_HISTORY_EMPTY;
+	int			rc;
+
+	ks_owner_begin(&owner);
+	plan = SPI_prepare("SELECT e.at, e.mode::text, e.previous_mode::text, e.reason, e.triggered_by, "
+					   "e.affected_tasks, e.source, e.generation, e.id, e.key_id, e, "
+					   "e.prev_hash, e.hash, e.signature "
+					   "FROM killswitch.events e ORDER BY e.id DESC LIMIT 1", 0, NULL);
+	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events: %d", rc);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char		at[40];
+		char	   *prev;
+		bool		signed_ok = newest_row_signed(tup, desc);
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		ks_state_init(st);
+		ks_format_iso_utc(ks_timestamptz_to_unix_usec(DatumGetTimestampTz(SPI_getbinval(tup, desc, 1, &isnull))),
+						  at, sizeof(at));
+		st->engaged_at = pstrdup(at);
+		st->mode = (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2));
+		prev = SPI_getvalue(tup, desc, 3);
+		st->previous_mode = prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE;
+		st->reason = ks_text_to_utf8(SPI_getvalue(tup, desc, 4), "reason");
+		st->triggered_by = ks_text_to_utf8(SPI_getvalue(tup, desc, 5), "triggered_by");
+		st->affected_tasks = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		st->source = pstrdup(SPI_getvalue(tup, desc, 7));
+		st->generation = DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
+		st->event_id = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
+		st->key_id = pstrdup(SPI_getvalue(tup, desc, 10));
+		MemoryContextSwitchTo(spi);
+		result = signed_ok && st->mode >= 0 ? KS_HISTORY_OK : KS_HISTORY_BAD;
+	}
+	ks_owner_end(&owner);
+	return result;
 }
 
 /*

@@ -282,7 +282,13 @@ typedef struct KsEventInput
 } KsEventInput;
 extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
 extern int64 ks_events_last_generation(void);
-extern bool ks_events_newest_state(KsState *st);
+typedef enum KsHistory
+{
+	KS_HISTORY_EMPTY,
+	KS_HISTORY_OK,
+	KS_HISTORY_BAD				/* the newest row does not verify */
+} KsHistory;
+extern KsHistory ks_events_newest_state(KsState *st);
 
 /* notify.c */
 extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,

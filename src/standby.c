@@ -160,6 +160,42 @@ write_adopted(const KsState *st, char *problem, size_t problemlen)
 }
 
 /*
+ * The newest event does not verify (a row written without the secret, or
+ * signed with another).  A standby does not follow it, and says so once
+ * per generation; a server out of recovery assumes the halt, as for any
+ * state it cannot trust, recorded by the watcher as a tamper event.
+ */
+static void
+history_unverified(bool in_recovery, const KsState *st, uint64 word)
+{
+	static int64 warned = -1;
+	int64		generation = Max(KS_WORD_GENERATION(word), st->generation) + 1;
+	const char *reason = "the newest event of the history does not verify with the signing secret";
+
+	if (in_recovery)
+	{
+		if (warned != st->generation)
+			ereport(WARNING,
+					(errmsg("killswitch: the standby does not follow the history: %s", reason),
+					 errdetail("Event " INT64_FORMAT ", generation " INT64_FORMAT ".", st->event_id, st->generation),
+					 errhint("Check ks_verify_events() on the primary, and that this standby has the primary's secret.")));
+		warned = st->generation;
+		return;
+	}
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->unrecorded = true;
+	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
+	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
+	SpinLockRelease(&ks_shared->mutex);
+	ks_publish(Max(KS_WORD_MODE(word), KS_HALT_ALL), 0, generation, GetCurrentTimestamp(),
+			   "tamper", reason, "killswitch");
+	ereport(WARNING,
+			(errmsg("killswitch: recovery has ended, and %s; mode is now %s",
+					reason, ks_mode_sql_names[Max(KS_WORD_MODE(word), KS_HALT_ALL)]),
+			 errhint("Check ks_verify_events(); an administrator can release with ks_disengage().")));
+}
+
+/*
  * Take the newest event as the state (inside a transaction, the history at
  * hand).  On a standby only when the history is ahead of what was replayed;
  * out of recovery whenever the two differ, either way: the recovery target
@@ -173,9 +209,15 @@ adopt_history(bool in_recovery)
 	int64		held = KS_WORD_GENERATION(word);
 	KsState		st;
 	char		problem[KS_PROBLEM_LEN];
+	KsHistory	h = ks_events_newest_state(&st);
 
-	if (!ks_events_newest_state(&st))
+	if (h == KS_HISTORY_EMPTY)
 		return false;
+	if (h == KS_HISTORY_BAD)
+	{
+		history_unverified(in_recovery, &st, word);
+		return !in_recovery;
+	}
 	/* redo could not write the files: write what it published */
 	if (in_recovery && ks_shared->files_behind && st.generation == held)
 	{

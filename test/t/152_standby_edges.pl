@@ -117,5 +117,33 @@ is(q1($primary, "SELECT count(*) FROM killswitch.events WHERE source = 'tamper'"
 	'and the primary sees no false tamper verdict');
 is(q1($primary, "SELECT ks_status()->>'integrity'"), 'ok', 'its integrity is ok');
 $twin->stop;
+
+# ---- a forged event is not adopted ----
+# A row a superuser inserted without the secret: a standby does not follow
+# it, and a promoted standby calls it tampering instead of releasing.
+$primary->append_conf('postgresql.conf', "killswitch.state_dir = 'pg_killswitch'\n");
+$primary->restart;
+q1($primary, "SELECT ks_disengage('own directory again', 'ops')");
+$primary->backup('b3');
+my $heir = PostgreSQL::Test::Cluster->new('edge_heir');
+ks_init_from_backup($heir, $primary, 'b3', has_streaming => 1);
+$heir->start;
+my $g3 = q1($primary, "SELECT generation FROM ks_engage('halt_all', 'the real state', 'ops')");
+ok($heir->poll_query_until('postgres', "SELECT ks_status()->>'generation' = '$g3'"), 'the heir follows');
+my $offset = -s $heir->logfile;
+q1($primary, qq{INSERT INTO killswitch.events (id, at, mode, previous_mode, reason, triggered_by,
+  affected_tasks, source, session_role, backend_pid, xid, generation, key_id, require_hmac,
+  prev_hash, hash, signature)
+  SELECT id + 1, now(), 'disengaged', mode, 'forged', 'nobody', 0, 'sql', 'nobody', 0, xid,
+         generation + 1, key_id, true, hash, repeat('0', 64), repeat('0', 64)
+  FROM killswitch.events ORDER BY id DESC LIMIT 1});
+ok($heir->wait_for_log(qr/the standby does not follow the history/, $offset),
+	'a standby does not follow a forged newest event');
+is(q1($heir, 'SELECT ks_mode()'), 'halt_all', 'and stays halted');
 $primary->stop;
+$heir->promote;
+ok($heir->poll_query_until('postgres',
+	"SELECT ks_mode() = 'halt_all' AND ks_status()->>'integrity' = 'tampered'"),
+	'promoted over a forged event: the halt, tampered — not a release');
+$heir->stop;
 done_testing();
