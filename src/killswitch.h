@@ -116,6 +116,9 @@ extern void ks_require_loaded(void);
 extern void ks_publish(KsMode mode, int flags, int64 generation,
 					   TimestampTz since, const char *source,
 					   const char *reason, const char *triggered_by);
+extern bool ks_publish_if_newer(KsMode mode, int flags, int64 generation,
+								TimestampTz since, const char *source,
+								const char *reason, const char *triggered_by);
 extern void ks_refusal_detail(char *buf, size_t len);
 extern void ks_clip_utf8(char *dst, const char *src, size_t size);
 extern void ks_wake_watcher(void);
@@ -384,7 +387,7 @@ extern bool ks_state_dir_ours(char *problem, size_t problemlen);
 /* marks a start from another server's WAL until the history is adopted */
 #define KS_RECOVERED_FILE KS_PRIVATE_DIR "/from_recovery"
 extern bool ks_recovery_requested(void);
-extern void ks_publish_state(const KsState *st, int flags);
+extern bool ks_publish_state(const KsState *st, int flags, bool only_newer);
 extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
 extern void ks_adopt_history_after_recovery(void);
 extern void ks_standby_tick(bool history);

@@ -42,17 +42,24 @@ ks_recovery_requested(void)
 		stat(BACKUP_LABEL_FILE, &sb) == 0 || stat(KS_RECOVERED_FILE, &sb) == 0;
 }
 
-/* Publish a state read from a file or the history (UTF-8 texts). */
-void
-ks_publish_state(const KsState *st, int flags)
+/*
+ * Publish a state read from a file or the history (UTF-8 texts); with
+ * only_newer, not over a newer generation (false then).
+ */
+bool
+ks_publish_state(const KsState *st, int flags, bool only_newer)
 {
 	int64		usec;
 	TimestampTz since = GetCurrentTimestamp();
 
 	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
 		since = ks_unix_usec_to_timestamptz(usec);
+	if (only_newer)
+		return ks_publish_if_newer(st->mode, flags, st->generation, since,
+								   st->source ? st->source : "startup", st->reason, st->triggered_by);
 	ks_publish(st->mode, flags, st->generation, since,
 			   st->source ? st->source : "startup", st->reason, st->triggered_by);
+	return true;
 }
 
 /* ks_standby_apply(), in its memory context. */
@@ -81,7 +88,8 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 	 * Shared memory first: the record is already durable in this server's
 	 * WAL, and a crash before the files are written replays it again.
 	 */
-	ks_publish_state(&st, 0);
+	if (!ks_publish_state(&st, 0, true))
+		return;					/* the watcher published a newer one meanwhile */
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->state_lsn = lsn;
 	SpinLockRelease(&ks_shared->mutex);
@@ -129,7 +137,9 @@ ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn)
 /*
  * Write a state taken from the history into the state file and the
  * private copy, signed with this server's secret.  false, with a problem,
- * if it could not (then only shared memory follows).
+ * if it could not (then only shared memory follows).  On a standby, not
+ * over a newer state that redo published meanwhile (redo writes its files
+ * under the same lock, after publishing).
  */
 static bool
 write_adopted(const KsState *st, char *problem, size_t problemlen)
@@ -149,6 +159,12 @@ write_adopted(const KsState *st, char *problem, size_t problemlen)
 	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	if (lockfd < 0)
 		return false;
+	if (RecoveryInProgress() &&
+		KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) > st->generation)
+	{
+		ks_unlock_dir(lockfd);
+		return true;
+	}
 	ok = ks_state_write(KS_LAST_APPLIED_FILE, st, secret, secretlen,
 						release_key, release_keylen, problem, problemlen) &&
 		(ks_shared->state_dir_foreign ||
@@ -233,7 +249,8 @@ adopt_history(bool in_recovery)
 		ereport(WARNING,
 				(errmsg("killswitch: could not write the state taken from the history: %s", problem),
 				 errhint("Check killswitch.signing_secret_file: every server of the fleet needs the primary's secret.")));
-	ks_publish_state(&st, 0);
+	if (!ks_publish_state(&st, 0, in_recovery))
+		return false;			/* redo published a newer one meanwhile */
 	ereport(LOG,
 			(errmsg("killswitch: %s: mode %s from the history (generation " INT64_FORMAT ", was " INT64_FORMAT ")",
 					in_recovery ? "the standby follows the replicated history" : "recovery has ended",

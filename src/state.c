@@ -90,16 +90,21 @@ ks_clip_utf8(char *dst, const char *src, size_t size)
  * source, wherever the state came from (a verdict, or a restart after one).
  * published_at keeps the moment the mode first showed: publishing the same
  * mode again (a repeated engage, the watcher's commit after its early halt)
- * is no new beginning for the sessions the emergency ends.
+ * is no new beginning for the sessions the emergency ends.  With
+ * only_newer, nothing is published if a newer generation already is: the
+ * check and the write are one step under the spinlock, for publishers that
+ * share no other lock (WAL redo and a standby's watcher).
  */
-void
-ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
-		   const char *source, const char *reason, const char *triggered_by)
+static bool
+publish(KsMode mode, int flags, int64 generation, TimestampTz since,
+		const char *source, const char *reason, const char *triggered_by,
+		bool only_newer)
 {
 	char		src[sizeof(ks_shared->source)];
 	char		why[sizeof(ks_shared->reason)];
 	char		by[sizeof(ks_shared->triggered_by)];
 	TimestampTz now = GetCurrentTimestamp();
+	uint64		word;
 
 	if (ks_is_tamper_source(source))
 		flags |= KS_FLAG_TAMPERED;
@@ -110,16 +115,40 @@ ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	ks_clip_utf8(why, reason, sizeof(why));
 	ks_clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
+	word = pg_atomic_read_u64(&ks_shared->word);
+	if (only_newer && KS_WORD_GENERATION(word) > generation)
+	{
+		SpinLockRelease(&ks_shared->mutex);
+		return false;
+	}
 	ks_shared->since = since;
 	/* only a change of mode moves it: see KsShared.published_at */
-	if (KS_WORD_MODE(pg_atomic_read_u64(&ks_shared->word)) != mode || ks_shared->published_at == 0)
+	if (KS_WORD_MODE(word) != mode || ks_shared->published_at == 0)
 		ks_shared->published_at = now;
 	memcpy(ks_shared->source, src, sizeof(src));
 	memcpy(ks_shared->reason, why, sizeof(why));
 	memcpy(ks_shared->triggered_by, by, sizeof(by));
-	SpinLockRelease(&ks_shared->mutex);
+	/* the word last, still under the spinlock: one publisher's fields never go with another's word */
 	pg_write_barrier();
 	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation));
+	SpinLockRelease(&ks_shared->mutex);
+	return true;
+}
+
+/* Publish a state (see publish()). */
+void
+ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
+		   const char *source, const char *reason, const char *triggered_by)
+{
+	(void) publish(mode, flags, generation, since, source, reason, triggered_by, false);
+}
+
+/* Publish a state unless a newer generation is published; false if it was not. */
+bool
+ks_publish_if_newer(KsMode mode, int flags, int64 generation, TimestampTz since,
+					const char *source, const char *reason, const char *triggered_by)
+{
+	return publish(mode, flags, generation, since, source, reason, triggered_by, true);
 }
 
 #define KS_EPOCH_SHIFT \

@@ -399,7 +399,7 @@ ks_confirm_in_flight(void)
 						 problem, sizeof(problem)) &&
 			ks_write_file_durably(KS_LAST_APPLIED_FILE, bytes, len, problem, sizeof(problem)))
 			(void) unlink(KS_IN_FLIGHT_FILE);
-		ks_publish_state(&mark, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED);
+		(void) ks_publish_state(&mark, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, false);
 		ereport(LOG,
 				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash had committed; mode %s",
 						mark.generation, ks_mode_sql_names[mark.mode])));
@@ -422,7 +422,7 @@ ks_confirm_in_flight(void)
 					 errdetail("%s", problem)));
 		}
 		(void) unlink(KS_IN_FLIGHT_FILE);
-		ks_publish_state(&held, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED);
+		(void) ks_publish_state(&held, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, false);
 		ereport(LOG,
 				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash never committed; back to generation " INT64_FORMAT ", mode %s",
 						mark.generation, held.generation, ks_mode_sql_names[held.mode])));
