@@ -146,6 +146,13 @@ CREATE FUNCTION @extschema@.ks_engaged() RETURNS boolean
     AS 'MODULE_PATHNAME', 'ks_engaged' LANGUAGE C VOLATILE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.ks_engaged() IS 'True unless the mode is disengaged (one atomic read of shared memory)';
 
+-- Waiting for a change in one statement, for agents that cannot LISTEN
+-- (behind a transaction pooler, on a standby).  PARALLEL RESTRICTED: one
+-- wait in the leader, not one in every worker.
+CREATE FUNCTION @extschema@.ks_wait(generation bigint, timeout_ms integer DEFAULT 30000) RETURNS bigint
+    AS 'MODULE_PATHNAME', 'ks_wait' LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.ks_wait(bigint, integer) IS 'Wait until the kill switch generation differs from the one given (or timeout_ms passes) and return the current generation';
+
 CREATE FUNCTION @extschema@.ks_check_task(task text) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'ks_check_task' LANGUAGE C VOLATILE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.ks_check_task(text) IS 'May this task run now: {allowed, action, reason | note}';

@@ -12,6 +12,7 @@
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
+#include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/dsa.h"
@@ -91,6 +92,8 @@ typedef struct KsShared
 	bool		from_recovery;	/* started as a standby or for PITR: adopt the history when it ends */
 	bool		files_behind;	/* redo could not write the files: the watcher writes them */
 	bool		state_dir_foreign;	/* another running server claimed killswitch.state_dir (claim.c) */
+	/* broadcast after every publish: wakes the sessions in ks_wait() (wait.c) */
+	ConditionVariable published;
 } KsShared;
 
 extern KsShared *ks_shared;

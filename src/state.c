@@ -8,6 +8,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
@@ -39,6 +40,7 @@ ks_shmem_startup(void)
 	{
 		memset(ks_shared, 0, sizeof(KsShared));
 		SpinLockInit(&ks_shared->mutex);
+		ConditionVariableInit(&ks_shared->published);
 		ks_shared->emergency_handled = KS_NO_EMERGENCY;
 		/* until the file is read, assume the stop (ARCHITECTURE §4) */
 		pg_atomic_init_u64(&ks_shared->word, KS_WORD(KS_HALT_ALL, KS_FLAG_TAMPERED, 0));
@@ -132,6 +134,16 @@ publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	pg_write_barrier();
 	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation));
 	SpinLockRelease(&ks_shared->mutex);
+
+	/*
+	 * Wake the sessions waiting in ks_wait() (outside the spinlock: the
+	 * broadcast takes others and sets latches).  Not in the postmaster,
+	 * which publishes at start with no PGPROC (the broadcast needs one, and
+	 * there is nobody to wake yet); the startup process replaying a change
+	 * on a standby has one, so waiters on a standby are woken too.
+	 */
+	if (MyProc != NULL)
+		ConditionVariableBroadcast(&ks_shared->published);
 	return true;
 }
 

@@ -1,0 +1,77 @@
+/*
+ * wait.c — ks_wait() (ARCHITECTURE §8.1): an agent that cannot LISTEN (behind
+ * a transaction pooler, on a standby) waits in one statement for the state to
+ * move.  Waiters sleep on the condition variable in KsShared, which
+ * ks_publish() broadcasts after every new state (state.c); a sleeping waiter
+ * costs nothing but its place on the list, so hundreds can wait.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+PG_FUNCTION_INFO_V1(ks_wait);
+
+/*
+ * SQL: wait until the generation differs from the one given and return the
+ * current one; at the timeout, return it anyway (then equal to the one
+ * given).  Also returns early when the state published changes while it
+ * waits without a new generation — the watcher raises the mode of an outside
+ * halt before that change's commit moves the generation (watch.c) — so a
+ * waiter never sleeps through a halt in force.  The timeout is an int of
+ * milliseconds like statement_timeout: any value from 0 (no wait) to INT_MAX.
+ */
+Datum
+ks_wait(PG_FUNCTION_ARGS)
+{
+	int64		generation = PG_GETARG_INT64(0);
+	int32		timeout_ms = PG_GETARG_INT32(1);
+	uint64		seen;
+	uint64		word;
+	TimestampTz deadline;
+
+	ks_require_loaded();
+	if (generation < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("generation must not be negative"),
+				 errhint("Pass the generation you last saw (ks_status()->'generation', or what ks_wait() returned); ks_wait(0, 0) returns the current one.")));
+	if (timeout_ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout_ms must not be negative"),
+				 errhint("Give the longest wait in milliseconds, from 0 (return at once) to %d.", PG_INT32_MAX)));
+
+	seen = pg_atomic_read_u64(&ks_shared->word);
+	if (KS_WORD_GENERATION(seen) != generation || timeout_ms == 0)
+		PG_RETURN_INT64(KS_WORD_GENERATION(seen));
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	/*
+	 * On the list before looking again: a publish after this look finds us
+	 * on it, one before it is seen by the look.
+	 */
+	ConditionVariablePrepareToSleep(&ks_shared->published);
+	for (;;)
+	{
+		long		remaining;
+
+		word = pg_atomic_read_u64(&ks_shared->word);
+		if (KS_WORD_GENERATION(word) != generation || word != seen)
+			break;
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		/* checks for interrupts: statement_timeout, cancel, terminate */
+		(void) ConditionVariableTimedSleep(&ks_shared->published, remaining,
+										   PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_INT64(KS_WORD_GENERATION(word));
+}
