@@ -20,10 +20,10 @@ PG_FUNCTION_INFO_V1(ks_wait);
 /*
  * SQL: wait until the generation differs from the one given and return the
  * current one; at the timeout, return it anyway (then equal to the one
- * given).  Also returns early when the state published changes while it
- * waits without a new generation — the watcher raises the mode of an outside
- * halt before that change's commit moves the generation (watch.c) — so a
- * waiter never sleeps through a halt in force.  The timeout is an int of
+ * given).  Only the generation counts: the watcher's early halt of an
+ * outside change (watch.c halt_now) wakes the waiters, which sleep again
+ * until its commit moves the generation a moment later — a return equal to
+ * the argument always means the timeout.  The timeout is an int of
  * milliseconds like statement_timeout: any value from 0 (no wait) to INT_MAX.
  */
 Datum
@@ -31,8 +31,7 @@ ks_wait(PG_FUNCTION_ARGS)
 {
 	int64		generation = PG_GETARG_INT64(0);
 	int32		timeout_ms = PG_GETARG_INT32(1);
-	uint64		seen;
-	uint64		word;
+	int64		current;
 	TimestampTz deadline;
 
 	ks_require_loaded();
@@ -47,9 +46,9 @@ ks_wait(PG_FUNCTION_ARGS)
 				 errmsg("timeout_ms must not be negative"),
 				 errhint("Give the longest wait in milliseconds, from 0 (return at once) to %d.", PG_INT32_MAX)));
 
-	seen = pg_atomic_read_u64(&ks_shared->word);
-	if (KS_WORD_GENERATION(seen) != generation || timeout_ms == 0)
-		PG_RETURN_INT64(KS_WORD_GENERATION(seen));
+	current = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	if (current != generation || timeout_ms == 0)
+		PG_RETURN_INT64(current);
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
@@ -62,8 +61,8 @@ ks_wait(PG_FUNCTION_ARGS)
 	{
 		long		remaining;
 
-		word = pg_atomic_read_u64(&ks_shared->word);
-		if (KS_WORD_GENERATION(word) != generation || word != seen)
+		current = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+		if (current != generation)
 			break;
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)
@@ -73,5 +72,5 @@ ks_wait(PG_FUNCTION_ARGS)
 										   PG_WAIT_EXTENSION);
 	}
 	ConditionVariableCancelSleep();
-	PG_RETURN_INT64(KS_WORD_GENERATION(word));
+	PG_RETURN_INT64(current);
 }
