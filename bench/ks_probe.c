@@ -12,6 +12,11 @@
  *       milliseconds from starting the command to the session seeing it,
  *       and from the rename (seen by inotify on PGDATA/pg_killswitch) to the
  *       session seeing it.
+ *   ks_probe wait CONNINFO WAITERS TRIALS
+ *       WAITERS connections sleep in ks_wait(generation); another commits
+ *       ks_engage()/ks_disengage() alternately.  Prints, per waiter,
+ *       milliseconds from the commit's acknowledgement to its ks_wait()
+ *       returning the new generation (the result read on its socket).
  *   ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS
  *       AGENTS agent sessions run pg_sleep(); the admin engages emergency;
  *       prints, per trial, milliseconds from the commit's acknowledgement to
@@ -196,6 +201,109 @@ probe_push(const char *conninfo, int nlisten, int trials, bool baseline)
 		PQfinish(conns[i]);
 	PQfinish(admin);
 	free(heard);
+	free(fds);
+	free(conns);
+	return 0;
+}
+
+/* wait: from a change's commit to each session in ks_wait() returning. */
+static int
+probe_wait(const char *conninfo, int nwait, int trials)
+{
+	PGconn	   *admin = connect_or_die(conninfo);
+	PGconn	  **conns = calloc(nwait, sizeof(PGconn *));
+	struct pollfd *fds = calloc(nwait, sizeof(struct pollfd));
+
+	for (int i = 0; i < nwait; i++)
+		conns[i] = connect_or_die(conninfo);
+	set_mode(admin, false, NULL);
+
+	for (int t = 0; t < trials; t++)
+	{
+		int			returned = 0;
+		long long	generation;
+		double		acked;
+		double		started;
+		char		marker[40];
+		char		sql[200];
+		char	   *v;
+
+		v = exec_or_die(admin, "SELECT ks_wait(0, 0)");		/* the current generation */
+		generation = atoll(v);
+		free(v);
+		snprintf(sql, sizeof(sql), "SELECT ks_wait(%lld, %d)", generation, (int) WAIT_LIMIT_MS * 2);
+		for (int i = 0; i < nwait; i++)
+		{
+			if (!PQsendQuery(conns[i], sql))
+				fail("could not start a wait: %s", PQerrorMessage(conns[i]));
+			fds[i].fd = PQsocket(conns[i]);
+			fds[i].events = POLLIN;
+		}
+
+		/*
+		 * Every waiter asleep on the condition variable before the change:
+		 * one still on its way would see the new generation at once and
+		 * measure nothing of the wake-up.
+		 */
+		snprintf(sql, sizeof(sql),
+				 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension' "
+				 "AND state = 'active' AND query = 'SELECT ks_wait(%lld, %d)'",
+				 generation, (int) WAIT_LIMIT_MS * 2);
+		started = now_ms();
+		for (;;)
+		{
+			v = exec_or_die(admin, sql);
+			if (atoi(v) == nwait)
+				break;
+			free(v);
+			if (now_ms() - started > WAIT_LIMIT_MS)
+				fail("trial %d: not all %d sessions are waiting in ks_wait()", t, nwait);
+			usleep(5 * 1000);
+		}
+		free(v);
+
+		snprintf(marker, sizeof(marker), "[trial %d]", t);
+		set_mode_why(admin, t % 2 == 0, "halt_all", marker);
+		acked = now_ms();
+
+		while (returned < nwait && now_ms() - acked < WAIT_LIMIT_MS)
+		{
+			if (poll(fds, nwait, 100) < 0 && errno != EINTR)
+				fail("poll: %s", strerror(errno));
+			for (int i = 0; i < nwait; i++)
+			{
+				PGresult   *res;
+				double		at;
+
+				if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+					continue;
+				if (!PQconsumeInput(conns[i]))
+					fail("waiter lost: %s", PQerrorMessage(conns[i]));
+				if (PQisBusy(conns[i]))
+					continue;
+				at = now_ms();
+				res = PQgetResult(conns[i]);
+				if (PQresultStatus(res) != PGRES_TUPLES_OK)
+					fail("trial %d: ks_wait() failed: %s", t, PQerrorMessage(conns[i]));
+				if (atoll(PQgetvalue(res, 0, 0)) != generation + 1)
+					fail("trial %d: ks_wait() returned %s, not the new generation %lld",
+						 t, PQgetvalue(res, 0, 0), generation + 1);
+				PQclear(res);
+				while ((res = PQgetResult(conns[i])) != NULL)
+					PQclear(res);
+				printf("%.3f\n", at - acked);
+				fds[i].fd = -1;
+				returned++;
+			}
+		}
+		if (returned < nwait)
+			fail("trial %d: %d of %d waiters still waiting after %.0f ms",
+				 t, nwait - returned, nwait, WAIT_LIMIT_MS);
+	}
+	set_mode(admin, false, NULL);
+	for (int i = 0; i < nwait; i++)
+		PQfinish(conns[i]);
+	PQfinish(admin);
 	free(fds);
 	free(conns);
 	return 0;
@@ -398,6 +506,8 @@ main(int argc, char **argv)
 		return probe_push(argv[2], count_arg(argv[3], "LISTENERS"),
 						  count_arg(argv[4], "TRIALS"), strcmp(argv[5], "notify") == 0);
 	}
+	if (argc == 5 && strcmp(argv[1], "wait") == 0)
+		return probe_wait(argv[2], count_arg(argv[3], "WAITERS"), count_arg(argv[4], "TRIALS"));
 	if (argc == 6 && strcmp(argv[1], "file") == 0)
 		return probe_file(argv[2], count_arg(argv[3], "TRIALS"), argv[4], argv[5]);
 	if (argc == 6 && strcmp(argv[1], "emergency") == 0)
@@ -405,6 +515,7 @@ main(int argc, char **argv)
 							   count_arg(argv[5], "TRIALS"));
 	fprintf(stderr,
 			"usage: ks_probe push CONNINFO LISTENERS TRIALS ks|notify\n"
+			"       ks_probe wait CONNINFO WAITERS TRIALS\n"
 			"       ks_probe file CONNINFO TRIALS KILLSWITCH_BIN PGDATA\n"
 			"       ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS\n");
 	return 2;
