@@ -1,12 +1,13 @@
 #!/usr/bin/python3
 """The README's agent loops, run as written: the psycopg block after
-"**psycopg 3.1.**" and the node-postgres block after "**node-postgres.**" in
+"**psycopg 3.1.**", the node-postgres block after "**node-postgres.**" and the
+ks_wait() block after "**Waiting in `ks_wait()`.**" (through PgBouncer) in
 "Writing an agent", each wrapped with the names it leaves to the reader (dsn,
 task, do_one_task, ...).  Each must work, halt when the switch is pulled
 (no row of theirs after the engage committed, no second action started while
 engaged) and work again after the release.  Prints ok / not ok lines and `N passed, M failed`.
 
-    readme_loops.py README.md ADMIN_DSN HOST PORT
+    readme_loops.py README.md ADMIN_DSN HOST PORT BOUNCER_PORT
 """
 import json
 import os
@@ -21,11 +22,11 @@ import psycopg
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PY_PRELUDE = '''import sys, time
-dsn, task, think_time = sys.argv[1], "data_export", 0.05
+dsn, agent, task, think_time = sys.argv[1], sys.argv[2], "data_export", 0.05
 def do_one_task(conn):
     if conn.execute("SELECT ks_engaged()").fetchone()[0]:
         print("tried while engaged", flush=True)
-    conn.execute("INSERT INTO tasks (agent, task_type) VALUES ('readme-py', %s)", [task])
+    conn.execute("INSERT INTO tasks (agent, task_type) VALUES (%s, %s)", [agent, task])
 '''
 
 JS_PRELUDE = '''const { Client } = require(%s);
@@ -45,7 +46,7 @@ def block(readme, marker, lang):
 
 
 def main():
-    readme_path, admin_dsn, host, port = sys.argv[1:5]
+    readme_path, admin_dsn, host, port, bport = sys.argv[1:6]
     readme = open(readme_path, encoding="utf-8").read()
     passed = failed = 0
 
@@ -58,15 +59,23 @@ def main():
     tmp = tempfile.mkdtemp(prefix="readme-loops.")
     py = os.path.join(tmp, "loop.py")
     js = os.path.join(tmp, "loop.js")
+    pywait = os.path.join(tmp, "wait_loop.py")
     with open(py, "w") as f:
         f.write(PY_PRELUDE + block(readme, "**psycopg 3.1.**", "python"))
+    with open(pywait, "w") as f:
+        f.write(PY_PRELUDE + block(readme, "**Waiting in `ks_wait()`.**", "python"))
     with open(js, "w") as f:
         f.write(JS_PRELUDE % json.dumps(os.path.join(HERE, "node", "node_modules", "pg"))
                 + block(readme, "**node-postgres.**", "js") + "})();\n")
     dsn = f"host={host} port={port} dbname=postgres user=worker"
     procs = {
-        "readme-py": subprocess.Popen(["/usr/bin/python3", py, dsn], stdout=subprocess.PIPE,
+        "readme-py": subprocess.Popen(["/usr/bin/python3", py, dsn, "readme-py"], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True),
+        # the ks_wait() loop where it is meant for: behind PgBouncer
+        "readme-py-wait": subprocess.Popen(
+            ["/usr/bin/python3", pywait,
+             f"host={host} port={bport} dbname=postgres user=worker password=worker", "readme-py-wait"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
         "readme-node": subprocess.Popen(["node", js, f"postgresql://worker@{host}:{port}/postgres"],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
     }
