@@ -123,6 +123,14 @@ for my $step (@steps)
 	sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%ks_wait(%terminate%' AND pid <> pg_backend_pid()");
 	($out, $err) = finish($w);
 	like($err, qr/terminating connection due to administrator command/, 'pg_terminate_backend ends a wait');
+	# a client that goes away: with client_connection_check_interval its session notices
+	$w = background("$agent options='-c client_connection_check_interval=100'",
+		"SELECT ks_wait($g, $long) /* client-gone */");
+	ok(sleeping('client-gone', 1), 'an agent waits');
+	$w->{h}->kill_kill;
+	ok($node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE query LIKE '%ks_wait(%client-gone%' AND pid <> pg_backend_pid()"),
+		'a wait whose client went away ends with client_connection_check_interval');
 	is(sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%ks_wait(%' AND pid <> pg_backend_pid()"),
 		'0', 'no wait is left behind');
 	is(generation(), $g, 'nothing changed');
@@ -150,10 +158,17 @@ for my $step (@steps)
 {
 	my $g = generation();
 	my $w = background($admin, "SELECT ks_wait($g, $long) /* emergency */");
-	ok(sleeping('emergency', 1), 'a session waits');
+	my $wa = background($agent, "SELECT ks_wait($g, $long) /* emergency */");
+	ok(sleeping('emergency', 2), 'a session and an agent wait');
 	sql("SELECT ks_engage('emergency', 'wake in emergency', 'tester')");
 	my ($out, $err) = finish($w);
 	is($out, $g + 1, 'the waiter returns the emergency\'s generation') or diag($err);
+	# the agent is woken at the commit; should the watcher find it still
+	# inside its statement, it ends it as a busy session (README, Emergency)
+	($out, $err) = finish($wa);
+	ok($out eq $g + 1 || $err =~ /terminating connection due to administrator command/,
+		'the waiting agent returns the emergency\'s generation, or is ended as busy')
+	  or diag("out: $out, err: $err");
 	($out, $err) = finish(background($agent, "SELECT ks_wait($g + 1, 0)"));
 	like($err, qr/Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/,
 		'an agent\'s wait in emergency is refused like any statement');
