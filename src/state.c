@@ -1,6 +1,7 @@
 /*
  * state.c — the fast copy of the state in shared memory (ARCHITECTURE §2):
- * reserving it, creating it, and publishing a new state into it.
+ * reserving it, creating it, and publishing a new state into it (which
+ * wakes the sessions waiting in ks_wait(), wait.c).
  */
 #include "postgres.h"
 
