@@ -3,7 +3,8 @@
 # generation — after ks_engage in another session, after an outside change
 # the watcher applies, for 200 waiters at once, and for an agent behind the
 # real PgBouncer in transaction pooling.  statement_timeout, pg_cancel_backend
-# and pg_terminate_backend end a wait with their usual errors.
+# and pg_terminate_backend end a wait with their usual errors.  On a
+# streaming standby and a cascading one, the replay of a change wakes them.
 #
 # Every waiter is seen sleeping (wait event Extension) before the change is
 # made, and sleeps for an hour unless woken; a wake-up that does not come
@@ -221,4 +222,54 @@ pidfile = $dir/pgbouncer.pid
 }
 
 $node->stop;
+
+# 7. On standbys, where no NOTIFY exists: the replay of a change wakes the
+# waiters of a streaming standby and of a cascading standby behind it.
+{
+	my $primary = PostgreSQL::Test::Cluster->new('wait_primary');
+	$primary->init(allows_streaming => 1);
+	$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
+	$primary->start;
+	$primary->safe_psql('postgres', q{
+CREATE EXTENSION killswitch CASCADE;
+CREATE ROLE bot LOGIN IN ROLE killswitch_agent;
+});
+	$primary->backup('b1');
+	my $standby = PostgreSQL::Test::Cluster->new('wait_standby');
+	ks_init_from_backup($standby, $primary, 'b1', has_streaming => 1);
+	$standby->start;
+	$standby->backup('b2');
+	my $cascade = PostgreSQL::Test::Cluster->new('wait_cascade');
+	ks_init_from_backup($cascade, $standby, 'b2', has_streaming => 1);
+	$cascade->start;
+
+	for my $step ([ 'halt_all', "SELECT ks_engage('halt_all', 'standby waiters', 'tester')" ],
+		[ 'disengaged', "SELECT ks_disengage('standby waiters released', 'tester')" ])
+	{
+		my ($to, $change) = @$step;
+		my $g = $primary->safe_psql('postgres', "SELECT ks_wait(0, 0)");
+		my %w;
+		for my $n ($standby, $cascade)
+		{
+			ok($n->poll_query_until('postgres', "SELECT ks_wait(0, 0) = $g"),
+				$n->name . ': at the primary\'s generation');
+			$w{ $n->name } = background($n->connstr('postgres') . ' user=bot',
+				"SELECT ks_wait($g, $long) /* standby-$to */, ks_mode()");
+			ok($n->poll_query_until('postgres',
+				"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension' "
+				  . "AND state = 'active' AND query LIKE '%ks_wait(%standby-$to%'", 1),
+				$n->name . ': an agent waits');
+		}
+		$primary->safe_psql('postgres', $change);
+		for my $n ($standby, $cascade)
+		{
+			my ($out, $err) = finish($w{ $n->name });
+			is($out, ($g + 1) . "|$to", $n->name . ": the waiting agent returns the new generation ($to) once replayed")
+			  or diag($err);
+		}
+	}
+	$cascade->stop;
+	$standby->stop;
+	$primary->stop;
+}
 done_testing();
