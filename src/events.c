@@ -435,34 +435,47 @@ row_secret(const KsEventRow *r, char *current, size_t currentlen,
 }
 
 /*
- * Is the newest row what the secret signed, over the hash it chains from?
- * (Only the newest: it alone decides the state taken from the history.)
+ * Does a row verify: its hash and signature right over the prev_hash it
+ * names?  The row is read from columns col (the row itself), col+1
+ * (prev_hash), col+2 (hash) and col+3 (signature) of an SPI result; *r
+ * receives it and *row_prev its prev_hash (NULL if missing).
  */
 static bool
-newest_row_signed(HeapTuple tup, TupleDesc desc)
+row_verifies(HeapTuple tup, TupleDesc desc, int col, const char *secret, size_t secretlen,
+			 const char *key_id, KsEventRow *r, char **row_prev)
 {
 	bool		isnull;
-	KsEventRow	r;
-	char	   *secret;
-	size_t		secretlen;
-	char		key_id[17];
 	char	   *rsecret;
 	size_t		rsecretlen;
 	char		hash[KS_HEX_DIGEST_LEN + 1];
 	char		sig[KS_HEX_DIGEST_LEN + 1];
-	char	   *row_prev = SPI_getvalue(tup, desc, 12);
-	char	   *row_hash = SPI_getvalue(tup, desc, 13);
-	char	   *row_sig = SPI_getvalue(tup, desc, 14);
-	char		problem[KS_PROBLEM_LEN];
+	char	   *row_hash = SPI_getvalue(tup, desc, col + 2);
+	char	   *row_sig = SPI_getvalue(tup, desc, col + 3);
 
-	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)) ||
-		row_prev == NULL || row_hash == NULL || row_sig == NULL)
+	*row_prev = SPI_getvalue(tup, desc, col + 1);
+	row_from_composite(DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, col, &isnull)), r);
+	if (*row_prev == NULL || row_hash == NULL || row_sig == NULL)
+		return false;
+	row_secret(r, (char *) secret, secretlen, key_id, &rsecret, &rsecretlen);
+	row_digests(r, *row_prev, rsecret, rsecretlen, hash, sig);
+	return ks_hex_equal(hash, row_hash) && ks_hex_equal(sig, row_sig);
+}
+
+/* Is the newest row (columns 11-14) what the secret signed?  It alone decides the state taken from the history. */
+static bool
+newest_row_signed(HeapTuple tup, TupleDesc desc)
+{
+	char	   *secret;
+	size_t		secretlen;
+	char		key_id[17];
+	char		problem[KS_PROBLEM_LEN];
+	KsEventRow	r;
+	char	   *row_prev;
+
+	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)))
 		return false;
 	ks_key_id(secret, secretlen, key_id);
-	row_from_composite(DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 11, &isnull)), &r);
-	row_secret(&r, secret, secretlen, key_id, &rsecret, &rsecretlen);
-	row_digests(&r, row_prev, rsecret, rsecretlen, hash, sig);
-	return ks_hex_equal(hash, row_hash) && ks_hex_equal(sig, row_sig);
+	return row_verifies(tup, desc, 11, secret, secretlen, key_id, &r, &row_prev);
 }
 
 /*
@@ -533,8 +546,6 @@ ks_verify_events(PG_FUNCTION_ARGS)
 	char	   *secret;
 	size_t		secretlen;
 	char		key_id[17];
-	char	   *rsecret;
-	size_t		rsecretlen;
 	char		prev[KS_HEX_DIGEST_LEN + 1] = KS_GENESIS_HASH;
 	int64		checked = 0,
 				bad_id = -1,
@@ -556,27 +567,18 @@ ks_verify_events(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not read killswitch.events: %d", rc);
 	for (uint64 i = 0; i < SPI_processed && bad_id < 0; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
 		KsEventRow	r;
-		char		hash[KS_HEX_DIGEST_LEN + 1];
-		char		sig[KS_HEX_DIGEST_LEN + 1];
-		char	   *row_prev = SPI_getvalue(tup, desc, 2);
-		char	   *row_hash = SPI_getvalue(tup, desc, 3);
-		char	   *row_sig = SPI_getvalue(tup, desc, 4);
+		char	   *row_prev;
+		bool		ok = row_verifies(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+									  secret, secretlen, key_id, &r, &row_prev);
 
-		row_from_composite(DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 1, &isnull)), &r);
-		row_secret(&r, secret, secretlen, key_id, &rsecret, &rsecretlen);
-		row_digests(&r, prev, rsecret, rsecretlen, hash, sig);
 		checked++;
-		if (r.id != expect_id || row_prev == NULL || row_hash == NULL || row_sig == NULL ||
-			strcmp(row_prev, prev) != 0 || !ks_hex_equal(hash, row_hash) ||
-			!ks_hex_equal(sig, row_sig))
+		/* each row signed, numbered in turn, and chained to the one before */
+		if (!ok || r.id != expect_id || strcmp(row_prev, prev) != 0)
 			bad_id = r.id;
 		else
 		{
-			strlcpy(prev, row_hash, sizeof(prev));
+			strlcpy(prev, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3), sizeof(prev));
 			expect_id = r.id + 1;
 		}
 	}

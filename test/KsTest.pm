@@ -7,13 +7,14 @@ use strict;
 use warnings;
 use Exporter 'import';
 use Digest::SHA qw(hmac_sha256_hex sha256_hex);
+use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
-  ks_running ks_kill9_and_start ks_init_from_backup);
+  ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -44,6 +45,46 @@ sub ks_init_from_backup
 		chmod 0600, $path if -e $path;
 	}
 	return $node;
+}
+
+# PgBouncer in transaction pooling in front of a node's database postgres,
+# on a free port, as this (the postgres) OS user, for role bot (password
+# agent-secret); extra lines go into its [pgbouncer] section.  Returns the
+# harness (stop it with kill_kill), the conninfo through it and its
+# directory (pgbouncer.log), once a
+# connection through it works.
+sub ks_pgbouncer
+{
+	my ($node, $pool_size, $extra) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir;
+	my $bport = PostgreSQL::Test::Cluster::get_free_port();
+	my ($host, $port) = ($node->host, $node->port);
+	append_to_file("$dir/userlist.txt", qq{"bot" "agent-secret"\n});
+	append_to_file("$dir/pgbouncer.ini", qq{
+[databases]
+postgres = host=$host port=$port dbname=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir =
+auth_type = md5
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = $pool_size
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+} . ($extra // ''));
+	my $bouncer = IPC::Run::start([ '/usr/sbin/pgbouncer', "$dir/pgbouncer.ini" ],
+		'>', "$dir/out", '2>', "$dir/err");
+	my $via = "host=127.0.0.1 port=$bport dbname=postgres user=bot";
+	local $ENV{PGPASSWORD} = 'agent-secret';
+	for (1 .. 100)
+	{
+		last if $node->psql('postgres', 'SELECT 1', extra_params => [ '-d', $via ]) == 0;
+		usleep(100_000);
+	}
+	return ($bouncer, $via, $dir);
 }
 
 # The node's signing secret: the key file less one trailing newline.

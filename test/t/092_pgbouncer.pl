@@ -25,36 +25,11 @@ GRANT ALL ON t TO bot;
 });
 
 # PgBouncer on a free port, as this (the postgres) OS user.
-my $dir = PostgreSQL::Test::Utils::tempdir;
-my $bport = PostgreSQL::Test::Cluster::get_free_port();
-my ($host, $port) = ($node->host, $node->port);
-PostgreSQL::Test::Utils::append_to_file("$dir/userlist.txt", qq{"bot" "agent-secret"\n});
-PostgreSQL::Test::Utils::append_to_file("$dir/pgbouncer.ini", qq{
-[databases]
-postgres = host=$host port=$port dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bport
-unix_socket_dir =
-auth_type = md5
-auth_file = $dir/userlist.txt
-pool_mode = transaction
-default_pool_size = 4
-query_wait_timeout = 1
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-});
-my $bouncer = IPC::Run::start([ $pgbouncer, "$dir/pgbouncer.ini" ], '>', "$dir/out", '2>', "$dir/err");
+my ($bouncer, $conninfo, $dir) = ks_pgbouncer($node, 4, "query_wait_timeout = 1\n");
 # stopped however the test ends, a failure included
 END { $bouncer->kill_kill if $bouncer; }
 $ENV{PGPASSWORD} = 'agent-secret';
-my @via = ('-d', "host=127.0.0.1 port=$bport dbname=postgres user=bot");
-for (1 .. 100)
-{
-	last if $node->psql('postgres', 'SELECT 1', extra_params => \@via) == 0;
-	usleep(100_000);
-}
+my @via = ('-d', $conninfo);
 sub usleep { Time::HiRes::usleep(@_) }
 
 # A client of PgBouncer that stays connected (as an agent's pool does).

@@ -182,32 +182,8 @@ SKIP:
 {
 	my $pgbouncer = '/usr/sbin/pgbouncer';
 	skip 'PgBouncer is not installed (scripts/setup installs it)', 4 unless -x $pgbouncer;
-	my $bport = PostgreSQL::Test::Cluster::get_free_port();
-	my ($host, $port) = ($node->host, $node->port);
-	PostgreSQL::Test::Utils::append_to_file("$dir/userlist.txt", qq{"bot" "agent-secret"\n});
-	PostgreSQL::Test::Utils::append_to_file("$dir/pgbouncer.ini", qq{
-[databases]
-postgres = host=$host port=$port dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bport
-unix_socket_dir =
-auth_type = md5
-auth_file = $dir/userlist.txt
-pool_mode = transaction
-default_pool_size = 2
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-});
-	my $bouncer = IPC::Run::start([ $pgbouncer, "$dir/pgbouncer.ini" ], '>', "$dir/bouncer.out", '2>', "$dir/bouncer.err");
+	my ($bouncer, $via) = ks_pgbouncer($node, 2);
 	local $ENV{PGPASSWORD} = 'agent-secret';
-	my $via = "host=127.0.0.1 port=$bport dbname=postgres user=bot";
-	for (1 .. 100)
-	{
-		last if $node->psql('postgres', 'SELECT 1', extra_params => [ '-d', $via ]) == 0;
-		usleep(100_000);
-	}
 	my $g = generation();
 	my $w = background($via, "SELECT ks_wait($g, $long) /* pooled */");
 	ok(sleeping('pooled', 1), 'an agent waits through PgBouncer');
