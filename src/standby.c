@@ -88,11 +88,12 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 	 * Shared memory first: the record is already durable in this server's
 	 * WAL, and a crash before the files are written replays it again.
 	 */
-	if (!ks_publish_state(&st, 0, true))
-		return;					/* the watcher published a newer one meanwhile */
+	/* the position first: a waiter woken by the publish reads it in ks_status() */
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->state_lsn = lsn;
 	SpinLockRelease(&ks_shared->mutex);
+	if (!ks_publish_state(&st, 0, true))
+		return;					/* the watcher published a newer one meanwhile */
 	if (st.mode == KS_EMERGENCY)
 		ks_wake_watcher();
 

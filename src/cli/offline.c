@@ -59,6 +59,8 @@ resolve_paths(const KsOptions *opt, KsPaths *p)
 		snprintf(p->last_applied, MAXPGPATH, "%s/pg_killswitch/last_applied.json", opt->pgdata);
 }
 
+static bool is_standby(const KsOptions *opt);
+
 /* Append "key": to a JSON object's text, after a comma unless first. */
 static void
 put_key(StringInfo out, const char *key)
@@ -131,6 +133,7 @@ print_status_json(const KsOptions *opt, const KsState *st, KsVerdict v,
 	put_raw(&out, "unrecorded_change", "null");
 	put_raw(&out, "watcher_checked_at", "null");
 	put_raw(&out, "watcher_age_ms", "null");
+	put_string(&out, "role", opt->pgdata == NULL ? NULL : is_standby(opt) ? "standby" : "primary");
 	appendStringInfoChar(&out, '}');
 	puts(out.data);
 }
@@ -161,6 +164,8 @@ print_state(const KsOptions *opt, const KsState *st, KsVerdict v, const char *pr
 	printf("triggered_by: %s\n", st->triggered_by ? st->triggered_by : "");
 	printf("source:       %s\n", st->source ? st->source : "");
 	printf("integrity:    %s\n", integrity);
+	if (opt->pgdata)
+		printf("role:         %s\n", is_standby(opt) ? "standby" : "primary");
 }
 
 /* status and verify: read and judge the file. */

@@ -49,10 +49,11 @@ status(const KsOptions *opt, PGconn *conn)
 						  " 'problem', s->'problem', 'require_hmac', s->'require_hmac',"
 						  " 'last_engagement', s->'last_engagement', 'engagement_count', s->'engagement_count',"
 						  " 'total_events', s->'total_events', 'unrecorded_change', s->'unrecorded_change',"
-						  " 'watcher_checked_at', s->'watcher_checked_at', 'watcher_age_ms', s->'watcher_age_ms')::text,"
+						  " 'watcher_checked_at', s->'watcher_checked_at', 'watcher_age_ms', s->'watcher_age_ms',"
+						  " 'role', s->'role')::text,"
 						  " s->>'mode', s->>'integrity', s->>'generation', s->>'since',"
 						  " s->'last_engagement'->>'reason', s->'last_engagement'->>'triggered_by',"
-						  " s->>'source', s->>'watcher_age_ms' FROM ks_status() s", 0, NULL);
+						  " s->>'source', s->>'watcher_age_ms', s->>'role' FROM ks_status() s", 0, NULL);
 	int			rc;
 
 	if (res == NULL)
@@ -68,6 +69,7 @@ status(const KsOptions *opt, PGconn *conn)
 		printf("integrity:    %s\n", PQgetvalue(res, 0, 2));
 		printf("last engaged: %s (by %s)\n", PQgetvalue(res, 0, 5), PQgetvalue(res, 0, 6));
 		printf("watcher:      looked %s ms ago\n", PQgetvalue(res, 0, 8));
+		printf("role:         %s\n", PQgetvalue(res, 0, 9));
 	}
 	rc = strcmp(PQgetvalue(res, 0, 2), "tampered") == 0 ? KS_EXIT_TAMPERED
 		: strcmp(PQgetvalue(res, 0, 1), "DISENGAGED") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;

@@ -98,6 +98,13 @@ like($err, qr/cannot execute ks_engage\(\) during recovery|read-only transaction
 		$standby->data_dir ], '>', \$cout, '2>', \$cerr);
 	ok(!$ok, 'killswitch -D on a standby: fails');
 	like($cerr, qr/is a standby's data directory/, 'and says why');
+	for my $how ([ '-d', $standby->connstr('postgres') ], [ '-D', $standby->data_dir ])
+	{
+		($cout, $cerr) = ('', '');
+		IPC::Run::run([ "$ENV{KS_SRCDIR}/src/cli/killswitch", @$how, '--json', 'status' ],
+			'>', \$cout, '2>', \$cerr);
+		like($cout, qr/"role"\s*:\s*"standby"/, "killswitch $how->[0] status says role standby");
+	}
 }
 
 # an outside write to a standby's file is put back, never lowers it
