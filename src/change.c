@@ -195,9 +195,7 @@ ks_apply_change(const KsChange *c)
 	bool		recorded_startup = false;
 
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
-	/* out of recovery, the history is adopted first; a change written before a crash settled */
-	if (ks_shared->from_recovery)
-		ks_adopt_history_after_recovery();
+	/* a change written before a crash is settled first, on the history */
 	if (ks_shared->unconfirmed)
 		ks_confirm_in_flight();
 	word = pg_atomic_read_u64(&ks_shared->word);

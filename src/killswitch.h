@@ -236,7 +236,8 @@ extern KsWriteResult ks_persist_state(const KsState *state, const KsExpect *expe
 									  KsWritten *w, char *problem, size_t problemlen);
 extern void ks_persist_commit(const KsWritten *w);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
-extern bool ks_persist_applied(const KsState *state, char *problem, size_t problemlen);
+extern bool ks_persist_applied(const KsState *state, bool state_file,
+							   char *problem, size_t problemlen);
 
 /* release.c: the release credential */
 extern char *ks_release_key_file;

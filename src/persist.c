@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 
@@ -240,11 +241,18 @@ ks_persist_commit(const KsWritten *w)
  * state the server holds" means to the watcher's judging and to the
  * compare-and-swap: left behind shared memory, the same file would be
  * judged newer once the history exists, and its change recorded twice.
- * Returns false, with a problem, if the copy could not be written.
+ *
+ * With state_file, a state taken from the history (standby.c) goes into
+ * the state file too (unless the directory is another server's, claim.c),
+ * superseding any change in flight.  On a standby, nothing is written over
+ * a newer state that redo published meanwhile: redo publishes first, then
+ * writes its files under this same lock.
+ * Returns false, with a problem, if something could not be written.
  */
 bool
-ks_persist_applied(const KsState *state, char *problem, size_t problemlen)
+ks_persist_applied(const KsState *state, bool state_file, char *problem, size_t problemlen)
 {
+	char		path[MAXPGPATH];
 	char	   *secret;
 	size_t		secretlen;
 	char	   *release_key;
@@ -258,8 +266,22 @@ ks_persist_applied(const KsState *state, char *problem, size_t problemlen)
 	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	if (lockfd < 0)
 		return false;
+	if (RecoveryInProgress() &&
+		KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) > state->generation)
+	{
+		ks_unlock_dir(lockfd);
+		return true;
+	}
 	ok = ks_state_write(KS_LAST_APPLIED_FILE, state, secret, secretlen,
 						release_key, release_keylen, problem, problemlen);
+	if (ok && state_file)
+	{
+		ks_state_file_path(path, sizeof(path));
+		ok = ks_shared->state_dir_foreign ||
+			ks_state_write(path, state, secret, secretlen,
+						   release_key, release_keylen, problem, problemlen);
+		(void) unlink(KS_IN_FLIGHT_FILE);
+	}
 	ks_unlock_dir(lockfd);
 	return ok;
 }

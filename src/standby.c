@@ -136,47 +136,6 @@ ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn)
 }
 
 /*
- * Write a state taken from the history into the state file and the
- * private copy, signed with this server's secret.  false, with a problem,
- * if it could not (then only shared memory follows).  On a standby, not
- * over a newer state that redo published meanwhile (redo writes its files
- * under the same lock, after publishing).
- */
-static bool
-write_adopted(const KsState *st, char *problem, size_t problemlen)
-{
-	char		path[MAXPGPATH];
-	char	   *secret;
-	size_t		secretlen;
-	char	   *release_key;
-	size_t		release_keylen;
-	int			lockfd;
-	bool		ok;
-
-	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
-		return false;
-	ks_release_key_for_writing(&release_key, &release_keylen);
-	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
-	if (lockfd < 0)
-		return false;
-	if (RecoveryInProgress() &&
-		KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) > st->generation)
-	{
-		ks_unlock_dir(lockfd);
-		return true;
-	}
-	ok = ks_state_write(KS_LAST_APPLIED_FILE, st, secret, secretlen,
-						release_key, release_keylen, problem, problemlen) &&
-		(ks_shared->state_dir_foreign ||
-		 ks_state_write(path, st, secret, secretlen,
-						release_key, release_keylen, problem, problemlen));
-	(void) unlink(KS_IN_FLIGHT_FILE);
-	ks_unlock_dir(lockfd);
-	return ok;
-}
-
-/*
  * The newest event does not verify (a row written without the secret, or
  * signed with another).  A standby does not follow it, and says so once
  * per generation; a server out of recovery assumes the halt, as for any
@@ -238,7 +197,7 @@ adopt_history(bool in_recovery)
 	/* redo could not write the files: write what it published */
 	if (in_recovery && ks_shared->files_behind && st.generation == held)
 	{
-		if (write_adopted(&st, problem, sizeof(problem)))
+		if (ks_persist_applied(&st, true, problem, sizeof(problem)))
 			ks_shared->files_behind = false;
 		return false;
 	}
@@ -246,7 +205,7 @@ adopt_history(bool in_recovery)
 		(st.generation == held && st.mode == KS_WORD_MODE(word) &&
 		 !(KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED)))
 		return false;
-	if (!write_adopted(&st, problem, sizeof(problem)))
+	if (!ks_persist_applied(&st, true, problem, sizeof(problem)))
 		ereport(WARNING,
 				(errmsg("killswitch: could not write the state taken from the history: %s", problem),
 				 errhint("Check killswitch.signing_secret_file: every server of the fleet needs the primary's secret.")));

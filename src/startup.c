@@ -342,13 +342,16 @@ ks_load_at_startup(void)
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "killswitch startup");
 	memset(&d, 0, sizeof(d));
 
+	/* from another server's WAL: marked until the history is adopted (standby.c) */
+	ks_shared->from_recovery = ks_recovery_requested();
+	if (ks_shared->from_recovery && make_dir(KS_PRIVATE_DIR, problem, sizeof(problem)))
+		(void) ks_write_file_durably(KS_RECOVERED_FILE, "", 0, problem, sizeof(problem));
+
 	if (!ks_claim_state_dir(problem, sizeof(problem)))
 	{
 		KsState		none;
 
 		/* another server's file: neither read nor written; the halt (a standby's replay lifts it) */
-		if (ks_recovery_requested())
-			ks_shared->from_recovery = true;
 		ks_state_init(&none);
 		decide_tampered(&d, &none, false, "state directory", problem);
 		d.write = false;
@@ -356,12 +359,9 @@ ks_load_at_startup(void)
 		if (ks_shared->from_recovery)
 			d.state.generation = 0;
 	}
-	else if (ks_recovery_requested())
+	else if (ks_shared->from_recovery)
 	{
 		/* a standby never creates a key nor writes: it follows (standby.c) */
-		ks_shared->from_recovery = true;
-		if (make_dir(KS_PRIVATE_DIR, problem, sizeof(problem)))
-			(void) ks_write_file_durably(KS_RECOVERED_FILE, "", 0, problem, sizeof(problem));
 		if (!ks_secret_load(ks_secret_file, false, &secret, &secretlen,
 							problem, sizeof(problem)))
 			secret = NULL;

@@ -255,7 +255,7 @@ ks_judge_file_without_history(const char *path)
 		held.generation = generation;
 		held.previous_mode = KS_WORD_MODE(word);
 		held.source = (char *) a.change.source;
-		if (!ks_persist_applied(&held, problem, sizeof(problem)))
+		if (!ks_persist_applied(&held, false, problem, sizeof(problem)))
 			ereport(WARNING,
 					(errmsg("killswitch: could not keep the applied state in the private copy: %s", problem),
 					 errdetail("The change is in force; once the history exists it may be recorded twice.")));

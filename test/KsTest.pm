@@ -18,11 +18,12 @@ our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_sign
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
+# init passes initdb's options (a primary: allows_streaming => 1).
 sub ks_node
 {
 	my ($name, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(%{ $opts{init} // {} });
 	$node->append_conf('postgresql.conf',
 		"shared_preload_libraries = 'killswitch'\n" . ($opts{conf} // ''));
 	$node->start;

@@ -8,10 +8,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use KsTest;
 
-my $primary = PostgreSQL::Test::Cluster->new('lists_primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-$primary->start;
+my $primary = ks_node('lists_primary', init => { allows_streaming => 1 }, no_extension => 1);
 $primary->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
 # the standby starts from a copy of the primary's state file: halt_all
 $primary->safe_psql('postgres', "SELECT ks_engage('halt_all', 'standby test', 'tester')");

@@ -202,10 +202,7 @@ $node->stop;
 # 7. On standbys, where no NOTIFY exists: the replay of a change wakes the
 # waiters of a streaming standby and of a cascading standby behind it.
 {
-	my $primary = PostgreSQL::Test::Cluster->new('wait_primary');
-	$primary->init(allows_streaming => 1);
-	$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-	$primary->start;
+	my $primary = ks_node('wait_primary', init => { allows_streaming => 1 }, no_extension => 1);
 	$primary->safe_psql('postgres', q{
 CREATE EXTENSION killswitch CASCADE;
 CREATE ROLE bot LOGIN IN ROLE killswitch_agent;

@@ -14,10 +14,7 @@ use Test::More;
 use KsTest;
 use IPC::Run;
 
-my $primary = PostgreSQL::Test::Cluster->new('fleet_primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-$primary->start;
+my $primary = ks_node('fleet_primary', init => { allows_streaming => 1 }, no_extension => 1);
 $primary->safe_psql('postgres', q(
 CREATE EXTENSION killswitch CASCADE;
 CREATE ROLE bot LOGIN IN ROLE killswitch_agent;

@@ -14,10 +14,7 @@ use KsTest;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
-my $primary = PostgreSQL::Test::Cluster->new('fo_primary');
-$primary->init(allows_streaming => 1, has_archiving => 1);
-$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
-$primary->start;
+my $primary = ks_node('fo_primary', init => { allows_streaming => 1, has_archiving => 1 }, no_extension => 1);
 q1($primary, q(
 CREATE EXTENSION killswitch CASCADE;
 CREATE ROLE ops LOGIN IN ROLE killswitch_admin;
