@@ -12,6 +12,7 @@ use PostgreSQL::Test::RecursiveCopy;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use KsTest;
+use JSON::PP;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
@@ -143,4 +144,23 @@ ok($heir->poll_query_until('postgres',
 	"SELECT ks_mode() = 'halt_all' AND ks_status()->>'integrity' = 'tampered'"),
 	'promoted over a forged event: the halt, tampered — not a release');
 $heir->stop;
+
+# ---- non-ASCII text on a LATIN1 fleet, across a crash of the standby ----
+my $lprimary = ks_node('edge_latin1',
+	init => { allows_streaming => 1, extra => [ '--encoding=LATIN1', '--locale=C' ] });
+$lprimary->backup('l1');
+my $lstandby = PostgreSQL::Test::Cluster->new('edge_latin1_standby');
+ks_init_from_backup($lstandby, $lprimary, 'l1', has_streaming => 1);
+$lstandby->start;
+my $lgen = $lprimary->safe_psql('postgres',
+	"SET client_encoding = 'UTF8'; SELECT generation FROM ks_engage('halt_all', 'café crème on LATIN1', 'opérateur')");
+ok($lstandby->poll_query_until('postgres', "SELECT ks_status()->>'generation' = '$lgen'"),
+	'a LATIN1 standby follows');
+ks_kill9_and_start($lstandby);
+is($lstandby->safe_psql('postgres', "SELECT ks_mode() || ' ' || (ks_status()->>'integrity')"),
+	'halt_all ok', 'after kill -9 the LATIN1 standby starts in the replayed mode, integrity ok');
+my $lfile = decode_json(slurp_file($lstandby->data_dir . '/pg_killswitch/kill_switch_state.json'));
+is($lfile->{reason}, "caf\x{e9} cr\x{e8}me on LATIN1", 'its state file keeps the text whole, in UTF-8');
+$lstandby->stop;
+$lprimary->stop;
 done_testing();
