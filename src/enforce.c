@@ -12,17 +12,22 @@
  *                      (statements, EXPLAIN ANALYZE of CREATE TABLE AS,
  *                      FETCH from a FOR UPDATE cursor), ProcessUtility
  *                      (DDL, COPY to or from files, PREPARE TRANSACTION,
- *                      COMMIT PREPARED, ...), the functions that write
- *                      without a writing statement (writefuncs.c), and a
- *                      backstop at commit: a transaction that holds a
- *                      transaction id wrote something, whatever the path,
- *                      and does not commit;
- *   emergency          every statement refused with an ERROR (KS001); the
- *                      watcher ends the sessions that were running
- *                      something (emergency.c).  Logins stay open, so that
- *                      a pooler in front of the agents keeps working and
- *                      relays KS001 instead of hanging — unless
- *                      killswitch.refuse_agent_logins asks otherwise.
+ *                      COMMIT PREPARED, ...), every function that is not
+ *                      known to change nothing (deny by default,
+ *                      functions.c, running.c), and a backstop at commit: a
+ *                      transaction that holds a transaction id wrote
+ *                      something, whatever the path, and does not commit;
+ *   emergency          nothing of an agent's runs: every statement refused
+ *                      with an ERROR (KS001) at parse analysis, before the
+ *                      planner folds any of it, and again at planning (a
+ *                      statement prepared earlier) and execution; every
+ *                      function call, the fast path included, refused
+ *                      (functions.c).  The watcher ends the sessions that
+ *                      were running something (emergency.c).  Logins stay
+ *                      open, so that a pooler in front of the agents keeps
+ *                      working and relays KS001 instead of hanging — unless
+ *                      killswitch.refuse_agent_logins asks otherwise
+ *                      (logins.c).
  *
  * The extension's own writes (an agent operator's ks_engage) are recognised
  * by what they are (owner.c), never by a flag.  Non-agents pay one atomic
@@ -33,9 +38,10 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "executor/executor.h"
-#include "libpq/auth.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "optimizer/planner.h"
+#include "parser/analyze.h"
 #include "tcop/dest.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -45,13 +51,11 @@
 /* killswitch.task: the task this session claims to be doing. */
 char	   *ks_session_task = NULL;
 
-/* The transaction id our own write (owner.c) was given in this transaction. */
-static TransactionId own_xid = InvalidTransactionId;
-
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 static ExecutorRun_hook_type prev_ExecutorRun = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
-static ClientAuthentication_hook_type prev_ClientAuthentication = NULL;
+static post_parse_analyze_hook_type prev_post_parse_analyze = NULL;
+static planner_hook_type prev_planner = NULL;
 
 /* The current mode, or disengaged when the library is not preloaded. */
 static inline KsMode
@@ -159,12 +163,18 @@ execution_writes(QueryDesc *queryDesc)
 		dest == DestIntoRel || dest == DestTransientRel;
 }
 
-/* Refuse an agent's execution that writes, or any in emergency. */
+/*
+ * Refuse an agent's execution that writes, any in emergency, and any in a
+ * transaction that set up a call of a denied built-in before the halt
+ * (running.c).
+ */
 static void
 check_execution(QueryDesc *queryDesc, KsMode mode)
 {
 	if ((mode == KS_EMERGENCY || execution_writes(queryDesc)) && !ks_agent_may_write(mode))
 		ks_refuse_agent(mode, mode == KS_EMERGENCY ? "any statement" : "a write");
+	if (unlikely(ks_noted_running_builtin()) && !ks_agent_may_write(mode))
+		ks_refuse_running_builtin(mode);
 }
 
 /* ExecutorStart: refuse an agent's writes, and everything in emergency. */
@@ -275,6 +285,21 @@ utility_name(Node *stmt)
 	return GetCommandTagName(CreateCommandTag(stmt));
 }
 
+/*
+ * Refuse an agent's utility statement not allowed in this mode; in a
+ * transaction that set up a denied built-in before the halt, anything but
+ * ending the transaction and session settings.
+ */
+static void
+check_utility(Node *stmt, KsMode mode)
+{
+	if (!utility_allowed(stmt, mode) && !ks_agent_may_write(mode))
+		ks_refuse_agent(mode, mode == KS_EMERGENCY ? "any statement" : utility_name(stmt));
+	if (unlikely(ks_noted_running_builtin()) && !utility_allowed(stmt, KS_EMERGENCY) &&
+		!ks_agent_may_write(mode))
+		ks_refuse_running_builtin(mode);
+}
+
 /* ProcessUtility: refuse an agent's DDL, COPY to or from files, LOAD, 2PC, ... */
 static void
 ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -285,10 +310,8 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 	KsMode		mode = mode_now();
 
 	/* outside a healthy transaction only ROLLBACK and the like can run */
-	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState() &&
-		!utility_allowed(pstmt->utilityStmt, mode) && !ks_agent_may_write(mode))
-		ks_refuse_agent(mode, mode == KS_EMERGENCY ? "any statement"
-						: utility_name(pstmt->utilityStmt));
+	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState())
+		check_utility(pstmt->utilityStmt, mode);
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 							queryEnv, dest, qc);
@@ -297,80 +320,68 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 								queryEnv, dest, qc);
 }
 
-/* Our own write (owner.c) was given this transaction id; the backstop lets it commit. */
-void
-ks_note_own_xid(TransactionId xid)
+/*
+ * Emergency, at parse analysis: refuse an agent's statement before the
+ * planner can fold any of it (an IMMUTABLE function of the agent's, 1/0).
+ * What an idle session and a pooler need stays open: ending the
+ * transaction, session settings, dropping session state.
+ */
+static void
+ks_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
 {
-	own_xid = xid;
+	if (prev_post_parse_analyze)
+		prev_post_parse_analyze(pstate, query, jstate);
+	if (unlikely(mode_now() == KS_EMERGENCY) &&
+		!(query->commandType == CMD_UTILITY &&
+		  utility_allowed(query->utilityStmt, KS_EMERGENCY)) &&
+		IsTransactionState() && !ks_agent_may_write(KS_EMERGENCY))
+		ks_refuse_agent(KS_EMERGENCY, "any statement");
+}
+
+/*
+ * Emergency, at planning: a statement analysed before the emergency (a
+ * prepared statement bound now) is refused before it is planned.
+ */
+static PlannedStmt *
+ks_planner(Query *parse, const char *query_string, int cursorOptions,
+		   ParamListInfo boundParams)
+{
+	if (unlikely(mode_now() == KS_EMERGENCY) && !ks_agent_may_write(KS_EMERGENCY))
+		ks_refuse_agent(KS_EMERGENCY, "any statement");
+	if (prev_planner)
+		return prev_planner(parse, query_string, cursorOptions, boundParams);
+	return standard_planner(parse, query_string, cursorOptions, boundParams);
 }
 
 /*
  * The backstop, at commit and at PREPARE TRANSACTION: a transaction with a
  * transaction id wrote something (a row, a row lock, a large object, a temp
  * table, ...), by whatever path — also one nobody listed, and also writes
- * made before the halt.  A halted agent's such transaction does not commit.
- * A transaction id first given to our own write is not the agent's; writes
- * the agent adds after it in the same transaction are caught by the checks
- * above, not by this one.
+ * made before the halt.  A halted agent's such transaction does not commit,
+ * unless every id it commits was first given to our own work (owner.c).
  */
 static void
 check_commit(bool prepare)
 {
 	KsMode		mode = mode_now();
-	TransactionId xid;
 
 	if (likely(mode == KS_DISENGAGED))
 		return;
-	xid = GetTopTransactionIdIfAny();
-	if (!TransactionIdIsValid(xid) || TransactionIdEquals(xid, own_xid))
+	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()) || ks_commit_is_own_work())
 		return;
 	if (!ks_agent_may_write(mode))
 		ks_refuse_agent(mode, prepare ? "PREPARE TRANSACTION of a transaction that wrote"
 						: "the commit of a transaction that wrote");
 }
 
-/* Transaction callback: the backstop, and forgetting our own transaction id. */
+/* Transaction callback: the backstop. */
 static void
 enforce_xact_callback(XactEvent event, void *arg)
 {
-	switch (event)
-	{
-		case XACT_EVENT_PRE_COMMIT:
-			check_commit(false);
-			break;
-		case XACT_EVENT_PRE_PREPARE:
-			check_commit(true);
-			break;
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-			own_xid = InvalidTransactionId;
-			break;
-		default:
-			break;
-	}
-}
-
-/*
- * ClientAuthentication: in emergency, with killswitch.refuse_agent_logins
- * on, refuse a login whose role is one of the agent roles the watcher listed (no catalog access is possible here;
- * the list has no length limit and is read under a shared LWLock).  A role
- * missing from the list is stopped at its first statement.
- */
-static void
-ks_ClientAuthentication(Port *port, int status)
-{
-	if (prev_ClientAuthentication)
-		prev_ClientAuthentication(port, status);
-	if (status == STATUS_OK && ks_refuse_agent_logins && ks_shared &&
-		ks_current_mode() == KS_EMERGENCY &&
-		ks_emergency_lists_role(port->user_name))
-		ereport(FATAL,
-				(errcode(ERRCODE_KILLSWITCH_ENGAGED),
-				 errmsg("Kill switch engaged (EMERGENCY): login by agent \"%s\" refused",
-						port->user_name),
-				 errhint("Agent logins are refused until a member of %s releases the kill switch.",
-						 KS_ROLE_ADMIN)));
+	if (event == XACT_EVENT_PRE_COMMIT)
+		check_commit(false);
+	else if (event == XACT_EVENT_PRE_PREPARE)
+		check_commit(true);
 }
 
 /*
@@ -387,8 +398,13 @@ ks_enforce_init(void)
 	ExecutorRun_hook = ks_ExecutorRun;
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = ks_ProcessUtility;
-	prev_ClientAuthentication = ClientAuthentication_hook;
-	ClientAuthentication_hook = ks_ClientAuthentication;
+	prev_post_parse_analyze = post_parse_analyze_hook;
+	post_parse_analyze_hook = ks_post_parse_analyze;
+	prev_planner = planner_hook;
+	planner_hook = ks_planner;
 	RegisterXactCallback(enforce_xact_callback, NULL);
-	ks_writefuncs_init();
+	ks_owner_init();
+	ks_functions_init();
+	ks_running_init();
+	ks_logins_init();
 }

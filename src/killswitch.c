@@ -10,6 +10,8 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "postmaster/postmaster.h"
+#include "storage/lwlock.h"
 #include "utils/guc.h"
 
 #include "killswitch.h"
@@ -43,6 +45,7 @@ ks_shmem_request_hook(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	ks_shmem_request();
+	ks_running_shmem_request();
 }
 #endif
 
@@ -52,6 +55,10 @@ ks_shmem_startup_hook(void)
 {
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
+	/* before the state, whose loading may publish a raise (running.c) */
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ks_running_shmem_startup();
+	LWLockRelease(AddinShmemInitLock);
 	ks_shmem_startup();
 }
 
@@ -114,6 +121,17 @@ define_settings(void)
 							 "Off by default: logged-in agents can do nothing in emergency (every statement is refused with KS001), and a pooler whose server logins are refused leaves its clients hanging and turns them away after the release. Turn on only when agents never connect through a pooler.",
 							 &ks_refuse_agent_logins, false,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("killswitch.reserved_connections",
+							"Connection slots agents may not take, kept for the roles that operate the kill switch.",
+							"An agent login is refused when fewer than superuser_reserved_connections plus this many slots would remain, so that members of killswitch_operator and killswitch_admin can always connect and engage.",
+							&ks_reserved_connections, 3, 0, MAX_BACKENDS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("killswitch.allowed_functions",
+							   "Volatile functions a halted agent may still call, besides the reviewed built-ins.",
+							   "Schema-qualified names, comma-separated (every overload of each); for functions known to change nothing.",
+							   &ks_allowed_functions, "",
+							   PGC_SIGHUP, GUC_LIST_INPUT,
+							   ks_check_allowed_functions, ks_assign_allowed_functions, NULL);
 	DefineCustomIntVariable("killswitch.release_approvals",
 							"How many different administrators a release needs.",
 							"With 2, a release by one administrator is recorded as a request and takes effect when a second confirms it.",
@@ -147,6 +165,7 @@ _PG_init(void)
 	shmem_request_hook = ks_shmem_request_hook;
 #else
 	ks_shmem_request();
+	ks_running_shmem_request();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = ks_shmem_startup_hook;

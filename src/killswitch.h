@@ -16,6 +16,7 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/dsa.h"
+#include "utils/guc.h"
 
 #include "compat.h"
 #include "store.h"
@@ -47,6 +48,8 @@ extern int	ks_poll_interval;
 extern char *ks_alert_command;
 extern int	ks_alert_timeout;
 extern bool ks_refuse_agent_logins;
+extern int	ks_reserved_connections;
+extern char *ks_allowed_functions;
 extern int	ks_release_approvals;
 extern int	ks_approval_timeout;
 
@@ -261,12 +264,14 @@ typedef struct KsOwnerContext
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	bool		had_xid;		/* the transaction had an id before the region */
+	TransactionId next_xid;		/* the next id to be assigned when the region began */
 } KsOwnerContext;
 extern Oid	ks_events_relid(void);
 extern void ks_owner_begin(KsOwnerContext *ctx);
 extern void ks_owner_end(KsOwnerContext *ctx);
 extern bool ks_in_owner_region(void);
+extern bool ks_commit_is_own_work(void);
+extern void ks_owner_init(void);
 
 /* modetype.c */
 extern Oid	ks_mode_type_oid(void);
@@ -336,10 +341,28 @@ extern char *ks_session_task;
 extern void ks_enforce_init(void);
 extern bool ks_agent_may_write(KsMode mode);
 extern void ks_refuse_agent(KsMode mode, const char *what) pg_attribute_noreturn();
-extern void ks_note_own_xid(TransactionId xid);
 
-/* writefuncs.c */
-extern void ks_writefuncs_init(void);
+/* functions.c: deny by default */
+extern bool ks_function_denied(Oid fn);
+extern void ks_forget_function_verdicts(void);
+extern void ks_functions_init(void);
+
+/* allowlist.c: the volatile functions a halted agent may call */
+extern bool ks_allowlisted(Oid fn, HeapTuple proc);
+extern bool ks_check_allowed_functions(char **newval, void **extra, GucSource source);
+extern void ks_assign_allowed_functions(const char *newval, void *extra);
+
+/* running.c: built-ins that run across the halt */
+extern void ks_running_shmem_request(void);
+extern void ks_running_shmem_startup(void);
+extern void ks_note_running_builtin(Oid fn);
+extern bool ks_noted_running_builtin(void);
+extern void ks_refuse_running_builtin(KsMode mode) pg_attribute_noreturn();
+extern void ks_cancel_running_builtins(void);
+extern void ks_running_init(void);
+
+/* logins.c: the operators' reserve, agent logins in emergency */
+extern void ks_logins_init(void);
 
 /* emergency.c */
 extern bool ks_emergency_lists_role(const char *name);

@@ -10,21 +10,45 @@
  * SECURITY_RESTRICTED_OPERATION — which PostgreSQL itself puts back when an
  * error unwinds the region (subtransaction or transaction abort restore the
  * user and security context), so it can never outlive the call.
+ *
+ * The commit backstop (enforce.c) asks one more thing: were the transaction
+ * ids this commit makes durable first given to our own work?  A region
+ * notes the window of ids assigned while it ran, with the subtransaction it
+ * ran in; the rollback of that subtransaction (ROLLBACK TO a savepoint, an
+ * EXCEPTION block) takes the note along, so a rolled-back engage leaves no
+ * exemption behind for the agent's writes that follow.
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
-#include "access/htup_details.h"
-#include "access/transam.h"
-#include "access/xact.h"
-#include "catalog/pg_class.h"
 
 #include "killswitch.h"
+
+/*
+ * The transaction ids first given to our own work: those from "from" up to
+ * (not including) "to", as the counter stood around a region that ran in
+ * subtransaction subid.  Ids are handed out in increasing order, so one of
+ * ours inside a window was assigned while that region ran.  The list lives
+ * in TopTransactionContext.
+ */
+typedef struct OwnWindow
+{
+	TransactionId from;
+	TransactionId to;
+	SubTransactionId subid;
+} OwnWindow;
+
+static List *own_windows = NIL;
 
 /* OID of killswitch.events; a clear error where the extension is absent. */
 Oid
@@ -111,7 +135,7 @@ ks_owner_begin(KsOwnerContext *ctx)
 	SetUserIdAndSecContext(owner, ctx->save_sec_context |
 						   SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
-	ctx->had_xid = TransactionIdIsValid(GetTopTransactionIdIfAny());
+	ctx->next_xid = XidFromFullTransactionId(ReadNextFullTransactionId());
 	ctx->save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION,
@@ -120,11 +144,30 @@ ks_owner_begin(KsOwnerContext *ctx)
 		elog(ERROR, "SPI_connect failed");
 }
 
+/* Note the ids assigned while a region ran (see OwnWindow). */
+static void
+note_own_window(TransactionId from)
+{
+	TransactionId to = XidFromFullTransactionId(ReadNextFullTransactionId());
+	OwnWindow  *w;
+	MemoryContext old;
+
+	if (TransactionIdEquals(from, to) || !TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		return;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	w = palloc(sizeof(OwnWindow));
+	w->from = from;
+	w->to = to;
+	w->subid = GetCurrentSubTransactionId();
+	own_windows = lappend(own_windows, w);
+	MemoryContextSwitchTo(old);
+}
+
 /*
  * Undo ks_owner_begin().  (An error inside the region never gets here: the
- * abort of the (sub)transaction it unwinds undoes all of it.)  A transaction
- * id first assigned inside the region was assigned to our own write; the
- * commit backstop (enforce.c) must not count it as the agent's.
+ * abort of the (sub)transaction it unwinds undoes all of it, and no window
+ * is noted.)  The transaction ids assigned inside the region were assigned
+ * to our own work: the commit backstop must not count them as the agent's.
  */
 void
 ks_owner_end(KsOwnerContext *ctx)
@@ -132,6 +175,87 @@ ks_owner_end(KsOwnerContext *ctx)
 	SPI_finish();
 	AtEOXact_GUC(false, ctx->save_nestlevel);
 	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
-	if (!ctx->had_xid && TransactionIdIsValid(GetTopTransactionIdIfAny()))
-		ks_note_own_xid(GetTopTransactionIdIfAny());
+	note_own_window(ctx->next_xid);
+}
+
+/* Was this id of ours assigned inside a noted window? */
+static bool
+in_own_window(TransactionId xid)
+{
+	ListCell   *lc;
+
+	foreach(lc, own_windows)
+	{
+		OwnWindow  *w = lfirst(lc);
+
+		if (TransactionIdFollowsOrEquals(xid, w->from) && TransactionIdPrecedes(xid, w->to))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Is every transaction id this commit makes durable — the top-level one
+ * and each committed subtransaction's — one first given to our own work?
+ * Then the transaction wrote nothing of the agent's in a subtransaction of
+ * its own; writes it added beside ours are refused when they are made.
+ */
+bool
+ks_commit_is_own_work(void)
+{
+	TransactionId *children;
+	int			n;
+
+	if (own_windows == NIL || !in_own_window(GetTopTransactionIdIfAny()))
+		return false;
+	n = xactGetCommittedChildren(&children);
+	for (int i = 0; i < n; i++)
+		if (!in_own_window(children[i]))
+			return false;
+	return true;
+}
+
+/* A subtransaction rolled back: so did the regions that ran in it or below. */
+static void
+owner_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	ListCell   *lc;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB || own_windows == NIL)
+		return;
+	/* subtransactions begun since mySubid are its children: their ids are larger */
+	foreach(lc, own_windows)
+	{
+		OwnWindow  *w = lfirst(lc);
+
+		if (w->subid >= mySubid)
+			own_windows = foreach_delete_current(own_windows, lc);
+	}
+}
+
+/* The windows go with the transaction (their memory with TopTransactionContext). */
+static void
+owner_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			own_windows = NIL;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Register the callbacks; from ks_enforce_init(). */
+void
+ks_owner_init(void)
+{
+	RegisterXactCallback(owner_xact_callback, NULL);
+	RegisterSubXactCallback(owner_subxact_callback, NULL);
 }

@@ -145,6 +145,9 @@ publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	 */
 	if (MyProc != NULL)
 		ConditionVariableBroadcast(&ks_shared->published);
+	/* a raise stops the built-ins agents set up before it (running.c) */
+	if (mode > KS_WORD_MODE(word))
+		ks_cancel_running_builtins();
 	return true;
 }
 

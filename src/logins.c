@@ -1,0 +1,98 @@
+/*
+ * logins.c — who may log in (ARCHITECTURE §5.8, §9).
+ *
+ *   - Operators keep a way in: an agent login is refused (FATAL, 53300)
+ *     when it would leave fewer than superuser_reserved_connections plus
+ *     killswitch.reserved_connections connection slots, so that a fleet that
+ *     took every connection cannot keep a member of killswitch_operator or
+ *     killswitch_admin from connecting and engaging.  PostgreSQL keeps its
+ *     superuser reserve the same way (InitPostgres(), HaveNFreeProcs()).
+ *   - In emergency, with killswitch.refuse_agent_logins on, every agent
+ *     login is refused.
+ *
+ * Both are decided in the ClientAuthentication hook, which runs inside the
+ * login's first transaction (InitPostgres() starts it before
+ * PerformAuthentication()), so role membership — in the shared catalogs —
+ * can be read there.  The count is looked at first: while slots are free,
+ * nobody's membership is.
+ */
+#include "postgres.h"
+
+#include "libpq/auth.h"
+#include "libpq/libpq-be.h"
+#include "miscadmin.h"
+#include "postmaster/postmaster.h"
+#include "storage/proc.h"
+#include "utils/acl.h"
+
+#include "killswitch.h"
+
+/* killswitch.reserved_connections */
+int			ks_reserved_connections = 3;
+
+static ClientAuthentication_hook_type prev_ClientAuthentication = NULL;
+
+/* Is the role logging in an agent?  (Needs the login's transaction.) */
+static bool
+login_is_agent(Port *port)
+{
+	Oid			role = get_role_oid(port->user_name, true);
+
+	return OidIsValid(role) && ks_role_is_agent(role);
+}
+
+/* Refuse an agent login that would eat into the operators' reserve. */
+static void
+keep_reserve(Port *port)
+{
+	int			keep = ReservedBackends + ks_reserved_connections;
+
+	if (ks_reserved_connections <= 0 || !AmRegularBackendProcess() || HaveNFreeProcs(keep))
+		return;
+	if (!login_is_agent(port))
+		return;
+	ereport(FATAL,
+			(errcode(ERRCODE_TOO_MANY_CONNECTIONS),
+			 errmsg("remaining connection slots are reserved for roles that operate the kill switch"),
+			 errdetail("Agent \"%s\" may not take the last %d connection slots (superuser_reserved_connections %d, killswitch.reserved_connections %d).",
+					   port->user_name, keep, ReservedBackends, ks_reserved_connections),
+			 errhint("Members of %s and %s can still connect.", KS_ROLE_OPERATOR, KS_ROLE_ADMIN)));
+}
+
+/*
+ * In emergency, with killswitch.refuse_agent_logins on, refuse a login
+ * whose role is one of the agent roles the watcher listed.  A role missing
+ * from the list is stopped at its first statement.
+ */
+static void
+refuse_in_emergency(Port *port)
+{
+	if (ks_refuse_agent_logins && ks_current_mode() == KS_EMERGENCY &&
+		ks_emergency_lists_role(port->user_name))
+		ereport(FATAL,
+				(errcode(ERRCODE_KILLSWITCH_ENGAGED),
+				 errmsg("Kill switch engaged (EMERGENCY): login by agent \"%s\" refused",
+						port->user_name),
+				 errhint("Agent logins are refused until a member of %s releases the kill switch.",
+						 KS_ROLE_ADMIN)));
+}
+
+/* ClientAuthentication hook: the reserve, then the emergency. */
+static void
+ks_ClientAuthentication(Port *port, int status)
+{
+	if (prev_ClientAuthentication)
+		prev_ClientAuthentication(port, status);
+	if (status != STATUS_OK || ks_shared == NULL)
+		return;
+	keep_reserve(port);
+	refuse_in_emergency(port);
+}
+
+/* Install the hook; from ks_enforce_init(). */
+void
+ks_logins_init(void)
+{
+	prev_ClientAuthentication = ClientAuthentication_hook;
+	ClientAuthentication_hook = ks_ClientAuthentication;
+}

@@ -1,0 +1,249 @@
+/*
+ * running.c — built-ins that run across the halt (ARCHITECTURE §8.3).
+ *
+ * A built-in function never consults the function manager's hook, so a
+ * call of one is seen only where it is set up (functions.c).  A statement
+ * that set up nextval() before the halt — a SELECT over a million rows, a
+ * PL/pgSQL loop whose simple expression was prepared earlier in the
+ * transaction, a cursor fetched later — would go on calling it.  So an
+ * agent transaction that sets up a denied built-in while disengaged leaves
+ * a note in its slot here, and:
+ *
+ *   - whoever publishes a raise cancels the noted transactions' running
+ *     statements at once (SIGINT, as pg_cancel_backend() does: the statement
+ *     ends with 57014 at its next interrupt check; an idle session ignores
+ *     it), and says so in the server log;
+ *   - nothing more of such a transaction runs while halted (KS001 at the
+ *     next statement, fetch, call setup or fast-path call): ROLLBACK;
+ *   - a statement that catches the cancel (PL/pgSQL's EXCEPTION WHEN
+ *     query_canceled) and goes on into another subtransaction ends its
+ *     session (FATAL): otherwise it could loop on.
+ *
+ * The note is taken before the mode is read again and the raiser reads the
+ * notes after publishing, each with a full barrier: either the agent sees
+ * the halt at setup or the raiser sees the note.  Nothing here allocates,
+ * reads a catalog or errors on the raiser's side: it runs in commit
+ * callbacks and in WAL redo.
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/lsyscache.h"
+
+#include "killswitch.h"
+
+/* One per PGPROC: a transaction that set up a denied built-in. */
+typedef struct KsRunningSlot
+{
+	pg_atomic_uint32 noted;		/* 1 while its transaction holds a note */
+	pg_atomic_uint32 cancelled; /* a raiser cancelled its statement */
+	int			pid;
+	char		function[NAMEDATALEN];	/* the built-in, for the log */
+} KsRunningSlot;
+
+static KsRunningSlot *slots = NULL;
+static int	nslots = 0;
+
+/* This backend's note: the built-in, while the transaction holds one. */
+static Oid	noted_fn = InvalidOid;
+
+/* The statement in which a subtransaction aborted after the cancel. */
+static TimestampTz aborted_after_cancel = 0;
+
+static int
+slot_count(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS;
+}
+
+/* Reserve the slots (from the shared memory request). */
+void
+ks_running_shmem_request(void)
+{
+	RequestAddinShmemSpace(mul_size(slot_count(), sizeof(KsRunningSlot)));
+}
+
+/* Create the slots, or attach to them (under AddinShmemInitLock). */
+void
+ks_running_shmem_startup(void)
+{
+	bool		found;
+
+	nslots = slot_count();
+	slots = ShmemInitStruct("killswitch running built-ins",
+							mul_size(nslots, sizeof(KsRunningSlot)), &found);
+	if (!found)
+	{
+		for (int i = 0; i < nslots; i++)
+		{
+			pg_atomic_init_u32(&slots[i].noted, 0);
+			pg_atomic_init_u32(&slots[i].cancelled, 0);
+			slots[i].pid = 0;
+			slots[i].function[0] = '\0';
+		}
+	}
+}
+
+/* This backend's slot, or NULL (no PGPROC). */
+static KsRunningSlot *
+my_slot(void)
+{
+	if (slots == NULL || MyProc == NULL || MyProc->pgprocno >= nslots)
+		return NULL;
+	return &slots[MyProc->pgprocno];
+}
+
+/*
+ * An agent set up a call of a denied built-in while disengaged: note it for
+ * the raiser, then a full barrier before the caller reads the mode again.
+ */
+void
+ks_note_running_builtin(Oid fn)
+{
+	KsRunningSlot *slot = my_slot();
+
+	if (!OidIsValid(noted_fn) && slot != NULL)
+	{
+		char	   *name = get_func_name(fn);
+
+		slot->pid = MyProcPid;
+		strlcpy(slot->function, name ? name : "?", sizeof(slot->function));
+		pg_atomic_write_u32(&slot->cancelled, 0);
+		pg_write_barrier();
+		pg_atomic_write_u32(&slot->noted, 1);
+		noted_fn = fn;
+	}
+	pg_memory_barrier();
+}
+
+/* Has this transaction set up a denied built-in (while disengaged)? */
+bool
+ks_noted_running_builtin(void)
+{
+	return OidIsValid(noted_fn);
+}
+
+/* Refuse anything more of a transaction that set up a denied built-in before the halt. */
+void
+ks_refuse_running_builtin(KsMode mode)
+{
+	ks_refuse_agent(mode, psprintf("the rest of a transaction that called %s() before the halt",
+								   get_func_name(noted_fn)));
+}
+
+/*
+ * A raise was published: cancel the statements of the transactions that
+ * set up a denied built-in before it.  Called by every publisher that
+ * raises the mode, after the new word is written.
+ */
+void
+ks_cancel_running_builtins(void)
+{
+	if (slots == NULL || !IsUnderPostmaster)
+		return;
+	pg_memory_barrier();
+	for (int i = 0; i < nslots; i++)
+	{
+		KsRunningSlot *slot = &slots[i];
+		int			pid;
+
+		if (pg_atomic_read_u32(&slot->noted) == 0 ||
+			pg_atomic_read_u32(&slot->cancelled) != 0)
+			continue;
+		pg_read_barrier();
+		pid = slot->pid;
+		if (pid == MyProcPid || pid <= 0)
+			continue;
+		pg_atomic_write_u32(&slot->cancelled, 1);
+		/* like pg_cancel_backend(): the process group, children included */
+#ifdef HAVE_SETSID
+		if (kill(-pid, SIGINT) != 0)
+#else
+		if (kill(pid, SIGINT) != 0)
+#endif
+			continue;
+		ereport(LOG,
+				(errmsg("killswitch: cancelled the statement of agent process %d, which called %s() before the halt",
+						pid, slot->function)));
+	}
+}
+
+/* Drop this backend's note (its transaction ended). */
+static void
+forget_note(void)
+{
+	KsRunningSlot *slot = my_slot();
+
+	if (OidIsValid(noted_fn) && slot != NULL)
+		pg_atomic_write_u32(&slot->noted, 0);
+	noted_fn = InvalidOid;
+	aborted_after_cancel = 0;
+}
+
+/* Has a raiser cancelled this transaction's statement? */
+static bool
+cancelled(void)
+{
+	KsRunningSlot *slot = my_slot();
+
+	return OidIsValid(noted_fn) && slot != NULL &&
+		pg_atomic_read_u32(&slot->cancelled) != 0;
+}
+
+/* Transaction callback: the note lasts as long as the transaction. */
+static void
+running_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			forget_note();
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Subtransaction callback: a statement whose subtransaction aborted after
+ * the halt's cancel and that then starts another one caught the cancel and
+ * went on.  It ends its session: FATAL cannot be caught.
+ */
+static void
+running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	if (likely(!OidIsValid(noted_fn)))
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB && cancelled())
+		aborted_after_cancel = GetCurrentStatementStartTimestamp();
+	else if (event == SUBXACT_EVENT_START_SUB && aborted_after_cancel != 0 &&
+			 aborted_after_cancel == GetCurrentStatementStartTimestamp())
+		ereport(FATAL,
+				(errcode(ERRCODE_KILLSWITCH_ENGAGED),
+				 errmsg("Kill switch engaged (%s): agent \"%s\" went on after the halt cancelled its statement",
+						ks_mode_file_names[ks_current_mode()],
+						GetUserNameFromId(GetSessionUserId(), false)),
+				 errdetail("The statement called %s() before the halt and caught the cancel.",
+						   get_func_name(noted_fn)),
+				 errhint("A member of %s may release the kill switch with ks_disengage().",
+						 KS_ROLE_ADMIN)));
+}
+
+/* Register the callbacks; from ks_enforce_init(). */
+void
+ks_running_init(void)
+{
+	RegisterXactCallback(running_xact_callback, NULL);
+	RegisterSubXactCallback(running_subxact_callback, NULL);
+}
