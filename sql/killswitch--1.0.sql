@@ -181,8 +181,12 @@ $$;
 -- The fleet's escape routes (ARCHITECTURE §6): every agent role (a member of
 -- killswitch_agent, directly or through other roles) that holds a power
 -- letting it around the switch — reading or writing the keys and the state
--- file, making roles outside the fleet, or planting code others run.
--- Roles are cluster-wide; functions are those of this database.
+-- file, making roles outside the fleet — or a foothold where code it
+-- controls runs with the rights of those who operate the switch: a schema
+-- on their search_path, a trigger or rule on a table they write, a
+-- SECURITY DEFINER function of theirs it may call.
+-- Roles are cluster-wide; schemas, tables, functions and database settings
+-- are those of this database (where the switch is operated).
 CREATE FUNCTION killswitch.audit(OUT role name, OUT power text, OUT detail text)
 RETURNS SETOF record
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -201,6 +205,85 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         SELECT ms.agent, m.roleid, ms.inherits AND r.rolinherit
         FROM memberships ms JOIN pg_auth_members m ON m.member = ms.roleid
              JOIN pg_roles r ON r.oid = ms.roleid
+    ),
+    -- the roles each agent can act as: itself, and every role it is a member
+    -- of (a superuser agent is reported as one, and nothing more)
+    acts_as(agent, roleid) AS (
+        SELECT a.oid, a.oid FROM agents a JOIN pg_roles r ON r.oid = a.oid WHERE NOT r.rolsuper
+        UNION
+        SELECT ms.agent, ms.roleid FROM memberships ms JOIN pg_roles r ON r.oid = ms.agent
+        WHERE NOT r.rolsuper
+    ),
+    -- who operates the switch: superusers, and the members of
+    -- killswitch_operator and killswitch_admin (agents among them are
+    -- agents, found above)
+    operators(oid, kind) AS (
+        SELECT r.oid, CASE WHEN r.rolsuper THEN 'superuser'
+                           WHEN pg_has_role(r.oid, 'killswitch_admin', 'MEMBER') THEN 'administrator'
+                           ELSE 'operator' END
+        FROM pg_roles r
+        WHERE (r.rolsuper OR pg_has_role(r.oid, 'killswitch_operator', 'MEMBER'))
+          AND r.rolname NOT IN ('killswitch_operator', 'killswitch_admin')
+          AND r.oid NOT IN (SELECT oid FROM agents)
+    ),
+    -- each operator's search_path in this database: the first of its
+    -- setting in this database, its own, the database's, PostgreSQL's
+    -- default (a path set in postgresql.conf, at connection or by SET is not
+    -- in the catalogs)
+    path_settings(setrole, setdatabase, path) AS (
+        SELECT s.setrole, s.setdatabase, substr(c, length('search_path=') + 1)
+        FROM pg_db_role_setting s, unnest(s.setconfig) c
+        WHERE c LIKE 'search_path=%'
+          AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+    ),
+    operator_paths(oid, kind, source, path) AS (
+        SELECT o.oid, o.kind, p.source, p.path
+        FROM operators o CROSS JOIN LATERAL (
+            SELECT source, path FROM (
+                SELECT CASE WHEN s.setrole = 0 THEN 3 WHEN s.setdatabase = 0 THEN 2 ELSE 1 END,
+                       CASE WHEN s.setrole = 0 THEN 'set for the database'
+                            WHEN s.setdatabase = 0 THEN 'set for the role'
+                            ELSE 'set for the role in the database' END,
+                       s.path
+                FROM path_settings s
+                WHERE s.setrole IN (0, o.oid)
+                UNION ALL
+                SELECT 4, 'PostgreSQL''s default', '"$user", public') c(rank, source, path)
+            ORDER BY rank LIMIT 1) p
+    ),
+    -- the schemas each path names, "$user" resolved to the operator's own
+    operator_schemas(oid, kind, source, nsp) AS (
+        SELECT op.oid, op.kind, op.source, n.oid
+        FROM operator_paths op
+             CROSS JOIN LATERAL regexp_matches(op.path, '\s*("(?:[^"]|"")*"|[^,]*)\s*(,|$)', 'g') AS m(parts)
+             CROSS JOIN LATERAL (SELECT CASE WHEN btrim(m.parts[1]) LIKE '"%'
+                                             THEN replace(substr(btrim(m.parts[1]), 2, length(btrim(m.parts[1])) - 2), '""', '"')
+                                             ELSE lower(btrim(m.parts[1])) END) AS e(name)
+             JOIN pg_roles r ON r.oid = op.oid
+             JOIN pg_namespace n ON n.nspname = CASE WHEN e.name = '$user' THEN r.rolname::text ELSE e.name END
+    ),
+    -- the schemas an agent owns or may create in
+    agent_schemas(agent, nsp, how) AS (
+        SELECT x.agent, n.oid,
+               CASE WHEN bool_or(n.nspowner = x.roleid) THEN 'owns' ELSE 'may create in' END
+        FROM pg_namespace n JOIN acts_as x
+             ON n.nspowner = x.roleid OR has_schema_privilege(x.roleid, n.oid, 'CREATE')
+        GROUP BY x.agent, n.oid
+    ),
+    -- the tables with triggers or rules that an agent owns or may add triggers to
+    agent_tables(agent, rel, how) AS (
+        SELECT x.agent, c.oid,
+               CASE WHEN bool_or(c.relowner = x.roleid) THEN 'owns' ELSE 'may add triggers to' END
+        FROM pg_class c JOIN acts_as x
+             ON c.relowner = x.roleid OR has_table_privilege(x.roleid, c.oid, 'TRIGGER')
+        WHERE c.relkind IN ('r', 'p', 'v', 'f') AND (c.relhastriggers OR c.relhasrules)
+        GROUP BY x.agent, c.oid
+    ),
+    -- the switch's own functions (ks_guard, ...) in triggers are not agents' code
+    switch_functions(oid) AS (
+        SELECT d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+        WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_extension'::regclass
+          AND d.deptype = 'e' AND e.extname = 'killswitch'
     ),
     powers(power, detail) AS (VALUES
         ('pg_read_server_files', 'reads any file the server can (COPY FROM, pg_read_file): the signing secret and the release key'),
@@ -238,6 +321,51 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                       l.lanname)
         FROM pg_proc f JOIN agents a ON a.oid = f.proowner JOIN pg_language l ON l.oid = f.prolang
         WHERE f.prosecdef AND (f.provolatile = 'v' OR l.lanname NOT IN ('sql', 'plpgsql'))
+        UNION ALL
+        -- deny by default lets immutable and stable functions run: the owner
+        -- of one in C (or another untrusted language) decides what it is
+        SELECT f.proowner, 'untrusted_language_function',
+               format('owns function %s in untrusted language %s: it can mark it immutable or stable, which a halted agent may call',
+                      f.oid::regprocedure, l.lanname)
+        FROM pg_proc f JOIN agents a ON a.oid = f.proowner JOIN pg_language l ON l.oid = f.prolang
+        WHERE NOT l.lanpltrusted
+        UNION ALL
+        -- code of a superuser or an administrator that runs with its owner's rights
+        SELECT x.agent, 'definer_function',
+               format('may execute SECURITY DEFINER function %s of %s "%s": it runs with its owner''s rights (pg_read_file, the release key, ks_disengage) whenever the agent calls it',
+                      f.oid::regprocedure, CASE WHEN o.rolsuper THEN 'superuser' ELSE 'administrator' END, o.rolname)
+        FROM pg_proc f JOIN pg_roles o ON o.oid = f.proowner
+             JOIN acts_as x ON has_function_privilege(x.roleid, f.oid, 'EXECUTE')
+        WHERE f.prosecdef AND (o.rolsuper OR pg_has_role(o.oid, 'killswitch_admin', 'MEMBER'))
+          AND o.oid NOT IN (SELECT oid FROM agents)
+        GROUP BY x.agent, f.oid, o.rolsuper, o.rolname
+        UNION ALL
+        -- a schema searched before (or beside) the switch's own names
+        SELECT s.agent, 'search_path',
+               format('%s "%s" has schema %I on its search_path (%s), which the agent %s: what it plants there runs when "%s" calls the switch by a bare name',
+                      op.kind, r.rolname, n.nspname, op.source, s.how, r.rolname)
+        FROM operator_schemas op JOIN agent_schemas s ON s.nsp = op.nsp
+             JOIN pg_roles r ON r.oid = op.oid JOIN pg_namespace n ON n.oid = op.nsp
+        GROUP BY s.agent, op.kind, r.rolname, n.nspname, op.source, s.how
+        UNION ALL
+        -- an overload planted beside the switch's functions wins even a qualified call
+        SELECT s.agent, 'switch_schema',
+               format('%s schema %I, which holds the kill switch''s functions: an overload planted there is called instead of them, schema-qualified calls included',
+                      CASE s.how WHEN 'owns' THEN 'Owns' ELSE 'May create in' END, n.nspname)
+        FROM agent_schemas s JOIN pg_namespace n ON n.oid = s.nsp
+             JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'killswitch'
+        UNION ALL
+        SELECT t.agent, 'trigger',
+               format('trigger %I on %s, a table it %s: runs with the rights of whoever writes the table, administrators included',
+                      tg.tgname, t.rel::regclass, t.how)
+        FROM agent_tables t JOIN pg_trigger tg ON tg.tgrelid = t.rel
+        WHERE NOT tg.tgisinternal AND tg.tgfoid NOT IN (SELECT oid FROM switch_functions)
+        UNION ALL
+        SELECT t.agent, 'rule',
+               format('rule %I on %s, a table it %s: its action runs with the rights of whoever writes the table, administrators included',
+                      rw.rulename, t.rel::regclass, t.how)
+        FROM agent_tables t JOIN pg_rewrite rw ON rw.ev_class = t.rel
+        WHERE rw.rulename <> '_RETURN'
     )
     SELECT r.rolname, f.power, f.detail
     FROM findings f JOIN pg_roles r ON r.oid = f.role
@@ -252,7 +380,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT * FROM killswitch.audit()
 $$;
 COMMENT ON FUNCTION @extschema@.ks_audit() IS
-    'Agent roles holding powers that get around the kill switch: superuser, BYPASSRLS, CREATEROLE, REPLICATION, server-file roles, writing SECURITY DEFINER functions';
+    'Agent roles holding powers that get around the kill switch: superuser, BYPASSRLS, CREATEROLE, REPLICATION, server-file roles, writing SECURITY DEFINER functions, and footholds in the sessions of those who operate it (search_path, triggers and rules, their SECURITY DEFINER functions)';
 
 CREATE FUNCTION @extschema@.ks_status() RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$

@@ -37,9 +37,16 @@ static TimestampTz last_audit = 0;
 static MemoryContext known_cxt = NULL;
 static List *known = NIL;
 
-/* Syscache callback: roles, memberships or functions changed. */
+/* Syscache callback: roles, memberships, functions or schemas changed. */
 static void
 catalog_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
+{
+	catalog_changed = true;
+}
+
+/* Relcache callback: a table changed (a trigger, a rule, a grant). */
+static void
+relation_changed_cb(Datum arg, Oid relid)
 {
 	catalog_changed = true;
 }
@@ -102,8 +109,9 @@ audit_now(void)
  * From the watcher's loop: at most once a second, take in catalog changes
  * (a transaction start processes invalidations), and — once the extension,
  * and so killswitch.audit(), exists — audit when they touched roles,
- * memberships or functions, or a minute has passed.  Errors are logged and
- * the loop goes on: the audit only reports.
+ * memberships, functions, schemas or tables, or a minute has passed (a
+ * search_path set with ALTER ROLE or ALTER DATABASE invalidates nothing).
+ * Errors are logged and the loop goes on: the audit only reports.
  */
 void
 ks_audit_watch(void)
@@ -120,6 +128,8 @@ ks_audit_watch(void)
 		/* one cache of pg_auth_members hears of every change to it */
 		CacheRegisterSyscacheCallback(AUTHMEMMEMROLE, catalog_changed_cb, (Datum) 0);
 		CacheRegisterSyscacheCallback(PROCOID, catalog_changed_cb, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, catalog_changed_cb, (Datum) 0);
+		CacheRegisterRelcacheCallback(relation_changed_cb, (Datum) 0);
 		callbacks_registered = true;
 	}
 
