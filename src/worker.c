@@ -667,6 +667,13 @@ ks_worker_main(Datum arg)
 	 * and so every ks_engage(), behind it.  The WAL still streams them.
 	 */
 	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_OVERRIDE);
+	/*
+	 * Its queries name killswitch.* and pg_catalog.*, but operators and
+	 * casts are looked up on the search_path too: a database's setting that
+	 * put a schema agents may create in before pg_catalog would run their
+	 * code as the watcher (ARCHITECTURE §7).
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	started = GetCurrentTimestamp();
 	pgstat_report_appname("killswitch watcher");
 	memset(&seen, 0, sizeof(seen));

@@ -1,7 +1,8 @@
 /*
  * online.c — the killswitch command through a database connection: the
  * same SQL functions an operator would call, with parameters (never text
- * spliced into SQL), and the server's rights and commit semantics.
+ * spliced into SQL), and the server's rights and commit semantics, found
+ * through a pinned search_path.
  */
 #include "postgres_fe.h"
 
@@ -163,6 +164,34 @@ history(const KsOptions *opt, PGconn *conn)
 	return KS_EXIT_OK;
 }
 
+/*
+ * Pin the session's search_path to pg_catalog, then the schema the
+ * extension was created in.  The role's or the database's own setting may
+ * name a schema an agent can create in (ks_audit() says so), where a
+ * planted ks_engage() or operator would run as the operator.  pg_catalog
+ * alone first, so that the lookup of the schema resolves nothing elsewhere.
+ */
+static bool
+pin_search_path(PGconn *conn)
+{
+	PGresult   *res = PQexec(conn, "SET search_path = pg_catalog, pg_temp");
+	bool		ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+
+	if (!ok)
+		pg_log_error("%s", PQerrorMessage(conn));
+	PQclear(res);
+	if (!ok)
+		return false;
+	res = run(conn, "SELECT pg_catalog.set_config('search_path',"
+			  " 'pg_catalog, ' || pg_catalog.quote_ident(n.nspname) || ', pg_temp', false)"
+			  " FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
+			  " WHERE e.extname = 'killswitch'", 0, NULL);
+	if (res == NULL)
+		return false;
+	PQclear(res);
+	return true;
+}
+
 /* The online commands. */
 int
 ks_cli_online(const KsOptions *opt)
@@ -181,6 +210,11 @@ ks_cli_online(const KsOptions *opt)
 	if (PQstatus(conn) != CONNECTION_OK || PQsetClientEncoding(conn, "UTF8") != 0)
 	{
 		pg_log_error("%s", PQerrorMessage(conn));
+		PQfinish(conn);
+		return KS_EXIT_ERROR;
+	}
+	if (!pin_search_path(conn))
+	{
 		PQfinish(conn);
 		return KS_EXIT_ERROR;
 	}
