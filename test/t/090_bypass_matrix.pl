@@ -2,17 +2,27 @@
 # a direct and as a nested member of killswitch_agent, disengaged (where
 # each one works, so that every refusal below is the switch's doing) and in
 # halt_noncritical, halt_all and emergency, each with its exact outcome:
-# done, or refused with SQLSTATE KS001.
+# done, refused with SQLSTATE KS001, or PostgreSQL's own error.
+#
+# Issue 21's cases are in it: functions no list named (deny by default,
+# with a contrib module's function and a C function this suite builds,
+# test/ks_test_funcs.c), agent code the planner would fold in emergency and
+# the fast path (test/ks_fastpath.c), statements that began before the halt
+# (each held at a known row by an advisory lock the test holds, so that the
+# halt lands at a known call), the commit backstop across savepoints, the
+# audit's footholds, and agents ending their peers.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 use KsTest;
 
 my $node = ks_node('matrix', conf => "max_prepared_transactions = 10\nlo_compat_privileges = on\n");
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my ($host, $port) = ($node->host, $node->port);
+my $srcdir = $ENV{KS_SRCDIR} // '.';
 
 # Agents: bot is a direct member, nested one through mid; suagent is a
 # superuser agent (only it can SET SESSION AUTHORIZATION).  They hold, through
@@ -47,6 +57,23 @@ CREATE MATERIALIZED VIEW mv AS SELECT count(*) AS n FROM t;
 ALTER MATERIALIZED VIEW mv OWNER TO owners;
 SELECT lo_create(1000);
 SELECT lo_create(n) FROM generate_series(2000, 2099) n;
+-- deny by default: indexes the agents own, a contrib module, a C function of
+-- no extension, a superuser's SECURITY DEFINER wrapper of pg_read_file, an
+-- IMMUTABLE PL/pgSQL function the planner folds
+CREATE TABLE bt (x int, v int[]);
+INSERT INTO bt SELECT g, ARRAY[g] FROM generate_series(1, 2000) g;
+CREATE INDEX bt_brin ON bt USING brin (x) WITH (pages_per_range = 1);
+CREATE INDEX bt_gin ON bt USING gin (v) WITH (fastupdate = on);
+INSERT INTO bt SELECT g, ARRAY[g] FROM generate_series(2001, 2100) g;
+ALTER TABLE bt OWNER TO owners;
+CREATE EXTENSION pg_prewarm;
+CREATE FUNCTION ks_test_mark(path text) RETURNS bigint
+  AS '$srcdir/test/ks_test_funcs.so', 'ks_test_mark' LANGUAGE C VOLATILE STRICT;
+CREATE FUNCTION su_read(path text) RETURNS text LANGUAGE sql SECURITY DEFINER
+  SET search_path = pg_catalog AS 'SELECT pg_read_file(path)';
+CREATE FUNCTION imm_agent() RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS \$\$
+BEGIN RAISE NOTICE 'agent code ran'; RETURN brin_summarize_new_values('bt_brin'); END \$\$;
+ALTER FUNCTION imm_agent() OWNER TO owners;
 });
 $node->safe_psql('other', 'CREATE TABLE o (x int); GRANT ALL ON o TO PUBLIC;');
 my $file = "$tmp/import.txt";
@@ -58,6 +85,8 @@ my @roles = ('bot', 'nested');
 my @modes = ('disengaged', 'halt_noncritical', 'halt_all', 'emergency');
 my $W = [ 'ok', 'KS001', 'KS001', 'KS001' ];    # a write
 my $R = [ 'ok', 'ok', 'ok', 'KS001' ];          # reading: open until emergency
+my $gin = $node->safe_psql('postgres', "SELECT 'bt_gin'::regclass::oid");
+my $key = $node->data_dir . '/pg_killswitch/release.key';
 
 # name, SQL (%u the role, %m the mode, %n a number unique to the run), outcomes by mode
 my @cases = (
@@ -113,21 +142,51 @@ my @cases = (
 	[ 'PREPARE TRANSACTION', "BEGIN; SELECT 1; PREPARE TRANSACTION 'p_%u_%m'", $W, undef, qr/PREPARE TRANSACTION/ ],
 	[ 'dblink loop-back', "SELECT dblink_connect_u('c', 'host=$host port=$port dbname=postgres user=%u'); SELECT dblink_exec('c', 'INSERT INTO t VALUES (1)')", $W ],
 	[ 'SET SESSION AUTHORIZATION (a superuser agent)', 'SET SESSION AUTHORIZATION helper; INSERT INTO t VALUES (1)', $W, ['suagent'] ],
+	# issue 21, case 2: functions no list named, on indexes the agents own
+	[ 'brin_summarize_new_values', "SELECT brin_summarize_new_values('bt_brin')", $W, undef, qr/brin_summarize_new_values\(\)/ ],
+	[ 'brin_desummarize_range', "SELECT brin_desummarize_range('bt_brin', 0)", $W, undef, qr/brin_desummarize_range\(\)/ ],
+	[ 'gin_clean_pending_list', "SELECT gin_clean_pending_list('bt_gin')", $W, undef, qr/gin_clean_pending_list\(\)/ ],
+	# deny by default: a contrib module's function, a C function of no extension
+	[ 'a contrib function (pg_prewarm)', "SELECT pg_prewarm('t')", $W, undef, qr/pg_prewarm\(\)/ ],
+	[ 'a C function of no extension', "SELECT ks_test_mark('$tmp/marks_%u_%m')", $W, undef, qr/ks_test_mark\(\)/ ],
+	[ 'the allowlist: clock, random, sleep, sizes, locks view', "SELECT clock_timestamp(), random(), pg_sleep(0), pg_table_size('t'), (SELECT count(*) FROM pg_locks)", $R ],
+	# case 5 (c): a superuser's SECURITY DEFINER function that reads files
+	[ "a superuser's SECURITY DEFINER pg_read_file", "SELECT length(su_read('$key'))", $W, undef, qr/pg_read_file\(\)/ ],
+	# case 4: agent code the planner folds, 1/0, the fast path
+	[ 'an IMMUTABLE PL/pgSQL function (folded by the planner)', 'SELECT imm_agent()', $W, undef,
+		qr/brin_summarize_new_values\(\)/, { emergency => qr/agent code ran/ } ],
+	[ '1/0', 'SELECT 1/0', [ '22012', '22012', '22012', 'KS001' ] ],
+	[ 'fast path: pg_backend_pid', { fastpath => [2026] }, $R ],
+	[ 'fast path: gin_clean_pending_list', { fastpath => [ 3789, $gin ] }, $W, undef, qr/gin_clean_pending_list\(\)/ ],
 );
 
-# Run one case; return 'ok', 'KS001' (refused as what, if given) or the other error.
+# Run one case; return ('ok', 'KS001' (refused as what, if given), another
+# error's SQLSTATE or the error; stderr).  A case given as { fastpath =>
+# [oid, int4 arguments] } calls the function through the fast-path protocol.
 sub outcome
 {
 	my ($role, $sql, $db, $what) = @_;
 	my ($out, $err) = ('', '');
-	my $rc = $node->psql($db // 'postgres', "\\set VERBOSITY verbose\n$sql",
-		stdout => \$out, stderr => \$err, on_error_stop => 1,
-		extra_params => [ '-U', $role ]);
-	return 'ok' if $rc == 0;
+	my $rc;
+	if (ref $sql eq 'HASH')
+	{
+		$rc = IPC::Run::run([ "$srcdir/test/ks_fastpath",
+			"host=$host port=$port dbname=postgres user=$role", @{ $sql->{fastpath} } ],
+			'>', \$out, '2>', \$err) ? 0 : 1;
+		$err .= $out;
+	}
+	else
+	{
+		$rc = $node->psql($db // 'postgres', "\\set VERBOSITY verbose\n$sql",
+			stdout => \$out, stderr => \$err, on_error_stop => 1,
+			extra_params => [ '-U', $role ]);
+	}
+	return ('ok', $err) if $rc == 0;
 	$what //= qr/.*/;
-	return 'KS001' if $err =~ /KS001: Kill switch engaged \(\w+\): (?:$what) by agent "\Q$role\E" refused/
+	return ('KS001', $err) if $err =~ /KS001: (?:ERROR:  )?Kill switch engaged \(\w+\): (?:$what) by agent "\Q$role\E" refused/
 	  || $err =~ /lo_import: ERROR:  Kill switch engaged \(\w+\): (?:$what) by agent "\Q$role\E" refused/;
-	return "error: $err";
+	return ($1, $err) if $err =~ /(?:ERROR|FATAL):  ([0-9A-Z]{5}):/ && $1 ne 'KS001';
+	return ("error: $err", $err);
 }
 
 my $n = 2000;
@@ -145,15 +204,22 @@ for my $i (0 .. $#modes)
 	}
 	for my $case (@cases)
 	{
-		my ($name, $sql, $expect, $only, $what) = @$case;
+		my ($name, $sql, $expect, $only, $what, $absent) = @$case;
 		my $db;
-		($sql, $db) = @$sql if ref $sql;
+		($sql, $db) = @$sql if ref $sql eq 'ARRAY';
 		for my $role (@{ $only // \@roles })
 		{
-			(my $s = $sql) =~ s/%u/$role/g;
-			$s =~ s/%m/$mode/g;
-			$s =~ s/%n/$n++/ge;
-			is(outcome($role, $s, $db, $mode eq 'emergency' ? undef : $what), $expect->[$i], "$mode, $role: $name");
+			my $s = $sql;
+			if (!ref $s)
+			{
+				$s =~ s/%u/$role/g;
+				$s =~ s/%m/$mode/g;
+				$s =~ s/%n/$n++/ge;
+			}
+			my ($got, $err) = outcome($role, $s, $db, $mode eq 'emergency' ? undef : $what);
+			is($got, $expect->[$i], "$mode, $role: $name") or diag($err);
+			unlike($err, $absent->{$mode}, "$mode, $role: $name: none of it ran")
+			  if $absent && $absent->{$mode};
 		}
 	}
 }
@@ -238,6 +304,310 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 		eval { $_->quit } for ($cur, $wrote, $prep);
 		sql("SELECT ks_disengage('next', 'tester')");
 	}
+}
+
+# ---- issue 21: what began before the halt, savepoints, the audit, peers ----
+
+$node->safe_psql('postgres', q{
+CREATE ROLE opbot LOGIN IN ROLE killswitch_agent, killswitch_operator;
+CREATE ROLE opnested LOGIN IN ROLE mid, killswitch_operator;
+GRANT ALL ON t TO opbot, opnested;
+CREATE SEQUENCE s2;
+GRANT ALL ON s2 TO owners;
+-- a PL/pgSQL simple expression: prepared once per transaction
+CREATE FUNCTION bump() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE v bigint; BEGIN v := nextval('s2'); RETURN v; END $$;
+-- a loop that catches the halt's cancel and goes on; it waits for advisory
+-- lock 4244 at the fifth value
+CREATE FUNCTION catch_loop() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE v bigint := 0;
+BEGIN
+    LOOP
+        BEGIN
+            v := nextval('s2');
+            IF v = 5 THEN PERFORM pg_advisory_lock(4244); END IF;
+        EXCEPTION WHEN query_canceled THEN NULL;
+        END;
+        EXIT WHEN v >= 100;
+    END LOOP;
+    RETURN v;
+END $$;
+});
+
+# Poll a query as the superuser until it returns true, for at most $secs.
+sub wait_for
+{
+	my ($query, $secs) = @_;
+	for (1 .. ($secs // 30) * 10)
+	{
+		return 1 if sql($query) eq 't';
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# A superuser session holding an advisory lock, and a way to let go of it.
+sub hold_lock
+{
+	my ($lock) = @_;
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe("SELECT pg_advisory_lock($lock)");
+	return $holder;
+}
+
+# Start a statement in an agent's session without waiting for it.
+sub start_statement
+{
+	my ($bg, $sql) = @_;
+	$bg->{stderr} = '';
+	$bg->query_until(qr/started/, "\\echo started\n$sql\n");
+}
+
+# Is the backend busy with a statement?  Gone counts as not.
+sub busy_sql { return "SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $_[0] AND state = 'active'"; }
+sub idle_sql { return "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $_[0] AND state = 'active'"; }
+sub waits_sql
+{
+	my ($pid, $lock) = @_;
+	return "SELECT count(*) = 1 FROM pg_locks WHERE pid = $pid AND locktype = 'advisory' AND objid = $lock AND NOT granted";
+}
+
+# What a session printed, once its statement has ended; then close it.  A
+# session the halt ended (FATAL) is not asked anything more.
+sub finish_session
+{
+	my ($bg, $pid) = @_;
+	my $alive = sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid") eq '1';
+	$bg->query("SELECT 'after'") if $alive;
+	eval { $bg->{run}->pump_nb };
+	my $err = $bg->{stderr};
+	eval { $bg->quit };
+	return $err;
+}
+
+sub engage { sql("SELECT ks_engage('$_[0]', 'issue 21', 'tester')"); }
+sub release { sql("SELECT ks_disengage('next', 'tester')") unless sql('SELECT ks_mode()') eq 'disengaged'; }
+sub last_value { return sql("SELECT last_value FROM s2"); }
+
+sql('TRUNCATE t');
+for my $mode ('halt_noncritical', 'halt_all', 'emergency')
+{
+	my $halt = $mode eq 'emergency' ? qr/.*/ : qr/canceling statement due to user request/;
+	for my $role (@roles)
+	{
+		# Case 3: a built-in set up before the halt, stopped at a known call:
+		# the statement waits for a lock at the fifth nextval when the halt
+		# comes.  Without the halt's cancel it would go on to 100 once the
+		# lock is let go.
+		{
+			sql("SELECT setval('s2', 1, false)");
+			my $holder = hold_lock(4242);
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			my $log = -s $node->logfile;
+			start_statement($agent, "SELECT nextval('s2'), CASE WHEN g = 5 THEN pg_advisory_lock(4242)::text END FROM generate_series(1, 100) g;");
+			ok(wait_for(waits_sql($pid, 4242)), "$mode, $role: nextval running, held at the fifth call");
+			engage($mode);
+			my $stopped = wait_for(idle_sql($pid), 20);
+			$holder->query_safe('SELECT pg_advisory_unlock(4242)');
+			ok(wait_for(idle_sql($pid)), "$mode, $role: (the statement ended)");
+			ok($stopped, "$mode, $role: a statement calling nextval() since before the halt is stopped by it");
+			is(last_value(), '5', "$mode, $role: and the sequence stays where the halt found it");
+			like(finish_session($agent, $pid), $halt, "$mode, $role: the statement was cancelled");
+			ok($node->log_contains(qr/cancelled the statement of agent process $pid, which called nextval\(\) before the halt/, $log),
+				"$mode, $role: and the server log says why");
+			$holder->quit;
+			release();
+		}
+
+		# Case 3, busy: a statement that would call nextval() for hours.
+		{
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			start_statement($agent, "SELECT count(nextval('s2')) FROM generate_series(1, 100000) a, generate_series(1, 100000) b;");
+			wait_for("SELECT last_value > 1000 FROM s2");
+			engage($mode);
+			my $stopped = wait_for(idle_sql($pid), 20);
+			sql("SELECT pg_cancel_backend($pid)") unless $stopped;
+			ok($stopped, "$mode, $role: a busy nextval() loop begun before the halt is stopped by it");
+			my $at = last_value();
+			usleep(300_000);
+			is(last_value(), $at, "$mode, $role: and the sequence no longer moves");
+			finish_session($agent, $pid);
+			release();
+		}
+
+		# Deny by default, per call: a C function of no extension, set up
+		# before the halt, refused at its next call (the sixth).
+		{
+			my $file = "$tmp/across_${role}_$mode";
+			my $holder = hold_lock(4243);
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			start_statement($agent, "SELECT ks_test_mark('$file'), CASE WHEN g = 5 THEN pg_advisory_lock(4243)::text END FROM generate_series(1, 10) g;");
+			ok(wait_for(waits_sql($pid, 4243)), "$mode, $role: ks_test_mark() running, held after the fifth call");
+			engage($mode);
+			$holder->query_safe('SELECT pg_advisory_unlock(4243)');
+			ok(wait_for(idle_sql($pid)), "$mode, $role: (the statement ended)");
+			is(-s $file, 5, "$mode, $role: a C function set up before the halt is refused at its next call");
+			like(finish_session($agent, $pid),
+				$mode eq 'emergency' ? qr/.*/ : qr/KS001: Kill switch engaged \(\w+\): ks_test_mark\(\) by agent "$role" refused/,
+				"$mode, $role: with KS001");
+			$holder->quit;
+			release();
+		}
+
+		# A cursor declared before the halt: its next FETCH calls nextval() no more.
+		{
+			sql("SELECT setval('s2', 1, false)");
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			$agent->query_safe("BEGIN; DECLARE c CURSOR FOR SELECT nextval('s2') FROM generate_series(1, 100); FETCH 3 FROM c");
+			engage($mode);
+			my $err = sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid") eq '1' ? bg_err($agent, 'FETCH 3 FROM c;') : 'ended';
+			like($err, $mode eq 'emergency' ? qr/.+/ : qr/KS001: Kill switch engaged \(\w+\): the rest of a transaction that called nextval\(\) before the halt by agent "$role" refused/,
+				"$mode, $role: FETCH from a cursor calling nextval() declared before the halt");
+			is(last_value(), '3', "$mode, $role: and the sequence stays");
+			finish_session($agent, $pid);
+			release();
+		}
+
+		# A PL/pgSQL simple expression prepared before the halt, in the same transaction.
+		{
+			sql("SELECT setval('s2', 1, false)");
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			$agent->query_safe('BEGIN; SELECT bump()');
+			engage($mode);
+			my $err = sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid") eq '1' ? bg_err($agent, 'SELECT bump();') : 'ended';
+			like($err, $mode eq 'emergency' ? qr/.+/ : qr/KS001: Kill switch engaged \(\w+\): the rest of a transaction that called nextval\(\) before the halt/,
+				"$mode, $role: a PL/pgSQL function whose nextval() was prepared before the halt");
+			is(last_value(), '1', "$mode, $role: and the sequence stays");
+			finish_session($agent, $pid);
+			release();
+		}
+
+		# A loop that catches the halt's cancel and goes on ends its session.
+		{
+			sql("SELECT setval('s2', 1, false)");
+			my $holder = hold_lock(4244);
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			start_statement($agent, 'SELECT catch_loop();');
+			ok(wait_for(waits_sql($pid, 4244)), "$mode, $role: catch_loop() held at the fifth value");
+			engage($mode);
+			my $gone = wait_for("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid", 20);
+			$holder->query_safe('SELECT pg_advisory_unlock(4244)');
+			ok($gone, "$mode, $role: a loop that caught the halt's cancel and went on ends its session");
+			wait_for(idle_sql($pid));
+			is(last_value(), '5', "$mode, $role: and the sequence stays where the halt found it");
+			like(finish_session($agent, $pid),
+				$mode eq 'emergency' ? qr/.*/ : qr/FATAL:  KS001: Kill switch engaged \(\w+\): agent "$role" went on after the halt cancelled its statement/,
+				"$mode, $role: FATAL, KS001");
+			$holder->quit;
+			release();
+		}
+
+		# Case 6: a halted agent does not end its peers (a peer of its own role).
+		{
+			my $peer = agent_session($role);
+			my $peerpid = $peer->query_safe('SELECT pg_backend_pid()');
+			engage($mode);
+			for my $f ('pg_cancel_backend', 'pg_terminate_backend')
+			{
+				my ($got, $err) = outcome($role, "SELECT $f($peerpid)", undef,
+					$mode eq 'emergency' ? undef : qr/\Q$f\E\(\)/);
+				is($got, 'KS001', "$mode, $role: $f() of a peer") or diag($err);
+			}
+			is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $peerpid"), '1', "$mode, $role: the peer is still there");
+			$peer->quit;
+			release();
+		}
+	}
+
+	# Case 1: the commit backstop across savepoints, for agents that are also
+	# operators.  In emergency the watcher would end the session at once: it
+	# is held back (the snapshot table locked) so that the COMMIT comes first.
+	for my $role ('opbot', 'opnested')
+	{
+		my $hold_watcher = sub {
+			return undef unless $mode eq 'emergency';
+			my $locker = $node->background_psql('postgres');
+			$locker->query_safe('BEGIN; LOCK TABLE killswitch.snapshots IN ACCESS EXCLUSIVE MODE');
+			return $locker;
+		};
+		my $let_go = sub { my $l = shift; return unless $l; $l->query_safe('ROLLBACK'); $l->quit; };
+		my $rolled_back = "SAVEPOINT s; SELECT ks_engage('halt_noncritical', 'inside a savepoint', '$role'); ROLLBACK TO s";
+
+		{
+			my $agent = agent_session($role);
+			$agent->query_safe("BEGIN; $rolled_back; INSERT INTO t VALUES (901)");
+			my $locker = $hold_watcher->();
+			engage($mode);
+			like(bg_err($agent, 'COMMIT;'), qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
+				"$mode, $role: a write after an engage rolled back to a savepoint does not commit");
+			$let_go->($locker);
+			is(sql('SELECT count(*) FROM t WHERE x = 901'), '0', "$mode, $role: nothing written");
+			$agent->quit;
+			release();
+		}
+		{
+			my $holder = hold_lock(4245);
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			$agent->query_safe("BEGIN; $rolled_back");
+			start_statement($agent, 'INSERT INTO t SELECT 910 + g FROM generate_series(1, 5) g WHERE g < 3 OR pg_advisory_lock(4245) IS NOT NULL;');
+			ok(wait_for(waits_sql($pid, 4245)), "$mode, $role: a 5-row INSERT running when the halt comes");
+			my $locker = $hold_watcher->();
+			engage($mode);
+			$holder->query_safe('SELECT pg_advisory_unlock(4245)');
+			ok(wait_for(idle_sql($pid)), "$mode, $role: (the INSERT finished)");
+			like(bg_err($agent, 'COMMIT;'), qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
+				"$mode, $role: it does not commit");
+			$let_go->($locker);
+			is(sql('SELECT count(*) FROM t WHERE x > 910'), '0', "$mode, $role: nothing written");
+			$holder->quit;
+			$agent->quit;
+			release();
+		}
+		next if $mode eq 'emergency';
+		{
+			# the extension's own write inside a released savepoint still commits
+			my $gen = sql("SELECT ks_status()->>'generation'");
+			engage($mode);
+			my $agent = agent_session($role);
+			is(bg_err($agent, "BEGIN; SAVEPOINT s; SELECT ks_engage('$mode', 'repeat in a savepoint', '$role'); RELEASE s; COMMIT;"), '',
+				"$mode, $role: an agent operator's engage inside a savepoint commits while halted");
+			is(sql("SELECT ks_status()->>'generation'"), $gen + 2, "$mode, $role: and is recorded");
+			$agent->quit;
+			release();
+		}
+	}
+}
+
+# Case 5: the audit sees the footholds, whatever the mode: a schema the agent
+# owns on an administrator's search_path, a trigger on its table that
+# administrators write, a superuser's SECURITY DEFINER function it may call.
+$node->safe_psql('postgres', q{
+CREATE SCHEMA bot_schema AUTHORIZATION bot;
+CREATE ROLE alice LOGIN IN ROLE killswitch_admin;
+ALTER ROLE alice SET search_path = bot_schema, public;
+CREATE TABLE bot_tasks (x int);
+CREATE FUNCTION grant_bot() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO killswitch.task_grants (task, grantee) VALUES ('audit_logging', 'bot') ON CONFLICT DO NOTHING; RETURN NEW; END $$;
+CREATE TRIGGER plant AFTER INSERT ON bot_tasks FOR EACH ROW EXECUTE FUNCTION grant_bot();
+ALTER TABLE bot_tasks OWNER TO bot;
+});
+for my $mode ('disengaged', 'halt_noncritical', 'halt_all', 'emergency')
+{
+	engage($mode) unless $mode eq 'disengaged';
+	my $found = sql("SELECT string_agg(power || ': ' || detail, E'\\n') FROM ks_audit() WHERE role = 'bot'");
+	like($found, qr/search_path: administrator "alice" has schema bot_schema on its search_path \(set for the role\), which the agent owns/,
+		"$mode: the audit sees the agent's schema on an administrator's search_path");
+	like($found, qr/trigger: trigger plant on public.bot_tasks, a table it owns/, "$mode: and the trigger on its table");
+	like($found, qr/definer_function: may execute SECURITY DEFINER function public.su_read\(text\) of superuser/,
+		"$mode: and a superuser's SECURITY DEFINER function it may execute");
+	release();
 }
 
 $node->stop;
