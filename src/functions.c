@@ -113,9 +113,15 @@ judge(Oid fn)
 	return allowed ? VERDICT_ALLOWED : VERDICT_DENIED;
 }
 
-/* The verdict, from the cache or judged now (needs a transaction then). */
-static Verdict
-verdict_of(Oid fn)
+/*
+ * Bumped by every invalidation: a verdict judged while one arrived (the
+ * catalog lookups in judge() take them in) may be stale and is not kept.
+ */
+static uint64 verdicts_epoch = 0;
+
+/* Keep a verdict. */
+static void
+remember(Oid fn, Verdict v)
 {
 	VerdictEntry *entry;
 	bool		found;
@@ -125,9 +131,8 @@ verdict_of(Oid fn)
 		if (builtin_verdicts == NULL)
 			builtin_verdicts = MemoryContextAllocZero(TopMemoryContext,
 													  fmgr_last_builtin_oid + 1);
-		if (builtin_verdicts[fn] == VERDICT_UNKNOWN)
-			builtin_verdicts[fn] = judge(fn);
-		return builtin_verdicts[fn];
+		builtin_verdicts[fn] = v;
+		return;
 	}
 	if (other_verdicts == NULL)
 	{
@@ -138,17 +143,36 @@ verdict_of(Oid fn)
 		other_verdicts = hash_create("killswitch function verdicts", 64, &ctl,
 									 HASH_ELEM | HASH_BLOBS);
 	}
-	entry = hash_search(other_verdicts, &fn, HASH_FIND, NULL);
-	if (entry != NULL)
-		return entry->verdict;
-	/* judged before the entry exists: an error in judge() leaves nothing half made */
-	{
-		Verdict		v = judge(fn);
+	entry = hash_search(other_verdicts, &fn, HASH_ENTER, &found);
+	entry->verdict = v;
+}
 
-		entry = hash_search(other_verdicts, &fn, HASH_ENTER, &found);
-		entry->verdict = v;
-		return v;
+/* The verdict, from the cache or judged now (needs a transaction then). */
+static Verdict
+verdict_of(Oid fn)
+{
+	uint64		epoch;
+	Verdict		v = VERDICT_UNKNOWN;
+
+	if (is_builtin(fn))
+	{
+		if (builtin_verdicts != NULL)
+			v = builtin_verdicts[fn];
 	}
+	else if (other_verdicts != NULL)
+	{
+		VerdictEntry *entry = hash_search(other_verdicts, &fn, HASH_FIND, NULL);
+
+		if (entry != NULL)
+			v = entry->verdict;
+	}
+	if (v != VERDICT_UNKNOWN)
+		return v;
+	epoch = verdicts_epoch;
+	v = judge(fn);
+	if (epoch == verdicts_epoch)
+		remember(fn, v);
+	return v;
 }
 
 /* Is this function refused to a halted agent? */
@@ -162,6 +186,7 @@ ks_function_denied(Oid fn)
 void
 ks_forget_function_verdicts(void)
 {
+	verdicts_epoch++;
 	if (builtin_verdicts != NULL)
 		memset(builtin_verdicts, 0, fmgr_last_builtin_oid + 1);
 	if (other_verdicts != NULL)

@@ -25,7 +25,8 @@ CREATE ROLE app LOGIN;
 });
 sub sql { return $node->safe_psql('postgres', shift); }
 
-is(sql("SHOW killswitch.reserved_connections"), '3', 'killswitch.reserved_connections is 3 by default');
+my ($rc, $out, $err) = $node->psql('postgres', 'SHOW killswitch.reserved_connections');
+is($out, '3', 'killswitch.reserved_connections is 3 by default');
 
 # 97 agents, each asleep in ks_wait() until the generation moves.
 my $generation = sql('SELECT ks_wait(0, 0)');
@@ -58,21 +59,28 @@ like($one->{err},
 	'with the reason');
 
 # An operator and an administrator connect, both at once, and engage.
-my $oncall = $node->background_psql('postgres', extra_params => [ '-U', 'oncall' ]);
-my $alice = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
-is($oncall->query_safe("SELECT mode FROM ks_engage('halt_all', 'agents took the connections', 'oncall')"),
-	'halt_all', 'the operator connects and engages');
-is($alice->query_safe("SELECT mode FROM ks_engage('emergency', 'and the administrator escalates', 'alice')"),
-	'emergency', 'the administrator, connected beside it, engages too');
+my $oncall = $node->background_psql('postgres', extra_params => [ '-U', 'oncall' ], wait => 0, timeout => 20);
+my $alice = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ], wait => 0, timeout => 20);
+is(eval { $oncall->wait_connect; $oncall->query_safe("SELECT mode FROM ks_engage('halt_all', 'agents took the connections', 'oncall')") },
+	'halt_all', 'the operator connects and engages') or diag($oncall->{stderr});
+is(eval { $alice->wait_connect; $alice->query_safe("SELECT mode FROM ks_engage('emergency', 'and the administrator escalates', 'alice')") },
+	'emergency', 'the administrator, connected beside it, engages too') or diag($alice->{stderr});
 
-# The agents' waits end with the change; nobody was left hanging.
+# The agents' waits end with the change; nobody was left hanging.  (Had the
+# operators been kept out, the agents would still be waiting: end them.)
+for (1 .. 100)
+{
+	last if sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'bot'") eq '0';
+	usleep(100_000);
+}
+sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'bot'");
 for my $a (@agents)
 {
 	eval { $a->{h}->finish };
 }
 is(scalar(grep { $_->{out} =~ /^\d+$/m } @agents), 94, 'the waiting agents return the new generation');
-$oncall->quit;
-$alice->quit;
+eval { $oncall->quit };
+eval { $alice->quit };
 sql("SELECT ks_disengage('reserve tested', 'tester')");
 
 # The reserve holds only agents back: other roles take the slots as before.
@@ -82,7 +90,7 @@ for my $i (1 .. 94)
 {
 	push @apps, $node->background_psql('postgres', extra_params => [ '-U', 'app' ]);
 }
-my ($rc, $out, $err) = $node->psql('postgres', 'SELECT 1', extra_params => [ '-U', 'bot' ]);
+($rc, $out, $err) = $node->psql('postgres', 'SELECT 1', extra_params => [ '-U', 'bot' ]);
 like($err, qr/remaining connection slots are reserved for roles that operate the kill switch/,
 	'94 other sessions: an agent login is refused');
 ($rc, $out, $err) = $node->psql('postgres', 'SELECT 1', extra_params => [ '-U', 'app' ]);
