@@ -65,14 +65,22 @@ sql(q{CREATE FUNCTION public.plant() RETURNS void LANGUAGE plpgsql SECURITY DEFI
 sql('ALTER FUNCTION public.plant() OWNER TO bot_writer');
 ok(wait_for_warning('bot_writer', 'security_definer_function'),
 	'so is a writing SECURITY DEFINER function given to an agent');
+# a foothold in the sessions of those who operate the switch: a trigger on a
+# table the agent owns (a change to a table wakes the watcher)
+sql(q{CREATE TABLE public.bot_tasks (x int);
+	CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+	ALTER TABLE public.bot_tasks OWNER TO bot_writer});
+sql('CREATE TRIGGER plant AFTER INSERT ON public.bot_tasks FOR EACH ROW EXECUTE FUNCTION public.noop()');
+ok(wait_for_warning('bot_writer', 'trigger'), 'a trigger on a table the agent owns is logged');
 
 # 4. Only new findings are logged: the looks that found the later ones saw
 #    the earlier ones again and kept quiet about them.
 is(warnings_about('bot_reader', 'pg_read_server_files'), 1, 'a finding is logged once');
 is(warnings_about('bot_writer', 'pg_write_server_files'), 1, 'a later finding too');
-is(sql("SELECT ks_status()->'audit_findings'"), 4, 'ks_status() counts every finding');
+is(sql("SELECT ks_status()->'audit_findings'"), 5, 'ks_status() counts every finding');
 
 # 5. No findings, no warning.
+sql('DROP TABLE public.bot_tasks; DROP FUNCTION public.noop()');
 sql('DROP FUNCTION public.plant(); DROP EXTENSION killswitch');
 sql('DROP ROLE bot_reader, bot_nested, bot_writer, fleet');
 ($rc, $out, $err) = $node->psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
