@@ -69,8 +69,8 @@ mode_now(void)
  * role that logged in (SET SESSION AUTHORIZATION hides nothing), else the
  * current role.
  */
-static const char *
-agent_name(void)
+const char *
+ks_agent_name(void)
 {
 	Oid			session = GetSessionUserId();
 	Oid			login = GetAuthenticatedUserId();
@@ -85,7 +85,7 @@ void
 ks_refuse_agent(KsMode mode, const char *what)
 {
 	char		detail[512];
-	const char *who = agent_name();
+	const char *who = ks_agent_name();
 
 	ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
@@ -191,23 +191,47 @@ ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
 		standard_ExecutorStart(queryDesc, eflags);
 }
 
+static void
+run_executor(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+			 bool execute_once)
+{
+	if (prev_ExecutorRun)
+		prev_ExecutorRun(queryDesc, direction, count, execute_once);
+	else
+		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+}
+
 /*
  * ExecutorRun: the same again, for executions started before the halt and
  * run after it — a FETCH from a FOR UPDATE cursor declared earlier locks
- * rows at each run.
+ * rows at each run.  In a transaction that set up a denied built-in, the
+ * halt's cancel is reported as a refusal (running.c).
  */
 static void
 ks_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 			   bool execute_once)
 {
 	KsMode		mode = mode_now();
+	MemoryContext cxt = CurrentMemoryContext;
 
 	if (unlikely(mode != KS_DISENGAGED))
 		check_execution(queryDesc, mode);
-	if (prev_ExecutorRun)
-		prev_ExecutorRun(queryDesc, direction, count, execute_once);
-	else
-		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	if (likely(!ks_noted_running_builtin()))
+	{
+		run_executor(queryDesc, direction, count, execute_once);
+		return;
+	}
+	PG_TRY();
+	{
+		run_executor(queryDesc, direction, count, execute_once);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		ks_rethrow_halt_cancel();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -300,6 +324,19 @@ check_utility(Node *stmt, KsMode mode)
 		ks_refuse_running_builtin(mode);
 }
 
+static void
+run_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+			ProcessUtilityContext context, ParamListInfo params,
+			QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+							queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+}
+
 /* ProcessUtility: refuse an agent's DDL, COPY to or from files, LOAD, 2PC, ... */
 static void
 ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -308,16 +345,28 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 				  QueryCompletion *qc)
 {
 	KsMode		mode = mode_now();
+	MemoryContext cxt = CurrentMemoryContext;
 
 	/* outside a healthy transaction only ROLLBACK and the like can run */
 	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState())
 		check_utility(pstmt->utilityStmt, mode);
-	if (prev_ProcessUtility)
-		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-							queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-								queryEnv, dest, qc);
+	if (likely(!ks_noted_running_builtin()))
+	{
+		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		return;
+	}
+	/* the halt's cancel, reported as a refusal (running.c) */
+	PG_TRY();
+	{
+		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		ks_rethrow_halt_cancel();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 /*

@@ -341,6 +341,7 @@ extern char *ks_session_task;
 extern void ks_enforce_init(void);
 extern bool ks_agent_may_write(KsMode mode);
 extern void ks_refuse_agent(KsMode mode, const char *what) pg_attribute_noreturn();
+extern const char *ks_agent_name(void);
 
 /* functions.c: deny by default */
 extern bool ks_function_denied(Oid fn);
@@ -359,6 +360,7 @@ extern void ks_note_running_builtin(Oid fn);
 extern bool ks_noted_running_builtin(void);
 extern void ks_refuse_running_builtin(KsMode mode) pg_attribute_noreturn();
 extern void ks_cancel_running_builtins(void);
+extern void ks_rethrow_halt_cancel(void);
 extern void ks_running_init(void);
 
 /* logins.c: the operators' reserve, agent logins in emergency */

@@ -11,8 +11,10 @@
  *
  *   - whoever publishes a raise cancels the noted transactions' running
  *     statements at once (SIGINT, as pg_cancel_backend() does: the statement
- *     ends with 57014 at its next interrupt check; an idle session ignores
- *     it), and says so in the server log;
+ *     ends at its next interrupt check; an idle session ignores it), and
+ *     says so in the server log.  Where the agent's executor or utility
+ *     hook was entered after the note (a SELECT or INSERT calling nextval(),
+ *     a DO block), the cancel is reported as what it is, KS001;
  *   - nothing more of such a transaction runs while halted (KS001 at the
  *     next statement, fetch, call setup or fast-path call): ROLLBACK;
  *   - a statement that catches the cancel (PL/pgSQL's EXCEPTION WHEN
@@ -55,6 +57,10 @@ static Oid	noted_fn = InvalidOid;
 
 /* The statement in which a subtransaction aborted after the cancel. */
 static TimestampTz aborted_after_cancel = 0;
+
+/* The agent and the built-in, named at the note, for a refusal made without the catalog. */
+static char noted_agent[NAMEDATALEN];
+static char noted_function[NAMEDATALEN];
 
 static int
 slot_count(void)
@@ -99,6 +105,16 @@ my_slot(void)
 	return &slots[MyProc->pgprocno];
 }
 
+/* Has a raiser cancelled this transaction's statement? */
+static bool
+cancelled(void)
+{
+	KsRunningSlot *slot = my_slot();
+
+	return OidIsValid(noted_fn) && slot != NULL &&
+		pg_atomic_read_u32(&slot->cancelled) != 0;
+}
+
 /*
  * An agent set up a call of a denied built-in while disengaged: note it for
  * the raiser, then a full barrier before the caller reads the mode again.
@@ -112,8 +128,10 @@ ks_note_running_builtin(Oid fn)
 	{
 		char	   *name = get_func_name(fn);
 
+		strlcpy(noted_function, name ? name : "?", sizeof(noted_function));
+		strlcpy(noted_agent, ks_agent_name(), sizeof(noted_agent));
 		slot->pid = MyProcPid;
-		strlcpy(slot->function, name ? name : "?", sizeof(slot->function));
+		strlcpy(slot->function, noted_function, sizeof(slot->function));
 		pg_atomic_write_u32(&slot->cancelled, 0);
 		pg_write_barrier();
 		pg_atomic_write_u32(&slot->noted, 1);
@@ -134,7 +152,7 @@ void
 ks_refuse_running_builtin(KsMode mode)
 {
 	ks_refuse_agent(mode, psprintf("the rest of a transaction that called %s() before the halt",
-								   get_func_name(noted_fn)));
+								   noted_function));
 }
 
 /*
@@ -174,6 +192,34 @@ ks_cancel_running_builtins(void)
 	}
 }
 
+/*
+ * In the PG_CATCH of an executor or utility hook of a noted transaction
+ * (the caller's memory context current): if the error is the halt's
+ * cancel, throw it again as the kill switch's refusal — the statement was
+ * stopped by the halt, not by a user.  Nothing here reads the catalog (the
+ * transaction is failing).  Returns if the error is anything else.
+ */
+void
+ks_rethrow_halt_cancel(void)
+{
+	KsMode		mode = ks_current_mode();
+	ErrorData  *edata;
+	char		detail[512];
+
+	if (geterrcode() != ERRCODE_QUERY_CANCELED || !cancelled() || mode == KS_DISENGAGED)
+		return;
+	edata = CopyErrorData();
+	FlushErrorState();
+	ks_refusal_detail(detail, sizeof(detail));
+	edata->sqlerrcode = ERRCODE_KILLSWITCH_ENGAGED;
+	edata->message = psprintf("Kill switch engaged (%s): a statement that called %s() before the halt by agent \"%s\" refused",
+							  ks_mode_file_names[mode], noted_function, noted_agent);
+	edata->detail = pstrdup(detail);
+	edata->hint = psprintf("The halt cancelled it. A member of %s may release the kill switch with ks_disengage().",
+						   KS_ROLE_ADMIN);
+	ReThrowError(edata);
+}
+
 /* Drop this backend's note (its transaction ended). */
 static void
 forget_note(void)
@@ -184,16 +230,6 @@ forget_note(void)
 		pg_atomic_write_u32(&slot->noted, 0);
 	noted_fn = InvalidOid;
 	aborted_after_cancel = 0;
-}
-
-/* Has a raiser cancelled this transaction's statement? */
-static bool
-cancelled(void)
-{
-	KsRunningSlot *slot = my_slot();
-
-	return OidIsValid(noted_fn) && slot != NULL &&
-		pg_atomic_read_u32(&slot->cancelled) != 0;
 }
 
 /* Transaction callback: the note lasts as long as the transaction. */
@@ -235,7 +271,7 @@ running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						ks_mode_file_names[ks_current_mode()],
 						GetUserNameFromId(GetSessionUserId(), false)),
 				 errdetail("The statement called %s() before the halt and caught the cancel.",
-						   get_func_name(noted_fn)),
+						   noted_function),
 				 errhint("A member of %s may release the kill switch with ks_disengage().",
 						 KS_ROLE_ADMIN)));
 }
