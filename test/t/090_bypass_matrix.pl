@@ -633,5 +633,33 @@ for my $mode ('disengaged', 'halt_noncritical', 'halt_all', 'emergency')
 	release();
 }
 
+# The allowlist is extended by killswitch.allowed_functions (a reload
+# setting): the named functions run for a halted agent, every overload of
+# each name; an unqualified name is refused.
+{
+	my ($rc, $out, $err) = $node->psql('postgres', "ALTER SYSTEM SET killswitch.allowed_functions = 'ks_test_mark'");
+	like($err, qr/invalid value for parameter "killswitch.allowed_functions".*\n.*DETAIL:  "ks_test_mark" is not a schema-qualified function name/,
+		'killswitch.allowed_functions: an unqualified name is refused');
+	sql(q{ALTER SYSTEM SET killswitch.allowed_functions = 'public.ks_test_mark', '"public".pg_prewarm'});
+	sql('SELECT pg_reload_conf()');
+	engage('halt_all');
+	for my $role (@roles)
+	{
+		my ($got, $err2);
+		for (1 .. 50)
+		{
+			($got, $err2) = outcome($role, "SELECT ks_test_mark('$tmp/allowed_$role'), pg_prewarm('t')");
+			last if $got eq 'ok';
+			usleep(100_000);
+		}
+		is($got, 'ok', "halt_all, $role: functions named in killswitch.allowed_functions run") or diag($err2);
+		($got, $err2) = outcome($role, "SELECT brin_summarize_new_values('bt_brin')", undef, qr/brin_summarize_new_values\(\)/);
+		is($got, 'KS001', "halt_all, $role: the others are still refused") or diag($err2);
+	}
+	sql('ALTER SYSTEM RESET killswitch.allowed_functions');
+	sql('SELECT pg_reload_conf()');
+	release();
+}
+
 $node->stop;
 done_testing();
