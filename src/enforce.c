@@ -202,25 +202,15 @@ run_executor(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 }
 
 /*
- * ExecutorRun: the same again, for executions started before the halt and
- * run after it — a FETCH from a FOR UPDATE cursor declared earlier locks
- * rows at each run.  In a transaction that set up a denied built-in, the
- * halt's cancel is reported as a refusal (running.c).
+ * Run the executor, reporting the halt's cancel as a refusal (running.c);
+ * apart, so that the PG_TRY costs nothing on the usual path.
  */
-static void
-ks_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
-			   bool execute_once)
+static pg_noinline void
+run_executor_reporting_halt(QueryDesc *queryDesc, ScanDirection direction,
+							uint64 count, bool execute_once)
 {
-	KsMode		mode = mode_now();
 	MemoryContext cxt = CurrentMemoryContext;
 
-	if (unlikely(mode != KS_DISENGAGED))
-		check_execution(queryDesc, mode);
-	if (likely(!ks_noted_running_builtin()))
-	{
-		run_executor(queryDesc, direction, count, execute_once);
-		return;
-	}
 	PG_TRY();
 	{
 		run_executor(queryDesc, direction, count, execute_once);
@@ -232,6 +222,26 @@ ks_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+}
+
+/*
+ * ExecutorRun: the same again, for executions started before the halt and
+ * run after it — a FETCH from a FOR UPDATE cursor declared earlier locks
+ * rows at each run.  In a transaction that set up a denied built-in, the
+ * halt's cancel is reported as a refusal.
+ */
+static void
+ks_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+			   bool execute_once)
+{
+	KsMode		mode = mode_now();
+
+	if (unlikely(mode != KS_DISENGAGED))
+		check_execution(queryDesc, mode);
+	if (unlikely(ks_noted_running_builtin()))
+		run_executor_reporting_halt(queryDesc, direction, count, execute_once);
+	else
+		run_executor(queryDesc, direction, count, execute_once);
 }
 
 /*
@@ -337,25 +347,14 @@ run_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 								queryEnv, dest, qc);
 }
 
-/* ProcessUtility: refuse an agent's DDL, COPY to or from files, LOAD, 2PC, ... */
-static void
-ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-				  ProcessUtilityContext context, ParamListInfo params,
-				  QueryEnvironment *queryEnv, DestReceiver *dest,
-				  QueryCompletion *qc)
+/* Run the utility statement, reporting the halt's cancel as a refusal (running.c). */
+static pg_noinline void
+run_utility_reporting_halt(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+						   ProcessUtilityContext context, ParamListInfo params,
+						   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
-	KsMode		mode = mode_now();
 	MemoryContext cxt = CurrentMemoryContext;
 
-	/* outside a healthy transaction only ROLLBACK and the like can run */
-	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState())
-		check_utility(pstmt->utilityStmt, mode);
-	if (likely(!ks_noted_running_builtin()))
-	{
-		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-		return;
-	}
-	/* the halt's cancel, reported as a refusal (running.c) */
 	PG_TRY();
 	{
 		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
@@ -367,6 +366,25 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+}
+
+/* ProcessUtility: refuse an agent's DDL, COPY to or from files, LOAD, 2PC, ... */
+static void
+ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				  ProcessUtilityContext context, ParamListInfo params,
+				  QueryEnvironment *queryEnv, DestReceiver *dest,
+				  QueryCompletion *qc)
+{
+	KsMode		mode = mode_now();
+
+	/* outside a healthy transaction only ROLLBACK and the like can run */
+	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState())
+		check_utility(pstmt->utilityStmt, mode);
+	if (unlikely(ks_noted_running_builtin()))
+		run_utility_reporting_halt(pstmt, queryString, readOnlyTree, context, params,
+								   queryEnv, dest, qc);
+	else
+		run_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 }
 
 /*
@@ -423,14 +441,32 @@ check_commit(bool prepare)
 						: "the commit of a transaction that wrote");
 }
 
-/* Transaction callback: the backstop. */
+/*
+ * Transaction callback: the backstop; at the end, what owner.c and
+ * running.c keep for the transaction goes (one callback for the three).
+ */
 static void
 enforce_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_PRE_COMMIT)
-		check_commit(false);
-	else if (event == XACT_EVENT_PRE_PREPARE)
-		check_commit(true);
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			check_commit(false);
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			check_commit(true);
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			ks_owner_xact_end();
+			ks_running_xact_end();
+			break;
+		default:
+			break;
+	}
 }
 
 /*

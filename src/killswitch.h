@@ -271,6 +271,7 @@ extern void ks_owner_begin(KsOwnerContext *ctx);
 extern void ks_owner_end(KsOwnerContext *ctx);
 extern bool ks_in_owner_region(void);
 extern bool ks_commit_is_own_work(void);
+extern void ks_owner_xact_end(void);
 extern void ks_owner_init(void);
 
 /* modetype.c */
@@ -356,12 +357,20 @@ extern void ks_assign_allowed_functions(const char *newval, void *extra);
 /* running.c: built-ins that run across the halt */
 extern void ks_running_shmem_request(void);
 extern void ks_running_shmem_startup(void);
+extern Oid	ks_noted_builtin;
 extern void ks_note_running_builtin(Oid fn);
-extern bool ks_noted_running_builtin(void);
+extern void ks_running_xact_end(void);
 extern void ks_refuse_running_builtin(KsMode mode) pg_attribute_noreturn();
 extern void ks_cancel_running_builtins(void);
 extern void ks_rethrow_halt_cancel(void);
 extern void ks_running_init(void);
+
+/* Has this transaction set up a denied built-in (while disengaged)?  One load. */
+static inline bool
+ks_noted_running_builtin(void)
+{
+	return OidIsValid(ks_noted_builtin);
+}
 
 /* logins.c: the operators' reserve, agent logins in emergency */
 extern void ks_logins_init(void);

@@ -234,28 +234,19 @@ owner_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
-/* The windows go with the transaction (their memory with TopTransactionContext). */
-static void
-owner_xact_callback(XactEvent event, void *arg)
+/*
+ * The transaction ended (from enforce.c's callback): the windows go with it,
+ * their memory with TopTransactionContext.
+ */
+void
+ks_owner_xact_end(void)
 {
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			own_windows = NIL;
-			break;
-		default:
-			break;
-	}
+	own_windows = NIL;
 }
 
-/* Register the callbacks; from ks_enforce_init(). */
+/* Register the subtransaction callback; from ks_enforce_init(). */
 void
 ks_owner_init(void)
 {
-	RegisterXactCallback(owner_xact_callback, NULL);
 	RegisterSubXactCallback(owner_subxact_callback, NULL);
 }

@@ -53,7 +53,7 @@ static KsRunningSlot *slots = NULL;
 static int	nslots = 0;
 
 /* This backend's note: the built-in, while the transaction holds one. */
-static Oid	noted_fn = InvalidOid;
+Oid			ks_noted_builtin = InvalidOid;
 
 /* The statement in which a subtransaction aborted after the cancel. */
 static TimestampTz aborted_after_cancel = 0;
@@ -111,7 +111,7 @@ cancelled(void)
 {
 	KsRunningSlot *slot = my_slot();
 
-	return OidIsValid(noted_fn) && slot != NULL &&
+	return OidIsValid(ks_noted_builtin) && slot != NULL &&
 		pg_atomic_read_u32(&slot->cancelled) != 0;
 }
 
@@ -124,7 +124,7 @@ ks_note_running_builtin(Oid fn)
 {
 	KsRunningSlot *slot = my_slot();
 
-	if (!OidIsValid(noted_fn) && slot != NULL)
+	if (!OidIsValid(ks_noted_builtin) && slot != NULL)
 	{
 		char	   *name = get_func_name(fn);
 
@@ -135,16 +135,9 @@ ks_note_running_builtin(Oid fn)
 		pg_atomic_write_u32(&slot->cancelled, 0);
 		pg_write_barrier();
 		pg_atomic_write_u32(&slot->noted, 1);
-		noted_fn = fn;
+		ks_noted_builtin = fn;
 	}
 	pg_memory_barrier();
-}
-
-/* Has this transaction set up a denied built-in (while disengaged)? */
-bool
-ks_noted_running_builtin(void)
-{
-	return OidIsValid(noted_fn);
 }
 
 /* Refuse anything more of a transaction that set up a denied built-in before the halt. */
@@ -220,34 +213,19 @@ ks_rethrow_halt_cancel(void)
 	ReThrowError(edata);
 }
 
-/* Drop this backend's note (its transaction ended). */
-static void
-forget_note(void)
+/* The transaction ended: drop this backend's note (from enforce.c's callback). */
+void
+ks_running_xact_end(void)
 {
-	KsRunningSlot *slot = my_slot();
+	KsRunningSlot *slot;
 
-	if (OidIsValid(noted_fn) && slot != NULL)
+	if (likely(!OidIsValid(ks_noted_builtin)))
+		return;
+	slot = my_slot();
+	if (slot != NULL)
 		pg_atomic_write_u32(&slot->noted, 0);
-	noted_fn = InvalidOid;
+	ks_noted_builtin = InvalidOid;
 	aborted_after_cancel = 0;
-}
-
-/* Transaction callback: the note lasts as long as the transaction. */
-static void
-running_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			forget_note();
-			break;
-		default:
-			break;
-	}
 }
 
 /*
@@ -259,7 +237,7 @@ static void
 running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 SubTransactionId parentSubid, void *arg)
 {
-	if (likely(!OidIsValid(noted_fn)))
+	if (likely(!OidIsValid(ks_noted_builtin)))
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB && cancelled())
 		aborted_after_cancel = GetCurrentStatementStartTimestamp();
@@ -276,10 +254,9 @@ running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 KS_ROLE_ADMIN)));
 }
 
-/* Register the callbacks; from ks_enforce_init(). */
+/* Register the subtransaction callback; from ks_enforce_init(). */
 void
 ks_running_init(void)
 {
-	RegisterXactCallback(running_xact_callback, NULL);
 	RegisterSubXactCallback(running_subxact_callback, NULL);
 }
