@@ -13,19 +13,22 @@
  *     statements at once (SIGINT, as pg_cancel_backend() does: the statement
  *     ends at its next interrupt check; an idle session ignores it), and
  *     says so in the server log.  Where the agent's executor or utility
- *     hook was entered after the note (a SELECT or INSERT calling nextval(),
- *     a DO block), the cancel is reported as what it is, KS001;
+ *     hook was entered after the note (a SELECT or INSERT that calls
+ *     nextval(), a cursor), the cancel is reported as what it is, KS001; a
+ *     loop in a function that set the call up after its statement began
+ *     ends with the cancel's 57014;
  *   - nothing more of such a transaction runs while halted (KS001 at the
  *     next statement, fetch, call setup or fast-path call): ROLLBACK;
  *   - a statement that catches the cancel (PL/pgSQL's EXCEPTION WHEN
- *     query_canceled) and goes on into another subtransaction ends its
- *     session (FATAL): otherwise it could loop on.
+ *     query_canceled, or WHEN OTHERS once it is KS001) and goes on into
+ *     another subtransaction ends its session (FATAL): otherwise it could
+ *     loop on.
  *
  * The note is taken before the mode is read again and the raiser reads the
  * notes after publishing, each with a full barrier: either the agent sees
- * the halt at setup or the raiser sees the note.  Nothing here allocates,
- * reads a catalog or errors on the raiser's side: it runs in commit
- * callbacks and in WAL redo.
+ * the halt at setup or the raiser sees the note.  Nothing on the raiser's
+ * side reads a catalog or raises an error (a LOG line at most): it runs in
+ * commit callbacks and in WAL redo.
  */
 #include "postgres.h"
 
@@ -246,8 +249,7 @@ running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		ereport(FATAL,
 				(errcode(ERRCODE_KILLSWITCH_ENGAGED),
 				 errmsg("Kill switch engaged (%s): agent \"%s\" went on after the halt cancelled its statement",
-						ks_mode_file_names[ks_current_mode()],
-						GetUserNameFromId(GetSessionUserId(), false)),
+						ks_mode_file_names[ks_current_mode()], noted_agent),
 				 errdetail("The statement called %s() before the halt and caught the cancel.",
 						   noted_function),
 				 errhint("A member of %s may release the kill switch with ks_disengage().",
