@@ -253,7 +253,7 @@ ks_check_allowed_functions(char **newval, void **extra, GucSource source)
 		if (!SplitIdentifierString(pstrdup(item), '.', &parts) || list_length(parts) != 2)
 		{
 			GUC_check_errdetail("\"%s\" is not a schema-qualified function name.", item);
-			GUC_check_errhint("Write each function as schema.name, for example pg_catalog.pg_prewarm.");
+			GUC_check_errhint("Write each function as schema.name, for example public.pg_prewarm.");
 			return false;
 		}
 		list->names[i].schema = text.len;
