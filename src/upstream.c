@@ -196,7 +196,18 @@ forget_answer(void)
 	up.error[0] = '\0';
 }
 
-/* Close the connection; connect again after a pause. */
+/* Close the connection, if any; connect again at retry_at. */
+static void
+disconnect(void)
+{
+	forget_answer();
+	if (up.conn)
+		PQfinish(up.conn);
+	up.conn = NULL;
+	up.state = LINK_IDLE;
+}
+
+/* Close the connection, and say why; connect again after a pause. */
 static void
 fail(const char *what, const char *why)
 {
@@ -205,7 +216,7 @@ fail(const char *what, const char *why)
 
 	snprintf(problem, sizeof(problem), "%s: %s", what, why && why[0] ? why : "no reason given");
 	/* libpq's messages end in a newline, and may run on several lines */
-	while ((nl = strchr(problem, '\n')) != NULL)
+	while ((nl = strpbrk(problem, "\n\t")) != NULL)
 	{
 		if (nl[1] == '\0')
 			*nl = '\0';
@@ -213,11 +224,7 @@ fail(const char *what, const char *why)
 			*nl = ' ';
 	}
 	strlcpy(up.problem, problem, sizeof(up.problem));
-	forget_answer();
-	if (up.conn)
-		PQfinish(up.conn);
-	up.conn = NULL;
-	up.state = LINK_IDLE;
+	disconnect();
 	up.retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_UPSTREAM_RETRY_MS);
 }
 
@@ -266,8 +273,7 @@ ks_upstream_stop(void)
 {
 	if (!up.started)
 		return;
-	close_link(0, (Datum) 0);
-	up.state = LINK_IDLE;
+	disconnect();
 	up.started = false;
 	up.nbehind = 0;
 	ks_set_floor(KS_DISENGAGED);
@@ -620,8 +626,8 @@ judge_silence(void)
 	if (up.problem[0] != '\0')
 		strlcpy(problem, up.problem, sizeof(problem));
 	else if (age_ms > (long) KS_UPSTREAM_STALE_POLLS * poll_ms())
-		snprintf(problem, sizeof(problem),
-				 "the upstream answers, but its own news of the primary is %ld ms old", age_ms);
+		strlcpy(problem, "the upstream answers, but has had no word from the primary itself for a while",
+				sizeof(problem));
 	else
 		problem[0] = '\0';
 	show_problem(problem);
@@ -673,7 +679,7 @@ ks_upstream_work(bool socket_ready)
 	/* a reloaded setting: connect again with it */
 	if (up.conninfo && strcmp(up.conninfo, conninfo_in_force()) != 0)
 	{
-		fail("the upstream's connection string changed", "connecting again");
+		disconnect();
 		up.retry_at = now;
 	}
 	switch (up.state)

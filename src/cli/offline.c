@@ -134,6 +134,14 @@ print_status_json(const KsOptions *opt, const KsState *st, KsVerdict v,
 	put_raw(&out, "watcher_checked_at", "null");
 	put_raw(&out, "watcher_age_ms", "null");
 	put_string(&out, "role", opt->pgdata == NULL ? NULL : is_standby(opt) ? "standby" : "primary");
+	/* a standby's link to its upstream: only the running server knows */
+	put_raw(&out, "replayed_generation", "null");
+	put_raw(&out, "upstream_heard_at", "null");
+	put_raw(&out, "upstream_age_ms", "null");
+	put_raw(&out, "upstream_lost", "null");
+	put_raw(&out, "upstream_problem", "null");
+	put_raw(&out, "replay_behind_bytes", "null");
+	put_raw(&out, "replay_behind_ms", "null");
 	appendStringInfoChar(&out, '}');
 	puts(out.data);
 }
