@@ -69,6 +69,8 @@ PGDLLEXPORT void ks_worker_main(Datum arg);
  */
 #define KS_WRITING_SETTLE_MS 20
 #define KS_SETTLE_AFTER_WRITE_MS Max(ks_recheck_delay, KS_WRITING_SETTLE_MS)
+/* On a standby whose upstream has nothing newer, look at the history this often at most. */
+#define KS_HISTORY_LOOK_MS 1000
 /* Wait at most this long for a server's own change, written but not committed. */
 #define KS_IN_FLIGHT_MS 1000
 
@@ -326,7 +328,7 @@ duties_due(void)
 static struct
 {
 	bool		looked;			/* the history was looked at since the start */
-	XLogRecPtr	looked_lsn;		/* replay's position then */
+	TimestampTz looked_commit;	/* the newest replayed commit's time then */
 	TimestampTz looked_at;
 	KsFileStamp seen;			/* the state file when last compared with the copy */
 	bool		compared;		/* at least once since the start */
@@ -338,23 +340,27 @@ static struct
 
 /*
  * Is a look at the replicated history due?  At the first pass; then only
- * when replay has moved since the last look (nothing new can be in the
- * history otherwise) and the upstream's state is newer than the one held —
- * or unknown, or the files are behind — at most once a poll interval.  With
- * an upstream that has nothing newer, replay brings the records themselves.
+ * when replay has brought a commit since the last look (the history changes
+ * by commits only: the WAL an idle primary still writes, a checkpoint or a
+ * snapshot of running transactions, costs no look) or the files are behind.
+ * Within a poll interval when the upstream's state is newer than the one
+ * held, or unknown: a record may be missing.  Otherwise replay brings the
+ * records themselves, and a look a second is enough (a row nobody
+ * announced, which a standby does not follow, still gets its WARNING).
  */
 static bool
 history_due(TimestampTz now)
 {
 	int64		upstream = ks_upstream_generation();
 	int64		held = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	bool		pending = upstream < 0 || upstream > held || ks_shared->files_behind;
 
 	if (!standby.looked)
 		return true;
-	if (!ks_shared->files_behind &&
-		(GetXLogReplayRecPtr(NULL) == standby.looked_lsn || (upstream >= 0 && upstream <= held)))
+	if (!ks_shared->files_behind && GetLatestXTime() == standby.looked_commit)
 		return false;
-	return TimestampDifferenceExceeds(standby.looked_at, now, ks_poll_interval);
+	return TimestampDifferenceExceeds(standby.looked_at, now,
+									  pending ? ks_poll_interval : KS_HISTORY_LOOK_MS);
 }
 
 /* Follow the history, in a read-only transaction, surviving its errors. */
@@ -364,7 +370,7 @@ follow_history_safely(TimestampTz now)
 	MemoryContext ctx = CurrentMemoryContext;
 
 	standby.looked = true;
-	standby.looked_lsn = GetXLogReplayRecPtr(NULL);
+	standby.looked_commit = GetLatestXTime();
 	standby.looked_at = now;
 	PG_TRY();
 	{
