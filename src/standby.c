@@ -118,7 +118,7 @@ ks_standby_write_files(const char *text, size_t len, int64 generation)
 	ks_shared->files_behind = lockfd < 0 || !ok;
 	if (ks_shared->files_behind)
 		ereport(LOG,
-				(errmsg("killswitch: could not write the state of generation " INT64_FORMAT " into the files: %s",
+				(errmsg("could not write the state of generation " INT64_FORMAT " into the files: %s",
 						generation, problem),
 				 errdetail("The standby follows it in shared memory; its watcher writes the files from the history.")));
 	return !ks_shared->files_behind;

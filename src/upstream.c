@@ -69,9 +69,10 @@ int			ks_standby_max_silence = 60;
 /* WAL positions heard and not replayed yet, remembered to date replay's lag. */
 #define KS_BEHIND_SAMPLES 64
 
-/* The two questions, asked in turn. */
+/* The questions: the first once per connection, the other two in turn. */
 typedef enum KsQuestion
 {
+	QUESTION_SETUP,				/* no statement_timeout of the role's cuts the long poll short */
 	QUESTION_WAIT,				/* CALL killswitch.await_state(): until the state moves */
 	QUESTION_READ				/* killswitch.committed_state(): what it is */
 } KsQuestion;
@@ -172,14 +173,14 @@ show_problem(const char *problem)
 	if (problem[0] == '\0')
 	{
 		if (last[0] != '\0')
-			ereport(LOG, (errmsg("killswitch: the standby hears its upstream again")));
+			ereport(LOG, (errmsg("the standby hears its upstream again")));
 		return;
 	}
 	if (strcmp(last, problem) == 0 &&
 		!TimestampDifferenceExceeds(up.warned_at, now, KS_UPSTREAM_WARN_MS))
 		return;
 	ereport(WARNING,
-			(errmsg("killswitch: the standby cannot hear its upstream: %s", problem),
+			(errmsg("the standby cannot hear its upstream: %s", problem),
 			 errdetail("A halt engaged on the primary reaches this standby only when replay gets to it."),
 			 errhint("Check killswitch.upstream_conninfo (or primary_conninfo), and that pg_hba.conf on the upstream lets that role connect to database \"%s\".",
 					 ks_database)));
@@ -300,7 +301,11 @@ connect_upstream(void)
 		up.retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_UPSTREAM_RETRY_MS);
 		return;
 	}
-	/* the first dbname is the whole string; the second names our database */
+	/*
+	 * The first dbname is the whole string; the second names our database.
+	 * (libpq resolves a host name here, before the socket exists: a
+	 * hostaddr spares the watcher the lookup, as for the walreceiver.)
+	 */
 	keys[0] = "dbname";
 	vals[0] = conninfo;
 	keys[1] = "dbname";
@@ -341,7 +346,9 @@ ask(KsQuestion question)
 	snprintf(timeout, sizeof(timeout), "%d", poll_ms());
 	params[0] = generation;
 	params[1] = timeout;
-	if (question == QUESTION_WAIT)
+	if (question == QUESTION_SETUP)
+		sent = PQsendQuery(up.conn, "SET statement_timeout = 0");
+	else if (question == QUESTION_WAIT)
 		sent = PQsendQueryParams(up.conn, "CALL killswitch.await_state($1, $2)",
 								 2, NULL, params, NULL, NULL, 0);
 	else
@@ -434,7 +441,7 @@ take(const char *bytes, size_t len, const KsState *st)
 	if (!ks_standby_take_heard(st))
 		return;
 	ereport(LOG,
-			(errmsg("killswitch: the standby heard %s (generation " INT64_FORMAT ") from its upstream, ahead of replay",
+			(errmsg("the standby heard %s (generation " INT64_FORMAT ") from its upstream, ahead of replay",
 					ks_mode_sql_names[st->mode], st->generation)));
 	if (up.unwritten)
 		pfree(up.unwritten);
@@ -523,7 +530,7 @@ go_on_connecting(void)
 		if (PQsetnonblocking(up.conn, 1) != 0)
 			fail("could not connect to the upstream", PQerrorMessage(up.conn));
 		else
-			ask(QUESTION_READ);
+			ask(QUESTION_SETUP);
 	}
 }
 
@@ -574,7 +581,7 @@ go_on_waiting(void)
 		fail("the upstream refused the question", up.error);
 	else if (up.answer == NULL)
 		fail("the upstream gave no answer", PQerrorMessage(up.conn));
-	else if (up.question == QUESTION_WAIT)
+	else if (up.question != QUESTION_READ)
 		ask(QUESTION_READ);
 	else
 	{
@@ -615,13 +622,13 @@ judge_silence(void)
 		ks_set_floor(lost ? KS_HALT_ALL : KS_DISENGAGED);
 		if (lost)
 			ereport(WARNING,
-					(errmsg("killswitch: no word from the primary for %ld s; the standby holds halt_all until it hears again",
+					(errmsg("no word from the primary for %ld s; the standby holds halt_all until it hears again",
 							age_ms / 1000),
 					 errdetail("killswitch.standby_max_silence is %d s. This is no tamper verdict: the halt lifts when word comes.",
 							   ks_standby_max_silence)));
 		else
 			ereport(LOG,
-					(errmsg("killswitch: word from the primary again; the standby no longer holds halt_all")));
+					(errmsg("word from the primary again; the standby no longer holds halt_all")));
 	}
 	if (up.problem[0] != '\0')
 		strlcpy(problem, up.problem, sizeof(problem));
