@@ -336,6 +336,7 @@ static struct
 	int			sock_events;
 	int			sock_pos;
 	uint64		sock_epoch;		/* the connection it belongs to */
+	bool		in_emergency;	/* at the last pass */
 } standby;
 
 /*
@@ -462,9 +463,10 @@ standby_pass(WaitEventSet *wait_set, int watch_fd, bool *socket_ready)
 	bool		dir_event = false;
 
 	ks_upstream_work(*socket_ready);
-	/* what cannot wait for the files: sessions to end */
-	if (ks_current_mode() == KS_EMERGENCY)
+	/* what cannot wait for the files: sessions to end (and once after, to drop the agent list) */
+	if (ks_current_mode() == KS_EMERGENCY || standby.in_emergency)
 		standby_emergency_safely();
+	standby.in_emergency = ks_current_mode() == KS_EMERGENCY;
 	ks_upstream_write_files();
 	if (history_due(now))
 		follow_history_safely(now);
