@@ -251,6 +251,10 @@ for my $node ($delayed, $dcascade)
 	is(q1($node, "SELECT ks_status()->>'replayed_generation'"), $before, "$name: before replaying it");
 }
 cmp_ok(time - $t0, '<', 20, 'both within seconds of the commit');
+ok(within($delayed, "SELECT (ks_status()->>'replay_behind_bytes')::numeric > 0 AND (ks_status()->>'replay_behind_ms')::bigint > 1000"),
+	'the delayed standby says how far its replay is behind, in bytes and time');
+ok(within($standby, "SELECT ks_status()->>'replay_behind_bytes' || ' ' || (ks_status()->>'replay_behind_ms') = '0 0'"),
+	'the caught-up standby is not behind');
 # a release is no raise: it waits for replay
 q1($primary, "SELECT ks_disengage('released', 'ops')");
 my $released_at = q1($primary, 'SELECT clock_timestamp()');
