@@ -89,13 +89,16 @@ wait_for_state(int64 known, int timeout_ms)
 	{
 		int64		published = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
 		long		remaining;
+		bool		readable;
 		bool		behind;
 
 		MemoryContextReset(look);
 		MemoryContextSwitchTo(look);
-		behind = read_copy(&len, &generation) == NULL || generation < published;
+		readable = read_copy(&len, &generation) != NULL;
 		MemoryContextSwitchTo(caller);
-		if (!behind && generation != known)
+		/* a copy not written yet after the publish that woke us: look again soon */
+		behind = readable && generation < published;
+		if (readable && !behind && generation != known)
 			break;
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)

@@ -233,9 +233,7 @@ fail(const char *what, const char *why)
 static void
 close_link(int code, Datum arg)
 {
-	if (up.conn)
-		PQfinish(up.conn);
-	up.conn = NULL;
+	disconnect();
 }
 
 /*
@@ -330,6 +328,25 @@ connect_upstream(void)
 }
 
 /*
+ * LINK_ASKING: send the rest of the question.  While the output does not
+ * drain, the input is read too, as libpq asks (the server may be waiting
+ * for us to read before it reads on).
+ */
+static void
+go_on_asking(void)
+{
+	int			r = PQflush(up.conn);
+
+	if (r > 0 && !PQconsumeInput(up.conn))
+		r = -1;
+
+	if (r < 0)
+		fail("could not ask the upstream", PQerrorMessage(up.conn));
+	else if (r == 0)
+		up.state = LINK_WAITING;
+}
+
+/*
  * Send a question: wait until the upstream's state moves past what we
  * know (or the poll's end) — a CALL, which holds no snapshot on the
  * upstream while it waits (feed.c) — or read its state.
@@ -364,6 +381,7 @@ ask(KsQuestion question)
 	up.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											  (question == QUESTION_WAIT ? poll_ms() : 0) +
 											  KS_UPSTREAM_ANSWER_SLACK_MS);
+	go_on_asking();
 }
 
 /* Remember a WAL position the upstream reported that replay has not reached. */
@@ -534,18 +552,6 @@ go_on_connecting(void)
 	}
 }
 
-/* LINK_ASKING: send the rest of the question. */
-static void
-go_on_asking(void)
-{
-	int			r = PQflush(up.conn);
-
-	if (r < 0)
-		fail("could not ask the upstream", PQerrorMessage(up.conn));
-	else if (r == 0)
-		up.state = LINK_WAITING;
-}
-
 /*
  * LINK_WAITING: read what came; once the answer is whole (libpq has no
  * more results), hear it and ask again.  An error from the upstream (no
@@ -702,8 +708,6 @@ ks_upstream_work(bool socket_ready)
 		case LINK_ASKING:
 			if (socket_ready)
 				go_on_asking();
-			if (up.state == LINK_WAITING)
-				go_on_waiting();
 			break;
 		case LINK_WAITING:
 			if (socket_ready)
