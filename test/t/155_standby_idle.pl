@@ -2,7 +2,8 @@
 # §11): on a streaming and a cascading standby, over ten quiet seconds,
 # each watcher uses at most 1 % of a core, and runs no transaction — it
 # never reports the history look it would run one for — while it keeps
-# hearing its upstream.
+# hearing its upstream; the cascade's long poll on the standby holds no
+# snapshot.
 use strict;
 use warnings;
 use POSIX ();
@@ -72,6 +73,12 @@ for my $node ($primary, $standby, $cascade)
 		"$name: and ran no transaction");
 	is(q1($node, "SELECT (ks_status()->>'upstream_age_ms')::bigint < 3000"), 't', "$name: while it hears its upstream");
 }
+
+# the cascade's long poll on the standby holds no snapshot that replay would wait for
+ok($standby->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'killswitch standby watcher'"
+	  . " AND query LIKE 'CALL killswitch.await_state%' AND wait_event = 'Extension' AND backend_xmin IS NULL"),
+	'the cascade waits on the standby in killswitch.await_state(), holding no snapshot');
 
 $cascade->stop;
 $standby->stop;
