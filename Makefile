@@ -106,7 +106,7 @@ TEST_CONF = test/killswitch.conf
 REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
 ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
 
-.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-all fuzz-run
+.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-alerts test-all fuzz-run
 
 test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json
@@ -134,4 +134,10 @@ test-tap: test/store_vectors
 test-failover:
 	PG_CONFIG='$(PG_CONFIG)' bash test/failover/run
 
-test-all: test-vectors test-regress test-isolation test-tap test-failover
+# The alert rules (alerts/) under promtool: their unit tests, and each
+# alert's tests shown to fail when the alert never fires, always fires or
+# does not wait (test/alerts/run).
+test-alerts:
+	test/alerts/run
+
+test-all: test-vectors test-regress test-isolation test-tap test-failover test-alerts
