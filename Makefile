@@ -106,7 +106,7 @@ TEST_CONF = test/killswitch.conf
 REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
 ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
 
-.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-alerts test-all fuzz-run
+.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts test-all fuzz-run
 
 test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json
@@ -134,10 +134,16 @@ test-tap: test/store_vectors
 test-failover:
 	PG_CONFIG='$(PG_CONFIG)' bash test/failover/run
 
+# A switchover and a kill -9 failover with Patroni 3 and etcd on localhost,
+# three nodes preloading killswitch through Patroni's configuration
+# (test/patroni/run).
+test-patroni:
+	PG_CONFIG='$(PG_CONFIG)' bash test/patroni/run
+
 # The alert rules (alerts/) under promtool: their unit tests, and each
 # alert's tests shown to fail when the alert never fires, always fires or
 # does not wait (test/alerts/run).
 test-alerts:
 	test/alerts/run
 
-test-all: test-vectors test-regress test-isolation test-tap test-failover test-alerts
+test-all: test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts
