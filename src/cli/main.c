@@ -87,7 +87,10 @@ require_data_directory(const char *pgdata, bool given)
 	if (S_ISDIR(sb.st_mode) && stat(path, &sb) == 0)
 		return;
 	pg_log_error("\"%s\" is not a database cluster directory", pgdata);
-	pg_log_error_detail("It has no PG_VERSION file%s.", given ? "" : " (the directory comes from PGDATA)");
+	if (given)
+		pg_log_error_detail("It has no PG_VERSION file.");
+	else
+		pg_log_error_detail("It has no PG_VERSION file; the directory comes from the environment variable PGDATA.");
 	pg_log_error_hint("Give -D the data directory of the server, or --state-dir and --secret-file "
 					  "for a state directory kept elsewhere.");
 	exit(KS_EXIT_ERROR);

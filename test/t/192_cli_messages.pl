@@ -125,7 +125,7 @@ unlike($err, qr/signing\.key/, 'instead of complaining of a missing signing.key'
 	local $ENV{PGDATA} = $notdata;
 	($rc, $out, $err) = ks('engage', 'halt_all', '--reason', 'x');
 	is($rc, 1, 'the same from PGDATA');
-	like($err, qr/comes from PGDATA/, 'naming where it came from');
+	like($err, qr/the directory comes from the environment variable PGDATA/, 'naming where it came from');
 }
 
 # ---------------------------------------------------------------- the mode, online and offline
