@@ -66,7 +66,8 @@ standby_lines(const KsOptions *opt, const PGresult *res)
 /*
  * status: ks_status(); exit by mode and integrity.  --json prints a fixed
  * set of its members, the set offline.c prints from the file, so that the
- * shape does not depend on how the command reached the state.
+ * shape does not depend on how the command reached the state; the text
+ * names the mode as offline.c does, by its SQL name.
  */
 static int
 status(const KsOptions *opt, PGconn *conn)
@@ -83,7 +84,7 @@ status(const KsOptions *opt, PGconn *conn)
 						  " 'upstream_heard_at', s->'upstream_heard_at', 'upstream_age_ms', s->'upstream_age_ms',"
 						  " 'upstream_lost', s->'upstream_lost', 'upstream_problem', s->'upstream_problem',"
 						  " 'replay_behind_bytes', s->'replay_behind_bytes', 'replay_behind_ms', s->'replay_behind_ms')::text,"
-						  " s->>'mode', s->>'integrity', s->>'generation', s->>'since',"
+						  " lower(s->>'mode'), s->>'integrity', s->>'generation', s->>'since',"
 						  " s->'last_engagement'->>'reason', s->'last_engagement'->>'triggered_by',"
 						  " s->>'source', s->>'watcher_age_ms', s->>'role',"
 						  " s->>'upstream_age_ms', s->>'upstream_lost', s->>'upstream_problem',"
@@ -108,7 +109,7 @@ status(const KsOptions *opt, PGconn *conn)
 	}
 	standby_lines(opt, res);
 	rc = strcmp(PQgetvalue(res, 0, 2), "tampered") == 0 ? KS_EXIT_TAMPERED
-		: strcmp(PQgetvalue(res, 0, 1), "DISENGAGED") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;
+		: strcmp(PQgetvalue(res, 0, 1), "disengaged") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;
 	PQclear(res);
 	return rc;
 }
