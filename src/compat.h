@@ -1,6 +1,7 @@
 /*
  * compat.h — the only place that knows which PostgreSQL major version we
- * are built against.  Target is 15; 13–17 should need changes here only.
+ * are built against.  Built and tested against 15 (with assertions) and 18
+ * (scripts/pg-builds); 16 and 17 lie between them and take the same shims.
  */
 #ifndef KS_COMPAT_H
 #define KS_COMPAT_H
@@ -23,6 +24,14 @@
 #else
 #define ks_make_json_lex(json, len) \
 	makeJsonLexContextCstringLen((json), (len), PG_UTF8, true)
+#endif
+
+/*
+ * pg_noreturn, a prefix, replaced pg_attribute_noreturn(), a suffix, in 18.
+ * Before 18, spell it as 18 does (c.h, GCC and C11 alike).
+ */
+#ifndef pg_noreturn
+#define pg_noreturn _Noreturn
 #endif
 
 #ifndef FRONTEND
@@ -49,6 +58,50 @@
 /* MarkGUCPrefixReserved() replaced EmitWarningsOnPlaceholders() in 15. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
+#endif
+
+/*
+ * ExecutorRun lost its execute_once argument in 18.  A hook declares its
+ * parameters as KS_EXECUTOR_RUN_PARAMS and passes KS_EXECUTOR_RUN_ARGS on.
+ */
+#if PG_VERSION_NUM >= 180000
+#define KS_EXECUTOR_RUN_PARAMS \
+	QueryDesc *queryDesc, ScanDirection direction, uint64 count
+#define KS_EXECUTOR_RUN_ARGS queryDesc, direction, count
+#else
+#define KS_EXECUTOR_RUN_PARAMS \
+	QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once
+#define KS_EXECUTOR_RUN_ARGS queryDesc, direction, count, execute_once
+#endif
+
+/*
+ * pgstat_fetch_stat_local_beentry() became pgstat_get_local_beentry_by_index()
+ * in 16 (the same 1-based index into the local copy); we use the new name.
+ */
+#if PG_VERSION_NUM < 160000
+#define pgstat_get_local_beentry_by_index(idx) pgstat_fetch_stat_local_beentry(idx)
+#endif
+
+/*
+ * A WaitEventSet belongs to a resource owner from 17 on (NULL: to nobody, freed
+ * by its creator, in TopMemoryContext), to a memory context before.
+ */
+#if PG_VERSION_NUM >= 170000
+#define ks_create_wait_event_set(nevents) CreateWaitEventSet(NULL, (nevents))
+#else
+#define ks_create_wait_event_set(nevents) CreateWaitEventSet(TopMemoryContext, (nevents))
+#endif
+
+/*
+ * pg_logical_emit_message() gained a fourth argument, flush, in 17, and with
+ * it the names of its entries in fmgroids.h.
+ */
+#if PG_VERSION_NUM >= 170000
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_TEXT F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_TEXT_BOOL
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_BYTEA F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_BYTEA_BOOL
+#else
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_TEXT F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_TEXT
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_BYTEA F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_BYTEA
 #endif
 #endif							/* !FRONTEND */
 
