@@ -29,19 +29,26 @@ include $(PGXS)
 KS_HEADERS = src/killswitch.h src/store.h src/compat.h src/ks_base.h
 $(OBJS): $(KS_HEADERS)
 
-FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -lpgcommon -lpgport -lcrypto -lm
+# libpgcommon and libpgport: in pkglibdir in Debian's packages, in libdir in
+# an installed source build (scripts/pg-builds).
+FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -L$(shell $(PG_CONFIG) --libdir) -lpgcommon -lpgport -lcrypto -lm
 
 all: $(FE_PROGRAMS)
 
+# Frontend code links libpgcommon statically: from 18 on its encoding
+# functions are exported as pg_utf_mblen_private and so on (as for initdb);
+# libpq keeps the plain names.  Before 18 the flag changes nothing.
+FE_CPPFLAGS = -DFRONTEND -DUSE_PRIVATE_ENCODING_FUNCS
+
 src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h
-	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
 
 # The killswitch command: the same store.c, and libpq for -d.
 LIBPQ_INC = -I$(shell $(PG_CONFIG) --includedir)
 LIBPQ_LIB = -L$(shell $(PG_CONFIG) --libdir) -lpq
 
 src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h
-	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(LIBPQ_INC) $(CPPFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(LIBPQ_INC) $(CPPFLAGS) -c -o $@ $<
 
 src/cli/killswitch: $(CLI_OBJS) $(FE_OBJS)
 	$(CC) $(CFLAGS) -o $@ $^ $(LIBPQ_LIB) $(FE_LIBS)
@@ -77,7 +84,7 @@ examples:
 .PHONY: examples
 
 test/store_vectors: test/store_vectors.c $(FE_OBJS)
-	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)
+	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)
 
 # ---- the fuzzer: libFuzzer + ASan/UBSan on the state-file reader ----
 comma := ,
@@ -89,7 +96,7 @@ FUZZ_WRAP = $(addprefix -Wl$(comma)--wrap=,palloc palloc0 palloc_extended repall
 test/fuzz/fuzz_state: test/fuzz/fuzz_state.c test/fuzz/alloc_wrap.c src/store.c src/json.c \
                      src/canonical.c src/files.c src/isotime.c src/store.h
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-ignored-attributes \
-	  -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $(filter %.c,$^) $(FE_LIBS) $(FUZZ_WRAP)
+	  $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $(filter %.c,$^) $(FE_LIBS) $(FUZZ_WRAP)
 
 # A short run (CI); for a long one: make fuzz-run FUZZ_SECONDS=3600
 fuzz-run: test/fuzz/fuzz_state
