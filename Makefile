@@ -130,9 +130,12 @@ test-isolation:
 	  --bindir=$(PG_BINDIR) --inputdir=test/isolation --outputdir=tmp_check/isolation-out \
 	  --dbname=contrib_regression $(sort $(ISOLATION_TESTS))
 
+# Logs and data dirs under tmp_check/tap/tmp_check: PostgreSQL::Test::Utils
+# reads TESTDIR up to 15, TESTDATADIR and TESTLOGDIR from 16 on.
 test-tap: test/store_vectors
 	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
 	PATH="$(PG_BINDIR):$$PATH" TESTDIR='$(CURDIR)/tmp_check/tap' \
+	  TESTDATADIR='$(CURDIR)/tmp_check/tap/tmp_check' TESTLOGDIR='$(CURDIR)/tmp_check/tap/tmp_check/log' \
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \
 	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) $(or $(TAP_TESTS),test/t/*.pl)
 
@@ -142,3 +145,23 @@ test-failover:
 	PG_CONFIG='$(PG_CONFIG)' bash test/failover/run
 
 test-all: test-vectors test-regress test-isolation test-tap test-failover
+
+# ---- other PostgreSQL versions (README "Versions") ----
+# PostgreSQL 18 and an assert-enabled 15 from Debian's source packages, each
+# in its own prefix outside the tree, once per machine (as root or with sudo).
+pg-builds:
+	bash scripts/pg-builds
+
+# The whole suite (vectors, pg_regress, isolation, TAP) on Debian's 15, on 18
+# and on the assert-enabled 15, building what is missing; as root or with
+# sudo, like bench.  scripts/test runs less on 18 to stay within its hour.
+test-all-versions:
+	bash scripts/test-versions
+
+# pg_regress and isolation with the servers under Valgrind's memcheck, against
+# a -DUSE_VALGRIND build (as the server's user, with the extension installed
+# there; `bash scripts/test-versions --valgrind` does both).
+test-valgrind:
+	PG_CONFIG='$(PG_CONFIG)' bash test/valgrind/run
+
+.PHONY: pg-builds test-all-versions test-valgrind

@@ -109,17 +109,21 @@ ks_version_tree() {
     echo "$tree"
 }
 
-# ks_version_sections BUILD SUITE...: the extension built against a build of
-# scripts/pg-builds, and the suites (make targets test-SUITE) run against it.
-# A build that fails counts as one failure.
+# ks_version_sections BUILD SUITE...: the extension built against BUILD (a
+# build of scripts/pg-builds, or the path of a pg_config) in a scratch tree,
+# and the suites (make targets test-SUITE) run there against it.  A build
+# missing or failing counts as one failure.
 ks_version_sections() {
     local build=$1 pgc tree suite label
     shift
-    if ! pgc=$(bash scripts/pg-builds --pg-config "$build"); then
-        echo "=== $build: not built"
-        KS_FAILED=$((KS_FAILED + 1)); KS_FAILURES+=("$build (not built)")
-        return 1
-    fi
+    case $build in
+        */*) pgc=$build ;;
+        *)   if ! pgc=$(bash scripts/pg-builds --pg-config "$build"); then
+                 echo "=== $build: not built"
+                 KS_FAILED=$((KS_FAILED + 1)); KS_FAILURES+=("$build (not built)")
+                 return 1
+             fi ;;
+    esac
     label=$(ks_pg_label "$pgc")
     echo "=== build — $label ($pgc)"
     if ! tree=$(ks_version_tree "$pgc"); then
