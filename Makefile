@@ -19,7 +19,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-EXTRA_CLEAN = bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = $(PG_STAMP) bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -28,6 +28,15 @@ include $(PGXS)
 # object that lays it out, or the module mixes two layouts.
 KS_HEADERS = src/killswitch.h src/store.h src/compat.h src/ks_base.h
 $(OBJS): $(KS_HEADERS)
+
+# Nor which PostgreSQL the objects were built for: `make PG_CONFIG=...` for
+# another version or build (README "Versions") must rebuild everything, not
+# install objects of the last one.  The stamp changes only when the
+# pg_config, its version or its configuration does.
+PG_STAMP = .pg_config.stamp
+PG_STAMP_TEXT := $(PG_CONFIG) $(shell $(PG_CONFIG) --version) $(shell $(PG_CONFIG) --configure | cksum)
+$(shell [ "$$(cat $(PG_STAMP) 2>/dev/null)" = '$(PG_STAMP_TEXT)' ] || echo '$(PG_STAMP_TEXT)' > $(PG_STAMP))
+$(OBJS): $(PG_STAMP)
 
 # libpgcommon and libpgport: in pkglibdir in Debian's packages, in libdir in
 # an installed source build (scripts/pg-builds).
@@ -40,14 +49,14 @@ all: $(FE_PROGRAMS)
 # libpq keeps the plain names.  Before 18 the flag changes nothing.
 FE_CPPFLAGS = -DFRONTEND -DUSE_PRIVATE_ENCODING_FUNCS
 
-src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h
+src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
 
 # The killswitch command: the same store.c, and libpq for -d.
 LIBPQ_INC = -I$(shell $(PG_CONFIG) --includedir)
 LIBPQ_LIB = -L$(shell $(PG_CONFIG) --libdir) -lpq
 
-src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h
+src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(LIBPQ_INC) $(CPPFLAGS) -c -o $@ $<
 
 src/cli/killswitch: $(CLI_OBJS) $(FE_OBJS)
@@ -65,14 +74,14 @@ uninstall-cli:
 .PHONY: install-cli uninstall-cli
 
 # The benchmark suite's latency probe (libpq only), and the suite.
-bench/ks_probe: bench/ks_probe.c
+bench/ks_probe: bench/ks_probe.c $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(LIBPQ_INC) -o $@ $< $(LIBPQ_LIB)
 
 bench:
-	bash bench/run
+	PG_CONFIG='$(PG_CONFIG)' bash bench/run
 
 bench-quick:
-	bash bench/run --quick
+	PG_CONFIG='$(PG_CONFIG)' bash bench/run --quick
 
 .PHONY: bench bench-quick
 
@@ -94,7 +103,7 @@ FUZZ_WRAP = $(addprefix -Wl$(comma)--wrap=,palloc palloc0 palloc_extended repall
             pstrdup pnstrdup pg_malloc pg_malloc0 pg_realloc pg_free pg_strdup)
 
 test/fuzz/fuzz_state: test/fuzz/fuzz_state.c test/fuzz/alloc_wrap.c src/store.c src/json.c \
-                     src/canonical.c src/files.c src/isotime.c src/store.h
+                     src/canonical.c src/files.c src/isotime.c src/store.h $(PG_STAMP)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-ignored-attributes \
 	  $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $(filter %.c,$^) $(FE_LIBS) $(FUZZ_WRAP)
 
