@@ -103,6 +103,60 @@
 #define KS_F_PG_LOGICAL_EMIT_MESSAGE_TEXT F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_TEXT
 #define KS_F_PG_LOGICAL_EMIT_MESSAGE_BYTEA F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_BYTEA
 #endif
+/*
+ * A backend's index among the PGPROCs, for arrays with one slot per PGPROC
+ * (MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts of them, known from
+ * shmem_request_hook on): MyProcNumber and GetNumberFromPGProc() from 17 on,
+ * the PGPROC's pgprocno before.
+ */
+#if PG_VERSION_NUM >= 170000
+#define ks_my_proc_number() (MyProcNumber)
+#define ks_proc_number(proc) ((int) GetNumberFromPGProc(proc))
+#else
+#define ks_my_proc_number() (MyProc->pgprocno)
+#define ks_proc_number(proc) ((proc)->pgprocno)
+#endif
+
+/*
+ * A wait event of our own name (pg_stat_activity: wait_event_type
+ * "Extension", wait_event the name) from 17 on; before, every wait of an
+ * extension is the one event "Extension".  The first call registers the name
+ * in shared memory; *cache keeps the event for the next.
+ */
+#include "utils/wait_event.h"
+#if PG_VERSION_NUM >= 170000
+static inline uint32
+ks_wait_event(uint32 *cache, const char *name)
+{
+	if (*cache == 0)
+		*cache = WaitEventExtensionNew(name);
+	return *cache;
+}
+#else
+static inline uint32
+ks_wait_event(uint32 *cache, const char *name)
+{
+	return PG_WAIT_EXTENSION;
+}
+#endif
+
+/*
+ * Injection points (17 on, in a server configured with
+ * --enable-injection-points, as scripts/pg-builds builds 18): a test attaches
+ * an action to a point by name (the injection_points module: wait here until
+ * woken, raise an error) to force an interleaving.  Elsewhere, and before 17,
+ * a point is nothing.  Name points "killswitch-what-happens-next".
+ */
+#if PG_VERSION_NUM >= 170000 && defined(USE_INJECTION_POINTS)
+#include "utils/injection_point.h"
+#if PG_VERSION_NUM >= 180000
+#define KS_INJECTION_POINT(name) INJECTION_POINT(name, NULL)
+#else
+#define KS_INJECTION_POINT(name) INJECTION_POINT(name)
+#endif
+#else
+#define KS_INJECTION_POINT(name) ((void) 0)
+#endif
 #endif							/* !FRONTEND */
 
 #endif							/* KS_COMPAT_H */
