@@ -121,6 +121,11 @@ PG_ISOLATION_BIN = $(pgxsdir)/src/test/isolation/pg_isolation_regress
 TEST_CONF = test/killswitch.conf
 REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
 ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
+# injection_*.spec force an interleaving with injection points: a server of 17
+# or later configured with --enable-injection-points (scripts/pg-builds 18).
+ifeq ($(findstring --enable-injection-points,$(shell $(PG_CONFIG) --configure)),)
+ISOLATION_TESTS := $(filter-out injection_%,$(ISOLATION_TESTS))
+endif
 
 .PHONY: test-vectors test-regress test-isolation test-tap test-failover test-all fuzz-run
 
