@@ -42,7 +42,7 @@ my $waiter = IPC::Run::start(
 my $event = $major >= 17 ? 'KillswitchWait' : 'Extension';
 ok( $node->poll_query_until('postgres',
 		"SELECT wait_event_type || '/' || wait_event FROM pg_stat_activity "
-		  . "WHERE query LIKE '%ks_wait(%versions%' AND state = 'active'",
+		  . "WHERE query LIKE '%ks_wait(%versions%' AND state = 'active' AND pid <> pg_backend_pid()",
 		"Extension/$event"),
 	"PostgreSQL $major: a session in ks_wait() waits on Extension/$event");
 sql("SELECT ks_engage('halt_noncritical', 'wake the waiter', 'tester')");
