@@ -98,7 +98,7 @@ ks_version_tree() {
     (
         cd "$tree" || exit 1
         make -s PG_CONFIG="$pgc" clean >/dev/null 2>&1
-        make -s PG_CONFIG="$pgc" >/dev/null || exit 1
+        make -s -j"$(nproc)" PG_CONFIG="$pgc" >/dev/null || exit 1
         if [ -w "$("$pgc" --pkglibdir)" ]; then
             make -s PG_CONFIG="$pgc" install >/dev/null
         else
