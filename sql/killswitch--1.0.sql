@@ -29,6 +29,13 @@ BEGIN
     IF NOT pg_catalog.pg_has_role('killswitch_admin', 'killswitch_operator', 'MEMBER') THEN
         GRANT killswitch_operator TO killswitch_admin;
     END IF;
+    -- From PostgreSQL 16 on, the connection slots of reserved_connections
+    -- are kept for pg_use_reserved_connections: operators and admins may
+    -- take them, agents that are neither may not (README "Versions").
+    IF pg_catalog.current_setting('server_version_num')::int >= 160000
+       AND NOT pg_catalog.pg_has_role('killswitch_operator', 'pg_use_reserved_connections', 'MEMBER') THEN
+        EXECUTE 'GRANT pg_use_reserved_connections TO killswitch_operator';
+    END IF;
 END
 $roles$;
 

@@ -187,17 +187,16 @@ ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
  * rows at each run.
  */
 static void
-ks_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
-			   bool execute_once)
+ks_ExecutorRun(KS_EXECUTOR_RUN_PARAMS)
 {
 	KsMode		mode = mode_now();
 
 	if (unlikely(mode != KS_DISENGAGED))
 		check_execution(queryDesc, mode);
 	if (prev_ExecutorRun)
-		prev_ExecutorRun(queryDesc, direction, count, execute_once);
+		prev_ExecutorRun(KS_EXECUTOR_RUN_ARGS);
 	else
-		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+		standard_ExecutorRun(KS_EXECUTOR_RUN_ARGS);
 }
 
 /*

@@ -369,7 +369,7 @@ extern bool ks_session_is_agent(void);
 extern char *ks_session_task;
 extern void ks_enforce_init(void);
 extern bool ks_agent_may_write(KsMode mode);
-extern void ks_refuse_agent(KsMode mode, const char *what) pg_attribute_noreturn();
+pg_noreturn extern void ks_refuse_agent(KsMode mode, const char *what);
 extern void ks_note_own_xid(TransactionId xid);
 
 /* writefuncs.c */
@@ -387,7 +387,7 @@ extern List *ks_sessions_of_roles(List *roles, TimestampTz before);
 extern char *ks_sessions_snapshot_json(List *roles, int64 generation);
 
 /* api.c */
-extern void ks_refuse(const char *message) pg_attribute_noreturn();
+pg_noreturn extern void ks_refuse(const char *message);
 
 /* tasks.c */
 typedef struct KsTaskVerdict

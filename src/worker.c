@@ -748,7 +748,7 @@ make_wait_set(WaitEventSet *old, int watch_fd)
 
 	if (old)
 		FreeWaitEventSet(old);
-	set = CreateWaitEventSet(TopMemoryContext, 3);
+	set = ks_create_wait_event_set(3);
 	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	if (watch_fd >= 0)

@@ -46,8 +46,8 @@ writes_by_itself(Oid fn)
 		case F_LO_IMPORT_TEXT:
 		case F_LO_IMPORT_TEXT_OID:
 		case F_LO_EXPORT:
-		case F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_TEXT:
-		case F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_BYTEA:
+		case KS_F_PG_LOGICAL_EMIT_MESSAGE_TEXT:
+		case KS_F_PG_LOGICAL_EMIT_MESSAGE_BYTEA:
 		case F_PG_NOTIFY:
 			return true;
 		default:
