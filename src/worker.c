@@ -434,7 +434,7 @@ standby_wait_set(WaitEventSet *old, int watch_fd)
 	}
 	if (old)
 		FreeWaitEventSet(old);
-	old = CreateWaitEventSet(TopMemoryContext, 4);
+	old = ks_create_wait_event_set(4);
 	AddWaitEventToSet(old, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(old, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	if (watch_fd >= 0)
