@@ -6,20 +6,23 @@ OBJS = src/killswitch.o src/approval.o src/state.o src/startup.o src/persist.o \
        src/store.o src/release.o src/json.o src/canonical.o src/files.o src/isotime.o src/events.o src/notify.o src/change.o src/rights.o \
        src/owner.o src/modetype.o src/encoding.o src/tasks.o src/api.o src/guard.o \
        src/worker.o src/dirwatch.o src/audit.o src/watch.o src/agents.o src/enforce.o src/functions.o src/allowlist.o src/running.o src/logins.o src/emergency.o src/lists.o \
-       src/sessions.o src/wal.o src/standby.o src/claim.o src/wait.o
+       src/sessions.o src/wal.o src/standby.o src/upstream.o src/feed.o src/claim.o src/wait.o
 DATA = sql/killswitch--1.0.sql
 PGFILEDESC = "killswitch - cluster-wide kill switch for AI agents"
 
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -I$(libpq_srcdir)
+# A standby's watcher hears its upstream through libpq (upstream.c), linked
+# as contrib/dblink and postgres_fdw link it.
+SHLIB_LINK_INTERNAL = $(libpq)
 # Strict warnings; unused parameters are the norm for fmgr and callbacks.
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 # The state-file code again, built for frontend programs.
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
-CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o
+CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o src/cli/keycheck.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-EXTRA_CLEAN = bench/ks_probe test/ks_test_funcs.so test/ks_fastpath $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = $(PG_STAMP) bench/ks_probe test/ks_test_funcs.so test/ks_fastpath $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -29,19 +32,35 @@ include $(PGXS)
 KS_HEADERS = src/killswitch.h src/store.h src/compat.h src/ks_base.h
 $(OBJS): $(KS_HEADERS)
 
-FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -lpgcommon -lpgport -lcrypto -lm
+# Nor which PostgreSQL the objects were built for: `make PG_CONFIG=...` for
+# another version or build (README "Versions") must rebuild everything, not
+# install objects of the last one.  The stamp changes only when the
+# pg_config, its version or its configuration does.
+PG_STAMP = .pg_config.stamp
+PG_STAMP_TEXT := $(PG_CONFIG) $(shell $(PG_CONFIG) --version) $(shell $(PG_CONFIG) --configure | cksum)
+$(shell [ "$$(cat $(PG_STAMP) 2>/dev/null)" = '$(PG_STAMP_TEXT)' ] || echo '$(PG_STAMP_TEXT)' > $(PG_STAMP))
+$(OBJS): $(PG_STAMP)
+
+# libpgcommon and libpgport: in pkglibdir in Debian's packages, in libdir in
+# an installed source build (scripts/pg-builds).
+FE_LIBS = -L$(shell $(PG_CONFIG) --pkglibdir) -L$(shell $(PG_CONFIG) --libdir) -lpgcommon -lpgport -lcrypto -lm
 
 all: $(FE_PROGRAMS)
 
-src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h
-	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
+# Frontend code links libpgcommon statically: from 18 on its encoding
+# functions are exported as pg_utf_mblen_private and so on (as for initdb);
+# libpq keeps the plain names.  Before 18 the flag changes nothing.
+FE_CPPFLAGS = -DFRONTEND -DUSE_PRIVATE_ENCODING_FUNCS
+
+src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h $(PG_STAMP)
+	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
 
 # The killswitch command: the same store.c, and libpq for -d.
 LIBPQ_INC = -I$(shell $(PG_CONFIG) --includedir)
 LIBPQ_LIB = -L$(shell $(PG_CONFIG) --libdir) -lpq
 
-src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h
-	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(LIBPQ_INC) $(CPPFLAGS) -c -o $@ $<
+src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h $(PG_STAMP)
+	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(LIBPQ_INC) $(CPPFLAGS) -c -o $@ $<
 
 src/cli/killswitch: $(CLI_OBJS) $(FE_OBJS)
 	$(CC) $(CFLAGS) -o $@ $^ $(LIBPQ_LIB) $(FE_LIBS)
@@ -58,14 +77,14 @@ uninstall-cli:
 .PHONY: install-cli uninstall-cli
 
 # The benchmark suite's latency probe (libpq only), and the suite.
-bench/ks_probe: bench/ks_probe.c
+bench/ks_probe: bench/ks_probe.c $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(LIBPQ_INC) -o $@ $< $(LIBPQ_LIB)
 
 bench:
-	bash bench/run
+	PG_CONFIG='$(PG_CONFIG)' bash bench/run
 
 bench-quick:
-	bash bench/run --quick
+	PG_CONFIG='$(PG_CONFIG)' bash bench/run --quick
 
 .PHONY: bench bench-quick
 
@@ -77,7 +96,7 @@ examples:
 .PHONY: examples
 
 test/store_vectors: test/store_vectors.c $(FE_OBJS)
-	$(CC) $(CFLAGS) $(PG_CFLAGS) -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)
+	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $^ $(FE_LIBS)
 
 # ---- the fuzzer: libFuzzer + ASan/UBSan on the state-file reader ----
 comma := ,
@@ -87,9 +106,9 @@ FUZZ_WRAP = $(addprefix -Wl$(comma)--wrap=,palloc palloc0 palloc_extended repall
             pstrdup pnstrdup pg_malloc pg_malloc0 pg_realloc pg_free pg_strdup)
 
 test/fuzz/fuzz_state: test/fuzz/fuzz_state.c test/fuzz/alloc_wrap.c src/store.c src/json.c \
-                     src/canonical.c src/files.c src/isotime.c src/store.h
+                     src/canonical.c src/files.c src/isotime.c src/store.h $(PG_STAMP)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-ignored-attributes \
-	  -DFRONTEND $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $(filter %.c,$^) $(FE_LIBS) $(FUZZ_WRAP)
+	  $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -o $@ $(filter %.c,$^) $(FE_LIBS) $(FUZZ_WRAP)
 
 # A short run (CI); for a long one: make fuzz-run FUZZ_SECONDS=3600
 fuzz-run: test/fuzz/fuzz_state
@@ -105,8 +124,13 @@ PG_ISOLATION_BIN = $(pgxsdir)/src/test/isolation/pg_isolation_regress
 TEST_CONF = test/killswitch.conf
 REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
 ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
+# injection_*.spec force an interleaving with injection points: a server of 17
+# or later configured with --enable-injection-points (scripts/pg-builds 18).
+ifeq ($(findstring --enable-injection-points,$(shell $(PG_CONFIG) --configure)),)
+ISOLATION_TESTS := $(filter-out injection_%,$(ISOLATION_TESTS))
+endif
 
-.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-all fuzz-run
+.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts test-all fuzz-run
 
 test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json
@@ -126,15 +150,18 @@ test-isolation:
 # What the TAP tests bring themselves (test/t/090_bypass_matrix.pl): a
 # volatile C function of no extension, loaded by its path, and a client
 # that calls a function through the fast-path protocol.
-test/ks_test_funcs.so: test/ks_test_funcs.c
+test/ks_test_funcs.so: test/ks_test_funcs.c $(PG_STAMP)
 	$(CC) $(CFLAGS) $(CFLAGS_SL) $(PG_CFLAGS) $(CPPFLAGS) -shared -o $@ $< $(LDFLAGS_SL)
 
-test/ks_fastpath: test/ks_fastpath.c
+test/ks_fastpath: test/ks_fastpath.c $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(LIBPQ_INC) -o $@ $< $(LIBPQ_LIB)
 
+# Logs and data dirs under tmp_check/tap/tmp_check: PostgreSQL::Test::Utils
+# reads TESTDIR up to 15, TESTDATADIR and TESTLOGDIR from 16 on.
 test-tap: test/store_vectors test/ks_test_funcs.so test/ks_fastpath
 	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
 	PATH="$(PG_BINDIR):$$PATH" TESTDIR='$(CURDIR)/tmp_check/tap' \
+	  TESTDATADIR='$(CURDIR)/tmp_check/tap/tmp_check' TESTLOGDIR='$(CURDIR)/tmp_check/tap/tmp_check/log' \
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \
 	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) $(or $(TAP_TESTS),test/t/*.pl)
 
@@ -143,4 +170,36 @@ test-tap: test/store_vectors test/ks_test_funcs.so test/ks_fastpath
 test-failover:
 	PG_CONFIG='$(PG_CONFIG)' bash test/failover/run
 
-test-all: test-vectors test-regress test-isolation test-tap test-failover
+# A switchover and a kill -9 failover with Patroni 3 and etcd on localhost,
+# three nodes preloading killswitch through Patroni's configuration
+# (test/patroni/run).
+test-patroni:
+	PG_CONFIG='$(PG_CONFIG)' bash test/patroni/run
+
+# The alert rules (alerts/) under promtool: their unit tests, and each
+# alert's tests shown to fail when the alert never fires, always fires or
+# does not wait (test/alerts/run).
+test-alerts:
+	test/alerts/run
+
+test-all: test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts
+
+# ---- other PostgreSQL versions (README "Versions") ----
+# PostgreSQL 18 and an assert-enabled 15 from Debian's source packages, each
+# in its own prefix outside the tree, once per machine (as root or with sudo).
+pg-builds:
+	bash scripts/pg-builds
+
+# The whole suite (vectors, pg_regress, isolation, TAP) on Debian's 15, on 18
+# and on the assert-enabled 15, building what is missing; as root or with
+# sudo, like bench.  scripts/test runs less on 18 to stay within its hour.
+test-all-versions:
+	bash scripts/test-versions
+
+# pg_regress and isolation with the servers under Valgrind's memcheck, against
+# a -DUSE_VALGRIND build (as the server's user, with the extension installed
+# there; `bash scripts/test-versions --valgrind` does both).
+test-valgrind:
+	PG_CONFIG='$(PG_CONFIG)' bash test/valgrind/run
+
+.PHONY: pg-builds test-all-versions test-valgrind

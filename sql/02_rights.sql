@@ -19,8 +19,11 @@ SELECT ks_engage('halt_all', 'plain user tries');
 SELECT ks_disengage('plain user tries');
 INSERT INTO killswitch.events (id) VALUES (999);
 INSERT INTO killswitch.critical_tasks (task) VALUES ('mine');
--- the secret's path is hidden; the secret never shows
+-- the secret's path is hidden; the secret never shows (42501: PostgreSQL's
+-- wording of the refusal changed in 16)
+\set VERBOSITY sqlstate
 SHOW killswitch.signing_secret_file;
+\set VERBOSITY default
 SELECT count(*) AS visible FROM pg_settings WHERE name = 'killswitch.signing_secret_file';
 RESET ROLE;
 

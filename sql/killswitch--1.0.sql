@@ -29,6 +29,13 @@ BEGIN
     IF NOT pg_catalog.pg_has_role('killswitch_admin', 'killswitch_operator', 'MEMBER') THEN
         GRANT killswitch_operator TO killswitch_admin;
     END IF;
+    -- From PostgreSQL 16 on, the connection slots of reserved_connections
+    -- are kept for pg_use_reserved_connections: operators and admins may
+    -- take them, agents that are neither may not (README "Versions").
+    IF pg_catalog.current_setting('server_version_num')::int >= 160000
+       AND NOT pg_catalog.pg_has_role('killswitch_operator', 'pg_use_reserved_connections', 'MEMBER') THEN
+        EXECUTE 'GRANT pg_use_reserved_connections TO killswitch_operator';
+    END IF;
 END
 $roles$;
 
@@ -170,8 +177,26 @@ CREATE FUNCTION killswitch.shared_state(
     OUT require_hmac boolean, OUT unrecorded boolean,
     OUT watcher_checked_at timestamptz,
     OUT watcher_problem text, OUT watch text,
-    OUT role text, OUT state_lsn pg_lsn)
+    OUT role text, OUT state_lsn pg_lsn,
+    OUT replayed_generation bigint, OUT upstream_heard_at timestamptz,
+    OUT upstream_age_ms bigint, OUT upstream_lost boolean, OUT upstream_problem text,
+    OUT replay_behind_bytes numeric, OUT replay_behind_ms bigint)
     AS 'MODULE_PATHNAME', 'ks_shared_state' LANGUAGE C VOLATILE;
+
+-- A standby's watcher hears its upstream here (ARCHITECTURE §11 "Halts outrun
+-- replay"): CALL await_state(), outside a transaction block, waits without a
+-- snapshot until this server's committed state has another generation than the
+-- one given (or timeout_ms); committed_state() returns its signed bytes, how old
+-- this server's word from the primary is (0 on a primary) and the primary's WAL
+-- position.
+CREATE PROCEDURE killswitch.await_state(known_generation bigint, timeout_ms integer)
+    AS 'MODULE_PATHNAME', 'ks_await_state' LANGUAGE C;
+COMMENT ON PROCEDURE killswitch.await_state(bigint, integer) IS
+    'For standbys'' watchers: wait, holding no snapshot, until the committed state has another generation than known_generation';
+CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint, OUT wal_lsn pg_lsn)
+    AS 'MODULE_PATHNAME', 'ks_committed_state' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION killswitch.committed_state() IS
+    'For standbys'' watchers: the signed committed state, how old this server''s word from the primary is, the primary''s WAL position';
 
 CREATE FUNCTION killswitch.iso_utc(timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -411,7 +436,14 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'watcher_problem', s.watcher_problem,
         'watch', s.watch,
         'role', s.role,
-        'state_lsn', s.state_lsn::text)
+        'state_lsn', s.state_lsn::text,
+        'replayed_generation', s.replayed_generation,
+        'upstream_heard_at', killswitch.iso_utc(s.upstream_heard_at),
+        'upstream_age_ms', s.upstream_age_ms,
+        'upstream_lost', s.upstream_lost,
+        'upstream_problem', s.upstream_problem,
+        'replay_behind_bytes', s.replay_behind_bytes,
+        'replay_behind_ms', s.replay_behind_ms)
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';

@@ -31,8 +31,9 @@
 char	   *ks_allowed_functions = NULL;
 
 /*
- * The setting, parsed by the check hook into one malloc'd block (the GUC
- * machinery frees it): n pairs of offsets into the text that follows.
+ * The setting, parsed by the check hook into one block the GUC machinery
+ * frees (ks_guc_malloc(), compat.h): n pairs of offsets into the text that
+ * follows.
  */
 typedef struct AllowedNames
 {
@@ -60,7 +61,15 @@ builtin_allowed(Oid fn)
 			/* clocks, randomness and sleeping: the session's own */
 		case F_CLOCK_TIMESTAMP:
 		case F_TIMEOFDAY:
-		case F_RANDOM:
+		case KS_F_RANDOM:
+#ifdef F_RANDOM_INT4_INT4
+		case F_RANDOM_INT4_INT4:
+		case F_RANDOM_INT8_INT8:
+		case F_RANDOM_NUMERIC_NUMERIC:
+#endif
+#ifdef F_RANDOM_NORMAL
+		case F_RANDOM_NORMAL:
+#endif
 		case F_SETSEED:
 		case F_GEN_RANDOM_UUID:
 		case F_PG_SLEEP:
@@ -265,7 +274,7 @@ ks_check_allowed_functions(char **newval, void **extra, GucSource source)
 	list->n = i;
 	{
 		Size		head = offsetof(AllowedNames, names) + sizeof(list->names[0]) * i;
-		char	   *block = malloc(head + text.len);
+		char	   *block = ks_guc_malloc(head + text.len);
 
 		if (block == NULL)
 		{

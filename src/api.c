@@ -6,6 +6,10 @@
 #include "postgres.h"
 
 #include "access/xlog.h"
+#include "compat.h"
+#ifdef KS_HAVE_CUSTOM_RMGR
+#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
+#endif
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -127,18 +131,60 @@ ks_assert_task(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The standby's fields of ks_shared_state() (seven), null on a primary and
+ * for what is not known yet.
+ */
+static void
+standby_fields(const KsUpstreamStatus *up, int64 replayed, Datum *values, bool *nulls)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	XLogRecPtr	replay;
+
+	for (int i = 0; i < 7; i++)
+		nulls[i] = true;
+	if (!RecoveryInProgress())
+		return;
+	replay = GetXLogReplayRecPtr(NULL);
+	values[0] = Int64GetDatum(replayed);
+	nulls[0] = replayed < 0;
+	values[1] = TimestampTzGetDatum(up->heard_at);
+	nulls[1] = up->heard_at == 0;
+	if (!up->configured)
+		return;
+	values[2] = Int64GetDatum(TimestampDifferenceMilliseconds(up->fresh_at, now));
+	nulls[2] = false;
+	values[3] = BoolGetDatum(up->lost);
+	nulls[3] = false;
+	values[4] = CStringGetTextDatum(pg_verifymbstr(up->problem, strlen(up->problem), true)
+									? up->problem : "the upstream cannot be heard; see the server log");
+	nulls[4] = up->problem[0] == '\0';
+	if (XLogRecPtrIsInvalid(up->upstream_lsn))
+		return;
+	values[5] = DirectFunctionCall1(int8_numeric,
+									Int64GetDatum(up->upstream_lsn > replay ? up->upstream_lsn - replay : 0));
+	nulls[5] = false;
+	values[6] = Int64GetDatum(up->behind_since == 0 ? 0 :
+							  TimestampDifferenceMilliseconds(up->behind_since, now));
+	nulls[6] = false;
+}
+
+/*
  * SQL: the shared state as a row, for ks_status(): mode, generation,
  * integrity, source, since, problem, require_hmac, unrecorded,
  * watcher_checked_at, watcher_problem (null when the watcher can do all its
  * work), watch (how it sees changes: inotify or poll), role (primary or
- * standby), state_lsn (the WAL record of the state, written or replayed).
+ * standby), state_lsn (the WAL record of the state, written or replayed);
+ * on a standby (null on a primary) replayed_generation, and what it knows
+ * of its upstream (upstream.c): upstream_heard_at, upstream_age_ms (how old
+ * the newest word from the primary is), upstream_lost (held at halt_all for
+ * it), upstream_problem, replay_behind_bytes and replay_behind_ms.
  */
 Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[13];
-	bool		nulls[13] = {false};
+	Datum		values[20];
+	bool		nulls[20] = {false};
 	uint64		word;
 	int			flags;
 	char		source[16];
@@ -149,6 +195,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	char		problem[sizeof(ks_shared->watcher_problem)];
 	bool		inotify;
 	XLogRecPtr	state_lsn;
+	int64		replayed;
+	KsUpstreamStatus up;
 
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -164,6 +212,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	strlcpy(problem, ks_shared->watcher_problem, sizeof(problem));
 	inotify = ks_shared->watcher_inotify;
 	state_lsn = ks_shared->state_lsn;
+	replayed = ks_shared->replayed_generation;
+	up = ks_shared->upstream;
 	SpinLockRelease(&ks_shared->mutex);
 
 	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
@@ -188,6 +238,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[11] = CStringGetTextDatum(RecoveryInProgress() ? "standby" : "primary");
 	values[12] = LSNGetDatum(state_lsn);
 	nulls[12] = XLogRecPtrIsInvalid(state_lsn);
+	standby_fields(&up, replayed, values + 13, nulls + 13);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -1,6 +1,7 @@
 /*
  * compat.h — the only place that knows which PostgreSQL major version we
- * are built against.  Target is 15; 13–17 should need changes here only.
+ * are built against.  Built and tested against 15 (with assertions) and 18
+ * (scripts/pg-builds); 16 and 17 lie between them and take the same shims.
  */
 #ifndef KS_COMPAT_H
 #define KS_COMPAT_H
@@ -23,6 +24,14 @@
 #else
 #define ks_make_json_lex(json, len) \
 	makeJsonLexContextCstringLen((json), (len), PG_UTF8, true)
+#endif
+
+/*
+ * pg_noreturn, a prefix, replaced pg_attribute_noreturn(), a suffix, in 18.
+ * Before 18, spell it as 18 does (c.h, GCC and C11 alike).
+ */
+#ifndef pg_noreturn
+#define pg_noreturn _Noreturn
 #endif
 
 #ifndef FRONTEND
@@ -49,6 +58,147 @@
 /* MarkGUCPrefixReserved() replaced EmitWarningsOnPlaceholders() in 15. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
+#endif
+
+/*
+ * ExecutorRun lost its execute_once argument in 18.  A hook declares its
+ * parameters as KS_EXECUTOR_RUN_PARAMS and passes KS_EXECUTOR_RUN_ARGS on.
+ */
+#if PG_VERSION_NUM >= 180000
+#define KS_EXECUTOR_RUN_PARAMS \
+	QueryDesc *queryDesc, ScanDirection direction, uint64 count
+#define KS_EXECUTOR_RUN_ARGS queryDesc, direction, count
+#else
+#define KS_EXECUTOR_RUN_PARAMS \
+	QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once
+#define KS_EXECUTOR_RUN_ARGS queryDesc, direction, count, execute_once
+#endif
+
+/*
+ * pgstat_fetch_stat_local_beentry() became pgstat_get_local_beentry_by_index()
+ * in 16 (the same 1-based index into the local copy); we use the new name.
+ */
+#if PG_VERSION_NUM < 160000
+#define pgstat_get_local_beentry_by_index(idx) pgstat_fetch_stat_local_beentry(idx)
+#endif
+
+/*
+ * A WaitEventSet belongs to a resource owner from 17 on (NULL: to nobody, freed
+ * by its creator, in TopMemoryContext), to a memory context before.
+ */
+#if PG_VERSION_NUM >= 170000
+#define ks_create_wait_event_set(nevents) CreateWaitEventSet(NULL, (nevents))
+#else
+#define ks_create_wait_event_set(nevents) CreateWaitEventSet(TopMemoryContext, (nevents))
+#endif
+
+/*
+ * pg_logical_emit_message() gained a fourth argument, flush, in 17, and with
+ * it the names of its entries in fmgroids.h.
+ */
+#if PG_VERSION_NUM >= 170000
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_TEXT F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_TEXT_BOOL
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_BYTEA F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_BYTEA_BOOL
+#else
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_TEXT F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_TEXT
+#define KS_F_PG_LOGICAL_EMIT_MESSAGE_BYTEA F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_BYTEA
+#endif
+/*
+ * A backend's index among the PGPROCs, for arrays with one slot per PGPROC
+ * (MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts of them, known from
+ * shmem_request_hook on): MyProcNumber and GetNumberFromPGProc() from 17 on,
+ * the PGPROC's pgprocno before.
+ */
+#if PG_VERSION_NUM >= 170000
+#define ks_my_proc_number() (MyProcNumber)
+#define ks_proc_number(proc) ((int) GetNumberFromPGProc(proc))
+#else
+#define ks_my_proc_number() (MyProc->pgprocno)
+#define ks_proc_number(proc) ((proc)->pgprocno)
+#endif
+
+/*
+ * A wait event of our own name (pg_stat_activity: wait_event_type
+ * "Extension", wait_event the name) from 17 on; before, every wait of an
+ * extension is the one event "Extension".  The first call registers the name
+ * in shared memory; *cache keeps the event for the next.
+ */
+#include "utils/wait_event.h"
+#if PG_VERSION_NUM >= 170000
+static inline uint32
+ks_wait_event(uint32 *cache, const char *name)
+{
+	if (*cache == 0)
+		*cache = WaitEventExtensionNew(name);
+	return *cache;
+}
+#else
+static inline uint32
+ks_wait_event(uint32 *cache, const char *name)
+{
+	return PG_WAIT_EXTENSION;
+}
+#endif
+
+/*
+ * Injection points (17 on, in a server configured with
+ * --enable-injection-points, as scripts/pg-builds builds 18): a test attaches
+ * an action to a point by name (the injection_points module: wait here until
+ * woken, raise an error) to force an interleaving.  Elsewhere, and before 17,
+ * a point is nothing.  Name points "killswitch-what-happens-next".
+ */
+#if PG_VERSION_NUM >= 170000 && defined(USE_INJECTION_POINTS)
+#include "utils/injection_point.h"
+#if PG_VERSION_NUM >= 180000
+#define KS_INJECTION_POINT(name) INJECTION_POINT(name, NULL)
+#else
+#define KS_INJECTION_POINT(name) INJECTION_POINT(name)
+#endif
+#else
+#define KS_INJECTION_POINT(name) ((void) 0)
+#endif
+
+/*
+ * The connection slots PostgreSQL keeps from ordinary roles (logins.c):
+ * superuser_reserved_connections (ReservedBackends) up to 15; from 16 also
+ * reserved_connections, and HaveNFreeProcs() reports how many it found.
+ */
+#include "postmaster/postmaster.h"
+#include "storage/proc.h"
+#if PG_VERSION_NUM >= 160000
+#define KS_RESERVED_BACKENDS (SuperuserReservedConnections + ReservedConnections)
+static inline bool
+ks_have_free_procs(int n)
+{
+	int			nfree;
+
+	return HaveNFreeProcs(n, &nfree);
+}
+#else
+#define KS_RESERVED_BACKENDS ReservedBackends
+#define ks_have_free_procs(n) HaveNFreeProcs(n)
+#endif
+
+/*
+ * A GUC check hook's extra is freed by the GUC machinery: with free() up to
+ * 15, with guc_free() (its memory context) from 16, where guc_malloc() is
+ * exported to allocate it.  NULL when out of memory.
+ */
+#include "utils/guc.h"
+#if PG_VERSION_NUM >= 160000
+#define ks_guc_malloc(size) guc_malloc(LOG, (size))
+#else
+#define ks_guc_malloc(size) malloc(size)
+#endif
+
+/*
+ * random() took overloads in 17 (random(min, max)), which renamed the entry
+ * of the one without arguments in fmgroids.h (allowlist.c).
+ */
+#if PG_VERSION_NUM >= 170000
+#define KS_F_RANDOM F_RANDOM_
+#else
+#define KS_F_RANDOM F_RANDOM
 #endif
 #endif							/* !FRONTEND */
 

@@ -45,6 +45,7 @@
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/fmgrprotos.h"

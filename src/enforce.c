@@ -192,13 +192,12 @@ ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
 }
 
 static void
-run_executor(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
-			 bool execute_once)
+run_executor(KS_EXECUTOR_RUN_PARAMS)
 {
 	if (prev_ExecutorRun)
-		prev_ExecutorRun(queryDesc, direction, count, execute_once);
+		prev_ExecutorRun(KS_EXECUTOR_RUN_ARGS);
 	else
-		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+		standard_ExecutorRun(KS_EXECUTOR_RUN_ARGS);
 }
 
 /*
@@ -206,14 +205,13 @@ run_executor(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
  * apart, so that the PG_TRY costs nothing on the usual path.
  */
 static pg_noinline void
-run_executor_reporting_halt(QueryDesc *queryDesc, ScanDirection direction,
-							uint64 count, bool execute_once)
+run_executor_reporting_halt(KS_EXECUTOR_RUN_PARAMS)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
 	PG_TRY();
 	{
-		run_executor(queryDesc, direction, count, execute_once);
+		run_executor(KS_EXECUTOR_RUN_ARGS);
 	}
 	PG_CATCH();
 	{
@@ -231,17 +229,16 @@ run_executor_reporting_halt(QueryDesc *queryDesc, ScanDirection direction,
  * halt's cancel is reported as a refusal.
  */
 static void
-ks_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
-			   bool execute_once)
+ks_ExecutorRun(KS_EXECUTOR_RUN_PARAMS)
 {
 	KsMode		mode = mode_now();
 
 	if (unlikely(mode != KS_DISENGAGED))
 		check_execution(queryDesc, mode);
 	if (unlikely(ks_noted_running_builtin()))
-		run_executor_reporting_halt(queryDesc, direction, count, execute_once);
+		run_executor_reporting_halt(KS_EXECUTOR_RUN_ARGS);
 	else
-		run_executor(queryDesc, direction, count, execute_once);
+		run_executor(KS_EXECUTOR_RUN_ARGS);
 }
 
 /*

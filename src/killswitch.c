@@ -142,6 +142,8 @@ define_settings(void)
 							NULL,
 							&ks_approval_timeout, 900, 1, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	/* a standby's link to its upstream (upstream.c) */
+	ks_upstream_define_settings();
 	MarkGUCPrefixReserved("killswitch");
 }
 

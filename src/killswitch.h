@@ -62,6 +62,26 @@ extern int	ks_approval_timeout;
 #define KS_FLAG_TAMPERED 0x1	/* the state file could not be trusted */
 #define KS_FLAG_UNSIGNED 0x2	/* applied without a signature check */
 
+/*
+ * What a standby knows of its upstream (upstream.c), under KsShared.mutex:
+ * for ks_status(), and for the floor.  Times are this server's clock.
+ */
+typedef struct KsUpstreamStatus
+{
+	bool		configured;		/* this server is in recovery with an upstream to hear */
+	TimestampTz heard_at;		/* the upstream's last verified answer; 0: none yet */
+	/*
+	 * How fresh the newest word from the primary is: the moment it was said,
+	 * through every standby of a cascade (each adds how long it had not
+	 * heard its own upstream).  Set when the watcher first starts.
+	 */
+	TimestampTz fresh_at;
+	XLogRecPtr	upstream_lsn;	/* the primary's WAL position, as last heard */
+	TimestampTz behind_since;	/* replay has been behind a position heard since then; 0: not */
+	bool		lost;			/* silent longer than killswitch.standby_max_silence: held at halt_all */
+	char		problem[KS_WATCHER_PROBLEM_LEN];	/* why it is not heard; "" when it is */
+} KsUpstreamStatus;
+
 typedef struct KsShared
 {
 	pg_atomic_uint64 word;
@@ -95,6 +115,16 @@ typedef struct KsShared
 	bool		from_recovery;	/* started as a standby or for PITR: adopt the history when it ends */
 	bool		files_behind;	/* redo could not write the files: the watcher writes them */
 	bool		state_dir_foreign;	/* another running server claimed killswitch.state_dir (claim.c) */
+	int64		replayed_generation;	/* the newest generation replay or the history brought */
+	/*
+	 * The mode last published, and a floor under what the word shows: a
+	 * standby that has not heard its upstream for longer than
+	 * killswitch.standby_max_silence holds at least halt_all (upstream.c).
+	 * The word's mode is the higher of the two (state.c).
+	 */
+	KsMode		published_mode;
+	KsMode		floor_mode;
+	KsUpstreamStatus upstream;	/* a standby's link to its upstream (upstream.c) */
 	/* broadcast after every publish: wakes the sessions in ks_wait() (wait.c) */
 	ConditionVariable published;
 } KsShared;
@@ -125,6 +155,10 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 extern bool ks_publish_if_newer(KsMode mode, int flags, int64 generation,
 								TimestampTz since, const char *source,
 								const char *reason, const char *triggered_by);
+extern bool ks_publish_raise(KsMode mode, int flags, int64 generation,
+							 TimestampTz since, const char *source,
+							 const char *reason, const char *triggered_by);
+extern void ks_set_floor(KsMode floor);
 extern void ks_refusal_detail(char *buf, size_t len);
 extern void ks_clip_utf8(char *dst, const char *src, size_t size);
 extern void ks_wake_watcher(void);
@@ -341,7 +375,7 @@ extern bool ks_session_is_agent(void);
 extern char *ks_session_task;
 extern void ks_enforce_init(void);
 extern bool ks_agent_may_write(KsMode mode);
-extern void ks_refuse_agent(KsMode mode, const char *what) pg_attribute_noreturn();
+pg_noreturn extern void ks_refuse_agent(KsMode mode, const char *what);
 extern const char *ks_agent_name(void);
 
 /* functions.c: deny by default */
@@ -360,7 +394,7 @@ extern void ks_running_shmem_startup(void);
 extern Oid	ks_noted_builtin;
 extern void ks_note_running_builtin(Oid fn);
 extern void ks_running_xact_end(void);
-extern void ks_refuse_running_builtin(KsMode mode) pg_attribute_noreturn();
+pg_noreturn extern void ks_refuse_running_builtin(KsMode mode);
 extern void ks_cancel_running_builtins(void);
 extern void ks_rethrow_halt_cancel(void);
 extern void ks_running_init(void);
@@ -387,7 +421,7 @@ extern List *ks_sessions_of_roles(List *roles, TimestampTz before);
 extern char *ks_sessions_snapshot_json(List *roles, int64 generation);
 
 /* api.c */
-extern void ks_refuse(const char *message) pg_attribute_noreturn();
+pg_noreturn extern void ks_refuse(const char *message);
 
 /* tasks.c */
 typedef struct KsTaskVerdict
@@ -428,7 +462,21 @@ extern bool ks_recovery_requested(void);
 extern bool ks_publish_state(const KsState *st, int flags, bool only_newer);
 extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
 extern void ks_adopt_history_after_recovery(void);
-extern void ks_standby_tick(bool history);
+extern void ks_standby_follow_history(void);
 extern void ks_standby_put_back(void);
+extern bool ks_standby_take_heard(const KsState *st);
+extern bool ks_standby_write_files(const char *text, size_t len, int64 generation);
+
+/* upstream.c: a standby hears its upstream, whatever replay does */
+extern char *ks_upstream_conninfo;
+extern int	ks_standby_max_silence;
+extern void ks_upstream_define_settings(void);
+extern void ks_upstream_start(void);
+extern void ks_upstream_stop(void);
+extern pgsocket ks_upstream_socket(int *events, uint64 *epoch);
+extern void ks_upstream_work(bool socket_ready);
+extern long ks_upstream_timeout(long timeout);
+extern int64 ks_upstream_generation(void);
+extern void ks_upstream_write_files(void);
 
 #endif							/* KILLSWITCH_H */

@@ -2,8 +2,9 @@
  * logins.c — who may log in (ARCHITECTURE §5.8, §9).
  *
  *   - Operators keep a way in: an agent login is refused (FATAL, 53300)
- *     when it would leave fewer than superuser_reserved_connections plus
- *     killswitch.reserved_connections connection slots, so that a fleet that
+ *     when it would leave fewer than the slots PostgreSQL reserves
+ *     (superuser_reserved_connections, and from 16 reserved_connections)
+ *     plus killswitch.reserved_connections, so that a fleet that
  *     took every connection cannot keep a member of killswitch_operator or
  *     killswitch_admin from connecting and engaging.  PostgreSQL keeps its
  *     superuser reserve the same way (InitPostgres(), HaveNFreeProcs()).
@@ -45,17 +46,17 @@ login_is_agent(Port *port)
 static void
 keep_reserve(Port *port)
 {
-	int			keep = ReservedBackends + ks_reserved_connections;
+	int			keep = KS_RESERVED_BACKENDS + ks_reserved_connections;
 
-	if (ks_reserved_connections <= 0 || !AmRegularBackendProcess() || HaveNFreeProcs(keep))
+	if (ks_reserved_connections <= 0 || !AmRegularBackendProcess() || ks_have_free_procs(keep))
 		return;
 	if (!login_is_agent(port))
 		return;
 	ereport(FATAL,
 			(errcode(ERRCODE_TOO_MANY_CONNECTIONS),
 			 errmsg("remaining connection slots are reserved for roles that operate the kill switch"),
-			 errdetail("Agent \"%s\" may not take the last %d connection slots (superuser_reserved_connections %d, killswitch.reserved_connections %d).",
-					   port->user_name, keep, ReservedBackends, ks_reserved_connections),
+			 errdetail("Agent \"%s\" may not take the last %d connection slots (the %d PostgreSQL reserves, and killswitch.reserved_connections %d).",
+					   port->user_name, keep, KS_RESERVED_BACKENDS, ks_reserved_connections),
 			 errhint("Members of %s and %s can still connect.", KS_ROLE_OPERATOR, KS_ROLE_ADMIN)));
 }
 

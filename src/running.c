@@ -34,6 +34,7 @@
 
 #include <signal.h>
 
+#include "access/twophase.h"
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -65,10 +66,11 @@ static TimestampTz aborted_after_cancel = 0;
 static char noted_agent[NAMEDATALEN];
 static char noted_function[NAMEDATALEN];
 
+/* One slot per PGPROC (compat.h). */
 static int
 slot_count(void)
 {
-	return MaxBackends + NUM_AUXILIARY_PROCS;
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
 }
 
 /* Reserve the slots (from the shared memory request). */
@@ -103,9 +105,9 @@ ks_running_shmem_startup(void)
 static KsRunningSlot *
 my_slot(void)
 {
-	if (slots == NULL || MyProc == NULL || MyProc->pgprocno >= nslots)
+	if (slots == NULL || MyProc == NULL || ks_my_proc_number() >= nslots)
 		return NULL;
-	return &slots[MyProc->pgprocno];
+	return &slots[ks_my_proc_number()];
 }
 
 /* Has a raiser cancelled this transaction's statement? */

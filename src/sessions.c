@@ -59,7 +59,7 @@ ks_sessions_of_roles(List *roles, TimestampTz before)
 
 	for (int i = 1; i <= n; i++)
 	{
-		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
+		LocalPgBackendStatus *local = pgstat_get_local_beentry_by_index(i);
 		PgBackendStatus *be;
 
 		if (!local || !of_roles(&local->backendStatus, roles))
@@ -261,7 +261,7 @@ ks_sessions_snapshot_json(List *roles, int64 generation)
 	appendStringInfoString(&out, "}, \"sessions\": [");
 	for (int i = 1; i <= n; i++)
 	{
-		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
+		LocalPgBackendStatus *local = pgstat_get_local_beentry_by_index(i);
 
 		if (!local || !of_roles(&local->backendStatus, roles))
 			continue;

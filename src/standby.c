@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "access/xlog.h"
+#include "access/xlogrecovery.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -62,15 +63,73 @@ ks_publish_state(const KsState *st, int flags, bool only_newer)
 	return true;
 }
 
+/*
+ * The position of the WAL that brought the current state: a record's end
+ * when redo applies it, the replay position when the watcher follows the
+ * history.  Set before the state is published, so that a waiter woken by
+ * the publish reads it in ks_status(); it never moves back.
+ */
+static void
+note_state_lsn(XLogRecPtr lsn)
+{
+	SpinLockAcquire(&ks_shared->mutex);
+	if (lsn > ks_shared->state_lsn)
+		ks_shared->state_lsn = lsn;
+	SpinLockRelease(&ks_shared->mutex);
+}
+
+/* Replay (or the history) has brought this generation. */
+static void
+note_replayed(int64 generation)
+{
+	SpinLockAcquire(&ks_shared->mutex);
+	if (generation > ks_shared->replayed_generation)
+		ks_shared->replayed_generation = generation;
+	SpinLockRelease(&ks_shared->mutex);
+}
+
+/*
+ * Write a state this standby took — replayed, or heard from its upstream —
+ * into its private copy and its state file, with the primary's exact
+ * bytes, under the writers' lock.  Nothing is written over a newer state
+ * published meanwhile (its own taker writes that one), so the files never
+ * fall behind what they held.  Never an error: false, logged, and
+ * files_behind when they could not be written.
+ */
+bool
+ks_standby_write_files(const char *text, size_t len, int64 generation)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	int			lockfd;
+	bool		ok = true;
+
+	ks_state_file_path(path, sizeof(path));
+	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	if (lockfd >= 0 && KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) <= generation)
+	{
+		ok = ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) &&
+			(ks_shared->state_dir_foreign ||
+			 ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
+		/* the primary's mark of a change in flight has no meaning here */
+		(void) unlink(KS_IN_FLIGHT_FILE);
+	}
+	ks_unlock_dir(lockfd);
+	ks_shared->files_behind = lockfd < 0 || !ok;
+	if (ks_shared->files_behind)
+		ereport(LOG,
+				(errmsg("could not write the state of generation " INT64_FORMAT " into the files: %s",
+						generation, problem),
+				 errdetail("The standby follows it in shared memory; its watcher writes the files from the history.")));
+	return !ks_shared->files_behind;
+}
+
 /* ks_standby_apply(), in its memory context. */
 static void
 apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 {
 	KsState		st;
-	char		path[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
-	int			lockfd;
-	int64		held = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
 
 	if (ks_state_from_text(text, len, NULL, 0, NULL, false, &st,
 						   problem, sizeof(problem)) == KS_FILE_BAD ||
@@ -81,37 +140,45 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 				 errdetail("The standby keeps its state; its watcher follows the history.")));
 		return;
 	}
-	if (st.generation < held)
+	note_replayed(st.generation);
+	/* an older one, or older than what the upstream told (upstream.c) */
+	if (st.generation < KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)))
 		return;
 
 	/*
 	 * Shared memory first: the record is already durable in this server's
 	 * WAL, and a crash before the files are written replays it again.
 	 */
-	/* the position first: a waiter woken by the publish reads it in ks_status() */
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->state_lsn = lsn;
-	SpinLockRelease(&ks_shared->mutex);
+	note_state_lsn(lsn);
 	if (!ks_publish_state(&st, 0, true))
 		return;					/* the watcher published a newer one meanwhile */
 	if (st.mode == KS_EMERGENCY)
 		ks_wake_watcher();
+	(void) ks_standby_write_files(text, len, st.generation);
+}
 
-	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
-	ks_shared->files_behind =
-		lockfd < 0 ||
-		!ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) ||
-		(!ks_shared->state_dir_foreign &&
-		 !ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
-	if (ks_shared->files_behind)
-		ereport(LOG,
-				(errmsg("killswitch: could not write the replayed state (generation " INT64_FORMAT "): %s",
-						st.generation, problem),
-				 errdetail("The standby follows it in shared memory; its watcher writes the files from the history.")));
-	/* the primary's mark of a change in flight has no meaning here */
-	(void) unlink(KS_IN_FLIGHT_FILE);
-	ks_unlock_dir(lockfd);
+/*
+ * A state heard from the upstream (upstream.c), verified with the signing
+ * secret: published only if it raises — a higher mode, or the same halt at
+ * a newer generation — never a lower mode nor a cleared verdict, which
+ * arrive only by replaying their record (ARCHITECTURE §11).  Its
+ * generation is the primary's, ahead of replay: records replayed before it
+ * are older and change nothing, and the records of the changes it
+ * supersedes are history by then.  The one place a heard state enters
+ * shared memory; true if it did.
+ */
+bool
+ks_standby_take_heard(const KsState *st)
+{
+	int64		usec;
+	TimestampTz since = GetCurrentTimestamp();
+
+	if (st->mode == KS_DISENGAGED)
+		return false;
+	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
+		since = ks_unix_usec_to_timestamptz(usec);
+	return ks_publish_raise(st->mode, 0, st->generation, since,
+							st->source ? st->source : "sql", st->reason, st->triggered_by);
 }
 
 /*
@@ -209,6 +276,12 @@ adopt_history(bool in_recovery)
 		ereport(WARNING,
 				(errmsg("killswitch: could not write the state taken from the history: %s", problem),
 				 errhint("Check killswitch.signing_secret_file: every server of the fleet needs the primary's secret.")));
+	if (in_recovery)
+	{
+		/* the WAL that brought it: the change's commit, at or before here */
+		note_replayed(st.generation);
+		note_state_lsn(GetXLogReplayRecPtr(NULL));
+	}
 	if (!ks_publish_state(&st, 0, in_recovery))
 		return false;			/* redo published a newer one meanwhile */
 	ereport(LOG,
@@ -284,14 +357,11 @@ ks_standby_put_back(void)
 }
 
 /*
- * One look of the watcher on a standby, inside its transaction: follow the
- * history, put back outside writes, and act on an emergency.
+ * The watcher on a standby, inside its transaction: follow the replicated
+ * history where a record is missing.
  */
 void
-ks_standby_tick(bool history)
+ks_standby_follow_history(void)
 {
-	if (history)
-		(void) adopt_history(true);
-	ks_standby_put_back();
-	ks_emergency_tick_without_database();
+	(void) adopt_history(true);
 }

@@ -333,6 +333,7 @@ ks_load_at_startup(void)
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext oldctx = MemoryContextSwitchTo(ctx);
 	ResourceOwner oldowner = CurrentResourceOwner;
+	ResourceOwner owner;
 	KsDecision	d;
 	char	   *secret = NULL;
 	size_t		secretlen = 0;
@@ -393,11 +394,13 @@ ks_load_at_startup(void)
 	}
 	apply(&d);
 
-	ResourceOwnerRelease(CurrentResourceOwner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
-	ResourceOwnerRelease(CurrentResourceOwner, RESOURCE_RELEASE_LOCKS, false, true);
-	ResourceOwnerRelease(CurrentResourceOwner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
-	ResourceOwnerDelete(CurrentResourceOwner);
+	owner = CurrentResourceOwner;
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, true);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
+	/* never delete the current owner (resowner.c asserts it) */
 	CurrentResourceOwner = oldowner;
+	ResourceOwnerDelete(owner);
 	MemoryContextSwitchTo(oldctx);
 	MemoryContextDelete(ctx);
 }

@@ -17,6 +17,9 @@
 
 PG_FUNCTION_INFO_V1(ks_wait);
 
+/* pg_stat_activity shows a sleeper's wait as "KillswitchWait" from 17 on */
+static uint32 wait_event_ks_wait = 0;
+
 /*
  * SQL: wait until the generation differs from the one given and return the
  * current one; at the timeout, return it anyway (then equal to the one
@@ -52,6 +55,9 @@ ks_wait(PG_FUNCTION_ARGS)
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
+	/* a test holds a waiter here (injection_wait.spec), after its first look */
+	KS_INJECTION_POINT("killswitch-wait-before-list");
+
 	/*
 	 * On the list before looking again: a publish after this look finds us
 	 * on it, one before it is seen by the look.
@@ -69,7 +75,7 @@ ks_wait(PG_FUNCTION_ARGS)
 			break;
 		/* checks for interrupts: statement_timeout, cancel, terminate */
 		(void) ConditionVariableTimedSleep(&ks_shared->published, remaining,
-										   PG_WAIT_EXTENSION);
+										   ks_wait_event(&wait_event_ks_wait, "KillswitchWait"));
 	}
 	ConditionVariableCancelSleep();
 	PG_RETURN_INT64(current);

@@ -27,6 +27,10 @@
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/xlog.h"
+#include "compat.h"
+#ifdef KS_HAVE_CUSTOM_RMGR
+#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
+#endif
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_database.h"
@@ -65,6 +69,8 @@ PGDLLEXPORT void ks_worker_main(Datum arg);
  */
 #define KS_WRITING_SETTLE_MS 20
 #define KS_SETTLE_AFTER_WRITE_MS Max(ks_recheck_delay, KS_WRITING_SETTLE_MS)
+/* On a standby whose upstream has nothing newer, look at the history this often at most. */
+#define KS_HISTORY_LOOK_MS 1000
 /* Wait at most this long for a server's own change, written but not committed. */
 #define KS_IN_FLIGHT_MS 1000
 
@@ -310,22 +316,71 @@ duties_due(void)
 }
 
 /*
- * On a standby (or during a point-in-time recovery), the watcher's only
- * work: follow the primary's history, put back outside writes, act on an
- * emergency — in a read-only transaction, surviving its errors.
+ * On a standby (or during a point-in-time recovery) the watcher follows
+ * (ARCHITECTURE §11): it hears its upstream (upstream.c), acts on an
+ * emergency, follows the replicated history where a record is missing,
+ * and puts back outside writes to the state file.  A pass when nothing
+ * changed costs no transaction and no snapshot — replay never waits for
+ * the watcher, and a recovery conflict has nothing of it to cancel — and
+ * the watcher sleeps until its latch, the state directory, its upstream's
+ * socket or the next of its deadlines wakes it.
  */
+static struct
+{
+	bool		looked;			/* the history was looked at since the start */
+	TimestampTz looked_commit;	/* the newest replayed commit's time then */
+	TimestampTz looked_at;
+	KsFileStamp seen;			/* the state file when last compared with the copy */
+	bool		compared;		/* at least once since the start */
+	pgsocket	sock;			/* the upstream's socket in the wait set */
+	int			sock_events;
+	int			sock_pos;
+	uint64		sock_epoch;		/* the connection it belongs to */
+	bool		in_emergency;	/* at the last pass */
+} standby;
+
+/*
+ * Is a look at the replicated history due?  At the first pass; then only
+ * when replay has brought a commit since the last look (the history changes
+ * by commits only: the WAL an idle primary still writes, a checkpoint or a
+ * snapshot of running transactions, costs no look) or the files are behind.
+ * Within a poll interval when the upstream's state is newer than the one
+ * held, or unknown: a record may be missing.  Otherwise replay brings the
+ * records themselves, and a look a second is enough (a row nobody
+ * announced, which a standby does not follow, still gets its WARNING).
+ */
+static bool
+history_due(TimestampTz now)
+{
+	int64		upstream = ks_upstream_generation();
+	int64		held = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	bool		pending = upstream < 0 || upstream > held || ks_shared->files_behind;
+
+	if (!standby.looked)
+		return true;
+	if (!ks_shared->files_behind && GetLatestXTime() == standby.looked_commit)
+		return false;
+	return TimestampDifferenceExceeds(standby.looked_at, now,
+									  pending ? ks_poll_interval : KS_HISTORY_LOOK_MS);
+}
+
+/* Follow the history, in a read-only transaction, surviving its errors. */
 static void
-standby_look_safely(void)
+follow_history_safely(TimestampTz now)
 {
 	MemoryContext ctx = CurrentMemoryContext;
 
+	standby.looked = true;
+	standby.looked_commit = GetLatestXTime();
+	standby.looked_at = now;
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "following the primary's kill switch state");
-		ks_standby_tick(!without_database && extension_present());
+		pgstat_report_activity(STATE_RUNNING, "following the primary's kill switch history");
+		if (!without_database && extension_present())
+			ks_standby_follow_history();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -335,6 +390,114 @@ standby_look_safely(void)
 		ks_watcher_survive_error(ctx);
 	}
 	PG_END_TRY();
+}
+
+/* The emergency's actions on a standby (what needs no table), surviving errors. */
+static void
+standby_emergency_safely(void)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		ks_emergency_tick_without_database();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ks_watcher_survive_error(ctx);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * What the standby's watcher waits on: its latch, the postmaster's death,
+ * the state directory, and the upstream's socket when its link waits for it.
+ */
+static WaitEventSet *
+standby_wait_set(WaitEventSet *old, int watch_fd)
+{
+	int			events;
+	uint64		epoch;
+	pgsocket	sock = ks_upstream_socket(&events, &epoch);
+
+	if (old && sock == standby.sock && epoch == standby.sock_epoch)
+	{
+		if (sock != PGINVALID_SOCKET && events != standby.sock_events)
+			ModifyWaitEvent(old, standby.sock_pos, events, NULL);
+		standby.sock_events = events;
+		return old;
+	}
+	if (old)
+		FreeWaitEventSet(old);
+	old = ks_create_wait_event_set(4);
+	AddWaitEventToSet(old, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(old, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (watch_fd >= 0)
+		AddWaitEventToSet(old, WL_SOCKET_READABLE, watch_fd, NULL, NULL);
+	if (sock != PGINVALID_SOCKET)
+		standby.sock_pos = AddWaitEventToSet(old, events, sock, NULL, NULL);
+	standby.sock = sock;
+	standby.sock_events = events;
+	standby.sock_epoch = epoch;
+	return old;
+}
+
+/*
+ * One pass of the watcher on a standby, then its sleep; returns the wait
+ * set (rebuilt when the upstream's socket changed) and whether the
+ * upstream's socket is ready for the next pass.
+ */
+static WaitEventSet *
+standby_pass(WaitEventSet *wait_set, int watch_fd, bool *socket_ready)
+{
+	char		path[MAXPGPATH];
+	TimestampTz now = GetCurrentTimestamp();
+	KsFileStamp stamp;
+	WaitEvent	events[4];
+	int			n;
+	bool		dir_event = false;
+
+	ks_upstream_work(*socket_ready);
+	/* what cannot wait for the files: sessions to end (and once after, to drop the agent list) */
+	if (ks_current_mode() == KS_EMERGENCY || standby.in_emergency)
+		standby_emergency_safely();
+	standby.in_emergency = ks_current_mode() == KS_EMERGENCY;
+	ks_upstream_write_files();
+	if (history_due(now))
+		follow_history_safely(now);
+	ks_state_file_path(path, sizeof(path));
+	stamp = file_stamp(path);
+	if (stamp_changed(&stamp, &standby.seen) || !standby.compared)
+	{
+		standby.compared = true;
+		ks_standby_put_back();
+		standby.seen = file_stamp(path);
+	}
+	ks_alert_poll();
+	note_liveness();
+
+	wait_set = standby_wait_set(wait_set, watch_fd);
+	n = WaitEventSetWait(wait_set, ks_upstream_timeout(ks_poll_interval), events, lengthof(events),
+						 PG_WAIT_EXTENSION);
+	*socket_ready = false;
+	for (int i = 0; i < n; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		else if (standby.sock != PGINVALID_SOCKET && events[i].pos == standby.sock_pos)
+			*socket_ready = true;
+		else if (events[i].events & WL_SOCKET_READABLE)
+			dir_event = true;
+	}
+	/* the directory's events say nothing the stamp does not: drain them */
+	if (dir_event)
+		(void) ks_dirwatch_drain(watch_fd, KS_STATE_FILE_NAME);
+	return wait_set;
 }
 
 /* run_duties(), surviving its errors like examine_file_safely(). */
@@ -585,7 +748,7 @@ make_wait_set(WaitEventSet *old, int watch_fd)
 
 	if (old)
 		FreeWaitEventSet(old);
-	set = CreateWaitEventSet(TopMemoryContext, 3);
+	set = ks_create_wait_event_set(3);
 	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	if (watch_fd >= 0)
@@ -654,6 +817,9 @@ ks_worker_main(Datum arg)
 	bool		look;
 	int			watch_fd;
 	WaitEventSet *wait_set;
+	WaitEventSet *standby_wait = NULL;	/* in recovery: with the upstream's socket */
+	bool		in_recovery = false;
+	bool		socket_ready = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -716,11 +882,21 @@ ks_worker_main(Datum arg)
 		/* a standby follows; its first look as a primary comes after promotion */
 		if (RecoveryInProgress())
 		{
-			standby_look_safely();
-			ks_alert_poll();
-			note_liveness();
-			(void) wait_for_work(wait_set, watch_fd, ks_poll_interval, KS_DIR_NOTHING);
+			if (!in_recovery)
+				ks_upstream_start();
+			in_recovery = true;
+			standby_wait = standby_pass(standby_wait, watch_fd, &socket_ready);
 			continue;
+		}
+		if (in_recovery)
+		{
+			/* promoted: no upstream any more, and the primary's wait set */
+			ks_upstream_write_files();
+			ks_upstream_stop();
+			if (standby_wait)
+				FreeWaitEventSet(standby_wait);
+			standby_wait = NULL;
+			in_recovery = false;
 		}
 		/* the directory was moved or the kernel dropped the watch: poll, and try again */
 		if (dir_event == KS_DIR_LOST || (watch_fd < 0 && rewatch_at != 0 && tick >= rewatch_at))

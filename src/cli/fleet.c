@@ -30,6 +30,7 @@
 #include "mb/pg_wchar.h"
 
 #include "cli.h"
+#include "compat.h"
 
 /*
  * How many clusters are worked on at once, at most (fewer if the open-file
@@ -366,7 +367,7 @@ is_json(const char *text, int len)
 
 	if (len == 0)
 		return false;
-	lex = makeJsonLexContextCstringLen(unconstify(char *, text), len, PG_UTF8, true);
+	lex = ks_make_json_lex(unconstify(char *, text), len);
 	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
 }
 

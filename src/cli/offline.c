@@ -134,6 +134,14 @@ print_status_json(const KsOptions *opt, const KsState *st, KsVerdict v,
 	put_raw(&out, "watcher_checked_at", "null");
 	put_raw(&out, "watcher_age_ms", "null");
 	put_string(&out, "role", opt->pgdata == NULL ? NULL : is_standby(opt) ? "standby" : "primary");
+	/* a standby's link to its upstream: only the running server knows */
+	put_raw(&out, "replayed_generation", "null");
+	put_raw(&out, "upstream_heard_at", "null");
+	put_raw(&out, "upstream_age_ms", "null");
+	put_raw(&out, "upstream_lost", "null");
+	put_raw(&out, "upstream_problem", "null");
+	put_raw(&out, "replay_behind_bytes", "null");
+	put_raw(&out, "replay_behind_ms", "null");
 	appendStringInfoChar(&out, '}');
 	puts(out.data);
 }
@@ -168,6 +176,23 @@ print_state(const KsOptions *opt, const KsState *st, KsVerdict v, const char *pr
 		printf("role:         %s\n", is_standby(opt) ? "standby" : "primary");
 }
 
+/*
+ * Is the secret we hold not the server's?  Then what we read cannot be
+ * judged, and what we would write the server would judge tampering: say so
+ * (an error, not a tamper verdict of our own).
+ */
+static bool
+secret_is_wrong(const KsPaths *p, const char *secret, size_t secretlen, bool writing)
+{
+	KsKeyMismatch m;
+
+	if (!ks_cli_secret_mismatch(secret, secretlen, p->secret_file, p->last_applied,
+								p->state_file, &m))
+		return false;
+	ks_cli_report_mismatch(&m, writing);
+	return true;
+}
+
 /* status and verify: read and judge the file. */
 static int
 show(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
@@ -182,6 +207,8 @@ show(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretle
 		pg_log_error("no state file at \"%s\"", p->state_file);
 		return KS_EXIT_ERROR;
 	}
+	if (v == KS_FILE_BAD && secret_is_wrong(p, secret, secretlen, false))
+		return KS_EXIT_ERROR;
 	if (opt->command == CMD_VERIFY && !opt->json)
 	{
 		if (v == KS_FILE_BAD)
@@ -370,6 +397,12 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	}
 	v = ks_state_read(p->state_file, secret, secretlen, p->secret_file, true, 50,
 					  &cur, problem, sizeof(problem));
+	/* never --force: a file signed with another secret is tampering to the server */
+	if (secret_is_wrong(p, secret, secretlen, true))
+	{
+		ks_unlock_dir(lockfd);
+		return KS_EXIT_ERROR;
+	}
 	if (v == KS_FILE_BAD && !opt->force)
 	{
 		ks_unlock_dir(lockfd);

@@ -36,9 +36,39 @@ run(PGconn *conn, const char *sql, int nparams, const char *const *params)
 }
 
 /*
+ * A standby's word on its upstream: a line for people, and a warning (on
+ * stderr, with --json too) when it cannot hear it or holds the halt for it.
+ * The columns of status()'s query from 10 on.
+ */
+static void
+standby_lines(const KsOptions *opt, const PGresult *res)
+{
+	bool		lost = strcmp(PQgetvalue(res, 0, 11), "true") == 0;
+
+	if (strcmp(PQgetvalue(res, 0, 9), "standby") != 0 || PQgetisnull(res, 0, 10))
+		return;
+	if (!opt->json)
+	{
+		printf("upstream:     last word from the primary %s ms ago%s%s\n",
+			   PQgetvalue(res, 0, 10), PQgetisnull(res, 0, 13) ? " (not heard since the start)" : "",
+			   lost ? ", holding halt_all for it" : "");
+		if (!PQgetisnull(res, 0, 14))
+			printf("replay:       %s bytes behind, for %s ms (generation %s replayed)\n",
+				   PQgetvalue(res, 0, 14), PQgetvalue(res, 0, 15),
+				   PQgetisnull(res, 0, 16) ? "none yet" : PQgetvalue(res, 0, 16));
+	}
+	if (lost)
+		pg_log_warning("this standby has had no word from its primary for %s ms and holds halt_all until it does",
+					   PQgetvalue(res, 0, 10));
+	if (!PQgetisnull(res, 0, 12))
+		pg_log_warning("this standby cannot hear its upstream: %s", PQgetvalue(res, 0, 12));
+}
+
+/*
  * status: ks_status(); exit by mode and integrity.  --json prints a fixed
  * set of its members, the set offline.c prints from the file, so that the
- * shape does not depend on how the command reached the state.
+ * shape does not depend on how the command reached the state; the text
+ * names the mode as offline.c does, by its SQL name.
  */
 static int
 status(const KsOptions *opt, PGconn *conn)
@@ -51,10 +81,16 @@ status(const KsOptions *opt, PGconn *conn)
 						  " 'last_engagement', s->'last_engagement', 'engagement_count', s->'engagement_count',"
 						  " 'total_events', s->'total_events', 'unrecorded_change', s->'unrecorded_change',"
 						  " 'watcher_checked_at', s->'watcher_checked_at', 'watcher_age_ms', s->'watcher_age_ms',"
-						  " 'role', s->'role')::text,"
-						  " s->>'mode', s->>'integrity', s->>'generation', s->>'since',"
+						  " 'role', s->'role', 'replayed_generation', s->'replayed_generation',"
+						  " 'upstream_heard_at', s->'upstream_heard_at', 'upstream_age_ms', s->'upstream_age_ms',"
+						  " 'upstream_lost', s->'upstream_lost', 'upstream_problem', s->'upstream_problem',"
+						  " 'replay_behind_bytes', s->'replay_behind_bytes', 'replay_behind_ms', s->'replay_behind_ms')::text,"
+						  " lower(s->>'mode'), s->>'integrity', s->>'generation', s->>'since',"
 						  " s->'last_engagement'->>'reason', s->'last_engagement'->>'triggered_by',"
-						  " s->>'source', s->>'watcher_age_ms', s->>'role' FROM ks_status() s", 0, NULL);
+						  " s->>'source', s->>'watcher_age_ms', s->>'role',"
+						  " s->>'upstream_age_ms', s->>'upstream_lost', s->>'upstream_problem',"
+						  " s->>'upstream_heard_at', s->>'replay_behind_bytes', s->>'replay_behind_ms',"
+						  " s->>'replayed_generation' FROM ks_status() s", 0, NULL);
 	int			rc;
 
 	if (res == NULL)
@@ -72,8 +108,9 @@ status(const KsOptions *opt, PGconn *conn)
 		printf("watcher:      looked %s ms ago\n", PQgetvalue(res, 0, 8));
 		printf("role:         %s\n", PQgetvalue(res, 0, 9));
 	}
+	standby_lines(opt, res);
 	rc = strcmp(PQgetvalue(res, 0, 2), "tampered") == 0 ? KS_EXIT_TAMPERED
-		: strcmp(PQgetvalue(res, 0, 1), "DISENGAGED") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;
+		: strcmp(PQgetvalue(res, 0, 1), "disengaged") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;
 	PQclear(res);
 	return rc;
 }

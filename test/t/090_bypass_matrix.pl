@@ -40,7 +40,12 @@ CREATE DATABASE other;
 CREATE EXTENSION dblink;
 GRANT EXECUTE ON FUNCTION dblink_connect_u(text, text) TO owners;
 GRANT EXECUTE ON FUNCTION lo_import(text), lo_export(oid, text) TO owners;
-GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO owners;
+-- (every signature: PostgreSQL 17 added a fourth argument, flush)
+DO \$\$ DECLARE f regprocedure; BEGIN
+  FOR f IN SELECT oid FROM pg_proc WHERE proname = 'pg_logical_emit_message' AND proargtypes[2] = 'text'::regtype LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO owners', f);
+  END LOOP;
+END \$\$;
 CREATE TABLE t (x int);
 GRANT ALL ON t TO owners, helper;
 CREATE SEQUENCE s;

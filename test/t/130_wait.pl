@@ -6,7 +6,8 @@
 # and pg_terminate_backend end a wait with their usual errors.  On a
 # streaming standby and a cascading one, the replay of a change wakes them.
 #
-# Every waiter is seen sleeping (wait event Extension) before the change is
+# Every waiter is seen sleeping (wait event type Extension: the event is
+# KillswitchWait from PostgreSQL 17 on, Extension before) before the change is
 # made, and sleeps for an hour unless woken; a wake-up that does not come
 # shows as a waiter still sleeping when the test's usual time limit is up
 # ($PostgreSQL::Test::Utils::timeout_default, like every wait of these tests).
@@ -62,7 +63,7 @@ sub sleeping
 	my ($tag, $count) = @_;
 	return $node->poll_query_until('postgres',
 		"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension' "
-		  . "AND wait_event = 'Extension' AND state = 'active' AND query LIKE '%ks_wait(%$tag%'",
+		  . "AND state = 'active' AND query LIKE '%ks_wait(%$tag%'",
 		$count);
 }
 
