@@ -81,7 +81,9 @@ sub agent
 	return { h => $h, out => \$out, err => \$err };
 }
 
-my $conf = "max_standby_streaming_delay = -1\nhot_standby_feedback = off\n";
+# (max_connections: the standbys' agents, beside the superusers' 3 slots and
+# the 3 that killswitch.reserved_connections keeps from agents)
+my $conf = "max_standby_streaming_delay = -1\nhot_standby_feedback = off\nmax_connections = 20\n";
 my $primary = ks_node('outrun_primary', init => { allows_streaming => 1 }, no_extension => 1);
 q1($primary, q(
 CREATE EXTENSION killswitch CASCADE;
