@@ -205,10 +205,80 @@ as_events_row(HeapTuple tuple, TupleDesc spidesc)
 }
 
 /*
+ * The row's content that does not depend on the chain: the texts as this
+ * database shows them, who asked, from where, in which transaction.  Built
+ * in the caller's memory, before the SPI region: everything here is used
+ * after the region ends, and the region's memory goes with SPI_finish().
+ */
+static void
+row_content(KsEventRow *r, const KsEventInput *in, const char *key_id)
+{
+	memset(r, 0, sizeof(*r));
+	r->at = GetCurrentTimestamp();
+	r->mode = in->mode;
+	r->previous_mode = in->previous;
+	/*
+	 * The table holds text as this database shows it (a character it cannot
+	 * hold escaped), and the hash covers what the table holds, so auditors
+	 * re-derive it from the row alone; the file keeps the exact UTF-8.
+	 */
+	r->reason = ks_utf8_to_db(in->reason);
+	r->triggered_by = ks_utf8_to_db(in->triggered_by);
+	r->affected_tasks = in->affected_tasks;
+	r->source = pstrdup(in->source);
+	r->release_target = in->request ? (int) in->release_target : KS_NO_MODE;
+	r->session_role = GetUserNameFromId(GetSessionUserId(), false);
+	r->client_addr = client_address();
+	r->backend_pid = MyProcPid;
+	r->key_id = pstrdup(key_id);
+	r->require_hmac = ks_require_hmac;
+}
+
+/* The row's column values for the INSERT (inside the SPI region). */
+static void
+row_values(const KsEventRow *r, Oid modetype, const char *prev_hash,
+		   const char *hash, const char *signature, Datum *values, char *nulls)
+{
+	memset(nulls, ' ', 19);
+	values[0] = Int64GetDatum(r->id);
+	values[1] = TimestampTzGetDatum(r->at);
+	values[2] = ks_mode_to_datum(r->mode, modetype);
+	if (r->previous_mode == KS_NO_MODE)
+		nulls[3] = 'n', values[3] = (Datum) 0;
+	else
+		values[3] = ks_mode_to_datum((KsMode) r->previous_mode, modetype);
+	values[4] = CStringGetTextDatum(r->reason);
+	values[5] = CStringGetTextDatum(r->triggered_by);
+	values[6] = Int32GetDatum(r->affected_tasks);
+	values[7] = CStringGetTextDatum(r->source);
+	values[8] = CStringGetTextDatum(r->session_role);
+	if (r->client_addr)
+		values[9] = DirectFunctionCall1(inet_in, CStringGetDatum(r->client_addr));
+	else
+		nulls[9] = 'n', values[9] = (Datum) 0;
+	values[10] = Int32GetDatum(r->backend_pid);
+	values[11] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r->xid));
+	values[12] = Int64GetDatum(r->generation);
+	values[13] = CStringGetTextDatum(r->key_id);
+	values[14] = BoolGetDatum(r->require_hmac);
+	values[15] = CStringGetTextDatum(prev_hash);
+	values[16] = CStringGetTextDatum(hash);
+	values[17] = CStringGetTextDatum(signature);
+	if (r->release_target == KS_NO_MODE)
+		nulls[18] = 'n', values[18] = (Datum) 0;
+	else
+		values[18] = ks_mode_to_datum((KsMode) r->release_target, modetype);
+}
+
+/*
  * Append an event; the caller holds the lock that orders changes.  The
  * generation is the next after the newest row's, and at least floor.
  * Fills file_state with what the state file must say after it, queues the
  * NOTIFY, and returns the new row as a composite Datum.
+ *
+ * Only the chain's tail, the INSERT and the returned row are made inside
+ * the owner region; what outlives it (the row's texts, file_state, the
+ * NOTIFY) is made before it, in the caller's memory, or copied out of it.
  */
 Datum
 ks_record_event(const KsEventInput *in, KsState *file_state)
@@ -235,64 +305,15 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 
 	require_secret(&secret, &secretlen);
 	ks_key_id(secret, secretlen, key_id);
+	row_content(&r, in, key_id);
 
 	ks_owner_begin(&owner);
 	events_tail(&last_id, prev_hash, &last_gen);
-
-	memset(&r, 0, sizeof(r));
 	r.id = last_id + 1;
-	r.at = GetCurrentTimestamp();
-	r.mode = in->mode;
-	r.previous_mode = in->previous;
-	/*
-	 * The table holds text as this database shows it (a character it cannot
-	 * hold escaped), and the hash covers what the table holds, so auditors
-	 * re-derive it from the row alone; the file keeps the exact UTF-8.
-	 */
-	r.reason = ks_utf8_to_db(in->reason);
-	r.triggered_by = ks_utf8_to_db(in->triggered_by);
-	r.affected_tasks = in->affected_tasks;
-	r.source = (char *) in->source;
-	r.release_target = in->request ? (int) in->release_target : KS_NO_MODE;
-	r.session_role = GetUserNameFromId(GetSessionUserId(), false);
-	r.client_addr = client_address();
-	r.backend_pid = MyProcPid;
 	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
 	r.generation = Max(last_gen + 1, in->floor_generation);
-	r.key_id = key_id;
-	r.require_hmac = ks_require_hmac;
 	row_digests(&r, prev_hash, secret, secretlen, hash, signature);
-
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = Int64GetDatum(r.id);
-	values[1] = TimestampTzGetDatum(r.at);
-	values[2] = ks_mode_to_datum(r.mode, modetype);
-	if (r.previous_mode == KS_NO_MODE)
-		nulls[3] = 'n', values[3] = (Datum) 0;
-	else
-		values[3] = ks_mode_to_datum((KsMode) r.previous_mode, modetype);
-	values[4] = CStringGetTextDatum(r.reason);
-	values[5] = CStringGetTextDatum(r.triggered_by);
-	values[6] = Int32GetDatum(r.affected_tasks);
-	values[7] = CStringGetTextDatum(r.source);
-	values[8] = CStringGetTextDatum(r.session_role);
-	if (r.client_addr)
-		values[9] = DirectFunctionCall1(inet_in, CStringGetDatum(r.client_addr));
-	else
-		nulls[9] = 'n', values[9] = (Datum) 0;
-	values[10] = Int32GetDatum(r.backend_pid);
-	values[11] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r.xid));
-	values[12] = Int64GetDatum(r.generation);
-	values[13] = CStringGetTextDatum(r.key_id);
-	values[14] = BoolGetDatum(r.require_hmac);
-	values[15] = CStringGetTextDatum(prev_hash);
-	values[16] = CStringGetTextDatum(hash);
-	values[17] = CStringGetTextDatum(signature);
-	if (r.release_target == KS_NO_MODE)
-		nulls[18] = 'n', values[18] = (Datum) 0;
-	else
-		values[18] = ks_mode_to_datum((KsMode) r.release_target, modetype);
-
+	row_values(&r, modetype, prev_hash, hash, signature, values, nulls);
 	rc = SPI_execute_with_args("INSERT INTO killswitch.events (id, at, mode, previous_mode, "
 							   "reason, triggered_by, affected_tasks, source, session_role, "
 							   "client_addr, backend_pid, xid, generation, key_id, require_hmac, "
@@ -302,6 +323,7 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 							   19, argtypes, values, nulls, false, 1);
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "could not insert into killswitch.events: %d", rc);
+	/* copied into the caller's memory: SPI_finish() frees the region's */
 	result = SPI_datumTransfer(as_events_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc),
 							   false, -1);
 	ks_owner_end(&owner);
