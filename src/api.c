@@ -131,14 +131,16 @@ ks_assert_task(PG_FUNCTION_ARGS)
  * integrity, source, since, problem, require_hmac, unrecorded,
  * watcher_checked_at, watcher_problem (null when the watcher can do all its
  * work), watch (how it sees changes: inotify or poll), role (primary or
- * standby), state_lsn (the WAL record of the state, written or replayed).
+ * standby), state_lsn (the WAL record of the state, written or replayed),
+ * file_problem (why the state file is behind the state in force, or null).
  */
 Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[13];
-	bool		nulls[13] = {false};
+	Datum		values[14];
+	bool		nulls[14] = {false};
+	char		file_problem[sizeof(ks_shared->file_problem)];
 	uint64		word;
 	int			flags;
 	char		source[16];
@@ -159,7 +161,12 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	strlcpy(source, ks_shared->source, sizeof(source));
 	strlcpy(reason, ks_shared->reason, sizeof(reason));
 	since = ks_shared->since;
+	/* a change in force the history lacks: at start, or a raise whose event follows */
 	unrecorded = ks_shared->unrecorded;
+	for (int m = 0; m < KS_MODE_COUNT; m++)
+		unrecorded |= ks_shared->deferred_count[m] > 0;
+	unrecorded |= ks_shared->inplace_mode != KS_NO_MODE && !ks_shared->unconfirmed;
+	strlcpy(file_problem, ks_shared->file_problem, sizeof(file_problem));
 	checked = ks_shared->watcher_checked_at;
 	strlcpy(problem, ks_shared->watcher_problem, sizeof(problem));
 	inotify = ks_shared->watcher_inotify;
@@ -188,6 +195,10 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[11] = CStringGetTextDatum(RecoveryInProgress() ? "standby" : "primary");
 	values[12] = LSNGetDatum(state_lsn);
 	nulls[12] = XLogRecPtrIsInvalid(state_lsn);
+	/* paths may be in any encoding */
+	values[13] = CStringGetTextDatum(pg_verifymbstr(file_problem, strlen(file_problem), true)
+									 ? file_problem : "the state file is behind; see the server log");
+	nulls[13] = file_problem[0] == '\0';
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -46,6 +46,13 @@
 #define KS_HAVE_CUSTOM_RMGR 1
 #endif
 
+/* This process's index into the PGPROC array: MyProcNumber from 17 on. */
+#if PG_VERSION_NUM >= 170000
+#define KS_MY_PROCNO MyProcNumber
+#else
+#define KS_MY_PROCNO (MyProc->pgprocno)
+#endif
+
 /* MarkGUCPrefixReserved() replaced EmitWarningsOnPlaceholders() in 15. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)

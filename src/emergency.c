@@ -425,8 +425,27 @@ still_in_emergency(uint64 word)
 }
 
 /*
+ * This emergency episode (state.c counts one each time the mode in force
+ * enters emergency), and when it showed.  Keyed on the episode, not the
+ * generation: a raise to emergency is in force before its generation
+ * moves, and a release request repeats the mode with a new one — the
+ * actions run once for each, never twice and never not at all.
+ */
+static uint64
+emergency_episode(TimestampTz *published_at)
+{
+	uint64		episode;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	episode = ks_shared->emergency_episode;
+	*published_at = ks_shared->published_at;
+	SpinLockRelease(&ks_shared->mutex);
+	return episode;
+}
+
+/*
  * The watcher's emergency duty, inside its transaction: the first time it
- * sees an emergency generation, snapshot, end sessions, alert; afterwards,
+ * sees an emergency episode, snapshot, end sessions, alert; afterwards,
  * end agent sessions that appear.
  */
 void
@@ -440,23 +459,16 @@ ks_emergency_tick(bool history)
 	bool		first;
 	bool		request = false;
 	TimestampTz published_at;
+	uint64		episode;
 
 	if (!still_in_emergency(word))
 		return;
-	first = ks_shared->emergency_handled != generation;
-	SpinLockAcquire(&ks_shared->mutex);
-	published_at = ks_shared->published_at;
-	SpinLockRelease(&ks_shared->mutex);
+	episode = emergency_episode(&published_at);
+	first = ks_shared->emergency_handled != episode;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (first && history)
 		event_id = event_of_generation(generation, &request);
-	if (request && ks_shared->emergency_handled != KS_NO_EMERGENCY)
-	{
-		/* a release request repeats the mode: this emergency's actions ran */
-		ks_shared->emergency_handled = generation;
-		first = false;
-	}
 	agents = list_agent_roles();
 	if (first)
 		snapshot_or_warn(agents, generation, history);
@@ -467,8 +479,8 @@ ks_emergency_tick(bool history)
 	if (!first)
 		return;
 
-	ks_shared->emergency_handled = generation;
-	ks_notify_alert(generation, ended);
+	ks_shared->emergency_handled = episode;
+	ks_notify_alert_later(generation, ended);
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
 					generation, ended),
@@ -579,16 +591,15 @@ ks_emergency_tick_without_database(void)
 	int			ended = 0;
 	bool		first;
 	TimestampTz published_at;
+	uint64		episode;
 
 	if (!still_in_emergency(word))
 		return;
-	first = ks_shared->emergency_handled != generation;
+	episode = emergency_episode(&published_at);
+	first = ks_shared->emergency_handled != episode;
 	roles = agent_roles_from_catalog();
 	if (first)
 		snapshot_file_without_database(roles, generation);
-	SpinLockAcquire(&ks_shared->mutex);
-	published_at = ks_shared->published_at;
-	SpinLockRelease(&ks_shared->mutex);
 	foreach(lc, ks_sessions_of_roles(roles, published_at))
 	{
 		if (DatumGetBool(DirectFunctionCall2(pg_terminate_backend,
@@ -599,7 +610,7 @@ ks_emergency_tick_without_database(void)
 	if (!first)
 		return;
 
-	ks_shared->emergency_handled = generation;
+	ks_shared->emergency_handled = episode;
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
 					generation, ended),

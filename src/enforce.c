@@ -316,7 +316,7 @@ ks_note_own_xid(TransactionId xid)
 static void
 check_commit(bool prepare)
 {
-	KsMode		mode = mode_now();
+	KsMode		mode = ks_commit_mode();	/* the interlock (interlock.c) */
 	TransactionId xid;
 
 	if (likely(mode == KS_DISENGAGED))

@@ -122,8 +122,8 @@ require_secret(char **secret, size_t *len)
 }
 
 /* The client's address as text, or NULL for a Unix-socket connection. */
-static char *
-client_address(void)
+char *
+ks_client_address(void)
 {
 	char		host[NI_MAXHOST];
 	int			family;
@@ -213,8 +213,10 @@ as_events_row(HeapTuple tuple, TupleDesc spidesc)
 static void
 row_content(KsEventRow *r, const KsEventInput *in, const char *key_id)
 {
+	const KsEventIdentity *who = in->identity;
+
 	memset(r, 0, sizeof(*r));
-	r->at = GetCurrentTimestamp();
+	r->at = who ? who->at : GetCurrentTimestamp();
 	r->mode = in->mode;
 	r->previous_mode = in->previous;
 	/*
@@ -227,9 +229,13 @@ row_content(KsEventRow *r, const KsEventInput *in, const char *key_id)
 	r->affected_tasks = in->affected_tasks;
 	r->source = pstrdup(in->source);
 	r->release_target = in->request ? (int) in->release_target : KS_NO_MODE;
-	r->session_role = GetUserNameFromId(GetSessionUserId(), false);
-	r->client_addr = client_address();
-	r->backend_pid = MyProcPid;
+	/* a raise whose event followed is recorded as its caller's (ARCHITECTURE §5.3) */
+	r->session_role = who ? ks_utf8_to_db(who->session_role)
+		: GetUserNameFromId(GetSessionUserId(), false);
+	r->client_addr = who ? (who->client_addr ? pstrdup(who->client_addr) : NULL)
+		: ks_client_address();
+	r->backend_pid = who ? who->backend_pid : MyProcPid;
+	r->xid = who ? who->xid : 0;
 	r->key_id = pstrdup(key_id);
 	r->require_hmac = ks_require_hmac;
 }
@@ -273,12 +279,13 @@ row_values(const KsEventRow *r, Oid modetype, const char *prev_hash,
 /*
  * Append an event; the caller holds the lock that orders changes.  The
  * generation is the next after the newest row's, and at least floor.
- * Fills file_state with what the state file must say after it, queues the
- * NOTIFY, and returns the new row as a composite Datum.
+ * Fills file_state with what the state file must say after it, and
+ * returns the new row as a composite Datum.  (Its NOTIFY is the watcher's,
+ * after the commit: ARCHITECTURE §5.6.)
  *
  * Only the chain's tail, the INSERT and the returned row are made inside
- * the owner region; what outlives it (the row's texts, file_state, the
- * NOTIFY) is made before it, in the caller's memory, or copied out of it.
+ * the owner region; what outlives it (the row's texts, file_state) is made
+ * before it, in the caller's memory, or copied out of it.
  */
 Datum
 ks_record_event(const KsEventInput *in, KsState *file_state)
@@ -310,7 +317,8 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	ks_owner_begin(&owner);
 	events_tail(&last_id, prev_hash, &last_gen);
 	r.id = last_id + 1;
-	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	if (in->identity == NULL)
+		r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
 	r.generation = Max(last_gen + 1, in->floor_generation);
 	row_digests(&r, prev_hash, secret, secretlen, hash, signature);
 	row_values(&r, modetype, prev_hash, hash, signature, values, nulls);
@@ -341,10 +349,94 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	file_state->event_id = r.id;
 	file_state->source = pstrdup(r.source);
 	file_state->key_id = pstrdup(key_id);
-
-	ks_notify(r.id, r.mode, r.previous_mode, r.reason, r.triggered_by,
-			  r.at, r.generation, r.source);
+	file_state->tampered = in->tampered;
 	return result;
+}
+
+/*
+ * The row ks_engage() returns for a raise whose event follows (ARCHITECTURE
+ * §5.3): what the event will say, with id, generation, prev_hash, hash and
+ * signature null until the watcher (or the next change) records it.
+ */
+Datum
+ks_event_row_pending(const KsEventInput *in)
+{
+	TupleDesc	rowdesc = lookup_rowtype_tupdesc(get_rel_type_id(ks_events_relid()), -1);
+	Oid			modetype = ks_mode_type_oid();
+	Datum	   *values = palloc0(sizeof(Datum) * rowdesc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * rowdesc->natts);
+	char	   *secret;
+	size_t		secretlen;
+	char		key_id[17];
+	KsEventRow	r;
+	Datum		result;
+
+	require_secret(&secret, &secretlen);
+	ks_key_id(secret, secretlen, key_id);
+	row_content(&r, in, key_id);
+	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	for (int i = 0; i < rowdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(rowdesc, i);
+		const char *name = NameStr(att->attname);
+
+		nulls[i] = false;
+		if (att->attisdropped)
+			nulls[i] = true;
+		else if (strcmp(name, "at") == 0)
+			values[i] = TimestampTzGetDatum(r.at);
+		else if (strcmp(name, "mode") == 0)
+			values[i] = ks_mode_to_datum(r.mode, modetype);
+		else if (strcmp(name, "previous_mode") == 0 && r.previous_mode != KS_NO_MODE)
+			values[i] = ks_mode_to_datum((KsMode) r.previous_mode, modetype);
+		else if (strcmp(name, "reason") == 0)
+			values[i] = CStringGetTextDatum(r.reason);
+		else if (strcmp(name, "triggered_by") == 0)
+			values[i] = CStringGetTextDatum(r.triggered_by);
+		else if (strcmp(name, "affected_tasks") == 0)
+			values[i] = Int32GetDatum(r.affected_tasks);
+		else if (strcmp(name, "source") == 0)
+			values[i] = CStringGetTextDatum(r.source);
+		else if (strcmp(name, "session_role") == 0)
+			values[i] = CStringGetTextDatum(r.session_role);
+		else if (strcmp(name, "client_addr") == 0 && r.client_addr)
+			values[i] = DirectFunctionCall1(inet_in, CStringGetDatum(r.client_addr));
+		else if (strcmp(name, "backend_pid") == 0)
+			values[i] = Int32GetDatum(r.backend_pid);
+		else if (strcmp(name, "xid") == 0)
+			values[i] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r.xid));
+		else if (strcmp(name, "key_id") == 0)
+			values[i] = CStringGetTextDatum(r.key_id);
+		else if (strcmp(name, "require_hmac") == 0)
+			values[i] = BoolGetDatum(r.require_hmac);
+		else
+			nulls[i] = true;	/* id, generation, prev_hash, hash, signature, release_target */
+	}
+	result = HeapTupleGetDatum(heap_form_tuple(rowdesc, values, nulls));
+	ReleaseTupleDesc(rowdesc);
+	return result;
+}
+
+/* Is the raise of this transaction, asked at this time, in the history yet? */
+bool
+ks_events_hold(uint64 xid, TimestampTz at)
+{
+	KsOwnerContext owner;
+	Oid			argtypes[2] = {XID8OID, TIMESTAMPTZOID};
+	Datum		values[2] = {FullTransactionIdGetDatum(FullTransactionIdFromU64(xid)),
+	TimestampTzGetDatum(at)};
+	SPIPlanPtr	plan;
+	bool		found;
+
+	ks_owner_begin(&owner);
+	plan = SPI_prepare("SELECT 1 FROM killswitch.events WHERE xid = $1 AND at = $2", 2, argtypes);
+	/* the caller holds the lock that orders changes: a fresh snapshot sees every one */
+	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	found = SPI_processed > 0;
+	ks_owner_end(&owner);
+	return found;
 }
 
 /* Generation of the newest event (0 when there is none). */

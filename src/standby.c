@@ -54,6 +54,8 @@ ks_publish_state(const KsState *st, int flags, bool only_newer)
 
 	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
 		since = ks_unix_usec_to_timestamptz(usec);
+	if (st->tampered)
+		flags |= KS_FLAG_TAMPERED;	/* an engage after a verdict keeps it */
 	if (only_newer)
 		return ks_publish_if_newer(st->mode, flags, st->generation, since,
 								   st->source ? st->source : "startup", st->reason, st->triggered_by);
