@@ -20,7 +20,8 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-EXTRA_CLEAN = bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
+TEST_LIBS = test/hooks/ks_test_hooks.so test/faults/ks_faults.so
+EXTRA_CLEAN = bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) $(TEST_LIBS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -124,7 +125,16 @@ test-isolation:
 	  --bindir=$(PG_BINDIR) --inputdir=test/isolation --outputdir=tmp_check/isolation-out \
 	  --dbname=contrib_regression $(sort $(ISOLATION_TESTS))
 
-test-tap: test/store_vectors
+# Built for the TAP tests only, never installed: a module that forces
+# interleavings (loaded by its path, before killswitch) and a full disk on
+# demand (LD_PRELOAD).  See test/hooks and test/faults.
+test/hooks/ks_test_hooks.so: test/hooks/ks_test_hooks.c
+	$(CC) $(CFLAGS) $(CFLAGS_SL) -I$(shell $(PG_CONFIG) --includedir-server) -shared -o $@ $<
+
+test/faults/ks_faults.so: test/faults/ks_faults.c
+	$(CC) -O2 -Wall -fPIC -shared -o $@ $< -ldl
+
+test-tap: test/store_vectors $(TEST_LIBS)
 	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
 	PATH="$(PG_BINDIR):$$PATH" TESTDIR='$(CURDIR)/tmp_check/tap' \
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \

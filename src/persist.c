@@ -30,6 +30,7 @@
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "killswitch.h"
 
@@ -183,7 +184,15 @@ bytes_are_ours(const char *data, size_t len)
 	memcpy(ours, ks_shared->file_hash, sizeof(ours));
 	SpinLockRelease(&ks_shared->mutex);
 	if (data == NULL)
-		return strcmp(ours, KS_FILE_MISSING_HASH) == 0;
+	{
+		char		path[MAXPGPATH];
+		struct stat sb;
+
+		/* no file at all, as judged; something unreadable there is for judging */
+		ks_state_file_path(path, sizeof(path));
+		return strcmp(ours, KS_FILE_MISSING_HASH) == 0 &&
+			lstat(path, &sb) != 0 && errno == ENOENT;
+	}
 	if (ours[0] != '\0')
 	{
 		bytes_hash(data, len, hex);
@@ -473,6 +482,9 @@ ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 	return ok;
 }
 
+/* How often the watcher tries again to write a state file that fell behind. */
+#define KS_CATCH_UP_RETRY_MS 1000
+
 /*
  * The watcher: a state file left behind the state in force (a failed
  * write, an undo that could not complete, a release whose write after its
@@ -491,11 +503,15 @@ ks_persist_catch_up(void)
 	int			lockfd;
 	bool		stale;
 
+	static TimestampTz tried_at = 0;
+
 	SpinLockAcquire(&ks_shared->mutex);
 	stale = ks_shared->file_stale;
 	SpinLockRelease(&ks_shared->mutex);
-	if (!stale || ks_shared->state_dir_foreign)
+	if (!stale || ks_shared->state_dir_foreign ||
+		!TimestampDifferenceExceeds(tried_at, GetCurrentTimestamp(), KS_CATCH_UP_RETRY_MS))
 		return;
+	tried_at = GetCurrentTimestamp();
 	ks_state_file_path(path, sizeof(path));
 	copy = read_if_present(KS_LAST_APPLIED_FILE, &copylen);
 	if (copy == NULL)

@@ -384,9 +384,10 @@ note_file(bool in_recovery)
 		return;
 	}
 	ks_state_file_path(path, sizeof(path));
-	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, sizeof(problem)))
-		bytes = NULL;
-	ks_note_file_bytes(bytes, len);
+	if (ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, sizeof(problem)))
+		ks_note_file_bytes(bytes, len);
+	else
+		ks_note_file_bytes(NULL, 0);	/* only an absent file counts as this */
 }
 
 /* Read the state at start and publish it; on any failure, assume the stop. */

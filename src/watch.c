@@ -193,6 +193,8 @@ judge(const char *path)
 static List *waiting = NIL;
 /* An outside release waits for the lock: look again soon. */
 static bool retry_soon = false;
+/* This look raised in place (halt_now()): its commit makes the chain hold it. */
+static bool raised_in_place = false;
 
 /* A change in TopMemoryContext, to outlive this look's transaction. */
 static KsChange *
@@ -233,6 +235,7 @@ keep_change(const KsChange *c)
 static void
 halt_now(const KsChange *c)
 {
+	raised_in_place = true;
 	if (ks_raise_in_place(c->mode, c->flags & KS_FLAG_TAMPERED, c->reason, c->triggered_by))
 		ks_interlock_wait();
 }
@@ -258,10 +261,11 @@ ks_watch_due(void)
 void
 ks_watch_committed(void)
 {
-	if (waiting == NIL && !ks_shared->unconfirmed)
+	if (waiting == NIL && !raised_in_place)
 		return;
 	list_free_deep(waiting);
 	waiting = NIL;
+	raised_in_place = false;
 	if (!ks_shared->unconfirmed)
 		ks_clear_in_place();
 }
@@ -290,10 +294,11 @@ ks_judge_file(const char *path, bool locked)
 	{
 		ks_settle_marks();
 		ks_record_marks();
-		record_waiting();
 	}
 	if (ks_file_is_ours(path, &bytes, &len))
 	{
+		if (locked)
+			record_waiting();
 		if (locked && ks_shared->unrecorded)
 			ks_flush_unrecorded();
 		return;
@@ -302,6 +307,8 @@ ks_judge_file(const char *path, bool locked)
 	if (!a.act)
 	{
 		ks_note_judged(path, bytes, len);
+		if (locked)
+			record_waiting();
 		return;
 	}
 	held = ks_base_mode(&flags);
@@ -316,17 +323,22 @@ ks_judge_file(const char *path, bool locked)
 		retry_soon = true;		/* applied only when it can be recorded */
 		return;
 	}
+	if (kind == KS_CHANGE_LOWER && waiting != NIL)
+		record_waiting();		/* what was in force before it, first */
 	/* judged: these bytes (or none, if set aside) are not judged again */
 	ks_note_judged(path, lstat(path, &sb) == 0 ? bytes : NULL, len);
-	if (kind == KS_CHANGE_RAISE)
-		halt_now(&a.change);	/* a verdict, or an outside engage, halts at once */
-	if (locked)
-		(void) ks_apply_change(&a.change);
-	else
+	if (kind == KS_CHANGE_LOWER)
 	{
-		waiting = lappend(waiting, keep_change(&a.change));
-		retry_soon = true;
+		(void) ks_apply_change(&a.change);
+		return;
 	}
+	halt_now(&a.change);		/* a verdict, or an outside engage, halts at once */
+	/* kept until a look records it and commits (ks_watch_committed()): never lost */
+	waiting = lappend(waiting, keep_change(&a.change));
+	if (locked)
+		record_waiting();
+	else
+		retry_soon = true;
 }
 
 /*
@@ -493,19 +505,26 @@ put_back_uncommitted(const KsMark *m)
 	ks_persist_catch_up();
 }
 
-/* A recorded change whose transaction committed: the copy (and the chain) learn it. */
+/*
+ * A recorded change whose transaction committed: the copy (and the chain)
+ * learn it, unless they hold a newer one (marks come in no order).
+ */
 static void
-settle_committed(const KsMark *m, const KsState *held)
+settle_committed(const KsMark *m, bool before_start)
 {
 	char		problem[KS_PROBLEM_LEN];
 	KsState		st;
+	KsState		held;
 
-	if (held == NULL || m->generation > held->generation)
+	if (!ks_read_held(&held, problem, sizeof(problem)) || m->generation > held.generation)
 	{
 		if (!ks_persist_copy(m->state, m->state_len, problem, sizeof(problem)))
 		{
 			ereport(WARNING,
 					(errmsg("killswitch: could not write the private copy of a committed change: %s", problem)));
+			SpinLockAcquire(&ks_shared->mutex);
+			ks_shared->marks_due = true;	/* tried again */
+			SpinLockRelease(&ks_shared->mutex);
 			return;
 		}
 		if (ks_state_from_text(m->state, m->state_len, NULL, 0, NULL, false, &st,
@@ -513,8 +532,9 @@ settle_committed(const KsMark *m, const KsState *held)
 			(void) ks_publish_state(&st, (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED) |
 									(st.tampered ? KS_FLAG_TAMPERED : 0), true);
 		ereport(LOG,
-				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash had committed; mode %s",
-						m->generation, ks_mode_sql_names[m->mode])));
+				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s had committed; mode %s",
+						m->generation, before_start ? "the crash" : "a failed write of the private copy",
+						ks_mode_sql_names[m->mode])));
 	}
 	(void) ks_mark_remove(m->xid);
 }
@@ -576,7 +596,7 @@ ks_settle_marks(void)
 		if (TransactionIdDidCommit(xid))
 		{
 			if (!m->deferred)
-				settle_committed(m, held_ok ? &held : NULL);
+				settle_committed(m, before_start);
 			else
 			{
 				/* counted by its backend at commit, or here for one from before the start */

@@ -213,6 +213,8 @@ examine_file(void)
 	}
 	else
 		ks_judge_file_without_history(path);
+	/* in the transaction: the file's hash needs a resource owner */
+	ks_persist_catch_up();
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -220,7 +222,6 @@ examine_file(void)
 		ks_watch_committed();
 	had_history = history && (locked || had_history);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	ks_persist_catch_up();
 	if (had_history)
 		ks_notify_pending();
 }
