@@ -140,6 +140,12 @@ test-tap: test/store_vectors $(TEST_LIBS)
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \
 	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) $(or $(TAP_TESTS),test/t/*.pl)
 
+# A real full NOTIFY queue (8 GB, minutes): kept out of test-tap and scripts/test.
+test-notify-full: test/store_vectors
+	$(MAKE) test-tap TAP_TESTS=test/long/notify_queue_full.pl
+
+.PHONY: test-notify-full
+
 # A real automatic failover: a pg_auto_failover monitor and two nodes on
 # localhost, the primary killed while engaged (test/failover/run).
 test-failover:

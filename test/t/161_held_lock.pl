@@ -44,56 +44,82 @@ sub recorded
 		"SELECT NOT (ks_status()->>'unrecorded_change')::boolean");
 }
 
-# 1. An open transaction holds an engage, idle; an agent that is also an
-#    operator can do this.
+# 1. An open transaction holds an engage, idle — an agent that is also an
+#    operator can do this (halt_all here: in emergency the watcher would end
+#    that agent's busy session, and free the lock).
 my $holder = $node->background_psql('postgres', extra_params => [ '-U', 'both_ways' ]);
 $holder->query_safe("BEGIN; SELECT ks_engage('halt_noncritical', 'held open')");
 is(sql('SELECT ks_mode()'), 'halt_noncritical', 'the open raise is in force at once');
-my ($done, $out, $err) = engage('emergency', 'behind an idle holder');
-ok($done, 'an emergency engage returns while an idle transaction holds the lock') or diag($err);
-is($out, 'emergency|t|t|op', 'its row: id and generation null (the event follows), its caller');
-is(sql('SELECT ks_mode()'), 'emergency', 'every session sees emergency at once');
+my ($done, $out, $err) = engage('halt_all', 'behind an idle holder');
+ok($done, 'an engage returns while an idle transaction holds the lock') or diag($err);
+is($out, 'halt_all|t|t|op', 'its row: id and generation null (the event follows), its caller');
+is(sql('SELECT ks_mode()'), 'halt_all', 'every session sees halt_all at once');
 is(sql("SELECT count(*) FROM killswitch.events WHERE reason = 'behind an idle holder'"), '0',
 	'the event is not recorded while the lock is held');
 is(sql("SELECT ks_status()->>'unrecorded_change'"), 'true', 'ks_status() says a change awaits its event');
 
-# The watcher applies an outside engage while the lock is held.
-my ($cout, $cerr) = ('', '');
-IPC::Run::run([ $cli, '-D', $pgdata, 'engage', 'emergency', '--reason', 'from the CLI while held',
-	'--by', 'ops' ], '>', \$cout, '2>', \$cerr);
-
 # 2. The holder commits: the events follow, in commit order, as their callers'.
 $holder->query_safe('COMMIT');
-ok(recorded(), 'once the lock is free, the watcher records the deferred events');
+$holder->quit;
+ok(recorded(), 'once the lock is free, the watcher records the deferred event');
 my $rows = sql("SELECT mode, previous_mode, source, session_role, backend_pid <> pg_backend_pid() "
-	  . "FROM killswitch.events WHERE reason IN ('held open', 'behind an idle holder', 'from the CLI while held') ORDER BY id");
-like($rows, qr/^halt_noncritical\|disengaged\|sql\|both_ways\|t\n/, 'the holder\'s event first');
-like($rows, qr/emergency\|halt_noncritical\|sql\|op\|t/, 'then the deferred engage, as op\'s');
-like($rows, qr/emergency\|emergency\|cli\|/, 'and the outside engage, recorded by the watcher');
+	  . "FROM killswitch.events WHERE reason IN ('held open', 'behind an idle holder') ORDER BY id");
+is($rows, "halt_noncritical|disengaged|sql|both_ways|t\nhalt_all|halt_noncritical|sql|op|t",
+	'the holder\'s event first, then the deferred engage, as op\'s');
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
 is(sql("SELECT (ks_status()->>'generation')::bigint = max(generation) FROM killswitch.events"), 't',
 	'shared memory and the history agree on the generation');
-is(sql('SELECT ks_mode()'), 'emergency', 'emergency stays');
+is(sql('SELECT ks_mode()'), 'halt_all', 'halt_all stays');
 sql("SELECT ks_disengage('reset')");
 
-# 3. LOCK killswitch.events by a superuser, held open.
+# An emergency behind a holder that is no agent.
+$holder = $node->background_psql('postgres', extra_params => [ '-U', 'op' ]);
+$holder->query_safe("BEGIN; SELECT ks_engage('halt_noncritical', 'held open by op')");
+($done, $out, $err) = engage('emergency', 'emergency behind a holder');
+ok($done, 'an emergency engage returns while an idle transaction holds the lock') or diag($err);
+is(sql('SELECT ks_mode()'), 'emergency', 'in force at once');
+$holder->query_safe('ROLLBACK');
+$holder->quit;
+ok(recorded(), 'recorded once the holder rolled back');
+is(sql("SELECT mode || '<-' || previous_mode FROM killswitch.events WHERE reason = 'emergency behind a holder'"),
+	'emergency<-disengaged', 'as if the rolled-back holder never was');
+sql("SELECT ks_disengage('reset')");
+
+# 3. LOCK killswitch.events by a superuser, held open.  In EXCLUSIVE mode
+#    (every writer and the ordering lock wait): an engage from a new session
+#    returns at once.  In ACCESS EXCLUSIVE mode (LOCK's default) a new
+#    session cannot even read the table's row type, which ks_engage()
+#    returns (PostgreSQL's type cache locks the table): a session that has
+#    read it before engages at once, and the watcher applies an outside
+#    engage at once.
+my $warm = $node->background_psql('postgres', extra_params => [ '-U', 'op' ]);
+$warm->query_safe('SELECT (NULL::killswitch.events).id');
 $holder = $node->background_psql('postgres');
-$holder->query_safe('BEGIN; LOCK killswitch.events');
+$holder->query_safe('BEGIN; LOCK killswitch.events IN EXCLUSIVE MODE');
 ($done, $out, $err) = engage('halt_all', 'behind LOCK');
-ok($done, 'an engage returns while a superuser holds LOCK killswitch.events') or diag($err);
+ok($done, 'an engage returns while a superuser holds LOCK killswitch.events IN EXCLUSIVE MODE') or diag($err);
 is(sql('SELECT ks_mode()'), 'halt_all', 'and is in force');
+$holder->query_safe('ROLLBACK');
+$holder->query_safe('BEGIN; LOCK killswitch.events');
+my $t0 = time;
+is($warm->query_safe("SELECT mode || ' ' || (id IS NULL) FROM ks_engage('emergency', 'behind ACCESS EXCLUSIVE')"),
+	'emergency t', 'under ACCESS EXCLUSIVE, a session that knows the row type engages at once');
+is($node->safe_psql('postgres', 'SELECT ks_mode()'), 'emergency', 'and it is in force');
 # the outside engage is applied while the lock is held
+my ($cout, $cerr) = ('', '');
 IPC::Run::run([ $cli, '-D', $pgdata, 'engage', 'emergency', '--reason', 'CLI behind LOCK', '--by', 'ops' ],
 	'>', \$cout, '2>', \$cerr);
-ok($node->poll_query_until('postgres', "SELECT ks_mode() = 'emergency'"),
-	'the watcher applies an outside engage while LOCK is held') or diag($cerr);
+ok($node->poll_query_until('postgres',
+		"SELECT (ks_status()->>'source') IS NOT NULL AND ks_mode() = 'emergency'"),
+	'the watcher judges an outside engage while LOCK is held') or diag($cerr);
 $holder->query_safe('ROLLBACK');
 ok(recorded(), 'the LOCK gone, everything is recorded');
 is(sql("SELECT string_agg(source || ':' || mode, ',' ORDER BY id) FROM killswitch.events "
-	  . "WHERE reason IN ('behind LOCK', 'CLI behind LOCK')"), 'sql:halt_all,cli:emergency',
-	'both events, in the order they took effect');
+	  . "WHERE reason IN ('behind LOCK', 'behind ACCESS EXCLUSIVE', 'CLI behind LOCK')"),
+	'sql:halt_all,sql:emergency,cli:emergency', 'all three events, in the order they took effect');
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
 $holder->quit;
+$warm->quit;
 
 # 4. A deferred engage that rolls back leaves no mode and no event.
 sql("SELECT ks_disengage('reset')");

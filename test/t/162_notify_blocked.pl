@@ -24,6 +24,7 @@ use KsTest;
 
 my $node = ks_node('notify_blocked', conf => "wal_level = replica\nmax_wal_senders = 2\n");
 sub sql { return $node->safe_psql('postgres', shift); }
+sql('CREATE TABLE work (x int)');
 
 $node->append_conf('postgresql.conf', "synchronous_standby_names = 'no_such_standby'\n");
 $node->reload;
@@ -38,10 +39,11 @@ $listener->query_safe('LISTEN killswitch');
 my ($nout, $nerr) = ('', '');
 my $holder = IPC::Run::start(
 	[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c',
-	  "SET synchronous_commit = on; SELECT pg_notify('elsewhere', 'holds the queue lock')" ],
+	  "SET synchronous_commit = on; BEGIN; INSERT INTO work VALUES (1); "
+	  . "SELECT pg_notify('elsewhere', 'holds the queue lock'); COMMIT;" ],
 	'<', \undef, '>', \$nout, '2>', \$nerr);
 ok($node->poll_query_until('postgres',
-		"SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query LIKE '%pg_notify%'", '1'),
+		"SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'", '1'),
 	'a notifying transaction holds the queue\'s lock while it waits for the standby');
 
 my $log_at = -s $node->logfile;
