@@ -282,7 +282,7 @@ file_as_expected(const char *path, const KsExpect *expect,
 static int
 lock_bounded(char *problem, size_t problemlen)
 {
-	int			fd;
+	volatile int fd = -1;
 
 	HOLD_INTERRUPTS();
 	PG_TRY();

@@ -334,7 +334,12 @@ ks_judge_file(const char *path, bool locked)
 	}
 	halt_now(&a.change);		/* a verdict, or an outside engage, halts at once */
 	/* kept until a look records it and commits (ks_watch_committed()): never lost */
-	waiting = lappend(waiting, keep_change(&a.change));
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		waiting = lappend(waiting, keep_change(&a.change));
+		MemoryContextSwitchTo(old);
+	}
 	if (locked)
 		record_waiting();
 	else

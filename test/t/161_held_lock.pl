@@ -50,10 +50,19 @@ sub recorded
 my $holder = $node->background_psql('postgres', extra_params => [ '-U', 'both_ways' ]);
 $holder->query_safe("BEGIN; SELECT ks_engage('halt_noncritical', 'held open')");
 is(sql('SELECT ks_mode()'), 'halt_noncritical', 'the open raise is in force at once');
+# a session asleep in ks_wait() wakes for the raise, before its generation moves
+my $gen = sql("SELECT ks_status()->>'generation'");
+my ($wout, $werr) = ('', '');
+my $waiter = IPC::Run::start([ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c',
+	"SELECT ks_wait($gen, 60000), ks_mode()" ], '>', \$wout, '2>', \$werr);
+$node->poll_query_until('postgres',
+	"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT ks_wait($gen%'", '1');
 my ($done, $out, $err) = engage('halt_all', 'behind an idle holder');
 ok($done, 'an engage returns while an idle transaction holds the lock') or diag($err);
 is($out, 'halt_all|t|t|op', 'its row: id and generation null (the event follows), its caller');
 is(sql('SELECT ks_mode()'), 'halt_all', 'every session sees halt_all at once');
+$waiter->finish;
+is($wout, "$gen|halt_all\n", 'ks_wait() returned for the raise, with the same generation') or diag($werr);
 is(sql("SELECT count(*) FROM killswitch.events WHERE reason = 'behind an idle holder'"), '0',
 	'the event is not recorded while the lock is held');
 is(sql("SELECT ks_status()->>'unrecorded_change'"), 'true', 'ks_status() says a change awaits its event');
