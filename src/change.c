@@ -258,7 +258,11 @@ set_raising(int also, const char *reason, const char *triggered_by)
 			mode = Max(mode, (int) (p->deferred ? p->in.mode : p->state.mode));
 	}
 	if (ks_raising_set(mode, reason, triggered_by))
+	{
+		if (mode == KS_EMERGENCY)
+			ks_wake_watcher();	/* the emergency actions, now (ARCHITECTURE §9) */
 		ks_interlock_wait();	/* no agent commit after the raise (ARCHITECTURE §5.2) */
+	}
 }
 
 /* Copy an event input's texts into TopTransactionContext. */
@@ -670,6 +674,23 @@ only_deferred(void)
 	return true;
 }
 
+/*
+ * Has the watcher an outside change in force in place, not yet recorded?
+ * (Not asked of the watcher itself: it records those first, in the same
+ * transaction.)
+ */
+static bool
+outside_change_waiting(void)
+{
+	bool		waiting;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	waiting = ks_shared->inplace_mode != KS_NO_MODE && !ks_shared->unconfirmed &&
+		ks_shared->watcher_latch != MyLatch;
+	SpinLockRelease(&ks_shared->mutex);
+	return waiting;
+}
+
 /* This transaction's mark (ARCHITECTURE §5.3): the last change, whole. */
 static void
 fill_mark(KsMark *m)
@@ -751,6 +772,9 @@ before_commit(void)
 	r = ks_persist_file(commit_text.data, commit_text.len, &expect, lowering, &written,
 						problem, sizeof(problem));
 	MemoryContextSwitchTo(oldcxt);
+	/* an outside change judged and in force, not yet recorded: it comes first */
+	if (lowering && r == KS_WRITE_OK && outside_change_waiting())
+		r = KS_WRITE_CONFLICT;
 	if (r == KS_WRITE_CONFLICT)
 		ks_wake_watcher();		/* to apply and record the newcomer */
 	if (lowering && r == KS_WRITE_CONFLICT)
