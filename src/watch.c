@@ -271,6 +271,33 @@ ks_watch_committed(void)
 }
 
 /*
+ * Note as judged what judge() judged, so that it is not judged again: the
+ * file as it is now, if it is the state judged (a writer in place may have
+ * been mid-write when the bytes were first read: judge() read again); for
+ * a verdict on an untrusted file, only the bytes read before it (or none).
+ */
+static void
+note_what_was_judged(const char *path, const KsChange *c, const char *before, size_t beforelen)
+{
+	char	   *now = NULL;
+	size_t		nowlen = 0;
+	char		problem[KS_PROBLEM_LEN];
+	KsState		st;
+
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)))
+		now = NULL;
+	if (c->expect.judged)
+	{
+		if (now && ks_state_from_text(now, nowlen, NULL, 0, NULL, false, &st,
+									  problem, sizeof(problem)) != KS_FILE_BAD &&
+			ks_compare_to_held(&st, c->expect.judged) == KS_SAME)
+			ks_note_judged(path, now, nowlen);
+		return;
+	}
+	ks_note_judged(path, before, beforelen);
+}
+
+/*
  * Judge the file and record what it calls for (the history exists), inside
  * the look's transaction; locked says whether it holds the lock that
  * orders changes.  Bytes the server wrote or judged are not judged again.
@@ -326,7 +353,7 @@ ks_judge_file(const char *path, bool locked)
 	if (kind == KS_CHANGE_LOWER && waiting != NIL)
 		record_waiting();		/* what was in force before it, first */
 	/* judged: these bytes (or none, if set aside) are not judged again */
-	ks_note_judged(path, lstat(path, &sb) == 0 ? bytes : NULL, len);
+	note_what_was_judged(path, &a.change, lstat(path, &sb) == 0 ? bytes : NULL, len);
 	if (kind == KS_CHANGE_LOWER)
 	{
 		(void) ks_apply_change(&a.change);
@@ -585,20 +612,20 @@ ks_settle_marks(void)
 		TransactionId xid = XidFromFullTransactionId(fxid);
 		bool		before_start = m->xid <= ks_shared->marks_before_start;
 
-		if (!FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId()))
-		{
-			/* from another history (a restored backup): never ours to settle */
-			(void) ks_mark_remove(m->xid);
-			continue;
-		}
-		if (TransactionIdIsInProgress(xid))
+		/*
+		 * A transaction not before the next id never wrote a commit record
+		 * (that would have moved the counter past it): it did not commit.
+		 */
+		if (FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId()) &&
+			TransactionIdIsInProgress(xid))
 		{
 			SpinLockAcquire(&ks_shared->mutex);
 			ks_shared->marks_due = true;
 			SpinLockRelease(&ks_shared->mutex);
 			continue;
 		}
-		if (TransactionIdDidCommit(xid))
+		if (FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId()) &&
+			TransactionIdDidCommit(xid))
 		{
 			if (!m->deferred)
 				settle_committed(m, before_start);
