@@ -752,6 +752,14 @@ before_commit(void)
 					 errdetail("%s", problem)));
 	}
 	fill_mark(&mark);
+	/*
+	 * A release's transaction id must outlive a crash before its mark is
+	 * written: WAL lost in a crash would let a new transaction take the same
+	 * id and commit, and the mark would be settled as committed.  (A raise's
+	 * mark settled wrongly that way is only an extra halt.)
+	 */
+	if (lowering && XactLastRecEnd != InvalidXLogRecPtr)
+		XLogFlush(XactLastRecEnd);
 	marked = ks_mark_write(&mark, problem, sizeof(problem));
 	MemoryContextSwitchTo(oldcxt);
 	if (!marked && lowering)
