@@ -350,7 +350,13 @@ ks_persist_file(const char *text, size_t len, const KsExpect *expect, bool check
 		!ks_backend_secret(&secret, &secretlen, problem, problemlen))
 		return KS_WRITE_FAILED;
 	ks_state_file_path(path, sizeof(path));
-	lockfd = lock_bounded(problem, problemlen);
+	/*
+	 * A release asks before its commit, and may wait as long as its session
+	 * allows (interruptibly, statement_timeout and lock_timeout honoured);
+	 * every write waits a bounded time.
+	 */
+	lockfd = check_only ? ks_lock_dir(ks_state_dir, problem, problemlen)
+		: lock_bounded(problem, problemlen);
 	if (lockfd < 0)
 		return KS_WRITE_FAILED;
 	if (!file_as_expected(path, expect, secret, secretlen))

@@ -111,7 +111,9 @@ judge(const char *path)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
-	KsMode		held = KS_WORD_MODE(word);
+	int			held_flags;
+	/* the state in force without the raises in flight (ARCHITECTURE §5.1) */
+	KsMode		held = ks_base_mode(&held_flags);
 	int64		generation = KS_WORD_GENERATION(word);
 	KsMode		raised = Max(held, KS_HALT_ALL);
 	TimestampTz since;
