@@ -453,8 +453,6 @@ emergency_episode(TimestampTz *published_at)
 	return episode;
 }
 
-/* The episode whose alert went out (the watcher's). */
-static uint64 alerted_episode = 0;
 /* How long an emergency in force waits for its event before the alert goes without it. */
 #define KS_ALERT_WAIT_MS 1000
 
@@ -468,7 +466,7 @@ alert_due(uint64 episode, TimestampTz published_at)
 {
 	int			flags;
 
-	if (alerted_episode == episode)
+	if (ks_shared->emergency_alerted == episode)
 		return false;
 	return ks_chain_state(&flags) == KS_EMERGENCY ||
 		TimestampDifferenceExceeds(published_at, GetCurrentTimestamp(), KS_ALERT_WAIT_MS);
@@ -520,7 +518,7 @@ ks_emergency_tick(bool history)
 	ended_in_episode += ended;
 	if (!alert)
 		return;
-	alerted_episode = episode;
+	ks_shared->emergency_alerted = episode;
 	ks_notify_alert_later(generation, ended_in_episode);
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
@@ -652,6 +650,7 @@ ks_emergency_tick_without_database(void)
 		return;
 
 	ks_shared->emergency_handled = episode;
+	ks_shared->emergency_alerted = episode;
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
 					generation, ended),

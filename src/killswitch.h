@@ -136,6 +136,7 @@ typedef struct KsShared
 	TimestampTz watcher_checked_at;	/* mutex: when the watcher last looked at the file */
 	Latch	   *watcher_latch;	/* mutex: to wake the watcher at once */
 	uint64		emergency_handled;	/* watcher: the emergency episode whose actions ran */
+	uint64		emergency_alerted;	/* watcher: and whose alert went out */
 	/* the watcher's own state (worker.c), for ks_status(); all mutex */
 	bool		watcher_connecting; /* a connection to killswitch.database under way */
 	int			watcher_usable_retries; /* failed connections to a database that looked usable */
