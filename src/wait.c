@@ -18,14 +18,23 @@
 PG_FUNCTION_INFO_V1(ks_wait);
 
 /*
+ * How long a waiter woken by a raise still waits for that raise's
+ * generation: an engage in autocommit commits within milliseconds, and
+ * the caller then sees the new generation as before; one whose event
+ * follows (ARCHITECTURE §5.3) or that waits at its commit returns after
+ * this, with the same generation.
+ */
+#define KS_WAIT_RAISE_GRACE_MS 100
+
+/*
  * SQL: wait until the generation differs from the one given, or the mode
  * in force rises above what it was at the call, and return the current
  * generation; at the timeout, return it anyway.  A raise is in force before
- * its generation moves (ARCHITECTURE §5.1): a waiter returns at once, with
- * the same generation, and reads the mode — so a return equal to the
- * argument means the timeout or a raise; the mode tells which.  The
- * timeout is an int of milliseconds like statement_timeout: any value
- * from 0 (no wait) to INT_MAX.
+ * its generation moves (ARCHITECTURE §5.1): a waiter woken by one waits at
+ * most KS_WAIT_RAISE_GRACE_MS more for the generation, then returns — so a
+ * return equal to the argument means the timeout or a raise; the mode
+ * tells which.  The timeout is an int of milliseconds like
+ * statement_timeout: any value from 0 (no wait) to INT_MAX.
  */
 Datum
 ks_wait(PG_FUNCTION_ARGS)
@@ -36,6 +45,7 @@ ks_wait(PG_FUNCTION_ARGS)
 	uint64		word;
 	KsMode		at_call;
 	TimestampTz deadline;
+	TimestampTz raised_at = 0;
 
 	ks_require_loaded();
 	if (generation < 0)
@@ -68,8 +78,14 @@ ks_wait(PG_FUNCTION_ARGS)
 
 		word = pg_atomic_read_u64(&ks_shared->word);
 		current = KS_WORD_GENERATION(word);
-		if (current != generation || KS_WORD_MODE(word) > at_call)
+		if (current != generation)
 			break;
+		if (KS_WORD_MODE(word) > at_call && raised_at == 0)
+		{
+			/* a raise: in force now; its generation follows, or the grace ends */
+			raised_at = GetCurrentTimestamp();
+			deadline = Min(deadline, TimestampTzPlusMilliseconds(raised_at, KS_WAIT_RAISE_GRACE_MS));
+		}
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)
 			break;

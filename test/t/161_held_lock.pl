@@ -112,7 +112,7 @@ $holder->query_safe('ROLLBACK');
 $holder->query_safe('BEGIN; LOCK killswitch.events');
 my $t0 = time;
 is($warm->query_safe("SELECT mode || ' ' || (id IS NULL) FROM ks_engage('emergency', 'behind ACCESS EXCLUSIVE')"),
-	'emergency t', 'under ACCESS EXCLUSIVE, a session that knows the row type engages at once');
+	'emergency true', 'under ACCESS EXCLUSIVE, a session that knows the row type engages at once');
 is($node->safe_psql('postgres', 'SELECT ks_mode()'), 'emergency', 'and it is in force');
 # the outside engage is applied while the lock is held
 my ($cout, $cerr) = ('', '');
