@@ -358,7 +358,11 @@ ks_persist_file(const char *text, size_t len, const KsExpect *expect, bool check
 	lockfd = check_only ? ks_lock_dir(ks_state_dir, problem, problemlen)
 		: lock_bounded(problem, problemlen);
 	if (lockfd < 0)
+	{
+		if (!check_only)
+			file_problem(problem, true);	/* behind: the watcher writes it */
 		return KS_WRITE_FAILED;
+	}
 	if (!file_as_expected(path, expect, secret, secretlen))
 	{
 		snprintf(problem, problemlen, "the state file changed outside the database");
