@@ -492,6 +492,11 @@ own_transaction_id(void)
 {
 	KsOwnerContext owner;
 
+	/*
+	 * A transaction that wrote no WAL commits asynchronously: its commit
+	 * record must be flushed before the client hears of it all the same.
+	 */
+	ForceSyncCommit();
 	if (FullTransactionIdIsValid(GetTopFullTransactionIdIfAny()))
 		return;
 	ks_owner_begin(&owner);
