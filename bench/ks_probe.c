@@ -22,6 +22,14 @@
  *       prints, per trial, milliseconds from the commit's acknowledgement to
  *       the last agent session being gone.
  *
+ *   ks_probe engage CONNINFO TRIALS held|plain
+ *       The engage's own latency: milliseconds from sending "SELECT
+ *       ks_engage('halt_all', ...)" (autocommit) to its commit acknowledged,
+ *       per trial; a release follows each (not timed).  With held, another
+ *       connection holds an engage in an open transaction, idle, during
+ *       each engage (its event then follows, ARCHITECTURE §5.3); with
+ *       plain, whatever else runs (the suite's 40 busy agents) is the load.
+ *
  * The clock starts late rather than early wherever there is a choice, so
  * every figure is an upper bound on the true latency.
  */
@@ -494,6 +502,37 @@ probe_emergency(const char *agent_conninfo, const char *admin_conninfo, int nage
 	return 0;
 }
 
+/* engage: from sending an engage to its commit acknowledged, with or without a holder. */
+static int
+probe_engage(const char *conninfo, int trials, bool held)
+{
+	PGconn	   *admin = connect_or_die(conninfo);
+	PGconn	   *holder = held ? connect_or_die(conninfo) : NULL;
+
+	set_mode(admin, false, NULL);
+	for (int t = 0; t < trials; t++)
+	{
+		double		sent;
+
+		if (held)
+		{
+			free(exec_or_die(holder, "BEGIN"));
+			free(exec_or_die(holder, "SELECT ks_engage('halt_noncritical', 'held open', 'ks_probe')"));
+		}
+		sent = now_ms();
+		free(exec_or_die(admin, "SELECT ks_engage('halt_all', 'engage latency', 'ks_probe')"));
+		printf("%.3f\n", now_ms() - sent);
+		if (held)
+			free(exec_or_die(holder, "ROLLBACK"));
+		set_mode(admin, false, NULL);
+		usleep((10 + rand() % 40) * 1000);	/* a random point of the load's cycle */
+	}
+	PQfinish(admin);
+	if (holder)
+		PQfinish(holder);
+	return 0;
+}
+
 /* Dispatch on the probe's name. */
 int
 main(int argc, char **argv)
@@ -513,10 +552,17 @@ main(int argc, char **argv)
 	if (argc == 6 && strcmp(argv[1], "emergency") == 0)
 		return probe_emergency(argv[2], argv[3], count_arg(argv[4], "AGENTS"),
 							   count_arg(argv[5], "TRIALS"));
+	if (argc == 5 && strcmp(argv[1], "engage") == 0)
+	{
+		if (strcmp(argv[4], "held") != 0 && strcmp(argv[4], "plain") != 0)
+			fail("engage measures \"held\" or \"plain\", not \"%s\"", argv[4]);
+		return probe_engage(argv[2], count_arg(argv[3], "TRIALS"), strcmp(argv[4], "held") == 0);
+	}
 	fprintf(stderr,
 			"usage: ks_probe push CONNINFO LISTENERS TRIALS ks|notify\n"
 			"       ks_probe wait CONNINFO WAITERS TRIALS\n"
 			"       ks_probe file CONNINFO TRIALS KILLSWITCH_BIN PGDATA\n"
-			"       ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS\n");
+			"       ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS\n"
+			"       ks_probe engage CONNINFO TRIALS held|plain\n");
 	return 2;
 }

@@ -155,6 +155,9 @@ state_object(const KsState *st)
 		ks_json_put_string(obj, "source", st->source);
 	if (st->key_id)
 		ks_json_put_string(obj, "key_id", st->key_id);
+	/* only when set: a file without a verdict stays byte-compatible */
+	if (st->tampered)
+		ks_json_put_bool(obj, "tampered", true);
 	return obj;
 }
 
@@ -348,6 +351,13 @@ ks_state_from_text(const char *text, size_t len,
 	if (!take_string(root, "release_key_id", &st->release_key_id, false))
 		return PROBLEM("\"release_key_id\" is not a string");
 	st->object = root;
+	{
+		const KsJson *t = ks_json_get(root, "tampered");
+
+		if (t != NULL && t->kind != KSJ_BOOL)
+			return PROBLEM("\"tampered\" is not a boolean");
+		st->tampered = t != NULL && t->bval;
+	}
 	if (!take_string(root, "previous_mode", &prev, true))
 		return PROBLEM("\"previous_mode\" is not a string");
 	if (prev != NULL)

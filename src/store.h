@@ -86,6 +86,7 @@ typedef struct KsState
 	int64		event_id;		/* -1: absent */
 	char	   *source;			/* NULL: absent */
 	char	   *key_id;			/* NULL: absent */
+	bool		tampered;		/* a tamper verdict stands: "tampered": true (absent: false) */
 	/* what a read found; ignored when writing (the writer signs afresh) */
 	char	   *release_signature;	/* NULL: absent */
 	char	   *release_key_id; /* NULL: absent */

@@ -9,15 +9,23 @@
  *   bad (unsigned, garbage, ...)    at least halt_all, tamper, file set aside
  *   deleted or emptied              state kept, file rewritten, tamper
  *
- * Called by the watcher inside a transaction that holds the lock ordering
- * all changes.
+ * Called by the watcher inside a transaction.  It never waits for the lock
+ * that orders the history (ARCHITECTURE §5.7): a raise or a verdict is in
+ * force at once (in place, state.c) and recorded on the first look that
+ * takes the lock (ConditionalLockAcquire); an outside release is applied
+ * only when it can be recorded.  Its own writes are recognised by their
+ * bytes (KsShared.file_hash, persist.c), not by holding a lock.
  */
 #include "postgres.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/transam.h"
 #include "mb/pg_wchar.h"
+#include "storage/lmgr.h"
+#include "storage/procarray.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "killswitch.h"
@@ -74,21 +82,24 @@ set_aside(const char *path)
 }
 
 /*
- * The state the server holds: its private copy when that is what shared
- * memory carries (it keeps an engaged_at of null as null), else shared
- * memory itself (a verdict not yet written).
+ * The state the server holds: its private copy when that is what the
+ * chain carries (it keeps an engaged_at of null as null), else shared
+ * memory itself (a verdict not yet written).  The chain's mode, not the
+ * word's: a raise in flight is nobody's file yet.
  */
 static void
 held_state(KsState *held, uint64 word, TimestampTz since)
 {
 	char		problem[KS_PROBLEM_LEN];
 	char		at[40];
+	int			flags;
+	KsMode		chain = ks_chain_state(&flags);
 
 	if (ks_read_held(held, problem, sizeof(problem)) &&
-		held->generation == KS_WORD_GENERATION(word) && held->mode == KS_WORD_MODE(word))
+		held->generation == KS_WORD_GENERATION(word) && held->mode == chain)
 		return;
 	ks_state_init(held);
-	held->mode = KS_WORD_MODE(word);
+	held->mode = chain;
 	held->generation = KS_WORD_GENERATION(word);
 	ks_format_iso_utc(ks_timestamptz_to_unix_usec(since), at, sizeof(at));
 	held->engaged_at = pstrdup(at);
@@ -100,7 +111,9 @@ judge(const char *path)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
-	KsMode		held = KS_WORD_MODE(word);
+	int			held_flags;
+	/* the state in force without the raises in flight (ARCHITECTURE §5.1) */
+	KsMode		held = ks_base_mode(&held_flags);
 	int64		generation = KS_WORD_GENERATION(word);
 	KsMode		raised = Max(held, KS_HALT_ALL);
 	TimestampTz since;
@@ -176,42 +189,190 @@ judge(const char *path)
 }
 
 /*
+ * Outside changes and verdicts in force in place, waiting for the lock that
+ * orders the history to be recorded (TopMemoryContext, oldest first).
+ */
+static List *waiting = NIL;
+/* An outside release waits for the lock: look again soon. */
+static bool retry_soon = false;
+/* This look raised in place (halt_now()): its commit makes the chain hold it. */
+static bool raised_in_place = false;
+
+/* A change in TopMemoryContext, to outlive this look's transaction. */
+static KsChange *
+keep_change(const KsChange *c)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	KsChange   *k = palloc(sizeof(KsChange));
+
+	*k = *c;
+	k->reason = pstrdup(c->reason);
+	k->triggered_by = pstrdup(c->triggered_by);
+	k->source = pstrdup(c->source);
+	if (c->expect.judged)
+	{
+		KsState    *st = palloc(sizeof(KsState));
+
+		*st = *c->expect.judged;
+		st->engaged_at = st->engaged_at ? pstrdup(st->engaged_at) : NULL;
+		st->reason = st->reason ? pstrdup(st->reason) : NULL;
+		st->triggered_by = st->triggered_by ? pstrdup(st->triggered_by) : NULL;
+		st->source = st->source ? pstrdup(st->source) : NULL;
+		st->key_id = st->key_id ? pstrdup(st->key_id) : NULL;
+		st->object = NULL;
+		st->release_signature = NULL;
+		st->release_key_id = NULL;
+		k->expect.judged = st;
+	}
+	MemoryContextSwitchTo(old);
+	return k;
+}
+
+/*
  * Raise the mode in shared memory at once, before anything that can fail
- * (writing the file, recording the event): the halt must not depend on the
- * disk.  The generation moves when the change commits; if it cannot, the
- * watcher marks the verdict unrecorded (ks_watch_failed).
+ * or wait (writing the file, recording the event): the halt must not
+ * depend on the disk or on a lock.  The generation moves when the change
+ * commits; until then the raise is in place (state.c).
  */
 static void
 halt_now(const KsChange *c)
 {
-	uint64		word = pg_atomic_read_u64(&ks_shared->word);
-
-	ks_publish(c->mode, c->flags, KS_WORD_GENERATION(word), GetCurrentTimestamp(),
-			   c->source, c->reason, c->triggered_by);
+	raised_in_place = true;
+	if (ks_raise_in_place(c->mode, c->flags & KS_FLAG_TAMPERED, c->reason, c->triggered_by))
+		ks_interlock_wait();
 }
 
-/* Judge the file and record what it calls for (the history exists). */
+/* Record the changes in force in place, oldest first (the lock is held). */
+static void
+record_waiting(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, waiting)
+		(void) ks_apply_change((KsChange *) lfirst(lc));
+}
+
+/* Does the watcher have to look again soon, though the file did not change? */
+bool
+ks_watch_due(void)
+{
+	return waiting != NIL || retry_soon;
+}
+
+/* The look committed: what it recorded is the chain's now, nothing stays in place. */
 void
-ks_judge_file(const char *path)
+ks_watch_committed(void)
+{
+	if (waiting == NIL && !raised_in_place)
+		return;
+	list_free_deep(waiting);
+	waiting = NIL;
+	raised_in_place = false;
+	if (!ks_shared->unconfirmed)
+		ks_clear_in_place();
+}
+
+/*
+ * Note as judged what judge() judged, so that it is not judged again: the
+ * file as it is now, if it is the state judged (a writer in place may have
+ * been mid-write when the bytes were first read: judge() read again); for
+ * a verdict on an untrusted file, only the bytes read before it (or none).
+ */
+static void
+note_what_was_judged(const char *path, const KsChange *c, const char *before, size_t beforelen)
+{
+	char	   *now = NULL;
+	size_t		nowlen = 0;
+	char		problem[KS_PROBLEM_LEN];
+	KsState		st;
+
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)))
+		now = NULL;
+	if (c->expect.judged)
+	{
+		if (now && ks_state_from_text(now, nowlen, NULL, 0, NULL, false, &st,
+									  problem, sizeof(problem)) != KS_FILE_BAD &&
+			ks_compare_to_held(&st, c->expect.judged) == KS_SAME)
+			ks_note_judged(path, now, nowlen);
+		return;
+	}
+	ks_note_judged(path, before, beforelen);
+}
+
+/*
+ * Judge the file and record what it calls for (the history exists), inside
+ * the look's transaction; locked says whether it holds the lock that
+ * orders changes.  Bytes the server wrote or judged are not judged again.
+ */
+void
+ks_judge_file(const char *path, bool locked)
 {
 	KsVerdictAction a;
-	KsMode		held;
 	char		problem[KS_PROBLEM_LEN];
+	char	   *bytes = NULL;
+	size_t		len = 0;
+	int			flags;
+	KsMode		held;
+	KsChangeKind kind;
+	struct stat sb;
 
+	retry_soon = false;
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
 		return;					/* another server's file (claim.c) */
-	if (ks_shared->unconfirmed)
-		ks_confirm_in_flight();
+	if (locked)
+	{
+		ks_settle_marks();
+		ks_record_marks();
+	}
+	if (ks_file_is_ours(path, &bytes, &len))
+	{
+		if (locked)
+			record_waiting();
+		if (locked && ks_shared->unrecorded)
+			ks_flush_unrecorded();
+		return;
+	}
 	a = judge(path);
-	held = ks_current_mode();
-
-	/* a verdict, or an outside engage, halts before the disk is written */
-	if (a.act && ((a.change.flags & KS_FLAG_TAMPERED) || a.change.mode > held))
-		halt_now(&a.change);
-	if (a.act)
+	if (!a.act)
+	{
+		ks_note_judged(path, bytes, len);
+		if (locked)
+			record_waiting();
+		return;
+	}
+	held = ks_base_mode(&flags);
+	/* an outside raise keeps a verdict; a verdict is one */
+	if (!(a.change.flags & KS_FLAG_TAMPERED) && a.change.mode >= held &&
+		(flags & KS_FLAG_TAMPERED) && !a.change.clears_verdict)
+		a.change.flags |= KS_FLAG_TAMPERED;
+	kind = ks_change_kind(held, (flags & KS_FLAG_TAMPERED) != 0, a.change.mode,
+						  (a.change.flags & KS_FLAG_TAMPERED) != 0);
+	if (kind == KS_CHANGE_LOWER && !locked)
+	{
+		retry_soon = true;		/* applied only when it can be recorded */
+		return;
+	}
+	if (kind == KS_CHANGE_LOWER && waiting != NIL)
+		record_waiting();		/* what was in force before it, first */
+	/* judged: these bytes (or none, if set aside) are not judged again */
+	note_what_was_judged(path, &a.change, lstat(path, &sb) == 0 ? bytes : NULL, len);
+	if (kind == KS_CHANGE_LOWER)
+	{
 		(void) ks_apply_change(&a.change);
-	else if (ks_shared->unrecorded)
-		ks_flush_unrecorded();
+		return;
+	}
+	halt_now(&a.change);		/* a verdict, or an outside engage, halts at once */
+	/* kept until a look records it and commits (ks_watch_committed()): never lost */
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		waiting = lappend(waiting, keep_change(&a.change));
+		MemoryContextSwitchTo(old);
+	}
+	if (locked)
+		record_waiting();
+	else
+		retry_soon = true;
 }
 
 /*
@@ -230,12 +391,19 @@ ks_judge_file_without_history(const char *path)
 	int64		generation;
 	char		reason[sizeof(ks_shared->unrecorded_reason)];
 	char		problem[KS_PROBLEM_LEN];
+	char	   *bytes;
+	size_t		len;
 
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
 		return;					/* another server's file (claim.c) */
+	if (ks_file_is_ours(path, &bytes, &len))
+		return;					/* written or judged by this server */
 	a = judge(path);
 	if (!a.act)
+	{
+		ks_note_judged(path, bytes, len);
 		return;
+	}
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_clip_utf8(reason, a.change.reason, sizeof(reason));
@@ -283,11 +451,12 @@ ks_reconcile_history(void)
 	if (ks_shared->from_recovery)
 	{
 		ks_adopt_history_after_recovery();
+		/* redo wrote the file without noting its bytes: the private copy stands in */
+		ks_note_file_unknown();
 		return;
 	}
-	/* first settle a change written before a crash, then compare */
-	if (ks_shared->unconfirmed)
-		ks_confirm_in_flight();
+	/* first settle the changes in flight at a crash, then compare */
+	ks_settle_marks();
 	word = pg_atomic_read_u64(&ks_shared->word);
 	state_gen = KS_WORD_GENERATION(word);
 	history_gen = ks_events_last_generation();
@@ -326,107 +495,173 @@ ks_reconcile_history(void)
 }
 
 /*
- * After a failed look (the file could not be rewritten, the event not
- * recorded): whatever halt_now() raised stays, and the verdict waits to be
- * recorded.
+ * After a failed look (the event not recorded, the transaction aborted):
+ * whatever halt_now() raised stays in place, and the changes waiting to be
+ * recorded are tried again at the next look.
  */
 void
 ks_watch_failed(void)
 {
-	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	retry_soon = true;
+}
 
-	if (!(KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED))
+/* Remove a mark nobody can read, keeping it as evidence. */
+static void
+set_mark_aside(const char *problem)
+{
+	ereport(WARNING,
+			(errmsg("killswitch: a mark of a change in flight could not be read: %s", problem),
+			 errhint("The mode stays as it is; an administrator can release it.")));
+}
+
+/* The file still holds this mark's state (a change that never committed)? Put the copy back. */
+static void
+put_back_uncommitted(const KsMark *m)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	char	   *now;
+	size_t		nowlen;
+	char	   *copy;
+	size_t		copylen;
+
+	ks_state_file_path(path, sizeof(path));
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)) ||
+		nowlen != m->state_len || memcmp(now, m->state, nowlen) != 0 ||
+		!ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &copy, &copylen,
+					  problem, sizeof(problem)))
 		return;
+	/* the file is ours (its bytes are the mark's): the catch-up writes the copy there */
+	ks_note_file_bytes(now, nowlen);
 	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->unrecorded = true;
-	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-	strlcpy(ks_shared->unrecorded_reason, ks_shared->reason, sizeof(ks_shared->unrecorded_reason));
+	ks_shared->file_stale = true;
 	SpinLockRelease(&ks_shared->mutex);
+	ks_persist_catch_up();
 }
 
 /*
- * Settle a change that was written to the state file before a crash but
- * whose commit was not known at start (the mark, persist.c).  The server
- * started at the higher of it and the newest committed state; now, with
- * the history at hand (the caller holds the lock that orders changes), the
- * change's event tells: there → it committed, and is published as written;
- * absent → it never committed, and the state file and shared memory go
- * back to the newest committed state.  An uncommitted release never takes
- * effect.  Nothing is recorded: the history is already right.
+ * A recorded change whose transaction committed: the copy (and the chain)
+ * learn it, unless they hold a newer one (marks come in no order).
+ */
+static void
+settle_committed(const KsMark *m, bool before_start)
+{
+	char		problem[KS_PROBLEM_LEN];
+	KsState		st;
+	KsState		held;
+
+	if (!ks_read_held(&held, problem, sizeof(problem)) || m->generation > held.generation)
+	{
+		if (!ks_persist_copy(m->state, m->state_len, problem, sizeof(problem)))
+		{
+			ereport(WARNING,
+					(errmsg("killswitch: could not write the private copy of a committed change: %s", problem)));
+			SpinLockAcquire(&ks_shared->mutex);
+			ks_shared->marks_due = true;	/* tried again */
+			SpinLockRelease(&ks_shared->mutex);
+			return;
+		}
+		if (ks_state_from_text(m->state, m->state_len, NULL, 0, NULL, false, &st,
+							   problem, sizeof(problem)) != KS_FILE_BAD)
+			(void) ks_publish_state(&st, (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED) |
+									(st.tampered ? KS_FLAG_TAMPERED : 0), true);
+		ereport(LOG,
+				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s had committed; mode %s",
+						m->generation, before_start ? "the crash" : "a failed write of the private copy",
+						ks_mode_sql_names[m->mode])));
+	}
+	(void) ks_mark_remove(m->xid);
+}
+
+/*
+ * Settle the marks of changes in flight (ARCHITECTURE §5.5) by the commit
+ * log: a transaction still running is its backend's business; one that
+ * committed has its change in force (a recorded change's copy is written if
+ * the commit could not; a raise whose event follows stays counted until it
+ * is recorded, ks_record_marks()); one that never committed has its mark
+ * removed and, if the state file still holds its state, the file put back.
+ * After a crash, the raise the postmaster put in place for the marks ends
+ * when all are settled: the state goes back to the newest committed one.
+ * Nothing is recorded here.
  */
 void
-ks_confirm_in_flight(void)
+ks_settle_marks(void)
 {
-	char		path[MAXPGPATH];
-	char	   *secret;
-	size_t		secretlen;
+	List	   *marks;
+	ListCell   *lc;
+	bool		bad;
+	bool		due;
+	bool		unconfirmed;
 	char		problem[KS_PROBLEM_LEN];
-	KsState		mark,
-				held,
-				file;
-	char	   *bytes;
-	size_t		len;
-	int			lockfd;
-	bool		committed;
+	KsState		held;
+	bool		held_ok;
 
-	if (!ks_shared->unconfirmed)
+	SpinLockAcquire(&ks_shared->mutex);
+	due = ks_shared->marks_due || ks_shared->unconfirmed;
+	unconfirmed = ks_shared->unconfirmed;
+	ks_shared->marks_due = false;
+	SpinLockRelease(&ks_shared->mutex);
+	if (!due)
 		return;
-	ks_state_file_path(path, sizeof(path));
-	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)) ||
-		ks_state_read(KS_IN_FLIGHT_FILE, secret, secretlen, ks_secret_file, true, 0,
-					  &mark, problem, sizeof(problem)) != KS_FILE_VALID ||
-		ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file, true, 0,
-					  &held, problem, sizeof(problem)) != KS_FILE_VALID)
+	held_ok = ks_read_held(&held, problem, sizeof(problem));
+	marks = ks_marks_read(&bad, problem, sizeof(problem));
+	if (bad)
+		set_mark_aside(problem);
+	foreach(lc, marks)
 	{
-		/* cannot tell: the higher of the two modes stays in force */
-		ereport(WARNING,
-				(errmsg("killswitch: could not confirm the change in flight at the crash: %s", problem),
-				 errhint("The higher mode stays in force; an administrator can release it.")));
-		ks_shared->unconfirmed = false;
-		return;
-	}
-	committed = ks_events_last_generation() >= mark.generation;
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
-	if (lockfd < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_IO_ERROR),
-				 errmsg("could not lock the kill switch state directory"),
-				 errdetail("%s", problem)));
-	if (committed)
-	{
-		/* the copy learns what the commit callback could not write */
-		if (ks_read_file(KS_IN_FLIGHT_FILE, KS_MAX_FILE_SIZE, &bytes, &len,
-						 problem, sizeof(problem)) &&
-			ks_write_file_durably(KS_LAST_APPLIED_FILE, bytes, len, problem, sizeof(problem)))
-			(void) unlink(KS_IN_FLIGHT_FILE);
-		(void) ks_publish_state(&mark, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, false);
-		ereport(LOG,
-				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash had committed; mode %s",
-						mark.generation, ks_mode_sql_names[mark.mode])));
-	}
-	else
-	{
-		/* put back the newest committed state, unless someone wrote since */
-		if (ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac, 0,
-						  &file, problem, sizeof(problem)) != KS_FILE_BAD &&
-			file.generation >= 0 && ks_compare_to_held(&file, &mark) == KS_SAME &&
-			!(ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &bytes, &len,
-						   problem, sizeof(problem)) &&
-			  ks_write_shared_file_durably(path, bytes, len, problem, sizeof(problem))))
+		KsMark	   *m = (KsMark *) lfirst(lc);
+		FullTransactionId fxid = FullTransactionIdFromU64(m->xid);
+		TransactionId xid = XidFromFullTransactionId(fxid);
+		bool		before_start = m->xid <= ks_shared->marks_before_start;
+
+		/*
+		 * A transaction not before the next id never wrote a commit record
+		 * (that would have moved the counter past it): it did not commit.
+		 */
+		if (FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId()) &&
+			TransactionIdIsInProgress(xid))
 		{
-			/* the higher mode stays until the file can be put back */
-			ks_unlock_dir(lockfd);
-			ereport(ERROR,
-					(errcode(ERRCODE_IO_ERROR),
-					 errmsg("could not put back the kill switch state file after a change that never committed"),
-					 errdetail("%s", problem)));
+			SpinLockAcquire(&ks_shared->mutex);
+			ks_shared->marks_due = true;
+			SpinLockRelease(&ks_shared->mutex);
+			continue;
 		}
-		(void) unlink(KS_IN_FLIGHT_FILE);
-		(void) ks_publish_state(&held, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, false);
-		ereport(LOG,
-				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash never committed; back to generation " INT64_FORMAT ", mode %s",
-						mark.generation, held.generation, ks_mode_sql_names[held.mode])));
+		if (FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId()) &&
+			TransactionIdDidCommit(xid))
+		{
+			if (!m->deferred)
+				settle_committed(m, before_start);
+			else
+			{
+				/* counted by its backend at commit, or here for one from before the start */
+				if (unconfirmed && before_start)
+					ks_deferred_count_add(m->mode, 1, m->reason, m->triggered_by);
+				SpinLockAcquire(&ks_shared->mutex);
+				ks_shared->marks_due = true;
+				SpinLockRelease(&ks_shared->mutex);
+			}
+			continue;
+		}
+		if (!m->deferred)
+			put_back_uncommitted(m);
+		(void) ks_mark_remove(m->xid);
+		if (m->deferred)
+			ereport(LOG,
+					(errmsg("killswitch: the raise to %s of transaction %u, in force before %s, never committed",
+							ks_mode_sql_names[m->mode], xid,
+							before_start ? "the crash" : "its backend ended")));
+		else
+			ereport(LOG,
+					(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s never committed; mode %s stays",
+							m->generation, before_start ? "the crash" : "its backend ended",
+							ks_mode_sql_names[held_ok ? held.mode : KS_HALT_ALL])));
 	}
-	ks_shared->unconfirmed = false;
-	ks_unlock_dir(lockfd);
+	if (unconfirmed)
+	{
+		SpinLockAcquire(&ks_shared->mutex);
+		ks_shared->unconfirmed = false;
+		SpinLockRelease(&ks_shared->mutex);
+		if (waiting == NIL)
+			ks_clear_in_place();
+	}
 }

@@ -71,6 +71,8 @@ PGDLLEXPORT void ks_worker_main(Datum arg);
 #define KS_SETTLE_AFTER_WRITE_MS Max(ks_recheck_delay, KS_WRITING_SETTLE_MS)
 /* On a standby whose upstream has nothing newer, look at the history this often at most. */
 #define KS_HISTORY_LOOK_MS 1000
+/* How soon to look again for the lock that orders changes, with a change waiting for it. */
+#define KS_WAITING_RETRY_MS 10
 /* Wait at most this long for a server's own change, written but not committed. */
 #define KS_IN_FLIGHT_MS 1000
 
@@ -187,15 +189,19 @@ extension_appeared(void)
 static bool without_database = false;
 
 /*
- * Look at the file and act on it, in one transaction holding the lock that
- * orders changes — so that a change committing through SQL (whose file is
- * written just before its commit) is never mistaken for an outside one.
+ * Look at the file and act on it, in one transaction.  The lock that
+ * orders changes is taken only if it is free (ARCHITECTURE §5.7): a raise
+ * or a verdict is in force at once either way and recorded by the first
+ * look that holds it; the server's own writes are known by their bytes.
+ * After the commit: the notifications of what committed (notify.c), and
+ * the state file put right if it fell behind (persist.c).
  */
 static void
 examine_file(void)
 {
 	char		path[MAXPGPATH];
 	bool		history;
+	bool		locked = false;
 
 	ks_state_file_path(path, sizeof(path));
 	SetCurrentStatementStartTimestamp();
@@ -206,18 +212,24 @@ examine_file(void)
 	history = !without_database && extension_present();
 	if (history)
 	{
-		LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
-		if (!had_history)
+		locked = ConditionalLockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+		if (locked && !had_history)
 			ks_reconcile_history();
-		ks_judge_file(path);
+		ks_judge_file(path, locked);
 	}
 	else
 		ks_judge_file_without_history(path);
+	/* in the transaction: the file's hash needs a resource owner */
+	ks_persist_catch_up();
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	had_history = history;
+	if (locked)
+		ks_watch_committed();
+	had_history = history && (locked || had_history);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	if (had_history)
+		ks_notify_pending();
 }
 
 /*
@@ -929,6 +941,9 @@ ks_worker_main(Datum arg)
 		 * again after KS_RETRY_MS.
 		 */
 		look = first || stamp_changed(&now, &seen) || dir_event == KS_DIR_WRITTEN ||
+			ks_watch_due() || ks_shared->marks_due || ks_shared->file_stale ||
+			(had_history && ks_shared->notified_generation <
+			 KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word))) ||
 			((failed || (ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
 			 GetCurrentTimestamp() >= retry_at);
 		if (look && !first && !had_history && sql_write(path))
@@ -981,6 +996,9 @@ ks_worker_main(Datum arg)
 			timeout = Min(timeout, ms_until(settle_at));
 		if (failed)
 			timeout = Min(timeout, ms_until(retry_at));
+		/* a change in force in place, waiting for the ordering lock: soon again */
+		if (ks_watch_due() || ks_shared->marks_due)
+			timeout = Min(timeout, KS_WAITING_RETRY_MS);
 		dir_event = wait_for_work(wait_set, watch_fd, timeout, dir_event);
 	}
 }

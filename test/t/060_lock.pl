@@ -1,8 +1,10 @@
-# The writers' lock (kill_switch_state.lock) held by an outside process:
-# every wait for it can be interrupted.  A change waiting at commit ends
-# with statement_timeout (57014), lock_timeout (55P03), pg_cancel_backend
-# (57014) and pg_terminate_backend, and shows the wait in pg_stat_activity;
-# nothing changes.  The postmaster gives up after a bounded wait and starts
+# The writers' lock (kill_switch_state.lock) held by an outside process.
+# A release waits for it before its commit, and the wait can be ended:
+# statement_timeout (57014), lock_timeout (55P03), pg_cancel_backend
+# (57014) and pg_terminate_backend, shown in pg_stat_activity; nothing
+# changes.  An engage waits a bounded time and commits without the file (a
+# WARNING, file_problem), in force; the watcher writes the file once the
+# lock is free.  The postmaster gives up after a bounded wait and starts
 # fail-closed without writing; the command-line tool gives up with a
 # message.  A lock file replaced by a symbolic link is refused.
 use strict;
@@ -58,14 +60,14 @@ sub let_go
 	$h->finish;
 }
 
-# Start a session that engages and so waits for the lock at commit.
+# Start a session that releases and so waits for the lock at commit.
 sub start_engage
 {
 	my ($reason) = @_;
 	my ($out, $err) = ('', '');
 	my $h = IPC::Run::start(
 		[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c', '\\set VERBOSITY verbose',
-		  '-c', "SELECT mode FROM ks_engage('halt_all', '$reason')" ],
+		  '-c', "SELECT mode FROM ks_disengage('$reason')" ],
 		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
 	return ($h, \$out, \$err);
 }
@@ -82,6 +84,7 @@ sub waiting_pid
 		  . "AND pid <> pg_backend_pid()");
 }
 
+sql("SELECT ks_engage('halt_all', 'before the lock is held')");
 my $before = snapshot();
 my $log_offset = -s $node->logfile;
 my $holder = hold_lock(300);
@@ -89,7 +92,7 @@ my ($ret, $out, $err);
 
 # 1. statement_timeout and lock_timeout end the wait at commit.
 ($ret, $out, $err) = $node->psql('postgres',
-	"\\set VERBOSITY verbose\nSET statement_timeout = '1s';\nSELECT ks_engage('halt_all', 'timeout');",
+	"\\set VERBOSITY verbose\nSET statement_timeout = '1s';\nSELECT ks_disengage('timeout');",
 	on_error_stop => 0);
 like($err, qr/ERROR:  57014: canceling statement due to statement timeout/,
 	'statement_timeout ends the wait for the lock (57014)');
@@ -97,7 +100,7 @@ like($err, qr/writers' lock/, 'and the detail names the lock');
 is(snapshot(), $before, 'nothing changed');
 
 ($ret, $out, $err) = $node->psql('postgres',
-	"\\set VERBOSITY verbose\nSET lock_timeout = '500ms';\nBEGIN;\nSELECT 1 FROM ks_engage('halt_all', 'lock timeout');\nCOMMIT;",
+	"\\set VERBOSITY verbose\nSET lock_timeout = '500ms';\nBEGIN;\nSELECT 1 FROM ks_disengage('lock timeout');\nCOMMIT;",
 	on_error_stop => 0);
 like($err, qr/ERROR:  55P03: canceling statement due to lock timeout/,
 	'lock_timeout ends the wait at COMMIT (55P03)');
@@ -134,8 +137,21 @@ like($cerr, qr/waiting for the writers' lock/, 'it said it was waiting');
 like($cerr, qr/another writer held it for \d+ s; nothing was written/, 'and why it gave up');
 is(snapshot(), $before, 'nothing changed');
 
-# 5. Once the lock is free, changes work again.
+# 4b. An engage does not wait for the lock beyond a bound: it commits
+#     without the file, in force, and says so.
+my $t0 = time;
+($ret, $out, $err) = $node->psql('postgres', "SELECT mode FROM ks_engage('emergency', 'lock held')");
+is($out, 'emergency', 'an engage commits while an outside process holds the writers\' lock');
+like($err, qr/WARNING:  could not write the kill switch state file/, 'with a WARNING');
+is(sql('SELECT ks_mode()'), 'emergency', 'and is in force');
+like(sql("SELECT ks_status()->>'file_problem'"), qr/could not lock/, 'ks_status() says why the file is behind');
+
+# 5. Once the lock is free, changes work again, and the file catches up.
 let_go($holder);
+ok($node->poll_query_until('postgres',
+		"SELECT pg_read_file('pg_killswitch/kill_switch_state.json')::jsonb->>'mode' = 'EMERGENCY' "
+		  . "AND ks_status()->>'file_problem' IS NULL"),
+	'the watcher writes the file once the lock is free');
 is(sql("SELECT mode FROM ks_engage('halt_all', 'lock free again')"), 'halt_all', 'with the lock free, an engage commits');
 sql("SELECT ks_disengage('test reset')");
 
@@ -153,17 +169,23 @@ let_go($holder);
 sql("SELECT ks_disengage('test reset')");
 is(sql('SELECT ks_mode()'), 'disengaged', 'an administrator releases it once the lock is free');
 
-# 7. A lock file replaced by a symbolic link is not followed.
+# 7. A lock file replaced by a symbolic link is not followed: a release
+#    fails, an engage commits without the file.
+sql("SELECT ks_engage('halt_all', 'before the link')");
 $before = snapshot();
 unlink $lock or die $!;
 symlink "$pgdata/planted_by_agent", $lock or die $!;
-($ret, $out, $err) = $node->psql('postgres', "SELECT ks_engage('halt_all', 'symlinked lock')");
-like($err, qr/could not write the kill switch state file/, 'a symlinked lock file: the change fails');
+($ret, $out, $err) = $node->psql('postgres', "SELECT ks_disengage('symlinked lock')");
+like($err, qr/could not write the kill switch state file/, 'a symlinked lock file: a release fails');
 like($err, qr/symbolic link/, 'saying why');
 ok(!-e "$pgdata/planted_by_agent", 'the link\'s target was not created');
 is(snapshot(), $before, 'nothing changed');
+($ret, $out, $err) = $node->psql('postgres', "SELECT mode FROM ks_engage('emergency', 'symlinked lock, engage')");
+is($out, 'emergency', 'an engage commits');
+like($err, qr/WARNING:  could not write the kill switch state file.*\n.*symbolic link/, 'with a WARNING saying why');
+ok(!-e "$pgdata/planted_by_agent", 'the link\'s target was not created');
 unlink $lock;
-is(sql("SELECT mode FROM ks_engage('halt_all', 'lock file back')"), 'halt_all', 'with the link gone, changes work again');
+is(sql("SELECT mode FROM ks_disengage('lock file back')"), 'disengaged', 'with the link gone, a release works again');
 
 $node->stop;
 done_testing();
