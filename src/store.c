@@ -155,6 +155,8 @@ state_object(const KsState *st)
 		ks_json_put_string(obj, "source", st->source);
 	if (st->key_id)
 		ks_json_put_string(obj, "key_id", st->key_id);
+	if (st->replaces)
+		ks_json_put_string(obj, "replaces", st->replaces);
 	return obj;
 }
 
@@ -178,7 +180,8 @@ key_id_of(const char *key, size_t keylen, char *id)
  * but signature and release_signature.  signature, under the shared
  * secret, then covers every member but itself, release_signature included,
  * as the reference library computes it.  Returns false if no signature
- * could be computed.
+ * could be computed, or if the generation is beyond KS_MAX_GENERATION (no
+ * reader would accept the file).
  */
 bool
 ks_state_file_text(StringInfo out, const KsState *state,
@@ -193,6 +196,8 @@ ks_state_file_text(StringInfo out, const KsState *state,
 	char		release_sig[KS_HEX_DIGEST_LEN + 1];
 	int			sorted[16];
 
+	if (state->generation > KS_MAX_GENERATION)
+		return false;
 	if (release_key != NULL)
 	{
 		initStringInfo(&canon);
@@ -290,6 +295,7 @@ ks_state_from_text(const char *text, size_t len,
 	sig = ks_json_get(root, "signature");
 	if (sig != NULL && sig->kind != KSJ_STRING)
 		return PROBLEM("\"signature\" is not a string");
+	st->signature = sig ? sig->str : NULL;
 	if (sig != NULL && secret != NULL)
 	{
 		StringInfoData canon;
@@ -335,6 +341,8 @@ ks_state_from_text(const char *text, size_t len,
 		return PROBLEM("\"triggered_by\" is not a string or null");
 	if (!take_count(root, "generation", &st->generation))
 		return PROBLEM("\"generation\" is not a non-negative integer");
+	if (st->generation > KS_MAX_GENERATION)
+		return PROBLEM("\"generation\" is beyond " INT64_FORMAT " (2^53 - 1)", KS_MAX_GENERATION);
 	if (!take_count(root, "affected_tasks", &st->affected_tasks))
 		return PROBLEM("\"affected_tasks\" is not a non-negative integer");
 	if (!take_count(root, "event_id", &st->event_id))
@@ -343,6 +351,8 @@ ks_state_from_text(const char *text, size_t len,
 		return PROBLEM("\"source\" is not a string");
 	if (!take_string(root, "key_id", &st->key_id, true))
 		return PROBLEM("\"key_id\" is not a string");
+	if (!take_string(root, "replaces", &st->replaces, true))
+		return PROBLEM("\"replaces\" is not a string");
 	if (!take_string(root, "release_signature", &st->release_signature, false))
 		return PROBLEM("\"release_signature\" is not a string");
 	if (!take_string(root, "release_key_id", &st->release_key_id, false))
@@ -412,6 +422,12 @@ ks_state_write(const char *path, const KsState *state,
 	StringInfoData text;
 
 	initStringInfo(&text);
+	if (state->generation > KS_MAX_GENERATION)
+	{
+		snprintf(problem, problemlen, "generation " INT64_FORMAT " is beyond " INT64_FORMAT " (2^53 - 1)",
+				 state->generation, KS_MAX_GENERATION);
+		return false;
+	}
 	if (!ks_state_file_text(&text, state, secret, secretlen,
 							release_key, release_keylen))
 	{
