@@ -170,7 +170,7 @@ CREATE FUNCTION killswitch.shared_state(
     OUT require_hmac boolean, OUT unrecorded boolean,
     OUT watcher_checked_at timestamptz,
     OUT watcher_problem text, OUT watch text,
-    OUT role text, OUT state_lsn pg_lsn)
+    OUT role text, OUT state_lsn pg_lsn, OUT file_problem text)
     AS 'MODULE_PATHNAME', 'ks_shared_state' LANGUAGE C VOLATILE;
 
 CREATE FUNCTION killswitch.iso_utc(timestamptz) RETURNS text
@@ -283,7 +283,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'watcher_problem', s.watcher_problem,
         'watch', s.watch,
         'role', s.role,
-        'state_lsn', s.state_lsn::text)
+        'state_lsn', s.state_lsn::text,
+        'file_problem', s.file_problem)
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';

@@ -131,14 +131,16 @@ ks_assert_task(PG_FUNCTION_ARGS)
  * integrity, source, since, problem, require_hmac, unrecorded,
  * watcher_checked_at, watcher_problem (null when the watcher can do all its
  * work), watch (how it sees changes: inotify or poll), role (primary or
- * standby), state_lsn (the WAL record of the state, written or replayed).
+ * standby), state_lsn (the WAL record of the state, written or replayed),
+ * file_problem (why the state file lags the state in force; null when it
+ * follows).
  */
 Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[13];
-	bool		nulls[13] = {false};
+	Datum		values[14];
+	bool		nulls[14] = {false};
 	uint64		word;
 	int			flags;
 	char		source[16];
@@ -149,6 +151,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	char		problem[sizeof(ks_shared->watcher_problem)];
 	bool		inotify;
 	XLogRecPtr	state_lsn;
+	char		file_problem[sizeof(ks_shared->file_problem)];
+	bool		file_behind;
 
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -164,6 +168,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	strlcpy(problem, ks_shared->watcher_problem, sizeof(problem));
 	inotify = ks_shared->watcher_inotify;
 	state_lsn = ks_shared->state_lsn;
+	strlcpy(file_problem, ks_shared->file_problem, sizeof(file_problem));
+	file_behind = ks_shared->file_behind;
 	SpinLockRelease(&ks_shared->mutex);
 
 	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
@@ -188,6 +194,11 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[11] = CStringGetTextDatum(RecoveryInProgress() ? "standby" : "primary");
 	values[12] = LSNGetDatum(state_lsn);
 	nulls[12] = XLogRecPtrIsInvalid(state_lsn);
+	/* it names paths, whose bytes may not be valid here */
+	values[13] = CStringGetTextDatum(pg_verifymbstr(file_problem, strlen(file_problem), true)
+									 ? ks_utf8_to_db(file_problem)
+									 : "the state file cannot be written; see the server log");
+	nulls[13] = !file_behind;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

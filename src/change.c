@@ -45,6 +45,8 @@ static List *pending = NIL;
 static KsWritten written;
 /* What the state file held when this transaction's changes were judged. */
 static KsExpect expect;
+/* A raise whose state file could not be written: why, for ks_file_behind() at commit. */
+static char file_behind[KS_PROBLEM_LEN];
 
 /* A text argument in UTF-8: present, not blank, not too long. */
 static char *
@@ -100,6 +102,7 @@ copy_state(const KsState *st)
 	c->triggered_by = st->triggered_by ? pstrdup(st->triggered_by) : NULL;
 	c->source = st->source ? pstrdup(st->source) : NULL;
 	c->key_id = st->key_id ? pstrdup(st->key_id) : NULL;
+	c->replaces = st->replaces ? pstrdup(st->replaces) : NULL;
 	return c;
 }
 
@@ -336,6 +339,7 @@ reset_pending(void)
 	pending = NIL;				/* its memory goes with TopTransactionContext */
 	memset(&written, 0, sizeof(written));
 	memset(&expect, 0, sizeof(expect));
+	file_behind[0] = '\0';
 }
 
 /*
@@ -348,12 +352,25 @@ static void
 write_before_commit(void)
 {
 	KsPending  *last = last_pending();
+	KsPending  *first = (KsPending *) linitial(pending);
 	char		problem[KS_PROBLEM_LEN];
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	KsWriteResult r = ks_persist_state(&last->state, &expect, &written,
+	/* a raise leaves the mode at least where it found it: the file may not stop it */
+	bool		raise = (int) last->state.mode >= first->state.previous_mode;
+	KsWriteResult r = ks_persist_state(&last->state, &expect, raise, &written,
 									   problem, sizeof(problem));
 
 	MemoryContextSwitchTo(oldcxt);
+	if (r == KS_WRITE_BEHIND)
+	{
+		/* the raise stands; the state file follows through the watcher */
+		strlcpy(file_behind, problem, sizeof(file_behind));
+		ereport(WARNING,
+				(errmsg("could not write the kill switch state file; the change is in force without it"),
+				 errdetail("%s", problem),
+				 errhint("The watcher writes the file as soon as it can; ks_status() shows the problem until then.")));
+		return;
+	}
 	if (r == KS_WRITE_CONFLICT)
 	{
 		ks_wake_watcher();
@@ -439,17 +456,19 @@ ks_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			publish_at_commit();
 			/* after the commit record: a standby applies only what committed */
-			if (written.file_written)
+			if (written.text != NULL)
 				ks_wal_log_state(written.text, written.text_len,
 								 last_pending()->state.mode,
 								 last_pending()->state.generation);
 			ks_persist_commit(&written);
+			if (file_behind[0] != '\0')
+				ks_file_behind(file_behind);
 			if (last_pending()->state.mode == KS_EMERGENCY)
 				ks_wake_watcher();	/* the emergency actions, now */
 			reset_pending();
 			break;
 		case XACT_EVENT_ABORT:
-			if (written.marked)
+			if (written.marked || written.file_written)
 				undo_file_write();
 			reset_pending();
 			break;

@@ -87,6 +87,18 @@ typedef struct KsShared
 	int			watcher_usable_retries; /* failed connections to a database that looked usable */
 	bool		watcher_inotify;	/* sees changes through inotify (else: the poll) */
 	char		watcher_problem[KS_WATCHER_PROBLEM_LEN];	/* why it cannot do all its work; "" when fine */
+	/*
+	 * What the state file holds, as the server knows it (watch.c,
+	 * ARCHITECTURE §5.7): the SHA-256 of the bytes it last wrote there or
+	 * last judged there ("" unknown), so that its own writes are recognised
+	 * by their bytes and an outside write is judged once; whether the file
+	 * lags behind the state in force (a write that failed or found the
+	 * writers' lock busy), which the watcher then writes; and why, for
+	 * ks_status() ("" when the file follows).
+	 */
+	char		file_hash[KS_HEX_DIGEST_LEN + 1];
+	bool		file_behind;
+	char		file_problem[KS_PROBLEM_LEN];
 	/* the fleet (wal.c, standby.c) */
 	XLogRecPtr	state_lsn;		/* the WAL record of the state: written, or replayed */
 	bool		from_recovery;	/* started as a standby or for PITR: adopt the history when it ends */
@@ -173,8 +185,19 @@ extern void ks_worker_register(void);
 extern void ks_watcher_survive_error(MemoryContext ctx);
 
 /* watch.c: judging the file while running */
-extern void ks_judge_file(const char *path);
-extern void ks_judge_file_without_history(const char *path);
+/* Has the writer of a file finished?  Asked after the file was read (worker.c). */
+typedef bool (*KsWriterDone) (const char *path);
+extern bool ks_judge_file(const char *path, bool raced, KsWriterDone writer_done);
+extern bool ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done);
+extern void ks_judge_settled(void);
+
+/* follow.c: the state file follows the state in force */
+extern void ks_file_written(const char *text, size_t len);
+extern void ks_file_behind(const char *problem);
+extern bool ks_file_known(const char *hash, bool *behind);
+extern void ks_file_hash(char *hash);
+extern void ks_file_judged(const char *hash, const char *before);
+extern bool ks_write_behind_file(bool history);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
 extern void ks_confirm_in_flight(void);
@@ -188,8 +211,16 @@ typedef enum KsDirEvent
 	KS_DIR_WRITTEN,				/* written in place and closed: judge now */
 	KS_DIR_LOST					/* the watch is gone (directory moved, queue lost) */
 } KsDirEvent;
+/* What one drain of the directory's events says. */
+typedef struct KsDirEvents
+{
+	KsDirEvent	state;			/* the strongest event about the state file */
+	bool		state_writing;	/* its last event: written to and not closed since */
+	bool		raced;			/* something happened to a raced file (files.c) */
+	bool		raced_closed;	/* a raced file's writer closed it, and wrote nothing since */
+} KsDirEvents;
 extern int	ks_dirwatch_start(const char *dir, char *problem, size_t problemlen);
-extern KsDirEvent ks_dirwatch_drain(int fd, const char *name);
+extern void ks_dirwatch_drain(int fd, const char *name, KsDirEvents *events);
 extern void ks_dirwatch_stop(int fd);
 
 /* startup.c */
@@ -230,9 +261,10 @@ typedef enum KsWriteResult
 {
 	KS_WRITE_OK,
 	KS_WRITE_CONFLICT,			/* an outside change nobody has judged yet */
+	KS_WRITE_BEHIND,			/* a raise: marked, the state file not written (it follows) */
 	KS_WRITE_FAILED
 } KsWriteResult;
-extern KsWriteResult ks_persist_state(const KsState *state, const KsExpect *expect,
+extern KsWriteResult ks_persist_state(const KsState *state, const KsExpect *expect, bool raise,
 									  KsWritten *w, char *problem, size_t problemlen);
 extern void ks_persist_commit(const KsWritten *w);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
@@ -243,7 +275,9 @@ extern bool ks_persist_applied(const KsState *state, bool state_file,
 extern char *ks_release_key_file;
 extern void ks_release_key_prepare(void);
 extern void ks_release_key_for_writing(char **key, size_t *len);
-extern bool ks_release_authorized(const KsState *file, KsMode held,
+extern bool ks_release_authorized(const KsState *file, const KsState *held,
+								  bool held_tampered, char *problem, size_t problemlen);
+extern bool ks_generation_step_ok(const KsState *file, const KsState *held,
 								  char *problem, size_t problemlen);
 
 /* audit.c: the watcher's look at the agent roles' powers */

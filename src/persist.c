@@ -124,14 +124,14 @@ ks_read_held(KsState *held, char *problem, size_t problemlen)
 }
 
 /*
- * Does the state file still hold what the writer last judged?  Either the
- * state the server holds (its copy), or the file the watcher judged
- * (expect->judged), or — for a verdict on an untrusted file — a file that
- * is still missing or untrusted.  Anything else is a newcomer nobody has
- * judged yet.
+ * Do these bytes of the state file hold what the writer last judged?
+ * Either the state the server holds (its copy), or the file the watcher
+ * judged (expect->judged), or — for a verdict on an untrusted file — a file
+ * that is still missing or untrusted.  Anything else is a newcomer nobody
+ * has judged yet.  bytes NULL: there is no file.
  */
 static bool
-file_as_expected(const char *path, const KsExpect *expect,
+file_as_expected(const char *bytes, size_t len, const KsExpect *expect,
 				 const char *secret, size_t secretlen)
 {
 	KsState		file,
@@ -139,8 +139,9 @@ file_as_expected(const char *path, const KsExpect *expect,
 	KsVerdict	v;
 	char		problem[KS_PROBLEM_LEN];
 
-	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					  0, &file, problem, sizeof(problem));
+	v = bytes == NULL ? KS_FILE_MISSING :
+		ks_state_from_text(bytes, len, secret, secretlen, ks_secret_file, ks_require_hmac,
+						   &file, problem, sizeof(problem));
 	if (v == KS_FILE_MISSING || v == KS_FILE_BAD)
 		return expect->untrusted;
 	if (expect->judged && ks_compare_to_held(&file, expect->judged) == KS_SAME)
@@ -151,13 +152,22 @@ file_as_expected(const char *path, const KsExpect *expect,
 }
 
 /*
- * The pre-commit write, by compare-and-swap under the writers' lock: if the
- * state file still holds what was last judged, mark the change in flight
- * and write the state file; otherwise write nothing and report the
- * conflict.  *w receives what the commit or the undo needs.
+ * The pre-commit write, by compare-and-swap under the writers' lock: mark
+ * the change in flight, then, if the state file still holds what was last
+ * judged, write it; otherwise write nothing and report the conflict.  *w
+ * receives what the commit or the undo needs.
+ *
+ * A raise (raise) never fails nor waits for the file (ARCHITECTURE §5.3):
+ * the writers' lock is waited for at most KS_LOCK_RAISE_WAIT_MS; busy, or
+ * the file not writable, the result is KS_WRITE_BEHIND (the mark is
+ * written: the change may commit, and the file follows through the
+ * watcher).  An unseen outside change found there is not overwritten: it is
+ * kept beside the file as a raced write, judged by the watcher against the
+ * new state.  The file is replaced without ever being opened for writing,
+ * and a write that raced the replace is kept the same way (files.c).
  */
 KsWriteResult
-ks_persist_state(const KsState *state, const KsExpect *expect, KsWritten *w,
+ks_persist_state(const KsState *state, const KsExpect *expect, bool raise, KsWritten *w,
 				 char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
@@ -167,7 +177,8 @@ ks_persist_state(const KsState *state, const KsExpect *expect, KsWritten *w,
 	size_t		release_keylen;
 	StringInfoData text;
 	int			lockfd;
-	KsWriteResult result = KS_WRITE_FAILED;
+	bool		expected;
+	KsReplaceResult r;
 
 	memset(w, 0, sizeof(KsWritten));
 	if (!ks_state_dir_ours(problem, problemlen) ||
@@ -177,34 +188,60 @@ ks_persist_state(const KsState *state, const KsExpect *expect, KsWritten *w,
 	initStringInfo(&text);
 	if (!ks_state_file_text(&text, state, secret, secretlen, release_key, release_keylen))
 	{
-		snprintf(problem, problemlen, "could not compute HMAC-SHA256");
+		snprintf(problem, problemlen, "could not sign the state (generation " INT64_FORMAT ")",
+				 state->generation);
 		return KS_WRITE_FAILED;
 	}
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
-	if (lockfd < 0)
+	w->text = text.data;
+	w->text_len = text.len;
+
+	/*
+	 * The mark first: a state file without it would look committed.  It
+	 * needs no writers' lock (only a holder of the lock on killswitch.events
+	 * writes the private files).
+	 */
+	w->marked = ks_write_file_durably(KS_IN_FLIGHT_FILE, text.data, text.len,
+									  problem, problemlen);
+	if (!w->marked && !raise)
 		return KS_WRITE_FAILED;
-	if (!file_as_expected(path, expect, secret, secretlen))
+	if (!w->marked)
+		ereport(WARNING,
+				(errmsg("could not mark the kill switch change in flight; the change goes on without it"),
+				 errdetail("%s", problem),
+				 errhint("After a crash before its commit completes, this raise may stand as a change from the state file.")));
+	lockfd = raise ? ks_lock_dir_within(ks_state_dir, KS_LOCK_RAISE_WAIT_MS, problem, problemlen)
+		: ks_lock_dir(ks_state_dir, problem, problemlen);
+	if (lockfd < 0)
+		return raise ? KS_WRITE_BEHIND : KS_WRITE_FAILED;
+	w->before = read_if_present(path, &w->before_len);
+	expected = file_as_expected(w->before, w->before_len, expect, secret, secretlen);
+	if (!expected && !raise)
 	{
+		ks_unlock_dir(lockfd);
 		snprintf(problem, problemlen, "the state file changed outside the database");
-		result = KS_WRITE_CONFLICT;
+		return KS_WRITE_CONFLICT;
 	}
-	else
+	if (!expected)
 	{
-		w->before = read_if_present(path, &w->before_len);
-		w->text = text.data;
-		w->text_len = text.len;
-		/* the mark first: a state file without it would look committed */
-		w->marked = ks_write_file_durably(KS_IN_FLIGHT_FILE, text.data, text.len,
-										  problem, problemlen);
-		if (w->marked)
-			w->file_written = ks_write_shared_file_durably(path, text.data, text.len,
-														   problem, problemlen);
-		if (w->file_written)
-			result = KS_WRITE_OK;
+		/* the newcomer is kept as a raced write; an undo puts back the state held */
+		w->before = read_if_present(KS_LAST_APPLIED_FILE, &w->before_len);
 	}
+	r = ks_replace_shared_file(path, text.data, text.len,
+							   expected ? w->before : NULL, expected ? w->before_len : 0,
+							   problem, problemlen);
 	ks_unlock_dir(lockfd);
-	return result;
+	if (r == KS_REPLACE_FAILED)
+		return raise ? KS_WRITE_BEHIND : KS_WRITE_FAILED;
+	w->file_written = true;
+	ks_file_written(text.data, text.len);
+	if (r == KS_REPLACED_LOST)
+		ereport(WARNING,
+				(errmsg("an outside write to the kill switch state file raced this change and could not be kept"),
+				 errdetail("%s", problem)));
+	if (r != KS_REPLACED)
+		ks_wake_watcher();		/* a raced write to judge */
+	return KS_WRITE_OK;
 }
 
 /*
@@ -220,7 +257,8 @@ ks_persist_commit(const KsWritten *w)
 {
 	char		problem[KS_PROBLEM_LEN];
 
-	if (!w->file_written)
+	/* a raise whose file (or mark) is behind has committed too: the copy learns it */
+	if (w->text == NULL)
 		return;
 	if (!ks_write_file_durably(KS_LAST_APPLIED_FILE, w->text, w->text_len,
 							   problem, sizeof(problem)))
@@ -230,7 +268,7 @@ ks_persist_commit(const KsWritten *w)
 				 errdetail("The change is committed; it is confirmed against the history at the next start.")));
 		return;
 	}
-	if (unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
+	if (w->marked && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
 		ereport(LOG,
 				(errmsg("killswitch: could not remove \"%s\": %m", KS_IN_FLIGHT_FILE)));
 }
@@ -303,8 +341,16 @@ ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 	int			lockfd;
 	bool		ok = true;
 
-	if (!w->marked)
+	/* only the mark to remove (a raise whose file was behind): no lock to wait for */
+	if (!w->file_written)
+	{
+		if (w->marked && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
+		{
+			snprintf(problem, problemlen, "could not remove \"%s\": %m", KS_IN_FLIGHT_FILE);
+			return false;
+		}
 		return true;
+	}
 	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	if (lockfd < 0)
@@ -321,7 +367,7 @@ ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 			ok = false;
 		}
 	}
-	if (ok && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
+	if (ok && w->marked && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
 	{
 		snprintf(problem, problemlen, "could not remove \"%s\": %m", KS_IN_FLIGHT_FILE);
 		ok = false;

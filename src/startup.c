@@ -92,16 +92,24 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 		return;
 	}
 	if (!same && held_ok &&
-		!ks_release_authorized(file, held->mode, problem, sizeof(problem)))
+		(!ks_generation_step_ok(file, held, problem, sizeof(problem)) ||
+		 !ks_release_authorized(file, held, ks_is_tamper_source(held->source),
+								problem, sizeof(problem))))
 	{
 		char		path[MAXPGPATH];
 		char		aside[MAXPGPATH];
+		KsState		raised = *held;
 
-		/* a release without the release key: keep the evidence, assume the halt */
+		/*
+		 * a release without the release credential, or a generation pushed
+		 * far: keep the evidence, assume the halt (and any higher mode the
+		 * file asked for: raising needs nothing)
+		 */
 		ks_state_file_path(path, sizeof(path));
 		snprintf(aside, sizeof(aside), "%s.rejected", path);
 		(void) rename(path, aside);
-		decide_tampered(d, held, true, "state file", problem);
+		raised.mode = Max(held->mode, file->mode);
+		decide_tampered(d, &raised, true, "state file", problem);
 		return;
 	}
 	d->state = *file;

@@ -1,13 +1,26 @@
 /*
- * watch.c — judging the state file while the server runs (ARCHITECTURE §4): a
- * validly signed newer file is applied; anything else that differs from
- * the state the server holds is tampering and can only raise the mode:
+ * watch.c — judging the state file while the server runs (ARCHITECTURE §4,
+ * §5.7): a validly signed newer file is applied; anything else that differs
+ * from the state the server holds is tampering and can only raise the mode:
  *
- *   valid, same generation          our own write: nothing to do
- *   valid, newer                    applied (source cli or file)
- *   valid, older                    a replay: at least halt_all, tamper
- *   bad (unsigned, garbage, ...)    at least halt_all, tamper, file set aside
- *   deleted or emptied              state kept, file rewritten, tamper
+ *   bytes the server wrote or judged     nothing to do (or write it, if behind)
+ *   not valid, its writer still at it     nothing yet: judged once it finished
+ *   valid, same state                     our own write: nothing to do
+ *   valid, newer                          applied (source cli or file)
+ *   valid, more than 1000 generations on  tamper, file set aside
+ *   valid, older                          a replay: at least halt_all, tamper
+ *   lowers or clears a verdict, without   tamper, file set aside
+ *     the release credential naming
+ *     the state held (release.c)
+ *   bad (unsigned, garbage, ...)          at least halt_all, tamper, file set aside
+ *   deleted or emptied                    state kept, file rewritten, tamper
+ *
+ * A raced file — an outside write that raced a replace of the state file,
+ * kept beside it (files.c) — is judged the same way, except that it came
+ * with the replace (never a replay for want of a generation), one that was
+ * never written (missing, empty) asks for nothing, and one that would lower
+ * the state now in force without naming it is superseded by the change it
+ * raced: not applied, and no verdict.
  *
  * Called by the watcher inside a transaction that holds the lock ordering
  * all changes.
@@ -25,9 +38,20 @@
 /* What to do about the file. */
 typedef struct KsVerdictAction
 {
-	bool		act;
+	bool		act;			/* make change */
+	bool		wait;			/* its writer may be at it: judge once it has finished */
+	bool		rewrite;		/* bytes the server knows, lagging the state in force */
+	const KsState *file;		/* the valid state judged, or NULL */
 	KsChange	change;
 } KsVerdictAction;
+
+/*
+ * The bytes of the state file this look judged, and what the server knew
+ * the file held when it began: known from now on once the look commits
+ * (ks_judge_settled()).  Raced files are never the state file's bytes.
+ */
+static char judged_hash[KS_HEX_DIGEST_LEN + 1];
+static char hash_before[KS_HEX_DIGEST_LEN + 1];
 
 /* Text from the file, kept in UTF-8 like every change's, or a stand-in. */
 static const char *
@@ -57,15 +81,17 @@ tamper(KsVerdictAction *a, KsMode mode, const char *what)
 }
 
 /*
- * Keep a rejected file as evidence, as <path>.rejected (replacing an older
- * one), and clear the way for a trusted file.
+ * Keep a rejected file (the state file, or a raced one) as evidence, as
+ * <state file>.rejected (replacing an older one), and clear the way for a
+ * trusted file.
  */
 static void
 set_aside(const char *path)
 {
 	char		aside[MAXPGPATH];
 
-	snprintf(aside, sizeof(aside), "%s.rejected", path);
+	ks_state_file_path(aside, sizeof(aside));
+	strlcat(aside, ".rejected", sizeof(aside));
 	if (unlink(aside) != 0 && errno == EISDIR)
 		(void) rmdir(aside);
 	if (rename(path, aside) != 0)
@@ -75,8 +101,9 @@ set_aside(const char *path)
 
 /*
  * The state the server holds: its private copy when that is what shared
- * memory carries (it keeps an engaged_at of null as null), else shared
- * memory itself (a verdict not yet written).
+ * memory carries (it keeps an engaged_at of null as null, and the signature
+ * a release must name), else shared memory itself (a verdict not yet
+ * written: no signature, so nothing can name it).
  */
 static void
 held_state(KsState *held, uint64 word, TimestampTz since)
@@ -94,24 +121,61 @@ held_state(KsState *held, uint64 word, TimestampTz since)
 	held->engaged_at = pstrdup(at);
 }
 
-/* Decide what the file asks for, compared with the state held. */
+/* Read a file once: its verdict and state, the hash of its bytes, whether it is empty. */
+static KsVerdict
+read_once(const char *path, const char *secret, size_t secretlen, KsState *st,
+		  char *hash, bool *empty, char *problem, size_t problemlen)
+{
+	char	   *bytes;
+	size_t		len;
+	struct stat sb;
+
+	ks_state_init(st);
+	hash[0] = '\0';
+	*empty = false;
+	if (lstat(path, &sb) != 0 && errno == ENOENT)
+	{
+		snprintf(problem, problemlen, "the file does not exist");
+		return KS_FILE_MISSING;
+	}
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, problemlen))
+		return KS_FILE_BAD;
+	if (!ks_sha256_hex(bytes, len, hash))
+		hash[0] = '\0';
+	*empty = len == 0;
+	return ks_state_from_text(bytes, len, secret, secretlen, ks_secret_file,
+							  ks_require_hmac, st, problem, problemlen);
+}
+
+/*
+ * Decide what a file asks for, compared with the state held: the state
+ * file, or a raced file (a write that raced a replace of it, files.c).
+ * writer_done: has its writer finished (closed it, renamed it into place,
+ * or left it unchanged for a while, worker.c)?  Asked after the read, so
+ * that a writer that began just before it counts.  Until then a file that
+ * is not a valid state is no verdict, only a write in progress (a valid one
+ * is complete whoever is still at it, and is judged at once).
+ */
 static KsVerdictAction
-judge(const char *path)
+judge(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
 	KsMode		held = KS_WORD_MODE(word);
-	int64		generation = KS_WORD_GENERATION(word);
+	bool		tampered = (KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED) != 0;
 	KsMode		raised = Max(held, KS_HALT_ALL);
 	TimestampTz since;
 	char	   *secret;
 	size_t		secretlen;
 	char		problem[KS_PROBLEM_LEN];
+	char		hash[KS_HEX_DIGEST_LEN + 1];
+	bool		empty;
+	bool		behind;
 	KsState		st,
 				hst;
+	KsState    *judged;
 	KsVerdict	v;
 	KsOrder		order;
-	struct stat sb;
 
 	memset(&a, 0, sizeof(a));
 	SpinLockAcquire(&ks_shared->mutex);
@@ -124,10 +188,42 @@ judge(const char *path)
 		a.change.expect.untrusted = true;
 		return a;
 	}
-	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					  ks_recheck_delay, &st, problem, sizeof(problem));
-	if (v == KS_FILE_MISSING ||
-		(v == KS_FILE_BAD && lstat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0))
+	/*
+	 * Read; a file that is no valid state is read once more after
+	 * killswitch.recheck_delay before it is judged: inotify reports a
+	 * writer's truncate a moment after the truncate shows, so a writer that
+	 * has just begun may not be known yet at the first read.
+	 */
+	for (int reads = 0;; reads++)
+	{
+		v = read_once(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
+		/* the server's own bytes, or bytes already judged: nothing new */
+		if (!raced && ks_file_known(hash, &behind))
+		{
+			a.rewrite = behind;
+			return a;
+		}
+		if (v != KS_FILE_BAD && v != KS_FILE_MISSING)
+			break;
+		if (raced && v == KS_FILE_MISSING)
+			return a;			/* judged already, or removed: nothing to apply */
+		if (!writer_done(path))
+		{
+			a.wait = true;
+			return a;
+		}
+		if (reads > 0 || ks_recheck_delay <= 0)
+			break;
+		pg_usleep(ks_recheck_delay * 1000L);
+	}
+	if (!raced)
+	{
+		strlcpy(judged_hash, hash, sizeof(judged_hash));
+		ks_file_hash(hash_before);
+	}
+	if (raced && (v == KS_FILE_MISSING || empty))
+		return a;				/* truncated and never written: nothing to apply */
+	if (v == KS_FILE_MISSING || empty)
 	{
 		/* deleting or emptying never releases: keep the mode, rewrite */
 		tamper(&a, held, v == KS_FILE_MISSING ? "the state file was deleted"
@@ -139,32 +235,64 @@ judge(const char *path)
 	{
 		set_aside(path);
 		tamper(&a, raised, problem);
-		a.change.expect.untrusted = true;
+		a.change.expect.untrusted = !raced;
 		return a;
 	}
 
 	/* readable: ours, newer, or a replay */
 	held_state(&hst, word, since);
 	order = ks_compare_to_held(&st, &hst);
+	/* a raced write without a generation came with the replace, not before it */
+	if (raced && order == KS_OLDER && st.generation < 0)
+		order = KS_NEWER;
 	if (order == KS_SAME)
 		return a;
-	a.change.expect.judged = palloc(sizeof(KsState));
-	*(KsState *) a.change.expect.judged = st;
-	if (order == KS_OLDER)
-	{
-		tamper(&a, raised, "replay: the state file is older than the state the server holds");
-		return a;
-	}
-	if (!ks_release_authorized(&st, held, problem, sizeof(problem)))
+	judged = palloc(sizeof(KsState));
+	*judged = st;
+	a.file = judged;
+	/* the compare-and-swap of the rewrite expects the state file as judged */
+	if (!raced)
+		a.change.expect.judged = judged;
+	if (!ks_generation_step_ok(&st, &hst, problem, sizeof(problem)))
 	{
 		set_aside(path);
-		tamper(&a, raised, problem);
-		a.change.expect.untrusted = true;	/* set aside: no file now */
+		tamper(&a, Max(raised, st.mode), problem);
+		a.change.expect.judged = NULL;
+		a.change.expect.untrusted = !raced;	/* set aside: no file now */
+		return a;
+	}
+	if (order == KS_OLDER)
+	{
+		tamper(&a, Max(raised, st.mode),
+			   "replay: the state file is older than the state the server holds");
+		return a;
+	}
+	if (raced && !ks_release_authorized(&st, &hst, tampered, problem, sizeof(problem)))
+	{
+		/*
+		 * A raced write that would lower the mode (or clear a verdict) came
+		 * with a change of the server's that supersedes it: it may have
+		 * been a raise over the state it replaced, or a release of that
+		 * state.  It is not applied, and is no verdict.
+		 */
+		ereport(WARNING,
+				(errmsg("killswitch: an outside write that raced a change of the state was superseded by it"),
+				 errdetail("It asked for mode %s; the state in force is %s: %s",
+						   ks_mode_sql_names[st.mode], ks_mode_sql_names[hst.mode], problem),
+				 errhint("A release must name the state it replaces; read the state file again and retry.")));
+		return a;
+	}
+	if (!ks_release_authorized(&st, &hst, tampered, problem, sizeof(problem)))
+	{
+		set_aside(path);
+		tamper(&a, Max(raised, st.mode), problem);
+		a.change.expect.judged = NULL;
+		a.change.expect.untrusted = !raced;	/* set aside: no file now */
 		return a;
 	}
 	a.act = true;
 	/* the generation the writer gave (the CLI printed it), if it is ahead */
-	a.change.generation = st.generation > generation ? st.generation : 0;
+	a.change.generation = st.generation > KS_WORD_GENERATION(word) ? st.generation : 0;
 	a.change.mode = st.mode;
 	a.change.reason = file_text(st.reason, "(no reason given in the state file)");
 	a.change.triggered_by = file_text(st.triggered_by, "(unknown)");
@@ -173,6 +301,19 @@ judge(const char *path)
 	a.change.source = (st.source && strcmp(st.source, "cli") == 0) ? "cli" : "file";
 	a.change.flags = v == KS_FILE_UNSIGNED ? KS_FLAG_UNSIGNED : 0;
 	return a;
+}
+
+/*
+ * The look's transaction has committed: the state file's bytes it judged
+ * are known from now on, and are not judged again (no change is recorded
+ * twice, however often the file is read).
+ */
+void
+ks_judge_settled(void)
+{
+	if (judged_hash[0] != '\0')
+		ks_file_judged(judged_hash, hash_before);
+	judged_hash[0] = '\0';
 }
 
 /*
@@ -190,19 +331,28 @@ halt_now(const KsChange *c)
 			   c->source, c->reason, c->triggered_by);
 }
 
-/* Judge the file and record what it calls for (the history exists). */
-void
-ks_judge_file(const char *path)
+/*
+ * Judge a file — the state file, or a raced one — and record what it calls
+ * for (the history exists).  False: a writer may still be at it; look again
+ * once it has finished.
+ */
+bool
+ks_judge_file(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	KsMode		held;
 	char		problem[KS_PROBLEM_LEN];
 
+	judged_hash[0] = '\0';
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return;					/* another server's file (claim.c) */
+		return true;			/* another server's file (claim.c) */
 	if (ks_shared->unconfirmed)
 		ks_confirm_in_flight();
-	a = judge(path);
+	a = judge(path, raced, writer_done);
+	if (a.wait)
+		return false;
+	if (a.rewrite)
+		(void) ks_write_behind_file(true);
 	held = ks_current_mode();
 
 	/* a verdict, or an outside engage, halts before the disk is written */
@@ -212,18 +362,20 @@ ks_judge_file(const char *path)
 		(void) ks_apply_change(&a.change);
 	else if (ks_shared->unrecorded)
 		ks_flush_unrecorded();
+	return true;
 }
 
 /*
- * Judge the file where there is no history yet (the extension is not
+ * Judge a file where there is no history yet (the extension is not
  * created): shared memory still follows the file, so enforcement holds; the
  * change is recorded once the history exists (ks_flush_unrecorded()).  A
  * trusted change also goes into the private copy, as a change applied at
  * start does: the copy is the state held that the file is judged against,
  * so once the history exists the file is what we hold, not a newer change.
+ * False: a writer may still be at the file (see ks_judge_file()).
  */
-void
-ks_judge_file_without_history(const char *path)
+bool
+ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
@@ -231,11 +383,14 @@ ks_judge_file_without_history(const char *path)
 	char		reason[sizeof(ks_shared->unrecorded_reason)];
 	char		problem[KS_PROBLEM_LEN];
 
+	judged_hash[0] = '\0';
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return;					/* another server's file (claim.c) */
-	a = judge(path);
+		return true;			/* another server's file (claim.c) */
+	a = judge(path, raced, writer_done);
+	if (a.wait)
+		return false;
 	if (!a.act)
-		return;
+		return true;
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_clip_utf8(reason, a.change.reason, sizeof(reason));
@@ -250,11 +405,12 @@ ks_judge_file_without_history(const char *path)
 
 	if (!(a.change.flags & KS_FLAG_TAMPERED))
 	{
-		KsState		held = *(const KsState *) a.change.expect.judged;
+		KsState		held = *a.file;
 
 		held.generation = generation;
 		held.previous_mode = KS_WORD_MODE(word);
 		held.source = (char *) a.change.source;
+		held.replaces = NULL;
 		if (!ks_persist_applied(&held, false, problem, sizeof(problem)))
 			ereport(WARNING,
 					(errmsg("killswitch: could not keep the applied state in the private copy: %s", problem),
@@ -262,6 +418,7 @@ ks_judge_file_without_history(const char *path)
 		else
 			ks_wal_log_file(KS_LAST_APPLIED_FILE);	/* standbys follow */
 	}
+	return true;
 }
 
 /*
