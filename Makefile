@@ -19,7 +19,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-EXTRA_CLEAN = bench/ks_probe $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = bench/ks_probe test/shim/ks_pause.so $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -123,7 +123,11 @@ test-isolation:
 	  --bindir=$(PG_BINDIR) --inputdir=test/isolation --outputdir=tmp_check/isolation-out \
 	  --dbname=contrib_regression $(sort $(ISOLATION_TESTS))
 
-test-tap: test/store_vectors
+# The tests' LD_PRELOAD shim (test/shim/ks_pause.c): never part of the extension.
+test/shim/ks_pause.so: test/shim/ks_pause.c
+	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
+
+test-tap: test/store_vectors test/shim/ks_pause.so
 	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
 	PATH="$(PG_BINDIR):$$PATH" TESTDIR='$(CURDIR)/tmp_check/tap' \
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \

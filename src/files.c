@@ -272,8 +272,8 @@ ks_write_file_durably(const char *path, const char *data, size_t len,
  * pg_file_create_mode follows the data directory's group access).  Never
  * wider: others get nothing.
  */
-static mode_t
-shared_mode(const char *path)
+mode_t
+ks_shared_file_mode(const char *path)
 {
 	char		dir[MAXPGPATH];
 	struct stat sb;
@@ -287,12 +287,12 @@ shared_mode(const char *path)
 	return mode;
 }
 
-/* Write the state file (see shared_mode()) atomically and durably. */
+/* Write the state file (see ks_shared_file_mode()) atomically and durably. */
 bool
 ks_write_shared_file_durably(const char *path, const char *data, size_t len,
 							 char *problem, size_t problemlen)
 {
-	return write_durably(path, data, len, shared_mode(path), problem, problemlen);
+	return write_durably(path, data, len, ks_shared_file_mode(path), problem, problemlen);
 }
 
 /* Swap two names in one step; false with errno ENOSYS where that cannot be done. */
@@ -440,7 +440,7 @@ ks_replace_shared_file(const char *path, const char *data, size_t len,
 	KsReplaceResult result = KS_REPLACED;
 
 	temp_name(path, tmp, sizeof(tmp));
-	if (!write_new_file(tmp, data, len, shared_mode(path), problem, problemlen))
+	if (!write_new_file(tmp, data, len, ks_shared_file_mode(path), problem, problemlen))
 		return KS_REPLACE_FAILED;
 	for (int tries = 0;; tries++)
 	{
@@ -802,7 +802,8 @@ ks_lock_dir(const char *dir, char *problem, size_t problemlen)
  * that must not wait on whoever holds it — a raise, whose file follows
  * later if the lock is busy (any OS user who can write the state directory
  * can hold it).  Never an error and never interrupted: returns the
- * descriptor, or -1 with *problem set.
+ * descriptor, or -1 with *problem set (and errno EWOULDBLOCK if another
+ * process holds the lock).
  */
 int
 ks_lock_dir_within(const char *dir, int wait_ms, char *problem, size_t problemlen)
@@ -828,6 +829,7 @@ ks_lock_dir_within(const char *dir, int wait_ms, char *problem, size_t problemle
 			snprintf(problem, problemlen,
 					 "could not lock \"%s\": another process holds it (waited %ld ms)", path, waited);
 			close(fd);
+			errno = EWOULDBLOCK;
 			return -1;
 		}
 		pg_usleep(Min(KS_LOCK_RAISE_POLL_MS, wait_ms - waited) * 1000L);

@@ -196,7 +196,8 @@ ks_write_behind_file(bool history)
 				(errmsg("an outside write to the kill switch state file raced the server's replace of it"),
 				 errdetail(r == KS_REPLACED_RACED ? "It is kept beside the state file and judged next."
 						   : "It could not be kept: %s", problem)));
-	ereport(LOG,
-			(errmsg("killswitch: the state file follows the state in force again")));
+	if (behind)
+		ereport(LOG,
+				(errmsg("killswitch: the state file follows the state in force again")));
 	return true;
 }

@@ -177,6 +177,7 @@ extern bool ks_read_file(const char *path, size_t maxlen, char **contents,
 						 size_t *len, char *problem, size_t problemlen);
 extern bool ks_write_file_durably(const char *path, const char *data,
 								  size_t len, char *problem, size_t problemlen);
+extern mode_t ks_shared_file_mode(const char *path);
 extern bool ks_write_shared_file_durably(const char *path, const char *data,
 										 size_t len, char *problem, size_t problemlen);
 /* What replacing the state file found (ks_replace_shared_file()). */

@@ -197,10 +197,22 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 	for (int reads = 0;; reads++)
 	{
 		v = read_once(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
-		/* the server's own bytes, or bytes already judged: nothing new */
-		if (!raced && ks_file_known(hash, &behind))
+		/*
+		 * The server's own bytes, or bytes already judged: nothing new —
+		 * unless the file lags the state in force, or a writer made it
+		 * narrower than the server writes it (the library chmods the file
+		 * 0600 after writing it, by name: after the server's rewrite, that
+		 * is the server's file) — then the server writes it again.  A raced
+		 * file with such bytes (a write judged before the replace kept it)
+		 * asks for nothing either.
+		 */
+		if (ks_file_known(hash, &behind))
 		{
-			a.rewrite = behind;
+			struct stat sb;
+
+			a.rewrite = !raced && (behind ||
+								   (lstat(path, &sb) == 0 &&
+									(sb.st_mode & 07777) != ks_shared_file_mode(path)));
 			return a;
 		}
 		if (v != KS_FILE_BAD && v != KS_FILE_MISSING)

@@ -71,6 +71,13 @@ PGDLLEXPORT void ks_worker_main(Datum arg);
 #define KS_WRITER_QUIET_MS 1000
 /* A server's own change found in the file without a history: look again this soon. */
 #define KS_WRITING_SETTLE_MS 20
+/*
+ * Another writer holds the writers' lock (the CLI, a backend's pre-commit
+ * write): wait for it before judging — at most this long, since anyone who
+ * can write the state directory can hold the lock — looking again this often.
+ */
+#define KS_LOCK_DEFER_MS 250
+#define KS_LOCK_RECHECK_MS 5
 /* Wait at most this long for a server's own change, written but not committed. */
 #define KS_IN_FLIGHT_MS 1000
 
@@ -228,6 +235,27 @@ take_events(void)
 	dir.events.state = Max(dir.events.state, fresh.state);
 	dir.events.raced |= fresh.raced;
 	return fresh;
+}
+
+/*
+ * Is another writer between its read and its replace of the state file
+ * (holding the writers' lock)?  A judgment in between would apply an outside
+ * write that the writer's replace then keeps as a raced file, and the
+ * writer's own file, computed from what it read, would look older than the
+ * state held.  Errors (a lock file that is a link) are no reason to wait.
+ */
+static bool
+writers_busy(void)
+{
+	char		problem[KS_PROBLEM_LEN];
+	int			fd = ks_lock_dir_within(ks_state_dir, 0, problem, sizeof(problem));
+
+	if (fd >= 0)
+	{
+		ks_unlock_dir(fd);
+		return false;
+	}
+	return errno == EWOULDBLOCK;
 }
 
 /* When a file last changed, by its time stamps (a rename sets its ctime). */
@@ -820,6 +848,8 @@ ks_worker_main(Datum arg)
 	bool		raced_due = true;	/* raced files to look for */
 	TimestampTz raced_again_at = 0;
 	TimestampTz in_flight_since = 0;	/* the server's own write seen, not yet published */
+	TimestampTz busy_since = 0;	/* another writer held the writers' lock since */
+	bool		deferred;		/* this round's looks wait for that writer */
 	bool		look;
 	WaitEventSet *wait_set;
 
@@ -915,6 +945,25 @@ ks_worker_main(Datum arg)
 			(again_at != 0 && tick >= again_at) || ks_shared->file_behind ||
 			((failed || (ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
 			 tick >= retry_at);
+		/* another writer in the middle of its compare-and-swap: let it finish */
+		deferred = false;
+		if ((look || ev.raced || raced_due || dir.fd < 0) && writers_busy())
+		{
+			if (busy_since == 0)
+				busy_since = tick;
+			deferred = !TimestampDifferenceExceeds(busy_since, tick, KS_LOCK_DEFER_MS);
+		}
+		else
+			busy_since = 0;
+		if (deferred)
+		{
+			/* what was to be looked at waits for the next round */
+			look = false;
+			now = seen;
+			dir.events.state = Max(dir.events.state, ev.state);
+			dir.events.raced |= ev.raced;
+			again_at = TimestampTzPlusMilliseconds(tick, KS_LOCK_RECHECK_MS);
+		}
 		if (look && !first && !had_history && sql_write(path))
 		{
 			/* the server's own change, committing somewhere: look again shortly */
@@ -958,8 +1007,8 @@ ks_worker_main(Datum arg)
 		 * for when inotify saw one, when one waits for its writer, and at
 		 * every tick of the poll.
 		 */
-		if (raced_due || ev.raced || dir.fd < 0 ||
-			(raced_again_at != 0 && tick >= raced_again_at))
+		if (!deferred && (raced_due || ev.raced || dir.fd < 0 ||
+						  (raced_again_at != 0 && tick >= raced_again_at)))
 		{
 			bool		raced_failed = false;
 
@@ -988,8 +1037,8 @@ ks_worker_main(Datum arg)
 		timeout = ms_until_at_most(raced_again_at, timeout);
 		if (failed)
 			timeout = ms_until_at_most(retry_at, timeout);
-		/* events read during the looks: at once */
-		if (dir.events.state != KS_DIR_NOTHING || dir.events.raced)
+		/* events read during the looks: at once (unless they wait for another writer) */
+		if (!deferred && (dir.events.state != KS_DIR_NOTHING || dir.events.raced))
 			timeout = 0;
 		wait_for_work(wait_set, timeout);
 	}
