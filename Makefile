@@ -17,7 +17,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 
 # The state-file code again, built for frontend programs.
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
-CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o
+CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o src/cli/keycheck.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
 EXTRA_CLEAN = bench/ks_probe test/shim/ks_pause.so $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
@@ -106,7 +106,7 @@ TEST_CONF = test/killswitch.conf
 REGRESS_TESTS = $(basename $(notdir $(filter-out sql/killswitch--%,$(wildcard sql/*.sql))))
 ISOLATION_TESTS = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
 
-.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-all fuzz-run
+.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts test-all fuzz-run
 
 test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json
@@ -138,4 +138,16 @@ test-tap: test/store_vectors test/shim/ks_pause.so
 test-failover:
 	PG_CONFIG='$(PG_CONFIG)' bash test/failover/run
 
-test-all: test-vectors test-regress test-isolation test-tap test-failover
+# A switchover and a kill -9 failover with Patroni 3 and etcd on localhost,
+# three nodes preloading killswitch through Patroni's configuration
+# (test/patroni/run).
+test-patroni:
+	PG_CONFIG='$(PG_CONFIG)' bash test/patroni/run
+
+# The alert rules (alerts/) under promtool: their unit tests, and each
+# alert's tests shown to fail when the alert never fires, always fires or
+# does not wait (test/alerts/run).
+test-alerts:
+	test/alerts/run
+
+test-all: test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts

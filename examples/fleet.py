@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """The examples' harness: runs Python and Node agents against a server,
-directly and through PgBouncer, pulls the switch, checks that every agent
-halts and that no task row was written after the engage committed, releases,
-checks that every agent resumes.  Prints TAP-like `ok` / `not ok` lines and
-ends with `N passed, M failed` (exit 1 on any failure).
+directly and through PgBouncer, pulls the switch to halt_noncritical, then
+halt_all, then emergency, checks at each step that every agent halts (the
+critical one only in emergency), that no task row was written after the
+engage committed and that no agent crashed; releases, checks that every
+agent resumes.  Prints TAP-like `ok` / `not ok` lines and ends with
+`N passed, M failed` (exit 1 on any failure).
 
 With --bench it only measures: the stop latency of each agent, from the
 moment the engage's COMMIT is sent to the agent's own "halted" line (same
@@ -114,7 +116,8 @@ def start_agents(a):
     agents = []
     paths = [] if a.no_direct else [("direct", a.direct_host, a.direct_port, False, a.direct_wake)]
     if a.bouncer_port:
-        paths.append(("pgbouncer", "127.0.0.1", a.bouncer_port, True, "poll"))
+        # LISTEN cannot work behind a transaction pooler: they wait in ks_wait()
+        paths.append(("pgbouncer", "127.0.0.1", a.bouncer_port, True, "wait"))
     for path, host, port, pooled, wake in paths:
         for lang in ("py", "node"):
             for i in range(a.n + (2 if a.careless else 0)):
@@ -146,10 +149,10 @@ def start_agents(a):
     return agents
 
 
-def rows_after(admin, t, column="ins_at"):
-    """How many non-critical task rows carry a time stamp after t (epoch seconds)."""
+def rows_after(admin, t, column="ins_at", critical_too=False):
+    """How many non-critical (or any) task rows carry a time stamp after t (epoch seconds)."""
     return admin.execute(f"SELECT count(*) FROM tasks WHERE {column} > to_timestamp(%s) "
-                         "AND task_type <> %s", [t, CRITICAL_TASK]).fetchone()[0]
+                         "AND (%s OR task_type <> %s)", [t, critical_too, CRITICAL_TASK]).fetchone()[0]
 
 
 def engage(admin, mode, reason):
@@ -212,14 +215,15 @@ def run(a, tap, admin, agents):
     if a.bench:
         return bench(a, tap, admin, agents)
 
-    # 2. pull the switch
-    t_sent, t_committed = engage(admin, "halt_all", "examples: the switch is pulled")
-    wait_until(lambda: all(ag.first("halted", t_sent - 1) for ag in agents), 15)
+    # 2. pull the switch: halt_noncritical stops every agent but the critical one
+    t_sent, t_committed = engage(admin, "halt_noncritical", "examples: the switch is pulled")
+    wait_until(lambda: all(ag.first("halted", t_sent - 1) for ag in agents
+                           if ag.name != CRITICAL_AGENT), 15)
     critical = [ag for ag in agents if ag.name == CRITICAL_AGENT]
     agents = [ag for ag in agents if ag.name != CRITICAL_AGENT]
     for ag in agents:
         ev = ag.first("halted", t_sent - 1)
-        tap.ok(ev is not None, f"{ag.name} halts"
+        tap.ok(ev is not None, f"{ag.name} halts in halt_noncritical"
                + (f" ({ev['how']}, {(ev['t'] - t_sent) * 1000:.1f} ms after COMMIT was sent)" if ev else ""))
     # the guard and hard enforcement refuse every row whose trigger runs after
     # the commit published the mode; ins_at (clock_timestamp() as a default)
@@ -234,15 +238,14 @@ def run(a, tap, admin, agents):
     for ag in careless:
         tap.ok(ag.first("halted", t_sent - 1, how="ks001") is not None,
                f"{ag.name} (never asks) is stopped by the server and treats KS001 as halted")
+    check_critical_works(tap, admin, critical, t_sent, t_committed, "halt_noncritical")
 
-    for ag in critical:
-        q = "SELECT count(*) FROM tasks WHERE agent = %s AND ins_at > to_timestamp(%s)"
-        kept = wait_until(lambda: admin.execute(q, [ag.name, t_committed]).fetchone()[0] > 0, 5)
-        tap.ok(kept and ag.first("halted", t_sent - 1) is None,
-               f"{ag.name} ({CRITICAL_TASK}, critical by the table) keeps working in halt_all",
-               f"rows since the engage: {kept}, halted: {ag.first('halted', t_sent - 1)}")
+    # 3. halt_all: nobody resumes, no row; the critical one still works
+    t_sent, t_committed = engage(admin, "halt_all", "examples: halt_all")
+    check_still_halted(tap, admin, agents, t_sent, t_committed, "halt_all")
+    check_critical_works(tap, admin, critical, t_sent, t_committed, "halt_all")
 
-    # 3. connections lost while halted: each agent reconnects and stays halted
+    # 4. connections lost while halted: each agent reconnects and stays halted
     t_kill = time.time()
     n = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                       "WHERE usename IN ('fleet', 'worker') AND application_name NOT LIKE 'py-file-agent%'").fetchone()[0]
@@ -254,20 +257,22 @@ def run(a, tap, admin, agents):
         ev = ag.first("connected", t_kill)
         if ev:
             tap.ok(ev["mode"] == "halt_all", f"{ag.name} re-read the mode after reconnecting: {ev['mode']}")
-    time.sleep(1.0)
-    tap.ok(all(ag.first("resumed", t_sent) is None for ag in agents),
-           "no agent resumed while halted",
-           ", ".join(ag.name for ag in agents if ag.first("resumed", t_sent)))
-    late = rows_after(admin, t_committed)
-    tap.ok(late == 0, "still no task row since the engage committed", f"{late} rows")
-    crashed = [ag.name for ag in agents if not ag.alive()]
-    tap.ok(not crashed, "no agent crashed while halted", ", ".join(crashed))
+    check_still_halted(tap, admin, agents, t_kill, t_committed, "halt_all, reconnected", pause=0.5)
 
-    # 4. release: every agent resumes by itself and works again
+    # 5. emergency: every statement of an agent is refused and busy sessions
+    # are ended; every agent survives it, the critical one halts too
+    t_sent, t_committed = engage(admin, "emergency", "examples: emergency")
+    for ag in critical:
+        tap.ok(wait_until(lambda: ag.first("halted", t_sent - 1) is not None, 10),
+               f"{ag.name} ({CRITICAL_TASK}) halts in emergency")
+    check_still_halted(tap, admin, agents + critical, t_sent, t_committed, "emergency",
+                       critical_too=True, pause=1.5)
+
+    # 6. release: every agent resumes by itself and works again
     admin.execute("SELECT ks_disengage('examples: released', 'examples')")
     t_rel = time.time()
-    wait_until(lambda: all(ag.first("resumed", t_rel - 1) for ag in agents), 15)
-    for ag in agents:
+    wait_until(lambda: all(ag.first("resumed", t_rel - 1) for ag in agents + critical), 15)
+    for ag in agents + critical:
         tap.ok(ag.first("resumed", t_rel - 1) is not None, f"{ag.name} resumes after the release")
     time.sleep(0.5)
     worked = dict(admin.execute("SELECT agent, count(*) FROM tasks WHERE ins_at > to_timestamp(%s) "
@@ -277,6 +282,29 @@ def run(a, tap, admin, agents):
     crashed = [ag.name for ag in agents + critical if not ag.alive()]
     tap.ok(not crashed, "no agent crashed", ", ".join(crashed))
     return finish(tap)
+
+
+def check_still_halted(tap, admin, agents, t_sent, t_committed, what, critical_too=False, pause=1.0):
+    """After an escalation (or a reconnect): no agent resumed, no row, none crashed."""
+    time.sleep(pause)
+    tap.ok(all(ag.first("resumed", t_sent) is None for ag in agents),
+           f"{what}: no agent resumed",
+           ", ".join(ag.name for ag in agents if ag.first("resumed", t_sent)))
+    late = rows_after(admin, t_committed, critical_too=critical_too)
+    tap.ok(late == 0, f"{what}: no {'' if critical_too else 'non-critical '}task row since the engage committed",
+           f"{late} rows")
+    crashed = [ag.name for ag in agents if not ag.alive()]
+    tap.ok(not crashed, f"{what}: no agent crashed", ", ".join(crashed))
+
+
+def check_critical_works(tap, admin, critical, t_sent, t_committed, mode):
+    """The file agent doing the critical task (by the table) keeps working."""
+    for ag in critical:
+        q = "SELECT count(*) FROM tasks WHERE agent = %s AND ins_at > to_timestamp(%s)"
+        kept = wait_until(lambda: admin.execute(q, [ag.name, t_committed]).fetchone()[0] > 0, 5)
+        tap.ok(kept and ag.first("halted", t_sent - 1) is None,
+               f"{ag.name} ({CRITICAL_TASK}, critical by the table) keeps working in {mode}",
+               f"rows since the engage: {kept}, halted: {ag.first('halted', t_sent - 1)}")
 
 
 def bench(a, tap, admin, agents):

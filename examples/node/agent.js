@@ -2,7 +2,7 @@
 // An agent that obeys the kill switch: node-postgres (`pg` from npm).
 //
 //   node agent.js --dsn postgresql://agent_7@localhost/postgres
-//   node agent.js --dsn postgresql://agent_7@localhost:6432/postgres --pooled --wake poll
+//   node agent.js --dsn postgresql://agent_7@localhost:6432/postgres --pooled --wake wait
 //
 // Each action is one row in a task table guarded by ks_guard().  The agent
 //  * asks ks_check_task() before every action;
@@ -10,9 +10,13 @@
 //    as "halted", not as a crash;
 //  * stops sooner than its next check: directly it LISTENs on channel
 //    killswitch (client.on('notification')); behind a transaction pooler,
-//    where LISTEN cannot work, it waits in ks_wait() if the server has it,
-//    or else polls ks_mode();
+//    where LISTEN cannot work, it waits between actions in ks_wait(), which
+//    returns the moment a change is published (--wake wait); --wake poll
+//    reads ks_mode() every --poll-ms instead, for comparison;
 //  * re-reads the mode after every (re)connect: NOTIFY is never replayed;
+//  * survives every mode: in emergency every statement it sends is refused
+//    with KS001 (LISTEN and the reads of a reconnect too) and a busy session
+//    is ended: it keeps trying, slowly, and reconnects;
 //  * resumes by itself once an administrator has released the switch.
 // It prints one JSON object per line on stdout (what it did and when, on the
 // epoch clock) so that `make examples` can check it; a real agent would log.
@@ -43,9 +47,9 @@ function parseArgs(argv) {
     else throw new Error(`unknown argument ${k}`);
   }
   if (!a.dsn) throw new Error('--dsn is required');
-  if (!['listen', 'poll'].includes(a.wake)) throw new Error('--wake is listen or poll');
+  if (!['listen', 'wait', 'poll'].includes(a.wake)) throw new Error('--wake is listen, wait or poll');
   if (a.pooled && a.wake === 'listen') {
-    throw new Error('LISTEN does not work behind a transaction pooler: use --wake poll');
+    throw new Error('LISTEN does not work behind a transaction pooler: use --wake wait');
   }
   return a;
 }
@@ -65,13 +69,15 @@ class Agent {
     this.client = null;
     this.mode = 'unknown'; // what we last learnt, from a query or a NOTIFY
     this.halted = false;
-    this.hasKsWait = false;
+    this.ready = false; // LISTENing (if we do) and the mode read since connecting
+    this.gen = 0; // the generation seen before the last check (--wake wait)
     this.done = 0;
     this.wakeUp = null; // resolves the current pause early
   }
 
-  // (Re)connect, LISTEN if we can, then read the mode: never trust what we knew.
+  // (Re)connect; prepare() then LISTENs and reads the mode.
   async connect() {
+    this.ready = false;
     for (;;) {
       const client = new Client({ connectionString: this.args.dsn, application_name: this.args.name });
       // A dropped connection is reported here; the next query then fails and
@@ -88,12 +94,17 @@ class Agent {
     }
     if (this.args.wake === 'listen' && !this.args.skipCheck) {
       this.client.on('notification', (msg) => this.onNotify(msg));
-      await this.client.query('LISTEN killswitch');
     }
-    const r = await this.client.query(
-      "SELECT to_regprocedure('ks_wait(bigint,integer)') IS NOT NULL AS has, ks_mode()::text AS mode");
-    this.hasKsWait = r.rows[0].has;
+  }
+
+  // LISTEN and read the mode: never trust what we knew.  In emergency these
+  // are refused (KS001) like any statement: run() tries again.
+  async prepare() {
+    if (this.args.wake === 'listen' && !this.args.skipCheck) await this.client.query('LISTEN killswitch');
+    const r = await this.client.query('SELECT g, ks_mode()::text AS mode FROM ks_wait(0, 0) AS g');
+    this.gen = r.rows[0].g;
     this.mode = r.rows[0].mode;
+    this.ready = true;
     say('connected', { mode: this.mode });
   }
 
@@ -145,11 +156,27 @@ class Agent {
       await this.nap(ms); // onNotify() halts us and wakes us
       return;
     }
+    if (this.args.wake === 'wait') {
+      // one statement that returns the moment a change is published (or
+      // when the pause is over): what a pooled agent can do
+      if ((await this.wait(Math.max(1, Math.round(ms)))) && this.mode !== 'disengaged') this.halt('wait');
+      return;
+    }
     const deadline = Date.now() + ms;
     while (!this.halted && Date.now() < deadline) {
       await sleep(Math.min(this.args.pollMs, deadline - Date.now()));
       if ((await this.readMode()) !== 'disengaged') this.halt('poll');
     }
+  }
+
+  // ks_wait() from the generation seen before the last check: true (and the
+  // new mode noted) if a change came, false after ms.
+  async wait(ms) {
+    const r = await this.client.query('SELECT g, ks_mode()::text AS mode FROM ks_wait($1, $2) AS g', [this.gen, ms]);
+    if (r.rows[0].g === this.gen) return false;
+    this.gen = r.rows[0].g;
+    this.mode = r.rows[0].mode;
+    return true;
   }
 
   // Halted: wait until the mode changes, then look again.
@@ -158,9 +185,8 @@ class Agent {
       await sleep(this.args.pollMs);
     } else if (this.args.wake === 'listen') {
       await this.nap(1000); // the timeout is only a safety net
-    } else if (this.hasKsWait) {
-      const g = await this.client.query("SELECT (ks_status()->>'generation')::bigint AS g");
-      await this.client.query('SELECT ks_wait($1, 1000)', [g.rows[0].g]);
+    } else if (this.args.wake === 'wait') {
+      await this.wait(1000);
     } else {
       await sleep(this.args.pollMs);
     }
@@ -191,19 +217,21 @@ class Agent {
   async run() {
     await this.connect();
     const end = Date.now() + this.args.seconds * 1000;
-    let refused = false;
+    let refused = 0; // refusals in a row
     while (Date.now() < end) {
       try {
-        if (refused) {
-          refused = false;
-          await this.waitForRelease();
-        }
+        if (!this.ready) await this.prepare();
+        if (refused) await this.waitForRelease();
         await this.act();
+        refused = 0;
       } catch (e) {
         if (e.code === KS_REFUSED) {
-          // refused by the kill switch: halted, not broken
+          // refused by the kill switch: halted, not broken.  In emergency
+          // every statement is refused, the waits too: from the second
+          // refusal in a row, pause before trying again
           this.halt('ks001', e.message);
-          refused = true;
+          refused += 1;
+          if (refused > 1) await sleep(200);
           continue;
         }
         if (e.code === undefined || e.code.startsWith('08') || e.code.startsWith('57P')) {

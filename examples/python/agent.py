@@ -3,7 +3,7 @@
 (python3-psycopg), and nothing else.
 
     python3 agent.py --dsn "host=/run/postgresql dbname=postgres user=agent_7"
-    python3 agent.py --dsn "host=127.0.0.1 port=6432 ..." --pooled   # behind PgBouncer
+    python3 agent.py --dsn "host=127.0.0.1 port=6432 ..." --pooled --wake wait   # behind PgBouncer
 
 Each action is one row in a task table guarded by ks_guard().  The agent
 
@@ -12,8 +12,13 @@ Each action is one row in a task table guarded by ks_guard().  The agent
     as "halted", not as a crash;
   * stops sooner than its next check: directly it LISTENs on channel
     killswitch; behind a transaction pooler, where LISTEN cannot work, it
-    waits in ks_wait() if the server has it, or else polls ks_mode();
+    waits between actions in ks_wait(), which returns the moment a change
+    is published (--wake wait); --wake poll reads ks_mode() every --poll-ms
+    instead, for comparison;
   * re-reads the mode after every (re)connect: NOTIFY is never replayed;
+  * survives every mode: in emergency every statement it sends is refused
+    with KS001 (LISTEN and the reads of a reconnect too) and a busy session
+    is ended: it keeps trying, slowly, and reconnects;
   * resumes by itself once an administrator has released the switch.
 
 It prints one JSON object per line on stdout (what it did and when, on the
@@ -45,12 +50,14 @@ class Agent:
         self.conn = None
         self.mode = "unknown"        # what we last learnt, from a query or a NOTIFY
         self.halted = False
-        self.has_ks_wait = False
+        self.ready = False           # LISTENing (if we do) and the mode read since connecting
+        self.gen = 0                 # the generation seen before the last check (--wake wait)
         self.done = 0
 
     # ---------------------------------------------------------------- connection
     def connect(self):
-        """(Re)connect, LISTEN if we can, then read the mode: never trust what we knew."""
+        """(Re)connect; prepare() then LISTENs and reads the mode."""
+        self.ready = False
         while True:
             try:
                 # Behind PgBouncer (transaction pooling) a statement may run on
@@ -69,10 +76,14 @@ class Agent:
             # handed to these callbacks and to nothing else -- conn.notifies()
             # would never see it.  So the handler is where we learn of a halt.
             self.conn.add_notify_handler(self.on_notify)
+
+    def prepare(self):
+        """LISTEN and read the mode: never trust what we knew.  In emergency
+        these are refused (KS001) like any statement: run() tries again."""
+        if self.args.wake == "listen" and not self.args.skip_check:
             self.conn.execute("LISTEN killswitch")
-        self.has_ks_wait = self.conn.execute(
-            "SELECT to_regprocedure('ks_wait(bigint,integer)') IS NOT NULL").fetchone()[0]
-        self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
+        self.gen, self.mode = self.conn.execute("SELECT g, ks_mode()::text FROM ks_wait(0, 0) AS g").fetchone()
+        self.ready = True
         say("connected", mode=self.mode)
 
     def on_notify(self, n):
@@ -113,11 +124,26 @@ class Agent:
                     self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
                     if self.mode != "disengaged":
                         self.halt("notify")
+            elif self.args.wake == "wait":
+                # one statement that returns the moment a change is published
+                # (or when the pause is over): what a pooled agent can do
+                if self.wait(max(1, int(left * 1000))) and self.mode != "disengaged":
+                    self.halt("wait")
             else:
                 time.sleep(min(left, self.args.poll_ms / 1000))
                 self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
                 if self.mode != "disengaged":
                     self.halt("poll")
+
+    def wait(self, ms):
+        """ks_wait() from the generation seen before the last check: true
+        (and the new mode noted) if a change came, false after ms."""
+        gen, mode = self.conn.execute("SELECT g, ks_mode()::text FROM ks_wait(%s, %s) AS g",
+                                      [self.gen, ms]).fetchone()
+        if gen == self.gen:
+            return False
+        self.gen, self.mode = gen, mode
+        return True
 
     def wait_for_release(self):
         """Halted: wait until the mode changes, then look again."""
@@ -127,9 +153,8 @@ class Agent:
             # on_notify() updates self.mode; the timeout is only a safety net
             select.select([self.conn.fileno()], [], [], 1.0)
             self.mode = self.conn.execute("SELECT ks_mode()::text").fetchone()[0]
-        elif self.has_ks_wait:
-            gen = self.conn.execute("SELECT (ks_status()->>'generation')::bigint").fetchone()[0]
-            self.conn.execute("SELECT ks_wait(%s, 1000)", [gen])
+        elif self.args.wake == "wait":
+            self.wait(1000)
         else:
             time.sleep(self.args.poll_ms / 1000)
 
@@ -164,18 +189,24 @@ class Agent:
         """Act until --seconds are up; a refusal halts us, a lost connection is made again."""
         self.connect()
         end = time.monotonic() + self.args.seconds
-        refused = False
+        refused = 0                 # refusals in a row
         while time.monotonic() < end:
             try:
+                if not self.ready:
+                    self.prepare()
                 if refused:
-                    refused = False
                     self.wait_for_release()
                 self.act()
+                refused = 0
             except psycopg.Error as e:
                 if e.sqlstate == KS_REFUSED:
-                    # refused by the kill switch: halted, not broken
+                    # refused by the kill switch: halted, not broken.  In
+                    # emergency every statement is refused, the waits too:
+                    # from the second refusal in a row, pause before trying again
                     self.halt("ks001", e.diag.message_primary)
-                    refused = True
+                    refused += 1
+                    if refused > 1:
+                        time.sleep(0.2)
                     continue
                 if self.conn.broken or isinstance(e, psycopg.OperationalError):
                     say("disconnected", error=str(e).strip()[:200])
@@ -195,8 +226,8 @@ def main():
     p.add_argument("--task", default="data_export")
     p.add_argument("--pooled", action="store_true",
                    help="behind a transaction pooler: no prepared statements")
-    p.add_argument("--wake", choices=["listen", "poll"], default="listen",
-                   help="how to learn of a change between checks (poll behind a pooler)")
+    p.add_argument("--wake", choices=["listen", "wait", "poll"], default="listen",
+                   help="how to learn of a change between checks (wait behind a pooler)")
     p.add_argument("--poll-ms", type=int, default=50)
     p.add_argument("--think-ms", type=int, default=50)
     p.add_argument("--seconds", type=float, default=60)
@@ -205,7 +236,7 @@ def main():
                    help="for tests: never ask first (ks_guard and hard enforcement must stop it)")
     args = p.parse_args()
     if args.pooled and args.wake == "listen":
-        p.error("LISTEN does not work behind a transaction pooler: use --wake poll")
+        p.error("LISTEN does not work behind a transaction pooler: use --wake wait")
     Agent(args).run()
 
 

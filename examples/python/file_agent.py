@@ -9,7 +9,10 @@ Before every action it loads the state file with the library,
 KillSwitch.load_from_file(state_dir, signing_secret=..., critical_tasks=...):
 a KillSwitch instance is a snapshot of the file when it was loaded, so the
 agent loads it again each time.  critical_tasks comes from the database's
-killswitch.critical_tasks table: the library knows only its five defaults.
+killswitch.critical_tasks table: the library knows only its five defaults --
+and falls back to them when given an empty set (critical_tasks or
+DEFAULT_CRITICAL_TASKS), so an empty table becomes a set holding only "\0",
+a task nobody can have (PostgreSQL text cannot hold a NUL).
 A file it cannot trust (KillSwitchTamperError) counts as halted.
 
 With hummbl-governance installed it uses the library; otherwise (as in
@@ -57,8 +60,9 @@ def main():
     # trailing newline stripped -- the library's HUMMBL_SIGNING_SECRET
     secret = os.environ["HUMMBL_SIGNING_SECRET"].encode("utf-8")
     conn = psycopg.connect(args.dsn, autocommit=True, application_name=args.name)
-    critical = frozenset(r[0] for r in conn.execute("SELECT task FROM killswitch.critical_tasks"))
-    say("connected", library=LIBRARY, critical=sorted(critical))
+    rows = [r[0] for r in conn.execute("SELECT task FROM killswitch.critical_tasks")]
+    critical = frozenset(rows) or frozenset(["\0"])     # never empty: the library's defaults
+    say("connected", library=LIBRARY, critical=sorted(rows))
 
     halted = False
     done = 0
@@ -83,10 +87,11 @@ def main():
             except psycopg.Error as e:
                 if e.sqlstate != "KS001":
                     raise
-                verdict = {"allowed": False, "reason": e.diag.message_primary}
+                # the file allowed it, the database did not (the guard, hard enforcement)
+                verdict = {"allowed": False, "reason": e.diag.message_primary, "how": "ks001"}
         if not verdict["allowed"] and not halted:
             halted = True
-            say("halted", how="file", reason=verdict.get("reason"))
+            say("halted", how=verdict.get("how", "file"), reason=verdict.get("reason"))
         time.sleep(args.poll_ms / 1000)
     say("finished", done=done)
 

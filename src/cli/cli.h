@@ -58,6 +58,20 @@ typedef struct KsOptions
 	bool		require_hmac;
 } KsOptions;
 
+/* keycheck.c: a secret that is not the server's, as the files' key_id tell */
+typedef struct KsKeyMismatch
+{
+	char		ours[17];		/* our secret's key_id */
+	char		signer[17];		/* the key_id the file names */
+	const char *told_by;		/* that file */
+	const char *secret_file;
+} KsKeyMismatch;
+
+extern bool ks_cli_secret_mismatch(const char *secret, size_t secretlen, const char *secret_file,
+								   const char *last_applied, const char *state_file,
+								   KsKeyMismatch *m);
+extern void ks_cli_report_mismatch(const KsKeyMismatch *m, bool writing);
+
 extern int	ks_cli_offline(const KsOptions *opt);
 extern int	ks_cli_online(const KsOptions *opt);
 

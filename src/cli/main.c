@@ -57,7 +57,8 @@ usage(const char *progname)
 		   "      --release-key-file=FILE  the release key, which disengage needs offline\n"
 		   "                            (default: DATADIR/pg_killswitch/release.key)\n"
 		   "  -r, --reason=TEXT         why (engage, disengage)\n"
-		   "  -b, --by=NAME             who (default: your user name)\n"
+		   "  -b, --by=NAME             who (default: the database role with -d,\n"
+		   "                            your user name without)\n"
 		   "      --affected=N          how many tasks are affected (engage)\n"
 		   "  -n, --limit=N             how many events (history)\n"
 		   "      --json                print JSON for scripts\n"
@@ -67,6 +68,32 @@ usage(const char *progname)
 		   "  -?, --help                show this help\n\n"
 		   "Exit status: 0 disengaged or done, 2 engaged, 3 tampered, 1 error.\n"
 		   "With several clusters, the worst of theirs: 1, then 3, then 2, then 0.\n");
+}
+
+/*
+ * -D must name a data directory (PG_VERSION is there, as pg_ctl checks):
+ * every path the command derives from it would be wrong otherwise, and the
+ * first of them found missing (the secret) would be blamed.
+ */
+static void
+require_data_directory(const char *pgdata, bool given)
+{
+	char		path[MAXPGPATH];
+	struct stat sb;
+
+	if (pgdata == NULL || stat(pgdata, &sb) != 0)
+		return;					/* require_owner() says it cannot be accessed */
+	snprintf(path, sizeof(path), "%s/PG_VERSION", pgdata);
+	if (S_ISDIR(sb.st_mode) && stat(path, &sb) == 0)
+		return;
+	pg_log_error("\"%s\" is not a database cluster directory", pgdata);
+	if (given)
+		pg_log_error_detail("It has no PG_VERSION file.");
+	else
+		pg_log_error_detail("It has no PG_VERSION file; the directory comes from the environment variable PGDATA.");
+	pg_log_error_hint("Give -D the data directory of the server, or --state-dir and --secret-file "
+					  "for a state directory kept elsewhere.");
+	exit(KS_EXIT_ERROR);
 }
 
 /* The OS user's name, for --by. */
@@ -308,12 +335,16 @@ main(int argc, char **argv)
 		pg_log_error("%s needs --reason", command);
 		exit(KS_EXIT_ERROR);
 	}
-	if (opt.by == NULL)
+	/* online, NULL: the server records the session's role (session_user) */
+	if (opt.by == NULL && opt.ntargets == 0)
 		opt.by = os_user();
 	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by"))
 		exit(KS_EXIT_ERROR);
 	if (opt.ntargets == 0)
+	{
 		require_owner_offline(&opt, progname);
+		require_data_directory(opt.pgdata, pgdata_given);
+	}
 
 	if (opt.fleet)
 		exit(ks_cli_fleet(&opt));

@@ -168,6 +168,23 @@ print_state(const KsOptions *opt, const KsState *st, KsVerdict v, const char *pr
 		printf("role:         %s\n", is_standby(opt) ? "standby" : "primary");
 }
 
+/*
+ * Is the secret we hold not the server's?  Then what we read cannot be
+ * judged, and what we would write the server would judge tampering: say so
+ * (an error, not a tamper verdict of our own).
+ */
+static bool
+secret_is_wrong(const KsPaths *p, const char *secret, size_t secretlen, bool writing)
+{
+	KsKeyMismatch m;
+
+	if (!ks_cli_secret_mismatch(secret, secretlen, p->secret_file, p->last_applied,
+								p->state_file, &m))
+		return false;
+	ks_cli_report_mismatch(&m, writing);
+	return true;
+}
+
 /* status and verify: read and judge the file. */
 static int
 show(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
@@ -182,6 +199,8 @@ show(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretle
 		pg_log_error("no state file at \"%s\"", p->state_file);
 		return KS_EXIT_ERROR;
 	}
+	if (v == KS_FILE_BAD && secret_is_wrong(p, secret, secretlen, false))
+		return KS_EXIT_ERROR;
 	if (opt->command == CMD_VERIFY && !opt->json)
 	{
 		if (v == KS_FILE_BAD)
@@ -473,6 +492,12 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 		/* a writer that rewrites in place may be caught mid-write: once more */
 		pg_usleep(50 * 1000L);
 		v = read_current(p, secret, secretlen, &cur, &bytes, &len, problem, sizeof(problem));
+	}
+	/* never --force: a file signed with another secret is tampering to the server */
+	if (secret_is_wrong(p, secret, secretlen, true))
+	{
+		ks_unlock_dir(lockfd);
+		return KS_EXIT_ERROR;
 	}
 	if (v == KS_FILE_BAD && !opt->force && !raise)
 	{

@@ -37,7 +37,8 @@ run(PGconn *conn, const char *sql, int nparams, const char *const *params)
 /*
  * status: ks_status(); exit by mode and integrity.  --json prints a fixed
  * set of its members, the set offline.c prints from the file, so that the
- * shape does not depend on how the command reached the state.
+ * shape does not depend on how the command reached the state; the text
+ * names the mode as offline.c does, by its SQL name.
  */
 static int
 status(const KsOptions *opt, PGconn *conn)
@@ -51,7 +52,7 @@ status(const KsOptions *opt, PGconn *conn)
 						  " 'total_events', s->'total_events', 'unrecorded_change', s->'unrecorded_change',"
 						  " 'watcher_checked_at', s->'watcher_checked_at', 'watcher_age_ms', s->'watcher_age_ms',"
 						  " 'role', s->'role')::text,"
-						  " s->>'mode', s->>'integrity', s->>'generation', s->>'since',"
+						  " lower(s->>'mode'), s->>'integrity', s->>'generation', s->>'since',"
 						  " s->'last_engagement'->>'reason', s->'last_engagement'->>'triggered_by',"
 						  " s->>'source', s->>'watcher_age_ms', s->>'role' FROM ks_status() s", 0, NULL);
 	int			rc;
@@ -72,7 +73,7 @@ status(const KsOptions *opt, PGconn *conn)
 		printf("role:         %s\n", PQgetvalue(res, 0, 9));
 	}
 	rc = strcmp(PQgetvalue(res, 0, 2), "tampered") == 0 ? KS_EXIT_TAMPERED
-		: strcmp(PQgetvalue(res, 0, 1), "DISENGAGED") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;
+		: strcmp(PQgetvalue(res, 0, 1), "disengaged") == 0 ? KS_EXIT_OK : KS_EXIT_ENGAGED;
 	PQclear(res);
 	return rc;
 }

@@ -85,7 +85,7 @@ is($noext->safe_psql('postgres', "SELECT count(*) FROM pg_extension WHERE extnam
 # 2. status: the worst exit status, and --json as one array.
 ($rc, $out) = ks(dflags(qw(a b c)), 'status');
 is($rc, 2, 'status of three engaged clusters exits 2');
-is(scalar(() = $out =~ /^\[[^\]]+\] mode:\s+HALT_ALL$/mg), 3, 'each says HALT_ALL, labelled');
+is(scalar(() = $out =~ /^\[[^\]]+\] mode:\s+halt_all$/mg), 3, 'each says halt_all, labelled');
 ($rc, $out) = ks(dflags(qw(a b c dead)), '--json', 'status');
 is($rc, 1, 'status with an unreachable cluster exits 1: an error is worse than engaged');
 my $arr = eval { decode_json($out) };
