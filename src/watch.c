@@ -192,7 +192,8 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 	 * Read; a file that is no valid state is read once more after
 	 * killswitch.recheck_delay before it is judged: inotify reports a
 	 * writer's truncate a moment after the truncate shows, so a writer that
-	 * has just begun may not be known yet at the first read.
+	 * has just begun may not be known yet at the first read — the wait ends
+	 * as soon as its events come (it is then left to its writer).
 	 */
 	for (int reads = 0;; reads++)
 	{
@@ -226,7 +227,15 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 		}
 		if (reads > 0 || ks_recheck_delay <= 0)
 			break;
-		pg_usleep(ks_recheck_delay * 1000L);
+		for (int waited = 0; waited < ks_recheck_delay; waited++)
+		{
+			pg_usleep(1000L);
+			if (!writer_done(path))
+			{
+				a.wait = true;
+				return a;
+			}
+		}
 	}
 	if (!raced)
 	{

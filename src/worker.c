@@ -945,9 +945,14 @@ ks_worker_main(Datum arg)
 			(again_at != 0 && tick >= again_at) || ks_shared->file_behind ||
 			((failed || (ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
 			 tick >= retry_at);
-		/* another writer in the middle of its compare-and-swap: let it finish */
+		/*
+		 * Another writer in the middle of its compare-and-swap: let it
+		 * finish before judging a write in place (or whatever the poll
+		 * saw).  A file renamed into place is complete: judged at once.
+		 */
 		deferred = false;
-		if ((look || ev.raced || raced_due || dir.fd < 0) && writers_busy())
+		if ((look || ev.raced || raced_due || dir.fd < 0) &&
+			(ev.state != KS_DIR_CHANGED || dir.fd < 0) && writers_busy())
 		{
 			if (busy_since == 0)
 				busy_since = tick;
