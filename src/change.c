@@ -119,21 +119,6 @@ last_pending(void)
 	return pending == NIL ? NULL : (KsPending *) llast(pending);
 }
 
-/* A copy of a state in TopTransactionContext (the caller switched to it). */
-static KsState *
-copy_state(const KsState *st)
-{
-	KsState    *c = palloc(sizeof(KsState));
-
-	*c = *st;
-	c->engaged_at = st->engaged_at ? pstrdup(st->engaged_at) : NULL;
-	c->reason = st->reason ? pstrdup(st->reason) : NULL;
-	c->triggered_by = st->triggered_by ? pstrdup(st->triggered_by) : NULL;
-	c->source = st->source ? pstrdup(st->source) : NULL;
-	c->key_id = st->key_id ? pstrdup(st->key_id) : NULL;
-	return c;
-}
-
 /* Text from a state file (UTF-8, as events take it), or NULL if empty. */
 static const char *
 from_file_text(const char *utf8)
@@ -198,10 +183,10 @@ push_pending(const KsState *file_state, int flags, bool recorded_startup,
 	KsPending  *p = palloc0(sizeof(KsPending));
 
 	if (file_state)
-		p->state = *copy_state(file_state);
+		p->state = *ks_state_copy(file_state);
 	/* a file the watcher judged may stand in for the state held */
 	if (judged && judged->judged)
-		expect.judged = copy_state(judged->judged);
+		expect.judged = ks_state_copy(judged->judged);
 	if (judged && judged->untrusted)
 		expect.untrusted = true;
 	p->flags = flags;
@@ -379,7 +364,7 @@ record_own_deferred(void)
 		p->in.identity = &p->who;
 		(void) ks_record_event(&p->in, &file_state);
 		p->in.identity = NULL;
-		p->state = *copy_state(&file_state);
+		p->state = *ks_state_copy(&file_state);
 		p->deferred = false;
 	}
 }
@@ -749,6 +734,8 @@ before_commit(void)
 							  last->state.tampered) == KS_CHANGE_LOWER;
 	if (!all_deferred)
 	{
+		/* the state it replaces, named: a release of it is then authorized wherever found */
+		(void) ks_held_signature(&last->state.replaces);
 		initStringInfo(&commit_text);
 		if (!ks_persist_text(&last->state, &commit_text, problem, sizeof(problem)))
 			ereport(ERROR,
@@ -782,7 +769,8 @@ before_commit(void)
 		return;
 
 	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	r = ks_persist_file(commit_text.data, commit_text.len, &expect, lowering, &written,
+	r = ks_persist_file(commit_text.data, commit_text.len, &expect,
+						lowering ? KS_PERSIST_CHECK : KS_PERSIST_RAISE, &written,
 						problem, sizeof(problem));
 	MemoryContextSwitchTo(oldcxt);
 	/* an outside change judged and in force, not yet recorded: it comes first */
@@ -804,9 +792,9 @@ before_commit(void)
 				 errhint("The change was not made. Check killswitch.state_dir and the server log.")));
 	if (r == KS_WRITE_FAILED)
 		ereport(WARNING,
-				(errmsg("could not write the kill switch state file"),
+				(errmsg("could not write the kill switch state file; the change is in force without it"),
 				 errdetail("%s", problem),
-				 errhint("The change is in force and recorded; the watcher writes the file once it can.")));
+				 errhint("The watcher writes the file as soon as it can; ks_status() shows the problem until then.")));
 }
 
 /* Publish the committed state: a raise never lowers what is in force, a lower is the new state. */
@@ -877,8 +865,9 @@ at_commit(void)
 	finish_swept();
 	if (lowering)
 	{
-		KsWriteResult r = ks_persist_file(commit_text.data, commit_text.len, &expect, false,
-										  &written, problem, sizeof(problem));
+		KsWriteResult r = ks_persist_file(commit_text.data, commit_text.len, &expect,
+										  KS_PERSIST_COMMITTED, &written,
+										  problem, sizeof(problem));
 
 		if (r != KS_WRITE_OK)
 			ereport(WARNING,

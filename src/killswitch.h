@@ -153,16 +153,6 @@ typedef struct KsShared
 	bool		unconfirmed;
 	bool		marks_due;		/* mutex: the watcher has marks to look at (marks.c) */
 	uint64		marks_before_start;	/* postmaster at start: the newest transaction of a mark found then */
-	/*
-	 * The state file (persist.c): the SHA-256 of the bytes this server last
-	 * put there or judged ("" when unknown: a standby's redo writes
-	 * without it), whether it is behind the state in force (a write failed
-	 * or an undo could not complete: the watcher writes it), and why.
-	 * Written by holders of the writers' lock, under mutex.
-	 */
-	char		file_hash[KS_HEX_DIGEST_LEN + 1];
-	bool		file_stale;
-	char		file_problem[KS_PROBLEM_LEN];
 	int64		notified_generation;	/* watcher (mutex to read): events announced up to here */
 	TimestampTz watcher_checked_at;	/* mutex: when the watcher last looked at the file */
 	Latch	   *watcher_latch;	/* mutex: to wake the watcher at once */
@@ -173,6 +163,21 @@ typedef struct KsShared
 	int			watcher_usable_retries; /* failed connections to a database that looked usable */
 	bool		watcher_inotify;	/* sees changes through inotify (else: the poll) */
 	char		watcher_problem[KS_WATCHER_PROBLEM_LEN];	/* why it cannot do all its work; "" when fine */
+	/*
+	 * What the state file holds, as the server knows it (follow.c,
+	 * ARCHITECTURE §5.7), all mutex: the SHA-256 of the bytes it last wrote
+	 * there or last judged there ("-": judged missing; "": unknown, after a
+	 * standby's redo wrote it — the private copy stands in), so that its
+	 * own writes are recognised by their bytes and an outside write is
+	 * judged once; whether the file lags behind the state in force (a
+	 * write that failed or found the writers' lock busy, an undo that could
+	 * not complete), which the watcher then writes; and why, for
+	 * ks_status().  A server write notes its bytes before it lets go of the
+	 * writers' lock.
+	 */
+	char		file_hash[KS_HEX_DIGEST_LEN + 1];
+	bool		file_behind;
+	char		file_problem[KS_PROBLEM_LEN];
 	/* the fleet (wal.c, standby.c) */
 	XLogRecPtr	state_lsn;		/* mutex: the WAL record of the state: written, or replayed */
 	bool		from_recovery;	/* postmaster at start; the watcher clears it when the history is adopted */
@@ -228,7 +233,6 @@ extern void ks_deferred_count_add(KsMode mode, int delta, const char *reason,
 								  const char *triggered_by);
 extern KsMode ks_base_mode(int *flags);
 extern KsMode ks_chain_state(int *flags);
-extern void ks_note_file_problem(const char *problem);
 /* What a change is (ARCHITECTURE §5): a raise is unconditional, a lower is a release. */
 typedef enum KsChangeKind
 {
@@ -286,9 +290,30 @@ extern void ks_worker_register(void);
 extern void ks_watcher_survive_error(MemoryContext ctx);
 
 /* watch.c: judging the file while running */
-extern void ks_judge_file(const char *path, bool locked);
+/* Has the writer of a file finished?  Asked after the file was read (worker.c). */
+typedef bool (*KsWriterDone) (const char *path);
+/* What a look at a file came to. */
+typedef enum KsJudged
+{
+	KS_JUDGED,					/* judged: applied, kept to be recorded, or nothing to do */
+	KS_JUDGE_AFTER_WRITER,		/* its writer may still be at it: once it has finished */
+	KS_JUDGE_AFTER_LOCK			/* a release waiting for the lock that orders changes */
+} KsJudged;
+extern KsJudged ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done);
+extern KsJudged ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done);
+extern void ks_judge_settled(void);
 extern void ks_watch_committed(void);
-extern void ks_judge_file_without_history(const char *path);
+
+/* follow.c: the state file follows the state in force */
+#define KS_FILE_MISSING_HASH "-"	/* file_hash of a file judged missing */
+extern void ks_file_hash_of(const char *data, size_t len, char *hash);
+extern void ks_file_written(const char *data, size_t len);
+extern void ks_file_unknown(void);
+extern void ks_file_behind(const char *problem);
+extern bool ks_file_known(const char *hash, bool *behind);
+extern void ks_file_hash(char *hash);
+extern void ks_file_judged(const char *hash, const char *before);
+extern bool ks_write_behind_file(bool history);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
 extern void ks_settle_marks(void);
@@ -303,8 +328,16 @@ typedef enum KsDirEvent
 	KS_DIR_WRITTEN,				/* written in place and closed: judge now */
 	KS_DIR_LOST					/* the watch is gone (directory moved, queue lost) */
 } KsDirEvent;
+/* What one drain of the directory's events says. */
+typedef struct KsDirEvents
+{
+	KsDirEvent	state;			/* the strongest event about the state file */
+	bool		state_writing;	/* its last event: written to and not closed since */
+	bool		raced;			/* something happened to a raced file (files.c) */
+	bool		raced_closed;	/* a raced file's writer closed it, and wrote nothing since */
+} KsDirEvents;
 extern int	ks_dirwatch_start(const char *dir, char *problem, size_t problemlen);
-extern KsDirEvent ks_dirwatch_drain(int fd, const char *name);
+extern void ks_dirwatch_drain(int fd, const char *name, KsDirEvents *events);
 extern void ks_dirwatch_stop(int fd);
 
 /* interlock.c: no agent commit after a raise (ARCHITECTURE §5.2) */
@@ -381,25 +414,30 @@ typedef enum KsWriteResult
 	KS_WRITE_CONFLICT,			/* an outside change nobody has judged yet */
 	KS_WRITE_FAILED
 } KsWriteResult;
-extern void ks_note_file_bytes(const char *data, size_t len);
-extern void ks_note_file_unknown(void);
-extern bool ks_file_is_ours(const char *path, char **data, size_t *len);
-extern void ks_note_judged(const char *path, const char *data, size_t len);
+/* Which write of the state file (ks_persist_file()). */
+typedef enum KsPersistWhen
+{
+	KS_PERSIST_CHECK,			/* a release before its commit: the compare only */
+	KS_PERSIST_RAISE,			/* a raise before its commit: never waits long, never fails it */
+	KS_PERSIST_COMMITTED		/* after a commit (a release's): bounded */
+} KsPersistWhen;
 extern bool ks_persist_text(const KsState *state, StringInfo out, char *problem, size_t problemlen);
 extern KsWriteResult ks_persist_file(const char *text, size_t len, const KsExpect *expect,
-									 bool check_only, KsWritten *w,
+									 KsPersistWhen when, KsWritten *w,
 									 char *problem, size_t problemlen);
 extern bool ks_persist_copy(const char *text, size_t len, char *problem, size_t problemlen);
+extern bool ks_held_signature(char **signature);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
 extern bool ks_persist_applied(const KsState *state, bool state_file,
 							   char *problem, size_t problemlen);
-extern void ks_persist_catch_up(void);
 
 /* release.c: the release credential */
 extern char *ks_release_key_file;
 extern void ks_release_key_prepare(void);
 extern void ks_release_key_for_writing(char **key, size_t *len);
-extern bool ks_release_authorized(const KsState *file, KsMode held,
+extern bool ks_release_authorized(const KsState *file, const KsState *held,
+								  bool held_tampered, char *problem, size_t problemlen);
+extern bool ks_generation_step_ok(const KsState *file, const KsState *held,
 								  char *problem, size_t problemlen);
 
 /* audit.c: the watcher's look at the agent roles' powers */

@@ -5,10 +5,14 @@
  *
  * The compare is by bytes: the state file is the server's own as long as
  * it holds exactly what the server last put there or judged — whose
- * SHA-256 is KsShared.file_hash — and nothing else makes it so (a private
- * copy left behind by a failed write does not turn the server's own file
- * into a stranger's).  Only while file_hash is unknown (a standby's redo
- * writes without it) does the private copy stand in for it.
+ * SHA-256 is KsShared.file_hash (follow.c) — and nothing else makes it so
+ * (a private copy left behind by a failed write does not turn the server's
+ * own file into a stranger's).  Only while file_hash is unknown (a
+ * standby's redo writes without it) does the private copy stand in for it.
+ * The file is replaced without ever being opened (files.c
+ * ks_replace_shared_file()): an in-place write that raced the replace, or
+ * an unseen outside change a raise finds there, is kept beside the file as
+ * a raced write for the watcher to judge — never overwritten.
  *
  * The private copy pg_killswitch/last_applied.json holds the newest
  * committed state; it learns a change at commit, never before, so it never
@@ -17,10 +21,12 @@
  * (marks.c), and the watcher, settling the mark by the commit log, writes
  * the copy from it.  Until then a restart starts at the higher of the two.
  *
- * Every wait for the writers' lock here is bounded (KS_LOCK_BOUNDED_MS in
- * files.c): a raise never waits longer for the file, and a failed write is
- * a visible problem (ks_status() file_problem, a WARNING) that the watcher
- * retries (ks_persist_catch_up()), never a failed raise.
+ * Every wait for the writers' lock here is bounded: a raise's at most
+ * KS_LOCK_RAISE_WAIT_MS (any OS user who can write the state directory can
+ * hold the lock), the others' KS_LOCK_BOUNDED_MS (files.c).  A failed write
+ * leaves the file behind the state in force: a visible problem (ks_status()
+ * file_problem, a WARNING) that the watcher puts right
+ * (ks_write_behind_file()), never a failed raise.
  */
 #include "postgres.h"
 
@@ -129,47 +135,27 @@ ks_read_held(KsState *held, char *problem, size_t problemlen)
 						 true, 0, held, problem, problemlen) == KS_FILE_VALID;
 }
 
-static int	lock_bounded(char *problem, size_t problemlen);
-
-/* The SHA-256 of some bytes, as hex. */
-static void
-bytes_hash(const char *data, size_t len, char *hex)
-{
-	if (!ks_sha256_hex(data, len, hex))
-		hex[0] = '\0';
-}
-
-/* file_hash for "judged missing": no SHA-256 looks like it */
-#define KS_FILE_MISSING_HASH "-"
-
 /*
- * The state file now holds these bytes (NULL: there is none), put there or
- * judged by this server: they are its own until someone else writes.  The
- * caller holds the writers' lock, or is the watcher that just judged them,
- * or the postmaster at start.
+ * The signature of the state the server holds (its private copy), for the
+ * "replaces" of what it writes next (ARCHITECTURE §3): a release the
+ * server wrote names the state it released, so that found at start after
+ * a crash it is authorized like any other.  False if the copy cannot be
+ * read or carries none.
  */
-void
-ks_note_file_bytes(const char *data, size_t len)
+bool
+ks_held_signature(char **signature)
 {
-	char		hex[KS_HEX_DIGEST_LEN + 1];
+	KsState		held;
+	char		problem[KS_PROBLEM_LEN];
 
-	if (data == NULL)
-		strlcpy(hex, KS_FILE_MISSING_HASH, sizeof(hex));
-	else
-		bytes_hash(data, len, hex);
-	SpinLockAcquire(&ks_shared->mutex);
-	memcpy(ks_shared->file_hash, hex, sizeof(hex));
-	SpinLockRelease(&ks_shared->mutex);
+	*signature = NULL;
+	if (!ks_read_held(&held, problem, sizeof(problem)) || held.signature == NULL)
+		return false;
+	*signature = pstrdup(held.signature);
+	return true;
 }
 
-/* Forget what the file held: a standby's redo wrote it (the private copy stands in). */
-void
-ks_note_file_unknown(void)
-{
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->file_hash[0] = '\0';
-	SpinLockRelease(&ks_shared->mutex);
-}
+static int	lock_bounded(char *problem, size_t problemlen);
 
 /* Is the state file (these bytes, or missing as NULL) what the server last put there? */
 static bool
@@ -180,9 +166,7 @@ bytes_are_ours(const char *data, size_t len)
 	char	   *copy;
 	size_t		copylen;
 
-	SpinLockAcquire(&ks_shared->mutex);
-	memcpy(ours, ks_shared->file_hash, sizeof(ours));
-	SpinLockRelease(&ks_shared->mutex);
+	ks_file_hash(ours);
 	if (data == NULL)
 	{
 		char		path[MAXPGPATH];
@@ -195,7 +179,7 @@ bytes_are_ours(const char *data, size_t len)
 	}
 	if (ours[0] != '\0')
 	{
-		bytes_hash(data, len, hex);
+		ks_file_hash_of(data, len, hex);
 		return strcmp(hex, ours) == 0;
 	}
 	/* unknown (after a standby's redo): the private copy, byte for byte */
@@ -204,71 +188,25 @@ bytes_are_ours(const char *data, size_t len)
 }
 
 /*
- * Is the state file the server's own now, written or judged by it?  The
- * watcher then has nothing to judge.  It reads without the writers' lock
- * first (the common case costs nothing more), and looks again under it
- * before it calls the file someone else's: a server write renames the
- * file and notes its bytes under the lock, and the watcher must not see
- * one without the other.  *data and *len receive what was read (NULL:
- * no file).
- */
-bool
-ks_file_is_ours(const char *path, char **data, size_t *len)
-{
-	char		problem[KS_PROBLEM_LEN];
-	int			lockfd;
-	bool		ours;
-
-	*data = read_if_present(path, len);
-	if (bytes_are_ours(*data, *len))
-		return true;
-	lockfd = lock_bounded(problem, sizeof(problem));
-	*data = read_if_present(path, len);
-	ours = bytes_are_ours(*data, *len);
-	ks_unlock_dir(lockfd);
-	return ours;
-}
-
-/*
- * The watcher has judged these bytes (NULL: no file): they are the
- * server's own from now on — if the file still holds them, under the
- * writers' lock, so that a write of the server's in between is not
- * forgotten.
- */
-void
-ks_note_judged(const char *path, const char *data, size_t len)
-{
-	char		problem[KS_PROBLEM_LEN];
-	int			lockfd = lock_bounded(problem, sizeof(problem));
-	size_t		nowlen = 0;
-	char	   *now = read_if_present(path, &nowlen);
-
-	if ((now == NULL && data == NULL) ||
-		(now != NULL && data != NULL && nowlen == len && memcmp(now, data, len) == 0))
-		ks_note_file_bytes(data, len);
-	ks_unlock_dir(lockfd);
-}
-
-/*
- * Does the state file still hold what the writer last judged?  Its own
- * bytes (file_hash); or the file the watcher judged (expect->judged); or —
- * for a verdict on an untrusted file — a file that is still missing or
- * untrusted.  Anything else is a newcomer nobody has judged yet.
+ * Do these bytes of the state file (NULL: none) hold what the writer last
+ * judged?  Its own bytes (file_hash); or the file the watcher judged
+ * (expect->judged); or — for a verdict on an untrusted file — a file that
+ * is still missing or untrusted.  Anything else is a newcomer nobody has
+ * judged yet.
  */
 static bool
-file_as_expected(const char *path, const KsExpect *expect,
+file_as_expected(const char *data, size_t len, const KsExpect *expect,
 				 const char *secret, size_t secretlen)
 {
 	KsState		file;
 	KsVerdict	v;
 	char		problem[KS_PROBLEM_LEN];
-	size_t		len;
-	char	   *data = read_if_present(path, &len);
 
 	if (bytes_are_ours(data, len))
 		return true;
-	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					  0, &file, problem, sizeof(problem));
+	v = data == NULL ? KS_FILE_MISSING :
+		ks_state_from_text(data, len, secret, secretlen, ks_secret_file, ks_require_hmac,
+						   &file, problem, sizeof(problem));
 	if (v == KS_FILE_MISSING || v == KS_FILE_BAD)
 		return expect->untrusted;
 	return expect->judged && ks_compare_to_held(&file, expect->judged) == KS_SAME;
@@ -317,75 +255,98 @@ ks_persist_text(const KsState *state, StringInfo out, char *problem, size_t prob
 	return true;
 }
 
-/* Note a problem of the state file, or that it is solved (""). */
-static void
-file_problem(const char *problem, bool stale)
+/* Take the writers' lock for a write of this kind (see ks_persist_file()). */
+static int
+lock_for(KsPersistWhen when, char *problem, size_t problemlen)
 {
-	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(ks_shared->file_problem, problem, sizeof(ks_shared->file_problem));
-	ks_shared->file_stale = stale;
-	SpinLockRelease(&ks_shared->mutex);
+	switch (when)
+	{
+		case KS_PERSIST_CHECK:
+			return ks_lock_dir(ks_state_dir, problem, problemlen);
+		case KS_PERSIST_RAISE:
+			return ks_lock_dir_within(ks_state_dir, KS_LOCK_RAISE_WAIT_MS, problem, problemlen);
+		case KS_PERSIST_COMMITTED:
+			break;
+	}
+	return lock_bounded(problem, problemlen);
 }
 
 /*
- * Write the state file by compare-and-swap under the writers' lock
- * (bounded): if it still holds what was last judged, write text and note
- * it as the server's own; otherwise write nothing and report the conflict.
- * *w receives what an undo needs (the bytes before).  With check_only,
- * nothing is written: a release asks at pre-commit whether its write will
- * be allowed, and writes after its commit.
+ * Write the state file by compare-and-swap under the writers' lock, and
+ * note it as the server's own before letting go of the lock.  *w receives
+ * what an undo needs (the bytes before).
+ *
+ * KS_PERSIST_CHECK writes nothing: a release asks at pre-commit whether its
+ * write will find the file as the server left it (KS_WRITE_CONFLICT if an
+ * outside change nobody has judged is there), waiting for the lock as long
+ * as its session allows (interruptibly, statement_timeout and lock_timeout
+ * honoured), and writes after its commit.  A raise before its commit
+ * (KS_PERSIST_RAISE) waits at most KS_LOCK_RAISE_WAIT_MS, and a write after
+ * a commit a bounded time: either writes whatever it finds — an unseen
+ * outside change there is kept beside the file as a raced write
+ * (files.c), judged by the watcher against the new state — and a failure
+ * leaves the file behind (file_problem), for the watcher to put right,
+ * never an error.
  */
 KsWriteResult
-ks_persist_file(const char *text, size_t len, const KsExpect *expect, bool check_only,
+ks_persist_file(const char *text, size_t len, const KsExpect *expect, KsPersistWhen when,
 				KsWritten *w, char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
 	char	   *secret;
 	size_t		secretlen;
 	int			lockfd;
-	KsWriteResult result = KS_WRITE_FAILED;
+	bool		expected;
+	KsReplaceResult r;
 
 	memset(w, 0, sizeof(KsWritten));
 	if (!ks_state_dir_ours(problem, problemlen) ||
 		!ks_backend_secret(&secret, &secretlen, problem, problemlen))
 		return KS_WRITE_FAILED;
 	ks_state_file_path(path, sizeof(path));
-	/*
-	 * A release asks before its commit, and may wait as long as its session
-	 * allows (interruptibly, statement_timeout and lock_timeout honoured);
-	 * every write waits a bounded time.
-	 */
-	lockfd = check_only ? ks_lock_dir(ks_state_dir, problem, problemlen)
-		: lock_bounded(problem, problemlen);
+	lockfd = lock_for(when, problem, problemlen);
 	if (lockfd < 0)
 	{
-		if (!check_only)
-			file_problem(problem, true);	/* behind: the watcher writes it */
+		if (when != KS_PERSIST_CHECK)
+			ks_file_behind(problem);	/* the watcher writes it */
 		return KS_WRITE_FAILED;
 	}
-	if (!file_as_expected(path, expect, secret, secretlen))
+	w->before = read_if_present(path, &w->before_len);
+	expected = file_as_expected(w->before, w->before_len, expect, secret, secretlen);
+	if (when == KS_PERSIST_CHECK)
 	{
+		ks_unlock_dir(lockfd);
+		if (expected)
+			return KS_WRITE_OK;
 		snprintf(problem, problemlen, "the state file changed outside the database");
-		result = KS_WRITE_CONFLICT;
+		return KS_WRITE_CONFLICT;
 	}
-	else if (check_only)
-		result = KS_WRITE_OK;
-	else
+	/* a newcomer is kept as a raced write; an undo puts back the state held */
+	r = ks_replace_shared_file(path, text, len,
+							   expected ? w->before : NULL, expected ? w->before_len : 0,
+							   problem, problemlen);
+	if (!expected)
+		w->before = read_if_present(KS_LAST_APPLIED_FILE, &w->before_len);
+	if (r != KS_REPLACE_FAILED)
 	{
-		w->before = read_if_present(path, &w->before_len);
 		w->text = pstrdup(text);
 		w->text_len = len;
-		w->file_written = ks_write_shared_file_durably(path, text, len, problem, problemlen);
-		if (w->file_written)
-		{
-			ks_note_file_bytes(text, len);
-			result = KS_WRITE_OK;
-		}
+		w->file_written = true;
+		ks_file_written(text, len);
 	}
 	ks_unlock_dir(lockfd);
-	if (!check_only)
-		file_problem(result == KS_WRITE_OK ? "" : problem, result != KS_WRITE_OK);
-	return result;
+	if (r == KS_REPLACE_FAILED)
+	{
+		ks_file_behind(problem);
+		return KS_WRITE_FAILED;
+	}
+	if (r == KS_REPLACED_LOST)
+		ereport(WARNING,
+				(errmsg("an outside write to the kill switch state file raced this change and could not be kept"),
+				 errdetail("%s", problem)));
+	if (r != KS_REPLACED)
+		ks_wake_watcher();		/* a raced write to judge */
+	return KS_WRITE_OK;
 }
 
 /*
@@ -419,11 +380,14 @@ ks_persist_applied(const KsState *state, bool state_file, char *problem, size_t 
 {
 	char		path[MAXPGPATH];
 	StringInfoData text;
+	KsState		st = *state;
 	int			lockfd;
 	bool		ok;
 
+	/* like every file the server writes, it names the state it replaces */
+	(void) ks_held_signature(&st.replaces);
 	initStringInfo(&text);
-	if (!ks_persist_text(state, &text, problem, problemlen))
+	if (!ks_persist_text(&st, &text, problem, problemlen))
 		return false;
 	lockfd = lock_bounded(problem, problemlen);
 	if (lockfd < 0)
@@ -437,10 +401,11 @@ ks_persist_applied(const KsState *state, bool state_file, char *problem, size_t 
 	ok = ks_persist_copy(text.data, text.len, problem, problemlen);
 	if (ok && state_file && !ks_shared->state_dir_foreign)
 	{
+		/* a standby's: it judges no raced file, and puts back what is not its own */
 		ks_state_file_path(path, sizeof(path));
 		ok = ks_write_shared_file_durably(path, text.data, text.len, problem, problemlen);
 		if (ok)
-			ks_note_file_bytes(text.data, text.len);
+			ks_file_written(text.data, text.len);
 	}
 	ks_unlock_dir(lockfd);
 	return ok;
@@ -450,10 +415,11 @@ ks_persist_applied(const KsState *state, bool state_file, char *problem, size_t 
  * After an abort: put back only our own bytes.  Under the writers' lock
  * (bounded), the state file is restored only if it still holds exactly
  * what this change wrote; a newer outside write stays, for the watcher to
- * judge.  Only a raise writes before its commit, so an undo that cannot
- * complete leaves the file higher than the state in force, never lower:
- * marked stale, for the watcher to put right.  Returns false, with a
- * problem, if the file could not be put back.
+ * judge, and one that races the put-back is kept as a raced write.  Only a
+ * raise writes before its commit, so an undo that cannot complete leaves
+ * the file higher than the state in force, never lower: behind, for the
+ * watcher to put right.  Returns false, with a problem, if the file could
+ * not be put back.
  */
 bool
 ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
@@ -470,81 +436,30 @@ ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 	lockfd = lock_bounded(problem, problemlen);
 	if (lockfd < 0)
 	{
-		file_problem(problem, true);
+		ks_file_behind(problem);
 		return false;
 	}
 	now = read_if_present(path, &nowlen);
 	if (now && nowlen == w->text_len && memcmp(now, w->text, nowlen) == 0)
 	{
+		KsReplaceResult r = KS_REPLACED;
+
 		if (w->before)
-			ok = ks_write_shared_file_durably(path, w->before, w->before_len,
-											  problem, problemlen);
+			r = ks_replace_shared_file(path, w->before, w->before_len, w->text, w->text_len,
+									   problem, problemlen);
 		else if (unlink(path) != 0 && errno != ENOENT)
 		{
 			snprintf(problem, problemlen, "could not remove \"%s\": %m", path);
-			ok = false;
+			r = KS_REPLACE_FAILED;
 		}
+		ok = r != KS_REPLACE_FAILED;
 		if (ok)
-			ks_note_file_bytes(w->before, w->before_len);
+			ks_file_written(w->before, w->before_len);
+		if (r == KS_REPLACED_RACED || r == KS_REPLACED_LOST)
+			ks_wake_watcher();
 	}
 	ks_unlock_dir(lockfd);
-	file_problem(ok ? "" : problem, !ok);
+	if (!ok)
+		ks_file_behind(problem);
 	return ok;
-}
-
-/* How often the watcher tries again to write a state file that fell behind. */
-#define KS_CATCH_UP_RETRY_MS 1000
-
-/*
- * The watcher: a state file left behind the state in force (a failed
- * write, an undo that could not complete, a release whose write after its
- * commit failed) is rewritten from the private copy — only while it still
- * holds the server's own bytes; an outside write there is judged instead.
- */
-void
-ks_persist_catch_up(void)
-{
-	char		path[MAXPGPATH];
-	char		problem[KS_PROBLEM_LEN];
-	char	   *copy;
-	size_t		copylen;
-	char	   *now;
-	size_t		nowlen;
-	int			lockfd;
-	bool		stale;
-
-	static TimestampTz tried_at = 0;
-
-	SpinLockAcquire(&ks_shared->mutex);
-	stale = ks_shared->file_stale;
-	SpinLockRelease(&ks_shared->mutex);
-	if (!stale || ks_shared->state_dir_foreign ||
-		!TimestampDifferenceExceeds(tried_at, GetCurrentTimestamp(), KS_CATCH_UP_RETRY_MS))
-		return;
-	tried_at = GetCurrentTimestamp();
-	ks_state_file_path(path, sizeof(path));
-	copy = read_if_present(KS_LAST_APPLIED_FILE, &copylen);
-	if (copy == NULL)
-		return;
-	lockfd = lock_bounded(problem, sizeof(problem));
-	if (lockfd < 0)
-	{
-		file_problem(problem, true);
-		return;
-	}
-	now = read_if_present(path, &nowlen);
-	if (now == NULL || bytes_are_ours(now, nowlen))
-	{
-		if (ks_write_shared_file_durably(path, copy, copylen, problem, sizeof(problem)))
-		{
-			ks_note_file_bytes(copy, copylen);
-			file_problem("", false);
-			ereport(LOG, (errmsg("killswitch: the state file caught up with the state in force")));
-		}
-		else
-			file_problem(problem, true);
-	}
-	else
-		file_problem("", false);	/* someone else's now: judged as a newcomer */
-	ks_unlock_dir(lockfd);
 }

@@ -43,6 +43,7 @@ typedef struct KsDecision
 	int			inplace_mode;	/* the highest of their modes, in force until then */
 	bool		inplace_tampered;
 	uint64		marks_xid;		/* the newest transaction among them */
+	char	   *held_signature;	/* the private copy's, for "replaces" (ARCHITECTURE §3) */
 } KsDecision;
 
 /* Fill a fresh file state for a change made at start. */
@@ -86,6 +87,7 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 {
 	KsOrder		order = held_ok ? ks_compare_to_held(file, held) : KS_NEWER;
 	bool		same = order == KS_SAME;
+	bool		held_tampered = held_ok && (held->tampered || ks_is_tamper_source(held->source));
 	char		problem[KS_PROBLEM_LEN];
 
 	if (order == KS_OLDER)
@@ -95,20 +97,31 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 		return;
 	}
 	if (!same && held_ok &&
-		!ks_release_authorized(file, held->mode, problem, sizeof(problem)))
+		(!ks_generation_step_ok(file, held, problem, sizeof(problem)) ||
+		 !ks_release_authorized(file, held, held_tampered, problem, sizeof(problem))))
 	{
 		char		path[MAXPGPATH];
 		char		aside[MAXPGPATH];
+		KsState		raised = *held;
 
-		/* a release without the release key: keep the evidence, assume the halt */
+		/*
+		 * a release without the release credential, or a generation pushed
+		 * far: keep the evidence, assume the halt (and any higher mode the
+		 * file asked for: raising needs nothing)
+		 */
 		ks_state_file_path(path, sizeof(path));
 		snprintf(aside, sizeof(aside), "%s.rejected", path);
 		(void) rename(path, aside);
-		decide_tampered(d, held, true, "state file", problem);
+		raised.mode = Max(held->mode, file->mode);
+		decide_tampered(d, &raised, true, "state file", problem);
 		return;
 	}
 	d->state = *file;
 	d->previous = held_ok ? (int) held->mode : (int) KS_DISENGAGED;
+	/* a raise keeps the verdict; only an authorized release clears it */
+	if (held_tampered &&
+		ks_change_kind(held->mode, true, file->mode, file->tampered) == KS_CHANGE_RAISE)
+		d->state.tampered = true;
 	if (same)
 	{
 		d->state.generation = held->generation;
@@ -186,6 +199,8 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 	fv = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
 					   ks_recheck_delay, &file, fproblem, sizeof(fproblem));
 	held_ok = (hv == KS_FILE_VALID && held.generation >= 0);
+	if (held_ok && held.signature)
+		d->held_signature = pstrdup(held.signature);
 
 	if (hv == KS_FILE_BAD || (hv == KS_FILE_VALID && !held_ok))
 		decide_tampered(d, &held, false, KS_LAST_APPLIED_FILE, hproblem);
@@ -286,17 +301,21 @@ write_decision(const KsDecision *d, const char *secret, size_t secretlen,
 	size_t		release_keylen;
 	int			lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	bool		ok = true;
+	KsState		st = d->state;
 
 	if (lockfd < 0)
 		return false;
+	/* a state decided here names the state it replaces, like every file the server writes */
+	if (d->write)
+		st.replaces = d->held_signature;
 	ks_release_key_for_writing(&release_key, &release_keylen);
 	ks_state_file_path(path, sizeof(path));
 	if (d->write)
-		ok = ks_state_write(path, &d->state, secret, secretlen,
+		ok = ks_state_write(path, &st, secret, secretlen,
 							release_key, release_keylen, problem, problemlen);
 	/* changes in flight keep their marks, and the copy its committed state */
 	if (ok && !d->unconfirmed)
-		ok = ks_state_write(KS_LAST_APPLIED_FILE, &d->state, secret, secretlen,
+		ok = ks_state_write(KS_LAST_APPLIED_FILE, &st, secret, secretlen,
 							release_key, release_keylen, problem, problemlen);
 	/* the single mark of servers before the marks by transaction */
 	(void) unlink(KS_IN_FLIGHT_FILE);
@@ -380,14 +399,14 @@ note_file(bool in_recovery)
 
 	if (in_recovery)
 	{
-		ks_note_file_unknown();
+		ks_file_unknown();
 		return;
 	}
 	ks_state_file_path(path, sizeof(path));
 	if (ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, sizeof(problem)))
-		ks_note_file_bytes(bytes, len);
+		ks_file_written(bytes, len);
 	else
-		ks_note_file_bytes(NULL, 0);	/* only an absent file counts as this */
+		ks_file_written(NULL, 0);	/* only an absent file counts as this */
 }
 
 /* Read the state at start and publish it; on any failure, assume the stop. */

@@ -510,15 +510,6 @@ ks_base_mode(int *flags)
 	return (KsMode) mode;
 }
 
-/* Say why the state file is behind ("" when it is not), for ks_status(). */
-void
-ks_note_file_problem(const char *problem)
-{
-	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(ks_shared->file_problem, problem, sizeof(ks_shared->file_problem));
-	SpinLockRelease(&ks_shared->mutex);
-}
-
 #define KS_EPOCH_SHIFT \
 	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY)
 

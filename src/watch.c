@@ -1,20 +1,34 @@
 /*
- * watch.c — judging the state file while the server runs (ARCHITECTURE §4): a
- * validly signed newer file is applied; anything else that differs from
- * the state the server holds is tampering and can only raise the mode:
+ * watch.c — judging the state file while the server runs (ARCHITECTURE §4,
+ * §5.7): a validly signed newer file is applied; anything else that differs
+ * from the state the server holds is tampering and can only raise the mode:
  *
- *   valid, same generation          our own write: nothing to do
- *   valid, newer                    applied (source cli or file)
- *   valid, older                    a replay: at least halt_all, tamper
- *   bad (unsigned, garbage, ...)    at least halt_all, tamper, file set aside
- *   deleted or emptied              state kept, file rewritten, tamper
+ *   bytes the server wrote or judged     nothing to do (or write it, if behind)
+ *   not valid, its writer still at it     nothing yet: judged once it finished
+ *   valid, same state                     our own write: nothing to do
+ *   valid, newer                          applied (source cli or file)
+ *   valid, more than 1000 generations on  tamper, file set aside
+ *   valid, older                          a replay: at least halt_all, tamper
+ *   lowers or clears a verdict, without   tamper, file set aside
+ *     the release credential naming
+ *     the state held (release.c)
+ *   bad (unsigned, garbage, ...)          at least halt_all, tamper, file set aside
+ *   deleted or emptied                    state kept, file rewritten, tamper
+ *
+ * A raced file — an outside write that raced a replace of the state file,
+ * kept beside it (files.c) — is judged the same way, except that it came
+ * with the replace (never a replay for want of a generation), one that was
+ * never written (missing, empty) asks for nothing, and one that would lower
+ * the state now in force without naming it is superseded by the change it
+ * raced: not applied, and no verdict.
  *
  * Called by the watcher inside a transaction.  It never waits for the lock
  * that orders the history (ARCHITECTURE §5.7): a raise or a verdict is in
  * force at once (in place, state.c) and recorded on the first look that
  * takes the lock (ConditionalLockAcquire); an outside release is applied
- * only when it can be recorded.  Its own writes are recognised by their
- * bytes (KsShared.file_hash, persist.c), not by holding a lock.
+ * only when it can be recorded, against the state the chain holds.  Its
+ * own writes, and files it judged, are recognised by their bytes
+ * (KsShared.file_hash, follow.c), not by holding a lock.
  */
 #include "postgres.h"
 
@@ -30,12 +44,50 @@
 
 #include "killswitch.h"
 
+/*
+ * How long a look waits for another writer of the state file to finish
+ * (the writers' lock) before it calls bytes it does not know someone
+ * else's: a server write notes its bytes before it lets go of the lock.
+ */
+#define KS_JUDGE_LOCK_WAIT_MS 50
+
 /* What to do about the file. */
 typedef struct KsVerdictAction
 {
-	bool		act;
+	bool		act;			/* make change */
+	bool		wait;			/* its writer may be at it: judge once it has finished */
+	bool		after_lock;		/* a release: judged once the raises in force are the chain's */
+	bool		rewrite;		/* bytes the server knows, lagging the state in force */
+	const KsState *file;		/* the valid state judged, or NULL */
 	KsChange	change;
 } KsVerdictAction;
+
+/*
+ * The bytes of the state file this look judged, and what the server knew
+ * the file held when it began: known from now on once the look commits
+ * (ks_judge_settled()).  Raced files are never the state file's bytes.
+ */
+static char judged_hash[KS_HEX_DIGEST_LEN + 1];
+static char hash_before[KS_HEX_DIGEST_LEN + 1];
+
+/*
+ * The state file's bytes the last looks judged, whatever file_hash says
+ * now: a server write that replaced them while a look judged them keeps
+ * them as a raced file (files.c), which must not be judged a second time.
+ */
+#define KS_RECENTLY_JUDGED 8
+static char recently_judged[KS_RECENTLY_JUDGED][KS_HEX_DIGEST_LEN + 1];
+static int	recently_next = 0;
+
+/* Did a recent look judge these bytes of the state file? */
+static bool
+judged_recently(const char *hash)
+{
+	for (int i = 0; i < KS_RECENTLY_JUDGED; i++)
+		if (hash[0] != '\0' && strcmp(recently_judged[i], hash) == 0)
+			return true;
+	return false;
+}
 
 /* Text from the file, kept in UTF-8 like every change's, or a stand-in. */
 static const char *
@@ -65,15 +117,17 @@ tamper(KsVerdictAction *a, KsMode mode, const char *what)
 }
 
 /*
- * Keep a rejected file as evidence, as <path>.rejected (replacing an older
- * one), and clear the way for a trusted file.
+ * Keep a rejected file (the state file, or a raced one) as evidence, as
+ * <state file>.rejected (replacing an older one), and clear the way for a
+ * trusted file.
  */
 static void
 set_aside(const char *path)
 {
 	char		aside[MAXPGPATH];
 
-	snprintf(aside, sizeof(aside), "%s.rejected", path);
+	ks_state_file_path(aside, sizeof(aside));
+	strlcat(aside, ".rejected", sizeof(aside));
 	if (unlink(aside) != 0 && errno == EISDIR)
 		(void) rmdir(aside);
 	if (rename(path, aside) != 0)
@@ -83,9 +137,10 @@ set_aside(const char *path)
 
 /*
  * The state the server holds: its private copy when that is what the
- * chain carries (it keeps an engaged_at of null as null), else shared
- * memory itself (a verdict not yet written).  The chain's mode, not the
- * word's: a raise in flight is nobody's file yet.
+ * chain carries (it keeps an engaged_at of null as null, and the signature
+ * a release must name), else shared memory itself (a verdict not yet
+ * written: no signature, so nothing can name it).  The chain's mode, not
+ * the word's: a raise in flight is nobody's file yet.
  */
 static void
 held_state(KsState *held, uint64 word, TimestampTz since)
@@ -105,26 +160,103 @@ held_state(KsState *held, uint64 word, TimestampTz since)
 	held->engaged_at = pstrdup(at);
 }
 
-/* Decide what the file asks for, compared with the state held. */
+/*
+ * A file that cannot be trusted: set aside as evidence, and a tamper
+ * verdict at mode.  Judged, the state file is missing now (it is rewritten
+ * when the verdict is recorded).
+ */
+static void
+reject(KsVerdictAction *a, const char *path, bool raced, KsMode mode, const char *problem)
+{
+	set_aside(path);
+	tamper(a, mode, problem);
+	a->change.expect.judged = NULL;
+	a->change.expect.untrusted = !raced;	/* set aside: no file now */
+	if (!raced)
+		ks_file_hash_of(NULL, 0, judged_hash);
+}
+
+/* Read a file once: its verdict and state, the hash of its bytes, whether it is empty. */
+static KsVerdict
+read_once(const char *path, const char *secret, size_t secretlen, KsState *st,
+		  char *hash, bool *empty, char *problem, size_t problemlen)
+{
+	char	   *bytes;
+	size_t		len;
+	struct stat sb;
+
+	ks_state_init(st);
+	hash[0] = '\0';
+	*empty = false;
+	if (lstat(path, &sb) != 0 && errno == ENOENT)
+	{
+		snprintf(problem, problemlen, "the file does not exist");
+		ks_file_hash_of(NULL, 0, hash);
+		return KS_FILE_MISSING;
+	}
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, problemlen))
+		return KS_FILE_BAD;
+	ks_file_hash_of(bytes, len, hash);
+	*empty = len == 0;
+	return ks_state_from_text(bytes, len, secret, secretlen, ks_secret_file,
+							  ks_require_hmac, st, problem, problemlen);
+}
+
+/*
+ * read_once() again while holding the writers' lock (waited for at most
+ * KS_JUDGE_LOCK_WAIT_MS): a server write that replaced the file has noted
+ * its bytes by the time the lock is free, so bytes still unknown then are
+ * someone else's.  Past the wait (anyone who can write the state directory
+ * can hold the lock), read without it.
+ */
+static KsVerdict
+read_settled(const char *path, const char *secret, size_t secretlen, KsState *st,
+			 char *hash, bool *empty, char *problem, size_t problemlen)
+{
+	char		why[KS_PROBLEM_LEN];
+	int			lockfd = ks_lock_dir_within(ks_state_dir, KS_JUDGE_LOCK_WAIT_MS, why, sizeof(why));
+	KsVerdict	v = read_once(path, secret, secretlen, st, hash, empty, problem, problemlen);
+
+	ks_unlock_dir(lockfd);
+	return v;
+}
+
+/*
+ * Decide what a file asks for, compared with the state held: the state
+ * file, or a raced file (a write that raced a replace of it, files.c).
+ * writer_done: has its writer finished (closed it, renamed it into place,
+ * or left it unchanged for a while, worker.c)?  Asked after the read, so
+ * that a writer that began just before it counts.  Until then a file that
+ * is not a valid state is no verdict, only a write in progress (a valid one
+ * is complete whoever is still at it, and is judged at once).
+ */
 static KsVerdictAction
-judge(const char *path)
+judge(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
 	int			held_flags;
+	int			chain_flags;
 	/* the state in force without the raises in flight (ARCHITECTURE §5.1) */
 	KsMode		held = ks_base_mode(&held_flags);
-	int64		generation = KS_WORD_GENERATION(word);
+	bool		tampered = (held_flags & KS_FLAG_TAMPERED) != 0;
+	KsMode		chain = ks_chain_state(&chain_flags);
+	/* raises in force that the chain does not hold yet (recorded at a look that takes the lock) */
+	bool		base_ahead = held != chain || tampered != ((chain_flags & KS_FLAG_TAMPERED) != 0);
 	KsMode		raised = Max(held, KS_HALT_ALL);
+	bool		releases;
 	TimestampTz since;
 	char	   *secret;
 	size_t		secretlen;
 	char		problem[KS_PROBLEM_LEN];
+	char		hash[KS_HEX_DIGEST_LEN + 1];
+	bool		empty;
+	bool		behind;
 	KsState		st,
 				hst;
+	KsState    *judged;
 	KsVerdict	v;
 	KsOrder		order;
-	struct stat sb;
 
 	memset(&a, 0, sizeof(a));
 	SpinLockAcquire(&ks_shared->mutex);
@@ -137,10 +269,64 @@ judge(const char *path)
 		a.change.expect.untrusted = true;
 		return a;
 	}
-	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					  ks_recheck_delay, &st, problem, sizeof(problem));
-	if (v == KS_FILE_MISSING ||
-		(v == KS_FILE_BAD && lstat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0))
+	/*
+	 * Read; a file that is no valid state is read once more after
+	 * killswitch.recheck_delay before it is judged: inotify reports a
+	 * writer's truncate a moment after the truncate shows, so a writer that
+	 * has just begun may not be known yet at the first read — the wait ends
+	 * as soon as its events come (it is then left to its writer).
+	 */
+	if (!raced)
+		ks_file_hash(hash_before);
+	for (int reads = 0;; reads++)
+	{
+		v = read_once(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
+		if (!raced && !ks_file_known(hash, &behind))
+			v = read_settled(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
+		/*
+		 * The server's own bytes, or bytes already judged: nothing new —
+		 * unless the file lags the state in force, or a writer made it
+		 * narrower than the server writes it (the library chmods the file
+		 * 0600 after writing it, by name: after the server's rewrite, that
+		 * is the server's file) — then the server writes it again.  A raced
+		 * file with such bytes (a write judged before the replace kept it)
+		 * asks for nothing either.
+		 */
+		if (ks_file_known(hash, &behind) || (raced && judged_recently(hash)))
+		{
+			struct stat sb;
+
+			a.rewrite = !raced && (behind ||
+								   (lstat(path, &sb) == 0 &&
+									(sb.st_mode & 07777) != ks_shared_file_mode(path)));
+			return a;
+		}
+		if (v != KS_FILE_BAD && v != KS_FILE_MISSING)
+			break;
+		if (raced && v == KS_FILE_MISSING)
+			return a;			/* judged already, or removed: nothing to apply */
+		if (!writer_done(path))
+		{
+			a.wait = true;
+			return a;
+		}
+		if (reads > 0 || ks_recheck_delay <= 0)
+			break;
+		for (int waited = 0; waited < ks_recheck_delay; waited++)
+		{
+			pg_usleep(1000L);
+			if (!writer_done(path))
+			{
+				a.wait = true;
+				return a;
+			}
+		}
+	}
+	if (!raced)
+		strlcpy(judged_hash, hash, sizeof(judged_hash));
+	if (raced && (v == KS_FILE_MISSING || empty))
+		return a;				/* truncated and never written: nothing to apply */
+	if (v == KS_FILE_MISSING || empty)
 	{
 		/* deleting or emptying never releases: keep the mode, rewrite */
 		tamper(&a, held, v == KS_FILE_MISSING ? "the state file was deleted"
@@ -150,34 +336,73 @@ judge(const char *path)
 	}
 	if (v == KS_FILE_BAD)
 	{
-		set_aside(path);
-		tamper(&a, raised, problem);
-		a.change.expect.untrusted = true;
+		reject(&a, path, raced, raised, problem);
 		return a;
 	}
 
 	/* readable: ours, newer, or a replay */
 	held_state(&hst, word, since);
 	order = ks_compare_to_held(&st, &hst);
+	/* a raced write without a generation came with the replace, not before it */
+	if (raced && order == KS_OLDER && st.generation < 0)
+		order = KS_NEWER;
 	if (order == KS_SAME)
 		return a;
-	a.change.expect.judged = palloc(sizeof(KsState));
-	*(KsState *) a.change.expect.judged = st;
-	if (order == KS_OLDER)
+	judged = palloc(sizeof(KsState));
+	*judged = st;
+	a.file = judged;
+	/* the compare-and-swap of the rewrite expects the state file as judged */
+	if (!raced)
+		a.change.expect.judged = judged;
+	if (!ks_generation_step_ok(&st, &hst, problem, sizeof(problem)))
 	{
-		tamper(&a, raised, "replay: the state file is older than the state the server holds");
+		reject(&a, path, raced, Max(raised, st.mode), problem);
 		return a;
 	}
-	if (!ks_release_authorized(&st, held, problem, sizeof(problem)))
+	if (order == KS_OLDER)
 	{
-		set_aside(path);
-		tamper(&a, raised, problem);
-		a.change.expect.untrusted = true;	/* set aside: no file now */
+		tamper(&a, Max(raised, st.mode),
+			   "replay: the state file is older than the state the server holds");
+		return a;
+	}
+	/*
+	 * A release (or a file that would clear the verdict) is weighed against
+	 * the state the chain holds, the one it can name; while raises are in
+	 * force that the chain lacks yet, it waits until a look has recorded
+	 * them — by then the write of their state has made it a raced file
+	 * (files.c), judged against the new state.
+	 */
+	releases = ks_change_kind(held, tampered, st.mode,
+							  st.tampered || ks_is_tamper_source(st.source)) == KS_CHANGE_LOWER;
+	if (releases && base_ahead)
+	{
+		a.after_lock = true;
+		judged_hash[0] = '\0';
+		return a;
+	}
+	if (raced && !ks_release_authorized(&st, &hst, tampered, problem, sizeof(problem)))
+	{
+		/*
+		 * A raced write that would lower the mode (or clear a verdict) came
+		 * with a change of the server's that supersedes it: it may have
+		 * been a raise over the state it replaced, or a release of that
+		 * state.  It is not applied, and is no verdict.
+		 */
+		ereport(WARNING,
+				(errmsg("an outside write that raced a change of the kill switch state was superseded by it"),
+				 errdetail("It asked for mode %s; the state in force is %s: %s",
+						   ks_mode_sql_names[st.mode], ks_mode_sql_names[hst.mode], problem),
+				 errhint("A release must name the state it replaces; read the state file again and retry.")));
+		return a;
+	}
+	if (!ks_release_authorized(&st, &hst, tampered, problem, sizeof(problem)))
+	{
+		reject(&a, path, raced, Max(raised, st.mode), problem);
 		return a;
 	}
 	a.act = true;
 	/* the generation the writer gave (the CLI printed it), if it is ahead */
-	a.change.generation = st.generation > generation ? st.generation : 0;
+	a.change.generation = st.generation > KS_WORD_GENERATION(word) ? st.generation : 0;
 	a.change.mode = st.mode;
 	a.change.reason = file_text(st.reason, "(no reason given in the state file)");
 	a.change.triggered_by = file_text(st.triggered_by, "(unknown)");
@@ -185,7 +410,26 @@ judge(const char *path)
 		? (int32) st.affected_tasks : 0;
 	a.change.source = (st.source && strcmp(st.source, "cli") == 0) ? "cli" : "file";
 	a.change.flags = v == KS_FILE_UNSIGNED ? KS_FLAG_UNSIGNED : 0;
+	/* an authorized release clears the verdict; anything else keeps it */
+	a.change.clears_verdict = releases;
 	return a;
+}
+
+/*
+ * The look's transaction has committed: the state file's bytes it judged
+ * are known from now on, and are not judged again (no change is recorded
+ * twice, however often the file is read).
+ */
+void
+ks_judge_settled(void)
+{
+	if (judged_hash[0] != '\0')
+	{
+		ks_file_judged(judged_hash, hash_before);
+		strlcpy(recently_judged[recently_next], judged_hash, sizeof(recently_judged[0]));
+		recently_next = (recently_next + 1) % KS_RECENTLY_JUDGED;
+	}
+	judged_hash[0] = '\0';
 }
 
 /*
@@ -210,20 +454,7 @@ keep_change(const KsChange *c)
 	k->triggered_by = pstrdup(c->triggered_by);
 	k->source = pstrdup(c->source);
 	if (c->expect.judged)
-	{
-		KsState    *st = palloc(sizeof(KsState));
-
-		*st = *c->expect.judged;
-		st->engaged_at = st->engaged_at ? pstrdup(st->engaged_at) : NULL;
-		st->reason = st->reason ? pstrdup(st->reason) : NULL;
-		st->triggered_by = st->triggered_by ? pstrdup(st->triggered_by) : NULL;
-		st->source = st->source ? pstrdup(st->source) : NULL;
-		st->key_id = st->key_id ? pstrdup(st->key_id) : NULL;
-		st->object = NULL;
-		st->release_signature = NULL;
-		st->release_key_id = NULL;
-		k->expect.judged = st;
-	}
+		k->expect.judged = ks_state_copy(c->expect.judged);
 	MemoryContextSwitchTo(old);
 	return k;
 }
@@ -273,72 +504,45 @@ ks_watch_committed(void)
 }
 
 /*
- * Note as judged what judge() judged, so that it is not judged again: the
- * file as it is now, if it is the state judged (a writer in place may have
- * been mid-write when the bytes were first read: judge() read again); for
- * a verdict on an untrusted file, only the bytes read before it (or none).
+ * Judge a file — the state file, or a raced one — and record what it calls
+ * for (the history exists), inside the look's transaction; locked says
+ * whether it holds the lock that orders changes.  The look that holds it
+ * first settles the marks of changes in flight and records the raises
+ * whose event followed.  A raise or a verdict is in force at once and kept
+ * until a look that holds the lock records it; a release waits for such a
+ * look.
  */
-static void
-note_what_was_judged(const char *path, const KsChange *c, const char *before, size_t beforelen)
-{
-	char	   *now = NULL;
-	size_t		nowlen = 0;
-	char		problem[KS_PROBLEM_LEN];
-	KsState		st;
-
-	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)))
-		now = NULL;
-	if (c->expect.judged)
-	{
-		if (now && ks_state_from_text(now, nowlen, NULL, 0, NULL, false, &st,
-									  problem, sizeof(problem)) != KS_FILE_BAD &&
-			ks_compare_to_held(&st, c->expect.judged) == KS_SAME)
-			ks_note_judged(path, now, nowlen);
-		return;
-	}
-	ks_note_judged(path, before, beforelen);
-}
-
-/*
- * Judge the file and record what it calls for (the history exists), inside
- * the look's transaction; locked says whether it holds the lock that
- * orders changes.  Bytes the server wrote or judged are not judged again.
- */
-void
-ks_judge_file(const char *path, bool locked)
+KsJudged
+ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	char		problem[KS_PROBLEM_LEN];
-	char	   *bytes = NULL;
-	size_t		len = 0;
 	int			flags;
 	KsMode		held;
 	KsChangeKind kind;
-	struct stat sb;
 
-	retry_soon = false;
+	judged_hash[0] = '\0';
+	if (!raced)
+		retry_soon = false;
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return;					/* another server's file (claim.c) */
-	if (locked)
+		return KS_JUDGED;		/* another server's file (claim.c) */
+	if (locked && !raced)
 	{
 		ks_settle_marks();
 		ks_record_marks();
 	}
-	if (ks_file_is_ours(path, &bytes, &len))
+	a = judge(path, raced, writer_done);
+	if (a.rewrite)
+		(void) ks_write_behind_file(true);
+	if (!a.act)
 	{
 		if (locked)
 			record_waiting();
 		if (locked && ks_shared->unrecorded)
 			ks_flush_unrecorded();
-		return;
-	}
-	a = judge(path);
-	if (!a.act)
-	{
-		ks_note_judged(path, bytes, len);
-		if (locked)
-			record_waiting();
-		return;
+		if (a.after_lock)
+			retry_soon = true;
+		return a.wait ? KS_JUDGE_AFTER_WRITER : a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
 	}
 	held = ks_base_mode(&flags);
 	/* an outside raise keeps a verdict; a verdict is one */
@@ -350,16 +554,14 @@ ks_judge_file(const char *path, bool locked)
 	if (kind == KS_CHANGE_LOWER && !locked)
 	{
 		retry_soon = true;		/* applied only when it can be recorded */
-		return;
+		judged_hash[0] = '\0';	/* and judged again then */
+		return KS_JUDGE_AFTER_LOCK;
 	}
-	if (kind == KS_CHANGE_LOWER && waiting != NIL)
-		record_waiting();		/* what was in force before it, first */
-	/* judged: these bytes (or none, if set aside) are not judged again */
-	note_what_was_judged(path, &a.change, lstat(path, &sb) == 0 ? bytes : NULL, len);
 	if (kind == KS_CHANGE_LOWER)
 	{
+		record_waiting();		/* what was in force before it, first */
 		(void) ks_apply_change(&a.change);
-		return;
+		return KS_JUDGED;
 	}
 	halt_now(&a.change);		/* a verdict, or an outside engage, halts at once */
 	/* kept until a look records it and commits (ks_watch_committed()): never lost */
@@ -373,37 +575,37 @@ ks_judge_file(const char *path, bool locked)
 		record_waiting();
 	else
 		retry_soon = true;
+	return KS_JUDGED;
 }
 
 /*
- * Judge the file where there is no history yet (the extension is not
+ * Judge a file where there is no history yet (the extension is not
  * created): shared memory still follows the file, so enforcement holds; the
  * change is recorded once the history exists (ks_flush_unrecorded()).  A
  * trusted change also goes into the private copy, as a change applied at
  * start does: the copy is the state held that the file is judged against,
  * so once the history exists the file is what we hold, not a newer change.
+ * KS_JUDGE_AFTER_WRITER: a writer may still be at the file.
  */
-void
-ks_judge_file_without_history(const char *path)
+KsJudged
+ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
 	int64		generation;
 	char		reason[sizeof(ks_shared->unrecorded_reason)];
 	char		problem[KS_PROBLEM_LEN];
-	char	   *bytes;
-	size_t		len;
 
+	judged_hash[0] = '\0';
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return;					/* another server's file (claim.c) */
-	if (ks_file_is_ours(path, &bytes, &len))
-		return;					/* written or judged by this server */
-	a = judge(path);
+		return KS_JUDGED;		/* another server's file (claim.c) */
+	a = judge(path, raced, writer_done);
+	if (a.wait)
+		return KS_JUDGE_AFTER_WRITER;
+	if (a.rewrite)
+		(void) ks_write_behind_file(false);
 	if (!a.act)
-	{
-		ks_note_judged(path, bytes, len);
-		return;
-	}
+		return KS_JUDGED;
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_clip_utf8(reason, a.change.reason, sizeof(reason));
@@ -418,11 +620,12 @@ ks_judge_file_without_history(const char *path)
 
 	if (!(a.change.flags & KS_FLAG_TAMPERED))
 	{
-		KsState		held = *(const KsState *) a.change.expect.judged;
+		KsState		held = *a.file;
 
 		held.generation = generation;
 		held.previous_mode = KS_WORD_MODE(word);
 		held.source = (char *) a.change.source;
+		held.replaces = NULL;
 		if (!ks_persist_applied(&held, false, problem, sizeof(problem)))
 			ereport(WARNING,
 					(errmsg("killswitch: could not keep the applied state in the private copy: %s", problem),
@@ -430,6 +633,7 @@ ks_judge_file_without_history(const char *path)
 		else
 			ks_wal_log_file(KS_LAST_APPLIED_FILE);	/* standbys follow */
 	}
+	return KS_JUDGED;
 }
 
 /*
@@ -452,7 +656,7 @@ ks_reconcile_history(void)
 	{
 		ks_adopt_history_after_recovery();
 		/* redo wrote the file without noting its bytes: the private copy stands in */
-		ks_note_file_unknown();
+		ks_file_unknown();
 		return;
 	}
 	/* first settle the changes in flight at a crash, then compare */
@@ -531,12 +735,10 @@ put_back_uncommitted(const KsMark *m)
 		!ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &copy, &copylen,
 					  problem, sizeof(problem)))
 		return;
-	/* the file is ours (its bytes are the mark's): the catch-up writes the copy there */
-	ks_note_file_bytes(now, nowlen);
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->file_stale = true;
-	SpinLockRelease(&ks_shared->mutex);
-	ks_persist_catch_up();
+	/* the file is ours (its bytes are the mark's), behind the state in force: the copy goes there */
+	ks_file_written(now, nowlen);
+	ks_file_behind("a change written before its commit never committed");
+	(void) ks_write_behind_file(true);
 }
 
 /*
