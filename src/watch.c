@@ -742,6 +742,28 @@ put_back_uncommitted(const KsMark *m)
 }
 
 /*
+ * A committed change's state file may never have been written: a release
+ * writes it after its commit, and a crash can come first.  The file still
+ * holds the state before (the server's own bytes), behind the state in
+ * force: the watcher writes it now, over bytes it knows only.
+ */
+static void
+file_follows_mark(const KsMark *m)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	char	   *now;
+	size_t		nowlen;
+
+	ks_state_file_path(path, sizeof(path));
+	if (ks_read_file(path, KS_MAX_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)) &&
+		nowlen == m->state_len && memcmp(now, m->state, nowlen) == 0)
+		return;
+	ks_file_behind("a change committed before a crash, its state file not yet written");
+	(void) ks_write_behind_file(true);
+}
+
+/*
  * A recorded change whose transaction committed: the copy (and the chain)
  * learn it, unless they hold a newer one (marks come in no order).
  */
@@ -767,6 +789,7 @@ settle_committed(const KsMark *m, bool before_start)
 							   problem, sizeof(problem)) != KS_FILE_BAD)
 			(void) ks_publish_state(&st, (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED) |
 									(st.tampered ? KS_FLAG_TAMPERED : 0), true);
+		file_follows_mark(m);
 		ereport(LOG,
 				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s had committed; mode %s",
 						m->generation, before_start ? "the crash" : "a failed write of the private copy",
