@@ -59,8 +59,11 @@ typedef struct KsVerdictAction
 	bool		after_lock;		/* a release: judged once the raises in force are the chain's */
 	bool		rewrite;		/* bytes the server knows, lagging the state in force */
 	const KsState *file;		/* the valid state judged, or NULL */
+	char		hash[KS_HEX_DIGEST_LEN + 1];	/* of the bytes judged */
 	KsChange	change;
 } KsVerdictAction;
+
+static bool kept_waiting(const char *hash);
 
 /*
  * The bytes of the state file this look judged, and what the server knew
@@ -292,7 +295,8 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 		 * file with such bytes (a write judged before the replace kept it)
 		 * asks for nothing either.
 		 */
-		if (ks_file_known(hash, &behind) || (raced && judged_recently(hash)))
+		if (ks_file_known(hash, &behind) || kept_waiting(hash) ||
+			(raced && judged_recently(hash)))
 		{
 			struct stat sb;
 
@@ -322,6 +326,7 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 			}
 		}
 	}
+	strlcpy(a.hash, hash, sizeof(a.hash));
 	if (!raced)
 		strlcpy(judged_hash, hash, sizeof(judged_hash));
 	if (raced && (v == KS_FILE_MISSING || empty))
@@ -437,10 +442,28 @@ ks_judge_settled(void)
  * orders the history to be recorded (TopMemoryContext, oldest first).
  */
 static List *waiting = NIL;
+/*
+ * The bytes (SHA-256) those changes were judged from: not judged again
+ * while they wait, whatever becomes of the look that judged them (it may
+ * fail, and its bytes are known only once a look commits).
+ */
+static List *waiting_hashes = NIL;
 /* An outside release waits for the lock: look again soon. */
 static bool retry_soon = false;
 /* This look raised in place (halt_now()): its commit makes the chain hold it. */
 static bool raised_in_place = false;
+
+/* Were these bytes judged into a change that waits to be recorded? */
+static bool
+kept_waiting(const char *hash)
+{
+	ListCell   *lc;
+
+	foreach(lc, waiting_hashes)
+		if (hash[0] != '\0' && strcmp((const char *) lfirst(lc), hash) == 0)
+			return true;
+	return false;
+}
 
 /* A change in TopMemoryContext, to outlive this look's transaction. */
 static KsChange *
@@ -498,6 +521,8 @@ ks_watch_committed(void)
 		return;
 	list_free_deep(waiting);
 	waiting = NIL;
+	list_free_deep(waiting_hashes);
+	waiting_hashes = NIL;
 	raised_in_place = false;
 	if (!ks_shared->unconfirmed)
 		ks_clear_in_place();
@@ -569,6 +594,7 @@ ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_don
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
 		waiting = lappend(waiting, keep_change(&a.change));
+		waiting_hashes = lappend(waiting_hashes, pstrdup(a.hash));
 		MemoryContextSwitchTo(old);
 	}
 	if (locked)
