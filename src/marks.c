@@ -51,7 +51,7 @@ mark_object(const KsMark *m)
 	if (m->deferred)
 	{
 		ks_format_iso_utc(m->at_usec, at, sizeof(at));
-		ks_json_put_string(obj, "at", at);
+		ks_json_put_string(obj, "at", pstrdup(at));	/* the object outlives this frame */
 		ks_json_put_string(obj, "reason", m->reason);
 		ks_json_put_string(obj, "triggered_by", m->triggered_by);
 		ks_json_put_string(obj, "source", m->source);
