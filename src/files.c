@@ -6,7 +6,9 @@
  */
 #include "ks_base.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -229,6 +231,45 @@ static void
 temp_name(const char *path, char *tmp, size_t tmplen)
 {
 	snprintf(tmp, tmplen, "%s.tmp.%d", path, (int) getpid());
+}
+
+/*
+ * Remove the temporary files that writers killed mid-write left in dir
+ * (<name>.tmp.<pid>, temp_name()), as PostgreSQL removes its own temporary
+ * files at start: a crash at any instant must leave nothing that piles up
+ * or that a reader takes for something.  Only a file whose writer is gone
+ * is removed — one of a process still running (a CLI writing while the
+ * server starts) is its writer's.  For the server's private directories
+ * only: in a shared directory another host's process IDs mean nothing
+ * here.
+ */
+void
+ks_remove_dead_temp_files(const char *dir)
+{
+	DIR		   *d = opendir(dir);
+	struct dirent *de;
+
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL)
+	{
+		const char *tail = strstr(de->d_name, ".tmp.");
+		char		path[MAXPGPATH];
+		char	   *end;
+		long		pid;
+
+		if (tail == NULL || tail == de->d_name)
+			continue;
+		errno = 0;
+		pid = strtol(tail + 5, &end, 10);
+		if (errno != 0 || end == tail + 5 || *end != '\0' || pid <= 0)
+			continue;
+		if (pid != (long) getpid() && (kill((pid_t) pid, 0) == 0 || errno != ESRCH))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		(void) unlink(path);
+	}
+	closedir(d);
 }
 
 /*

@@ -371,6 +371,7 @@ extern bool ks_mark_write(const KsMark *m, char *problem, size_t problemlen);
 extern bool ks_mark_remove(uint64 xid);
 extern List *ks_marks_read(bool *bad, char *problem, size_t problemlen);
 extern void ks_marks_clear(void);
+extern void ks_marks_remove_leftovers(void);
 
 /* startup.c */
 extern void ks_load_at_startup(void);

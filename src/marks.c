@@ -247,6 +247,13 @@ ks_marks_read(bool *bad, char *problem, size_t problemlen)
 	return marks;
 }
 
+/* Remove the temporary files of mark writes a crash interrupted (at start). */
+void
+ks_marks_remove_leftovers(void)
+{
+	ks_remove_dead_temp_files(KS_IN_FLIGHT_DIR);
+}
+
 /* Remove every mark (a server starting from another server's WAL has none of its own). */
 void
 ks_marks_clear(void)

@@ -337,6 +337,20 @@ make_dir(const char *dir, char *problem, size_t problemlen)
 	return true;
 }
 
+/*
+ * The temporary files of writes a crash interrupted, in the directories
+ * that are the server's alone: the private one, the marks', and a state
+ * directory inside the data directory (never shared, ks_claim_state_dir()).
+ */
+static void
+remove_leftovers(void)
+{
+	ks_remove_dead_temp_files(KS_PRIVATE_DIR);
+	ks_marks_remove_leftovers();
+	if (!is_absolute_path(ks_state_dir) && strcmp(ks_state_dir, KS_PRIVATE_DIR) != 0)
+		ks_remove_dead_temp_files(ks_state_dir);
+}
+
 /* Apply a decision to shared memory and say what happened in the log. */
 static void
 apply(const KsDecision *d)
@@ -468,6 +482,7 @@ ks_load_at_startup(void)
 	else
 	{
 		ks_release_key_prepare();
+		remove_leftovers();
 		decide(&d, secret, secretlen);
 		if (!write_decision(&d, secret, secretlen, problem, sizeof(problem)))
 		{

@@ -179,6 +179,7 @@ extern bool ks_read_file(const char *path, size_t maxlen, char **contents,
 						 size_t *len, char *problem, size_t problemlen);
 extern bool ks_write_file_durably(const char *path, const char *data,
 								  size_t len, char *problem, size_t problemlen);
+extern void ks_remove_dead_temp_files(const char *dir);
 extern mode_t ks_shared_file_mode(const char *path);
 extern bool ks_write_shared_file_durably(const char *path, const char *data,
 										 size_t len, char *problem, size_t problemlen);

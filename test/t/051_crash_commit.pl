@@ -12,6 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
 use IPC::Run;
+use POSIX ();
 use Time::HiRes qw(usleep);
 use KsTest;
 
@@ -144,6 +145,26 @@ is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the history verifies');
 sql("SELECT ks_disengage('after the deleted file', 'tester')");
 my $tampers = sql("SELECT count(*) FROM killswitch.events WHERE source = 'tamper'");
 
+# 3c. A crash mid-write leaves temporary files behind (<name>.tmp.<pid>):
+#     the next start removes those whose writer is gone, in the private
+#     directory and the marks', and keeps one whose writer still runs.
+my $gone = fork() // die "fork: $!";
+POSIX::_exit(0) unless $gone;    # no END blocks: they would stop the node
+waitpid($gone, 0);
+$node->stop('immediate');
+mkdir $marks;
+put("$marks/4242.json.tmp.$gone", '');
+put("$copy.tmp.$gone", '{"mode": "DISENGAGED"');
+put("$file.tmp.$gone", '');
+put("$marks/4243.json.tmp.$$", '');
+$node->start;
+ok(!-e "$marks/4242.json.tmp.$gone", 'a mark half written before the crash is removed at start');
+ok(!-e "$copy.tmp.$gone", 'and so is a half-written private copy');
+ok(!-e "$file.tmp.$gone", 'and a half-written state file in the private directory');
+ok(-e "$marks/4243.json.tmp.$$", 'a temporary file whose writer still runs is kept');
+unlink "$marks/4243.json.tmp.$$";
+ok(settled(), 'nothing is left to settle');
+
 # 4. The crash loop: engage and release through SQL, kill -9 at a random
 #    moment — the postmaster 30 times, the backend making the changes 20
 #    times.  After each restart the mode is never below the newest
@@ -191,7 +212,12 @@ for my $round (1 .. 50)
 	if (!settled())
 	{
 		$unsettled++;
-		diag("round $round: not settled");
+		diag("round $round: not settled: " . sql(q{
+			SELECT format('in_flight %s, unrecorded %s, generation %s, history %s, file %s',
+				(SELECT string_agg(f, ' ') FROM pg_ls_dir('pg_killswitch/in_flight', true, false) f),
+				ks_status()->>'unrecorded_change', ks_status()->>'generation',
+				(SELECT max(generation) FROM killswitch.events),
+				pg_read_file('pg_killswitch/kill_switch_state.json')::jsonb->>'generation')}));
 		next;
 	}
 	my ($mode, $committed_mode) = split /\|/, sql("SELECT ks_mode(), ($newest_mode)");
