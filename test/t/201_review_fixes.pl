@@ -1,0 +1,68 @@
+# What the first hostile review found (test/t/200_review_findings.pl on its
+# branch) and that has no better home: a forged claim of a shared
+# killswitch.state_dir.  Each check fails while its fix is absent.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use KsTest;
+
+# Poll a query until it returns t, for at most $secs seconds.
+sub within
+{
+	my ($node, $query, $secs) = @_;
+	my $deadline = time + ($secs // 15);
+	while (time < $deadline)
+	{
+		return 1 if $node->safe_psql('postgres', $query) eq 't';
+		usleep(20_000);
+	}
+	return 0;
+}
+
+my $shared = PostgreSQL::Test::Utils::tempdir;
+chmod 0770, $shared;
+my $node = ks_node('fixes', conf => "killswitch.state_dir = '$shared'\n");
+sub sql { return $node->safe_psql('postgres', shift); }
+sql(q{
+CREATE ROLE bot LOGIN IN ROLE killswitch_agent;
+CREATE SCHEMA bot AUTHORIZATION bot;
+});
+
+# ---- a forged claim of the shared state directory (claim.c) ----
+# The "owner" file lives in the directory agents may write.  A claim the
+# server did not write (not 0600), or one naming a data directory whose
+# postmaster.pid does not name that directory and a process of ours,
+# pins the server at its next start in a halt no one could raise.
+{
+	my $fake = PostgreSQL::Test::Utils::tempdir;
+	my @forgeries = (
+		[ 'an owner file with group and world access', 0644, "1\n" ],
+		[ "a private owner file naming a directory whose postmaster.pid names another user's process (PID 1)",
+			0600, "1\n$fake\n" ]);
+	for my $f (@forgeries)
+	{
+		my ($what, $mode, $pidfile) = @$f;
+		unlink "$fake/postmaster.pid", "$shared/owner";
+		append_to_file("$fake/postmaster.pid", $pidfile);
+		append_to_file("$shared/owner", $fake);
+		chmod $mode, "$shared/owner";
+		my $offset = -s $node->logfile;
+		$node->restart;
+		unlike(slurp_file($node->logfile, $offset), qr/is in use by the server whose data directory is/,
+			"$what: not taken for another server's claim");
+		is(sql('SELECT ks_mode()'), 'disengaged', "$what: the server starts in its own state");
+		like(slurp_file("$shared/owner"), qr/^\Q${\ $node->data_dir }\E$/, "$what: the server claims the directory");
+		sql("SELECT ks_engage('emergency', 'after a forged claim', 'tester')");
+		is(sql('SELECT ks_mode()') . ' ' . sql("SELECT ks_status()->>'integrity'"), 'emergency ok',
+			"$what: an operator engages emergency");
+		sql("SELECT ks_disengage('next', 'tester')");
+	}
+	ok($node->log_contains('ignored the claim file of killswitch.state_dir'), 'the ignored claim is in the log');
+}
+
+$node->stop;
+
+done_testing();
