@@ -37,6 +37,7 @@
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
@@ -365,6 +366,23 @@ run_utility_reporting_halt(PlannedStmt *pstmt, const char *queryString, bool rea
 	PG_END_TRY();
 }
 
+/*
+ * An agent queues a notification (NOTIFY, pg_notify()): its transaction
+ * takes its id now.  PostgreSQL gives a transaction that notifies its id
+ * only in PreCommit_Notify(), after the XACT_EVENT_PRE_COMMIT callbacks,
+ * so the backstop would take it for one that wrote nothing and a
+ * notification queued before the halt would be delivered by a commit after
+ * it.  With the id the backstop refuses that commit.  It costs nothing: the
+ * commit would assign the same id.  Not in recovery, nor in parallel mode,
+ * where PostgreSQL refuses the notification itself.
+ */
+void
+ks_agent_notifies(void)
+{
+	if (!RecoveryInProgress() && !IsInParallelMode() && ks_session_is_agent())
+		(void) GetTopTransactionId();
+}
+
 /* ProcessUtility: refuse an agent's DDL, COPY to or from files, LOAD, 2PC, ... */
 static void
 ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -377,6 +395,8 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 	/* outside a healthy transaction only ROLLBACK and the like can run */
 	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState())
 		check_utility(pstmt->utilityStmt, mode);
+	if (unlikely(IsA(pstmt->utilityStmt, NotifyStmt)) && ks_shared != NULL)
+		ks_agent_notifies();
 	if (unlikely(ks_noted_running_builtin()))
 		run_utility_reporting_halt(pstmt, queryString, readOnlyTree, context, params,
 								   queryEnv, dest, qc);
@@ -420,9 +440,10 @@ ks_planner(Query *parse, const char *query_string, int cursorOptions,
 /*
  * The backstop, at commit and at PREPARE TRANSACTION: a transaction with a
  * transaction id wrote something (a row, a row lock, a large object, a temp
- * table, ...), by whatever path — also one nobody listed, and also writes
- * made before the halt.  A halted agent's such transaction does not commit,
- * unless every id it commits was first given to our own work (owner.c).
+ * table, a queued notification, ...), by whatever path — also one nobody
+ * listed, and also writes made before the halt.  A halted agent's such
+ * transaction does not commit, unless every id it commits was first given
+ * to our own work (owner.c).
  */
 static void
 check_commit(bool prepare)

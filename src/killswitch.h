@@ -377,6 +377,7 @@ extern void ks_enforce_init(void);
 extern bool ks_agent_may_write(KsMode mode);
 pg_noreturn extern void ks_refuse_agent(KsMode mode, const char *what);
 extern const char *ks_agent_name(void);
+extern void ks_agent_notifies(void);
 
 /* functions.c: deny by default */
 extern bool ks_function_denied(Oid fn);

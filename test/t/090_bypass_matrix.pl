@@ -11,7 +11,8 @@
 # (each held at a known row by an advisory lock the test holds, so that the
 # halt lands at a known call), the commit backstop across savepoints, the
 # audit's footholds, and agents ending their peers.  And what the first
-# review found: a handler that catches the halt's cancel and goes on.
+# review found: a handler that catches the halt's cancel and goes on, a
+# notification queued before the halt.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -588,6 +589,44 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			let_go($watcher);
 			$holder->quit;
 			$peer->quit;
+			release();
+		}
+
+		# A notification queued before the halt (NOTIFY, pg_notify()) is not
+		# delivered by a commit after it: PostgreSQL gives such a
+		# transaction its id after the backstop looks, unless the agent's
+		# notification took one.
+		{
+			my $listener = $node->background_psql('postgres');
+			$listener->query_safe('LISTEN workers');
+			my %queued = (
+				'NOTIFY' => "NOTIFY workers, 'NOTIFY by $role before $mode'",
+				'pg_notify()' => "SELECT pg_notify('workers', 'pg_notify() by $role before $mode')");
+			my %agent;
+			for my $how (sort keys %queued)
+			{
+				$agent{$how} = agent_session($role);
+				$agent{$how}->query_safe("BEGIN; $queued{$how}");
+			}
+			my $watcher = hold_watcher($mode);
+			engage($mode);
+			for my $how (sort keys %queued)
+			{
+				like(bg_err($agent{$how}, 'COMMIT;'),
+					qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
+					"$mode, $role: the commit of a transaction that queued a notification by $how before the halt");
+			}
+			let_go($watcher);
+			# a notification is printed by psql after a statement's result
+			my $heard = '';
+			for (1 .. 3)
+			{
+				usleep(100_000);
+				$heard .= $listener->query_safe('SELECT 1');
+			}
+			unlike($heard, qr/before $mode/, "$mode, $role: and the notifications are not delivered");
+			eval { $_->quit } for (values %agent);
+			$listener->quit;
 			release();
 		}
 
