@@ -30,8 +30,10 @@
  *                      (logins.c).
  *
  * The extension's own writes (an agent operator's ks_engage) are recognised
- * by what they are (owner.c), never by a flag.  Non-agents pay one atomic
- * read per statement while disengaged.
+ * by what they are (owner.c), never by a flag; an agent's writing
+ * executions are counted while they run, so that our own work never shares
+ * its transaction ids with them.  Non-agents pay one atomic read per
+ * statement while disengaged.
  */
 #include "postgres.h"
 
@@ -54,6 +56,7 @@ char	   *ks_session_task = NULL;
 
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 static ExecutorRun_hook_type prev_ExecutorRun = NULL;
+static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze = NULL;
 static planner_hook_type prev_planner = NULL;
@@ -178,6 +181,20 @@ check_execution(QueryDesc *queryDesc, KsMode mode)
 		ks_refuse_running_builtin(mode);
 }
 
+/*
+ * Is this an agent's own execution that writes (not the extension's work
+ * inside an owner region, which runs as the extension's owner)?  Counted
+ * while it runs, so that an owner region that assigns transaction ids
+ * meanwhile is refused (owner.c): the statement's rows would carry those
+ * ids, and commit under the exemption meant for the extension's writes.
+ */
+static bool
+agent_writing(QueryDesc *queryDesc, int eflags)
+{
+	return !(eflags & EXEC_FLAG_EXPLAIN_ONLY) && ks_shared != NULL &&
+		execution_writes(queryDesc) && ks_session_is_agent() && !ks_in_owner_region();
+}
+
 /* ExecutorStart: refuse an agent's writes, and everything in emergency. */
 static void
 ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
@@ -190,6 +207,8 @@ ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
 		prev_ExecutorStart(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
+	if (agent_writing(queryDesc, eflags))
+		ks_agent_writing_began(queryDesc);
 }
 
 static void
@@ -240,6 +259,17 @@ ks_ExecutorRun(KS_EXECUTOR_RUN_PARAMS)
 		run_executor_reporting_halt(KS_EXECUTOR_RUN_ARGS);
 	else
 		run_executor(KS_EXECUTOR_RUN_ARGS);
+}
+
+/* ExecutorEnd: an agent's writing execution is over (owner.c). */
+static void
+ks_ExecutorEnd(QueryDesc *queryDesc)
+{
+	ks_agent_writing_ended(queryDesc);
+	if (prev_ExecutorEnd)
+		prev_ExecutorEnd(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
 }
 
 /*
@@ -499,6 +529,8 @@ ks_enforce_init(void)
 	ExecutorStart_hook = ks_ExecutorStart;
 	prev_ExecutorRun = ExecutorRun_hook;
 	ExecutorRun_hook = ks_ExecutorRun;
+	prev_ExecutorEnd = ExecutorEnd_hook;
+	ExecutorEnd_hook = ks_ExecutorEnd;
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = ks_ProcessUtility;
 	prev_post_parse_analyze = post_parse_analyze_hook;

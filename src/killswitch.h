@@ -305,6 +305,9 @@ extern void ks_owner_begin(KsOwnerContext *ctx);
 extern void ks_owner_end(KsOwnerContext *ctx);
 extern bool ks_in_owner_region(void);
 extern bool ks_commit_is_own_work(void);
+struct QueryDesc;				/* executor/execdesc.h */
+extern void ks_agent_writing_began(const struct QueryDesc *queryDesc);
+extern void ks_agent_writing_ended(const struct QueryDesc *queryDesc);
 extern void ks_owner_xact_end(void);
 extern void ks_owner_init(void);
 
