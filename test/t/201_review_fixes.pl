@@ -1,6 +1,7 @@
 # What the first hostile review found (test/t/200_review_findings.pl on its
 # branch) and that has no better home: a forged claim of a shared
-# killswitch.state_dir.  Each check fails while its fix is absent.
+# killswitch.state_dir, killswitch.await_state() called from a procedure or
+# a DO block.  Each check fails while its fix is absent.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -63,6 +64,25 @@ CREATE SCHEMA bot AUTHORIZATION bot;
 	ok($node->log_contains('ignored the claim file of killswitch.state_dir'), 'the ignored claim is in the log');
 }
 
+# ---- killswitch.await_state() inside a procedure or a DO block (feed.c) ----
+# It lets go of its caller's portal snapshot; PL/pgSQL's next statement, or
+# the procedure's COMMIT, must find the portal told so.
+{
+	sql(q{CREATE PROCEDURE bot.await_then_commit() LANGUAGE plpgsql AS $$
+BEGIN CALL killswitch.await_state(0, 10); COMMIT; END $$;
+ALTER PROCEDURE bot.await_then_commit() OWNER TO bot;});
+	my $offset = -s $node->logfile;
+	my ($ret, $out, $err) = $node->psql('postgres', 'CALL bot.await_then_commit()', extra_params => [ '-U', 'bot' ]);
+	is("$ret $err", '0 ', 'await_state() then COMMIT in a procedure');
+	($ret, $out, $err) = $node->psql('postgres', q{DO $$ BEGIN CALL killswitch.await_state(0, 10); PERFORM 1; END $$},
+		extra_params => [ '-U', 'bot' ]);
+	is("$ret $err", '0 ', 'await_state() then a statement in a DO block');
+	($ret, $out, $err) = $node->psql('postgres',
+		q{DO $$ BEGIN CALL killswitch.await_state(0, 10); COMMIT; PERFORM count(*) FROM pg_class; END $$},
+		extra_params => [ '-U', 'bot' ]);
+	is("$ret $err", '0 ', 'await_state(), COMMIT and a query in a DO block');
+	unlike(slurp_file($node->logfile, $offset), qr/TRAP|terminated by signal|portal snapshots/, 'no backend failed');
+}
 $node->stop;
 
 done_testing();
