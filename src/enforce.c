@@ -45,6 +45,7 @@
 #include "nodes/parsenodes.h"
 #include "optimizer/planner.h"
 #include "parser/analyze.h"
+#include "storage/ipc.h"
 #include "tcop/dest.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -474,13 +475,20 @@ ks_planner(Query *parse, const char *query_string, int cursorOptions,
  * listed, and also writes made before the halt.  A halted agent's such
  * transaction does not commit, unless every id it commits was first given
  * to our own work (owner.c).
+ *
+ * Except while the process exits: the only transaction that commits then
+ * is PostgreSQL's own, dropping the session's temporary tables
+ * (RemoveTempRelationsCallback() aborts whatever the session had open
+ * first).  Refused, it would end the exit with a FATAL and leave the
+ * tables behind — for every halted agent that had one, and for every
+ * session the watcher ends in emergency.
  */
 static void
 check_commit(bool prepare)
 {
 	KsMode		mode = mode_now();
 
-	if (likely(mode == KS_DISENGAGED))
+	if (likely(mode == KS_DISENGAGED) || proc_exit_inprogress)
 		return;
 	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()) || ks_commit_is_own_work())
 		return;

@@ -12,7 +12,7 @@
 # halt lands at a known call), the commit backstop across savepoints, the
 # audit's footholds, and agents ending their peers.  And what the first
 # review found: a handler that catches the halt's cancel and goes on, a
-# notification queued before the halt.
+# notification queued before the halt, an agent's temporary tables at exit.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -627,6 +627,27 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			unlike($heard, qr/before $mode/, "$mode, $role: and the notifications are not delivered");
 			eval { $_->quit } for (values %agent);
 			$listener->quit;
+			release();
+		}
+
+		# An agent's session with a temporary table ends while halted: it
+		# quits, or in emergency the watcher ends it (busy in a transaction
+		# begun before).  PostgreSQL drops the table at exit, in a
+		# transaction of its own, which the backstop lets commit.
+		{
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			$agent->query_safe("CREATE TEMP TABLE scratch_$role (x int); BEGIN; SELECT 1");
+			my $log = -s $node->logfile;
+			engage($mode);
+			$agent->quit unless $mode eq 'emergency';
+			ok(wait_for("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid"),
+				"$mode, $role: the session with a temporary table ended");
+			eval { $agent->quit } if $mode eq 'emergency';
+			unlike(slurp_file($node->logfile, $log), qr/\[$pid\] .*FATAL: .*the commit of a transaction that wrote/,
+				"$mode, $role: without a FATAL at exit");
+			is(sql("SELECT count(*) FROM pg_class WHERE relname = 'scratch_$role' AND relpersistence = 't'"), '0',
+				"$mode, $role: and its temporary table is gone");
 			release();
 		}
 
