@@ -1,7 +1,8 @@
 # What the first hostile review found (test/t/200_review_findings.pl on its
 # branch) and that has no better home: a forged claim of a shared
 # killswitch.state_dir, killswitch.await_state() called from a procedure or
-# a DO block.  Each check fails while its fix is absent.
+# a DO block, an upstream that reports a negative silence.  Each check fails
+# while its fix is absent.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -84,5 +85,42 @@ ALTER PROCEDURE bot.await_then_commit() OWNER TO bot;});
 	unlike(slurp_file($node->logfile, $offset), qr/TRAP|terminated by signal|portal snapshots/, 'no backend failed');
 }
 $node->stop;
+
+# ---- an upstream that reports a negative silence (upstream.c) ----
+# The silence an upstream reports is not signed.  A standby cut off from
+# its primary's WAL hears a signed state through killswitch.upstream_conninfo
+# from a server that says its word is ten days younger than now; then that
+# server goes quiet.  killswitch.standby_max_silence still holds the halt
+# once the standby has heard nothing for longer than the bound.
+{
+	my $primary = ks_node('fixes_primary', init => { allows_streaming => 1 });
+	$primary->backup('b');
+	my $state = $primary->safe_psql('postgres', "SELECT encode(state, 'hex') FROM killswitch.committed_state()");
+	my $liar = PostgreSQL::Test::Cluster->new('fixes_liar');
+	$liar->init;
+	$liar->start;
+	$liar->safe_psql('postgres', qq{
+CREATE SCHEMA killswitch;
+CREATE PROCEDURE killswitch.await_state(known_generation bigint, timeout_ms integer)
+    LANGUAGE sql AS \$\$ SELECT pg_sleep(0.05) \$\$;
+CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint, OUT wal_lsn pg_lsn)
+    LANGUAGE sql AS \$\$ SELECT '\\x$state'::bytea, -864000000::bigint, NULL::pg_lsn \$\$;
+});
+	my $dead = PostgreSQL::Test::Cluster::get_free_port();
+	my $standby = PostgreSQL::Test::Cluster->new('fixes_standby');
+	ks_init_from_backup($standby, $primary, 'b', has_streaming => 1);
+	$standby->append_conf('postgresql.conf',
+		"primary_conninfo = 'host=" . $primary->host . " port=$dead'\n"
+		  . "killswitch.upstream_conninfo = 'host=" . $liar->host . ' port=' . $liar->port . " dbname=postgres'\n"
+		  . "killswitch.standby_max_silence = 2\n");
+	$standby->start;
+	ok(within($standby, "SELECT ks_status()->>'upstream_heard_at' IS NOT NULL AND ks_mode() = 'disengaged'"),
+		'the standby hears the upstream that says its word is from the future');
+	$liar->stop;
+	ok(within($standby, "SELECT ks_mode() = 'halt_all' AND ks_status()->>'upstream_lost' = 'true'", 15),
+		'it goes quiet: the standby holds halt_all after killswitch.standby_max_silence all the same');
+	$standby->stop('immediate');
+	$primary->stop('immediate');
+}
 
 done_testing();
