@@ -57,10 +57,10 @@ CREATE SCHEMA bot AUTHORIZATION bot;
 			"$what: not taken for another server's claim");
 		is(sql('SELECT ks_mode()'), 'disengaged', "$what: the server starts in its own state");
 		like(slurp_file("$shared/owner"), qr/^\Q${\ $node->data_dir }\E$/, "$what: the server claims the directory");
-		sql("SELECT ks_engage('emergency', 'after a forged claim', 'tester')");
-		is(sql('SELECT ks_mode()') . ' ' . sql("SELECT ks_status()->>'integrity'"), 'emergency ok',
+		my ($ret, $out, $err) = $node->psql('postgres', "SELECT ks_engage('emergency', 'after a forged claim', 'tester')");
+		is(sql('SELECT ks_mode()') . ' ' . sql("SELECT ks_status()->>'integrity'") . " $err", 'emergency ok ',
 			"$what: an operator engages emergency");
-		sql("SELECT ks_disengage('next', 'tester')");
+		$node->psql('postgres', "SELECT ks_disengage('next', 'tester')");
 	}
 	ok($node->log_contains('ignored the claim file of killswitch.state_dir'), 'the ignored claim is in the log');
 }
