@@ -6,7 +6,8 @@ OBJS = src/killswitch.o src/approval.o src/state.o src/startup.o src/persist.o \
        src/store.o src/release.o src/json.o src/canonical.o src/files.o src/isotime.o src/events.o src/notify.o src/change.o src/rights.o \
        src/owner.o src/modetype.o src/encoding.o src/tasks.o src/api.o src/guard.o \
        src/worker.o src/dirwatch.o src/audit.o src/watch.o src/agents.o src/enforce.o src/functions.o src/allowlist.o src/running.o src/logins.o src/emergency.o src/lists.o \
-       src/sessions.o src/wal.o src/standby.o src/upstream.o src/feed.o src/claim.o src/wait.o
+       src/sessions.o src/wal.o src/standby.o src/upstream.o src/feed.o src/claim.o src/wait.o \
+       src/interlock.o src/marks.o src/follow.o
 DATA = sql/killswitch--1.0.sql
 PGFILEDESC = "killswitch - cluster-wide kill switch for AI agents"
 
@@ -22,7 +23,8 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o src/cli/keycheck.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-EXTRA_CLEAN = $(PG_STAMP) bench/ks_probe test/ks_test_funcs.so test/ks_fastpath $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
+TEST_LIBS = test/hooks/ks_test_hooks.so test/faults/ks_faults.so test/shim/ks_pause.so
+EXTRA_CLEAN = $(PG_STAMP) bench/ks_probe test/ks_test_funcs.so test/ks_fastpath $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) $(TEST_LIBS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -156,14 +158,34 @@ test/ks_test_funcs.so: test/ks_test_funcs.c $(PG_STAMP)
 test/ks_fastpath: test/ks_fastpath.c $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(LIBPQ_INC) -o $@ $< $(LIBPQ_LIB)
 
+# Built for the TAP tests only, never installed: a module that forces
+# interleavings (loaded by its path, before killswitch) and a full disk on
+# demand (LD_PRELOAD).  See test/hooks and test/faults.
+test/hooks/ks_test_hooks.so: test/hooks/ks_test_hooks.c $(PG_STAMP)
+	$(CC) $(CFLAGS) $(CFLAGS_SL) $(PG_CFLAGS) $(CPPFLAGS) -shared -o $@ $< $(LDFLAGS_SL)
+
+test/faults/ks_faults.so: test/faults/ks_faults.c
+	$(CC) -O2 -Wall -fPIC -shared -o $@ $< -ldl
+
+# The tests' LD_PRELOAD shim that holds a process at its replace of the
+# state file (test/shim/ks_pause.c): never part of the extension.
+test/shim/ks_pause.so: test/shim/ks_pause.c
+	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
+
 # Logs and data dirs under tmp_check/tap/tmp_check: PostgreSQL::Test::Utils
 # reads TESTDIR up to 15, TESTDATADIR and TESTLOGDIR from 16 on.
-test-tap: test/store_vectors test/ks_test_funcs.so test/ks_fastpath
+test-tap: test/store_vectors test/ks_test_funcs.so test/ks_fastpath $(TEST_LIBS)
 	rm -rf tmp_check/tap && mkdir -p tmp_check/tap
 	PATH="$(PG_BINDIR):$$PATH" TESTDIR='$(CURDIR)/tmp_check/tap' \
 	  TESTDATADIR='$(CURDIR)/tmp_check/tap/tmp_check' TESTLOGDIR='$(CURDIR)/tmp_check/tap/tmp_check/log' \
 	  PG_REGRESS='$(PG_REGRESS_BIN)' KS_SRCDIR='$(CURDIR)' \
 	  $(PROVE) -I $(pgxsdir)/src/test/perl -I test $(PROVE_FLAGS) $(or $(TAP_TESTS),test/t/*.pl)
+
+# A real full NOTIFY queue (8 GB, minutes): kept out of test-tap and scripts/test.
+test-notify-full: test/store_vectors
+	$(MAKE) test-tap TAP_TESTS=test/long/notify_queue_full.pl
+
+.PHONY: test-notify-full
 
 # A real automatic failover: a pg_auto_failover monitor and two nodes on
 # localhost, the primary killed while engaged (test/failover/run).

@@ -12,6 +12,14 @@
  *       milliseconds from starting the command to the session seeing it,
  *       and from the rename (seen by inotify on PGDATA/pg_killswitch) to the
  *       session seeing it.
+ *   ks_probe inplace CONNINFO TRIALS PYTHON WRITER PGDATA
+ *       Runs WRITER (test/python/write_state.py: engages HALT_ALL the way the
+ *       reference library writes, in place: truncate, write, close, chmod)
+ *       while a session polls ks_mode(); prints, per trial, milliseconds
+ *       from the writer's truncate of the file (IN_MODIFY, seen by inotify
+ *       on PGDATA/pg_killswitch; its write and close follow within
+ *       microseconds) to the session seeing halt_all.  Between trials the
+ *       switch is released from SQL.
  *   ks_probe wait CONNINFO WAITERS TRIALS
  *       WAITERS connections sleep in ks_wait(generation); another commits
  *       ks_engage()/ks_disengage() alternately.  Prints, per waiter,
@@ -21,6 +29,14 @@
  *       AGENTS agent sessions run pg_sleep(); the admin engages emergency;
  *       prints, per trial, milliseconds from the commit's acknowledgement to
  *       the last agent session being gone.
+ *
+ *   ks_probe engage CONNINFO TRIALS held|plain
+ *       The engage's own latency: milliseconds from sending "SELECT
+ *       ks_engage('halt_all', ...)" (autocommit) to its commit acknowledged,
+ *       per trial; a release follows each (not timed).  With held, another
+ *       connection holds an engage in an open transaction, idle, during
+ *       each engage (its event then follows, ARCHITECTURE §5.3); with
+ *       plain, whatever else runs (the suite's 40 busy agents) is the load.
  *
  * The clock starts late rather than early wherever there is a choice, so
  * every figure is an upper bound on the true latency.
@@ -427,6 +443,127 @@ probe_file(const char *conninfo, int trials, const char *bin, const char *pgdata
 	return 0;
 }
 
+/* Start the library-like writer (an engage of HALT_ALL); return its pid. */
+static pid_t
+start_writer(const char *python, const char *writer, const char *pgdata)
+{
+	pid_t		pid = fork();
+
+	if (pid < 0)
+		fail("fork: %s", strerror(errno));
+	if (pid == 0)
+	{
+		char		dir[4096];
+		char		key[4200];
+
+		snprintf(dir, sizeof(dir), "%s/pg_killswitch", pgdata);
+		snprintf(key, sizeof(key), "%s/signing.key", dir);
+		if (freopen("/dev/null", "w", stdout) == NULL)
+			_exit(126);
+		execl(python, python, writer, dir, key, "HALT_ALL", "benchmark", (char *) NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/*
+ * Has the state file been written to (its truncate, its write) or closed
+ * after writing since the last call?  (Drains the queue.)
+ */
+static bool
+written_in_place(int ifd)
+{
+	char		buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	bool		closed = false;
+	ssize_t		len;
+
+	while ((len = read(ifd, buf, sizeof(buf))) > 0)
+	{
+		for (char *p = buf; p < buf + len;)
+		{
+			const struct inotify_event *ev = (const struct inotify_event *) p;
+
+			p += sizeof(struct inotify_event) + ev->len;
+			if (ev->len > 0 && strcmp(ev->name, "kill_switch_state.json") == 0 &&
+				(ev->mask & (IN_MODIFY | IN_CLOSE_WRITE)))
+				closed = true;
+		}
+	}
+	return closed;
+}
+
+/*
+ * inplace: from an in-place write of the state file (the reference
+ * library's way) to a session seeing the new mode.  The clock starts at the
+ * writer's first touch of the file — its truncate (IN_MODIFY), dated to the
+ * last look at the inotify queue that found it empty — which precedes its
+ * write and close by the writer's own few microseconds: an upper bound on
+ * the time from the writer finishing.  (Its close alone cannot be the
+ * start: the watcher may apply and replace the file between the writer's
+ * write and its close, which is then reported under another name.)
+ */
+static int
+probe_inplace(const char *conninfo, int trials, const char *python, const char *writer,
+			  const char *pgdata)
+{
+	PGconn	   *conn = connect_or_die(conninfo);
+	char		dir[4096];
+	int			ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+
+	snprintf(dir, sizeof(dir), "%s/pg_killswitch", pgdata);
+	if (ifd < 0 || inotify_add_watch(ifd, dir, IN_MODIFY | IN_CLOSE_WRITE) < 0)
+		fail("cannot watch %s: %s", dir, strerror(errno));
+	srandom((unsigned) getpid());
+	for (int t = 0; t < trials; t++)
+	{
+		double		started;
+		double		closed = -1;
+		double		empty;
+		pid_t		pid;
+		int			status;
+		bool		seen = false;
+		double		at;
+
+		set_mode(conn, false, NULL);
+		/* the release's own rewrite is done, and a random point of the poll cycle */
+		usleep((useconds_t) (100000 + random() % 150000));
+		(void) written_in_place(ifd);
+		started = empty = now_ms();
+		pid = start_writer(python, writer, pgdata);
+		while (now_ms() - started < WAIT_LIMIT_MS)
+		{
+			char	   *mode;
+
+			if (closed < 0)
+			{
+				if (written_in_place(ifd))
+					closed = empty;
+				else
+					empty = now_ms();
+			}
+			mode = exec_or_die(conn, "SELECT ks_mode()");
+			seen = strcmp(mode, "halt_all") == 0;
+			free(mode);
+			if (seen)
+				break;
+		}
+		at = now_ms();
+		if (!seen)
+			fail("trial %d: the session did not see halt_all within %.0f ms", t, WAIT_LIMIT_MS);
+		if (closed < 0 && written_in_place(ifd))
+			closed = empty;
+		if (closed < 0)
+			fail("trial %d: the session saw halt_all, but the writer's write was not seen", t);
+		printf("%.3f\n", at - closed);
+		if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			fail("trial %d: the writer failed", t);
+	}
+	set_mode(conn, false, NULL);
+	close(ifd);
+	PQfinish(conn);
+	return 0;
+}
+
 /* Has a busy agent session been ended?  (Its pg_sleep() answered early.) */
 static bool
 session_gone(PGconn *conn)
@@ -494,6 +631,37 @@ probe_emergency(const char *agent_conninfo, const char *admin_conninfo, int nage
 	return 0;
 }
 
+/* engage: from sending an engage to its commit acknowledged, with or without a holder. */
+static int
+probe_engage(const char *conninfo, int trials, bool held)
+{
+	PGconn	   *admin = connect_or_die(conninfo);
+	PGconn	   *holder = held ? connect_or_die(conninfo) : NULL;
+
+	set_mode(admin, false, NULL);
+	for (int t = 0; t < trials; t++)
+	{
+		double		sent;
+
+		if (held)
+		{
+			free(exec_or_die(holder, "BEGIN"));
+			free(exec_or_die(holder, "SELECT ks_engage('halt_noncritical', 'held open', 'ks_probe')"));
+		}
+		sent = now_ms();
+		free(exec_or_die(admin, "SELECT ks_engage('halt_all', 'engage latency', 'ks_probe')"));
+		printf("%.3f\n", now_ms() - sent);
+		if (held)
+			free(exec_or_die(holder, "ROLLBACK"));
+		set_mode(admin, false, NULL);
+		usleep((10 + rand() % 40) * 1000);	/* a random point of the load's cycle */
+	}
+	PQfinish(admin);
+	if (holder)
+		PQfinish(holder);
+	return 0;
+}
+
 /* Dispatch on the probe's name. */
 int
 main(int argc, char **argv)
@@ -510,13 +678,23 @@ main(int argc, char **argv)
 		return probe_wait(argv[2], count_arg(argv[3], "WAITERS"), count_arg(argv[4], "TRIALS"));
 	if (argc == 6 && strcmp(argv[1], "file") == 0)
 		return probe_file(argv[2], count_arg(argv[3], "TRIALS"), argv[4], argv[5]);
+	if (argc == 7 && strcmp(argv[1], "inplace") == 0)
+		return probe_inplace(argv[2], count_arg(argv[3], "TRIALS"), argv[4], argv[5], argv[6]);
 	if (argc == 6 && strcmp(argv[1], "emergency") == 0)
 		return probe_emergency(argv[2], argv[3], count_arg(argv[4], "AGENTS"),
 							   count_arg(argv[5], "TRIALS"));
+	if (argc == 5 && strcmp(argv[1], "engage") == 0)
+	{
+		if (strcmp(argv[4], "held") != 0 && strcmp(argv[4], "plain") != 0)
+			fail("engage measures \"held\" or \"plain\", not \"%s\"", argv[4]);
+		return probe_engage(argv[2], count_arg(argv[3], "TRIALS"), strcmp(argv[4], "held") == 0);
+	}
 	fprintf(stderr,
 			"usage: ks_probe push CONNINFO LISTENERS TRIALS ks|notify\n"
 			"       ks_probe wait CONNINFO WAITERS TRIALS\n"
 			"       ks_probe file CONNINFO TRIALS KILLSWITCH_BIN PGDATA\n"
-			"       ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS\n");
+			"       ks_probe inplace CONNINFO TRIALS PYTHON WRITER PGDATA\n"
+			"       ks_probe emergency AGENT_CONNINFO ADMIN_CONNINFO AGENTS TRIALS\n"
+			"       ks_probe engage CONNINFO TRIALS held|plain\n");
 	return 2;
 }

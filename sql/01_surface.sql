@@ -66,7 +66,7 @@ SELECT id, mode, reason FROM ks_history(1, false);
 -- commit semantics, seen from this session
 BEGIN;
 SELECT (ks_engage('halt_all', 'rolled back', 'x')).mode;
-SELECT ks_mode();      -- not yet: takes effect at commit
+SELECT ks_mode();      -- a raise is in force at once (ARCHITECTURE §5.3)
 ROLLBACK;
 SELECT ks_mode(), (SELECT count(*) FROM killswitch.events WHERE reason = 'rolled back') AS events;
 

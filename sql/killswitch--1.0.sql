@@ -180,7 +180,8 @@ CREATE FUNCTION killswitch.shared_state(
     OUT role text, OUT state_lsn pg_lsn,
     OUT replayed_generation bigint, OUT upstream_heard_at timestamptz,
     OUT upstream_age_ms bigint, OUT upstream_lost boolean, OUT upstream_problem text,
-    OUT replay_behind_bytes numeric, OUT replay_behind_ms bigint)
+    OUT replay_behind_bytes numeric, OUT replay_behind_ms bigint,
+    OUT file_problem text)
     AS 'MODULE_PATHNAME', 'ks_shared_state' LANGUAGE C VOLATILE;
 
 -- A standby's watcher hears its upstream here (ARCHITECTURE §11 "Halts outrun
@@ -443,7 +444,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'upstream_lost', s.upstream_lost,
         'upstream_problem', s.upstream_problem,
         'replay_behind_bytes', s.replay_behind_bytes,
-        'replay_behind_ms', s.replay_behind_ms)
+        'replay_behind_ms', s.replay_behind_ms,
+        'file_problem', s.file_problem)
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';

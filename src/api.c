@@ -177,14 +177,16 @@ standby_fields(const KsUpstreamStatus *up, int64 replayed, Datum *values, bool *
  * on a standby (null on a primary) replayed_generation, and what it knows
  * of its upstream (upstream.c): upstream_heard_at, upstream_age_ms (how old
  * the newest word from the primary is), upstream_lost (held at halt_all for
- * it), upstream_problem, replay_behind_bytes and replay_behind_ms.
+ * it), upstream_problem, replay_behind_bytes and replay_behind_ms; then
+ * file_problem (why the state file lags the state in force; null when it
+ * follows).
  */
 Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[20];
-	bool		nulls[20] = {false};
+	Datum		values[21];
+	bool		nulls[21] = {false};
 	uint64		word;
 	int			flags;
 	char		source[16];
@@ -197,6 +199,8 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	XLogRecPtr	state_lsn;
 	int64		replayed;
 	KsUpstreamStatus up;
+	char		file_problem[sizeof(ks_shared->file_problem)];
+	bool		file_behind;
 
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -207,13 +211,19 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	strlcpy(source, ks_shared->source, sizeof(source));
 	strlcpy(reason, ks_shared->reason, sizeof(reason));
 	since = ks_shared->since;
+	/* a change in force the history lacks: at start, or a raise whose event follows */
 	unrecorded = ks_shared->unrecorded;
+	for (int m = 0; m < KS_MODE_COUNT; m++)
+		unrecorded |= ks_shared->deferred_count[m] > 0;
+	unrecorded |= ks_shared->inplace_mode != KS_NO_MODE && !ks_shared->unconfirmed;
 	checked = ks_shared->watcher_checked_at;
 	strlcpy(problem, ks_shared->watcher_problem, sizeof(problem));
 	inotify = ks_shared->watcher_inotify;
 	state_lsn = ks_shared->state_lsn;
 	replayed = ks_shared->replayed_generation;
 	up = ks_shared->upstream;
+	strlcpy(file_problem, ks_shared->file_problem, sizeof(file_problem));
+	file_behind = ks_shared->file_behind;
 	SpinLockRelease(&ks_shared->mutex);
 
 	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
@@ -239,6 +249,11 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[12] = LSNGetDatum(state_lsn);
 	nulls[12] = XLogRecPtrIsInvalid(state_lsn);
 	standby_fields(&up, replayed, values + 13, nulls + 13);
+	/* it names paths, whose bytes may not be valid here */
+	values[20] = CStringGetTextDatum(pg_verifymbstr(file_problem, strlen(file_problem), true)
+									 ? ks_utf8_to_db(file_problem)
+									 : "the state file lags the state in force; see the server log");
+	nulls[20] = !file_behind;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

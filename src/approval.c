@@ -110,6 +110,7 @@ ks_release_with_approval(const KsChange *release, KsMode current)
 	request.mode = current;
 	request.source = "release_request";
 	request.request = true;
+	request.clears_verdict = false;	/* a request changes nothing yet */
 	request.release_target = release->mode;
 	row = ks_apply_change(&request);
 	ereport(NOTICE,

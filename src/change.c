@@ -1,24 +1,38 @@
 /*
  * change.c — ks_engage() and ks_disengage(), and when their change takes
- * effect (ARCHITECTURE §5): the event row and the NOTIFY are transactional; the
- * state file is written just before commit (an error there aborts the
- * transaction); shared memory is published at commit.  Changes serialize
- * on a lock on killswitch.events held to commit, so the chain and the file
- * follow commit order.  A rollback, of the transaction or of a savepoint,
- * leaves no trace.
+ * effect (ARCHITECTURE §5).  Raising and lowering are different operations:
  *
- * The pre-commit write is a compare-and-swap (persist.c): if a program
- * outside the database changed the file since the server last judged it,
- * the change fails with a serialization failure rather than overwrite what
- * nobody has seen, and the watcher applies and records the newcomer first;
- * the client retries on top of it.
+ *   a raise   is in force at once: this backend's raising slot (state.c),
+ *             then the interlock with committing agents (interlock.c).  Its
+ *             event is recorded in the transaction if the lock that orders
+ *             the history can be had within KS_ORDER_LOCK_WAIT_MS; if not
+ *             (an open transaction holds a change, someone ran LOCK), the
+ *             raise stands and its event follows the commit, recorded by
+ *             the watcher or the next change (ks_record_marks()).  The state
+ *             file is written before commit as best it can be — never an
+ *             error — and the commit is only locally synchronous.
+ *   a lower   (a release) waits for the ordering lock, records its event,
+ *             and before commit writes only its private mark: nothing
+ *             anyone else reads shows the lower mode until the commit is
+ *             durable.  Then shared memory, the state file (bounded; a
+ *             failure leaves the file higher, for the watcher to retry),
+ *             the private copy and the WAL record.
+ *
+ * Every committing change leaves a mark (marks.c) before its commit record,
+ * so that a crash at any instant is settled by the commit log; the watcher
+ * announces every committed change (notify.c).  A rollback, of the
+ * transaction or of a savepoint, leaves no trace: a raise in flight falls
+ * back, a state file written before commit is put back (only our bytes).
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "storage/procarray.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -30,19 +44,36 @@
 PG_FUNCTION_INFO_V1(ks_engage);
 PG_FUNCTION_INFO_V1(ks_disengage);
 
+/* How long a raise waits for the lock that orders the history before its event follows. */
+#define KS_ORDER_LOCK_WAIT_MS 10
+
 /* A change made by this transaction, not yet committed. */
 typedef struct KsPending
 {
-	KsState		state;			/* what the state file will say */
+	KsState		state;			/* what the state file will say (recorded) */
 	int			flags;			/* KS_FLAG_* to publish with it */
 	int			nestlevel;		/* subtransaction that made it */
 	bool		recorded_startup;	/* it also recorded the startup change */
+	KsChangeKind kind;			/* against the state before it */
+	/* a raise whose event follows the commit: the change as asked */
+	bool		deferred;
+	KsEventInput in;
+	KsEventIdentity who;		/* who asked, and when */
+	/* the recorded event of another transaction's committed raise (its mark) */
+	uint64		swept_xid;
 } KsPending;
 
 /* This transaction's changes, oldest first, in TopTransactionContext. */
 static List *pending = NIL;
-/* What the pre-commit write did, to finish it at commit or undo it. */
+/* The state in force before its first change: what the whole is judged against. */
+static KsMode start_mode;
+static bool start_tampered;
+/* What the pre-commit did, to finish it at commit or undo it. */
 static KsWritten written;
+static StringInfoData commit_text;	/* the state file's text of the last change */
+static bool marked = false;		/* this transaction's mark is written */
+static bool lowering = false;	/* the whole is a lower (decided at pre-commit) */
+static bool all_deferred = false;
 /* What the state file held when this transaction's changes were judged. */
 static KsExpect expect;
 
@@ -86,42 +117,6 @@ static KsPending *
 last_pending(void)
 {
 	return pending == NIL ? NULL : (KsPending *) llast(pending);
-}
-
-/* A copy of a state in TopTransactionContext (the caller switched to it). */
-static KsState *
-copy_state(const KsState *st)
-{
-	KsState    *c = palloc(sizeof(KsState));
-
-	*c = *st;
-	c->engaged_at = st->engaged_at ? pstrdup(st->engaged_at) : NULL;
-	c->reason = st->reason ? pstrdup(st->reason) : NULL;
-	c->triggered_by = st->triggered_by ? pstrdup(st->triggered_by) : NULL;
-	c->source = st->source ? pstrdup(st->source) : NULL;
-	c->key_id = st->key_id ? pstrdup(st->key_id) : NULL;
-	return c;
-}
-
-/* Remember a recorded change for the commit callbacks. */
-static void
-push_pending(const KsState *file_state, int flags, bool recorded_startup,
-			 const KsExpect *judged)
-{
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	KsPending  *p = palloc0(sizeof(KsPending));
-
-	p->state = *copy_state(file_state);
-	/* a file the watcher judged may stand in for the state held */
-	if (judged && judged->judged)
-		expect.judged = copy_state(judged->judged);
-	if (judged && judged->untrusted)
-		expect.untrusted = true;
-	p->flags = flags;
-	p->nestlevel = GetCurrentTransactionNestLevel();
-	p->recorded_startup = recorded_startup;
-	pending = lappend(pending, p);
-	MemoryContextSwitchTo(oldcxt);
 }
 
 /* Text from a state file (UTF-8, as events take it), or NULL if empty. */
@@ -179,10 +174,206 @@ record_startup_change(uint64 word, KsState *file_state)
 	(void) ks_record_event(&in, file_state);
 }
 
+/* Remember a change for the commit callbacks. */
+static KsPending *
+push_pending(const KsState *file_state, int flags, bool recorded_startup,
+			 const KsExpect *judged, KsChangeKind kind)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	KsPending  *p = palloc0(sizeof(KsPending));
+
+	if (file_state)
+		p->state = *ks_state_copy(file_state);
+	/* a file the watcher judged may stand in for the state held */
+	if (judged && judged->judged)
+		expect.judged = ks_state_copy(judged->judged);
+	if (judged && judged->untrusted)
+		expect.untrusted = true;
+	p->flags = flags;
+	p->nestlevel = GetCurrentTransactionNestLevel();
+	p->recorded_startup = recorded_startup;
+	p->kind = kind;
+	pending = lappend(pending, p);
+	MemoryContextSwitchTo(oldcxt);
+	return p;
+}
+
+/* The state in force without the raises in flight: the mode and the verdict. */
+static KsMode
+state_before(bool *tampered)
+{
+	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	KsPending  *last = last_pending();
+	int			flags;
+	KsMode		mode = ks_base_mode(&flags);
+
+	if (last)
+	{
+		*tampered = last->state.tampered;
+		return last->state.mode;
+	}
+	*tampered = (flags & KS_FLAG_TAMPERED) != 0 || (KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED);
+	return mode;
+}
+
+/* Note the state a transaction's changes are judged against, at its first. */
+static void
+note_start(void)
+{
+	if (pending == NIL)
+		start_mode = state_before(&start_tampered);
+}
+
 /*
- * Make one change, whoever asks (SQL, the watcher): take the lock that
- * orders changes, record the event, and remember it for commit.  Rights are
- * the caller's business.
+ * This transaction's raise in flight: the highest mode of its raises (and
+ * also, one about to be made).  In force at once; if the mode in force
+ * rose, the interlock follows.
+ */
+static void
+set_raising(int also, const char *reason, const char *triggered_by)
+{
+	ListCell   *lc;
+	int			mode = also;
+
+	foreach(lc, pending)
+	{
+		KsPending  *p = (KsPending *) lfirst(lc);
+
+		if (p->kind == KS_CHANGE_RAISE && p->swept_xid == 0)
+			mode = Max(mode, (int) (p->deferred ? p->in.mode : p->state.mode));
+	}
+	if (ks_raising_set(mode, reason, triggered_by))
+	{
+		if (mode == KS_EMERGENCY)
+			ks_wake_watcher();	/* the emergency actions, now (ARCHITECTURE §9) */
+		ks_interlock_wait();	/* no agent commit after the raise (ARCHITECTURE §5.2) */
+	}
+}
+
+/* Copy an event input's texts into TopTransactionContext. */
+static void
+keep_input(KsEventInput *dst, const KsEventInput *src)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+	*dst = *src;
+	dst->reason = pstrdup(src->reason);
+	dst->triggered_by = pstrdup(src->triggered_by);
+	dst->source = pstrdup(src->source);
+	dst->identity = NULL;
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Record, in this transaction, the raises of committed transactions whose
+ * event followed (their marks), before any change of ours: the chain then
+ * holds them before what this transaction adds, and a release never
+ * lowers below a raise committed before it.  The caller holds the lock
+ * that orders changes.  Their marks go, and their count in shared memory
+ * falls, when this transaction commits.
+ */
+void
+ks_record_marks(void)
+{
+	List	   *marks;
+	ListCell   *lc;
+	bool		bad;
+	char		problem[KS_PROBLEM_LEN];
+
+	SpinLockAcquire(&ks_shared->mutex);
+	bad = ks_shared->marks_due;
+	for (int m = 0; m < KS_MODE_COUNT; m++)
+		bad |= ks_shared->deferred_count[m] > 0;
+	SpinLockRelease(&ks_shared->mutex);
+	if (!bad)
+		return;
+	marks = ks_marks_read(&bad, problem, sizeof(problem));
+	foreach(lc, marks)
+	{
+		KsMark	   *m = (KsMark *) lfirst(lc);
+		TransactionId xid = XidFromFullTransactionId(FullTransactionIdFromU64(m->xid));
+		KsEventIdentity who;
+		KsEventInput in;
+		KsState		file_state;
+		KsMode		current;
+		bool		tampered;
+		KsPending  *p;
+		ListCell   *pc;
+		bool		already = false;
+
+		if (!m->deferred || TransactionIdIsCurrentTransactionId(xid) ||
+			TransactionIdIsInProgress(xid) || !TransactionIdDidCommit(xid))
+			continue;
+		foreach(pc, pending)
+			already |= ((KsPending *) lfirst(pc))->swept_xid == m->xid;
+		who.session_role = m->session_role;
+		who.client_addr = m->client_addr;
+		who.backend_pid = m->backend_pid;
+		who.xid = m->xid;
+		who.at = ks_unix_usec_to_timestamptz(m->at_usec);
+		if (already || ks_events_hold(m->xid, who.at))
+			continue;
+		/* after what the chain (and this transaction) holds, not after itself */
+		if (last_pending())
+		{
+			current = last_pending()->state.mode;
+			tampered = last_pending()->state.tampered;
+		}
+		else
+		{
+			int			flags;
+
+			current = ks_chain_state(&flags);
+			tampered = (flags & KS_FLAG_TAMPERED) != 0;
+		}
+		memset(&in, 0, sizeof(in));
+		/* a raise: never below what the chain holds now, its verdict kept */
+		in.mode = Max(m->mode, current);
+		in.previous = current;
+		in.reason = m->reason;
+		in.triggered_by = m->triggered_by;
+		in.affected_tasks = m->affected_tasks;
+		in.source = m->source ? m->source : "sql";
+		in.tampered = tampered || m->tampered;
+		in.identity = &who;
+		in.floor_generation = Max(KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)),
+								  last_pending() ? last_pending()->state.generation : 0) + 1;
+		note_start();
+		(void) ks_record_event(&in, &file_state);
+		p = push_pending(&file_state, in.tampered ? KS_FLAG_TAMPERED : 0, false, NULL,
+						 KS_CHANGE_RAISE);
+		p->swept_xid = m->xid;
+		p->in.mode = m->mode;
+	}
+}
+
+/* Record this transaction's own raises whose event was to follow: it holds the lock now. */
+static void
+record_own_deferred(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending)
+	{
+		KsPending  *p = (KsPending *) lfirst(lc);
+		KsState		file_state;
+
+		if (!p->deferred)
+			continue;
+		p->in.floor_generation = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) + 1;
+		p->in.identity = &p->who;
+		(void) ks_record_event(&p->in, &file_state);
+		p->in.identity = NULL;
+		p->state = *ks_state_copy(&file_state);
+		p->deferred = false;
+	}
+}
+
+/*
+ * Make one change, whoever asks (SQL, the watcher): record the event and
+ * remember it for commit.  The caller holds the lock that orders changes;
+ * rights are its business.  A raise never records below what the chain
+ * holds by then, and keeps a verdict.
  */
 Datum
 ks_apply_change(const KsChange *c)
@@ -193,52 +384,151 @@ ks_apply_change(const KsChange *c)
 	KsState		file_state;
 	Datum		row;
 	bool		recorded_startup = false;
+	KsMode		current;
+	bool		tampered;
+	KsChangeKind kind;
 
-	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
-	/* a change written before a crash is settled first, on the history */
+	/* first what committed before us: changes written before a crash, raises whose event followed */
 	if (ks_shared->unconfirmed)
-		ks_confirm_in_flight();
+		ks_settle_marks();
+	ks_record_marks();
+	record_own_deferred();
 	word = pg_atomic_read_u64(&ks_shared->word);
 	last = last_pending();
 
 	if (ks_shared->unrecorded && last == NULL)
 	{
+		note_start();
 		record_startup_change(word, &file_state);
+		(void) push_pending(&file_state, KS_WORD_FLAGS(word), true, NULL, KS_CHANGE_RAISE);
 		recorded_startup = true;
+		last = last_pending();
 	}
 
+	note_start();
+	current = state_before(&tampered);
+	kind = ks_change_kind(current, tampered, c->mode, (c->flags & KS_FLAG_TAMPERED) != 0 ||
+						  (!c->clears_verdict && tampered));
 	memset(&in, 0, sizeof(in));
-	in.mode = c->mode;
-	in.previous = last ? last->state.mode : KS_WORD_MODE(word);
+	in.mode = kind == KS_CHANGE_RAISE ? Max(c->mode, current) : c->mode;
+	in.previous = current;
 	in.reason = c->reason;
 	in.triggered_by = c->triggered_by;
 	in.affected_tasks = c->affected_tasks;
 	in.source = c->source;
 	in.request = c->request;
 	in.release_target = c->release_target;
+	in.tampered = (c->flags & KS_FLAG_TAMPERED) != 0 || (kind == KS_CHANGE_RAISE && tampered);
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	in.floor_generation = Max(Max(KS_WORD_GENERATION(word),
 								  last ? last->state.generation : 0) + 1,
 							  c->generation);
 	row = ks_record_event(&in, &file_state);
-	push_pending(&file_state, c->flags,
-				 recorded_startup || (last && last->recorded_startup), &c->expect);
+	(void) push_pending(&file_state, (c->flags & ~KS_FLAG_TAMPERED) |
+						(in.tampered ? KS_FLAG_TAMPERED : 0),
+						recorded_startup || (last && last->recorded_startup), &c->expect, kind);
 	return row;
 }
 
-/* Record a pending startup change on its own (the watcher, at its start). */
+/* Record a pending startup change on its own (the watcher, holding the ordering lock). */
 void
 ks_flush_unrecorded(void)
 {
 	uint64		word;
 	KsState		file_state;
 
-	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
 	word = pg_atomic_read_u64(&ks_shared->word);
 	if (!ks_shared->unrecorded || pending != NIL)
 		return;
+	note_start();
 	record_startup_change(word, &file_state);
-	push_pending(&file_state, KS_WORD_FLAGS(word), true, NULL);
+	(void) push_pending(&file_state, KS_WORD_FLAGS(word), true, NULL, KS_CHANGE_RAISE);
+}
+
+/*
+ * Try the lock that orders the history for a short while (a raise must not
+ * queue behind a transaction that holds it).  Interruptible.
+ */
+static bool
+order_lock_briefly(void)
+{
+	Oid			relid = ks_events_relid();
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														KS_ORDER_LOCK_WAIT_MS);
+
+	for (;;)
+	{
+		if (ConditionalLockRelationOid(relid, ShareRowExclusiveLock))
+			return true;
+		if (GetCurrentTimestamp() >= deadline)
+			return false;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(1000L);
+	}
+}
+
+/*
+ * Give this transaction an id in our own name (owner.c), so that its
+ * commit is in the commit log: the mark of a raise whose event follows is
+ * settled by it.  Not the agent's write: the commit backstop lets it pass.
+ */
+static void
+own_transaction_id(void)
+{
+	KsOwnerContext owner;
+
+	/*
+	 * A transaction that wrote no WAL commits asynchronously: its commit
+	 * record must be flushed before the client hears of it all the same.
+	 */
+	ForceSyncCommit();
+	if (FullTransactionIdIsValid(GetTopFullTransactionIdIfAny()))
+		return;
+	ks_owner_begin(&owner);
+	(void) GetTopFullTransactionId();
+	ks_owner_end(&owner);
+}
+
+/*
+ * The ordering lock is busy: the raise stands, and its event follows the
+ * commit (ARCHITECTURE §5.3).  Returns the row as it will be, with id,
+ * generation, prev_hash, hash and signature null.
+ */
+static Datum
+defer_change(const KsChange *c, KsMode current, bool tampered)
+{
+	KsEventInput in;
+	KsEventIdentity who;
+	KsPending  *p;
+	MemoryContext oldcxt;
+
+	own_transaction_id();
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	who.session_role = ks_text_to_utf8(GetUserNameFromId(GetSessionUserId(), false),
+									   "the session user's name");
+	who.client_addr = ks_client_address();
+	who.backend_pid = MyProcPid;
+	who.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	who.at = GetCurrentTimestamp();
+	MemoryContextSwitchTo(oldcxt);
+	memset(&in, 0, sizeof(in));
+	in.mode = c->mode;
+	in.previous = current;
+	in.reason = c->reason;
+	in.triggered_by = c->triggered_by;
+	in.affected_tasks = c->affected_tasks;
+	in.source = c->source;
+	in.tampered = tampered;
+	p = push_pending(NULL, tampered ? KS_FLAG_TAMPERED : 0, false, NULL, KS_CHANGE_RAISE);
+	p->deferred = true;
+	keep_input(&p->in, &in);
+	p->who = who;
+	p->state.mode = c->mode;
+	p->state.tampered = tampered;
+	p->state.generation = -1;
+	set_raising(KS_NO_MODE, c->reason, c->triggered_by);
+	in.identity = &who;
+	return ks_event_row_pending(&in);
 }
 
 /* A change asked for through SQL: check the caller's rights, then make it. */
@@ -246,9 +536,10 @@ static Datum
 make_change(KsMode mode, const char *reason, const char *triggered_by,
 			int32 affected_tasks, bool is_release)
 {
-	KsPending  *last;
 	KsMode		current;
+	bool		tampered;
 	KsChange	c;
+	KsChangeKind kind;
 
 	PreventCommandIfReadOnly(is_release ? "ks_disengage()" : "ks_engage()");
 	PreventCommandDuringRecovery(is_release ? "ks_disengage()" : "ks_engage()");
@@ -257,29 +548,48 @@ make_change(KsMode mode, const char *reason, const char *triggered_by,
 	else
 		ks_check_engage_right();
 
-	/* one change at a time, in commit order; then see what we would lower */
-	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
-	if (ks_shared->from_recovery)
-		ks_adopt_history_after_recovery();	/* the mode is the history's, not a stale copy's */
-	last = last_pending();
-	current = last ? last->state.mode : ks_current_mode();
+	current = state_before(&tampered);
 	if (mode < current && !is_release)
 		ks_check_release_right();
+	/* an engage keeps a tamper verdict; only a release clears it */
+	kind = ks_change_kind(current, tampered, mode, tampered && !is_release && mode >= current);
 
+	memset(&c, 0, sizeof(c));
 	c.mode = mode;
 	c.reason = reason;
 	c.triggered_by = triggered_by;
 	c.affected_tasks = affected_tasks;
 	c.source = "sql";
 	c.flags = 0;
-	c.request = false;
+	c.clears_verdict = is_release || mode < current;
 	c.release_target = mode;
-	c.generation = 0;
 	c.expect.judged = NULL;		/* the file must hold what the server holds */
-	c.expect.untrusted = false;
-	if (mode < current && ks_release_approvals > 1)
-		return ks_release_with_approval(&c, current);
-	return ks_apply_change(&c);
+
+	if (kind == KS_CHANGE_RAISE)
+	{
+		/* in force at once, before anything that can wait on another session */
+		note_start();
+		set_raising(mode, reason, triggered_by);
+		if (!order_lock_briefly())
+			return defer_change(&c, current, tampered);
+	}
+	else
+		LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+	if (ks_shared->from_recovery)
+		ks_adopt_history_after_recovery();	/* the mode is the history's, not a stale copy's */
+	if (kind == KS_CHANGE_LOWER)
+	{
+		/* what is in force once we hold the lock */
+		current = state_before(&tampered);
+		if (mode < current && ks_release_approvals > 1)
+			return ks_release_with_approval(&c, current);
+	}
+	{
+		Datum		row = ks_apply_change(&c);
+
+		set_raising(KS_NO_MODE, reason, triggered_by);
+		return row;
+	}
 }
 
 /* SQL: raise or repeat the mode (or lower it, with the release right). */
@@ -336,86 +646,283 @@ reset_pending(void)
 	pending = NIL;				/* its memory goes with TopTransactionContext */
 	memset(&written, 0, sizeof(written));
 	memset(&expect, 0, sizeof(expect));
+	memset(&commit_text, 0, sizeof(commit_text));
+	marked = false;
+	lowering = false;
+	all_deferred = false;
+}
+
+/* Are all of this transaction's changes raises whose event follows? */
+static bool
+only_deferred(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending)
+		if (!((KsPending *) lfirst(lc))->deferred)
+			return false;
+	return true;
 }
 
 /*
- * Write the state file before commit, by compare-and-swap; an error here
- * aborts the transaction.  A newcomer in the file is PostgreSQL's
- * write-write conflict: a serialization failure, which clients retry; the
- * watcher is woken to apply and record the newcomer first.
+ * Has the watcher an outside change in force in place, not yet recorded?
+ * (Not asked of the watcher itself: it records those first, in the same
+ * transaction.)
  */
+static bool
+outside_change_waiting(void)
+{
+	bool		waiting;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	waiting = ks_shared->inplace_mode != KS_NO_MODE && !ks_shared->unconfirmed &&
+		ks_shared->watcher_latch != MyLatch;
+	SpinLockRelease(&ks_shared->mutex);
+	return waiting;
+}
+
+/* This transaction's mark (ARCHITECTURE §5.3): the last change, whole. */
 static void
-write_before_commit(void)
+fill_mark(KsMark *m)
 {
 	KsPending  *last = last_pending();
-	char		problem[KS_PROBLEM_LEN];
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	KsWriteResult r = ks_persist_state(&last->state, &expect, &written,
-									   problem, sizeof(problem));
 
-	MemoryContextSwitchTo(oldcxt);
-	if (r == KS_WRITE_CONFLICT)
+	memset(m, 0, sizeof(*m));
+	m->xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	m->deferred = all_deferred;
+	m->tampered = last->state.tampered;
+	m->previous = last->deferred ? last->in.previous : last->state.previous_mode;
+	if (all_deferred)
 	{
-		ks_wake_watcher();
+		m->mode = last->in.mode;
+		m->reason = (char *) last->in.reason;
+		m->triggered_by = (char *) last->in.triggered_by;
+		m->source = (char *) last->in.source;
+		m->affected_tasks = last->in.affected_tasks;
+		m->session_role = (char *) last->who.session_role;
+		m->client_addr = (char *) last->who.client_addr;
+		m->backend_pid = last->who.backend_pid;
+		m->at_usec = ks_timestamptz_to_unix_usec(last->who.at);
+	}
+	else
+	{
+		m->mode = last->state.mode;
+		m->generation = last->state.generation;
+		m->state = commit_text.data;
+		m->state_len = commit_text.len;
+	}
+}
+
+/*
+ * Before commit.  Every change: its mark, durable before the commit
+ * record.  A recorded raise: the state file too, as best it can — never an
+ * error.  A lower: nothing anyone else reads; only whether its write after
+ * the commit will find the file as the server left it (if not, an outside
+ * change nobody has judged: 40001, as before).
+ */
+static void
+before_commit(void)
+{
+	KsPending  *last = last_pending();
+	KsMark		mark;
+	char		problem[KS_PROBLEM_LEN];
+	KsWriteResult r;
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+	all_deferred = only_deferred();
+	lowering = ks_change_kind(start_mode, start_tampered, last->state.mode,
+							  last->state.tampered) == KS_CHANGE_LOWER;
+	if (!all_deferred)
+	{
+		/* the state it replaces, named: a release of it is then authorized wherever found */
+		(void) ks_held_signature(&last->state.replaces);
+		initStringInfo(&commit_text);
+		if (!ks_persist_text(&last->state, &commit_text, problem, sizeof(problem)))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("could not sign the kill switch state"),
+					 errdetail("%s", problem)));
+	}
+	fill_mark(&mark);
+	/*
+	 * A release's transaction id must outlive a crash before its mark is
+	 * written: WAL lost in a crash would let a new transaction take the same
+	 * id and commit, and the mark would be settled as committed.  (A raise's
+	 * mark settled wrongly that way is only an extra halt.)
+	 */
+	if (lowering && XactLastRecEnd != InvalidXLogRecPtr)
+		XLogFlush(XactLastRecEnd);
+	marked = ks_mark_write(&mark, problem, sizeof(problem));
+	MemoryContextSwitchTo(oldcxt);
+	if (!marked && lowering)
+		ereport(ERROR,
+				(errcode(ERRCODE_IO_ERROR),
+				 errmsg("could not write the mark of the kill switch release"),
+				 errdetail("%s", problem),
+				 errhint("The release was not made. Check the data directory's pg_killswitch and the server log.")));
+	if (!marked)
+		ereport(WARNING,
+				(errmsg("could not write the mark of a kill switch change in flight"),
+				 errdetail("%s", problem),
+				 errhint("The change is in force; a crash before it is recorded in full may start the server without it.")));
+	if (all_deferred)
+		return;
+
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	r = ks_persist_file(commit_text.data, commit_text.len, &expect,
+						lowering ? KS_PERSIST_CHECK : KS_PERSIST_RAISE, &written,
+						problem, sizeof(problem));
+	MemoryContextSwitchTo(oldcxt);
+	/* an outside change judged and in force, not yet recorded: it comes first */
+	if (lowering && r == KS_WRITE_OK && outside_change_waiting())
+		r = KS_WRITE_CONFLICT;
+	if (r == KS_WRITE_CONFLICT)
+		ks_wake_watcher();		/* to apply and record the newcomer */
+	if (lowering && r == KS_WRITE_CONFLICT)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("the kill switch state changed outside the database while this change was in flight"),
 				 errdetail("The state file holds a change the server has not applied yet; it was not overwritten."),
 				 errhint("The outside change is being applied; retry.")));
-	}
-	if (r != KS_WRITE_OK)
+	if (lowering && r != KS_WRITE_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_IO_ERROR),
 				 errmsg("could not write the kill switch state file"),
 				 errdetail("%s", problem),
 				 errhint("The change was not made. Check killswitch.state_dir and the server log.")));
+	if (r == KS_WRITE_FAILED)
+		ereport(WARNING,
+				(errmsg("could not write the kill switch state file; the change is in force without it"),
+				 errdetail("%s", problem),
+				 errhint("The watcher writes the file as soon as it can; ks_status() shows the problem until then.")));
 }
 
-/* Publish the committed state to every session. */
+/* Publish the committed state: a raise never lowers what is in force, a lower is the new state. */
 static void
 publish_at_commit(void)
 {
 	KsPending  *last = last_pending();
 	int64		usec;
+	int			flags = last->flags | (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED);
 
 	if (last->recorded_startup)
 		ks_shared->unrecorded = false;
 	if (!ks_parse_iso(last->state.engaged_at, &usec))
 		usec = ks_timestamptz_to_unix_usec(GetCurrentTimestamp());
-	ks_publish(last->state.mode, last->flags | (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED),
-			   last->state.generation, ks_unix_usec_to_timestamptz(usec),
-			   last->state.source, last->state.reason, last->state.triggered_by);
+	if (last->state.tampered)
+		flags |= KS_FLAG_TAMPERED;
+	if (lowering)
+		ks_publish(last->state.mode, flags, last->state.generation,
+				   ks_unix_usec_to_timestamptz(usec), last->state.source,
+				   last->state.reason, last->state.triggered_by);
+	else
+		ks_publish_raise(last->state.mode, flags, last->state.generation,
+						 ks_unix_usec_to_timestamptz(usec), last->state.source,
+						 last->state.reason, last->state.triggered_by);
+}
+
+/* The marks of other transactions' raises recorded here: theirs to remove now. */
+static void
+finish_swept(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending)
+	{
+		KsPending  *p = (KsPending *) lfirst(lc);
+
+		if (p->swept_xid == 0)
+			continue;
+		(void) ks_mark_remove(p->swept_xid);
+		ks_deferred_count_add(p->in.mode, -1, NULL, NULL);
+	}
+}
+
+/*
+ * After the commit record, nothing can fail any more.  A raise whose event
+ * follows stays in force by its count (its mark is the watcher's); a
+ * recorded change becomes the chain's — a lower only once its commit
+ * record is flushed — then the state file (a lower's), the private copy,
+ * the WAL record; the mark goes last, and only if the copy has the change.
+ */
+static void
+at_commit(void)
+{
+	KsPending  *last = last_pending();
+	char		problem[KS_PROBLEM_LEN];
+
+	if (all_deferred)
+	{
+		ks_deferred_count_add(last->in.mode, 1, last->in.reason, last->in.triggered_by);
+		SpinLockAcquire(&ks_shared->mutex);
+		ks_shared->marks_due = true;
+		SpinLockRelease(&ks_shared->mutex);
+		return;
+	}
+	if (lowering)
+		XLogFlush(XactLastCommitEnd);	/* with synchronous_commit off, not yet durable */
+	publish_at_commit();
+	finish_swept();
+	if (lowering)
+	{
+		KsWriteResult r = ks_persist_file(commit_text.data, commit_text.len, &expect,
+										  KS_PERSIST_COMMITTED, &written,
+										  problem, sizeof(problem));
+
+		if (r != KS_WRITE_OK)
+			ereport(WARNING,
+					(errmsg("could not write the kill switch state file after a release"),
+					 errdetail("%s", problem),
+					 errhint("The release is in force; the file shows the higher mode until the watcher can write it.")));
+	}
+	if (ks_persist_copy(commit_text.data, commit_text.len, problem, sizeof(problem)))
+	{
+		if (marked)
+			(void) ks_mark_remove(U64FromFullTransactionId(GetTopFullTransactionIdIfAny()));
+	}
+	else
+	{
+		ereport(LOG,
+				(errmsg("killswitch: could not update the private copy after a commit: %s", problem),
+				 errdetail("The change is committed and in force; the watcher writes the copy from its mark.")));
+		SpinLockAcquire(&ks_shared->mutex);
+		ks_shared->marks_due = true;
+		SpinLockRelease(&ks_shared->mutex);
+	}
+	/* after the commit record: a standby applies only what committed */
+	ks_wal_log_state(commit_text.data, commit_text.len, last->state.mode,
+					 last->state.generation);
 }
 
 /* Put the files back after a failure between the write and the commit. */
 static void
-undo_file_write(void)
+at_abort(void)
 {
 	char		problem[KS_PROBLEM_LEN];
+	FullTransactionId fxid = GetTopFullTransactionIdIfAny();
 
-	if (!ks_persist_undo(&written, problem, sizeof(problem)))
+	if (marked && FullTransactionIdIsValid(fxid))
+		(void) ks_mark_remove(U64FromFullTransactionId(fxid));
+	if (written.file_written && !ks_persist_undo(&written, problem, sizeof(problem)))
 		ereport(WARNING,
 				(errmsg("could not restore the kill switch state file after an aborted change"),
 				 errdetail("%s", problem),
-				 errhint("The file may hold a state that was not committed; check it with ks_status().")));
+				 errhint("The file shows a higher mode than is in force until the watcher puts it right.")));
 }
 
 /*
  * An engage takes effect locally at once, even when a synchronous standby
- * is down: a transaction whose changes leave the mode at least where it
- * found it commits with synchronous_commit = local (as SET LOCAL would), so
- * its commit does not wait in SyncRepWaitForLSN() before shared memory is
- * published.  A release (the mode ends lower) waits for the standbys as
- * usual.  Other work in the same transaction shares the one commit record,
- * so it too is only locally durable when the commit returns.
+ * is down: a transaction whose changes are a raise commits with
+ * synchronous_commit = local (as SET LOCAL would), so its commit does not
+ * wait in SyncRepWaitForLSN().  A release waits for the standbys as usual,
+ * and shows nothing lower before.  Other work in the same transaction
+ * shares the one commit record, so it too is only locally durable when
+ * the commit returns.
  */
 static void
 commit_engage_locally(void)
 {
-	KsPending  *first = (KsPending *) linitial(pending);
-
-	if ((int) last_pending()->state.mode < first->state.previous_mode ||
-		synchronous_commit <= SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
+	if (lowering || synchronous_commit <= SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
 		return;
 	(void) set_config_option("synchronous_commit", "local", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
@@ -433,24 +940,18 @@ ks_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
+			before_commit();
 			commit_engage_locally();
-			write_before_commit();
 			break;
 		case XACT_EVENT_COMMIT:
-			publish_at_commit();
-			/* after the commit record: a standby applies only what committed */
-			if (written.file_written)
-				ks_wal_log_state(written.text, written.text_len,
-								 last_pending()->state.mode,
-								 last_pending()->state.generation);
-			ks_persist_commit(&written);
-			if (last_pending()->state.mode == KS_EMERGENCY)
-				ks_wake_watcher();	/* the emergency actions, now */
+			at_commit();
+			(void) ks_raising_set(KS_NO_MODE, NULL, NULL);
+			ks_wake_watcher();	/* the NOTIFY, the emergency actions, a mark to record */
 			reset_pending();
 			break;
 		case XACT_EVENT_ABORT:
-			if (written.marked)
-				undo_file_write();
+			(void) ks_raising_set(KS_NO_MODE, NULL, NULL);
+			at_abort();
 			reset_pending();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -477,6 +978,7 @@ ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		while (pending != NIL && last_pending()->nestlevel >= level)
 			pending = list_delete_last(pending);
+		set_raising(KS_NO_MODE, NULL, NULL);	/* falls back to what the transaction still holds */
 	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{

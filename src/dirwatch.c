@@ -52,18 +52,24 @@ ks_dirwatch_start(const char *dir, char *problem, size_t problemlen)
 }
 
 /*
- * Read every pending event and say what they mean for the file called
- * name: the strongest of them (lost > written > changed > writing >
- * nothing).  A
- * writer that rewrites in place (the Python library) shows as writing
- * until it closes the file; judging it then never sees it half-written.
+ * Read every pending event and say what they mean for the file called name
+ * and for the raced files beside it (files.c): the strongest event about
+ * the file (lost > written > changed > writing > nothing), and whether its
+ * last event leaves a writer at it — written to (IN_MODIFY, IN_CREATE) and
+ * not closed or replaced since.  A writer that rewrites in place (the
+ * Python library: open with truncate, write, close) shows as writing from
+ * its truncate until it closes the file; a half-written file is judged only
+ * once it is closed.  A raced file was put there by a replace, not by its
+ * writer: only the writer's close says it has finished.  Events add to
+ * *events, which the caller clears.
  */
-KsDirEvent
-ks_dirwatch_drain(int fd, const char *name)
+void
+ks_dirwatch_drain(int fd, const char *name, KsDirEvents *events)
 {
-	KsDirEvent	result = KS_DIR_NOTHING;
 	char		buf[4096] pg_attribute_aligned(__alignof__(struct inotify_event));
+	char		raced[NAMEDATALEN + 32];
 
+	snprintf(raced, sizeof(raced), "%s%s", name, KS_RACED_SUFFIX);
 	for (;;)
 	{
 		ssize_t		len = read(fd, buf, sizeof(buf));
@@ -75,23 +81,42 @@ ks_dirwatch_drain(int fd, const char *name)
 		for (char *p = buf; p < buf + len;)
 		{
 			const struct inotify_event *ev = (const struct inotify_event *) p;
+			bool		writing = (ev->mask & KS_WRITING_MASK) &&
+				!(ev->mask & (KS_WRITTEN_MASK | KS_CHANGED_MASK));
 
 			p += sizeof(struct inotify_event) + ev->len;
 			if (ev->mask & KS_LOST_MASK)
-				result = KS_DIR_LOST;
+				events->state = KS_DIR_LOST;
 			else if (ev->mask & IN_Q_OVERFLOW)
-				result = Max(result, KS_DIR_WRITTEN);	/* events lost: look */
-			else if (ev->len == 0 || strcmp(ev->name, name) != 0)
-				continue;		/* another file: the lock, a temp file, the snapshot */
-			else if (ev->mask & KS_WRITTEN_MASK)
-				result = Max(result, KS_DIR_WRITTEN);
-			else if (ev->mask & KS_CHANGED_MASK)
-				result = Max(result, KS_DIR_CHANGED);
-			else if (ev->mask & KS_WRITING_MASK)
-				result = Max(result, KS_DIR_WRITING);
+			{
+				/* events lost: look at everything */
+				events->state = Max(events->state, KS_DIR_WRITTEN);
+				events->raced = true;
+			}
+			else if (ev->len == 0)
+				continue;
+			else if (strcmp(ev->name, name) == 0)
+			{
+				if (ev->mask & KS_WRITTEN_MASK)
+					events->state = Max(events->state, KS_DIR_WRITTEN);
+				else if (ev->mask & KS_CHANGED_MASK)
+					events->state = Max(events->state, KS_DIR_CHANGED);
+				else if (ev->mask & KS_WRITING_MASK)
+					events->state = Max(events->state, KS_DIR_WRITING);
+				events->state_writing = writing;
+			}
+			else if (strncmp(ev->name, raced, strlen(raced)) == 0)
+			{
+				/* kept there by a replace, not by its writer: only a close finishes it */
+				events->raced = true;
+				if (ev->mask & KS_WRITTEN_MASK)
+					events->raced_closed = true;
+				else if (ev->mask & IN_MODIFY)
+					events->raced_closed = false;
+			}
+			/* anything else: the lock, a temporary file, the snapshot */
 		}
 	}
-	return result;
 }
 
 /* Stop watching. */
@@ -113,10 +138,9 @@ ks_dirwatch_start(const char *dir, char *problem, size_t problemlen)
 }
 
 /* Never called without a descriptor. */
-KsDirEvent
-ks_dirwatch_drain(int fd, const char *name)
+void
+ks_dirwatch_drain(int fd, const char *name, KsDirEvents *events)
 {
-	return KS_DIR_NOTHING;
 }
 
 /* Nothing to stop. */

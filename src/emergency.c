@@ -327,9 +327,19 @@ run_alert_command(int64 generation, int64 event_id, int ended)
 	if (ks_alert_command == NULL || ks_alert_command[0] == '\0' || alert_pid != 0)
 		return;
 	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(reason, ks_shared->reason, sizeof(reason));
-	strlcpy(by, ks_shared->triggered_by, sizeof(by));
-	strlcpy(source, ks_shared->source, sizeof(source));
+	/* the emergency's own text, also while its event is not the chain's yet */
+	if (ks_shared->chain_mode != KS_EMERGENCY && ks_shared->raise_reason[0])
+	{
+		strlcpy(reason, ks_shared->raise_reason, sizeof(reason));
+		strlcpy(by, ks_shared->raise_by, sizeof(by));
+		strlcpy(source, "sql", sizeof(source));
+	}
+	else
+	{
+		strlcpy(reason, ks_shared->reason, sizeof(reason));
+		strlcpy(by, ks_shared->triggered_by, sizeof(by));
+		strlcpy(source, ks_shared->source, sizeof(source));
+	}
 	SpinLockRelease(&ks_shared->mutex);
 	snprintf(buf, sizeof(buf), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
 	strlcpy(snapshot, make_absolute_path(buf), sizeof(snapshot));
@@ -426,9 +436,49 @@ still_in_emergency(uint64 word)
 }
 
 /*
+ * This emergency episode (state.c counts one each time the mode in force
+ * enters emergency), and when it showed.  Keyed on the episode, not the
+ * generation: a raise to emergency is in force before its generation
+ * moves, and a release request repeats the mode with a new one — the
+ * actions run once for each, never twice and never not at all.
+ */
+static uint64
+emergency_episode(TimestampTz *published_at)
+{
+	uint64		episode;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	episode = ks_shared->emergency_episode;
+	*published_at = ks_shared->published_at;
+	SpinLockRelease(&ks_shared->mutex);
+	return episode;
+}
+
+/* How long an emergency in force waits for its event before the alert goes without it. */
+#define KS_ALERT_WAIT_MS 1000
+
+/*
+ * Is the alert of this episode due?  When the chain holds the emergency
+ * (its event committed, so the alert names it), or once it has been in
+ * force for KS_ALERT_WAIT_MS without (a raise whose event follows, held up).
+ */
+static bool
+alert_due(uint64 episode, TimestampTz published_at)
+{
+	int			flags;
+
+	if (ks_shared->emergency_alerted == episode)
+		return false;
+	return ks_chain_state(&flags) == KS_EMERGENCY ||
+		TimestampDifferenceExceeds(published_at, GetCurrentTimestamp(), KS_ALERT_WAIT_MS);
+}
+
+/*
  * The watcher's emergency duty, inside its transaction: the first time it
- * sees an emergency generation, snapshot, end sessions, alert; afterwards,
- * end agent sessions that appear.
+ * sees an emergency episode — in force, maybe before its commit — the
+ * snapshot and the busy agent sessions ended; then, at once or as soon as
+ * its event is recorded, the alert; afterwards, agent sessions that
+ * appear are ended.
  */
 void
 ks_emergency_tick(bool history)
@@ -439,25 +489,21 @@ ks_emergency_tick(bool history)
 	int			ended;
 	int64		event_id = 0;
 	bool		first;
+	bool		alert;
 	bool		request = false;
 	TimestampTz published_at;
+	uint64		episode;
+	static int	ended_in_episode = 0;
 
 	if (!still_in_emergency(word))
 		return;
-	first = ks_shared->emergency_handled != generation;
-	SpinLockAcquire(&ks_shared->mutex);
-	published_at = ks_shared->published_at;
-	SpinLockRelease(&ks_shared->mutex);
+	episode = emergency_episode(&published_at);
+	first = ks_shared->emergency_handled != episode;
+	alert = alert_due(episode, published_at);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (first && history)
+	if (alert && history)
 		event_id = event_of_generation(generation, &request);
-	if (request && ks_shared->emergency_handled != KS_NO_EMERGENCY)
-	{
-		/* a release request repeats the mode: this emergency's actions ran */
-		ks_shared->emergency_handled = generation;
-		first = false;
-	}
 	agents = list_agent_roles();
 	if (first)
 		snapshot_or_warn(agents, generation, history);
@@ -465,16 +511,21 @@ ks_emergency_tick(bool history)
 	if (first)
 		note_prepared(agents);
 	SPI_finish();
-	if (!first)
+	if (first)
+	{
+		ks_shared->emergency_handled = episode;
+		ended_in_episode = 0;
+	}
+	ended_in_episode += ended;
+	if (!alert)
 		return;
-
-	ks_shared->emergency_handled = generation;
-	ks_notify_alert(generation, ended);
+	ks_shared->emergency_alerted = episode;
+	ks_notify_alert_later(generation, ended_in_episode);
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
-					generation, ended),
+					generation, ended_in_episode),
 			 errdetail("Every statement of an agent is refused until the kill switch is released.")));
-	run_alert_command(generation, event_id, ended);
+	run_alert_command(generation, event_id, ended_in_episode);
 }
 
 /*
@@ -580,16 +631,15 @@ ks_emergency_tick_without_database(void)
 	int			ended = 0;
 	bool		first;
 	TimestampTz published_at;
+	uint64		episode;
 
 	if (!still_in_emergency(word))
 		return;
-	first = ks_shared->emergency_handled != generation;
+	episode = emergency_episode(&published_at);
+	first = ks_shared->emergency_handled != episode;
 	roles = agent_roles_from_catalog();
 	if (first)
 		snapshot_file_without_database(roles, generation);
-	SpinLockAcquire(&ks_shared->mutex);
-	published_at = ks_shared->published_at;
-	SpinLockRelease(&ks_shared->mutex);
 	foreach(lc, ks_sessions_of_roles(roles, published_at))
 	{
 		if (DatumGetBool(DirectFunctionCall2(pg_terminate_backend,
@@ -600,7 +650,8 @@ ks_emergency_tick_without_database(void)
 	if (!first)
 		return;
 
-	ks_shared->emergency_handled = generation;
+	ks_shared->emergency_handled = episode;
+	ks_shared->emergency_alerted = episode;
 	ereport(WARNING,
 			(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
 					generation, ended),

@@ -486,7 +486,7 @@ ks_planner(Query *parse, const char *query_string, int cursorOptions,
 static void
 check_commit(bool prepare)
 {
-	KsMode		mode = mode_now();
+	KsMode		mode = ks_commit_mode();	/* the interlock (interlock.c) */
 
 	if (likely(mode == KS_DISENGAGED) || proc_exit_inprogress)
 		return;

@@ -122,8 +122,8 @@ require_secret(char **secret, size_t *len)
 }
 
 /* The client's address as text, or NULL for a Unix-socket connection. */
-static char *
-client_address(void)
+char *
+ks_client_address(void)
 {
 	char		host[NI_MAXHOST];
 	int			family;
@@ -205,10 +205,87 @@ as_events_row(HeapTuple tuple, TupleDesc spidesc)
 }
 
 /*
+ * The row's content that does not depend on the chain: the texts as this
+ * database shows them, who asked, from where, in which transaction.  Built
+ * in the caller's memory, before the SPI region: everything here is used
+ * after the region ends, and the region's memory goes with SPI_finish().
+ */
+static void
+row_content(KsEventRow *r, const KsEventInput *in, const char *key_id)
+{
+	const KsEventIdentity *who = in->identity;
+
+	memset(r, 0, sizeof(*r));
+	r->at = who ? who->at : GetCurrentTimestamp();
+	r->mode = in->mode;
+	r->previous_mode = in->previous;
+	/*
+	 * The table holds text as this database shows it (a character it cannot
+	 * hold escaped), and the hash covers what the table holds, so auditors
+	 * re-derive it from the row alone; the file keeps the exact UTF-8.
+	 */
+	r->reason = ks_utf8_to_db(in->reason);
+	r->triggered_by = ks_utf8_to_db(in->triggered_by);
+	r->affected_tasks = in->affected_tasks;
+	r->source = pstrdup(in->source);
+	r->release_target = in->request ? (int) in->release_target : KS_NO_MODE;
+	/* a raise whose event followed is recorded as its caller's (ARCHITECTURE §5.3) */
+	r->session_role = who ? ks_utf8_to_db(who->session_role)
+		: GetUserNameFromId(GetSessionUserId(), false);
+	r->client_addr = who ? (who->client_addr ? pstrdup(who->client_addr) : NULL)
+		: ks_client_address();
+	r->backend_pid = who ? who->backend_pid : MyProcPid;
+	r->xid = who ? who->xid : 0;
+	r->key_id = pstrdup(key_id);
+	r->require_hmac = ks_require_hmac;
+}
+
+/* The row's column values for the INSERT (inside the SPI region). */
+static void
+row_values(const KsEventRow *r, Oid modetype, const char *prev_hash,
+		   const char *hash, const char *signature, Datum *values, char *nulls)
+{
+	memset(nulls, ' ', 19);
+	values[0] = Int64GetDatum(r->id);
+	values[1] = TimestampTzGetDatum(r->at);
+	values[2] = ks_mode_to_datum(r->mode, modetype);
+	if (r->previous_mode == KS_NO_MODE)
+		nulls[3] = 'n', values[3] = (Datum) 0;
+	else
+		values[3] = ks_mode_to_datum((KsMode) r->previous_mode, modetype);
+	values[4] = CStringGetTextDatum(r->reason);
+	values[5] = CStringGetTextDatum(r->triggered_by);
+	values[6] = Int32GetDatum(r->affected_tasks);
+	values[7] = CStringGetTextDatum(r->source);
+	values[8] = CStringGetTextDatum(r->session_role);
+	if (r->client_addr)
+		values[9] = DirectFunctionCall1(inet_in, CStringGetDatum(r->client_addr));
+	else
+		nulls[9] = 'n', values[9] = (Datum) 0;
+	values[10] = Int32GetDatum(r->backend_pid);
+	values[11] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r->xid));
+	values[12] = Int64GetDatum(r->generation);
+	values[13] = CStringGetTextDatum(r->key_id);
+	values[14] = BoolGetDatum(r->require_hmac);
+	values[15] = CStringGetTextDatum(prev_hash);
+	values[16] = CStringGetTextDatum(hash);
+	values[17] = CStringGetTextDatum(signature);
+	if (r->release_target == KS_NO_MODE)
+		nulls[18] = 'n', values[18] = (Datum) 0;
+	else
+		values[18] = ks_mode_to_datum((KsMode) r->release_target, modetype);
+}
+
+/*
  * Append an event; the caller holds the lock that orders changes.  The
  * generation is the next after the newest row's, and at least floor.
- * Fills file_state with what the state file must say after it, queues the
- * NOTIFY, and returns the new row as a composite Datum.
+ * Fills file_state with what the state file must say after it, and
+ * returns the new row as a composite Datum.  (Its NOTIFY is the watcher's,
+ * after the commit: ARCHITECTURE §5.6.)
+ *
+ * Only the chain's tail, the INSERT and the returned row are made inside
+ * the owner region; what outlives it (the row's texts, file_state) is made
+ * before it, in the caller's memory, or copied out of it.
  */
 Datum
 ks_record_event(const KsEventInput *in, KsState *file_state)
@@ -235,64 +312,16 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 
 	require_secret(&secret, &secretlen);
 	ks_key_id(secret, secretlen, key_id);
+	row_content(&r, in, key_id);
 
 	ks_owner_begin(&owner);
 	events_tail(&last_id, prev_hash, &last_gen);
-
-	memset(&r, 0, sizeof(r));
 	r.id = last_id + 1;
-	r.at = GetCurrentTimestamp();
-	r.mode = in->mode;
-	r.previous_mode = in->previous;
-	/*
-	 * The table holds text as this database shows it (a character it cannot
-	 * hold escaped), and the hash covers what the table holds, so auditors
-	 * re-derive it from the row alone; the file keeps the exact UTF-8.
-	 */
-	r.reason = ks_utf8_to_db(in->reason);
-	r.triggered_by = ks_utf8_to_db(in->triggered_by);
-	r.affected_tasks = in->affected_tasks;
-	r.source = (char *) in->source;
-	r.release_target = in->request ? (int) in->release_target : KS_NO_MODE;
-	r.session_role = GetUserNameFromId(GetSessionUserId(), false);
-	r.client_addr = client_address();
-	r.backend_pid = MyProcPid;
-	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	if (in->identity == NULL)
+		r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
 	r.generation = Max(last_gen + 1, in->floor_generation);
-	r.key_id = key_id;
-	r.require_hmac = ks_require_hmac;
 	row_digests(&r, prev_hash, secret, secretlen, hash, signature);
-
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = Int64GetDatum(r.id);
-	values[1] = TimestampTzGetDatum(r.at);
-	values[2] = ks_mode_to_datum(r.mode, modetype);
-	if (r.previous_mode == KS_NO_MODE)
-		nulls[3] = 'n', values[3] = (Datum) 0;
-	else
-		values[3] = ks_mode_to_datum((KsMode) r.previous_mode, modetype);
-	values[4] = CStringGetTextDatum(r.reason);
-	values[5] = CStringGetTextDatum(r.triggered_by);
-	values[6] = Int32GetDatum(r.affected_tasks);
-	values[7] = CStringGetTextDatum(r.source);
-	values[8] = CStringGetTextDatum(r.session_role);
-	if (r.client_addr)
-		values[9] = DirectFunctionCall1(inet_in, CStringGetDatum(r.client_addr));
-	else
-		nulls[9] = 'n', values[9] = (Datum) 0;
-	values[10] = Int32GetDatum(r.backend_pid);
-	values[11] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r.xid));
-	values[12] = Int64GetDatum(r.generation);
-	values[13] = CStringGetTextDatum(r.key_id);
-	values[14] = BoolGetDatum(r.require_hmac);
-	values[15] = CStringGetTextDatum(prev_hash);
-	values[16] = CStringGetTextDatum(hash);
-	values[17] = CStringGetTextDatum(signature);
-	if (r.release_target == KS_NO_MODE)
-		nulls[18] = 'n', values[18] = (Datum) 0;
-	else
-		values[18] = ks_mode_to_datum((KsMode) r.release_target, modetype);
-
+	row_values(&r, modetype, prev_hash, hash, signature, values, nulls);
 	rc = SPI_execute_with_args("INSERT INTO killswitch.events (id, at, mode, previous_mode, "
 							   "reason, triggered_by, affected_tasks, source, session_role, "
 							   "client_addr, backend_pid, xid, generation, key_id, require_hmac, "
@@ -302,6 +331,7 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 							   19, argtypes, values, nulls, false, 1);
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "could not insert into killswitch.events: %d", rc);
+	/* copied into the caller's memory: SPI_finish() frees the region's */
 	result = SPI_datumTransfer(as_events_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc),
 							   false, -1);
 	ks_owner_end(&owner);
@@ -319,10 +349,94 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	file_state->event_id = r.id;
 	file_state->source = pstrdup(r.source);
 	file_state->key_id = pstrdup(key_id);
-
-	ks_notify(r.id, r.mode, r.previous_mode, r.reason, r.triggered_by,
-			  r.at, r.generation, r.source);
+	file_state->tampered = in->tampered;
 	return result;
+}
+
+/*
+ * The row ks_engage() returns for a raise whose event follows (ARCHITECTURE
+ * §5.3): what the event will say, with id, generation, prev_hash, hash and
+ * signature null until the watcher (or the next change) records it.
+ */
+Datum
+ks_event_row_pending(const KsEventInput *in)
+{
+	TupleDesc	rowdesc = lookup_rowtype_tupdesc(get_rel_type_id(ks_events_relid()), -1);
+	Oid			modetype = ks_mode_type_oid();
+	Datum	   *values = palloc0(sizeof(Datum) * rowdesc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * rowdesc->natts);
+	char	   *secret;
+	size_t		secretlen;
+	char		key_id[17];
+	KsEventRow	r;
+	Datum		result;
+
+	require_secret(&secret, &secretlen);
+	ks_key_id(secret, secretlen, key_id);
+	row_content(&r, in, key_id);
+	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	for (int i = 0; i < rowdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(rowdesc, i);
+		const char *name = NameStr(att->attname);
+
+		nulls[i] = false;
+		if (att->attisdropped)
+			nulls[i] = true;
+		else if (strcmp(name, "at") == 0)
+			values[i] = TimestampTzGetDatum(r.at);
+		else if (strcmp(name, "mode") == 0)
+			values[i] = ks_mode_to_datum(r.mode, modetype);
+		else if (strcmp(name, "previous_mode") == 0 && r.previous_mode != KS_NO_MODE)
+			values[i] = ks_mode_to_datum((KsMode) r.previous_mode, modetype);
+		else if (strcmp(name, "reason") == 0)
+			values[i] = CStringGetTextDatum(r.reason);
+		else if (strcmp(name, "triggered_by") == 0)
+			values[i] = CStringGetTextDatum(r.triggered_by);
+		else if (strcmp(name, "affected_tasks") == 0)
+			values[i] = Int32GetDatum(r.affected_tasks);
+		else if (strcmp(name, "source") == 0)
+			values[i] = CStringGetTextDatum(r.source);
+		else if (strcmp(name, "session_role") == 0)
+			values[i] = CStringGetTextDatum(r.session_role);
+		else if (strcmp(name, "client_addr") == 0 && r.client_addr)
+			values[i] = DirectFunctionCall1(inet_in, CStringGetDatum(r.client_addr));
+		else if (strcmp(name, "backend_pid") == 0)
+			values[i] = Int32GetDatum(r.backend_pid);
+		else if (strcmp(name, "xid") == 0)
+			values[i] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r.xid));
+		else if (strcmp(name, "key_id") == 0)
+			values[i] = CStringGetTextDatum(r.key_id);
+		else if (strcmp(name, "require_hmac") == 0)
+			values[i] = BoolGetDatum(r.require_hmac);
+		else
+			nulls[i] = true;	/* id, generation, prev_hash, hash, signature, release_target */
+	}
+	result = HeapTupleGetDatum(heap_form_tuple(rowdesc, values, nulls));
+	ReleaseTupleDesc(rowdesc);
+	return result;
+}
+
+/* Is the raise of this transaction, asked at this time, in the history yet? */
+bool
+ks_events_hold(uint64 xid, TimestampTz at)
+{
+	KsOwnerContext owner;
+	Oid			argtypes[2] = {XID8OID, TIMESTAMPTZOID};
+	Datum		values[2] = {FullTransactionIdGetDatum(FullTransactionIdFromU64(xid)),
+	TimestampTzGetDatum(at)};
+	SPIPlanPtr	plan;
+	bool		found;
+
+	ks_owner_begin(&owner);
+	plan = SPI_prepare("SELECT 1 FROM killswitch.events WHERE xid = $1 AND at = $2", 2, argtypes);
+	/* the caller holds the lock that orders changes: a fresh snapshot sees every one */
+	if (SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	found = SPI_processed > 0;
+	ks_owner_end(&owner);
+	return found;
 }
 
 /* Generation of the newest event (0 when there is none). */

@@ -1,13 +1,16 @@
 /*
  * files.c — plain-file primitives under the state file: bounded reads that
- * refuse links and special files, atomic durable writes, the signing
- * secret, the writers' lock.  Frontend-safe, like store.c.
+ * refuse links and special files, atomic durable writes that never open
+ * the file they replace, the replace that keeps a write that raced it, the
+ * signing secret, the writers' lock.  Frontend-safe, like store.c.
  */
 #include "ks_base.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #ifdef FRONTEND
@@ -22,12 +25,6 @@
 #endif
 
 #include "store.h"
-
-#ifdef FRONTEND
-#define ks_durable_rename(from, to) durable_rename((from), (to))
-#else
-#define ks_durable_rename(from, to) durable_rename((from), (to), LOG)
-#endif
 
 /*
  * Open a file for reading and say what it is, from the descriptor itself:
@@ -133,22 +130,25 @@ ks_read_file(const char *path, size_t maxlen, char **contents, size_t *len,
 	return read_all(fd, &sb, maxlen, contents, len, problem, problemlen);
 }
 
+#ifdef FRONTEND
+#define ks_fsync(fd) fsync(fd)
+#else
+#define ks_fsync(fd) pg_fsync(fd)	/* honours fsync = off, as durable_rename() did */
+#endif
+
 /*
- * Write data to path atomically and durably: a temporary file in the same
- * directory with the given mode, then durable_rename() (which fsyncs the
- * file, renames it and fsyncs the directory).
+ * Write data to a new file tmp (which must not be in use: it is removed
+ * first) with the given mode, and make it durable.
  */
 static bool
-write_durably(const char *path, const char *data, size_t len, mode_t mode,
-			  char *problem, size_t problemlen)
+write_new_file(const char *tmp, const char *data, size_t len, mode_t mode,
+			   char *problem, size_t problemlen)
 {
-	char		tmp[MAXPGPATH];
 	int			fd;
 	size_t		done = 0;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int) getpid());
 	unlink(tmp);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY, mode);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | PG_BINARY, mode);
 	if (fd < 0)
 	{
 		snprintf(problem, problemlen, "could not create \"%s\": %s", tmp, strerror(errno));
@@ -158,9 +158,7 @@ write_durably(const char *path, const char *data, size_t len, mode_t mode,
 	if (fchmod(fd, mode) != 0)
 	{
 		snprintf(problem, problemlen, "could not set the mode of \"%s\": %s", tmp, strerror(errno));
-		close(fd);
-		unlink(tmp);
-		return false;
+		goto fail;
 	}
 	while (done < len)
 	{
@@ -172,11 +170,14 @@ write_durably(const char *path, const char *data, size_t len, mode_t mode,
 		{
 			snprintf(problem, problemlen, "could not write \"%s\": %s", tmp,
 					 n < 0 ? strerror(errno) : "no space left");
-			close(fd);
-			unlink(tmp);
-			return false;
+			goto fail;
 		}
 		done += n;
+	}
+	if (ks_fsync(fd) != 0)
+	{
+		snprintf(problem, problemlen, "could not fsync \"%s\": %s", tmp, strerror(errno));
+		goto fail;
 	}
 	if (close(fd) != 0)
 	{
@@ -184,14 +185,76 @@ write_durably(const char *path, const char *data, size_t len, mode_t mode,
 		unlink(tmp);
 		return false;
 	}
-	if (ks_durable_rename(tmp, path) != 0)
+	return true;
+
+fail:
+	close(fd);
+	unlink(tmp);
+	return false;
+}
+
+/*
+ * fsync the directory that holds path, so that a rename in it survives a
+ * crash.  Some file systems cannot fsync a directory (EBADF, EINVAL): as
+ * core's fsync_fname_ext(), that is no error.
+ */
+static bool
+fsync_parent(const char *path, char *problem, size_t problemlen)
+{
+	char		dir[MAXPGPATH];
+	int			fd;
+
+	strlcpy(dir, path, sizeof(dir));
+	get_parent_directory(dir);
+	fd = open(dir[0] ? dir : ".", O_RDONLY | O_CLOEXEC | PG_BINARY, 0);
+	if (fd < 0)
+	{
+		snprintf(problem, problemlen, "could not open directory \"%s\": %s",
+				 dir[0] ? dir : ".", strerror(errno));
+		return false;
+	}
+	if (ks_fsync(fd) != 0 && errno != EBADF && errno != EINVAL)
+	{
+		snprintf(problem, problemlen, "could not fsync directory \"%s\": %s",
+				 dir[0] ? dir : ".", strerror(errno));
+		close(fd);
+		return false;
+	}
+	close(fd);
+	return true;
+}
+
+/* This process's temporary file beside path. */
+static void
+temp_name(const char *path, char *tmp, size_t tmplen)
+{
+	snprintf(tmp, tmplen, "%s.tmp.%d", path, (int) getpid());
+}
+
+/*
+ * Write data to path atomically and durably: a temporary file in the same
+ * directory with the given mode, fsync, rename, fsync of the directory.
+ * The file replaced is never opened (core's durable_rename() opens it for
+ * writing to fsync it, which fails for a copy owned by someone else or left
+ * read-only, mode 0400): nothing about the old file can stop a write.
+ */
+static bool
+write_durably(const char *path, const char *data, size_t len, mode_t mode,
+			  char *problem, size_t problemlen)
+{
+	char		tmp[MAXPGPATH];
+
+	temp_name(path, tmp, sizeof(tmp));
+	if (!write_new_file(tmp, data, len, mode, problem, problemlen))
+		return false;
+	if (rename(tmp, path) != 0)
 	{
 		snprintf(problem, problemlen, "could not rename \"%s\" to \"%s\": %s",
 				 tmp, path, strerror(errno));
 		unlink(tmp);
 		return false;
 	}
-	return true;
+	return fsync_parent(path, problem, problemlen);
 }
 
 /* Write a file only its owner may read (the secret, the snapshot, the private files): 0600. */
@@ -203,14 +266,14 @@ ks_write_file_durably(const char *path, const char *data, size_t len,
 }
 
 /*
- * Write the state file, which agents outside the server may read: 0600, or
- * 0640 when its directory grants its group read and search access, so that
- * agents in that group can read the state (as core's pg_file_create_mode
- * follows the data directory's group access).  Never wider: others get nothing.
+ * The mode of the state file, which agents outside the server may read:
+ * 0600, or 0640 when its directory grants its group read and search
+ * access, so that agents in that group can read the state (as core's
+ * pg_file_create_mode follows the data directory's group access).  Never
+ * wider: others get nothing.
  */
-bool
-ks_write_shared_file_durably(const char *path, const char *data, size_t len,
-							 char *problem, size_t problemlen)
+mode_t
+ks_shared_file_mode(const char *path)
 {
 	char		dir[MAXPGPATH];
 	struct stat sb;
@@ -221,7 +284,199 @@ ks_write_shared_file_durably(const char *path, const char *data, size_t len,
 	if (stat(dir[0] ? dir : ".", &sb) == 0 &&
 		(sb.st_mode & (S_IRGRP | S_IXGRP)) == (S_IRGRP | S_IXGRP))
 		mode |= S_IRGRP;
-	return write_durably(path, data, len, mode, problem, problemlen);
+	return mode;
+}
+
+/* Write the state file (see ks_shared_file_mode()) atomically and durably. */
+bool
+ks_write_shared_file_durably(const char *path, const char *data, size_t len,
+							 char *problem, size_t problemlen)
+{
+	return write_durably(path, data, len, ks_shared_file_mode(path), problem, problemlen);
+}
+
+/* Swap two names in one step; false with errno ENOSYS where that cannot be done. */
+static bool
+exchange_names(const char *a, const char *b)
+{
+#if defined(__linux__) && defined(RENAME_EXCHANGE)
+	return renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) == 0;
+#else
+	errno = ENOSYS;
+	return false;
+#endif
+}
+
+/* Rename unless the target exists; false with EEXIST if it does. */
+static bool
+rename_noreplace(const char *from, const char *to)
+{
+#if defined(__linux__) && defined(RENAME_NOREPLACE)
+	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+		return true;
+	if (errno != EINVAL && errno != ENOSYS)
+		return false;
+#endif
+	/* no such rename here: a link fails the same way if the target exists */
+	if (link(from, to) != 0)
+		return false;
+	(void) unlink(from);
+	return true;
+}
+
+/* Does the file at path hold exactly expect (NULL: no file was expected)? */
+static bool
+holds(const char *path, const char *expect, size_t expect_len)
+{
+	char	   *bytes;
+	size_t		len;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (expect == NULL ||
+		!ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, sizeof(problem)))
+		return false;
+	return len == expect_len && memcmp(bytes, expect, len) == 0;
+}
+
+/*
+ * Keep the file at from (a write that raced a replace) for the watcher, as
+ * <state file>.raced.<n>: n grows with time, so that several are judged in
+ * the order they were found, and an existing one is never overwritten.
+ */
+static bool
+keep_raced(const char *from, const char *path, char *problem, size_t problemlen)
+{
+	char		raced[MAXPGPATH];
+	struct timeval tv;
+	int64		n;
+
+	gettimeofday(&tv, NULL);
+	n = (int64) tv.tv_sec * 1000000 + tv.tv_usec;
+	for (int tries = 0; tries < 1000; tries++, n++)
+	{
+		snprintf(raced, sizeof(raced), "%s%s" INT64_FORMAT, path, KS_RACED_SUFFIX, n);
+		if (rename_noreplace(from, raced))
+			return true;
+		if (errno != EEXIST)
+			break;
+	}
+	snprintf(problem, problemlen, "could not keep the write that raced the replace of \"%s\": %s",
+			 path, strerror(errno));
+	return false;
+}
+
+/*
+ * Where the file system cannot exchange two names: keep the file to be
+ * replaced open across the rename and read it after, so that an in-place
+ * write that raced the replace is still found (though a writer that stalls
+ * past that read is not).  What it held is kept as a raced file if it is
+ * not what the caller expected.
+ */
+static KsReplaceResult
+replace_keeping_open(const char *tmp, const char *path,
+					 const char *expect, size_t expect_len,
+					 char *problem, size_t problemlen)
+{
+	struct stat sb;
+	char		kept[MAXPGPATH];
+	char	   *bytes = NULL;
+	size_t		len = 0;
+	int			oldfd = open_regular(path, &sb, problem, problemlen);
+	bool		raced;
+
+	if (rename(tmp, path) != 0)
+	{
+		snprintf(problem, problemlen, "could not rename \"%s\" to \"%s\": %s",
+				 tmp, path, strerror(errno));
+		if (oldfd >= 0)
+			close(oldfd);
+		unlink(tmp);
+		return KS_REPLACE_FAILED;
+	}
+	if (oldfd < 0)
+		return KS_REPLACED;		/* nothing there, or nothing a writer could have written to */
+	if (fstat(oldfd, &sb) != 0)
+		sb.st_size = 0;
+	raced = !read_all(oldfd, &sb, KS_MAX_FILE_SIZE, &bytes, &len, problem, problemlen) ||
+		expect == NULL || len != expect_len || memcmp(bytes, expect, len) != 0;
+	if (!raced)
+		return KS_REPLACED;
+	snprintf(kept, sizeof(kept), "%s.kept.%d", path, (int) getpid());
+	if (bytes == NULL ||
+		!write_new_file(kept, bytes, len, S_IRUSR | S_IWUSR, problem, problemlen) ||
+		!keep_raced(kept, path, problem, problemlen))
+	{
+		unlink(kept);
+		return KS_REPLACED_LOST;
+	}
+	return KS_REPLACED_RACED;
+}
+
+/*
+ * Replace the state file by one holding data — durably, without ever
+ * opening the file replaced for writing (see write_durably()) — and say
+ * whether what it replaced was what the caller judged it to hold (expect;
+ * NULL: no file).  The two names are exchanged in one step (renameat2
+ * RENAME_EXCHANGE), which leaves the exact file replaced under the
+ * temporary name: a writer that rewrites in place (the reference library
+ * opens with truncate, writes, closes) and opened it before the exchange
+ * wrote to that file, not to ours.  So it is read after the exchange, and
+ * if it is not what the caller expected it is kept as
+ * <path>.raced.<n> — where that writer, still at it or stalled, finishes
+ * its write — for the watcher to judge once the writer has finished
+ * (ARCHITECTURE §5.7).  Nothing written is lost and nothing is judged here.
+ *
+ * The caller holds the writers' lock.  Returns KS_REPLACED,
+ * KS_REPLACED_RACED (replaced; a raced write kept), KS_REPLACED_LOST
+ * (replaced; a raced write could not be kept: *problem says why) or
+ * KS_REPLACE_FAILED (nothing replaced: *problem says why).
+ */
+KsReplaceResult
+ks_replace_shared_file(const char *path, const char *data, size_t len,
+					   const char *expect, size_t expect_len,
+					   char *problem, size_t problemlen)
+{
+	char		tmp[MAXPGPATH];
+	KsReplaceResult result = KS_REPLACED;
+
+	temp_name(path, tmp, sizeof(tmp));
+	if (!write_new_file(tmp, data, len, ks_shared_file_mode(path), problem, problemlen))
+		return KS_REPLACE_FAILED;
+	for (int tries = 0;; tries++)
+	{
+		if (exchange_names(tmp, path))
+		{
+			/* tmp now names what path held until this instant */
+			if (holds(tmp, expect, expect_len))
+				(void) unlink(tmp);
+			else if (keep_raced(tmp, path, problem, problemlen))
+				result = KS_REPLACED_RACED;
+			else
+			{
+				(void) unlink(tmp);
+				result = KS_REPLACED_LOST;
+			}
+			break;
+		}
+		if (errno == ENOENT && rename_noreplace(tmp, path))
+			break;				/* there was no file to replace */
+		if (errno == EEXIST && tries < 3)
+			continue;			/* one appeared meanwhile: exchange with it */
+		if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
+		{
+			result = replace_keeping_open(tmp, path, expect, expect_len, problem, problemlen);
+			if (result == KS_REPLACE_FAILED)
+				return result;
+			break;
+		}
+		snprintf(problem, problemlen, "could not rename \"%s\" to \"%s\": %s",
+				 tmp, path, strerror(errno));
+		unlink(tmp);
+		return KS_REPLACE_FAILED;
+	}
+	if (!fsync_parent(path, problem, problemlen))
+		return KS_REPLACE_FAILED;
+	return result;
 }
 
 /*
@@ -327,8 +582,9 @@ ks_retired_secret(const char *secret_file, const char *key_id,
 	return ks_secret_load(path, false, secret, len, problem, sizeof(problem));
 }
 
-/* How often a waiter tries the writers' lock again. */
+/* How often a waiter tries the writers' lock again; a raise, more often. */
 #define KS_LOCK_POLL_MS 10
+#define KS_LOCK_RAISE_POLL_MS 2
 
 /*
  * How long a writer that cannot be interrupted waits for the lock before it
@@ -470,22 +726,21 @@ wait_for_lock(int fd, const char *path, char *problem, size_t problemlen)
 #endif
 
 /*
- * Take the writers' lock of a state directory (a lock file, flock()), so
- * that the server and the command-line tool never interleave their
- * read-modify-write cycles.  Returns the descriptor to pass to
- * ks_unlock_dir(), or -1 with *problem set.  The wait is interruptible in
- * backends and bounded everywhere else (see wait_for_lock).
+ * Open the writers' lock file of a state directory, creating it if need
+ * be.  Read-only: flock() works on any descriptor, and a descriptor opened
+ * for writing would signal IN_CLOSE_WRITE in the watched directory at every
+ * close — the watcher of a standby, which takes the lock at every look,
+ * would wake itself for ever.  A symbolic link or anything but a regular
+ * file is refused.  Returns the descriptor, or -1 with *problem set.
  */
-int
-ks_lock_dir(const char *dir, char *problem, size_t problemlen)
+static int
+open_lock_file(const char *dir, char *path, size_t pathlen, char *problem, size_t problemlen)
 {
-	char		path[MAXPGPATH];
 	struct stat sb;
 	int			fd;
-	bool		ok;
 
-	snprintf(path, sizeof(path), "%s/%s", dir, KS_LOCK_FILE_NAME);
-	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | PG_BINARY,
+	snprintf(path, pathlen, "%s/%s", dir, KS_LOCK_FILE_NAME);
+	fd = open(path, O_RDONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | PG_BINARY,
 			  S_IRUSR | S_IWUSR);
 	if (fd < 0)
 	{
@@ -499,6 +754,27 @@ ks_lock_dir(const char *dir, char *problem, size_t problemlen)
 		close(fd);
 		return -1;
 	}
+	return fd;
+}
+
+/*
+ * Take the writers' lock of a state directory (a lock file, flock()), so
+ * that the server and the command-line tool never interleave their
+ * read-modify-write cycles.  Returns the descriptor to pass to
+ * ks_unlock_dir(), or -1 with *problem set.  The wait is interruptible in
+ * backends and bounded everywhere else (see wait_for_lock).  A raise does
+ * not wait here: see ks_lock_dir_within().
+ */
+int
+ks_lock_dir(const char *dir, char *problem, size_t problemlen)
+{
+	char		path[MAXPGPATH];
+	int			fd;
+	bool		ok;
+
+	fd = open_lock_file(dir, path, sizeof(path), problem, problemlen);
+	if (fd < 0)
+		return -1;
 #ifdef FRONTEND
 	ok = wait_for_lock(fd, path, problem, problemlen);
 #else
@@ -515,6 +791,52 @@ ks_lock_dir(const char *dir, char *problem, size_t problemlen)
 #endif
 	if (!ok)
 	{
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Take the writers' lock waiting at most wait_ms (0: one try), for a writer
+ * that must not wait on whoever holds it — a raise, whose file follows
+ * later if the lock is busy (any OS user who can write the state directory
+ * can hold it).  Never an error and never interrupted: returns the
+ * descriptor, or -1 with *problem set (and errno EWOULDBLOCK if another
+ * process holds the lock).
+ */
+int
+ks_lock_dir_within(const char *dir, int wait_ms, char *problem, size_t problemlen)
+{
+	char		path[MAXPGPATH];
+	struct timeval start,
+				now;
+	int			fd;
+	int			r;
+
+	fd = open_lock_file(dir, path, sizeof(path), problem, problemlen);
+	if (fd < 0)
+		return -1;
+	gettimeofday(&start, NULL);
+	while ((r = try_lock(fd)) == 0)
+	{
+		long		waited;
+
+		gettimeofday(&now, NULL);
+		waited = (now.tv_sec - start.tv_sec) * 1000L + (now.tv_usec - start.tv_usec) / 1000;
+		if (waited >= wait_ms)
+		{
+			snprintf(problem, problemlen,
+					 "could not lock \"%s\": another process holds it (waited %ld ms)", path, waited);
+			close(fd);
+			errno = EWOULDBLOCK;
+			return -1;
+		}
+		pg_usleep(Min(KS_LOCK_RAISE_POLL_MS, wait_ms - waited) * 1000L);
+	}
+	if (r < 0)
+	{
+		snprintf(problem, problemlen, "could not lock \"%s\": %s", path, strerror(errno));
 		close(fd);
 		return -1;
 	}

@@ -176,6 +176,7 @@ _PG_init(void)
 	ks_agents_init();
 	RegisterXactCallback(ks_xact_callback, NULL);
 	RegisterSubXactCallback(ks_subxact_callback, NULL);
+	ks_interlock_init();
 	/* after ks_xact_callback: callbacks run newest first, the backstop first */
 	ks_enforce_init();
 	ks_tasks_init();

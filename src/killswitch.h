@@ -54,10 +54,19 @@ extern int	ks_release_approvals;
 extern int	ks_approval_timeout;
 
 /*
- * The fast copy.  word packs what every check reads, so that a reader gets
- * mode and generation from one atomic load:
+ * The fast copy (ARCHITECTURE §2, §5.1).  word packs what every check
+ * reads, so that a reader gets mode and generation from one atomic load:
  *   bits 0-3 mode, bits 4-7 flags, bits 8-63 generation.
- * The rest is descriptive and guarded by mutex.
+ * Its mode is the highest of the state in force, every raise in flight
+ * and a standby's floor; its flags and generation are the newest
+ * committed state's.  Only recompute_word() (state.c) writes it, holding
+ * mutex.
+ *
+ * Who guards what is said field by field: "mutex" is the spinlock (read
+ * and written only while holding it); "watcher" means only the watcher
+ * writes it (others may read a torn or stale value only where said); the
+ * postmaster writes everything once at start, before any other process
+ * exists.
  */
 #define KS_FLAG_TAMPERED 0x1	/* the state file could not be trusted */
 #define KS_FLAG_UNSIGNED 0x2	/* applied without a signature check */
@@ -82,51 +91,104 @@ typedef struct KsUpstreamStatus
 	char		problem[KS_WATCHER_PROBLEM_LEN];	/* why it is not heard; "" when it is */
 } KsUpstreamStatus;
 
+/* One per PGPROC (ARCHITECTURE §5.1, §5.2), indexed by ks_my_proc_number(). */
+typedef struct KsProcSlot
+{
+	int8		raising;		/* mutex; written by its backend only: the highest
+								 * mode of its raise not yet committed, or
+								 * KS_NO_MODE */
+	pg_atomic_uint32 committing;	/* lock-free; written by its backend only:
+									 * the agent transaction committing now, or
+									 * InvalidTransactionId (interlock.c) */
+} KsProcSlot;
+
 typedef struct KsShared
 {
-	pg_atomic_uint64 word;
+	pg_atomic_uint64 word;		/* written under mutex, read lock-free */
 	slock_t		mutex;
-	TimestampTz since;			/* when the current mode was set */
 	/*
-	 * When this server first showed the current mode; a new generation of
-	 * the same mode keeps it.  The emergency ends agent sessions busy since
-	 * before it: one that began later is refused statement by statement.
+	 * The newest committed state (the "chain"): mode and flags, with the
+	 * generation in word.  mutex.
+	 */
+	KsMode		chain_mode;
+	int			chain_flags;
+	/*
+	 * Raises in force that the chain does not hold yet (all mutex): the
+	 * committed raises whose event follows (a count per mode: their marks,
+	 * marks.c), the watcher's raise judged but not yet recorded, and at
+	 * start a change in flight whose commit the watcher must confirm; the
+	 * raises in flight, a count per mode of the PGPROC slots.
+	 */
+	int			deferred_count[KS_MODE_COUNT];
+	int			inplace_mode;	/* KsMode or KS_NO_MODE */
+	int			inplace_flags;
+	int			raising_count[KS_MODE_COUNT];
+	/*
+	 * A floor under the word (mutex; KS_DISENGAGED: none): a standby that
+	 * has not heard its upstream for longer than
+	 * killswitch.standby_max_silence holds at least halt_all (upstream.c,
+	 * ks_set_floor()).  No change of state: the generation does not move.
+	 */
+	KsMode		floor_mode;
+	TimestampTz since;			/* mutex: when the chain's mode was set */
+	/*
+	 * When this server first showed the current mode of word (mutex); a
+	 * new generation of the same mode keeps it.  The emergency ends agent
+	 * sessions busy since before it: one that began later is refused
+	 * statement by statement.
 	 */
 	TimestampTz published_at;
-	char		source[16];		/* what set it: sql, file, cli, startup, tamper */
-	char		reason[256];	/* the current state's reason, shortened, UTF-8 */
-	char		triggered_by[64];	/* and who set it */
-	/* a change made while starting that killswitch.events lacks yet */
+	uint64		emergency_episode;	/* mutex: +1 whenever word enters emergency */
+	char		source[16];		/* mutex: what set the chain's state: sql, file, cli, startup, tamper */
+	char		reason[256];	/* mutex: the chain's reason, shortened, UTF-8 */
+	char		triggered_by[64];	/* mutex: and who set it */
+	/* mutex: the newest raise shown above the chain, for refusals */
+	char		raise_reason[256];
+	char		raise_by[64];
+	/* mutex: a change made while starting that killswitch.events lacks yet */
 	bool		unrecorded;
 	KsMode		unrecorded_previous;
 	char		unrecorded_reason[KS_PROBLEM_LEN + 64];
-	/* a change written before a crash whose commit the watcher must confirm */
+	/* mutex: marks at start whose commit the watcher must confirm (inplace_mode holds their raise) */
 	bool		unconfirmed;
-	TimestampTz watcher_checked_at;	/* when the watcher last looked at the file */
-	Latch	   *watcher_latch;	/* to wake the watcher at once */
-	int64		emergency_handled;	/* emergency generation whose actions ran */
-	/* the watcher's own state (worker.c), for ks_status() */
+	bool		marks_due;		/* mutex: the watcher has marks to look at (marks.c) */
+	uint64		marks_before_start;	/* postmaster at start: the newest transaction of a mark found then */
+	int64		notified_generation;	/* watcher (mutex to read): events announced up to here */
+	TimestampTz watcher_checked_at;	/* mutex: when the watcher last looked at the file */
+	Latch	   *watcher_latch;	/* mutex: to wake the watcher at once */
+	uint64		emergency_handled;	/* watcher: the emergency episode whose actions ran */
+	uint64		emergency_alerted;	/* watcher: and whose alert went out */
+	/* the watcher's own state (worker.c), for ks_status(); all mutex */
 	bool		watcher_connecting; /* a connection to killswitch.database under way */
 	int			watcher_usable_retries; /* failed connections to a database that looked usable */
 	bool		watcher_inotify;	/* sees changes through inotify (else: the poll) */
 	char		watcher_problem[KS_WATCHER_PROBLEM_LEN];	/* why it cannot do all its work; "" when fine */
-	/* the fleet (wal.c, standby.c) */
-	XLogRecPtr	state_lsn;		/* the WAL record of the state: written, or replayed */
-	bool		from_recovery;	/* started as a standby or for PITR: adopt the history when it ends */
-	bool		files_behind;	/* redo could not write the files: the watcher writes them */
-	bool		state_dir_foreign;	/* another running server claimed killswitch.state_dir (claim.c) */
-	int64		replayed_generation;	/* the newest generation replay or the history brought */
 	/*
-	 * The mode last published, and a floor under what the word shows: a
-	 * standby that has not heard its upstream for longer than
-	 * killswitch.standby_max_silence holds at least halt_all (upstream.c).
-	 * The word's mode is the higher of the two (state.c).
+	 * What the state file holds, as the server knows it (follow.c,
+	 * ARCHITECTURE §5.7), all mutex: the SHA-256 of the bytes it last wrote
+	 * there or last judged there ("-": judged missing; "": unknown, after a
+	 * standby's redo wrote it — the private copy stands in), so that its
+	 * own writes are recognised by their bytes and an outside write is
+	 * judged once; whether the file lags behind the state in force (a
+	 * write that failed or found the writers' lock busy, an undo that could
+	 * not complete), which the watcher then writes; and why, for
+	 * ks_status().  A server write notes its bytes before it lets go of the
+	 * writers' lock.
 	 */
-	KsMode		published_mode;
-	KsMode		floor_mode;
-	KsUpstreamStatus upstream;	/* a standby's link to its upstream (upstream.c) */
+	char		file_hash[KS_HEX_DIGEST_LEN + 1];
+	bool		file_behind;
+	char		file_problem[KS_PROBLEM_LEN];
+	/* the fleet (wal.c, standby.c) */
+	XLogRecPtr	state_lsn;		/* mutex: the WAL record of the state: written, or replayed */
+	bool		from_recovery;	/* postmaster at start; the watcher clears it when the history is adopted */
+	bool		files_behind;	/* the startup process (redo) sets it, the watcher clears it */
+	bool		state_dir_foreign;	/* postmaster at start (claim.c) */
+	int64		replayed_generation;	/* mutex: the newest generation replay or the history brought */
+	KsUpstreamStatus upstream;	/* mutex: a standby's link to its upstream (upstream.c) */
 	/* broadcast after every publish: wakes the sessions in ks_wait() (wait.c) */
 	ConditionVariable published;
+	int			nslots;			/* postmaster at start */
+	KsProcSlot	slots[FLEXIBLE_ARRAY_MEMBER];	/* indexed by ks_my_proc_number() */
 } KsShared;
 
 extern KsShared *ks_shared;
@@ -155,10 +217,29 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 extern bool ks_publish_if_newer(KsMode mode, int flags, int64 generation,
 								TimestampTz since, const char *source,
 								const char *reason, const char *triggered_by);
-extern bool ks_publish_raise(KsMode mode, int flags, int64 generation,
+extern bool ks_publish_heard(KsMode mode, int flags, int64 generation,
 							 TimestampTz since, const char *source,
 							 const char *reason, const char *triggered_by);
 extern void ks_set_floor(KsMode floor);
+extern int	ks_proc_slot_count(void);
+extern void ks_publish_raise(KsMode mode, int flags, int64 generation,
+							 TimestampTz since, const char *source,
+							 const char *reason, const char *triggered_by);
+extern bool ks_raise_in_place(KsMode mode, int flags, const char *reason,
+							  const char *triggered_by);
+extern void ks_clear_in_place(void);
+extern bool ks_raising_set(int mode, const char *reason, const char *triggered_by);
+extern void ks_deferred_count_add(KsMode mode, int delta, const char *reason,
+								  const char *triggered_by);
+extern KsMode ks_base_mode(int *flags);
+extern KsMode ks_chain_state(int *flags);
+/* What a change is (ARCHITECTURE §5): a raise is unconditional, a lower is a release. */
+typedef enum KsChangeKind
+{
+	KS_CHANGE_RAISE,			/* the mode at least where it was, a verdict kept */
+	KS_CHANGE_LOWER				/* a lower mode, or a verdict cleared */
+} KsChangeKind;
+extern KsChangeKind ks_change_kind(KsMode from, bool from_tampered, KsMode to, bool to_tampered);
 extern void ks_refusal_detail(char *buf, size_t len);
 extern void ks_clip_utf8(char *dst, const char *src, size_t size);
 extern void ks_wake_watcher(void);
@@ -205,16 +286,38 @@ extern char *ks_text_to_utf8(const char *s, const char *name);
 extern char *ks_utf8_to_db(const char *utf8);
 
 /* worker.c: the watcher */
-#define KS_NO_EMERGENCY (-1)
 extern void ks_worker_register(void);
 extern void ks_watcher_survive_error(MemoryContext ctx);
 
 /* watch.c: judging the file while running */
-extern void ks_judge_file(const char *path);
-extern void ks_judge_file_without_history(const char *path);
+/* Has the writer of a file finished?  Asked after the file was read (worker.c). */
+typedef bool (*KsWriterDone) (const char *path);
+/* What a look at a file came to. */
+typedef enum KsJudged
+{
+	KS_JUDGED,					/* judged: applied, kept to be recorded, or nothing to do */
+	KS_JUDGE_AFTER_WRITER,		/* its writer may still be at it: once it has finished */
+	KS_JUDGE_AFTER_LOCK			/* a release waiting for the lock that orders changes */
+} KsJudged;
+extern KsJudged ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done);
+extern KsJudged ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done);
+extern void ks_judge_settled(void);
+extern void ks_watch_committed(void);
+
+/* follow.c: the state file follows the state in force */
+#define KS_FILE_MISSING_HASH "-"	/* file_hash of a file judged missing */
+extern void ks_file_hash_of(const char *data, size_t len, char *hash);
+extern void ks_file_written(const char *data, size_t len);
+extern void ks_file_unknown(void);
+extern void ks_file_behind(const char *problem);
+extern bool ks_file_known(const char *hash, bool *behind);
+extern void ks_file_hash(char *hash);
+extern void ks_file_judged(const char *hash, const char *before);
+extern bool ks_write_behind_file(bool history);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
-extern void ks_confirm_in_flight(void);
+extern void ks_settle_marks(void);
+extern bool ks_watch_due(void);
 
 /* dirwatch.c: inotify on the state directory */
 typedef enum KsDirEvent
@@ -225,15 +328,58 @@ typedef enum KsDirEvent
 	KS_DIR_WRITTEN,				/* written in place and closed: judge now */
 	KS_DIR_LOST					/* the watch is gone (directory moved, queue lost) */
 } KsDirEvent;
+/* What one drain of the directory's events says. */
+typedef struct KsDirEvents
+{
+	KsDirEvent	state;			/* the strongest event about the state file */
+	bool		state_writing;	/* its last event: written to and not closed since */
+	bool		raced;			/* something happened to a raced file (files.c) */
+	bool		raced_closed;	/* a raced file's writer closed it, and wrote nothing since */
+} KsDirEvents;
 extern int	ks_dirwatch_start(const char *dir, char *problem, size_t problemlen);
-extern KsDirEvent ks_dirwatch_drain(int fd, const char *name);
+extern void ks_dirwatch_drain(int fd, const char *name, KsDirEvents *events);
 extern void ks_dirwatch_stop(int fd);
+
+/* interlock.c: no agent commit after a raise (ARCHITECTURE §5.2) */
+extern void ks_interlock_init(void);
+extern void ks_slots_clear_at_exit(void);
+extern KsMode ks_commit_mode(void);
+extern void ks_interlock_wait(void);
+
+/* marks.c: changes in flight, one mark per transaction (ARCHITECTURE §5.3-5.5) */
+typedef struct KsMark
+{
+	bool		deferred;		/* a raise whose event follows, else a recorded change */
+	uint64		xid;			/* the transaction's FullTransactionId */
+	KsMode		mode;
+	int			previous;		/* KsMode or KS_NO_MODE */
+	bool		tampered;		/* the change keeps a tamper verdict */
+	int64		generation;		/* recorded: the change's generation */
+	char	   *state;			/* recorded: the state file's text */
+	size_t		state_len;
+	/* deferred: the change whole, and who asked (UTF-8) */
+	char	   *reason;
+	char	   *triggered_by;
+	char	   *source;
+	int32		affected_tasks;
+	char	   *session_role;
+	char	   *client_addr;	/* NULL for a local connection */
+	int32		backend_pid;
+	int64		at_usec;		/* microseconds since 1970 */
+} KsMark;
+extern bool ks_mark_write(const KsMark *m, char *problem, size_t problemlen);
+extern bool ks_mark_remove(uint64 xid);
+extern List *ks_marks_read(bool *bad, char *problem, size_t problemlen);
+extern void ks_marks_clear(void);
 
 /* startup.c */
 extern void ks_load_at_startup(void);
 
 /* persist.c */
-/* The mark of a change written to the state file whose commit is not known. */
+/*
+ * The single mark of a change in flight that servers before the marks by
+ * transaction (marks.c) kept; removed where found.
+ */
 #define KS_IN_FLIGHT_FILE KS_PRIVATE_DIR "/in_flight.json"
 extern void ks_state_file_path(char *buf, size_t len);
 extern bool ks_backend_secret(char **secret, size_t *len, char *problem, size_t problemlen);
@@ -253,15 +399,14 @@ typedef struct KsExpect
 	const KsState *judged;		/* the file as the watcher judged it, or NULL */
 	bool		untrusted;		/* a verdict on a missing or untrusted file */
 } KsExpect;
-/* What a pre-commit write did, for the commit or the undo. */
+/* What a write before commit did, for the undo. */
 typedef struct KsWritten
 {
 	char	   *before;			/* the state file's bytes before, or NULL */
 	size_t		before_len;
 	char	   *text;			/* what this change wrote */
 	size_t		text_len;
-	bool		marked;			/* the in-flight mark was written */
-	bool		file_written;	/* and the state file */
+	bool		file_written;
 } KsWritten;
 typedef enum KsWriteResult
 {
@@ -269,9 +414,19 @@ typedef enum KsWriteResult
 	KS_WRITE_CONFLICT,			/* an outside change nobody has judged yet */
 	KS_WRITE_FAILED
 } KsWriteResult;
-extern KsWriteResult ks_persist_state(const KsState *state, const KsExpect *expect,
-									  KsWritten *w, char *problem, size_t problemlen);
-extern void ks_persist_commit(const KsWritten *w);
+/* Which write of the state file (ks_persist_file()). */
+typedef enum KsPersistWhen
+{
+	KS_PERSIST_CHECK,			/* a release before its commit: the compare only */
+	KS_PERSIST_RAISE,			/* a raise before its commit: never waits long, never fails it */
+	KS_PERSIST_COMMITTED		/* after a commit (a release's): bounded */
+} KsPersistWhen;
+extern bool ks_persist_text(const KsState *state, StringInfo out, char *problem, size_t problemlen);
+extern KsWriteResult ks_persist_file(const char *text, size_t len, const KsExpect *expect,
+									 KsPersistWhen when, KsWritten *w,
+									 char *problem, size_t problemlen);
+extern bool ks_persist_copy(const char *text, size_t len, char *problem, size_t problemlen);
+extern bool ks_held_signature(char **signature);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
 extern bool ks_persist_applied(const KsState *state, bool state_file,
 							   char *problem, size_t problemlen);
@@ -280,7 +435,9 @@ extern bool ks_persist_applied(const KsState *state, bool state_file,
 extern char *ks_release_key_file;
 extern void ks_release_key_prepare(void);
 extern void ks_release_key_for_writing(char **key, size_t *len);
-extern bool ks_release_authorized(const KsState *file, KsMode held,
+extern bool ks_release_authorized(const KsState *file, const KsState *held,
+								  bool held_tampered, char *problem, size_t problemlen);
+extern bool ks_generation_step_ok(const KsState *file, const KsState *held,
 								  char *problem, size_t problemlen);
 
 /* audit.c: the watcher's look at the agent roles' powers */
@@ -317,6 +474,15 @@ extern Datum ks_mode_to_datum(KsMode mode, Oid typoid);
 extern KsMode ks_mode_from_datum(Datum value);
 
 /* events.c */
+/* Who asked for a change recorded after its commit (a raise whose event followed). */
+typedef struct KsEventIdentity
+{
+	const char *session_role;	/* UTF-8 */
+	const char *client_addr;	/* NULL for a local connection */
+	int32		backend_pid;
+	uint64		xid;			/* FullTransactionId */
+	TimestampTz at;
+} KsEventIdentity;
 /* What a new event says; the rest (who, where, when, chain) is filled in. */
 typedef struct KsEventInput
 {
@@ -329,8 +495,13 @@ typedef struct KsEventInput
 	int64		floor_generation;	/* the generation is at least this */
 	bool		request;		/* a release request (approval.c) */
 	KsMode		release_target; /* and the mode it asks for */
+	bool		tampered;		/* the state after it keeps a tamper verdict */
+	const KsEventIdentity *identity;	/* NULL: this session, now */
 } KsEventInput;
 extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
+extern Datum ks_event_row_pending(const KsEventInput *in);
+extern bool ks_events_hold(uint64 xid, TimestampTz at);
+extern char *ks_client_address(void);
 extern int64 ks_events_last_generation(void);
 typedef enum KsHistory
 {
@@ -340,11 +511,9 @@ typedef enum KsHistory
 } KsHistory;
 extern KsHistory ks_events_newest_state(KsState *st);
 
-/* notify.c */
-extern void ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
-					  const char *triggered_by, TimestampTz at, int64 generation,
-					  const char *source);
-extern void ks_notify_alert(int64 generation, int sessions_ended);
+/* notify.c: announcing changes, from the watcher (ARCHITECTURE §5.6) */
+extern void ks_notify_pending(void);
+extern void ks_notify_alert_later(int64 generation, int sessions_ended);
 
 /* change.c */
 typedef struct KsChange
@@ -355,12 +524,14 @@ typedef struct KsChange
 	int32		affected_tasks;
 	const char *source;			/* sql, file, cli, tamper, release_request */
 	int			flags;			/* KS_FLAG_* to publish */
+	bool		clears_verdict;	/* a release: the tamper verdict goes (else it is kept) */
 	bool		request;		/* a release request: mode unchanged */
 	KsMode		release_target; /* the mode the request asks for */
 	int64		generation;		/* the file's own generation, or 0: the next */
 	KsExpect	expect;			/* what the file held when judged (watcher) */
 } KsChange;
 extern Datum ks_apply_change(const KsChange *change);
+extern void ks_record_marks(void);
 extern void ks_flush_unrecorded(void);
 extern void ks_xact_callback(XactEvent event, void *arg);
 extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,

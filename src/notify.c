@@ -1,14 +1,30 @@
 /*
- * notify.c — announcing a change (ARCHITECTURE §5): the JSON payload on channel
- * killswitch, and killswitch_alert for emergency and tamper.  Queued inside
- * the changing transaction, so delivered at its commit and never after a
- * rollback.
+ * notify.c — announcing changes (ARCHITECTURE §5.6): the JSON payload on
+ * channel killswitch, and killswitch_alert for emergency and tamper.
+ *
+ * Never queued in the changing transaction: a full NOTIFY queue (or a
+ * transaction holding the queue's lock while it waits for a synchronous
+ * standby) would abort or hold up the change at PreCommit_Notify.  Whoever
+ * commits a change wakes the watcher, and the watcher sends, in a
+ * transaction of its own, the payload of every event newer than
+ * KsShared.notified_generation — so only committed changes are announced,
+ * a moment after their commit.  A queue that cannot take them costs a
+ * WARNING and those notifications, never a change; agents that must not
+ * miss one wait in ks_wait() or read the mode before each action.
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "executor/spi.h"
 #include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "killswitch.h"
 
@@ -45,16 +61,19 @@ notify_payload(StringInfo out, int64 id, KsMode mode, int previous,
 	appendStringInfoChar(out, '}');
 }
 
+/* How long the watcher waits for the NOTIFY queue's lock before it gives up. */
+#define KS_NOTIFY_LOCK_TIMEOUT "1s"
+
 /*
  * Queue the NOTIFY of a change on channel killswitch (and killswitch_alert
- * for emergency and tamper).  Delivered at commit, gone with a rollback.
- * The payload stays valid JSON under the 8000-byte limit: long texts are
- * shortened here only, the table keeps them whole.
+ * for emergency and tamper), in the watcher's transaction.  The payload
+ * stays valid JSON under the 8000-byte limit: long texts are shortened
+ * here only, the table keeps them whole.
  */
-void
-ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
-		  const char *triggered_by, TimestampTz at, int64 generation,
-		  const char *source)
+static void
+notify_event(int64 event_id, KsMode mode, int previous, const char *reason,
+			 const char *triggered_by, TimestampTz at, int64 generation,
+			 const char *source)
 {
 	StringInfoData payload;
 	int			maxlen = KS_MAX_TEXT_LEN;
@@ -73,12 +92,109 @@ ks_notify(int64 event_id, KsMode mode, int previous, const char *reason,
 		Async_Notify(KS_ALERT_CHANNEL, payload.data);
 }
 
-/* NOTIFY killswitch_alert that the emergency actions ran. */
+/* The emergency's alert, waiting for the next round of notifications. */
+static bool alert_pending = false;
+static int64 alert_generation;
+static int	alert_sessions_ended;
+
+/* NOTIFY killswitch_alert that the emergency actions ran (with the next round). */
 void
-ks_notify_alert(int64 generation, int sessions_ended)
+ks_notify_alert_later(int64 generation, int sessions_ended)
 {
-	Async_Notify(KS_ALERT_CHANNEL,
-				 psprintf("{\"alert\": \"emergency\", \"generation\": " INT64_FORMAT
-						  ", \"sessions_ended\": %d, \"snapshot_file\": \"%s\"}",
-						  generation, sessions_ended, KS_SNAPSHOT_FILE_NAME));
+	alert_pending = true;
+	alert_generation = generation;
+	alert_sessions_ended = sessions_ended;
+}
+
+/* Queue every event newer than since; returns the newest generation queued. */
+static int64
+queue_events_since(int64 since)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(since)};
+	int64		newest = since;
+
+	if (SPI_execute_with_args("SELECT id, mode::text, previous_mode::text, reason, triggered_by, "
+							  "at, generation, source FROM killswitch.events "
+							  "WHERE generation > $1 ORDER BY id",
+							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *prev = SPI_getvalue(tup, desc, 3);
+		int64		generation = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+
+		notify_event(DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)),
+					 (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2)),
+					 prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE,
+					 SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
+					 DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull)),
+					 generation, SPI_getvalue(tup, desc, 8));
+		newest = Max(newest, generation);
+	}
+	return newest;
+}
+
+/*
+ * The watcher, outside a transaction, connected to the history: announce
+ * the events newer than the last announced, and the emergency's alert, in
+ * a transaction of its own.  The queue's lock is waited for at most
+ * KS_NOTIFY_LOCK_TIMEOUT.  Whatever fails costs a WARNING and these
+ * notifications: they are not tried again.
+ */
+void
+ks_notify_pending(void)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	int64		since;
+	int64		newest;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	since = ks_shared->notified_generation;
+	SpinLockRelease(&ks_shared->mutex);
+	/* on failure, everything up to the generation in force is dropped */
+	newest = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	if (newest <= since && !alert_pending)
+		return;
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		(void) set_config_option("lock_timeout", KS_NOTIFY_LOCK_TIMEOUT, PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		newest = queue_events_since(since);
+		SPI_finish();
+		if (alert_pending)
+			Async_Notify(KS_ALERT_CHANNEL,
+						 psprintf("{\"alert\": \"emergency\", \"generation\": " INT64_FORMAT
+								  ", \"sessions_ended\": %d, \"snapshot_file\": \"%s\"}",
+								  alert_generation, alert_sessions_ended, KS_SNAPSHOT_FILE_NAME));
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(WARNING,
+				(errmsg("could not announce kill switch changes: %s", edata->message),
+				 errdetail("The changes up to generation " INT64_FORMAT " are in force and recorded; their NOTIFY was dropped.",
+						   newest),
+				 errhint("Agents learn the mode from ks_mode() and ks_wait() as well.")));
+	}
+	PG_END_TRY();
+	alert_pending = false;
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->notified_generation = Max(ks_shared->notified_generation, newest);
+	SpinLockRelease(&ks_shared->mutex);
 }

@@ -3,19 +3,30 @@
  * that signs it, and writing it under the writers' lock by compare-and-swap,
  * so that no outside change is ever overwritten unseen.
  *
- * Three files in the private directory and the state directory tell, after
- * a crash at any instant, whether a change had committed:
+ * The compare is by bytes: the state file is the server's own as long as
+ * it holds exactly what the server last put there or judged — whose
+ * SHA-256 is KsShared.file_hash (follow.c) — and nothing else makes it so
+ * (a private copy left behind by a failed write does not turn the server's
+ * own file into a stranger's).  Only while file_hash is unknown (a
+ * standby's redo writes without it) does the private copy stand in for it.
+ * The file is replaced without ever being opened (files.c
+ * ks_replace_shared_file()): an in-place write that raced the replace, or
+ * an unseen outside change a raise finds there, is kept beside the file as
+ * a raced write for the watcher to judge — never overwritten.
  *
- *   last_applied.json   the newest state known to have committed (the copy)
- *   in_flight.json      a change written to the state file whose commit is
- *                       not yet known (the mark): written before the state
- *                       file at pre-commit, removed at commit or abort
- *   kill_switch_state.json   the state file every program shares
+ * The private copy pg_killswitch/last_applied.json holds the newest
+ * committed state; it learns a change at commit, never before, so it never
+ * runs ahead of the history.  A failure to write it after a commit is not
+ * an error (the transaction has committed): the change's mark stays
+ * (marks.c), and the watcher, settling the mark by the commit log, writes
+ * the copy from it.  Until then a restart starts at the higher of the two.
  *
- * The copy is rewritten at commit, not before: so it never runs ahead of
- * the history, and a crash between the pre-commit write and the commit
- * record leaves the mark for the server to check against killswitch.events
- * (startup.c, ks_confirm_in_flight()).
+ * Every wait for the writers' lock here is bounded: a raise's at most
+ * KS_LOCK_RAISE_WAIT_MS (any OS user who can write the state directory can
+ * hold the lock), the others' KS_LOCK_BOUNDED_MS (files.c).  A failed write
+ * leaves the file behind the state in force: a visible problem (ks_status()
+ * file_problem, a WARNING) that the watcher puts right
+ * (ks_write_behind_file()), never a failed raise.
  */
 #include "postgres.h"
 
@@ -25,6 +36,7 @@
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "killswitch.h"
 
@@ -124,146 +136,260 @@ ks_read_held(KsState *held, char *problem, size_t problemlen)
 }
 
 /*
- * Does the state file still hold what the writer last judged?  Either the
- * state the server holds (its copy), or the file the watcher judged
- * (expect->judged), or — for a verdict on an untrusted file — a file that
+ * The signature of the state the server holds (its private copy), for the
+ * "replaces" of what it writes next (ARCHITECTURE §3): a release the
+ * server wrote names the state it released, so that found at start after
+ * a crash it is authorized like any other.  False if the copy cannot be
+ * read or carries none.
+ */
+bool
+ks_held_signature(char **signature)
+{
+	KsState		held;
+	char		problem[KS_PROBLEM_LEN];
+
+	*signature = NULL;
+	if (!ks_read_held(&held, problem, sizeof(problem)) || held.signature == NULL)
+		return false;
+	*signature = pstrdup(held.signature);
+	return true;
+}
+
+static int	lock_bounded(char *problem, size_t problemlen);
+
+/* Is the state file (these bytes, or missing as NULL) what the server last put there? */
+static bool
+bytes_are_ours(const char *data, size_t len)
+{
+	char		hex[KS_HEX_DIGEST_LEN + 1];
+	char		ours[KS_HEX_DIGEST_LEN + 1];
+	char	   *copy;
+	size_t		copylen;
+
+	ks_file_hash(ours);
+	if (data == NULL)
+	{
+		char		path[MAXPGPATH];
+		struct stat sb;
+
+		/* no file at all, as judged; something unreadable there is for judging */
+		ks_state_file_path(path, sizeof(path));
+		return strcmp(ours, KS_FILE_MISSING_HASH) == 0 &&
+			lstat(path, &sb) != 0 && errno == ENOENT;
+	}
+	if (ours[0] != '\0')
+	{
+		ks_file_hash_of(data, len, hex);
+		return strcmp(hex, ours) == 0;
+	}
+	/* unknown (after a standby's redo): the private copy, byte for byte */
+	copy = read_if_present(KS_LAST_APPLIED_FILE, &copylen);
+	return copy != NULL && copylen == len && memcmp(copy, data, len) == 0;
+}
+
+/*
+ * Do these bytes of the state file (NULL: none) hold what the writer last
+ * judged?  Its own bytes (file_hash); or the file the watcher judged
+ * (expect->judged); or — for a verdict on an untrusted file — a file that
  * is still missing or untrusted.  Anything else is a newcomer nobody has
  * judged yet.
  */
 static bool
-file_as_expected(const char *path, const KsExpect *expect,
+file_as_expected(const char *data, size_t len, const KsExpect *expect,
 				 const char *secret, size_t secretlen)
 {
-	KsState		file,
-				held;
+	KsState		file;
 	KsVerdict	v;
 	char		problem[KS_PROBLEM_LEN];
 
-	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					  0, &file, problem, sizeof(problem));
+	if (bytes_are_ours(data, len))
+		return true;
+	v = data == NULL ? KS_FILE_MISSING :
+		ks_state_from_text(data, len, secret, secretlen, ks_secret_file, ks_require_hmac,
+						   &file, problem, sizeof(problem));
 	if (v == KS_FILE_MISSING || v == KS_FILE_BAD)
 		return expect->untrusted;
-	if (expect->judged && ks_compare_to_held(&file, expect->judged) == KS_SAME)
-		return true;
-	return ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
-						 true, 0, &held, problem, sizeof(problem)) == KS_FILE_VALID &&
-		ks_compare_to_held(&file, &held) == KS_SAME;
+	return expect->judged && ks_compare_to_held(&file, expect->judged) == KS_SAME;
 }
 
 /*
- * The pre-commit write, by compare-and-swap under the writers' lock: if the
- * state file still holds what was last judged, mark the change in flight
- * and write the state file; otherwise write nothing and report the
- * conflict.  *w receives what the commit or the undo needs.
+ * Take the writers' lock with a bounded wait, whoever asks: interrupts are
+ * held meanwhile, which makes ks_lock_dir() give up after
+ * KS_LOCK_BOUNDED_MS rather than wait for a cancel.
  */
-KsWriteResult
-ks_persist_state(const KsState *state, const KsExpect *expect, KsWritten *w,
-				 char *problem, size_t problemlen)
+static int
+lock_bounded(char *problem, size_t problemlen)
 {
-	char		path[MAXPGPATH];
+	volatile int fd = -1;
+
+	HOLD_INTERRUPTS();
+	PG_TRY();
+	{
+		fd = ks_lock_dir(ks_state_dir, problem, problemlen);
+	}
+	PG_FINALLY();
+	{
+		RESUME_INTERRUPTS();
+	}
+	PG_END_TRY();
+	return fd;
+}
+
+/* The state file's text of a state, signed with the secret (and the release key). */
+bool
+ks_persist_text(const KsState *state, StringInfo out, char *problem, size_t problemlen)
+{
 	char	   *secret;
 	size_t		secretlen;
 	char	   *release_key;
 	size_t		release_keylen;
-	StringInfoData text;
+
+	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
+		return false;
+	ks_release_key_for_writing(&release_key, &release_keylen);
+	if (!ks_state_file_text(out, state, secret, secretlen, release_key, release_keylen))
+	{
+		snprintf(problem, problemlen, "could not compute HMAC-SHA256");
+		return false;
+	}
+	return true;
+}
+
+/* Take the writers' lock for a write of this kind (see ks_persist_file()). */
+static int
+lock_for(KsPersistWhen when, char *problem, size_t problemlen)
+{
+	switch (when)
+	{
+		case KS_PERSIST_CHECK:
+			return ks_lock_dir(ks_state_dir, problem, problemlen);
+		case KS_PERSIST_RAISE:
+			return ks_lock_dir_within(ks_state_dir, KS_LOCK_RAISE_WAIT_MS, problem, problemlen);
+		case KS_PERSIST_COMMITTED:
+			break;
+	}
+	return lock_bounded(problem, problemlen);
+}
+
+/*
+ * Write the state file by compare-and-swap under the writers' lock, and
+ * note it as the server's own before letting go of the lock.  *w receives
+ * what an undo needs (the bytes before).
+ *
+ * KS_PERSIST_CHECK writes nothing: a release asks at pre-commit whether its
+ * write will find the file as the server left it (KS_WRITE_CONFLICT if an
+ * outside change nobody has judged is there), waiting for the lock as long
+ * as its session allows (interruptibly, statement_timeout and lock_timeout
+ * honoured), and writes after its commit.  A raise before its commit
+ * (KS_PERSIST_RAISE) waits at most KS_LOCK_RAISE_WAIT_MS, and a write after
+ * a commit a bounded time: either writes whatever it finds — an unseen
+ * outside change there is kept beside the file as a raced write
+ * (files.c), judged by the watcher against the new state — and a failure
+ * leaves the file behind (file_problem), for the watcher to put right,
+ * never an error.
+ */
+KsWriteResult
+ks_persist_file(const char *text, size_t len, const KsExpect *expect, KsPersistWhen when,
+				KsWritten *w, char *problem, size_t problemlen)
+{
+	char		path[MAXPGPATH];
+	char	   *secret;
+	size_t		secretlen;
 	int			lockfd;
-	KsWriteResult result = KS_WRITE_FAILED;
+	bool		expected;
+	KsReplaceResult r;
 
 	memset(w, 0, sizeof(KsWritten));
 	if (!ks_state_dir_ours(problem, problemlen) ||
 		!ks_backend_secret(&secret, &secretlen, problem, problemlen))
 		return KS_WRITE_FAILED;
-	ks_release_key_for_writing(&release_key, &release_keylen);
-	initStringInfo(&text);
-	if (!ks_state_file_text(&text, state, secret, secretlen, release_key, release_keylen))
-	{
-		snprintf(problem, problemlen, "could not compute HMAC-SHA256");
-		return KS_WRITE_FAILED;
-	}
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
+	lockfd = lock_for(when, problem, problemlen);
 	if (lockfd < 0)
+	{
+		if (when != KS_PERSIST_CHECK)
+			ks_file_behind(problem);	/* the watcher writes it */
 		return KS_WRITE_FAILED;
-	if (!file_as_expected(path, expect, secret, secretlen))
-	{
-		snprintf(problem, problemlen, "the state file changed outside the database");
-		result = KS_WRITE_CONFLICT;
 	}
-	else
+	w->before = read_if_present(path, &w->before_len);
+	expected = file_as_expected(w->before, w->before_len, expect, secret, secretlen);
+	if (when == KS_PERSIST_CHECK)
 	{
-		w->before = read_if_present(path, &w->before_len);
-		w->text = text.data;
-		w->text_len = text.len;
-		/* the mark first: a state file without it would look committed */
-		w->marked = ks_write_file_durably(KS_IN_FLIGHT_FILE, text.data, text.len,
-										  problem, problemlen);
-		if (w->marked)
-			w->file_written = ks_write_shared_file_durably(path, text.data, text.len,
-														   problem, problemlen);
-		if (w->file_written)
-			result = KS_WRITE_OK;
+		ks_unlock_dir(lockfd);
+		if (expected)
+			return KS_WRITE_OK;
+		snprintf(problem, problemlen, "the state file changed outside the database");
+		return KS_WRITE_CONFLICT;
+	}
+	/* a newcomer is kept as a raced write; an undo puts back the state held */
+	r = ks_replace_shared_file(path, text, len,
+							   expected ? w->before : NULL, expected ? w->before_len : 0,
+							   problem, problemlen);
+	if (!expected)
+		w->before = read_if_present(KS_LAST_APPLIED_FILE, &w->before_len);
+	if (r != KS_REPLACE_FAILED)
+	{
+		w->text = pstrdup(text);
+		w->text_len = len;
+		w->file_written = true;
+		ks_file_written(text, len);
 	}
 	ks_unlock_dir(lockfd);
-	return result;
+	if (r == KS_REPLACE_FAILED)
+	{
+		ks_file_behind(problem);
+		return KS_WRITE_FAILED;
+	}
+	if (r == KS_REPLACED_LOST)
+		ereport(WARNING,
+				(errmsg("an outside write to the kill switch state file raced this change and could not be kept"),
+				 errdetail("%s", problem)));
+	if (r != KS_REPLACED)
+		ks_wake_watcher();		/* a raced write to judge */
+	return KS_WRITE_OK;
 }
 
 /*
- * At commit: the change is history now, so the copy learns it and the mark
- * goes.  Never an error (the transaction has committed): a failure leaves
- * the mark, which costs a short fail-closed window at the next start until
- * the watcher has confirmed the change.  No writers' lock is needed: only a
- * holder of the lock on killswitch.events (which this transaction still
- * holds) or the postmaster writes the private files.
+ * After a commit: the private copy learns the committed state.  False,
+ * with a problem, if it could not (the caller keeps its mark for the
+ * watcher).  No writers' lock: the copy is written by the holder of the
+ * lock that orders changes (or the watcher settling a mark, or the
+ * postmaster), and read whole (rename).
  */
-void
-ks_persist_commit(const KsWritten *w)
+bool
+ks_persist_copy(const char *text, size_t len, char *problem, size_t problemlen)
 {
-	char		problem[KS_PROBLEM_LEN];
-
-	if (!w->file_written)
-		return;
-	if (!ks_write_file_durably(KS_LAST_APPLIED_FILE, w->text, w->text_len,
-							   problem, sizeof(problem)))
-	{
-		ereport(LOG,
-				(errmsg("killswitch: could not update the private copy after a commit: %s", problem),
-				 errdetail("The change is committed; it is confirmed against the history at the next start.")));
-		return;
-	}
-	if (unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
-		ereport(LOG,
-				(errmsg("killswitch: could not remove \"%s\": %m", KS_IN_FLIGHT_FILE)));
+	return ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, problemlen);
 }
 
 /*
  * The copy learns a state applied from the state file where no transaction
  * records it (the watcher without its history).  The copy is what "the
- * state the server holds" means to the watcher's judging and to the
- * compare-and-swap: left behind shared memory, the same file would be
- * judged newer once the history exists, and its change recorded twice.
+ * state the server holds" means to the watcher's judging: left behind
+ * shared memory, the same file would be judged newer once the history
+ * exists, and its change recorded twice.
  *
  * With state_file, a state taken from the history (standby.c) goes into
- * the state file too (unless the directory is another server's, claim.c),
- * superseding any change in flight.  On a standby, nothing is written over
- * a newer state that redo published meanwhile: redo publishes first, then
- * writes its files under this same lock.
- * Returns false, with a problem, if something could not be written.
+ * the state file too (unless the directory is another server's, claim.c).
+ * On a standby, nothing is written over a newer state that redo published
+ * meanwhile: redo publishes first, then writes its files under this same
+ * lock.  Returns false, with a problem, if something could not be written.
  */
 bool
 ks_persist_applied(const KsState *state, bool state_file, char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
-	char	   *secret;
-	size_t		secretlen;
-	char	   *release_key;
-	size_t		release_keylen;
+	StringInfoData text;
+	KsState		st = *state;
 	int			lockfd;
 	bool		ok;
 
-	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
+	/* like every file the server writes, it names the state it replaces */
+	(void) ks_held_signature(&st.replaces);
+	initStringInfo(&text);
+	if (!ks_persist_text(&st, &text, problem, problemlen))
 		return false;
-	ks_release_key_for_writing(&release_key, &release_keylen);
-	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
+	lockfd = lock_bounded(problem, problemlen);
 	if (lockfd < 0)
 		return false;
 	if (RecoveryInProgress() &&
@@ -272,27 +398,28 @@ ks_persist_applied(const KsState *state, bool state_file, char *problem, size_t 
 		ks_unlock_dir(lockfd);
 		return true;
 	}
-	ok = ks_state_write(KS_LAST_APPLIED_FILE, state, secret, secretlen,
-						release_key, release_keylen, problem, problemlen);
-	if (ok && state_file)
+	ok = ks_persist_copy(text.data, text.len, problem, problemlen);
+	if (ok && state_file && !ks_shared->state_dir_foreign)
 	{
+		/* a standby's: it judges no raced file, and puts back what is not its own */
 		ks_state_file_path(path, sizeof(path));
-		ok = ks_shared->state_dir_foreign ||
-			ks_state_write(path, state, secret, secretlen,
-						   release_key, release_keylen, problem, problemlen);
-		(void) unlink(KS_IN_FLIGHT_FILE);
+		ok = ks_write_shared_file_durably(path, text.data, text.len, problem, problemlen);
+		if (ok)
+			ks_file_written(text.data, text.len);
 	}
 	ks_unlock_dir(lockfd);
 	return ok;
 }
 
 /*
- * After an abort: put back only our own bytes.  Under the writers' lock,
- * the state file is restored only if it still holds exactly what this
- * change wrote; a newer outside write stays, for the watcher to judge.
- * The mark goes last, so that a crash in between finds a file that is not
- * the change in flight and simply drops the mark.  Returns false, with a
- * problem, if something written could not be put back.
+ * After an abort: put back only our own bytes.  Under the writers' lock
+ * (bounded), the state file is restored only if it still holds exactly
+ * what this change wrote; a newer outside write stays, for the watcher to
+ * judge, and one that races the put-back is kept as a raced write.  Only a
+ * raise writes before its commit, so an undo that cannot complete leaves
+ * the file higher than the state in force, never lower: behind, for the
+ * watcher to put right.  Returns false, with a problem, if the file could
+ * not be put back.
  */
 bool
 ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
@@ -303,29 +430,36 @@ ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 	int			lockfd;
 	bool		ok = true;
 
-	if (!w->marked)
+	if (!w->file_written)
 		return true;
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
+	lockfd = lock_bounded(problem, problemlen);
 	if (lockfd < 0)
+	{
+		ks_file_behind(problem);
 		return false;
-	now = w->file_written ? read_if_present(path, &nowlen) : NULL;
+	}
+	now = read_if_present(path, &nowlen);
 	if (now && nowlen == w->text_len && memcmp(now, w->text, nowlen) == 0)
 	{
+		KsReplaceResult r = KS_REPLACED;
+
 		if (w->before)
-			ok = ks_write_shared_file_durably(path, w->before, w->before_len,
-											  problem, problemlen);
+			r = ks_replace_shared_file(path, w->before, w->before_len, w->text, w->text_len,
+									   problem, problemlen);
 		else if (unlink(path) != 0 && errno != ENOENT)
 		{
 			snprintf(problem, problemlen, "could not remove \"%s\": %m", path);
-			ok = false;
+			r = KS_REPLACE_FAILED;
 		}
-	}
-	if (ok && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
-	{
-		snprintf(problem, problemlen, "could not remove \"%s\": %m", KS_IN_FLIGHT_FILE);
-		ok = false;
+		ok = r != KS_REPLACE_FAILED;
+		if (ok)
+			ks_file_written(w->before, w->before_len);
+		if (r == KS_REPLACED_RACED || r == KS_REPLACED_LOST)
+			ks_wake_watcher();
 	}
 	ks_unlock_dir(lockfd);
+	if (!ok)
+		ks_file_behind(problem);
 	return ok;
 }

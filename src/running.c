@@ -70,18 +70,11 @@ static TimestampTz aborted_after_cancel = 0;
 static char noted_agent[NAMEDATALEN];
 static char noted_function[NAMEDATALEN];
 
-/* One slot per PGPROC (compat.h). */
-static int
-slot_count(void)
-{
-	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
-}
-
 /* Reserve the slots (from the shared memory request). */
 void
 ks_running_shmem_request(void)
 {
-	RequestAddinShmemSpace(mul_size(slot_count(), sizeof(KsRunningSlot)));
+	RequestAddinShmemSpace(mul_size(ks_proc_slot_count(), sizeof(KsRunningSlot)));
 }
 
 /* Create the slots, or attach to them (under AddinShmemInitLock). */
@@ -90,7 +83,7 @@ ks_running_shmem_startup(void)
 {
 	bool		found;
 
-	nslots = slot_count();
+	nslots = ks_proc_slot_count();
 	slots = ShmemInitStruct("killswitch running built-ins",
 							mul_size(nslots, sizeof(KsRunningSlot)), &found);
 	if (!found)

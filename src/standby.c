@@ -55,6 +55,8 @@ ks_publish_state(const KsState *st, int flags, bool only_newer)
 
 	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
 		since = ks_unix_usec_to_timestamptz(usec);
+	if (st->tampered)
+		flags |= KS_FLAG_TAMPERED;	/* an engage after a verdict keeps it */
 	if (only_newer)
 		return ks_publish_if_newer(st->mode, flags, st->generation, since,
 								   st->source ? st->source : "startup", st->reason, st->triggered_by);
@@ -111,8 +113,6 @@ ks_standby_write_files(const char *text, size_t len, int64 generation)
 		ok = ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) &&
 			(ks_shared->state_dir_foreign ||
 			 ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
-		/* the primary's mark of a change in flight has no meaning here */
-		(void) unlink(KS_IN_FLIGHT_FILE);
 	}
 	ks_unlock_dir(lockfd);
 	ks_shared->files_behind = lockfd < 0 || !ok;
@@ -177,7 +177,7 @@ ks_standby_take_heard(const KsState *st)
 		return false;
 	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
 		since = ks_unix_usec_to_timestamptz(usec);
-	return ks_publish_raise(st->mode, 0, st->generation, since,
+	return ks_publish_heard(st->mode, st->tampered ? KS_FLAG_TAMPERED : 0, st->generation, since,
 							st->source ? st->source : "sql", st->reason, st->triggered_by);
 }
 

@@ -9,12 +9,12 @@
  * start: it tells a first start from a file deleted while the server was
  * down, and a new out-of-band change from an old file put back.
  *
- * A change written to the state file whose commit was not known at the
- * crash (the mark pg_killswitch/in_flight.json, persist.c) cannot be
- * settled here: the postmaster cannot read the commit log.  The server
- * starts at the higher of that change and the newest committed state —
- * never lower than what committed — and the watcher settles it against the
- * history as soon as it connects (ks_confirm_in_flight()).
+ * The changes in flight at a crash (their marks, pg_killswitch/in_flight/
+ * <xid>.json, marks.c) cannot be settled here: the postmaster cannot read
+ * the commit log.  The server starts at the newest committed state raised
+ * in place by every mark — never lower than what committed — and the
+ * watcher settles each mark by the commit log as soon as it runs
+ * (ks_settle_marks()).
  *
  * Nothing here may throw an error: an error in the postmaster is fatal, and
  * a kill switch that cannot read its state must assume the stop, not crash.
@@ -39,7 +39,11 @@ typedef struct KsDecision
 	bool		write;			/* rewrite the state file and the copy */
 	bool		record;			/* a change killswitch.events lacks */
 	int			previous;		/* KsMode, or KS_NO_MODE */
-	bool		unconfirmed;	/* the state file holds a change in flight */
+	bool		unconfirmed;	/* marks of changes in flight: the watcher settles them */
+	int			inplace_mode;	/* the highest of their modes, in force until then */
+	bool		inplace_tampered;
+	uint64		marks_xid;		/* the newest transaction among them */
+	char	   *held_signature;	/* the private copy's, for "replaces" (ARCHITECTURE §3) */
 } KsDecision;
 
 /* Fill a fresh file state for a change made at start. */
@@ -83,6 +87,7 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 {
 	KsOrder		order = held_ok ? ks_compare_to_held(file, held) : KS_NEWER;
 	bool		same = order == KS_SAME;
+	bool		held_tampered = held_ok && (held->tampered || ks_is_tamper_source(held->source));
 	char		problem[KS_PROBLEM_LEN];
 
 	if (order == KS_OLDER)
@@ -92,20 +97,31 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 		return;
 	}
 	if (!same && held_ok &&
-		!ks_release_authorized(file, held->mode, problem, sizeof(problem)))
+		(!ks_generation_step_ok(file, held, problem, sizeof(problem)) ||
+		 !ks_release_authorized(file, held, held_tampered, problem, sizeof(problem))))
 	{
 		char		path[MAXPGPATH];
 		char		aside[MAXPGPATH];
+		KsState		raised = *held;
 
-		/* a release without the release key: keep the evidence, assume the halt */
+		/*
+		 * a release without the release credential, or a generation pushed
+		 * far: keep the evidence, assume the halt (and any higher mode the
+		 * file asked for: raising needs nothing)
+		 */
 		ks_state_file_path(path, sizeof(path));
 		snprintf(aside, sizeof(aside), "%s.rejected", path);
 		(void) rename(path, aside);
-		decide_tampered(d, held, true, "state file", problem);
+		raised.mode = Max(held->mode, file->mode);
+		decide_tampered(d, &raised, true, "state file", problem);
 		return;
 	}
 	d->state = *file;
 	d->previous = held_ok ? (int) held->mode : (int) KS_DISENGAGED;
+	/* a raise keeps the verdict; only an authorized release clears it */
+	if (held_tampered &&
+		ks_change_kind(held->mode, true, file->mode, file->tampered) == KS_CHANGE_RAISE)
+		d->state.tampered = true;
 	if (same)
 	{
 		d->state.generation = held->generation;
@@ -122,49 +138,86 @@ decide_readable(KsDecision *d, const KsState *file, const KsState *held, bool he
 	d->write = false;
 }
 
-/* Decide the state to start in from the file and the private copy. */
+/* Does the file hold exactly the state of a recorded change's mark (written before its commit)? */
+static bool
+file_is_in_flight(const char *path, List *marks)
+{
+	char	   *bytes;
+	size_t		len;
+	char		problem[KS_PROBLEM_LEN];
+	ListCell   *lc;
+
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, sizeof(problem)))
+		return false;
+	foreach(lc, marks)
+	{
+		KsMark	   *m = (KsMark *) lfirst(lc);
+
+		if (!m->deferred && m->state_len == len && memcmp(m->state, bytes, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Raise the decision in place by every mark, until the watcher has settled them. */
+static void
+raise_by_marks(KsDecision *d, List *marks)
+{
+	ListCell   *lc;
+
+	foreach(lc, marks)
+	{
+		KsMark	   *m = (KsMark *) lfirst(lc);
+
+		d->unconfirmed = true;
+		d->inplace_mode = Max(d->inplace_mode, (int) m->mode);
+		d->inplace_tampered |= m->tampered;
+		d->marks_xid = Max(d->marks_xid, m->xid);
+	}
+}
+
+/* Decide the state to start in from the file, the private copy and the marks. */
 static void
 decide(KsDecision *d, const char *secret, size_t secretlen)
 {
 	char		path[MAXPGPATH];
 	KsState		file,
-				held,
-				mark;
+				held;
 	KsVerdict	fv,
-				hv,
-				mv;
+				hv;
 	char		fproblem[KS_PROBLEM_LEN],
 				hproblem[KS_PROBLEM_LEN],
 				mproblem[KS_PROBLEM_LEN];
 	bool		held_ok;
-	bool		in_flight;
+	bool		marks_bad;
+	List	   *marks;
 
 	ks_state_file_path(path, sizeof(path));
 	hv = ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
 					   true, 0, &held, hproblem, sizeof(hproblem));
-	mv = ks_state_read(KS_IN_FLIGHT_FILE, secret, secretlen, ks_secret_file,
-					   true, 0, &mark, mproblem, sizeof(mproblem));
+	marks = ks_marks_read(&marks_bad, mproblem, sizeof(mproblem));
 	fv = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
 					   ks_recheck_delay, &file, fproblem, sizeof(fproblem));
 	held_ok = (hv == KS_FILE_VALID && held.generation >= 0);
-	in_flight = held_ok && mv == KS_FILE_VALID && mark.generation > held.generation;
+	if (held_ok && held.signature)
+		d->held_signature = pstrdup(held.signature);
 
 	if (hv == KS_FILE_BAD || (hv == KS_FILE_VALID && !held_ok))
 		decide_tampered(d, &held, false, KS_LAST_APPLIED_FILE, hproblem);
-	else if (mv == KS_FILE_BAD)
-		decide_tampered(d, &held, held_ok, KS_IN_FLIGHT_FILE, mproblem);
-	else if (in_flight && fv != KS_FILE_BAD && fv != KS_FILE_MISSING &&
-			 ks_compare_to_held(&file, &mark) == KS_SAME)
+	else if (marks_bad)
+		decide_tampered(d, &held, held_ok, "a mark of a change in flight", mproblem);
+	else if (held_ok && fv != KS_FILE_BAD && fv != KS_FILE_MISSING &&
+			 file_is_in_flight(path, marks))
 	{
 		/*
-		 * The change in flight reached the state file; whether it committed
-		 * is for the watcher to tell.  Until then, the higher of it and the
-		 * newest committed state, with its generation; the copy stays.
+		 * The state file holds a change in flight at the crash (a raise
+		 * writes it before its commit); whether it committed is for the
+		 * watcher to tell.  Until then the committed state, raised in place
+		 * by the marks; the copy stays.
 		 */
-		d->state = mark.mode >= held.mode ? mark : held;
-		d->state.generation = mark.generation;
+		d->state = held;
 		d->previous = held.mode;
-		d->unconfirmed = true;
+		d->flags |= held.tampered ? KS_FLAG_TAMPERED : 0;
 		if (fv == KS_FILE_UNSIGNED)
 			d->flags |= KS_FLAG_UNSIGNED;
 	}
@@ -175,22 +228,11 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 		/* keep the evidence beside the file, then write a trusted state */
 		snprintf(aside, sizeof(aside), "%s.rejected", path);
 		(void) rename(path, aside);
-		/* a change in flight may have committed: never below it */
-		if (in_flight)
-		{
-			held.mode = Max(held.mode, mark.mode);
-			held.generation = mark.generation;
-		}
 		decide_tampered(d, &held, held_ok, "state file", fproblem);
 	}
 	else if (fv == KS_FILE_MISSING && held_ok)
 	{
-		/* deleting never releases: keep the mode (or the change in flight's), rewrite */
-		if (in_flight)
-		{
-			held.mode = Max(held.mode, mark.mode);
-			held.generation = mark.generation;
-		}
+		/* deleting never releases: keep the mode, rewrite */
 		d->previous = held.mode;
 		start_state(d, held.mode, held.generation + 1, "tamper",
 					"the state file was deleted while the server was down");
@@ -209,6 +251,11 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 		if (fv == KS_FILE_UNSIGNED)
 			d->flags |= KS_FLAG_UNSIGNED;
 	}
+	/* a change in flight may have committed: never below it until the watcher knows */
+	if (!marks_bad)
+		raise_by_marks(d, marks);
+	if (d->state.tampered)
+		d->flags |= KS_FLAG_TAMPERED;
 }
 
 /*
@@ -228,6 +275,7 @@ decide_in_recovery(KsDecision *d, const char *secret, size_t secretlen)
 
 	d->write = false;
 	d->previous = KS_NO_MODE;
+	ks_marks_clear();			/* the primary's, copied with a base backup: not ours */
 	if (secret == NULL)
 		strlcpy(problem, "this standby has no signing secret; copy the primary's", sizeof(problem));
 	else if (ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file, true, 0,
@@ -253,21 +301,24 @@ write_decision(const KsDecision *d, const char *secret, size_t secretlen,
 	size_t		release_keylen;
 	int			lockfd = ks_lock_dir(ks_state_dir, problem, problemlen);
 	bool		ok = true;
+	KsState		st = d->state;
 
 	if (lockfd < 0)
 		return false;
+	/* a state decided here names the state it replaces, like every file the server writes */
+	if (d->write)
+		st.replaces = d->held_signature;
 	ks_release_key_for_writing(&release_key, &release_keylen);
 	ks_state_file_path(path, sizeof(path));
 	if (d->write)
-		ok = ks_state_write(path, &d->state, secret, secretlen,
+		ok = ks_state_write(path, &st, secret, secretlen,
 							release_key, release_keylen, problem, problemlen);
-	/* a change in flight keeps its mark and the copy its committed state */
+	/* changes in flight keep their marks, and the copy its committed state */
 	if (ok && !d->unconfirmed)
-		ok = ks_state_write(KS_LAST_APPLIED_FILE, &d->state, secret, secretlen,
+		ok = ks_state_write(KS_LAST_APPLIED_FILE, &st, secret, secretlen,
 							release_key, release_keylen, problem, problemlen);
-	if (ok && !d->unconfirmed && unlink(KS_IN_FLIGHT_FILE) != 0 && errno != ENOENT)
-		ereport(LOG,
-				(errmsg("killswitch: could not remove \"%s\": %m", KS_IN_FLIGHT_FILE)));
+	/* the single mark of servers before the marks by transaction */
+	(void) unlink(KS_IN_FLIGHT_FILE);
 	ks_unlock_dir(lockfd);
 	return ok;
 }
@@ -302,12 +353,20 @@ apply(const KsDecision *d)
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->unrecorded = d->record;
 	ks_shared->unconfirmed = d->unconfirmed;
+	ks_shared->marks_due = d->unconfirmed;
+	ks_shared->marks_before_start = d->marks_xid;
+	/* announced by the watcher: what is recorded at start, and nothing older */
+	ks_shared->notified_generation = Max(d->state.generation - (d->record ? 1 : 0), 0);
 	ks_shared->unrecorded_previous = d->previous == KS_NO_MODE ? KS_DISENGAGED : (KsMode) d->previous;
 	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
 	SpinLockRelease(&ks_shared->mutex);
 	ks_publish(d->state.mode, d->flags, d->state.generation, at,
 			   d->state.source ? d->state.source : "startup",
 			   d->state.reason, d->state.triggered_by);
+	if (d->unconfirmed)
+		(void) ks_raise_in_place((KsMode) d->inplace_mode,
+								 d->inplace_tampered ? KS_FLAG_TAMPERED : 0,
+								 "a change in flight at the crash, not yet confirmed", "killswitch");
 
 	if (KS_WORD_FLAGS(pg_atomic_read_u64(&ks_shared->word)) & KS_FLAG_TAMPERED)
 		ereport(WARNING,
@@ -317,12 +376,37 @@ apply(const KsDecision *d)
 				 errhint("An administrator can inspect the state and release it with ks_disengage().")));
 	else if (d->unconfirmed)
 		ereport(LOG,
-				(errmsg("killswitch: starting in mode %s until the change of generation " INT64_FORMAT " written before the crash is confirmed",
-						ks_mode_sql_names[d->state.mode], d->state.generation)));
+				(errmsg("killswitch: starting in mode %s until the changes in flight at the crash are confirmed (committed: generation " INT64_FORMAT ", mode %s)",
+						ks_mode_sql_names[Max((int) d->state.mode, d->inplace_mode)],
+						d->state.generation, ks_mode_sql_names[d->state.mode])));
 	else
 		ereport(LOG,
 				(errmsg("killswitch: starting in mode %s (generation " INT64_FORMAT ")",
 						ks_mode_sql_names[d->state.mode], d->state.generation)));
+}
+
+/*
+ * The state file as the start left it is the server's own (persist.c): it
+ * judged or wrote those bytes.  A standby's redo writes without noting.
+ */
+static void
+note_file(bool in_recovery)
+{
+	char		path[MAXPGPATH];
+	char	   *bytes;
+	size_t		len = 0;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (in_recovery)
+	{
+		ks_file_unknown();
+		return;
+	}
+	ks_state_file_path(path, sizeof(path));
+	if (ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, sizeof(problem)))
+		ks_file_written(bytes, len);
+	else
+		ks_file_written(NULL, 0);	/* only an absent file counts as this */
 }
 
 /* Read the state at start and publish it; on any failure, assume the stop. */
@@ -342,6 +426,7 @@ ks_load_at_startup(void)
 	/* the crypto functions register with a resource owner */
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "killswitch startup");
 	memset(&d, 0, sizeof(d));
+	d.inplace_mode = KS_NO_MODE;
 
 	/* from another server's WAL: marked until the history is adopted (standby.c) */
 	ks_shared->from_recovery = ks_recovery_requested();
@@ -393,6 +478,7 @@ ks_load_at_startup(void)
 		}
 	}
 	apply(&d);
+	note_file(ks_shared->from_recovery);
 
 	owner = CurrentResourceOwner;
 	ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);

@@ -1,10 +1,15 @@
 /*
- * state.c — the fast copy of the state in shared memory (ARCHITECTURE §2):
- * reserving it, creating it, and publishing a new state into it (which
- * wakes the sessions waiting in ks_wait(), wait.c).
+ * state.c — the fast copy of the state in shared memory (ARCHITECTURE §2,
+ * §5.1): reserving it, creating it, and the one word every check reads,
+ * recomputed under the spinlock from its parts whenever one changes — the
+ * newest committed state (the chain), the raises the chain lacks yet,
+ * every backend's raise in flight, and a standby's floor.  Each publish
+ * wakes the sessions waiting in ks_wait() (wait.c), and one that raises the
+ * mode cancels the built-ins agents set up before it (running.c).
  */
 #include "postgres.h"
 
+#include "access/twophase.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -17,11 +22,29 @@
 
 KsShared   *ks_shared = NULL;
 
+/*
+ * One slot per PGPROC: every backend, auxiliary process and prepared
+ * transaction (known from the shared memory request on).  Every per-PGPROC
+ * array is this long, indexed by ks_my_proc_number() (compat.h).
+ */
+int
+ks_proc_slot_count(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+}
+
+static Size
+shared_size(void)
+{
+	return add_size(offsetof(KsShared, slots),
+					mul_size(ks_proc_slot_count(), sizeof(KsProcSlot)));
+}
+
 /* Reserve our shared memory (from shmem_request_hook, or _PG_init before 15). */
 void
 ks_shmem_request(void)
 {
-	RequestAddinShmemSpace(MAXALIGN(sizeof(KsShared)));
+	RequestAddinShmemSpace(MAXALIGN(shared_size()));
 	ks_lists_shmem_request();
 }
 
@@ -36,16 +59,24 @@ ks_shmem_startup(void)
 	bool		found;
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	ks_shared = ShmemInitStruct("killswitch", sizeof(KsShared), &found);
+	ks_shared = ShmemInitStruct("killswitch", shared_size(), &found);
 	if (!found)
 	{
-		memset(ks_shared, 0, sizeof(KsShared));
+		memset(ks_shared, 0, shared_size());
 		SpinLockInit(&ks_shared->mutex);
 		ConditionVariableInit(&ks_shared->published);
-		ks_shared->emergency_handled = KS_NO_EMERGENCY;
-		ks_shared->published_mode = KS_HALT_ALL;
+		ks_shared->nslots = ks_proc_slot_count();
+		for (int i = 0; i < ks_shared->nslots; i++)
+		{
+			ks_shared->slots[i].raising = KS_NO_MODE;
+			pg_atomic_init_u32(&ks_shared->slots[i].committing, InvalidTransactionId);
+		}
+		ks_shared->inplace_mode = KS_NO_MODE;
+		ks_shared->floor_mode = KS_DISENGAGED;
 		ks_shared->replayed_generation = -1;
 		/* until the file is read, assume the stop (ARCHITECTURE §4) */
+		ks_shared->chain_mode = KS_HALT_ALL;
+		ks_shared->chain_flags = KS_FLAG_TAMPERED;
 		pg_atomic_init_u64(&ks_shared->word, KS_WORD(KS_HALT_ALL, KS_FLAG_TAMPERED, 0));
 	}
 	ks_lists_shmem_startup();
@@ -89,98 +120,195 @@ ks_clip_utf8(char *dst, const char *src, size_t size)
 }
 
 /*
- * Would publishing (mode, flags) show at least the published state?  Under
- * the spinlock: the published mode, and its tamper verdict.
+ * What a change is, decided in one place (ARCHITECTURE §5): a raise leaves
+ * the mode at least where it was and keeps a tamper verdict; everything
+ * else — a lower mode, or the same mode without the verdict — is a lower,
+ * which only a committed release may do.
  */
-static bool
-raises(KsMode mode, int flags, uint64 word)
+KsChangeKind
+ks_change_kind(KsMode from, bool from_tampered, KsMode to, bool to_tampered)
 {
-	KsMode		held = ks_shared->published_mode;
+	if (to < from || (from_tampered && !to_tampered))
+		return KS_CHANGE_LOWER;
+	return KS_CHANGE_RAISE;
+}
 
-	if (mode != held)
-		return mode > held;
-	return (flags & KS_FLAG_TAMPERED) || !(KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED);
+/* The highest mode with a count above zero, or KS_NO_MODE. */
+static int
+highest_counted(const int *count)
+{
+	for (int m = KS_MODE_COUNT - 1; m >= 0; m--)
+		if (count[m] > 0)
+			return m;
+	return KS_NO_MODE;
 }
 
 /*
- * Make a new state visible to every session.  The word is written last and
- * with a barrier, so that a reader who sees the new generation also sees the
- * descriptive fields that go with it.  The tamper flag follows the state's
- * source, wherever the state came from (a verdict, or a restart after one).
- * published_at keeps the moment the mode first showed: publishing the same
- * mode again (a repeated engage, the watcher's commit after its early halt)
- * is no new beginning for the sessions the emergency ends.  With
- * only_newer, nothing is published if a newer generation already is: the
- * check and the write are one step under the spinlock, for publishers that
- * share no other lock (WAL redo and a standby's watcher).  With
- * only_raise too, nothing is published that would show less than the
- * state published now: a lower mode, or the same mode without its tamper
- * verdict (a standby applies what it hears from its upstream that way).
- * The word shows at least the floor (ks_set_floor()).
+ * The state in force without the floor: the chain's mode raised by what
+ * the chain lacks yet (with_raising: and by the raises in flight).  Caller
+ * holds the mutex.
+ */
+static int
+parts_mode(bool with_raising)
+{
+	int			mode = ks_shared->chain_mode;
+
+	mode = Max(mode, highest_counted(ks_shared->deferred_count));
+	mode = Max(mode, ks_shared->inplace_mode);
+	if (with_raising)
+		mode = Max(mode, highest_counted(ks_shared->raising_count));
+	return mode;
+}
+
+/*
+ * Write the word from its parts, with this generation: the mode is the
+ * highest of the chain's, the raises the chain lacks yet, the raises in
+ * flight and the floor; flags are the chain's (and a verdict in place).
+ * Caller holds the mutex; now is read before it was taken (no system call
+ * under a spinlock).  Constant time: the slots are counted per mode.
+ * Returns true if the mode in force rose (the caller then calls
+ * announce(), outside the spinlock).
+ */
+static bool
+recompute_word(TimestampTz now, int64 generation)
+{
+	uint64		old = pg_atomic_read_u64(&ks_shared->word);
+	int			mode = Max(parts_mode(true), (int) ks_shared->floor_mode);
+	int			flags = ks_shared->chain_flags;
+
+	if (ks_shared->inplace_mode != KS_NO_MODE)
+		flags |= ks_shared->inplace_flags;
+	if (KS_WORD_MODE(old) != (KsMode) mode || ks_shared->published_at == 0)
+	{
+		ks_shared->published_at = now;
+		if (mode == KS_EMERGENCY && KS_WORD_MODE(old) != KS_EMERGENCY)
+			ks_shared->emergency_episode++;
+	}
+	/* the descriptive fields before the word: a reader who sees it sees them */
+	pg_write_barrier();
+	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation));
+	return mode > (int) KS_WORD_MODE(old);
+}
+
+/* recompute_word() keeping the word's generation. */
+static bool
+recompute_mode(TimestampTz now)
+{
+	return recompute_word(now, KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)));
+}
+
+/*
+ * After the word changed, outside the spinlock: wake the sessions waiting
+ * in ks_wait() (the broadcast takes other locks and sets latches), and if
+ * the mode in force rose, cancel the statements of agents that set up a
+ * denied built-in before it (running.c).  Not in the postmaster, which
+ * publishes at start with no PGPROC (the broadcast needs one, and there is
+ * nobody to wake yet); the startup process replaying a change on a standby
+ * has one, so waiters on a standby are woken too.
+ */
+static void
+announce(bool rose)
+{
+	if (MyProc != NULL)
+		ConditionVariableBroadcast(&ks_shared->published);
+	if (rose)
+		ks_cancel_running_builtins();
+}
+
+/* The kinds of publishing the chain's state. */
+typedef enum KsPublishKind
+{
+	KS_PUBLISH_ANY,				/* whatever it is (a committed release, the start) */
+	KS_PUBLISH_IF_NEWER,		/* not over a newer generation */
+	KS_PUBLISH_RAISE,			/* a committed raise: never lower, the verdict kept */
+	KS_PUBLISH_HEARD			/* a newer generation that raises, or nothing */
+} KsPublishKind;
+
+/*
+ * Would publishing this state at this generation be refused (caller holds
+ * the mutex)?  KS_PUBLISH_IF_NEWER: a newer generation is in force.
+ * KS_PUBLISH_HEARD: the generation is not newer, or the state is no raise
+ * over the state in force without the raises in flight (a lower mode, or
+ * the same mode without its verdict): a standby takes from its upstream
+ * only what raises (ARCHITECTURE §11).
+ */
+static bool
+refused(KsPublishKind kind, KsMode mode, int flags, int64 generation, uint64 word)
+{
+	int			held_flags = ks_shared->chain_flags;
+
+	if (kind == KS_PUBLISH_IF_NEWER)
+		return KS_WORD_GENERATION(word) > generation;
+	if (kind != KS_PUBLISH_HEARD)
+		return false;
+	if (ks_shared->inplace_mode != KS_NO_MODE)
+		held_flags |= ks_shared->inplace_flags;
+	return KS_WORD_GENERATION(word) >= generation ||
+		ks_change_kind((KsMode) parts_mode(false), (held_flags & KS_FLAG_TAMPERED) != 0,
+					   mode, (flags & KS_FLAG_TAMPERED) != 0) != KS_CHANGE_RAISE;
+}
+
+/*
+ * Make a new committed state the chain's, and recompute the word.  The
+ * tamper flag follows a verdict (source tamper) wherever the state came
+ * from, and is otherwise what the caller passes: an engage keeps it, only
+ * a release clears it.  published_at keeps the moment the mode first
+ * showed (recompute_word()).  With KS_PUBLISH_IF_NEWER and
+ * KS_PUBLISH_HEARD the check (refused()) and the write are one step under
+ * the spinlock, for publishers that share no other lock (WAL redo and a
+ * standby's watcher).  The text buffers are copied whole into shared
+ * memory, so they start zeroed: no byte of it is left uninitialised.
  */
 static bool
 publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 		const char *source, const char *reason, const char *triggered_by,
-		bool only_newer, bool only_raise)
+		KsPublishKind kind)
 {
-	char		src[sizeof(ks_shared->source)];
-	char		why[sizeof(ks_shared->reason)];
-	char		by[sizeof(ks_shared->triggered_by)];
+	char		src[sizeof(ks_shared->source)] = {0};
+	char		why[sizeof(ks_shared->reason)] = {0};
+	char		by[sizeof(ks_shared->triggered_by)] = {0};
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		word;
-	KsMode		shown;
+	bool		rose;
 
 	if (ks_is_tamper_source(source))
 		flags |= KS_FLAG_TAMPERED;
-	else
-		flags &= ~KS_FLAG_TAMPERED;
 	/* prepared outside the spinlock, which guards only the copy */
 	strlcpy(src, source, sizeof(src));
 	ks_clip_utf8(why, reason, sizeof(why));
 	ks_clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
 	word = pg_atomic_read_u64(&ks_shared->word);
-	if ((only_newer && KS_WORD_GENERATION(word) > generation) ||
-		(only_raise && (KS_WORD_GENERATION(word) == generation || !raises(mode, flags, word))))
+	if (refused(kind, mode, flags, generation, word))
 	{
 		SpinLockRelease(&ks_shared->mutex);
 		return false;
 	}
-	ks_shared->published_mode = mode;
-	shown = Max(mode, ks_shared->floor_mode);
+	if (kind == KS_PUBLISH_RAISE)
+	{
+		flags |= ks_shared->chain_flags & KS_FLAG_TAMPERED;
+		mode = Max(mode, ks_shared->chain_mode);
+	}
+	ks_shared->chain_mode = mode;
+	ks_shared->chain_flags = flags;
 	ks_shared->since = since;
-	/* only a change of mode moves it: see KsShared.published_at */
-	if (KS_WORD_MODE(word) != shown || ks_shared->published_at == 0)
-		ks_shared->published_at = now;
 	memcpy(ks_shared->source, src, sizeof(src));
 	memcpy(ks_shared->reason, why, sizeof(why));
 	memcpy(ks_shared->triggered_by, by, sizeof(by));
-	/* the word last, still under the spinlock: one publisher's fields never go with another's word */
-	pg_write_barrier();
-	pg_atomic_write_u64(&ks_shared->word, KS_WORD(shown, flags, generation));
+	/* the generation goes into the word with the recomputed mode */
+	rose = recompute_word(now, generation);
 	SpinLockRelease(&ks_shared->mutex);
-
-	/*
-	 * Wake the sessions waiting in ks_wait() (outside the spinlock: the
-	 * broadcast takes others and sets latches).  Not in the postmaster,
-	 * which publishes at start with no PGPROC (the broadcast needs one, and
-	 * there is nobody to wake yet); the startup process replaying a change
-	 * on a standby has one, so waiters on a standby are woken too.
-	 */
-	if (MyProc != NULL)
-		ConditionVariableBroadcast(&ks_shared->published);
-	/* a raise stops the built-ins agents set up before it (running.c) */
-	if (shown > KS_WORD_MODE(word))
-		ks_cancel_running_builtins();
+	announce(rose);
 	return true;
 }
 
-/* Publish a state (see publish()). */
+/* Publish a committed state, whatever its mode (see publish()). */
 void
 ks_publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 		   const char *source, const char *reason, const char *triggered_by)
 {
-	(void) publish(mode, flags, generation, since, source, reason, triggered_by, false, false);
+	(void) publish(mode, flags, generation, since, source, reason, triggered_by,
+				   KS_PUBLISH_ANY);
 }
 
 /* Publish a state unless a newer generation is published; false if it was not. */
@@ -188,24 +316,40 @@ bool
 ks_publish_if_newer(KsMode mode, int flags, int64 generation, TimestampTz since,
 					const char *source, const char *reason, const char *triggered_by)
 {
-	return publish(mode, flags, generation, since, source, reason, triggered_by, true, false);
+	return publish(mode, flags, generation, since, source, reason, triggered_by,
+				   KS_PUBLISH_IF_NEWER);
 }
 
 /*
- * Publish a state only if it is newer than the published one and shows at
- * least as much: a raise or a repeat, never a lower mode nor a cleared
- * verdict.  False if it was not published.
+ * Publish a committed raise: the chain never goes lower for it and keeps
+ * its verdict, whatever a concurrent change left (ARCHITECTURE §5.3).
  */
-bool
+void
 ks_publish_raise(KsMode mode, int flags, int64 generation, TimestampTz since,
 				 const char *source, const char *reason, const char *triggered_by)
 {
-	return publish(mode, flags, generation, since, source, reason, triggered_by, true, true);
+	(void) publish(mode, flags, generation, since, source, reason, triggered_by,
+				   KS_PUBLISH_RAISE);
+}
+
+/*
+ * Publish a state a standby heard from its upstream (standby.c), with the
+ * primary's generation, ahead of replay: only if that generation is newer
+ * than the one in force and the state raises — a higher mode, or the same
+ * mode keeping the verdict in force (see refused()).  False if it was not
+ * published.
+ */
+bool
+ks_publish_heard(KsMode mode, int flags, int64 generation, TimestampTz since,
+				 const char *source, const char *reason, const char *triggered_by)
+{
+	return publish(mode, flags, generation, since, source, reason, triggered_by,
+				   KS_PUBLISH_HEARD);
 }
 
 /*
  * Hold the word at least at floor (KS_DISENGAGED: no floor), whatever is
- * published meanwhile; lifting it shows the published state again.  The
+ * published meanwhile; lifting it shows the state in force again.  The
  * generation does not move: the floor is no change of state, but what this
  * server assumes while it cannot tell (ARCHITECTURE §11).  Waiters are
  * woken like at a publish.
@@ -214,26 +358,156 @@ void
 ks_set_floor(KsMode floor)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	uint64		word;
-	KsMode		shown;
+	bool		rose;
 
 	SpinLockAcquire(&ks_shared->mutex);
-	word = pg_atomic_read_u64(&ks_shared->word);
 	ks_shared->floor_mode = floor;
-	shown = Max(ks_shared->published_mode, floor);
-	if (shown != KS_WORD_MODE(word))
-	{
-		ks_shared->published_at = now;
-		pg_write_barrier();
-		pg_atomic_write_u64(&ks_shared->word,
-							KS_WORD(shown, KS_WORD_FLAGS(word), KS_WORD_GENERATION(word)));
-	}
+	rose = recompute_mode(now);
 	SpinLockRelease(&ks_shared->mutex);
-	if (MyProc != NULL)
-		ConditionVariableBroadcast(&ks_shared->published);
-	/* a raise stops the built-ins agents set up before it (running.c) */
-	if (shown > KS_WORD_MODE(word))
-		ks_cancel_running_builtins();
+	announce(rose);
+}
+
+/* Note the text of a raise shown above the chain (caller holds the mutex). */
+static void
+note_raise_text(const char *why, const char *by)
+{
+	memcpy(ks_shared->raise_reason, why, sizeof(ks_shared->raise_reason));
+	memcpy(ks_shared->raise_by, by, sizeof(ks_shared->raise_by));
+}
+
+/*
+ * A raise the chain does not hold yet, in force at once with the same
+ * generation: the watcher's verdict or outside engage before its event is
+ * recorded, a change in flight at start until the watcher has confirmed
+ * it.  Several add up to the highest; ks_clear_in_place() ends them all
+ * (their changes recorded, or settled).  Returns true if the mode in force
+ * rose (the caller then waits at the interlock, interlock.c).
+ */
+bool
+ks_raise_in_place(KsMode mode, int flags, const char *reason, const char *triggered_by)
+{
+	char		why[sizeof(ks_shared->raise_reason)] = {0};
+	char		by[sizeof(ks_shared->raise_by)] = {0};
+	TimestampTz now = GetCurrentTimestamp();
+	bool		rose;
+
+	ks_clip_utf8(why, reason, sizeof(why));
+	ks_clip_utf8(by, triggered_by, sizeof(by));
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->inplace_mode = Max(ks_shared->inplace_mode, (int) mode);
+	ks_shared->inplace_flags |= flags;
+	note_raise_text(why, by);
+	rose = recompute_mode(now);
+	SpinLockRelease(&ks_shared->mutex);
+	announce(rose);
+	return rose;
+}
+
+/* The raises in place are recorded (or were never committed): the chain alone. */
+void
+ks_clear_in_place(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	bool		rose;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->inplace_mode = KS_NO_MODE;
+	ks_shared->inplace_flags = 0;
+	rose = recompute_mode(now);
+	SpinLockRelease(&ks_shared->mutex);
+	announce(rose);
+}
+
+/*
+ * This backend's raise in flight (ARCHITECTURE §5.1): the highest mode its
+ * transaction raises to and has not committed, or KS_NO_MODE.  In force at
+ * once; put back at commit (after the chain holds it) and at abort.
+ * Returns true if the mode in force rose.
+ */
+bool
+ks_raising_set(int mode, const char *reason, const char *triggered_by)
+{
+	KsProcSlot *slot = &ks_shared->slots[ks_my_proc_number()];
+	char		why[sizeof(ks_shared->raise_reason)] = {0};
+	char		by[sizeof(ks_shared->raise_by)] = {0};
+	TimestampTz now = GetCurrentTimestamp();
+	bool		rose;
+
+	if (slot->raising == mode)
+		return false;
+	ks_slots_clear_at_exit();
+	ks_clip_utf8(why, reason, sizeof(why));
+	ks_clip_utf8(by, triggered_by, sizeof(by));
+	SpinLockAcquire(&ks_shared->mutex);
+	if (slot->raising != KS_NO_MODE)
+		ks_shared->raising_count[slot->raising]--;
+	slot->raising = mode;
+	if (mode != KS_NO_MODE)
+	{
+		ks_shared->raising_count[mode]++;
+		if (reason)
+			note_raise_text(why, by);
+	}
+	rose = recompute_mode(now);
+	SpinLockRelease(&ks_shared->mutex);
+	announce(rose);
+	return rose;
+}
+
+/*
+ * Committed raises whose event follows (+1 at their commit) and those
+ * recorded since (-1 at the recorder's commit), per mode.
+ */
+void
+ks_deferred_count_add(KsMode mode, int delta, const char *reason, const char *triggered_by)
+{
+	char		why[sizeof(ks_shared->raise_reason)] = {0};
+	char		by[sizeof(ks_shared->raise_by)] = {0};
+	TimestampTz now = GetCurrentTimestamp();
+	bool		rose;
+
+	ks_clip_utf8(why, reason, sizeof(why));
+	ks_clip_utf8(by, triggered_by, sizeof(by));
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->deferred_count[mode] = Max(ks_shared->deferred_count[mode] + delta, 0);
+	if (delta > 0 && reason)
+		note_raise_text(why, by);
+	rose = recompute_mode(now);
+	SpinLockRelease(&ks_shared->mutex);
+	announce(rose);
+}
+
+/* The chain's mode and flags: what the newest committed event left. */
+KsMode
+ks_chain_state(int *flags)
+{
+	KsMode		mode;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	mode = ks_shared->chain_mode;
+	*flags = ks_shared->chain_flags;
+	SpinLockRelease(&ks_shared->mutex);
+	return mode;
+}
+
+/*
+ * The state in force without the raises in flight (ARCHITECTURE §5.1's
+ * base): the chain's mode, raised by what the chain lacks yet; and its
+ * flags.  What a change is judged against.
+ */
+KsMode
+ks_base_mode(int *flags)
+{
+	int			mode;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	mode = parts_mode(false);
+	if (flags)
+		*flags = ks_shared->chain_flags |
+			(ks_shared->inplace_mode != KS_NO_MODE ? ks_shared->inplace_flags : 0);
+	SpinLockRelease(&ks_shared->mutex);
+	return (KsMode) mode;
 }
 
 #define KS_EPOCH_SHIFT \
@@ -268,9 +542,19 @@ ks_refusal_detail(char *buf, size_t len)
 	bool		floor;
 
 	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(reason, ks_shared->reason, sizeof(reason));
-	strlcpy(by, ks_shared->triggered_by, sizeof(by));
-	floor = ks_shared->floor_mode > ks_shared->published_mode;
+	floor = (int) ks_shared->floor_mode > parts_mode(true);
+	/* a raise in force above the chain (its event not committed yet) speaks for itself */
+	if (KS_WORD_MODE(pg_atomic_read_u64(&ks_shared->word)) > ks_shared->chain_mode &&
+		ks_shared->raise_reason[0])
+	{
+		strlcpy(reason, ks_shared->raise_reason, sizeof(reason));
+		strlcpy(by, ks_shared->raise_by, sizeof(by));
+	}
+	else
+	{
+		strlcpy(reason, ks_shared->reason, sizeof(reason));
+		strlcpy(by, ks_shared->triggered_by, sizeof(by));
+	}
 	SpinLockRelease(&ks_shared->mutex);
 	if (floor)
 	{

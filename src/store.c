@@ -36,6 +36,31 @@ ks_state_init(KsState *state)
 }
 
 /*
+ * A copy of a state that outlives the one it was made from (in the current
+ * memory context): its texts copied, and what only a read found (the
+ * signatures, the object read) left out — a copy is a state to write or
+ * compare, never one to verify again.
+ */
+KsState *
+ks_state_copy(const KsState *st)
+{
+	KsState    *c = palloc(sizeof(KsState));
+
+	*c = *st;
+	c->engaged_at = st->engaged_at ? pstrdup(st->engaged_at) : NULL;
+	c->reason = st->reason ? pstrdup(st->reason) : NULL;
+	c->triggered_by = st->triggered_by ? pstrdup(st->triggered_by) : NULL;
+	c->source = st->source ? pstrdup(st->source) : NULL;
+	c->key_id = st->key_id ? pstrdup(st->key_id) : NULL;
+	c->replaces = st->replaces ? pstrdup(st->replaces) : NULL;
+	c->signature = NULL;
+	c->release_signature = NULL;
+	c->release_key_id = NULL;
+	c->object = NULL;
+	return c;
+}
+
+/*
  * Is a state with this source a tamper verdict?  Only the server writes
  * source "tamper" (always with at least halt_all), so the verdict is part of
  * the state and stands, across restarts, until the state changes.
@@ -155,6 +180,11 @@ state_object(const KsState *st)
 		ks_json_put_string(obj, "source", st->source);
 	if (st->key_id)
 		ks_json_put_string(obj, "key_id", st->key_id);
+	/* only when set: a file without a verdict stays byte-compatible */
+	if (st->tampered)
+		ks_json_put_bool(obj, "tampered", true);
+	if (st->replaces)
+		ks_json_put_string(obj, "replaces", st->replaces);
 	return obj;
 }
 
@@ -178,7 +208,8 @@ key_id_of(const char *key, size_t keylen, char *id)
  * but signature and release_signature.  signature, under the shared
  * secret, then covers every member but itself, release_signature included,
  * as the reference library computes it.  Returns false if no signature
- * could be computed.
+ * could be computed, or if the generation is beyond KS_MAX_GENERATION (no
+ * reader would accept the file).
  */
 bool
 ks_state_file_text(StringInfo out, const KsState *state,
@@ -193,6 +224,8 @@ ks_state_file_text(StringInfo out, const KsState *state,
 	char		release_sig[KS_HEX_DIGEST_LEN + 1];
 	int			sorted[16];
 
+	if (state->generation > KS_MAX_GENERATION)
+		return false;
 	if (release_key != NULL)
 	{
 		initStringInfo(&canon);
@@ -290,6 +323,7 @@ ks_state_from_text(const char *text, size_t len,
 	sig = ks_json_get(root, "signature");
 	if (sig != NULL && sig->kind != KSJ_STRING)
 		return PROBLEM("\"signature\" is not a string");
+	st->signature = sig ? sig->str : NULL;
 	if (sig != NULL && secret != NULL)
 	{
 		StringInfoData canon;
@@ -335,6 +369,8 @@ ks_state_from_text(const char *text, size_t len,
 		return PROBLEM("\"triggered_by\" is not a string or null");
 	if (!take_count(root, "generation", &st->generation))
 		return PROBLEM("\"generation\" is not a non-negative integer");
+	if (st->generation > KS_MAX_GENERATION)
+		return PROBLEM("\"generation\" is beyond " INT64_FORMAT " (2^53 - 1)", KS_MAX_GENERATION);
 	if (!take_count(root, "affected_tasks", &st->affected_tasks))
 		return PROBLEM("\"affected_tasks\" is not a non-negative integer");
 	if (!take_count(root, "event_id", &st->event_id))
@@ -343,11 +379,20 @@ ks_state_from_text(const char *text, size_t len,
 		return PROBLEM("\"source\" is not a string");
 	if (!take_string(root, "key_id", &st->key_id, true))
 		return PROBLEM("\"key_id\" is not a string");
+	if (!take_string(root, "replaces", &st->replaces, true))
+		return PROBLEM("\"replaces\" is not a string");
 	if (!take_string(root, "release_signature", &st->release_signature, false))
 		return PROBLEM("\"release_signature\" is not a string");
 	if (!take_string(root, "release_key_id", &st->release_key_id, false))
 		return PROBLEM("\"release_key_id\" is not a string");
 	st->object = root;
+	{
+		const KsJson *t = ks_json_get(root, "tampered");
+
+		if (t != NULL && t->kind != KSJ_BOOL)
+			return PROBLEM("\"tampered\" is not a boolean");
+		st->tampered = t != NULL && t->bval;
+	}
 	if (!take_string(root, "previous_mode", &prev, true))
 		return PROBLEM("\"previous_mode\" is not a string");
 	if (prev != NULL)
@@ -412,6 +457,12 @@ ks_state_write(const char *path, const KsState *state,
 	StringInfoData text;
 
 	initStringInfo(&text);
+	if (state->generation > KS_MAX_GENERATION)
+	{
+		snprintf(problem, problemlen, "generation " INT64_FORMAT " is beyond " INT64_FORMAT " (2^53 - 1)",
+				 state->generation, KS_MAX_GENERATION);
+		return false;
+	}
 	if (!ks_state_file_text(&text, state, secret, secretlen,
 							release_key, release_keylen))
 	{

@@ -36,6 +36,11 @@ extern const char *const ks_mode_file_names[KS_MODE_COUNT];
 
 #define KS_STATE_FILE_NAME "kill_switch_state.json"
 #define KS_LOCK_FILE_NAME "kill_switch_state.lock"
+/*
+ * A write that raced a replace of the state file is kept beside it as
+ * kill_switch_state.json.raced.<n> for the watcher to judge (files.c).
+ */
+#define KS_RACED_SUFFIX ".raced."
 
 /* Anything larger is not a state file (a 64 KiB reason escapes to < 400 KiB). */
 #define KS_MAX_FILE_SIZE (1024 * 1024)
@@ -45,6 +50,16 @@ extern const char *const ks_mode_file_names[KS_MODE_COUNT];
 #define KS_MAX_JSON_DEPTH 16
 
 #define KS_HEX_DIGEST_LEN 64	/* SHA-256 as lower-case hex */
+
+/*
+ * Generations are integers in [0, KS_MAX_GENERATION]: 2^53 - 1, exact in
+ * every JSON reader (a double holds it) and far from the bits shared memory
+ * packs it into, so nothing computed can wrap.  A file beyond it is bad.  An
+ * outside file may move the generation at most KS_GENERATION_STEP_MAX past
+ * the state held: more is a verdict (ARCHITECTURE §3).
+ */
+#define KS_MAX_GENERATION INT64CONST(9007199254740991)
+#define KS_GENERATION_STEP_MAX 1000
 
 /* A parsed JSON value, kept whole so that unknown keys are signed too. */
 typedef enum KsJsonKind
@@ -86,7 +101,11 @@ typedef struct KsState
 	int64		event_id;		/* -1: absent */
 	char	   *source;			/* NULL: absent */
 	char	   *key_id;			/* NULL: absent */
+	/* the signature of the state this one replaces (ARCHITECTURE §3); NULL: absent */
+	char	   *replaces;
+	bool		tampered;		/* a tamper verdict stands: "tampered": true (absent: false) */
 	/* what a read found; ignored when writing (the writer signs afresh) */
+	char	   *signature;		/* NULL: absent */
 	char	   *release_signature;	/* NULL: absent */
 	char	   *release_key_id; /* NULL: absent */
 	const KsJson *object;		/* the object as read, every member */
@@ -124,6 +143,7 @@ extern bool ks_hex_equal(const char *a, const char *b);
 
 /* States */
 extern void ks_state_init(KsState *state);
+extern KsState *ks_state_copy(const KsState *st);
 extern bool ks_is_tamper_source(const char *source);
 extern int	ks_mode_from_file_name(const char *name);
 extern int	ks_mode_from_sql_name(const char *name);
@@ -159,13 +179,28 @@ extern bool ks_read_file(const char *path, size_t maxlen, char **contents,
 						 size_t *len, char *problem, size_t problemlen);
 extern bool ks_write_file_durably(const char *path, const char *data,
 								  size_t len, char *problem, size_t problemlen);
+extern mode_t ks_shared_file_mode(const char *path);
 extern bool ks_write_shared_file_durably(const char *path, const char *data,
 										 size_t len, char *problem, size_t problemlen);
+/* What replacing the state file found (ks_replace_shared_file()). */
+typedef enum KsReplaceResult
+{
+	KS_REPLACE_FAILED,			/* nothing replaced */
+	KS_REPLACED,				/* replaced what the caller expected */
+	KS_REPLACED_RACED,			/* replaced; a write that raced it kept as .raced.<n> */
+	KS_REPLACED_LOST			/* replaced; a write that raced it could not be kept */
+} KsReplaceResult;
+extern KsReplaceResult ks_replace_shared_file(const char *path, const char *data, size_t len,
+											  const char *expect, size_t expect_len,
+											  char *problem, size_t problemlen);
 extern bool ks_secret_load(const char *path, bool create, char **secret,
 						   size_t *len, char *problem, size_t problemlen);
 extern bool ks_retired_secret(const char *secret_file, const char *key_id,
 							  char **secret, size_t *len);
 extern int	ks_lock_dir(const char *dir, char *problem, size_t problemlen);
+/* How long a raise waits for the writers' lock before the file follows later. */
+#define KS_LOCK_RAISE_WAIT_MS 50
+extern int	ks_lock_dir_within(const char *dir, int wait_ms, char *problem, size_t problemlen);
 extern void ks_unlock_dir(int fd);
 
 #endif							/* KS_STORE_H */

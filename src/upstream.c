@@ -443,6 +443,26 @@ verify(const char *bytes, size_t len, KsState *st, char *problem, size_t problem
 }
 
 /*
+ * May the standby take a heard state's generation?  At most
+ * KS_GENERATION_STEP_MAX past the one it holds, as for an outside file
+ * (release.c; the parser already refused one past KS_MAX_GENERATION): a
+ * state taken with a generation far ahead would make every record replay
+ * brings older, so that not even a committed release could lower this
+ * standby until it catches up.  Replay brings such a state anyway; until
+ * the upstream is heard again, past killswitch.standby_max_silence the
+ * standby holds halt_all.
+ */
+static bool
+within_step(const KsState *st, char *problem, size_t problemlen)
+{
+	KsState		held;
+
+	ks_state_init(&held);
+	held.generation = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	return ks_generation_step_ok(st, &held, problem, problemlen);
+}
+
+/*
  * A new state from the upstream, verified: remembered as what the poll
  * waits past, and published at once if it raises (its files written later
  * in the pass, ks_upstream_write_files()).
@@ -529,6 +549,8 @@ hear(PGresult *res)
 			note_heard(strtoi64(PQgetvalue(res, 0, 1), NULL, 10), lsn_bad ? InvalidXLogRecPtr : lsn);
 		else if (!verify((char *) bytes, len, &st, problem, sizeof(problem)))
 			fail("the upstream's state does not verify with this standby's signing secret", problem);
+		else if (!within_step(&st, problem, sizeof(problem)))
+			fail("the upstream's state is too far ahead of this standby's to be taken", problem);
 		else
 		{
 			take((char *) bytes, len, &st);

@@ -1,9 +1,9 @@
 /*
  * wait.c — ks_wait() (ARCHITECTURE §8.1): an agent that cannot LISTEN (behind
  * a transaction pooler, on a standby) waits in one statement for the state to
- * move.  Waiters sleep on the condition variable in KsShared, which
- * ks_publish() broadcasts after every new state (state.c); a sleeping waiter
- * costs nothing but its place on the list, so hundreds can wait.
+ * move.  Waiters sleep on the condition variable in KsShared, which every
+ * publish broadcasts (state.c); a sleeping waiter costs nothing but its
+ * place on the list, so hundreds can wait.
  */
 #include "postgres.h"
 
@@ -21,13 +21,23 @@ PG_FUNCTION_INFO_V1(ks_wait);
 static uint32 wait_event_ks_wait = 0;
 
 /*
- * SQL: wait until the generation differs from the one given and return the
- * current one; at the timeout, return it anyway (then equal to the one
- * given).  Only the generation counts: the watcher's early halt of an
- * outside change (watch.c halt_now) wakes the waiters, which sleep again
- * until its commit moves the generation a moment later — a return equal to
- * the argument always means the timeout.  The timeout is an int of
- * milliseconds like statement_timeout: any value from 0 (no wait) to INT_MAX.
+ * How long a waiter woken by a raise still waits for that raise's
+ * generation: an engage in autocommit commits within milliseconds, and
+ * the caller then sees the new generation as before; one whose event
+ * follows (ARCHITECTURE §5.3) or that waits at its commit returns after
+ * this, with the same generation.
+ */
+#define KS_WAIT_RAISE_GRACE_MS 100
+
+/*
+ * SQL: wait until the generation differs from the one given, or the mode
+ * in force rises above what it was at the call, and return the current
+ * generation; at the timeout, return it anyway.  A raise is in force before
+ * its generation moves (ARCHITECTURE §5.1): a waiter woken by one waits at
+ * most KS_WAIT_RAISE_GRACE_MS more for the generation, then returns — so a
+ * return equal to the argument means the timeout or a raise; the mode
+ * tells which.  The timeout is an int of milliseconds like
+ * statement_timeout: any value from 0 (no wait) to INT_MAX.
  */
 Datum
 ks_wait(PG_FUNCTION_ARGS)
@@ -35,7 +45,10 @@ ks_wait(PG_FUNCTION_ARGS)
 	int64		generation = PG_GETARG_INT64(0);
 	int32		timeout_ms = PG_GETARG_INT32(1);
 	int64		current;
+	uint64		word;
+	KsMode		at_call;
 	TimestampTz deadline;
+	TimestampTz raised_at = 0;
 
 	ks_require_loaded();
 	if (generation < 0)
@@ -49,7 +62,9 @@ ks_wait(PG_FUNCTION_ARGS)
 				 errmsg("timeout_ms must not be negative"),
 				 errhint("Give the longest wait in milliseconds, from 0 (return at once) to %d.", PG_INT32_MAX)));
 
-	current = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	word = pg_atomic_read_u64(&ks_shared->word);
+	current = KS_WORD_GENERATION(word);
+	at_call = KS_WORD_MODE(word);
 	if (current != generation || timeout_ms == 0)
 		PG_RETURN_INT64(current);
 
@@ -67,9 +82,16 @@ ks_wait(PG_FUNCTION_ARGS)
 	{
 		long		remaining;
 
-		current = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+		word = pg_atomic_read_u64(&ks_shared->word);
+		current = KS_WORD_GENERATION(word);
 		if (current != generation)
 			break;
+		if (KS_WORD_MODE(word) > at_call && raised_at == 0)
+		{
+			/* a raise: in force now; its generation follows, or the grace ends */
+			raised_at = GetCurrentTimestamp();
+			deadline = Min(deadline, TimestampTzPlusMilliseconds(raised_at, KS_WAIT_RAISE_GRACE_MS));
+		}
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)
 			break;

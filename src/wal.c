@@ -120,7 +120,12 @@ ks_redo(XLogReaderState *record)
 	ks_standby_apply(data + sizeof(xlrec), len - sizeof(xlrec), record->EndRecPtr);
 }
 
-/* rm_desc: what pg_waldump and error contexts show. */
+/*
+ * rm_desc: what the server shows of a record in error contexts (and
+ * pg_walinspect).  Not pg_waldump: PostgreSQL 15's pg_waldump is a
+ * frontend program that cannot load an extension's resource manager, and
+ * prints our records as "custom177 ... desc: UNKNOWN".
+ */
 static void
 ks_desc(StringInfo buf, XLogReaderState *record)
 {

@@ -1,33 +1,96 @@
 /*
- * watch.c — judging the state file while the server runs (ARCHITECTURE §4): a
- * validly signed newer file is applied; anything else that differs from
- * the state the server holds is tampering and can only raise the mode:
+ * watch.c — judging the state file while the server runs (ARCHITECTURE §4,
+ * §5.7): a validly signed newer file is applied; anything else that differs
+ * from the state the server holds is tampering and can only raise the mode:
  *
- *   valid, same generation          our own write: nothing to do
- *   valid, newer                    applied (source cli or file)
- *   valid, older                    a replay: at least halt_all, tamper
- *   bad (unsigned, garbage, ...)    at least halt_all, tamper, file set aside
- *   deleted or emptied              state kept, file rewritten, tamper
+ *   bytes the server wrote or judged     nothing to do (or write it, if behind)
+ *   not valid, its writer still at it     nothing yet: judged once it finished
+ *   valid, same state                     our own write: nothing to do
+ *   valid, newer                          applied (source cli or file)
+ *   valid, more than 1000 generations on  tamper, file set aside
+ *   valid, older                          a replay: at least halt_all, tamper
+ *   lowers or clears a verdict, without   tamper, file set aside
+ *     the release credential naming
+ *     the state held (release.c)
+ *   bad (unsigned, garbage, ...)          at least halt_all, tamper, file set aside
+ *   deleted or emptied                    state kept, file rewritten, tamper
  *
- * Called by the watcher inside a transaction that holds the lock ordering
- * all changes.
+ * A raced file — an outside write that raced a replace of the state file,
+ * kept beside it (files.c) — is judged the same way, except that it came
+ * with the replace (never a replay for want of a generation), one that was
+ * never written (missing, empty) asks for nothing, and one that would lower
+ * the state now in force without naming it is superseded by the change it
+ * raced: not applied, and no verdict.
+ *
+ * Called by the watcher inside a transaction.  It never waits for the lock
+ * that orders the history (ARCHITECTURE §5.7): a raise or a verdict is in
+ * force at once (in place, state.c) and recorded on the first look that
+ * takes the lock (ConditionalLockAcquire); an outside release is applied
+ * only when it can be recorded, against the state the chain holds.  Its
+ * own writes, and files it judged, are recognised by their bytes
+ * (KsShared.file_hash, follow.c), not by holding a lock.
  */
 #include "postgres.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/transam.h"
 #include "mb/pg_wchar.h"
+#include "storage/lmgr.h"
+#include "storage/procarray.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "killswitch.h"
 
+/*
+ * How long a look waits for another writer of the state file to finish
+ * (the writers' lock) before it calls bytes it does not know someone
+ * else's: a server write notes its bytes before it lets go of the lock.
+ */
+#define KS_JUDGE_LOCK_WAIT_MS 50
+
 /* What to do about the file. */
 typedef struct KsVerdictAction
 {
-	bool		act;
+	bool		act;			/* make change */
+	bool		wait;			/* its writer may be at it: judge once it has finished */
+	bool		after_lock;		/* a release: judged once the raises in force are the chain's */
+	bool		rewrite;		/* bytes the server knows, lagging the state in force */
+	const KsState *file;		/* the valid state judged, or NULL */
+	char		hash[KS_HEX_DIGEST_LEN + 1];	/* of the bytes judged */
 	KsChange	change;
 } KsVerdictAction;
+
+static bool kept_waiting(const char *hash);
+
+/*
+ * The bytes of the state file this look judged, and what the server knew
+ * the file held when it began: known from now on once the look commits
+ * (ks_judge_settled()).  Raced files are never the state file's bytes.
+ */
+static char judged_hash[KS_HEX_DIGEST_LEN + 1];
+static char hash_before[KS_HEX_DIGEST_LEN + 1];
+
+/*
+ * The state file's bytes the last looks judged, whatever file_hash says
+ * now: a server write that replaced them while a look judged them keeps
+ * them as a raced file (files.c), which must not be judged a second time.
+ */
+#define KS_RECENTLY_JUDGED 8
+static char recently_judged[KS_RECENTLY_JUDGED][KS_HEX_DIGEST_LEN + 1];
+static int	recently_next = 0;
+
+/* Did a recent look judge these bytes of the state file? */
+static bool
+judged_recently(const char *hash)
+{
+	for (int i = 0; i < KS_RECENTLY_JUDGED; i++)
+		if (hash[0] != '\0' && strcmp(recently_judged[i], hash) == 0)
+			return true;
+	return false;
+}
 
 /* Text from the file, kept in UTF-8 like every change's, or a stand-in. */
 static const char *
@@ -57,15 +120,17 @@ tamper(KsVerdictAction *a, KsMode mode, const char *what)
 }
 
 /*
- * Keep a rejected file as evidence, as <path>.rejected (replacing an older
- * one), and clear the way for a trusted file.
+ * Keep a rejected file (the state file, or a raced one) as evidence, as
+ * <state file>.rejected (replacing an older one), and clear the way for a
+ * trusted file.
  */
 static void
 set_aside(const char *path)
 {
 	char		aside[MAXPGPATH];
 
-	snprintf(aside, sizeof(aside), "%s.rejected", path);
+	ks_state_file_path(aside, sizeof(aside));
+	strlcat(aside, ".rejected", sizeof(aside));
 	if (unlink(aside) != 0 && errno == EISDIR)
 		(void) rmdir(aside);
 	if (rename(path, aside) != 0)
@@ -74,44 +139,127 @@ set_aside(const char *path)
 }
 
 /*
- * The state the server holds: its private copy when that is what shared
- * memory carries (it keeps an engaged_at of null as null), else shared
- * memory itself (a verdict not yet written).
+ * The state the server holds: its private copy when that is what the
+ * chain carries (it keeps an engaged_at of null as null, and the signature
+ * a release must name), else shared memory itself (a verdict not yet
+ * written: no signature, so nothing can name it).  The chain's mode, not
+ * the word's: a raise in flight is nobody's file yet.
  */
 static void
 held_state(KsState *held, uint64 word, TimestampTz since)
 {
 	char		problem[KS_PROBLEM_LEN];
 	char		at[40];
+	int			flags;
+	KsMode		chain = ks_chain_state(&flags);
 
 	if (ks_read_held(held, problem, sizeof(problem)) &&
-		held->generation == KS_WORD_GENERATION(word) && held->mode == KS_WORD_MODE(word))
+		held->generation == KS_WORD_GENERATION(word) && held->mode == chain)
 		return;
 	ks_state_init(held);
-	held->mode = KS_WORD_MODE(word);
+	held->mode = chain;
 	held->generation = KS_WORD_GENERATION(word);
 	ks_format_iso_utc(ks_timestamptz_to_unix_usec(since), at, sizeof(at));
 	held->engaged_at = pstrdup(at);
 }
 
-/* Decide what the file asks for, compared with the state held. */
+/*
+ * A file that cannot be trusted: set aside as evidence, and a tamper
+ * verdict at mode.  Judged, the state file is missing now (it is rewritten
+ * when the verdict is recorded).
+ */
+static void
+reject(KsVerdictAction *a, const char *path, bool raced, KsMode mode, const char *problem)
+{
+	set_aside(path);
+	tamper(a, mode, problem);
+	a->change.expect.judged = NULL;
+	a->change.expect.untrusted = !raced;	/* set aside: no file now */
+	if (!raced)
+		ks_file_hash_of(NULL, 0, judged_hash);
+}
+
+/* Read a file once: its verdict and state, the hash of its bytes, whether it is empty. */
+static KsVerdict
+read_once(const char *path, const char *secret, size_t secretlen, KsState *st,
+		  char *hash, bool *empty, char *problem, size_t problemlen)
+{
+	char	   *bytes;
+	size_t		len;
+	struct stat sb;
+
+	ks_state_init(st);
+	hash[0] = '\0';
+	*empty = false;
+	if (lstat(path, &sb) != 0 && errno == ENOENT)
+	{
+		snprintf(problem, problemlen, "the file does not exist");
+		ks_file_hash_of(NULL, 0, hash);
+		return KS_FILE_MISSING;
+	}
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &bytes, &len, problem, problemlen))
+		return KS_FILE_BAD;
+	ks_file_hash_of(bytes, len, hash);
+	*empty = len == 0;
+	return ks_state_from_text(bytes, len, secret, secretlen, ks_secret_file,
+							  ks_require_hmac, st, problem, problemlen);
+}
+
+/*
+ * read_once() again while holding the writers' lock (waited for at most
+ * KS_JUDGE_LOCK_WAIT_MS): a server write that replaced the file has noted
+ * its bytes by the time the lock is free, so bytes still unknown then are
+ * someone else's.  Past the wait (anyone who can write the state directory
+ * can hold the lock), read without it.
+ */
+static KsVerdict
+read_settled(const char *path, const char *secret, size_t secretlen, KsState *st,
+			 char *hash, bool *empty, char *problem, size_t problemlen)
+{
+	char		why[KS_PROBLEM_LEN];
+	int			lockfd = ks_lock_dir_within(ks_state_dir, KS_JUDGE_LOCK_WAIT_MS, why, sizeof(why));
+	KsVerdict	v = read_once(path, secret, secretlen, st, hash, empty, problem, problemlen);
+
+	ks_unlock_dir(lockfd);
+	return v;
+}
+
+/*
+ * Decide what a file asks for, compared with the state held: the state
+ * file, or a raced file (a write that raced a replace of it, files.c).
+ * writer_done: has its writer finished (closed it, renamed it into place,
+ * or left it unchanged for a while, worker.c)?  Asked after the read, so
+ * that a writer that began just before it counts.  Until then a file that
+ * is not a valid state is no verdict, only a write in progress (a valid one
+ * is complete whoever is still at it, and is judged at once).
+ */
 static KsVerdictAction
-judge(const char *path)
+judge(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
-	KsMode		held = KS_WORD_MODE(word);
-	int64		generation = KS_WORD_GENERATION(word);
+	int			held_flags;
+	int			chain_flags;
+	/* the state in force without the raises in flight (ARCHITECTURE §5.1) */
+	KsMode		held = ks_base_mode(&held_flags);
+	bool		tampered = (held_flags & KS_FLAG_TAMPERED) != 0;
+	KsMode		chain = ks_chain_state(&chain_flags);
+	/* raises in force that the chain does not hold yet (recorded at a look that takes the lock) */
+	bool		base_ahead = held != chain || tampered != ((chain_flags & KS_FLAG_TAMPERED) != 0);
 	KsMode		raised = Max(held, KS_HALT_ALL);
+	bool		releases;
 	TimestampTz since;
 	char	   *secret;
 	size_t		secretlen;
 	char		problem[KS_PROBLEM_LEN];
+	char		hash[KS_HEX_DIGEST_LEN + 1];
+	bool		empty;
+	bool		behind;
 	KsState		st,
 				hst;
+	KsState    *judged;
 	KsVerdict	v;
 	KsOrder		order;
-	struct stat sb;
 
 	memset(&a, 0, sizeof(a));
 	SpinLockAcquire(&ks_shared->mutex);
@@ -124,10 +272,66 @@ judge(const char *path)
 		a.change.expect.untrusted = true;
 		return a;
 	}
-	v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
-					  ks_recheck_delay, &st, problem, sizeof(problem));
-	if (v == KS_FILE_MISSING ||
-		(v == KS_FILE_BAD && lstat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0))
+	/*
+	 * Read; a file that is no valid state is read once more after
+	 * killswitch.recheck_delay before it is judged: inotify reports a
+	 * writer's truncate a moment after the truncate shows, so a writer that
+	 * has just begun may not be known yet at the first read — the wait ends
+	 * as soon as its events come (it is then left to its writer).
+	 */
+	if (!raced)
+		ks_file_hash(hash_before);
+	for (int reads = 0;; reads++)
+	{
+		v = read_once(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
+		if (!raced && !ks_file_known(hash, &behind))
+			v = read_settled(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
+		/*
+		 * The server's own bytes, or bytes already judged: nothing new —
+		 * unless the file lags the state in force, or a writer made it
+		 * narrower than the server writes it (the library chmods the file
+		 * 0600 after writing it, by name: after the server's rewrite, that
+		 * is the server's file) — then the server writes it again.  A raced
+		 * file with such bytes (a write judged before the replace kept it)
+		 * asks for nothing either.
+		 */
+		if (ks_file_known(hash, &behind) || kept_waiting(hash) ||
+			(raced && judged_recently(hash)))
+		{
+			struct stat sb;
+
+			a.rewrite = !raced && (behind ||
+								   (lstat(path, &sb) == 0 &&
+									(sb.st_mode & 07777) != ks_shared_file_mode(path)));
+			return a;
+		}
+		if (v != KS_FILE_BAD && v != KS_FILE_MISSING)
+			break;
+		if (raced && v == KS_FILE_MISSING)
+			return a;			/* judged already, or removed: nothing to apply */
+		if (!writer_done(path))
+		{
+			a.wait = true;
+			return a;
+		}
+		if (reads > 0 || ks_recheck_delay <= 0)
+			break;
+		for (int waited = 0; waited < ks_recheck_delay; waited++)
+		{
+			pg_usleep(1000L);
+			if (!writer_done(path))
+			{
+				a.wait = true;
+				return a;
+			}
+		}
+	}
+	strlcpy(a.hash, hash, sizeof(a.hash));
+	if (!raced)
+		strlcpy(judged_hash, hash, sizeof(judged_hash));
+	if (raced && (v == KS_FILE_MISSING || empty))
+		return a;				/* truncated and never written: nothing to apply */
+	if (v == KS_FILE_MISSING || empty)
 	{
 		/* deleting or emptying never releases: keep the mode, rewrite */
 		tamper(&a, held, v == KS_FILE_MISSING ? "the state file was deleted"
@@ -137,34 +341,73 @@ judge(const char *path)
 	}
 	if (v == KS_FILE_BAD)
 	{
-		set_aside(path);
-		tamper(&a, raised, problem);
-		a.change.expect.untrusted = true;
+		reject(&a, path, raced, raised, problem);
 		return a;
 	}
 
 	/* readable: ours, newer, or a replay */
 	held_state(&hst, word, since);
 	order = ks_compare_to_held(&st, &hst);
+	/* a raced write without a generation came with the replace, not before it */
+	if (raced && order == KS_OLDER && st.generation < 0)
+		order = KS_NEWER;
 	if (order == KS_SAME)
 		return a;
-	a.change.expect.judged = palloc(sizeof(KsState));
-	*(KsState *) a.change.expect.judged = st;
-	if (order == KS_OLDER)
+	judged = palloc(sizeof(KsState));
+	*judged = st;
+	a.file = judged;
+	/* the compare-and-swap of the rewrite expects the state file as judged */
+	if (!raced)
+		a.change.expect.judged = judged;
+	if (!ks_generation_step_ok(&st, &hst, problem, sizeof(problem)))
 	{
-		tamper(&a, raised, "replay: the state file is older than the state the server holds");
+		reject(&a, path, raced, Max(raised, st.mode), problem);
 		return a;
 	}
-	if (!ks_release_authorized(&st, held, problem, sizeof(problem)))
+	if (order == KS_OLDER)
 	{
-		set_aside(path);
-		tamper(&a, raised, problem);
-		a.change.expect.untrusted = true;	/* set aside: no file now */
+		tamper(&a, Max(raised, st.mode),
+			   "replay: the state file is older than the state the server holds");
+		return a;
+	}
+	/*
+	 * A release (or a file that would clear the verdict) is weighed against
+	 * the state the chain holds, the one it can name; while raises are in
+	 * force that the chain lacks yet, it waits until a look has recorded
+	 * them — by then the write of their state has made it a raced file
+	 * (files.c), judged against the new state.
+	 */
+	releases = ks_change_kind(held, tampered, st.mode,
+							  st.tampered || ks_is_tamper_source(st.source)) == KS_CHANGE_LOWER;
+	if (releases && base_ahead)
+	{
+		a.after_lock = true;
+		judged_hash[0] = '\0';
+		return a;
+	}
+	if (raced && !ks_release_authorized(&st, &hst, tampered, problem, sizeof(problem)))
+	{
+		/*
+		 * A raced write that would lower the mode (or clear a verdict) came
+		 * with a change of the server's that supersedes it: it may have
+		 * been a raise over the state it replaced, or a release of that
+		 * state.  It is not applied, and is no verdict.
+		 */
+		ereport(WARNING,
+				(errmsg("an outside write that raced a change of the kill switch state was superseded by it"),
+				 errdetail("It asked for mode %s; the state in force is %s: %s",
+						   ks_mode_sql_names[st.mode], ks_mode_sql_names[hst.mode], problem),
+				 errhint("A release must name the state it replaces; read the state file again and retry.")));
+		return a;
+	}
+	if (!ks_release_authorized(&st, &hst, tampered, problem, sizeof(problem)))
+	{
+		reject(&a, path, raced, Max(raised, st.mode), problem);
 		return a;
 	}
 	a.act = true;
 	/* the generation the writer gave (the CLI printed it), if it is ahead */
-	a.change.generation = st.generation > generation ? st.generation : 0;
+	a.change.generation = st.generation > KS_WORD_GENERATION(word) ? st.generation : 0;
 	a.change.mode = st.mode;
 	a.change.reason = file_text(st.reason, "(no reason given in the state file)");
 	a.change.triggered_by = file_text(st.triggered_by, "(unknown)");
@@ -172,58 +415,206 @@ judge(const char *path)
 		? (int32) st.affected_tasks : 0;
 	a.change.source = (st.source && strcmp(st.source, "cli") == 0) ? "cli" : "file";
 	a.change.flags = v == KS_FILE_UNSIGNED ? KS_FLAG_UNSIGNED : 0;
+	/* an authorized release clears the verdict; anything else keeps it */
+	a.change.clears_verdict = releases;
 	return a;
 }
 
 /*
+ * The look's transaction has committed: the state file's bytes it judged
+ * are known from now on, and are not judged again (no change is recorded
+ * twice, however often the file is read).
+ */
+void
+ks_judge_settled(void)
+{
+	if (judged_hash[0] != '\0')
+	{
+		ks_file_judged(judged_hash, hash_before);
+		strlcpy(recently_judged[recently_next], judged_hash, sizeof(recently_judged[0]));
+		recently_next = (recently_next + 1) % KS_RECENTLY_JUDGED;
+	}
+	judged_hash[0] = '\0';
+}
+
+/*
+ * Outside changes and verdicts in force in place, waiting for the lock that
+ * orders the history to be recorded (TopMemoryContext, oldest first).
+ */
+static List *waiting = NIL;
+/*
+ * The bytes (SHA-256) those changes were judged from: not judged again
+ * while they wait, whatever becomes of the look that judged them (it may
+ * fail, and its bytes are known only once a look commits).
+ */
+static List *waiting_hashes = NIL;
+/* An outside release waits for the lock: look again soon. */
+static bool retry_soon = false;
+/* This look raised in place (halt_now()): its commit makes the chain hold it. */
+static bool raised_in_place = false;
+
+/* Were these bytes judged into a change that waits to be recorded? */
+static bool
+kept_waiting(const char *hash)
+{
+	ListCell   *lc;
+
+	foreach(lc, waiting_hashes)
+		if (hash[0] != '\0' && strcmp((const char *) lfirst(lc), hash) == 0)
+			return true;
+	return false;
+}
+
+/* A change in TopMemoryContext, to outlive this look's transaction. */
+static KsChange *
+keep_change(const KsChange *c)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	KsChange   *k = palloc(sizeof(KsChange));
+
+	*k = *c;
+	k->reason = pstrdup(c->reason);
+	k->triggered_by = pstrdup(c->triggered_by);
+	k->source = pstrdup(c->source);
+	if (c->expect.judged)
+		k->expect.judged = ks_state_copy(c->expect.judged);
+	MemoryContextSwitchTo(old);
+	return k;
+}
+
+/*
  * Raise the mode in shared memory at once, before anything that can fail
- * (writing the file, recording the event): the halt must not depend on the
- * disk.  The generation moves when the change commits; if it cannot, the
- * watcher marks the verdict unrecorded (ks_watch_failed).
+ * or wait (writing the file, recording the event): the halt must not
+ * depend on the disk or on a lock.  The generation moves when the change
+ * commits; until then the raise is in place (state.c).
  */
 static void
 halt_now(const KsChange *c)
 {
-	uint64		word = pg_atomic_read_u64(&ks_shared->word);
-
-	ks_publish(c->mode, c->flags, KS_WORD_GENERATION(word), GetCurrentTimestamp(),
-			   c->source, c->reason, c->triggered_by);
+	raised_in_place = true;
+	if (ks_raise_in_place(c->mode, c->flags & KS_FLAG_TAMPERED, c->reason, c->triggered_by))
+		ks_interlock_wait();
 }
 
-/* Judge the file and record what it calls for (the history exists). */
-void
-ks_judge_file(const char *path)
+/* Record the changes in force in place, oldest first (the lock is held). */
+static void
+record_waiting(void)
 {
-	KsVerdictAction a;
-	KsMode		held;
-	char		problem[KS_PROBLEM_LEN];
+	ListCell   *lc;
 
-	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return;					/* another server's file (claim.c) */
-	if (ks_shared->unconfirmed)
-		ks_confirm_in_flight();
-	a = judge(path);
-	held = ks_current_mode();
+	foreach(lc, waiting)
+		(void) ks_apply_change((KsChange *) lfirst(lc));
+}
 
-	/* a verdict, or an outside engage, halts before the disk is written */
-	if (a.act && ((a.change.flags & KS_FLAG_TAMPERED) || a.change.mode > held))
-		halt_now(&a.change);
-	if (a.act)
-		(void) ks_apply_change(&a.change);
-	else if (ks_shared->unrecorded)
-		ks_flush_unrecorded();
+/* Does the watcher have to look again soon, though the file did not change? */
+bool
+ks_watch_due(void)
+{
+	return waiting != NIL || retry_soon;
+}
+
+/* The look committed: what it recorded is the chain's now, nothing stays in place. */
+void
+ks_watch_committed(void)
+{
+	if (waiting == NIL && !raised_in_place)
+		return;
+	list_free_deep(waiting);
+	waiting = NIL;
+	list_free_deep(waiting_hashes);
+	waiting_hashes = NIL;
+	raised_in_place = false;
+	if (!ks_shared->unconfirmed)
+		ks_clear_in_place();
 }
 
 /*
- * Judge the file where there is no history yet (the extension is not
+ * Judge a file — the state file, or a raced one — and record what it calls
+ * for (the history exists), inside the look's transaction; locked says
+ * whether it holds the lock that orders changes.  The look that holds it
+ * first settles the marks of changes in flight and records the raises
+ * whose event followed.  A raise or a verdict is in force at once and kept
+ * until a look that holds the lock records it; a release waits for such a
+ * look.
+ */
+KsJudged
+ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done)
+{
+	KsVerdictAction a;
+	char		problem[KS_PROBLEM_LEN];
+	int			flags;
+	KsMode		held;
+	KsChangeKind kind;
+
+	judged_hash[0] = '\0';
+	if (!raced)
+		retry_soon = false;
+	if (!ks_state_dir_ours(problem, sizeof(problem)))
+		return KS_JUDGED;		/* another server's file (claim.c) */
+	if (locked && !raced)
+	{
+		ks_settle_marks();
+		ks_record_marks();
+	}
+	a = judge(path, raced, writer_done);
+	if (a.rewrite)
+		(void) ks_write_behind_file(true);
+	if (!a.act)
+	{
+		if (locked)
+			record_waiting();
+		if (locked && ks_shared->unrecorded)
+			ks_flush_unrecorded();
+		if (a.after_lock)
+			retry_soon = true;
+		return a.wait ? KS_JUDGE_AFTER_WRITER : a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
+	}
+	held = ks_base_mode(&flags);
+	/* an outside raise keeps a verdict; a verdict is one */
+	if (!(a.change.flags & KS_FLAG_TAMPERED) && a.change.mode >= held &&
+		(flags & KS_FLAG_TAMPERED) && !a.change.clears_verdict)
+		a.change.flags |= KS_FLAG_TAMPERED;
+	kind = ks_change_kind(held, (flags & KS_FLAG_TAMPERED) != 0, a.change.mode,
+						  (a.change.flags & KS_FLAG_TAMPERED) != 0);
+	if (kind == KS_CHANGE_LOWER && !locked)
+	{
+		retry_soon = true;		/* applied only when it can be recorded */
+		judged_hash[0] = '\0';	/* and judged again then */
+		return KS_JUDGE_AFTER_LOCK;
+	}
+	if (kind == KS_CHANGE_LOWER)
+	{
+		record_waiting();		/* what was in force before it, first */
+		(void) ks_apply_change(&a.change);
+		return KS_JUDGED;
+	}
+	halt_now(&a.change);		/* a verdict, or an outside engage, halts at once */
+	/* kept until a look records it and commits (ks_watch_committed()): never lost */
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		waiting = lappend(waiting, keep_change(&a.change));
+		waiting_hashes = lappend(waiting_hashes, pstrdup(a.hash));
+		MemoryContextSwitchTo(old);
+	}
+	if (locked)
+		record_waiting();
+	else
+		retry_soon = true;
+	return KS_JUDGED;
+}
+
+/*
+ * Judge a file where there is no history yet (the extension is not
  * created): shared memory still follows the file, so enforcement holds; the
  * change is recorded once the history exists (ks_flush_unrecorded()).  A
  * trusted change also goes into the private copy, as a change applied at
  * start does: the copy is the state held that the file is judged against,
  * so once the history exists the file is what we hold, not a newer change.
+ * KS_JUDGE_AFTER_WRITER: a writer may still be at the file.
  */
-void
-ks_judge_file_without_history(const char *path)
+KsJudged
+ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
@@ -231,11 +622,16 @@ ks_judge_file_without_history(const char *path)
 	char		reason[sizeof(ks_shared->unrecorded_reason)];
 	char		problem[KS_PROBLEM_LEN];
 
+	judged_hash[0] = '\0';
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return;					/* another server's file (claim.c) */
-	a = judge(path);
+		return KS_JUDGED;		/* another server's file (claim.c) */
+	a = judge(path, raced, writer_done);
+	if (a.wait)
+		return KS_JUDGE_AFTER_WRITER;
+	if (a.rewrite)
+		(void) ks_write_behind_file(false);
 	if (!a.act)
-		return;
+		return KS_JUDGED;
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_clip_utf8(reason, a.change.reason, sizeof(reason));
@@ -250,11 +646,12 @@ ks_judge_file_without_history(const char *path)
 
 	if (!(a.change.flags & KS_FLAG_TAMPERED))
 	{
-		KsState		held = *(const KsState *) a.change.expect.judged;
+		KsState		held = *a.file;
 
 		held.generation = generation;
 		held.previous_mode = KS_WORD_MODE(word);
 		held.source = (char *) a.change.source;
+		held.replaces = NULL;
 		if (!ks_persist_applied(&held, false, problem, sizeof(problem)))
 			ereport(WARNING,
 					(errmsg("killswitch: could not keep the applied state in the private copy: %s", problem),
@@ -262,6 +659,7 @@ ks_judge_file_without_history(const char *path)
 		else
 			ks_wal_log_file(KS_LAST_APPLIED_FILE);	/* standbys follow */
 	}
+	return KS_JUDGED;
 }
 
 /*
@@ -283,11 +681,12 @@ ks_reconcile_history(void)
 	if (ks_shared->from_recovery)
 	{
 		ks_adopt_history_after_recovery();
+		/* redo wrote the file without noting its bytes: the private copy stands in */
+		ks_file_unknown();
 		return;
 	}
-	/* first settle a change written before a crash, then compare */
-	if (ks_shared->unconfirmed)
-		ks_confirm_in_flight();
+	/* first settle the changes in flight at a crash, then compare */
+	ks_settle_marks();
 	word = pg_atomic_read_u64(&ks_shared->word);
 	state_gen = KS_WORD_GENERATION(word);
 	history_gen = ks_events_last_generation();
@@ -326,107 +725,194 @@ ks_reconcile_history(void)
 }
 
 /*
- * After a failed look (the file could not be rewritten, the event not
- * recorded): whatever halt_now() raised stays, and the verdict waits to be
- * recorded.
+ * After a failed look (the event not recorded, the transaction aborted):
+ * whatever halt_now() raised stays in place, and the changes waiting to be
+ * recorded are tried again at the next look.
  */
 void
 ks_watch_failed(void)
 {
-	uint64		word = pg_atomic_read_u64(&ks_shared->word);
+	retry_soon = true;
+}
 
-	if (!(KS_WORD_FLAGS(word) & KS_FLAG_TAMPERED))
+/* Remove a mark nobody can read, keeping it as evidence. */
+static void
+set_mark_aside(const char *problem)
+{
+	ereport(WARNING,
+			(errmsg("killswitch: a mark of a change in flight could not be read: %s", problem),
+			 errhint("The mode stays as it is; an administrator can release it.")));
+}
+
+/* The file still holds this mark's state (a change that never committed)? Put the copy back. */
+static void
+put_back_uncommitted(const KsMark *m)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	char	   *now;
+	size_t		nowlen;
+	char	   *copy;
+	size_t		copylen;
+
+	ks_state_file_path(path, sizeof(path));
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)) ||
+		nowlen != m->state_len || memcmp(now, m->state, nowlen) != 0 ||
+		!ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &copy, &copylen,
+					  problem, sizeof(problem)))
 		return;
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->unrecorded = true;
-	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-	strlcpy(ks_shared->unrecorded_reason, ks_shared->reason, sizeof(ks_shared->unrecorded_reason));
-	SpinLockRelease(&ks_shared->mutex);
+	/* the file is ours (its bytes are the mark's), behind the state in force: the copy goes there */
+	ks_file_written(now, nowlen);
+	ks_file_behind("a change written before its commit never committed");
+	(void) ks_write_behind_file(true);
 }
 
 /*
- * Settle a change that was written to the state file before a crash but
- * whose commit was not known at start (the mark, persist.c).  The server
- * started at the higher of it and the newest committed state; now, with
- * the history at hand (the caller holds the lock that orders changes), the
- * change's event tells: there → it committed, and is published as written;
- * absent → it never committed, and the state file and shared memory go
- * back to the newest committed state.  An uncommitted release never takes
- * effect.  Nothing is recorded: the history is already right.
+ * A committed change's state file may never have been written: a release
+ * writes it after its commit, and a crash can come first.  The file still
+ * holds the state before (the server's own bytes), behind the state in
+ * force: the watcher writes it now, over bytes it knows only.
  */
-void
-ks_confirm_in_flight(void)
+static void
+file_follows_mark(const KsMark *m)
 {
 	char		path[MAXPGPATH];
-	char	   *secret;
-	size_t		secretlen;
 	char		problem[KS_PROBLEM_LEN];
-	KsState		mark,
-				held,
-				file;
-	char	   *bytes;
-	size_t		len;
-	int			lockfd;
-	bool		committed;
+	char	   *now;
+	size_t		nowlen;
 
-	if (!ks_shared->unconfirmed)
-		return;
 	ks_state_file_path(path, sizeof(path));
-	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)) ||
-		ks_state_read(KS_IN_FLIGHT_FILE, secret, secretlen, ks_secret_file, true, 0,
-					  &mark, problem, sizeof(problem)) != KS_FILE_VALID ||
-		ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file, true, 0,
-					  &held, problem, sizeof(problem)) != KS_FILE_VALID)
-	{
-		/* cannot tell: the higher of the two modes stays in force */
-		ereport(WARNING,
-				(errmsg("killswitch: could not confirm the change in flight at the crash: %s", problem),
-				 errhint("The higher mode stays in force; an administrator can release it.")));
-		ks_shared->unconfirmed = false;
+	if (ks_read_file(path, KS_MAX_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)) &&
+		nowlen == m->state_len && memcmp(now, m->state, nowlen) == 0)
 		return;
-	}
-	committed = ks_events_last_generation() >= mark.generation;
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
-	if (lockfd < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_IO_ERROR),
-				 errmsg("could not lock the kill switch state directory"),
-				 errdetail("%s", problem)));
-	if (committed)
+	ks_file_behind("a change committed before a crash, its state file not yet written");
+	(void) ks_write_behind_file(true);
+}
+
+/*
+ * A recorded change whose transaction committed: the copy (and the chain)
+ * learn it, unless they hold a newer one (marks come in no order).
+ */
+static void
+settle_committed(const KsMark *m, bool before_start)
+{
+	char		problem[KS_PROBLEM_LEN];
+	KsState		st;
+	KsState		held;
+
+	if (!ks_read_held(&held, problem, sizeof(problem)) || m->generation > held.generation)
 	{
-		/* the copy learns what the commit callback could not write */
-		if (ks_read_file(KS_IN_FLIGHT_FILE, KS_MAX_FILE_SIZE, &bytes, &len,
-						 problem, sizeof(problem)) &&
-			ks_write_file_durably(KS_LAST_APPLIED_FILE, bytes, len, problem, sizeof(problem)))
-			(void) unlink(KS_IN_FLIGHT_FILE);
-		(void) ks_publish_state(&mark, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, false);
-		ereport(LOG,
-				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash had committed; mode %s",
-						mark.generation, ks_mode_sql_names[mark.mode])));
-	}
-	else
-	{
-		/* put back the newest committed state, unless someone wrote since */
-		if (ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac, 0,
-						  &file, problem, sizeof(problem)) != KS_FILE_BAD &&
-			file.generation >= 0 && ks_compare_to_held(&file, &mark) == KS_SAME &&
-			!(ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &bytes, &len,
-						   problem, sizeof(problem)) &&
-			  ks_write_shared_file_durably(path, bytes, len, problem, sizeof(problem))))
+		if (!ks_persist_copy(m->state, m->state_len, problem, sizeof(problem)))
 		{
-			/* the higher mode stays until the file can be put back */
-			ks_unlock_dir(lockfd);
-			ereport(ERROR,
-					(errcode(ERRCODE_IO_ERROR),
-					 errmsg("could not put back the kill switch state file after a change that never committed"),
-					 errdetail("%s", problem)));
+			ereport(WARNING,
+					(errmsg("killswitch: could not write the private copy of a committed change: %s", problem)));
+			SpinLockAcquire(&ks_shared->mutex);
+			ks_shared->marks_due = true;	/* tried again */
+			SpinLockRelease(&ks_shared->mutex);
+			return;
 		}
-		(void) unlink(KS_IN_FLIGHT_FILE);
-		(void) ks_publish_state(&held, ks_require_hmac ? 0 : KS_FLAG_UNSIGNED, false);
+		if (ks_state_from_text(m->state, m->state_len, NULL, 0, NULL, false, &st,
+							   problem, sizeof(problem)) != KS_FILE_BAD)
+			(void) ks_publish_state(&st, (ks_require_hmac ? 0 : KS_FLAG_UNSIGNED) |
+									(st.tampered ? KS_FLAG_TAMPERED : 0), true);
+		file_follows_mark(m);
 		ereport(LOG,
-				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before the crash never committed; back to generation " INT64_FORMAT ", mode %s",
-						mark.generation, held.generation, ks_mode_sql_names[held.mode])));
+				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s had committed; mode %s",
+						m->generation, before_start ? "the crash" : "a failed write of the private copy",
+						ks_mode_sql_names[m->mode])));
 	}
-	ks_shared->unconfirmed = false;
-	ks_unlock_dir(lockfd);
+	(void) ks_mark_remove(m->xid);
+}
+
+/*
+ * Settle the marks of changes in flight (ARCHITECTURE §5.5) by the commit
+ * log: a transaction still running is its backend's business; one that
+ * committed has its change in force (a recorded change's copy is written if
+ * the commit could not; a raise whose event follows stays counted until it
+ * is recorded, ks_record_marks()); one that never committed has its mark
+ * removed and, if the state file still holds its state, the file put back.
+ * After a crash, the raise the postmaster put in place for the marks ends
+ * when all are settled: the state goes back to the newest committed one.
+ * Nothing is recorded here.
+ */
+void
+ks_settle_marks(void)
+{
+	List	   *marks;
+	ListCell   *lc;
+	bool		bad;
+	bool		due;
+	bool		unconfirmed;
+	char		problem[KS_PROBLEM_LEN];
+	KsState		held;
+	bool		held_ok;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	due = ks_shared->marks_due || ks_shared->unconfirmed;
+	unconfirmed = ks_shared->unconfirmed;
+	ks_shared->marks_due = false;
+	SpinLockRelease(&ks_shared->mutex);
+	if (!due)
+		return;
+	held_ok = ks_read_held(&held, problem, sizeof(problem));
+	marks = ks_marks_read(&bad, problem, sizeof(problem));
+	if (bad)
+		set_mark_aside(problem);
+	foreach(lc, marks)
+	{
+		KsMark	   *m = (KsMark *) lfirst(lc);
+		FullTransactionId fxid = FullTransactionIdFromU64(m->xid);
+		TransactionId xid = XidFromFullTransactionId(fxid);
+		bool		before_start = m->xid <= ks_shared->marks_before_start;
+
+		/*
+		 * A transaction not before the next id never wrote a commit record
+		 * (that would have moved the counter past it): it did not commit.
+		 */
+		if (FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId()) &&
+			TransactionIdIsInProgress(xid))
+		{
+			SpinLockAcquire(&ks_shared->mutex);
+			ks_shared->marks_due = true;
+			SpinLockRelease(&ks_shared->mutex);
+			continue;
+		}
+		if (FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId()) &&
+			TransactionIdDidCommit(xid))
+		{
+			if (!m->deferred)
+				settle_committed(m, before_start);
+			else
+			{
+				/* counted by its backend at commit, or here for one from before the start */
+				if (unconfirmed && before_start)
+					ks_deferred_count_add(m->mode, 1, m->reason, m->triggered_by);
+				SpinLockAcquire(&ks_shared->mutex);
+				ks_shared->marks_due = true;
+				SpinLockRelease(&ks_shared->mutex);
+			}
+			continue;
+		}
+		if (!m->deferred)
+			put_back_uncommitted(m);
+		(void) ks_mark_remove(m->xid);
+		if (m->deferred)
+			ereport(LOG,
+					(errmsg("killswitch: the raise to %s of transaction %u, in force before %s, never committed",
+							ks_mode_sql_names[m->mode], xid,
+							before_start ? "the crash" : "its backend ended")));
+		else
+			ereport(LOG,
+					(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s never committed; mode %s stays",
+							m->generation, before_start ? "the crash" : "its backend ended",
+							ks_mode_sql_names[held_ok ? held.mode : KS_HALT_ALL])));
+	}
+	if (unconfirmed)
+	{
+		SpinLockAcquire(&ks_shared->mutex);
+		ks_shared->unconfirmed = false;
+		SpinLockRelease(&ks_shared->mutex);
+		if (waiting == NIL)
+			ks_clear_in_place();
+	}
 }

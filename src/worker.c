@@ -22,6 +22,7 @@
  */
 #include "postgres.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include "access/genam.h"
@@ -38,6 +39,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
@@ -63,14 +65,27 @@ PGDLLEXPORT void ks_worker_main(Datum arg);
 /* Repeat the WARNING about a standing problem this often. */
 #define KS_PROBLEM_WARN_MS 60000
 /*
- * A writer still has the file open: judge it killswitch.recheck_delay after
- * its last write (at least this long), as a reader re-reads a bad-looking
- * file; a writer that closes the file is judged at once.
+ * A file is judged once its writer has finished (ARCHITECTURE §5.7): closed
+ * it (IN_CLOSE_WRITE), renamed it into place, or left it unchanged this
+ * long — a writer that keeps it open, a writer stalled between its truncate
+ * and its write, or any change where inotify cannot see (the poll).  A file
+ * that is a valid state is judged at once, whoever is still at it; only a
+ * file that is not (empty, half-written, missing) waits for its writer.
  */
+#define KS_WRITER_QUIET_MS 1000
+/* A server's own change found in the file without a history: look again this soon. */
 #define KS_WRITING_SETTLE_MS 20
-#define KS_SETTLE_AFTER_WRITE_MS Max(ks_recheck_delay, KS_WRITING_SETTLE_MS)
+/*
+ * Another writer holds the writers' lock (the CLI, a backend's pre-commit
+ * write): wait for it before judging — at most this long, since anyone who
+ * can write the state directory can hold the lock — looking again this often.
+ */
+#define KS_LOCK_DEFER_MS 250
+#define KS_LOCK_RECHECK_MS 5
 /* On a standby whose upstream has nothing newer, look at the history this often at most. */
 #define KS_HISTORY_LOOK_MS 1000
+/* How soon to look again for the lock that orders changes, with a change waiting for it. */
+#define KS_WAITING_RETRY_MS 10
 /* Wait at most this long for a server's own change, written but not committed. */
 #define KS_IN_FLIGHT_MS 1000
 
@@ -187,17 +202,143 @@ extension_appeared(void)
 static bool without_database = false;
 
 /*
- * Look at the file and act on it, in one transaction holding the lock that
- * orders changes — so that a change committing through SQL (whose file is
- * written just before its commit) is never mistaken for an outside one.
+ * What the watcher knows of the writers in the state directory, kept
+ * between its looks and brought up to date in the middle of one
+ * (writer_done()): the directory's events not yet acted on, whether a
+ * writer is at the state file (and since when), whether a raced file's
+ * writer has closed it.
  */
-static void
-examine_file(void)
+static struct
 {
-	char		path[MAXPGPATH];
-	bool		history;
+	int			fd;				/* inotify, or -1: the poll */
+	KsDirEvents events;
+	bool		writing;
+	TimestampTz writing_at;
+	bool		raced_closed;
+} dir = {.fd = -1};
 
-	ks_state_file_path(path, sizeof(path));
+/*
+ * Read the directory's pending events: who is writing, and what to look at.
+ * Returns them too (nothing under the poll).
+ */
+static KsDirEvents
+take_events(void)
+{
+	KsDirEvents fresh;
+
+	memset(&fresh, 0, sizeof(fresh));
+	if (dir.fd < 0)
+		return fresh;
+	ks_dirwatch_drain(dir.fd, KS_STATE_FILE_NAME, &fresh);
+	if (fresh.state != KS_DIR_NOTHING && fresh.state != KS_DIR_LOST)
+	{
+		dir.writing = fresh.state_writing;
+		if (dir.writing)
+			dir.writing_at = GetCurrentTimestamp();
+	}
+	if (fresh.raced_closed)
+		dir.raced_closed = true;
+	else if (fresh.raced)
+		dir.raced_closed = false;
+	dir.events.state = Max(dir.events.state, fresh.state);
+	dir.events.raced |= fresh.raced;
+	return fresh;
+}
+
+/*
+ * Is another writer between its read and its replace of the state file
+ * (holding the writers' lock)?  A judgment in between would apply an outside
+ * write that the writer's replace then keeps as a raced file, and the
+ * writer's own file, computed from what it read, would look older than the
+ * state held.  Errors (a lock file that is a link) are no reason to wait.
+ */
+static bool
+writers_busy(void)
+{
+	char		problem[KS_PROBLEM_LEN];
+	int			fd = ks_lock_dir_within(ks_state_dir, 0, problem, sizeof(problem));
+
+	if (fd >= 0)
+	{
+		ks_unlock_dir(fd);
+		return false;
+	}
+	return errno == EWOULDBLOCK;
+}
+
+/* When a file last changed, by its time stamps (a rename sets its ctime). */
+static TimestampTz
+changed_at(const struct stat *sb)
+{
+	const struct timespec *t = &sb->st_mtim;
+
+	if (sb->st_ctim.tv_sec > t->tv_sec ||
+		(sb->st_ctim.tv_sec == t->tv_sec && sb->st_ctim.tv_nsec > t->tv_nsec))
+		t = &sb->st_ctim;
+	return ks_unix_usec_to_timestamptz((int64) t->tv_sec * 1000000 + t->tv_nsec / 1000);
+}
+
+/*
+ * When a file's writer will have left it alone for KS_WRITER_QUIET_MS: by
+ * inotify's word for the state file, by the file's own time stamps for a
+ * raced file and under the poll.
+ */
+static TimestampTz
+quiet_at(const char *path, bool raced)
+{
+	struct stat sb;
+
+	if (!raced && dir.fd >= 0)
+		return TimestampTzPlusMilliseconds(dir.writing_at, KS_WRITER_QUIET_MS);
+	if (lstat(path, &sb) != 0)
+		return 0;
+	return TimestampTzPlusMilliseconds(changed_at(&sb), KS_WRITER_QUIET_MS);
+}
+
+/*
+ * Had the writer of a file finished when the judge read it (ARCHITECTURE
+ * §5.7)?  Asked after the read: an event about the file that inotify
+ * reports now came during or after the read (a writer that began, or
+ * finished, meanwhile), and the file is looked at again at once.
+ * Otherwise: closed (IN_CLOSE_WRITE) or renamed into place since its last
+ * write, or quiet for KS_WRITER_QUIET_MS.  A raced file was put in place
+ * by a replace, not by its writer: only the writer's close, or quiet,
+ * finishes it.
+ */
+static bool
+writer_done(const char *path)
+{
+	char		state_path[MAXPGPATH];
+	bool		raced;
+	KsDirEvents fresh = take_events();
+
+	ks_state_file_path(state_path, sizeof(state_path));
+	raced = strcmp(path, state_path) != 0;
+	if (raced ? fresh.raced : fresh.state != KS_DIR_NOTHING)
+		return false;
+	if (raced && dir.raced_closed)
+		return true;
+	if (!raced && dir.fd >= 0 && !dir.writing)
+		return true;
+	return GetCurrentTimestamp() >= quiet_at(path, raced);
+}
+
+/*
+ * Look at a file — the state file, or a raced one — and act on it, in one
+ * transaction.  The lock that orders changes is taken only if it is free
+ * (ARCHITECTURE §5.7): a raise or a verdict is in force at once either way
+ * and recorded by the first look that holds it; the server's own writes
+ * are known by their bytes.  After the commit: the bytes judged are known
+ * (ks_judge_settled()), and the notifications of what committed go out
+ * (notify.c).
+ */
+static KsJudged
+examine_file(const char *path, bool raced)
+{
+	bool		history;
+	bool		locked = false;
+	KsJudged	judged;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -206,18 +347,24 @@ examine_file(void)
 	history = !without_database && extension_present();
 	if (history)
 	{
-		LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
-		if (!had_history)
+		locked = ConditionalLockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+		if (locked && !had_history)
 			ks_reconcile_history();
-		ks_judge_file(path);
+		judged = ks_judge_file(path, raced, locked, writer_done);
 	}
 	else
-		ks_judge_file_without_history(path);
+		judged = ks_judge_file_without_history(path, raced, writer_done);
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	had_history = history;
+	ks_judge_settled();
+	if (locked)
+		ks_watch_committed();
+	had_history = history && (locked || had_history);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	if (had_history)
+		ks_notify_pending();
+	return judged;
 }
 
 /*
@@ -254,17 +401,20 @@ sql_write(const char *path)
 /*
  * examine_file(), surviving its errors: an error (a file that cannot be
  * rewritten, a full disk) is logged, the transaction rolled back, and the
- * halt already raised in shared memory stays.  Returns false on error.
+ * halt already raised in shared memory stays.  Returns false on error;
+ * *judged says what came of the look (KS_JUDGED after an error: tried
+ * again after KS_RETRY_MS).
  */
 static bool
-examine_file_safely(void)
+examine_file_safely(const char *path, bool raced, KsJudged *judged)
 {
 	MemoryContext ctx = CurrentMemoryContext;
 	volatile bool ok = true;
 
+	*judged = KS_JUDGED;
 	PG_TRY();
 	{
-		examine_file();
+		*judged = examine_file(path, raced);
 	}
 	PG_CATCH();
 	{
@@ -453,7 +603,7 @@ standby_wait_set(WaitEventSet *old, int watch_fd)
  * upstream's socket is ready for the next pass.
  */
 static WaitEventSet *
-standby_pass(WaitEventSet *wait_set, int watch_fd, bool *socket_ready)
+standby_pass(WaitEventSet *wait_set, bool *socket_ready)
 {
 	char		path[MAXPGPATH];
 	TimestampTz now = GetCurrentTimestamp();
@@ -481,7 +631,7 @@ standby_pass(WaitEventSet *wait_set, int watch_fd, bool *socket_ready)
 	ks_alert_poll();
 	note_liveness();
 
-	wait_set = standby_wait_set(wait_set, watch_fd);
+	wait_set = standby_wait_set(wait_set, dir.fd);
 	n = WaitEventSetWait(wait_set, ks_upstream_timeout(ks_poll_interval), events, lengthof(events),
 						 PG_WAIT_EXTENSION);
 	*socket_ready = false;
@@ -496,7 +646,10 @@ standby_pass(WaitEventSet *wait_set, int watch_fd, bool *socket_ready)
 	}
 	/* the directory's events say nothing the stamp does not: drain them */
 	if (dir_event)
-		(void) ks_dirwatch_drain(watch_fd, KS_STATE_FILE_NAME);
+	{
+		(void) take_events();
+		memset(&dir.events, 0, sizeof(dir.events));
+	}
 	return wait_set;
 }
 
@@ -778,25 +931,88 @@ ms_until(TimestampTz when)
 	return secs * 1000 + usecs / 1000 + 1;
 }
 
-/*
- * Sleep until the latch is set, the state directory changes, or the
- * timeout; returns the strongest directory event seen (or dir_event).
- */
-static KsDirEvent
-wait_for_work(WaitEventSet *wait_set, int watch_fd, long timeout, KsDirEvent dir_event)
+/* Sleep until the latch is set, the state directory changes, or the timeout. */
+static void
+wait_for_work(WaitEventSet *wait_set, long timeout)
 {
-	WaitEvent	events[3];
+	WaitEvent	occurred[3];
 	int			n;
 
-	n = WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
+	n = WaitEventSetWait(wait_set, timeout, occurred, lengthof(occurred), PG_WAIT_EXTENSION);
 	for (int i = 0; i < n; i++)
 	{
-		if (events[i].events & WL_LATCH_SET)
+		if (occurred[i].events & WL_LATCH_SET)
 			ResetLatch(MyLatch);
-		if (events[i].events & WL_SOCKET_READABLE)
-			dir_event = Max(dir_event, ks_dirwatch_drain(watch_fd, KS_STATE_FILE_NAME));
+		if (occurred[i].events & WL_SOCKET_READABLE)
+			(void) take_events();
 	}
-	return dir_event;
+}
+
+/* list_sort() order of path names. */
+static int
+path_cmp(const ListCell *a, const ListCell *b)
+{
+	return strcmp(lfirst(a), lfirst(b));
+}
+
+/* The raced files beside the state file (files.c), oldest first. */
+static List *
+raced_files(void)
+{
+	char		prefix[MAXPGPATH];
+	List	   *names = NIL;
+	DIR		   *dir;
+	struct dirent *de;
+
+	snprintf(prefix, sizeof(prefix), "%s%s", KS_STATE_FILE_NAME, KS_RACED_SUFFIX);
+	dir = AllocateDir(ks_state_dir);
+	while ((de = ReadDirExtended(dir, ks_state_dir, LOG)) != NULL)
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0)
+			names = lappend(names, psprintf("%s/%s", ks_state_dir, de->d_name));
+	FreeDir(dir);
+	list_sort(names, path_cmp);
+	return names;
+}
+
+/*
+ * Judge the raced files: each once its writer has finished (closed it, or
+ * left it unchanged for KS_WRITER_QUIET_MS) or at once if it holds a valid
+ * state; a judged one goes (a raise it asked for is in force, kept until it
+ * is recorded).  Returns when to look again for one whose writer may still
+ * be at it, or that waits for the lock that orders changes (0: none
+ * waits); *failed if a look failed.
+ */
+static TimestampTz
+examine_raced(bool *failed)
+{
+	TimestampTz again = 0;
+	ListCell   *lc;
+
+	foreach(lc, raced_files())
+	{
+		const char *path = lfirst(lc);
+		TimestampTz when = 0;
+		KsJudged	judged;
+
+		if (!examine_file_safely(path, true, &judged))
+			*failed = true;
+		else if (judged == KS_JUDGED)
+			(void) unlink(path);	/* gone already if set aside */
+		else if (judged == KS_JUDGE_AFTER_LOCK)
+			when = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_WAITING_RETRY_MS);
+		else
+			when = quiet_at(path, true);
+		if (when != 0 && (again == 0 || when < again))
+			again = when;
+	}
+	return again;
+}
+
+/* Milliseconds until a moment, at most limit. */
+static long
+ms_until_at_most(TimestampTz when, long limit)
+{
+	return when == 0 ? limit : Min(limit, ms_until(when));
 }
 
 /* The worker's entry point. */
@@ -810,12 +1026,14 @@ ks_worker_main(Datum arg)
 	bool		failed = false;	/* the last look failed: try again at retry_at */
 	TimestampTz started;
 	TimestampTz rechecked_at = 0;
-	TimestampTz settle_at = 0;	/* a writer still at the file: judge then */
 	TimestampTz rewatch_at = 0;
-	KsDirEvent	dir_event = KS_DIR_NOTHING;
+	TimestampTz again_at = 0;	/* the state file left to its writer: look again then */
+	bool		raced_due = true;	/* raced files to look for */
+	TimestampTz raced_again_at = 0;
 	TimestampTz in_flight_since = 0;	/* the server's own write seen, not yet published */
+	TimestampTz busy_since = 0;	/* another writer held the writers' lock since */
+	bool		deferred;		/* this round's looks wait for that writer */
 	bool		look;
-	int			watch_fd;
 	WaitEventSet *wait_set;
 	WaitEventSet *standby_wait = NULL;	/* in recovery: with the upstream's socket */
 	bool		in_recovery = false;
@@ -848,14 +1066,16 @@ ks_worker_main(Datum arg)
 	SpinLockRelease(&ks_shared->mutex);
 	before_shmem_exit(forget_latch, (Datum) 0);
 	ks_state_file_path(path, sizeof(path));
-	watch_fd = start_dirwatch();
-	wait_set = make_wait_set(NULL, watch_fd);
+	dir.fd = start_dirwatch();
+	wait_set = make_wait_set(NULL, dir.fd);
 
 	for (;;)
 	{
 		KsFileStamp now;
 		TimestampTz tick;
 		long		timeout;
+		KsJudged	judged = KS_JUDGED;
+		KsDirEvents ev;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -876,7 +1096,7 @@ ks_worker_main(Datum arg)
 		{
 			/* CREATE EXTENSION does not touch the file: look for the history */
 			if (extension_appeared())
-				dir_event = KS_DIR_WRITTEN;
+				dir.events.state = Max(dir.events.state, KS_DIR_WRITTEN);
 			rechecked_at = tick;
 		}
 		/* a standby follows; its first look as a primary comes after promotion */
@@ -885,7 +1105,7 @@ ks_worker_main(Datum arg)
 			if (!in_recovery)
 				ks_upstream_start();
 			in_recovery = true;
-			standby_wait = standby_pass(standby_wait, watch_fd, &socket_ready);
+			standby_wait = standby_pass(standby_wait, &socket_ready);
 			continue;
 		}
 		if (in_recovery)
@@ -897,40 +1117,66 @@ ks_worker_main(Datum arg)
 				FreeWaitEventSet(standby_wait);
 			standby_wait = NULL;
 			in_recovery = false;
+			raced_due = true;
 		}
+		/* what the directory said until now; what it says during the looks is for the next round */
+		ev = dir.events;
+		memset(&dir.events, 0, sizeof(dir.events));
 		/* the directory was moved or the kernel dropped the watch: poll, and try again */
-		if (dir_event == KS_DIR_LOST || (watch_fd < 0 && rewatch_at != 0 && tick >= rewatch_at))
+		if (ev.state == KS_DIR_LOST || (dir.fd < 0 && rewatch_at != 0 && tick >= rewatch_at))
 		{
-			ks_dirwatch_stop(watch_fd);
-			watch_fd = start_dirwatch();
-			wait_set = make_wait_set(wait_set, watch_fd);
-			rewatch_at = watch_fd < 0 ? TimestampTzPlusMilliseconds(tick, KS_PROBLEM_WARN_MS) : 0;
-			dir_event = KS_DIR_CHANGED;
-		}
-		if (dir_event == KS_DIR_WRITING)
-		{
-			settle_at = TimestampTzPlusMilliseconds(tick, KS_SETTLE_AFTER_WRITE_MS);
-			dir_event = KS_DIR_NOTHING;
-		}
-		else if (dir_event != KS_DIR_NOTHING)
-			settle_at = 0;
-		if (settle_at != 0 && tick >= settle_at)
-		{
-			settle_at = 0;
-			dir_event = KS_DIR_WRITTEN;
+			ks_dirwatch_stop(dir.fd);
+			dir.fd = start_dirwatch();
+			wait_set = make_wait_set(wait_set, dir.fd);
+			rewatch_at = dir.fd < 0 ? TimestampTzPlusMilliseconds(tick, KS_PROBLEM_WARN_MS) : 0;
+			ev.state = KS_DIR_CHANGED;
+			dir.writing = false;
+			raced_due = true;
 		}
 
-		now = file_stamp(path);
 		/*
-		 * Written in place and closed: judge even when the stamp looks the
-		 * same (time stamps are coarse).  An unrecorded change is recorded
-		 * as soon as there is a history for it, an unconfirmed one is
-		 * confirmed; a look that failed (the event or the rewrite) is tried
-		 * again after KS_RETRY_MS.
+		 * Changed in any way, or written in place and closed (judge even
+		 * when the stamp looks the same: time stamps are coarse); the file
+		 * left to its writer, once the writer may be done; a change in
+		 * force in place or a release waiting for the lock that orders
+		 * changes; marks to settle or record; a file that lags the state in
+		 * force; committed changes not yet announced; an unrecorded change
+		 * as soon as there is a history for it, an unconfirmed one; a look
+		 * that failed (the event or the rewrite), after KS_RETRY_MS.
 		 */
-		look = first || stamp_changed(&now, &seen) || dir_event == KS_DIR_WRITTEN ||
+		now = file_stamp(path);
+		look = first || stamp_changed(&now, &seen) ||
+			ev.state == KS_DIR_WRITTEN || ev.state == KS_DIR_CHANGED ||
+			(again_at != 0 && tick >= again_at) ||
+			ks_watch_due() || ks_shared->marks_due || ks_shared->file_behind ||
+			(had_history && ks_shared->notified_generation <
+			 KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word))) ||
 			((failed || (ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
-			 GetCurrentTimestamp() >= retry_at);
+			 tick >= retry_at);
+		/*
+		 * Another writer in the middle of its compare-and-swap: let it
+		 * finish before judging a write in place (or whatever the poll
+		 * saw).  A file renamed into place is complete: judged at once.
+		 */
+		deferred = false;
+		if ((look || ev.raced || raced_due || dir.fd < 0) &&
+			(ev.state != KS_DIR_CHANGED || dir.fd < 0) && writers_busy())
+		{
+			if (busy_since == 0)
+				busy_since = tick;
+			deferred = !TimestampDifferenceExceeds(busy_since, tick, KS_LOCK_DEFER_MS);
+		}
+		else
+			busy_since = 0;
+		if (deferred)
+		{
+			/* what was to be looked at waits for the next round */
+			look = false;
+			now = seen;
+			dir.events.state = Max(dir.events.state, ev.state);
+			dir.events.raced |= ev.raced;
+			again_at = TimestampTzPlusMilliseconds(tick, KS_LOCK_RECHECK_MS);
+		}
 		if (look && !first && !had_history && sql_write(path))
 		{
 			/* the server's own change, committing somewhere: look again shortly */
@@ -940,16 +1186,20 @@ ks_worker_main(Datum arg)
 			{
 				look = false;
 				now = seen;
-				settle_at = TimestampTzPlusMilliseconds(tick, KS_WRITING_SETTLE_MS);
+				again_at = TimestampTzPlusMilliseconds(tick, KS_WRITING_SETTLE_MS);
 			}
 		}
 		if (look)
 		{
 			in_flight_since = 0;
-			failed = !examine_file_safely();
+			again_at = 0;
+			failed = !examine_file_safely(path, false, &judged);
 			if (failed)
 				retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   KS_RETRY_MS);
+			else if (judged == KS_JUDGE_AFTER_WRITER)
+				again_at = Max(quiet_at(path, false), GetCurrentTimestamp());
+
 			/*
 			 * Compare the next look with what we saw before acting: a change
 			 * that lands while we act (a writer racing our rewrite) is judged
@@ -964,7 +1214,22 @@ ks_worker_main(Datum arg)
 				ks_wal_log_file(KS_LAST_APPLIED_FILE);
 			first = false;
 		}
-		dir_event = KS_DIR_NOTHING;
+
+		/*
+		 * Writes that raced a replace of the state file (files.c): looked
+		 * for when inotify saw one, when one waits for its writer or the
+		 * lock, and at every tick of the poll.
+		 */
+		if (!deferred && (raced_due || ev.raced || dir.fd < 0 ||
+						  (raced_again_at != 0 && tick >= raced_again_at)))
+		{
+			bool		raced_failed = false;
+
+			raced_again_at = examine_raced(&raced_failed);
+			if (raced_failed)
+				raced_again_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_RETRY_MS);
+			raced_due = false;
+		}
 		seen = now;
 		if (duties_due())
 			run_duties_safely();
@@ -975,12 +1240,22 @@ ks_worker_main(Datum arg)
 		if (!without_database)
 			report_history_state();
 
-		/* the poll, or sooner: a write to let settle, a failed look to retry */
+		/*
+		 * The poll, or sooner: a file left to its writer, a failed look to
+		 * retry; a change in force in place, or marks, waiting for the lock
+		 * that orders changes: soon again.  A file that lags the state in
+		 * force is written at the next poll.
+		 */
 		timeout = ks_poll_interval;
-		if (settle_at != 0)
-			timeout = Min(timeout, ms_until(settle_at));
+		timeout = ms_until_at_most(again_at, timeout);
+		timeout = ms_until_at_most(raced_again_at, timeout);
 		if (failed)
-			timeout = Min(timeout, ms_until(retry_at));
-		dir_event = wait_for_work(wait_set, watch_fd, timeout, dir_event);
+			timeout = ms_until_at_most(retry_at, timeout);
+		if (ks_watch_due() || ks_shared->marks_due)
+			timeout = Min(timeout, KS_WAITING_RETRY_MS);
+		/* events read during the looks: at once (unless they wait for another writer) */
+		if (!deferred && (dir.events.state != KS_DIR_NOTHING || dir.events.raced))
+			timeout = 0;
+		wait_for_work(wait_set, timeout);
 	}
 }

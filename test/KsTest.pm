@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
-  ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer);
+  ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -116,9 +116,30 @@ sub ks_release_key
 	return $key;
 }
 
+# The signature of the state a node holds — what a release names in
+# "replaces" (ARCHITECTURE §3) — read from the state file as an
+# administrators' tool would, once the server has judged it: the file then
+# carries the bytes of the server's private copy.  Waits (bounded) for that.
+sub ks_held_signature
+{
+	my ($node) = @_;
+	my $dir = $node->data_dir . '/pg_killswitch';
+	my $sig;
+	for (1 .. 300)
+	{
+		my ($file, $held) = map { eval { decode_json(slurp_file("$dir/$_")) } }
+		  ('kill_switch_state.json', 'last_applied.json');
+		$sig = $file && $file->{signature};
+		return $sig if $sig && $held && $held->{signature} && $sig eq $held->{signature};
+		usleep(20_000);
+	}
+	return $sig;
+}
+
 # A state file's text that may lower the mode: release_key_id and
 # release_signature (HMAC-SHA256 under the release key of every member but
-# the two signatures), then signature over everything but itself.
+# the two signatures), then signature over everything but itself.  A
+# release names the state it replaces: give replaces => ks_held_signature().
 sub ks_release_signed_text
 {
 	my ($secret, $release_key, %obj) = @_;

@@ -267,8 +267,17 @@ release_key_load(const KsPaths *p, bool needed, char **key, size_t *len)
 	return false;
 }
 
-/* How long a write waits for the server to judge the previous one. */
+/* How long a write waits for the server to judge the previous one; an engage, less. */
 #define KS_JUDGED_WAIT_MS 5000
+#define KS_JUDGED_WAIT_RAISE_MS 1000
+
+/*
+ * How long an engage waits for the writers' lock before it writes without
+ * it: any OS user who can write the state directory can hold the lock, and
+ * a halt must not wait on them.  The replace keeps whatever it replaces
+ * that it did not expect (files.c), so a writer it races loses nothing.
+ */
+#define KS_LOCK_RAISE_FRONTEND_MS 1000
 
 /* Is a server running on the data directory (postmaster.pid names a live process)? */
 static bool
@@ -320,10 +329,11 @@ server_has_judged(const KsPaths *p, const char *secret, size_t secretlen)
  */
 static int
 lock_when_judged(const KsOptions *opt, const KsPaths *p, const char *secret,
-				 size_t secretlen, char *problem, size_t problemlen)
+				 size_t secretlen, bool raise, char *problem, size_t problemlen)
 {
 	bool		wait = server_running(opt) && p->last_applied[0];
-	int64		deadline = now_usec() + (int64) KS_JUDGED_WAIT_MS * 1000;
+	int64		deadline = now_usec() +
+		(int64) (raise ? KS_JUDGED_WAIT_RAISE_MS : KS_JUDGED_WAIT_MS) * 1000;
 
 	for (;;)
 	{
@@ -331,7 +341,8 @@ lock_when_judged(const KsOptions *opt, const KsPaths *p, const char *secret,
 
 		while (wait && !server_has_judged(p, secret, secretlen) && now_usec() < deadline)
 			pg_usleep(10 * 1000L);
-		lockfd = ks_lock_dir(p->state_dir, problem, problemlen);
+		lockfd = raise ? ks_lock_dir_within(p->state_dir, KS_LOCK_RAISE_FRONTEND_MS, problem, problemlen)
+			: ks_lock_dir(p->state_dir, problem, problemlen);
 		if (lockfd < 0 || !wait || server_has_judged(p, secret, secretlen))
 			return lockfd;
 		if (now_usec() >= deadline)
@@ -365,6 +376,84 @@ is_standby(const KsOptions *opt)
 	return stat(path, &sb) == 0;
 }
 
+/*
+ * Read the state file once: its verdict and state, and its bytes (NULL: no
+ * file) for the replace to compare with.
+ */
+static KsVerdict
+read_current(const KsPaths *p, const char *secret, size_t secretlen, KsState *cur,
+			 char **bytes, size_t *len, char *problem, size_t problemlen)
+{
+	struct stat sb;
+
+	ks_state_init(cur);
+	*bytes = NULL;
+	*len = 0;
+	if (lstat(p->state_file, &sb) != 0 && errno == ENOENT)
+	{
+		snprintf(problem, problemlen, "the file does not exist");
+		return KS_FILE_MISSING;
+	}
+	if (!ks_read_file(p->state_file, KS_MAX_FILE_SIZE, bytes, len, problem, problemlen))
+		return KS_FILE_BAD;
+	return ks_state_from_text(*bytes, *len, secret, secretlen, p->secret_file, true,
+							  cur, problem, problemlen);
+}
+
+/*
+ * Write the new state over the file as read (expect, NULL: none), by the
+ * replace that keeps a write it did not expect (files.c).
+ */
+static bool
+write_state(const KsPaths *p, const KsState *next, const char *secret, size_t secretlen,
+			const char *release_key, size_t release_keylen,
+			const char *expect, size_t expect_len)
+{
+	StringInfoData text;
+	char		problem[KS_PROBLEM_LEN];
+	KsReplaceResult r;
+
+	initStringInfo(&text);
+	if (!ks_state_file_text(&text, next, secret, secretlen, release_key, release_keylen))
+	{
+		pg_log_error("could not sign the new state");
+		return false;
+	}
+	r = ks_replace_shared_file(p->state_file, text.data, text.len, expect, expect_len,
+							   problem, sizeof(problem));
+	if (r == KS_REPLACE_FAILED)
+	{
+		pg_log_error("%s", problem);
+		return false;
+	}
+	if (r == KS_REPLACED_RACED && expect != NULL)
+	{
+		pg_log_warning("another program wrote the state file while this command replaced it");
+		pg_log_warning_detail("Its write is kept beside the file (%s%s*) for the server to judge.",
+							  KS_STATE_FILE_NAME, KS_RACED_SUFFIX);
+	}
+	else if (r == KS_REPLACED_LOST)
+		pg_log_warning("another program wrote the state file while this command replaced it, "
+					   "and its write could not be kept: %s", problem);
+	return true;
+}
+
+/*
+ * What the new file names as the state it replaces (ARCHITECTURE §3): the
+ * state the server holds, which is what it compares a release with — its
+ * private copy when the data directory is known (the server writes the file
+ * with the same bytes once it has judged it) — else the file as read.
+ */
+static char *
+replaces_of(const KsState *cur, KsVerdict v, const KsState *held, bool held_ok)
+{
+	if (held_ok && held->signature)
+		return held->signature;
+	if (v == KS_FILE_VALID)
+		return cur->signature;
+	return NULL;
+}
+
 /* engage and disengage: read, check, write the new state under the lock. */
 static int
 change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
@@ -377,10 +466,14 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	char		at[40];
 	char		key_hex[KS_HEX_DIGEST_LEN + 1];
 	int			mode = opt->command == CMD_ENGAGE ? opt->mode : KS_DISENGAGED;
+	bool		raise = opt->command == CMD_ENGAGE && !opt->force;
 	int64		generation = 0;
 	bool		lowers = false;
+	bool		held_ok = false;
 	char	   *release_key;
 	size_t		release_keylen;
+	char	   *bytes;
+	size_t		len;
 	int			lockfd;
 
 	if (is_standby(opt))
@@ -389,26 +482,45 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 		pg_log_error_hint("Change the kill switch on the primary (killswitch -d), or promote this standby.");
 		return KS_EXIT_ERROR;
 	}
-	lockfd = lock_when_judged(opt, p, secret, secretlen, problem, sizeof(problem));
-	if (lockfd < 0)
+	lockfd = lock_when_judged(opt, p, secret, secretlen, raise, problem, sizeof(problem));
+	if (lockfd < 0 && !raise)
 	{
 		pg_log_error("%s", problem);
 		return KS_EXIT_ERROR;
 	}
-	v = ks_state_read(p->state_file, secret, secretlen, p->secret_file, true, 50,
-					  &cur, problem, sizeof(problem));
+	if (lockfd < 0)
+	{
+		/* a halt does not wait on whoever holds the lock */
+		pg_log_warning("writing without the writers' lock: %s", problem);
+		pg_log_warning_detail("An engage does not wait on another writer; a write it races is kept for the server to judge.");
+	}
+	v = read_current(p, secret, secretlen, &cur, &bytes, &len, problem, sizeof(problem));
+	if (v == KS_FILE_BAD && bytes != NULL)
+	{
+		/* a writer that rewrites in place may be caught mid-write: once more */
+		pg_usleep(50 * 1000L);
+		v = read_current(p, secret, secretlen, &cur, &bytes, &len, problem, sizeof(problem));
+	}
 	/* never --force: a file signed with another secret is tampering to the server */
 	if (secret_is_wrong(p, secret, secretlen, true))
 	{
 		ks_unlock_dir(lockfd);
 		return KS_EXIT_ERROR;
 	}
-	if (v == KS_FILE_BAD && !opt->force)
+	if (v == KS_FILE_BAD && !opt->force && !raise)
 	{
 		ks_unlock_dir(lockfd);
 		pg_log_error("the current state file cannot be trusted: %s", problem);
 		pg_log_error_hint("Inspect it first; --force writes over it.");
 		return KS_EXIT_TAMPERED;
+	}
+	if (v == KS_FILE_BAD && raise)
+	{
+		/* nothing about the file may stop an engage: the bad file stays evidence */
+		pg_log_warning("the current state file cannot be trusted: %s", problem);
+		pg_log_warning_detail("The engage is written over it; the untrusted file is kept beside it (%s%s*) for the server to judge.",
+							  KS_STATE_FILE_NAME, KS_RACED_SUFFIX);
+		bytes = NULL;
 	}
 	if (v == KS_FILE_VALID)
 	{
@@ -430,6 +542,13 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	{
 		generation = Max(generation, held.generation);
 		lowers |= mode < (int) held.mode;
+		held_ok = true;
+	}
+	if (generation >= KS_MAX_GENERATION)
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("the generation is at its bound (" INT64_FORMAT "): no change can follow", KS_MAX_GENERATION);
+		return KS_EXIT_ERROR;
 	}
 	if (!release_key_load(p, lowers || opt->command == CMD_DISENGAGE,
 						  &release_key, &release_keylen))
@@ -451,11 +570,10 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	next.affected_tasks = opt->affected;
 	next.source = "cli";
 	next.key_id = key_hex;
-	if (!ks_state_write(p->state_file, &next, secret, secretlen,
-						release_key, release_keylen, problem, sizeof(problem)))
+	next.replaces = replaces_of(&cur, v, &held, held_ok);
+	if (!write_state(p, &next, secret, secretlen, release_key, release_keylen, bytes, len))
 	{
 		ks_unlock_dir(lockfd);
-		pg_log_error("%s", problem);
 		return KS_EXIT_ERROR;
 	}
 	ks_unlock_dir(lockfd);

@@ -139,7 +139,16 @@ change(const KsOptions *opt, PGconn *conn)
 	if (res == NULL)
 		return KS_EXIT_ERROR;
 	requested = strcmp(PQgetvalue(res, 0, 3), "release_request") == 0;
-	if (opt->json)
+	/* an engage whose event follows (the history was held): in force, not numbered yet */
+	if (PQgetisnull(res, 0, 0))
+	{
+		if (opt->json)
+			printf("{\"event_id\":null,\"generation\":null,\"mode\":\"%s\",\"release_requested\":false}\n",
+				   PQgetvalue(res, 0, 2));
+		else
+			printf("%s (in force; its event follows)\n", PQgetvalue(res, 0, 2));
+	}
+	else if (opt->json)
 		printf("{\"event_id\":%s,\"generation\":%s,\"mode\":\"%s\",\"release_requested\":%s}\n",
 			   PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
 			   requested ? "true" : "false");

@@ -4,8 +4,9 @@
  * store.c and the files.c/isotime.c under them, built for frontend programs).
  * Properties checked on every input:
  *   - nothing crashes, whatever the bytes;
- *   - an input accepted as a state re-serializes to a file that is accepted
- *     again with the same mode, generation and texts (round trip);
+ *   - an input accepted as a state has a generation within its bound
+ *     (2^53 - 1) and re-serializes to a file that is accepted again with the
+ *     same mode, generation, texts and "replaces" (round trip);
  *   - canonicalization is idempotent: canonical(parse(canonical(x))) ==
  *     canonical(x).
  * Frontend palloc() never frees, so the link wraps the allocator (see
@@ -55,7 +56,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(ks_state_file_text(&text, &st, SECRET, strlen(SECRET), NULL, 0));
 		CHECK(ks_state_from_text(text.data, text.len, SECRET, strlen(SECRET), NULL,
 								 true, &back, problem, sizeof(problem)) == KS_FILE_VALID);
+		CHECK(st.generation <= KS_MAX_GENERATION);	/* beyond the bound is never a state */
 		CHECK(back.mode == st.mode && back.generation == st.generation);
+		CHECK(same_text(back.replaces, st.replaces));
 		CHECK(same_text(back.reason, st.reason) && same_text(back.triggered_by, st.triggered_by));
 		CHECK(same_text(back.engaged_at, st.engaged_at));
 		/* without a release key no release_signature; with one, it verifies */

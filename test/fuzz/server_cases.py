@@ -4,7 +4,8 @@ and escape inputs.  Each case is written as the state file of a running
 server or of a postmaster about to start, and says what must come of it:
 
   apply   validly signed and newer: applied exactly (its texts checked)
-  tamper  anything else: the server stays up and fails closed
+  tamper  anything else — a generation beyond 2^53 - 1 or more than 1000
+          past the state held included: the server stays up and fails closed
 
 Usage: server_cases.py STATE_DIR SRC_DIR GENERATION list
        server_cases.py STATE_DIR SRC_DIR GENERATION write INDEX
@@ -76,7 +77,20 @@ def main():
     apply("an escaped backslash before u00e9 is text, not an escape", state("caf\\u00e9 \\\\ud83d \\"))
     apply("non-ASCII member names", state("keys", **{"\u00e9t\u00e9": "\U0001F600", "\U0001F600": [1]}))
 
+    # generations: at most 1000 past the state held (the generation given is
+    # the next one, held + 1), never beyond 2^53 - 1; "replaces" is a string
+    # a raise may carry naming anything
+    apply("generation 1000 past the state held", state("a long step", generation=generation + 999))
+    apply("a raise naming some state in replaces", state("replaces", replaces="ab" * 32))
+
     # what must fail closed
+    tamper("signed, generation 1001 past the state held",
+           signed(state("too long a step", generation=generation + 1000)))
+    tamper("signed, generation 2^53", signed(state("past the bound", generation=2 ** 53)))
+    tamper("signed, generation 2^56", signed(state("wraps shared memory", generation=2 ** 56)))
+    tamper("signed, generation 2^63 - 1", signed(state("int64 max", generation=2 ** 63 - 1)))
+    tamper("signed, generation 2^64", signed(state("past int64", generation=2 ** 64)))
+    tamper("signed, replaces not a string", signed(state("replaces", replaces=7)))
     for path in sorted(glob.glob(src + "/test/fuzz/corpus/*")):
         tamper("corpus: " + os.path.basename(path), open(path, "rb").read())
     tamper("signed, lone high surrogate", signed(state("x \ud800 y")))

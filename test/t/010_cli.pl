@@ -102,7 +102,9 @@ is(scalar @{ decode_json($out) }, sql('SELECT count(*) FROM killswitch.events'),
 ($rc, $out, $err) = ks('-d', 'host=/nonexistent dbname=x', 'status');
 is($rc, 1, 'a connection failure exits 1');
 
-# 5. A file that cannot be trusted: status 3, and no write on top of it without --force.
+# 5. A file that cannot be trusted: status 3; an engage is written on top of
+#    it (nothing about the file stops an engage), the untrusted file kept
+#    beside it for the server to judge; a release is not, without --force.
 $node->stop;
 open my $fh, '>', "$pgdata/pg_killswitch/kill_switch_state.json" or die $!;
 print $fh '{"mode": "DISENGAGED"}';
@@ -112,7 +114,17 @@ is($rc, 3, 'an unsigned file: status exits 3 (tampered)');
 ($rc) = ks('-D', $pgdata, 'verify');
 is($rc, 3, 'and verify exits 3');
 ($rc, $out, $err) = ks('-D', $pgdata, 'engage', 'halt_all', '--reason', 'on top');
-is($rc, 3, 'engage refuses to build on it');
+is($rc, 0, 'an engage is written over it') or diag($err);
+like($err, qr/cannot be trusted.*\n.*kept beside it/, 'saying the untrusted file is kept for the server');
+my @kept = glob("$pgdata/pg_killswitch/kill_switch_state.json.raced.*");
+is(scalar(@kept), 1, 'kept as a raced file');
+is(slurp_file($kept[0]), '{"mode": "DISENGAGED"}', 'holding the untrusted bytes');
+unlink @kept;
+open $fh, '>', "$pgdata/pg_killswitch/kill_switch_state.json" or die $!;
+print $fh '{"mode": "DISENGAGED"}';
+close $fh;
+($rc, $out, $err) = ks('-D', $pgdata, 'disengage', '--reason', 'on top');
+is($rc, 3, 'a release refuses to build on it');
 like($err, qr/cannot be trusted/, 'saying why');
 ($rc, $out, $err) = ks('-D', $pgdata, 'engage', 'halt_all', '--reason', 'forced', '--force');
 is($rc, 0, '--force writes a trusted file over it') or diag($err);

@@ -189,7 +189,8 @@ release();
 
 # 8. A writer that rewrites the file in place is never judged mid-write:
 #    half a file, a pause shorter than killswitch.recheck_delay, the rest.
-#    The releases carry the release key's signature (test/t/100_release.pl).
+#    The releases carry the release key's signature and name the state they
+#    replace (test/t/100_release.pl).
 #    The recheck waits a second here: the pause is the writer's, and on a
 #    loaded machine a 15 ms sleep can last longer than the default 50 ms.
 sql("ALTER SYSTEM SET killswitch.recheck_delay = '1s'");
@@ -201,7 +202,9 @@ for my $i (1 .. 5)
 {
 	my $m = $i % 2 ? 'HALT_NONCRITICAL' : 'DISENGAGED';
 	my %o = (mode => $m, engaged_at => now_iso(), reason => "in place $i", triggered_by => 'python');
-	my $t = $m eq 'DISENGAGED' ? ks_release_signed_text($secret, $release_key, %o) : signed_text(%o);
+	my $t = $m eq 'DISENGAGED'
+	  ? ks_release_signed_text($secret, $release_key, %o, replaces => ks_held_signature($node))
+	  : signed_text(%o);
 	open my $w, '+<', $file or die $!;
 	truncate $w, 0;
 	syswrite $w, substr($t, 0, 40);

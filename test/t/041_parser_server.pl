@@ -1,5 +1,6 @@
 # The server-side parser on hostile input: the fuzzing corpus, the test
-# vectors and hostile non-ASCII and escape inputs (test/fuzz/server_cases.py)
+# vectors, hostile non-ASCII and escape inputs, and generations at and past
+# their bounds (test/fuzz/server_cases.py)
 # are written as the state file of a running server (the watcher judges
 # them, in a LATIN1 database) and of a postmaster about to start (which has
 # no database encoding).  The server always stays up or starts, and either
@@ -150,7 +151,8 @@ my %at_start = map { $_ => 1 } (
 	'an escaped backslash before u00e9 is text, not an escape',
 	'signed, lone high surrogate', 'signed, \\u0000', 'LATIN1 byte in a string',
 	'UTF-8-encoded surrogate', 'an escape at the very end', 'corpus: full.json',
-	'deep nesting');
+	'deep nesting', 'signed, generation 2^56', 'signed, generation 1001 past the state held',
+	'generation 1000 past the state held');
 for my $i (grep { $at_start{ $list[$_]->{name} } } 0 .. $#list)
 {
 	my $gen = generation();

@@ -1,9 +1,12 @@
-# No change is lost or applied unseen (compare-and-swap on the state file):
-# an SQL change in flight while the CLI writes (engage and release), while a
-# writer rewrites the file in place as the Python library does, and while
-# the watcher judges; aborted changes after a concurrent outside write.
-# After every trial nothing is lost, and the history, the file and shared
-# memory agree on generation and mode.
+# No change is lost or applied unseen (compare-and-swap on the state file,
+# and the replace that keeps what it did not expect): an SQL change in
+# flight while the CLI writes (engage and release), while a writer rewrites
+# the file in place as the Python library does, and while the watcher
+# judges; aborted changes after a concurrent outside write; a raise whose
+# file cannot be written.  An SQL release that finds an unseen outside
+# change fails with 40001 (and, retried, commits on top of it); an SQL raise
+# never fails (ARCHITECTURE §5.3).  After every trial nothing is lost, and
+# the history, the file and shared memory agree on generation and mode.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -40,16 +43,18 @@ sub now_iso
 }
 
 # Write the file in place, without a lock, as the reference library does;
-# a release carries the release signature (an administrators' tool: the
-# library itself cannot release).
+# a release carries the release signature and names the state it replaces
+# (an administrators' tool: the library itself cannot release).
 my $release_key = ks_release_key($node);
 sub write_in_place
 {
 	my (%state) = @_;
-	open my $fh, '>', $file or die $!;
-	print $fh $state{mode} eq 'DISENGAGED'
-	  ? ks_release_signed_text($secret, $release_key, engaged_at => now_iso(), %state)
+	my $text = $state{mode} eq 'DISENGAGED'
+	  ? ks_release_signed_text($secret, $release_key, engaged_at => now_iso(),
+		replaces => ks_held_signature($node), %state)
 	  : ks_signed_text($secret, engaged_at => now_iso(), %state);
+	open my $fh, '>', $file or die $!;
+	print $fh $text;
 	close $fh;
 }
 
@@ -116,77 +121,143 @@ sub in_flight
 
 my $trials = 20;
 
-# 1. The CLI writes while an SQL change is in flight: engage (SQL lower,
-#    CLI emergency) and release (SQL emergency, CLI disengage), alternating.
+# A raise never fails for the file (ARCHITECTURE §5.3): an outside write it
+# finds unjudged at its pre-commit write is not overwritten but kept beside
+# the file as a raced write, which the watcher judges after the raise's
+# commit — an outside engage is applied on top of it; a lower mode (a
+# release written for the state before, or a lower engage) is superseded by
+# it: not applied, no verdict, a WARNING.  The interleavings are forced: the
+# outside write lands while the SQL change holds the lock that orders
+# changes, so the watcher cannot judge it before the SQL commit.
+my $log_offset;
+sub superseded_logged
+{
+	return slurp_file($node->logfile, $log_offset) =~ /an outside write that raced a change of the kill switch state was superseded by it/;
+}
+
+# 1. The CLI writes while an SQL change is in flight, in turn: an SQL
+#    release (halt_all to disengaged) is refused with 40001 and the CLI's
+#    engage applied with the generation it printed; an SQL raise (to
+#    halt_noncritical) commits and the CLI's engage is applied after it; an
+#    SQL raise (to emergency) commits and the CLI's release, written for the
+#    state before, is superseded.
 my $lost = 0;
 my $bad_error = 0;
 for my $i (1 .. $trials)
 {
-	my $release = $i % 2 == 0;
-	sql("SELECT ks_engage('halt_all', 'setup $i', 'tester')") if $release;
+	my $case = $i % 3;			# 0: SQL release, 1: SQL raise, CLI engage, 2: CLI release
 	my $printed;
+	sql("SELECT ks_engage('halt_all', 'setup $i', 'tester')") if $case != 1;
+	$log_offset = -s $node->logfile;
 	my $err = in_flight(
-		$release
-		? "ks_engage('emergency', 'sql $i', 'tester')"
-		: "ks_engage('halt_noncritical', 'sql $i', 'tester')",
+		$case == 0 ? "ks_disengage('sql $i', 'tester')"
+		: $case == 1 ? "ks_engage('halt_noncritical', 'sql $i', 'tester')"
+		: "ks_engage('emergency', 'sql $i', 'tester')",
 		sub {
-			my ($rc, $out, $cerr) = $release
+			my ($rc, $out, $cerr) = $case == 2
 			  ? ks('disengage', '--reason', "cli $i", '--by', 'night-shift')
 			  : ks('engage', 'emergency', '--reason', "cli $i", '--by', 'night-shift');
 			die "cli failed: $cerr" if $rc != 0;
 			($printed) = $out =~ /generation (\d+)/;
 		});
-	$bad_error++
-	  unless $err =~ /40001: the kill switch state changed outside the database while this change was in flight/
-	  && $err =~ /HINT:  The outside change is being applied; retry\./;
-	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'cli $i'")
-	  or diag("trial $i: the CLI's change was not recorded");
-	my $want = ($release ? 'disengaged' : 'emergency') . " cli $printed";
-	if (event_with("cli $i") ne $want || event_with("sql $i") ne '')
+	if ($case == 0)
 	{
-		$lost++;
-		diag("trial $i: cli event '" . event_with("cli $i") . "', expected '$want'; sql event '"
-			  . event_with("sql $i") . "'");
+		$bad_error++, diag("trial $i: $err")
+		  unless $err =~ /40001: the kill switch state changed outside the database while this change was in flight/
+		  && $err =~ /HINT:  The outside change is being applied; retry\./;
+		soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'cli $i'")
+		  or diag("trial $i: the CLI's change was not recorded");
+		$lost++, diag("trial $i: cli event '" . event_with("cli $i") . "' (printed $printed), sql event '"
+			  . event_with("sql $i") . "'")
+		  unless event_with("cli $i") eq "emergency cli $printed" && event_with("sql $i") eq '';
 	}
+	elsif ($case == 1)
+	{
+		$bad_error++, diag("trial $i: $err") if $err ne '';
+		soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'cli $i'")
+		  or diag("trial $i: the CLI's change was not recorded");
+		my $order = sql("SELECT string_agg(mode || ' ' || source, ',' ORDER BY id) FROM killswitch.events "
+			  . "WHERE reason IN ('sql $i', 'cli $i')");
+		$lost++, diag("trial $i: $order") unless $order eq 'halt_noncritical sql,emergency cli';
+	}
+	else
+	{
+		$bad_error++, diag("trial $i: $err") if $err ne '';
+		soon("SELECT ks_mode() = 'emergency'") or $lost++;
+		for (1 .. 100) { last if superseded_logged(); usleep(100_000); }
+		$lost++, diag("trial $i: the superseded release was not logged") unless superseded_logged();
+		$lost++, diag("trial $i: the release was applied") if event_with("cli $i") ne '';
+		$lost++ unless event_with("sql $i") =~ /^emergency sql \d+$/;
+	}
+	is(sql('SELECT ks_mode()'), 'emergency', "trial $i: emergency in force") or $lost++;
+	$lost++, diag("trial $i: integrity " . sql("SELECT ks_status()->>'integrity'"))
+	  unless sql("SELECT ks_status()->>'integrity'") eq 'ok';
 	agree("CLI trial $i") or last;
 	sql("SELECT ks_disengage('reset $i', 'tester')");
 }
-is($lost, 0, "$trials CLI writes during an SQL change: each applied with its generation, the SQL change refused");
-is($bad_error, 0, 'each refused COMMIT is a serialization failure (40001) that says to retry');
+is($lost, 0, "$trials CLI writes during an SQL change: a release refused and the CLI's engage applied with its generation; "
+	  . "a raise committed, an engage applied after it, a release superseded");
+is($bad_error, 0, 'each refused release is a serialization failure (40001) that says to retry; every raise committed');
 
 # 2. A writer that rewrites the file in place (no lock, no generation)
-#    while an SQL change is in flight; both directions.
+#    while an SQL change is in flight, in turn: an SQL release is refused
+#    and the write (emergency) applied; an SQL raise commits and the write
+#    (halt_all) is applied after it; an SQL raise (emergency) commits and the
+#    write (a release) is superseded.
 $lost = 0;
 for my $i (1 .. $trials)
 {
-	my $release = $i % 2 == 0;
-	sql("SELECT ks_engage('halt_all', 'setup py $i', 'tester')") if $release;
+	my $case = $i % 3;
+	sql("SELECT ks_engage('halt_all', 'setup py $i', 'tester')") if $case != 1;
+	$log_offset = -s $node->logfile;
 	my $err = in_flight(
-		$release
-		? "ks_engage('emergency', 'sql py $i', 'tester')"
-		: "ks_engage('halt_noncritical', 'sql py $i', 'tester')",
+		$case == 0 ? "ks_disengage('sql py $i', 'tester')"
+		: $case == 1 ? "ks_engage('halt_noncritical', 'sql py $i', 'tester')"
+		: "ks_engage('emergency', 'sql py $i', 'tester')",
 		sub {
 			write_in_place(
-				mode => $release ? 'DISENGAGED' : 'HALT_ALL',
+				mode => $case == 0 ? 'EMERGENCY' : $case == 1 ? 'HALT_ALL' : 'DISENGAGED',
 				reason => "py $i", triggered_by => 'cost_governor');
 		});
-	$lost++ unless $err =~ /40001/;
-	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'py $i'")
-	  or diag("trial $i: the in-place write was not recorded");
-	$lost++ unless event_with("py $i") =~ /^(disengaged|halt_all) file \d+$/
-	  && event_with("sql py $i") eq '';
+	if ($case == 0)
+	{
+		$lost++, diag("trial $i: $err") unless $err =~ /40001/;
+		soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'py $i'")
+		  or diag("trial $i: the in-place write was not recorded");
+		$lost++, diag("trial $i: " . event_with("py $i") . ' / ' . event_with("sql py $i"))
+		  unless event_with("py $i") =~ /^emergency file \d+$/ && event_with("sql py $i") eq '';
+	}
+	elsif ($case == 1)
+	{
+		$lost++, diag("trial $i: $err") if $err ne '';
+		soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'py $i'")
+		  or diag("trial $i: the in-place write was not recorded");
+		my $order = sql("SELECT string_agg(mode || ' ' || source, ',' ORDER BY id) FROM killswitch.events "
+			  . "WHERE reason IN ('sql py $i', 'py $i')");
+		$lost++, diag("trial $i: $order") unless $order eq 'halt_noncritical sql,halt_all file';
+	}
+	else
+	{
+		$lost++, diag("trial $i: $err") if $err ne '';
+		for (1 .. 100) { last if superseded_logged(); usleep(100_000); }
+		$lost++, diag("trial $i: the superseded release was not logged") unless superseded_logged();
+		$lost++ unless event_with("py $i") eq '' && event_with("sql py $i") =~ /^emergency sql \d+$/;
+	}
+	$lost++ unless sql("SELECT ks_status()->>'integrity'") eq 'ok';
 	agree("in-place trial $i") or last;
 	sql("SELECT ks_disengage('reset py $i', 'tester')");
 }
-is($lost, 0, "$trials in-place writes during an SQL change: none lost, the SQL change refused");
+is($lost, 0, "$trials in-place writes during an SQL change: none lost; a release refused, a raise committed "
+	  . "with an engage applied after it and a release superseded");
 
-# 3. An in-place write just before an autocommit change: either the watcher
-#    applied it first (the change commits on top) or the change is refused
-#    and, retried, commits on top.  Nothing lost, in that order.
+# 3a. An in-place write just before an autocommit release: either the
+#    watcher applied it first (the release commits on top) or the release is
+#    refused and, retried, commits on top.  Nothing lost, in that order.
 $lost = 0;
 for my $i (1 .. $trials)
 {
-	write_in_place(mode => 'HALT_NONCRITICAL', reason => "early $i", triggered_by => 'agent');
+	sql("SELECT ks_engage('halt_all', 'setup early $i', 'tester')");
+	write_in_place(mode => 'EMERGENCY', reason => "early $i", triggered_by => 'agent');
 	usleep(3000 * ($i % 5));
 	my $tries = 0;
 	my ($rc, $out, $err);
@@ -194,7 +265,7 @@ for my $i (1 .. $trials)
 	{
 		$tries++;
 		($rc, $out, $err) = $node->psql('postgres',
-			"SELECT 1 FROM ks_engage('halt_all', 'after $i', 'tester')");
+			"SELECT 1 FROM ks_engage('halt_noncritical', 'after $i', 'tester')");
 	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 50);
 	$lost++ if $rc != 0;
 	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'early $i'");
@@ -206,19 +277,44 @@ for my $i (1 .. $trials)
 }
 is($lost, 0, "$trials in-place writes racing an autocommit change: both recorded, in order");
 
-# 4. While the watcher judges: the CLI writes and an SQL change follows at
+# 3b. An in-place write just before an autocommit raise: the raise commits
+#    at once; the write is applied before it (the watcher was first), or
+#    judged while the raise held the lock that orders changes and recorded
+#    after it at the raise's level (ARCHITECTURE §12), or — lower than the
+#    raise, found unjudged by its write — superseded by it; never a verdict
+#    (it has no generation, and would once have been judged a replay).
+$lost = 0;
+for my $i (1 .. $trials)
+{
+	write_in_place(mode => 'HALT_NONCRITICAL', reason => "early b $i", triggered_by => 'agent');
+	usleep(3000 * ($i % 5));
+	my ($rc, $out, $err) = $node->psql('postgres',
+		"SELECT 1 FROM ks_engage('halt_all', 'after b $i', 'tester')");
+	$lost++, diag("trial $i: $err") if $rc != 0;
+	agree("early write trial $i") or last;
+	my $order = sql("SELECT string_agg(reason, ',' ORDER BY id) FROM killswitch.events "
+		  . "WHERE reason IN ('early b $i', 'after b $i')");
+	$lost++, diag("trial $i: $order")
+	  unless $order eq "early b $i,after b $i" || $order eq "after b $i,early b $i" || $order eq "after b $i";
+	$lost++ unless sql("SELECT ks_mode() || ' ' || (ks_status()->>'integrity')") eq 'halt_all ok';
+	sql("SELECT ks_disengage('reset early b $i', 'tester')");
+}
+is($lost, 0, "$trials in-place writes racing an autocommit raise: the raise commits, the write applied before it or superseded");
+
+# 4a. While the watcher judges: the CLI writes and an SQL release follows at
 #    once, retried on a serialization failure.  Both recorded, CLI first.
 $lost = 0;
 for my $i (1 .. $trials)
 {
-	my ($rc, $out, $err) = ks('engage', 'halt_noncritical', '--reason', "cli race $i");
+	sql("SELECT ks_engage('halt_all', 'setup race $i', 'tester')");
+	my ($rc, $out, $err) = ks('engage', 'emergency', '--reason', "cli race $i");
 	my ($printed) = $out =~ /generation (\d+)/;
 	my $tries = 0;
 	do
 	{
 		$tries++;
 		($rc, $out, $err) = $node->psql('postgres',
-			"SELECT 1 FROM ks_engage('halt_all', 'sql race $i', 'tester')");
+			"SELECT 1 FROM ks_engage('halt_noncritical', 'sql race $i', 'tester')");
 	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 50);
 	$lost++ if $rc != 0;
 	my $order = sql("SELECT string_agg(reason || ' ' || generation, ',' ORDER BY id) FROM killswitch.events "
@@ -227,7 +323,28 @@ for my $i (1 .. $trials)
 	agree("watcher race trial $i") or last;
 	sql("SELECT ks_disengage('reset race $i', 'tester')");
 }
-is($lost, 0, "$trials CLI writes racing an SQL change: both recorded, the CLI's with its generation");
+is($lost, 0, "$trials CLI writes racing an SQL release: both recorded, the CLI's with its generation");
+
+# 4b. While the watcher judges: the CLI writes and an SQL raise follows at
+#    once.  The CLI's engage is recorded first with its generation, or after
+#    the raise (judged while the raise held the lock that orders changes),
+#    or — found unjudged by the raise, and lower than it — superseded.
+$lost = 0;
+for my $i (1 .. $trials)
+{
+	my ($rc, $out, $err) = ks('engage', 'halt_noncritical', '--reason', "cli race b $i");
+	my ($printed) = $out =~ /generation (\d+)/;
+	($rc, $out, $err) = $node->psql('postgres',
+		"SELECT 1 FROM ks_engage('halt_all', 'sql race b $i', 'tester')");
+	$lost++, diag("trial $i: $err") if $rc != 0;
+	agree("watcher race trial $i") or last;
+	my $order = sql("SELECT string_agg(reason || ' ' || generation, ',' ORDER BY id) FROM killswitch.events "
+		  . "WHERE reason IN ('cli race b $i', 'sql race b $i')");
+	$lost++, diag("trial $i: $order")
+	  unless $order =~ /^cli race b $i $printed,sql race b $i \d+$/ || $order =~ /^sql race b $i \d+(,cli race b $i \d+)?$/;
+	sql("SELECT ks_disengage('reset race b $i', 'tester')");
+}
+is($lost, 0, "$trials CLI writes racing an SQL raise: recorded first with its generation, or superseded");
 
 # 5. Aborted changes after a concurrent outside write: a rollback writes
 #    nothing, so the outside change is applied and nothing is put back.
@@ -277,21 +394,31 @@ $bg->{stderr} = '';
 like($err, qr/40001: could not serialize access/, 'the change is aborted at commit, after its pre-commit write');
 unlike($err, qr/could not restore/, 'no warning about restoring: the undo put the bytes back');
 is(slurp_file($file), $before, 'the state file holds exactly its bytes from before');
-ok(!-e "$dir/in_flight.json", 'and the in-flight mark is gone');
+is(sql("SELECT count(*) FROM pg_ls_dir('pg_killswitch/in_flight')"), '0', 'and the mark is gone');
 is(sql('SELECT ks_mode()'), 'disengaged', 'the aborted change never took effect');
 is(event_with('aborted at commit'), '', 'nor is it in the history');
 $other->quit;
 
-# 7. A write that fails writes nothing, and says nothing about restoring.
+# 7. A raise whose file cannot be written commits anyway (ARCHITECTURE
+#    §5.3): a WARNING, the problem in ks_status(), and the watcher writes the
+#    file once it can.
 chmod 0500, $dir;
 $bg->{stderr} = '';
 $bg->query("SELECT 1 FROM ks_engage('halt_all', 'cannot write', 'tester')");
 $err = $bg->{stderr};
 $bg->{stderr} = '';
-chmod 0700, $dir;
-like($err, qr/could not write the kill switch state file/, 'a failed write aborts with a clear error');
+like($err, qr/WARNING:  01000: could not write the kill switch state file; the change is in force without it/,
+	'an unwritable state directory: a WARNING');
+unlike($err, qr/ERROR/, 'and no error: the raise committed');
 unlike($err, qr/could not restore/, 'with no warning about restoring what was never written');
+is(sql('SELECT ks_mode()'), 'halt_all', 'it is in force');
+like(sql("SELECT ks_status()->>'file_problem'"), qr/could not create/, 'ks_status() shows why the file lags');
+chmod 0700, $dir;
+ok($node->poll_query_until('postgres', "SELECT ks_status()->>'file_problem' IS NULL"),
+	'the watcher writes the file once it can');
 agree('after a failed write');
+is(sql("SELECT reason FROM killswitch.events ORDER BY id DESC LIMIT 1"), 'cannot write',
+	'recorded once');
 
 $bg->quit;
 $node->stop;

@@ -1,8 +1,10 @@
 # A change takes effect if and only if its transaction commits, across a
 # crash at any instant: after a restart the server runs at the mode of the
-# newest committed change, or higher until the watcher has checked the
-# change that was in flight against the history — never lower.  An
-# uncommitted release never takes effect.
+# newest committed change, or higher until the watcher has settled the
+# marks of the changes in flight by the commit log — never lower.  An
+# uncommitted release never takes effect.  Cases 1-3b make the crash's
+# leftovers by hand: a mark (pg_killswitch/in_flight/<xid>.json, signed)
+# naming a transaction that committed or one that rolled back.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -18,7 +20,7 @@ my $pgdata = $node->data_dir;
 my $dir = "$pgdata/pg_killswitch";
 my $file = "$dir/kill_switch_state.json";
 my $copy = "$dir/last_applied.json";
-my $mark = "$dir/in_flight.json";
+my $marks = "$dir/in_flight";
 my $secret = ks_secret($node);
 
 sub sql { return $node->safe_psql('postgres', shift); }
@@ -36,7 +38,7 @@ sub put
 sub settled
 {
 	return $node->poll_query_until('postgres', q{
-		SELECT pg_stat_file('pg_killswitch/in_flight.json', true) IS NULL
+		SELECT (SELECT count(*) FROM pg_ls_dir('pg_killswitch/in_flight', true, false)) = 0
 		   AND NOT (ks_status()->>'unrecorded_change')::boolean
 		   AND (ks_status()->>'generation')::bigint = (SELECT max(generation) FROM killswitch.events)
 		   AND (ks_status()->>'generation')::bigint =
@@ -45,19 +47,37 @@ sub settled
 
 my $newest_mode = 'SELECT mode FROM killswitch.events ORDER BY id DESC LIMIT 1';
 
+# A transaction that rolled back: its id is in the commit log as aborted.
+sub aborted_xid
+{
+	return sql('BEGIN; SELECT txid_current(); ROLLBACK;');
+}
+
+# The mark of a recorded change of transaction $xid whose state file text is $text.
+sub put_mark
+{
+	my ($xid, $text) = @_;
+	my $st = decode_json($text);
+	mkdir $marks;
+	put("$marks/$xid.json", ks_signed_text($secret, kind => 'recorded', xid => 0 + $xid,
+		mode => $st->{mode}, generation => $st->{generation}, state => $text,
+		tampered => JSON::PP::false));
+}
+
 # 1. A release written to the file before a crash that never committed:
 #    the server starts engaged and stays so; the file goes back.
 sql("SELECT ks_engage('halt_all', 'committed engage', 'tester')");
 my $events = sql('SELECT count(*) FROM killswitch.events');
 my $committed = decode_json(slurp_file($file));
-$node->stop('immediate');
 my %m = %$committed;
 delete @m{qw(signature event_id)};
 %m = (%m, mode => 'DISENGAGED', previous_mode => 'HALT_ALL', generation => $committed->{generation} + 1,
 	reason => 'never committed', source => 'sql');
 my $release = ks_signed_text($secret, %m);
+my $rolled_back = aborted_xid();
+$node->stop('immediate');
 put($file, $release);
-put($mark, $release);
+put_mark($rolled_back, $release);
 $node->start;
 is(sql('SELECT ks_mode()'), 'halt_all', 'an uncommitted release in the file: the server starts engaged');
 ok(settled(), 'the watcher settles the change in flight');
@@ -72,12 +92,12 @@ like(slurp_file($node->logfile), qr/generation \d+ written before the crash neve
 # 2. A release that committed, but the crash came before the private copy
 #    learned it: the server starts at the higher mode, then confirms it.
 my $old_copy = slurp_file($copy);
-sql("SELECT ks_disengage('committed release', 'tester')");
+my $release_xid = sql("SELECT xid FROM ks_disengage('committed release', 'tester')");
 $events = sql('SELECT count(*) FROM killswitch.events');
 my $written = slurp_file($file);
 $node->stop('immediate');
 put($copy, $old_copy);
-put($mark, $written);
+put_mark($release_xid, $written);
 $node->start;
 cmp_ok(sql("SELECT ks_mode() >= 'disengaged'::ks_mode"), 'eq', 't', 'a committed release in flight: never lower');
 ok(settled(), 'the watcher confirms the change');
@@ -92,11 +112,12 @@ like(slurp_file($node->logfile), qr/generation \d+ written before the crash had 
 sql("SELECT ks_engage('halt_noncritical', 'before the undo', 'tester')");
 $events = sql('SELECT count(*) FROM killswitch.events');
 $committed = decode_json(slurp_file($file));
+$rolled_back = aborted_xid();
 $node->stop('immediate');
 %m = %$committed;
 delete @m{qw(signature event_id)};
 %m = (%m, mode => 'EMERGENCY', generation => $committed->{generation} + 1, reason => 'undone');
-put($mark, ks_signed_text($secret, %m));
+put_mark($rolled_back, ks_signed_text($secret, %m));
 $node->start;
 ok(settled(), 'a crash during an undo is settled');
 is(sql('SELECT ks_mode()'), 'halt_noncritical', 'the mode is the committed one');
@@ -106,16 +127,19 @@ is(sql('SELECT count(*) FROM killswitch.events'), $events, 'and nothing recorded
 # 3b. The state file deleted while down, with a change in flight: the halt
 #     is assumed at no less than that change's mode, on a generation after it.
 $committed = decode_json(slurp_file($file));
+$rolled_back = aborted_xid();
 $node->stop('immediate');
 %m = %$committed;
 delete @m{qw(signature event_id)};
 %m = (%m, mode => 'EMERGENCY', generation => $committed->{generation} + 1, reason => 'in flight, file gone');
-put($mark, ks_signed_text($secret, %m));
+put_mark($rolled_back, ks_signed_text($secret, %m));
 unlink $file or die $!;
 $node->start;
-is(sql('SELECT ks_mode()'), 'emergency', 'a deleted file with an emergency in flight: emergency');
+is(sql("SELECT ks_mode() >= 'halt_noncritical'"), 't',
+	'a deleted file with an emergency in flight: at least the committed mode (emergency until settled)');
 is(sql("SELECT ks_status()->>'integrity'"), 'tampered', 'and the deletion is a tamper verdict');
 ok(settled(), 'which the watcher records');
+is(sql('SELECT ks_mode()'), 'halt_noncritical', 'the emergency in flight never committed: the committed mode, tampered');
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the history verifies');
 sql("SELECT ks_disengage('after the deleted file', 'tester')");
 my $tampers = sql("SELECT count(*) FROM killswitch.events WHERE source = 'tamper'");

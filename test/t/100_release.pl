@@ -42,9 +42,10 @@ sub python
 }
 
 # Write the file as the library does, with the shared secret; argv: mode,
-# how ('' plain; 'release' with the release key at argv[3]; 'forge' a
-# release_signature made with the shared secret; 'alter' a genuine
-# release_signature, then the reason changed and only signature redone).
+# how ('' plain; 'release' with the release key at argv[3], naming the
+# state it replaces; 'forge' a release_signature made with the shared
+# secret; 'alter' a genuine release_signature, then the reason changed and
+# only signature redone).
 my $write = <<'PY';
 import hashlib, hmac, json, sys
 from datetime import datetime, timezone
@@ -59,6 +60,8 @@ secret = key(d + "/signing.key")
 data = {"mode": mode, "engaged_at": datetime.now(timezone.utc).isoformat(),
         "reason": "written by a python agent (" + (how or "plain") + ")", "triggered_by": "agent-7"}
 if how in ("release", "alter"):
+    # a release names the state it replaces: the signature of the file it reads
+    data["replaces"] = json.load(open(d + "/kill_switch_state.json", encoding="utf-8"))["signature"]
     rk = key(sys.argv[4])
     data["release_key_id"] = hashlib.sha256(rk).hexdigest()[:16]
     data["release_signature"] = hmac.new(rk, canon(data), hashlib.sha256).hexdigest()

@@ -46,12 +46,19 @@ ok($node->poll_query_until('postgres',
 	'an agent that connected during the emergency is busy');
 my $pid = sql("SELECT pid FROM pg_stat_activity WHERE usename = 'bot'");
 
-# The emergency is published again, with a new generation: its actions run
-# again and end what is busy since before the emergency began; not this.
+# The emergency is engaged again, with a new generation: the same episode
+# (the mode in force never left emergency), so its actions do not run again
+# (ARCHITECTURE §9); the watcher goes on ending what is busy since before
+# the emergency began — not this session.
 $offset = -s $node->logfile;
 my $second = sql("SELECT generation FROM ks_engage('emergency', 'second', 'ops')");
 isnt($second, $first, 'engage emergency again: a new generation');
-ok(actions_ran($second, $offset), 'the emergency actions ran for it');
+my $t0 = sql('SELECT clock_timestamp()');
+ok($node->poll_query_until('postgres',
+		"SELECT (ks_status()->>'watcher_checked_at')::timestamptz > '$t0'::timestamptz + interval '300 ms'"),
+	'the watcher went round a few times');
+ok(!$node->log_contains(qr/EMERGENCY \(generation $second\)/, $offset),
+	'the same emergency episode: its actions did not run again');
 is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid"), '1',
 	'the session that connected during the emergency is not ended');
 

@@ -109,7 +109,7 @@ my $secret = ks_secret($standby);
 my $offset = -s $standby->logfile;
 my $forged = ks_release_signed_text($secret, ks_release_key($standby),
 	mode => 'DISENGAGED', engaged_at => undef, reason => 'sneaky', triggered_by => 'bot',
-	generation => 999);
+	generation => 999, replaces => ks_held_signature($standby));
 {
 	open my $fh, '>', $standby->data_dir . '/pg_killswitch/kill_switch_state.json' or die;
 	print $fh $forged;

@@ -37,6 +37,12 @@ OBJECTS = [
     ("big integers", {"mode": "HALT_ALL", "generation": 9223372036854775807,
                       "affected_tasks": 0, "neg": -9223372036854775808}),
     ("empty strings", {"mode": "HALT_ALL", "reason": "", "triggered_by": ""}),
+    ("a release naming the state it replaces, at the generation bound",
+     {"mode": "DISENGAGED", "engaged_at": "2026-11-24T09:05:10.000001+00:00",
+      "reason": "root cause fixed", "triggered_by": "alice", "generation": 9007199254740991,
+      "replaces": "3b1c0c9e8f2b4a7d9e6b5c4d3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f",
+      "release_key_id": "0123456789abcdef",
+      "release_signature": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"}),
 ]
 
 

@@ -1,0 +1,48 @@
+/*
+ * ks_test_hooks.c — a module for the TAP tests only, never installed: it
+ * forces interleavings that the tests must not hope for.  Loaded by its
+ * absolute path from the build tree, BEFORE killswitch in
+ * shared_preload_libraries, so that its transaction callback is registered
+ * first and therefore runs last (PostgreSQL calls the newest first): after
+ * every check and write the kill switch makes at XACT_EVENT_PRE_COMMIT, and
+ * before the commit record.
+ *
+ *   ks_test.commit_delay_ms   (any user, per session) sleep this long at
+ *                             pre-commit in a transaction that holds a
+ *                             transaction id: widens the window between a
+ *                             commit's last check and its commit record
+ *                             (TAP 164: agents; TAP 165: a release).
+ *
+ * It works the same against any version of killswitch: it touches nothing
+ * of it.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+static int	commit_delay_ms = 0;
+
+static void
+delay_commit(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_PRE_COMMIT && commit_delay_ms > 0 &&
+		TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		pg_usleep(commit_delay_ms * 1000L);
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("ks_test.commit_delay_ms",
+							"Sleep this long at pre-commit in a transaction with an id (tests only).",
+							NULL, &commit_delay_ms, 0, 0, 60000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	RegisterXactCallback(delay_commit, NULL);
+}

@@ -1,0 +1,85 @@
+/*
+ * ks_pause.c — an LD_PRELOAD shim for the TAP tests, never built into the
+ * extension: it stops a server process just before it replaces the state
+ * file, so that a test can make an outside write land between the
+ * server's compare and its replace — deterministically
+ * (test/t/171_outside_writes.pl).
+ *
+ * Before any rename (rename, renameat, renameat2) whose target is a path
+ * ending in "/kill_switch_state.json": if "pause_replace" exists in the
+ * target's directory, the process creates "replace_paused" there and waits
+ * until "pause_replace" is gone (at most 60 s), removes "replace_paused",
+ * and goes on with the rename.  Without "pause_replace" it does nothing.
+ *
+ * Build: make test/shim/ks_pause.so (test-tap builds it).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TARGET "/kill_switch_state.json"
+
+/* Wait while <dir of path>/pause_replace exists, if path is the state file. */
+static void
+pause_if_asked(const char *path)
+{
+	char		dir[4096];
+	char		flag[4200];
+	char		paused[4200];
+	size_t		len = strlen(path);
+	char	   *slash;
+	int			fd;
+
+	if (len < strlen(TARGET) || strcmp(path + len - strlen(TARGET), TARGET) != 0 ||
+		len >= sizeof(dir))
+		return;
+	memcpy(dir, path, len + 1);
+	slash = strrchr(dir, '/');
+	*slash = '\0';
+	snprintf(flag, sizeof(flag), "%s/pause_replace", dir[0] ? dir : "/");
+	snprintf(paused, sizeof(paused), "%s/replace_paused", dir[0] ? dir : "/");
+	if (access(flag, F_OK) != 0)
+		return;
+	fd = open(paused, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd >= 0)
+		close(fd);
+	for (int i = 0; i < 6000 && access(flag, F_OK) == 0; i++)
+		usleep(10000);
+	unlink(paused);
+}
+
+int
+rename(const char *from, const char *to)
+{
+	static int (*next) (const char *, const char *);
+
+	if (next == NULL)
+		next = dlsym(RTLD_NEXT, "rename");
+	pause_if_asked(to);
+	return next(from, to);
+}
+
+int
+renameat(int fromfd, const char *from, int tofd, const char *to)
+{
+	static int (*next) (int, const char *, int, const char *);
+
+	if (next == NULL)
+		next = dlsym(RTLD_NEXT, "renameat");
+	pause_if_asked(to);
+	return next(fromfd, from, tofd, to);
+}
+
+int
+renameat2(int fromfd, const char *from, int tofd, const char *to, unsigned int flags)
+{
+	static int (*next) (int, const char *, int, const char *, unsigned int);
+
+	if (next == NULL)
+		next = dlsym(RTLD_NEXT, "renameat2");
+	pause_if_asked(to);
+	return next(fromfd, from, tofd, to, flags);
+}
