@@ -486,9 +486,12 @@ ks_planner(Query *parse, const char *query_string, int cursorOptions,
 static void
 check_commit(bool prepare)
 {
-	KsMode		mode = ks_commit_mode();	/* the interlock (interlock.c) */
+	KsMode		mode;
 
-	if (likely(mode == KS_DISENGAGED) || proc_exit_inprogress)
+	if (unlikely(proc_exit_inprogress))
+		return;					/* not even into the interlock's slot */
+	mode = ks_commit_mode();	/* the interlock (interlock.c) */
+	if (likely(mode == KS_DISENGAGED))
 		return;
 	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()) || ks_commit_is_own_work())
 		return;
