@@ -63,6 +63,22 @@ CREATE SCHEMA bot AUTHORIZATION bot;
 		$node->psql('postgres', "SELECT ks_disengage('next', 'tester')");
 	}
 	ok($node->log_contains('ignored the claim file of killswitch.state_dir'), 'the ignored claim is in the log');
+
+	# A true claim: a second server started on the same directory while the
+	# first runs leaves the file alone and starts halted; a raise still
+	# takes effect in its shared memory.
+	my $second = ks_node('fixes_second', conf => "killswitch.state_dir = '$shared'\n");
+	ok($second->log_contains('is in use by the server whose data directory is'), 'a second server finds the claim');
+	is($second->safe_psql('postgres', 'SELECT ks_mode()'), 'halt_all', 'and starts halted');
+	my ($ret, $out, $err) = $second->psql('postgres', "SELECT ks_engage('emergency', 'on a foreign directory', 'tester')");
+	is("$ret " . $second->safe_psql('postgres', 'SELECT ks_mode()'), '0 emergency',
+		'an engage on it takes effect in shared memory');
+	like($err, qr/WARNING:  could not write the kill switch state file; the change is in force without it\n.*is in use by another running server/,
+		'without the file, and says why');
+	is($second->safe_psql('postgres', "SELECT count(*) FROM killswitch.events WHERE reason = 'on a foreign directory'"),
+		'1', 'and the engage is recorded');
+	like(slurp_file("$shared/owner"), qr/^\Q${\ $node->data_dir }\E$/, 'the claim stays the first server\'s');
+	$second->stop;
 }
 
 # ---- killswitch.await_state() inside a procedure or a DO block (feed.c) ----
