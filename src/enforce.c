@@ -30,18 +30,22 @@
  *                      (logins.c).
  *
  * The extension's own writes (an agent operator's ks_engage) are recognised
- * by what they are (owner.c), never by a flag.  Non-agents pay one atomic
- * read per statement while disengaged.
+ * by what they are (owner.c), never by a flag; an agent's writing
+ * executions are counted while they run, so that our own work never shares
+ * its transaction ids with them.  Non-agents pay one atomic read per
+ * statement while disengaged.
  */
 #include "postgres.h"
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/planner.h"
 #include "parser/analyze.h"
+#include "storage/ipc.h"
 #include "tcop/dest.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -53,6 +57,7 @@ char	   *ks_session_task = NULL;
 
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 static ExecutorRun_hook_type prev_ExecutorRun = NULL;
+static ExecutorEnd_hook_type prev_ExecutorEnd = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze = NULL;
 static planner_hook_type prev_planner = NULL;
@@ -177,6 +182,20 @@ check_execution(QueryDesc *queryDesc, KsMode mode)
 		ks_refuse_running_builtin(mode);
 }
 
+/*
+ * Is this an agent's own execution that writes (not the extension's work
+ * inside an owner region, which runs as the extension's owner)?  Counted
+ * while it runs, so that an owner region that assigns transaction ids
+ * meanwhile is refused (owner.c): the statement's rows would carry those
+ * ids, and commit under the exemption meant for the extension's writes.
+ */
+static bool
+agent_writing(QueryDesc *queryDesc, int eflags)
+{
+	return !(eflags & EXEC_FLAG_EXPLAIN_ONLY) && ks_shared != NULL &&
+		execution_writes(queryDesc) && ks_session_is_agent() && !ks_in_owner_region();
+}
+
 /* ExecutorStart: refuse an agent's writes, and everything in emergency. */
 static void
 ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
@@ -189,6 +208,8 @@ ks_ExecutorStart(QueryDesc *queryDesc, int eflags)
 		prev_ExecutorStart(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
+	if (agent_writing(queryDesc, eflags))
+		ks_agent_writing_began(queryDesc);
 }
 
 static void
@@ -239,6 +260,17 @@ ks_ExecutorRun(KS_EXECUTOR_RUN_PARAMS)
 		run_executor_reporting_halt(KS_EXECUTOR_RUN_ARGS);
 	else
 		run_executor(KS_EXECUTOR_RUN_ARGS);
+}
+
+/* ExecutorEnd: an agent's writing execution is over (owner.c). */
+static void
+ks_ExecutorEnd(QueryDesc *queryDesc)
+{
+	ks_agent_writing_ended(queryDesc);
+	if (prev_ExecutorEnd)
+		prev_ExecutorEnd(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
 }
 
 /*
@@ -365,6 +397,23 @@ run_utility_reporting_halt(PlannedStmt *pstmt, const char *queryString, bool rea
 	PG_END_TRY();
 }
 
+/*
+ * An agent queues a notification (NOTIFY, pg_notify()): its transaction
+ * takes its id now.  PostgreSQL gives a transaction that notifies its id
+ * only in PreCommit_Notify(), after the XACT_EVENT_PRE_COMMIT callbacks,
+ * so the backstop would take it for one that wrote nothing and a
+ * notification queued before the halt would be delivered by a commit after
+ * it.  With the id the backstop refuses that commit.  It costs nothing: the
+ * commit would assign the same id.  Not in recovery, nor in parallel mode,
+ * where PostgreSQL refuses the notification itself.
+ */
+void
+ks_agent_notifies(void)
+{
+	if (!RecoveryInProgress() && !IsInParallelMode() && ks_session_is_agent())
+		(void) GetTopTransactionId();
+}
+
 /* ProcessUtility: refuse an agent's DDL, COPY to or from files, LOAD, 2PC, ... */
 static void
 ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -377,6 +426,8 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 	/* outside a healthy transaction only ROLLBACK and the like can run */
 	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState())
 		check_utility(pstmt->utilityStmt, mode);
+	if (unlikely(IsA(pstmt->utilityStmt, NotifyStmt)) && ks_shared != NULL)
+		ks_agent_notifies();
 	if (unlikely(ks_noted_running_builtin()))
 		run_utility_reporting_halt(pstmt, queryString, readOnlyTree, context, params,
 								   queryEnv, dest, qc);
@@ -420,15 +471,26 @@ ks_planner(Query *parse, const char *query_string, int cursorOptions,
 /*
  * The backstop, at commit and at PREPARE TRANSACTION: a transaction with a
  * transaction id wrote something (a row, a row lock, a large object, a temp
- * table, ...), by whatever path — also one nobody listed, and also writes
- * made before the halt.  A halted agent's such transaction does not commit,
- * unless every id it commits was first given to our own work (owner.c).
+ * table, a queued notification, ...), by whatever path — also one nobody
+ * listed, and also writes made before the halt.  A halted agent's such
+ * transaction does not commit, unless every id it commits was first given
+ * to our own work (owner.c).
+ *
+ * Except while the process exits: the only transaction that commits then
+ * is PostgreSQL's own, dropping the session's temporary tables
+ * (RemoveTempRelationsCallback() aborts whatever the session had open
+ * first).  Refused, it would end the exit with a FATAL and leave the
+ * tables behind — for every halted agent that had one, and for every
+ * session the watcher ends in emergency.
  */
 static void
 check_commit(bool prepare)
 {
-	KsMode		mode = ks_commit_mode();	/* the interlock (interlock.c) */
+	KsMode		mode;
 
+	if (unlikely(proc_exit_inprogress))
+		return;					/* not even into the interlock's slot */
+	mode = ks_commit_mode();	/* the interlock (interlock.c) */
 	if (likely(mode == KS_DISENGAGED))
 		return;
 	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()) || ks_commit_is_own_work())
@@ -478,6 +540,8 @@ ks_enforce_init(void)
 	ExecutorStart_hook = ks_ExecutorStart;
 	prev_ExecutorRun = ExecutorRun_hook;
 	ExecutorRun_hook = ks_ExecutorRun;
+	prev_ExecutorEnd = ExecutorEnd_hook;
+	ExecutorEnd_hook = ks_ExecutorEnd;
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = ks_ProcessUtility;
 	prev_post_parse_analyze = post_parse_analyze_hook;

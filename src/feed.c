@@ -38,6 +38,7 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
+#include "utils/portal.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -117,6 +118,15 @@ wait_for_state(int64 known, int timeout_ms)
  * while it waits (nothing here reads a table).  Only a non-atomic CALL may:
  * in a transaction block or inside a function the snapshot belongs to the
  * caller.
+ *
+ * What is active then are portal snapshots: the top-level CALL's, or —
+ * called from a procedure or a DO block — the snapshot of the portal that
+ * runs it, which PL/pgSQL's next statement expects to find again or to be
+ * told is gone.  ForgetPortalSnapshots() pops them and says so, as a
+ * COMMIT inside a procedure does (SPI_commit()); popping one alone left
+ * its portal pointing at it, an assertion failure in the caller's next
+ * statement (or "portal snapshots did not account for all active
+ * snapshots" at its COMMIT).
  */
 static void
 let_go_of_snapshot(FunctionCallInfo fcinfo)
@@ -130,8 +140,7 @@ let_go_of_snapshot(FunctionCallInfo fcinfo)
 				 errmsg("killswitch.await_state() can only wait when called by CALL outside a transaction block"),
 				 errdetail("It waits without a snapshot, so that it never holds back WAL replay on a standby."),
 				 errhint("Call it on its own, or with timeout_ms 0 to read the state at once.")));
-	if (ActiveSnapshotSet())
-		PopActiveSnapshot();
+	ForgetPortalSnapshots();
 	InvalidateCatalogSnapshot();
 	if (HaveRegisteredOrActiveSnapshot() || TransactionIdIsValid(MyProc->xmin))
 		ereport(ERROR,

@@ -33,6 +33,7 @@
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "fmgr.h"
+#include "utils/fmgroids.h"
 #include "utils/fmgrtab.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -255,6 +256,8 @@ ks_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId,
 			!ks_session_is_agent())
 			return;
 		ks_note_running_builtin(objectId);
+		if (objectId == F_PG_NOTIFY)
+			ks_agent_notifies();	/* for the backstop (enforce.c) */
 		mode = ks_current_mode();
 		if (likely(mode == KS_DISENGAGED))
 			return;

@@ -463,6 +463,9 @@ extern void ks_owner_begin(KsOwnerContext *ctx);
 extern void ks_owner_end(KsOwnerContext *ctx);
 extern bool ks_in_owner_region(void);
 extern bool ks_commit_is_own_work(void);
+struct QueryDesc;				/* executor/execdesc.h */
+extern void ks_agent_writing_began(const struct QueryDesc *queryDesc);
+extern void ks_agent_writing_ended(const struct QueryDesc *queryDesc);
 extern void ks_owner_xact_end(void);
 extern void ks_owner_init(void);
 
@@ -549,6 +552,7 @@ extern void ks_enforce_init(void);
 extern bool ks_agent_may_write(KsMode mode);
 pg_noreturn extern void ks_refuse_agent(KsMode mode, const char *what);
 extern const char *ks_agent_name(void);
+extern void ks_agent_notifies(void);
 
 /* functions.c: deny by default */
 extern bool ks_function_denied(Oid fn);

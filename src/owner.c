@@ -17,6 +17,16 @@
  * ran in; the rollback of that subtransaction (ROLLBACK TO a savepoint, an
  * EXCEPTION block) takes the note along, so a rolled-back engage leaves no
  * exemption behind for the agent's writes that follow.
+ *
+ * Such a window must hold no writes of the agent's.  Writes that begin
+ * after the region are refused when they are made (the agent's own raise
+ * is in force for it); but an agent statement that writes and was already
+ * running when the region began — `WITH e AS MATERIALIZED (SELECT
+ * ks_engage(...)) INSERT ... SELECT ... FROM e`, a trigger of the agent's
+ * that engages — passed its checks disengaged, and its rows after the
+ * region would carry the ids the region took.  So the agent's writing
+ * executions are counted while they run, and a region that takes ids
+ * while one runs is refused: the agent engages in a statement of its own.
  */
 #include "postgres.h"
 
@@ -25,6 +35,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "executor/execdesc.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
@@ -49,6 +60,20 @@ typedef struct OwnWindow
 } OwnWindow;
 
 static List *own_windows = NIL;
+
+/*
+ * The agent's executions that write, from ExecutorStart to ExecutorEnd
+ * (enforce.c), each with the subtransaction it began in: one that fails
+ * never reaches ExecutorEnd, and goes with its subtransaction.  In
+ * TopTransactionContext.
+ */
+typedef struct AgentWriting
+{
+	const QueryDesc *queryDesc;
+	SubTransactionId subid;
+} AgentWriting;
+
+static List *agent_writing = NIL;
 
 /* OID of killswitch.events; a clear error where the extension is absent. */
 Oid
@@ -144,6 +169,55 @@ ks_owner_begin(KsOwnerContext *ctx)
 		elog(ERROR, "SPI_connect failed");
 }
 
+/* An execution of the agent's that writes has begun (from enforce.c's ExecutorStart). */
+void
+ks_agent_writing_began(const QueryDesc *queryDesc)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	AgentWriting *a = palloc(sizeof(AgentWriting));
+
+	a->queryDesc = queryDesc;
+	a->subid = GetCurrentSubTransactionId();
+	agent_writing = lappend(agent_writing, a);
+	MemoryContextSwitchTo(old);
+}
+
+/* An execution has ended (from enforce.c's ExecutorEnd): forget it if it was one. */
+void
+ks_agent_writing_ended(const QueryDesc *queryDesc)
+{
+	ListCell   *lc;
+
+	if (likely(agent_writing == NIL))
+		return;
+	foreach(lc, agent_writing)
+	{
+		AgentWriting *a = lfirst(lc);
+
+		if (a->queryDesc == queryDesc)
+		{
+			agent_writing = foreach_delete_current(agent_writing, lc);
+			pfree(a);
+			return;
+		}
+	}
+}
+
+/*
+ * A region took transaction ids while a statement of the agent's that
+ * writes was running: refuse it (see the header).
+ */
+static void
+refuse_inside_agent_write(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the kill switch cannot record a change inside a statement of agent \"%s\" that writes",
+					ks_agent_name()),
+			 errdetail("The statement's own rows would commit under the transaction id of the change, past the halt."),
+			 errhint("Call ks_engage() in a statement of its own.")));
+}
+
 /* Note the ids assigned while a region ran (see OwnWindow). */
 static void
 note_own_window(TransactionId from)
@@ -154,6 +228,8 @@ note_own_window(TransactionId from)
 
 	if (TransactionIdEquals(from, to) || !TransactionIdIsValid(GetTopTransactionIdIfAny()))
 		return;
+	if (agent_writing != NIL)
+		refuse_inside_agent_write();
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	w = palloc(sizeof(OwnWindow));
 	w->from = from;
@@ -215,14 +291,17 @@ ks_commit_is_own_work(void)
 	return true;
 }
 
-/* A subtransaction rolled back: so did the regions that ran in it or below. */
+/*
+ * A subtransaction rolled back: so did the regions that ran in it or below,
+ * and the agent's executions that began there.
+ */
 static void
 owner_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
 	ListCell   *lc;
 
-	if (event != SUBXACT_EVENT_ABORT_SUB || own_windows == NIL)
+	if (event != SUBXACT_EVENT_ABORT_SUB)
 		return;
 	/* subtransactions begun since mySubid are its children: their ids are larger */
 	foreach(lc, own_windows)
@@ -232,16 +311,24 @@ owner_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		if (w->subid >= mySubid)
 			own_windows = foreach_delete_current(own_windows, lc);
 	}
+	foreach(lc, agent_writing)
+	{
+		AgentWriting *a = lfirst(lc);
+
+		if (a->subid >= mySubid)
+			agent_writing = foreach_delete_current(agent_writing, lc);
+	}
 }
 
 /*
- * The transaction ended (from enforce.c's callback): the windows go with it,
- * their memory with TopTransactionContext.
+ * The transaction ended (from enforce.c's callback): the windows and the
+ * executions go with it, their memory with TopTransactionContext.
  */
 void
 ks_owner_xact_end(void)
 {
 	own_windows = NIL;
+	agent_writing = NIL;
 }
 
 /* Register the subtransaction callback; from ks_enforce_init(). */

@@ -20,9 +20,13 @@
  *   - nothing more of such a transaction runs while halted (KS001 at the
  *     next statement, fetch, call setup or fast-path call): ROLLBACK;
  *   - a statement that catches the cancel (PL/pgSQL's EXCEPTION WHEN
- *     query_canceled, or WHEN OTHERS once it is KS001) and goes on into
- *     another subtransaction ends its session (FATAL): otherwise it could
- *     loop on.
+ *     query_canceled, or WHEN OTHERS once it is KS001) is cancelled again:
+ *     while halted, every subtransaction that aborts in a cancelled
+ *     transaction sets the cancel pending anew, so the handler stops at
+ *     its first interrupt check (PL/pgSQL checks before each statement)
+ *     instead of calling the built-ins it prepared before the halt; and
+ *     one that goes on into another subtransaction without an interrupt
+ *     check ends its session (FATAL): otherwise it could loop on.
  *
  * The note is taken before the mode is read again and the raiser reads the
  * notes after publishing, each with a full barrier: either the agent sees
@@ -227,9 +231,30 @@ ks_running_xact_end(void)
 }
 
 /*
- * Subtransaction callback: a statement whose subtransaction aborted after
- * the halt's cancel and that then starts another one caught the cancel and
- * went on.  It ends its session: FATAL cannot be caught.
+ * A subtransaction of a transaction the halt cancelled aborted: whoever
+ * caught the cancel is cancelled again at its next interrupt check.  One
+ * SIGINT is one cancel, and PL/pgSQL's EXCEPTION WHEN OTHERS OR
+ * query_canceled swallows it; its handler could then go on calling, with no
+ * new setup for any hook to see, the built-ins the transaction prepared
+ * before the halt (nextval, pg_terminate_backend) — so while halted no
+ * handler of a cancelled transaction runs.  Released meanwhile, the
+ * statement goes on.  Only flags are set here: the subtransaction is
+ * aborting.
+ */
+static void
+cancel_again(void)
+{
+	if (ks_current_mode() == KS_DISENGAGED)
+		return;
+	QueryCancelPending = true;
+	InterruptPending = true;
+}
+
+/*
+ * Subtransaction callback: a subtransaction that aborts after the halt's
+ * cancel caught it; the cancel is set pending again (cancel_again()).  A
+ * statement that then starts another subtransaction all the same went on
+ * past it: it ends its session, FATAL cannot be caught.
  */
 static void
 running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -238,7 +263,10 @@ running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	if (likely(!OidIsValid(ks_noted_builtin)))
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB && cancelled())
+	{
 		aborted_after_cancel = GetCurrentStatementStartTimestamp();
+		cancel_again();
+	}
 	else if (event == SUBXACT_EVENT_START_SUB && aborted_after_cancel != 0 &&
 			 aborted_after_cancel == GetCurrentStatementStartTimestamp())
 		ereport(FATAL,

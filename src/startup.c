@@ -351,6 +351,24 @@ remove_leftovers(void)
 		ks_remove_dead_temp_files(ks_state_dir);
 }
 
+/*
+ * A primary whose state directory is another server's still signs its own
+ * changes: the key is in its data directory, not in the shared one.  A
+ * raise there takes effect in shared memory and is recorded; only the
+ * state file is left to its owner.  A failure shows at the first change.
+ */
+static void
+make_own_secret(void)
+{
+	char	   *secret;
+	size_t		secretlen;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (make_dir(KS_PRIVATE_DIR, problem, sizeof(problem)) &&
+		ks_secret_load(ks_secret_file, true, &secret, &secretlen, problem, sizeof(problem)))
+		pfree(secret);
+}
+
 /* Apply a decision to shared memory and say what happened in the log. */
 static void
 apply(const KsDecision *d)
@@ -458,6 +476,8 @@ ks_load_at_startup(void)
 		d.record = false;		/* its change could not be written either */
 		if (ks_shared->from_recovery)
 			d.state.generation = 0;
+		else
+			make_own_secret();
 	}
 	else if (ks_shared->from_recovery)
 	{

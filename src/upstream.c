@@ -489,12 +489,23 @@ take(const char *bytes, size_t len, const KsState *st)
 	up.unwritten_generation = st->generation;
 }
 
+/*
+ * The upstream's own silence is not signed: a negative one would date the
+ * word in the future and hold off the silence floor until then, a huge one
+ * would overflow.  Word from nowhere is at most as fresh as now, and none
+ * is older than a year.
+ */
+#define KS_MAX_SILENT_MS (INT64CONST(366) * 24 * 3600 * 1000)
+
 /* Word from the primary, through the upstream: how fresh, and its WAL position. */
 static void
 note_heard(int64 silent_ms, XLogRecPtr lsn)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz said_at = TimestampTzPlusMilliseconds(now, -silent_ms);
+	TimestampTz said_at;
+
+	silent_ms = Min(Max(silent_ms, 0), KS_MAX_SILENT_MS);
+	said_at = TimestampTzPlusMilliseconds(now, -silent_ms);
 
 	up.problem[0] = '\0';
 	SpinLockAcquire(&ks_shared->mutex);

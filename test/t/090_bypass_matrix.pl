@@ -10,7 +10,9 @@
 # the fast path (test/ks_fastpath.c), statements that began before the halt
 # (each held at a known row by an advisory lock the test holds, so that the
 # halt lands at a known call), the commit backstop across savepoints, the
-# audit's footholds, and agents ending their peers.
+# audit's footholds, and agents ending their peers.  And what the first
+# review found: a handler that catches the halt's cancel and goes on, a
+# notification queued before the halt, an agent's temporary tables at exit.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -337,6 +339,28 @@ BEGIN
     END LOOP;
     RETURN v;
 END $$;
+-- a handler that catches the halt's cancel and goes on with no new
+-- subtransaction, calling what a rehearsal (disengaged, the first pass)
+-- prepared: nextval() a thousand times, pg_terminate_backend() of a peer;
+-- the second pass waits for advisory lock 4246
+CREATE FUNCTION go_on_after_cancel(peer int) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE pass int := 0; v bigint; ended bool;
+BEGIN
+    LOOP
+        pass := pass + 1;
+        BEGIN
+            IF pass = 1 THEN RAISE query_canceled; END IF;
+            PERFORM pg_advisory_lock(4246);
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            FOR i IN 1 .. CASE WHEN pass = 1 THEN 1 ELSE 1000 END LOOP
+                v := nextval('s2');
+            END LOOP;
+            ended := pg_terminate_backend(CASE WHEN pass = 1 THEN 0 ELSE peer END);
+            EXIT WHEN pass > 1;
+        END;
+    END LOOP;
+    RETURN 'went on';
+END $$;
 });
 
 # Poll a query as the superuser until it returns true, for at most $secs.
@@ -517,7 +541,8 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			release();
 		}
 
-		# A loop that catches the halt's cancel and goes on ends its session.
+		# A loop that catches the halt's cancel and goes on is cancelled
+		# again: its handler stops at its first statement.
 		{
 			sql("SELECT setval('s2', 1, false)");
 			my $holder = hold_lock(4244);
@@ -527,16 +552,102 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			ok(wait_for(waits_sql($pid, 4244)), "$mode, $role: catch_loop() held at the fifth value");
 			my $watcher = hold_watcher($mode);
 			engage($mode);
-			my $gone = wait_for("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid", 20);
+			my $stopped = wait_for(idle_sql($pid), 20);
 			$holder->query_safe('SELECT pg_advisory_unlock(4244)');
-			ok($gone, "$mode, $role: a loop that caught the halt's cancel and went on ends its session");
+			ok($stopped, "$mode, $role: a loop that caught the halt's cancel and went on is stopped");
 			wait_for(idle_sql($pid));
 			is(last_value(), '5', "$mode, $role: and the sequence stays where the halt found it");
-			like(finish_session($agent, $pid),
-				qr/FATAL:  KS001: Kill switch engaged \(\w+\): agent "$role" went on after the halt cancelled its statement/,
-				"$mode, $role: FATAL, KS001");
+			like(finish_session($agent, $pid), qr/ERROR:  57014: canceling statement due to user request/,
+				"$mode, $role: by the cancel, thrown again");
 			let_go($watcher);
 			$holder->quit;
+			release();
+		}
+
+		# A handler that catches the halt's cancel and goes on without a new
+		# subtransaction, calling the built-ins it prepared before the halt.
+		{
+			sql("SELECT setval('s2', 1, false)");
+			my $holder = hold_lock(4246);
+			my $peer = agent_session($role);
+			my $peerpid = $peer->query_safe('SELECT pg_backend_pid()');
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			start_statement($agent, "SELECT go_on_after_cancel($peerpid);");
+			ok(wait_for(waits_sql($pid, 4246)), "$mode, $role: go_on_after_cancel() rehearsed, and held");
+			is(last_value(), '1', "$mode, $role: (the rehearsal called nextval() once)");
+			my $watcher = hold_watcher($mode);
+			engage($mode);
+			my $stopped = wait_for(idle_sql($pid), 20);
+			$holder->query_safe('SELECT pg_advisory_unlock(4246)');
+			ok($stopped, "$mode, $role: (the statement ended)");
+			is(last_value(), '1', "$mode, $role: a handler that caught the halt's cancel calls nextval() no more");
+			is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $peerpid"), '1',
+				"$mode, $role: nor ends its peer");
+			like(finish_session($agent, $pid), qr/ERROR:  57014: canceling statement due to user request/,
+				"$mode, $role: the cancel was thrown again in the handler");
+			let_go($watcher);
+			$holder->quit;
+			$peer->quit;
+			release();
+		}
+
+		# A notification queued before the halt (NOTIFY, pg_notify()) is not
+		# delivered by a commit after it: PostgreSQL gives such a
+		# transaction its id after the backstop looks, unless the agent's
+		# notification took one.
+		{
+			my $listener = $node->background_psql('postgres');
+			$listener->query_safe('LISTEN workers');
+			my %queued = (
+				'NOTIFY' => "NOTIFY workers, 'NOTIFY by $role before $mode'",
+				'pg_notify()' => "SELECT pg_notify('workers', 'pg_notify() by $role before $mode')");
+			my %agent;
+			for my $how (sort keys %queued)
+			{
+				$agent{$how} = agent_session($role);
+				$agent{$how}->query_safe("BEGIN; $queued{$how}");
+			}
+			my $watcher = hold_watcher($mode);
+			engage($mode);
+			for my $how (sort keys %queued)
+			{
+				like(bg_err($agent{$how}, 'COMMIT;'),
+					qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
+					"$mode, $role: the commit of a transaction that queued a notification by $how before the halt");
+			}
+			let_go($watcher);
+			# a notification is printed by psql after a statement's result
+			my $heard = '';
+			for (1 .. 3)
+			{
+				usleep(100_000);
+				$heard .= $listener->query_safe('SELECT 1');
+			}
+			unlike($heard, qr/before $mode/, "$mode, $role: and the notifications are not delivered");
+			eval { $_->quit } for (values %agent);
+			$listener->quit;
+			release();
+		}
+
+		# An agent's session with a temporary table ends while halted: it
+		# quits, or in emergency the watcher ends it (busy in a transaction
+		# begun before).  PostgreSQL drops the table at exit, in a
+		# transaction of its own, which the backstop lets commit.
+		{
+			my $agent = agent_session($role);
+			my $pid = $agent->query_safe('SELECT pg_backend_pid()');
+			$agent->query_safe("CREATE TEMP TABLE scratch_$role (x int); BEGIN; SELECT 1");
+			my $log = -s $node->logfile;
+			engage($mode);
+			$agent->quit unless $mode eq 'emergency';
+			ok(wait_for("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid"),
+				"$mode, $role: the session with a temporary table ended");
+			eval { $agent->quit } if $mode eq 'emergency';
+			unlike(slurp_file($node->logfile, $log), qr/\[$pid\] .*FATAL: .*the commit of a transaction that wrote/,
+				"$mode, $role: without a FATAL at exit");
+			is(sql("SELECT count(*) FROM pg_class WHERE relname = 'scratch_$role' AND relpersistence = 't'"), '0',
+				"$mode, $role: and its temporary table is gone");
 			release();
 		}
 

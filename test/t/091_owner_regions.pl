@@ -163,6 +163,40 @@ sql("SELECT ks_disengage('before the halt', 'tester')");
 	is(sql('SELECT count(*) FROM t'), '0', 'nothing written');
 }
 
+# The extension's own work takes no transaction ids while a statement of the
+# agent's that writes is running.  Such a statement passed its checks
+# disengaged, and the rows it writes after the engage would carry the ids
+# the engage took: they would commit under the exemption meant for the
+# extension's own write, past the halt.  The engage is refused, however the
+# agent wraps it; it engages in a statement of its own.
+sql("SELECT ks_disengage('writes around an engage', 'tester')");
+$node->safe_psql('postgres', q{
+CREATE TABLE opt (x int);
+CREATE FUNCTION engage_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM ks_engage('halt_all', 'in a trigger', 'opbot'); RETURN NULL; END $$;
+CREATE TRIGGER engage BEFORE INSERT ON opt FOR EACH STATEMENT EXECUTE FUNCTION engage_on_insert();
+ALTER TABLE opt OWNER TO opbot;
+ALTER FUNCTION engage_on_insert() OWNER TO opbot;
+CREATE FUNCTION write_engaged() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO t SELECT g FROM (SELECT ks_engage('halt_all', 'in a function', 'opbot')) e, generate_series(1, 5) g; END $$;
+});
+for my $w ([ 'a CTE of the INSERT',
+		"WITH e AS MATERIALIZED (SELECT (ks_engage('halt_all', 'in a CTE', 'opbot')).mode AS m)\n"
+		  . "INSERT INTO t SELECT g FROM e, generate_series(1, 5) g;" ],
+	[ "a trigger of the agent's", 'INSERT INTO opt SELECT generate_series(1, 5);' ],
+	[ 'an INSERT in a function', 'SELECT write_engaged();' ])
+{
+	my ($name, $script) = @$w;
+	my $err = as_agent('opbot', $script);
+	like($err, qr/55000: the kill switch cannot record a change inside a statement of agent "opbot" that writes/,
+		"an engage inside a writing statement ($name) is refused");
+	is(sql('SELECT ks_mode()') . ' ' . sql('SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM opt)'),
+		'disengaged 0', "$name: nothing engaged, nothing written");
+}
+is(as_agent('opbot', "BEGIN;\nSELECT ks_engage('halt_all', 'a statement of its own', 'opbot');\nCOMMIT;"), '',
+	'the agent operator engages in a statement of its own');
+is(sql('SELECT ks_mode()'), 'halt_all', 'and the halt is in force');
+
 # The extension's own write still works for an agent operator while halted:
 # ks_engage records the event and commits.
 my $gen = sql("SELECT ks_status()->>'generation'");
