@@ -214,9 +214,11 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	word = pg_atomic_read_u64(&ks_shared->word);
 	flags = KS_WORD_FLAGS(word);
 	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(source, ks_shared->source, sizeof(source));
+	/* a standby's heard state, in force above what it replayed, speaks for itself */
+	strlcpy(source, ks_shared->heard_generation >= 0 ? ks_shared->heard_source : ks_shared->source,
+			sizeof(source));
 	strlcpy(reason, ks_shared->reason, sizeof(reason));
-	since = ks_shared->since;
+	since = ks_shared->heard_generation >= 0 ? ks_shared->heard_since : ks_shared->since;
 	/* a change in force the history lacks: at start, or a raise whose event follows */
 	unrecorded = ks_shared->unrecorded;
 	for (int m = 0; m < KS_MODE_COUNT; m++)

@@ -136,7 +136,8 @@ typedef struct KsShared
 	 * heard from its upstream ahead of replay — the highest mode
 	 * (KS_NO_MODE: none) and its flags, the newest generation it was heard
 	 * at (-1: none), and the upstream's timeline then (0: not known yet,
-	 * after a restart).  In force beside the chain, whose generation in word
+	 * after a restart); the source and since of the state it took last,
+	 * which ks_status() shows while it is in force.  In force beside the chain, whose generation in word
 	 * stays replay's: dropped when replay reaches heard_generation, when the
 	 * upstream tells of another history, and at promotion.
 	 */
@@ -144,6 +145,8 @@ typedef struct KsShared
 	int			heard_flags;
 	int64		heard_generation;
 	TimeLineID	heard_timeline;
+	char		heard_source[16];
+	TimestampTz heard_since;
 	TimestampTz since;			/* mutex: when the chain's mode was set */
 	/*
 	 * When this server first showed the current mode of word (mutex); a
@@ -239,6 +242,7 @@ typedef enum KsHeard
 	KS_HEARD_DROPPED			/* another history: the overlay is gone */
 } KsHeard;
 extern KsHeard ks_publish_heard(KsMode mode, int flags, int64 generation, TimeLineID timeline,
+								TimestampTz since, const char *source,
 								const char *reason, const char *triggered_by);
 extern void ks_drop_heard(void);
 extern int64 ks_heard_generation(void);

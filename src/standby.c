@@ -187,8 +187,14 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 KsHeard
 ks_standby_take_heard(const KsState *st, TimeLineID timeline)
 {
+	int64		usec;
+	TimestampTz since = GetCurrentTimestamp();
+
+	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
+		since = ks_unix_usec_to_timestamptz(usec);
 	return ks_publish_heard(st->mode, st->tampered ? KS_FLAG_TAMPERED : 0, st->generation,
-							timeline, st->reason, st->triggered_by);
+							timeline, since, st->source ? st->source : "sql",
+							st->reason, st->triggered_by);
 }
 
 /*
@@ -221,31 +227,14 @@ ks_standby_write_heard(const char *text, size_t len, int64 generation)
 }
 
 /*
- * The heard overlay ended by word of another history, or at promotion: its
- * file goes, and the state file gets the replayed state back.
- */
-void
-ks_standby_heard_dropped(void)
-{
-	char		problem[KS_PROBLEM_LEN];
-	int			lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
-	bool		ok = lockfd >= 0 && forget_heard_file(problem, sizeof(problem));
-
-	ks_unlock_dir(lockfd);
-	if (!ok)
-		ereport(LOG,
-				(errmsg("could not remove the heard state's file: %s", problem)));
-	ks_standby_put_back();
-}
-
-/*
  * At start, in recovery (the postmaster, after the replayed state is
  * published): the heard overlay as it was, from its file — verified with
  * the signing secret, ahead of what was replayed and within
  * KS_GENERATION_STEP_MAX of it — so a restart does not lose a halt heard
  * ahead of replay.  It holds like before the restart: until replay reaches
  * it, or the upstream tells of another history (its timeline is learnt at
- * the first answer).  A file that does not qualify is removed.
+ * the first answer).  A file that does not qualify is removed, and the
+ * state file holds what was replayed again.
  */
 void
 ks_standby_load_heard(const char *secret, size_t secretlen)
@@ -271,9 +260,7 @@ ks_standby_load_heard(const char *secret, size_t secretlen)
 						ks_mode_sql_names[st.mode], st.generation)));
 		return;
 	}
-	if (unlink(KS_HEARD_FILE) != 0 && errno != ENOENT)
-		ereport(LOG,
-				(errmsg("could not remove \"%s\": %m", KS_HEARD_FILE)));
+	ks_standby_heard_dropped();
 }
 
 /*
@@ -407,24 +394,70 @@ ks_adopt_history_after_recovery(void)
 }
 
 /*
- * The state file on a standby holds what was replayed.  An outside write
- * (the command-line tool, the Python library, anyone) is put back, with a
- * WARNING: it may not lower the standby, and a raise of one standby alone
- * would be a mode its primary does not know.  By the watcher, and by the
- * postmaster at start (the watcher needs hot standby).  Never an error.
+ * Make the state file hold the state in force — the heard state above
+ * replay, or what was replayed — with its bytes (caller holds the writers'
+ * lock).  *changed if it did not.  False, and why, if it could not be
+ * written.
+ */
+static bool
+restore_state_file(const char *path, bool *changed, char *problem, size_t problemlen)
+{
+	char	   *file = NULL;
+	char	   *copy = NULL;
+	size_t		filelen = 0;
+	size_t		copylen = 0;
+
+	*changed = false;
+	if (!ks_read_file(ks_heard_generation() >= 0 ? KS_HEARD_FILE : KS_LAST_APPLIED_FILE,
+					  KS_MAX_FILE_SIZE, &copy, &copylen, problem, problemlen))
+		return true;			/* nothing to put back yet */
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &file, &filelen, problem, problemlen))
+		file = NULL;
+	*changed = file == NULL || filelen != copylen || memcmp(file, copy, copylen) != 0;
+	return !*changed || ks_write_shared_file_durably(path, copy, copylen, problem, problemlen);
+}
+
+/*
+ * The heard overlay ended by word of another history, at promotion, or
+ * found stale at start: its file goes, and the state file gets the
+ * replayed state back (no outside change: no WARNING).
+ */
+void
+ks_standby_heard_dropped(void)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	int			lockfd;
+	bool		changed;
+	bool		ok;
+
+	ks_state_file_path(path, sizeof(path));
+	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	ok = lockfd >= 0 && forget_heard_file(problem, sizeof(problem)) &&
+		(ks_shared->state_dir_foreign || restore_state_file(path, &changed, problem, sizeof(problem)));
+	ks_unlock_dir(lockfd);
+	if (!ok)
+		ereport(LOG,
+				(errmsg("could not put the replayed state back in place of a heard one: %s", problem),
+				 errdetail("The standby follows what it replayed in shared memory.")));
+}
+
+/*
+ * The state file on a standby holds the state in force: what was replayed,
+ * or the heard state above it.  An outside write (the command-line tool,
+ * the Python library, anyone) is put back, with a WARNING: it may not lower
+ * the standby, and a raise of one standby alone would be a mode its primary
+ * does not know.  By the watcher, and by the postmaster at start (the
+ * watcher needs hot standby).  Never an error.
  */
 void
 ks_standby_put_back(void)
 {
 	char		path[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
-	char	   *file = NULL;
-	char	   *copy = NULL;
-	size_t		filelen = 0;
-	size_t		copylen = 0;
 	int			lockfd;
 	bool		put_back = false;
-	bool		ok = true;
+	bool		ok;
 
 	if (ks_shared->state_dir_foreign)
 		return;
@@ -432,16 +465,7 @@ ks_standby_put_back(void)
 	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
 	if (lockfd < 0)
 		return;
-	/* what is in force: the heard state above replay, or what was replayed */
-	if (ks_read_file(ks_heard_generation() >= 0 ? KS_HEARD_FILE : KS_LAST_APPLIED_FILE,
-					 KS_MAX_FILE_SIZE, &copy, &copylen, problem, sizeof(problem)))
-	{
-		if (!ks_read_file(path, KS_MAX_FILE_SIZE, &file, &filelen, problem, sizeof(problem)))
-			file = NULL;
-		put_back = file == NULL || filelen != copylen || memcmp(file, copy, copylen) != 0;
-		if (put_back)
-			ok = ks_write_shared_file_durably(path, copy, copylen, problem, sizeof(problem));
-	}
+	ok = restore_state_file(path, &put_back, problem, sizeof(problem));
 	ks_unlock_dir(lockfd);
 	if (put_back)
 		ereport(WARNING,

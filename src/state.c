@@ -382,14 +382,17 @@ heard_other_history(int64 generation, TimeLineID timeline)
  */
 KsHeard
 ks_publish_heard(KsMode mode, int flags, int64 generation, TimeLineID timeline,
+				 TimestampTz since, const char *source,
 				 const char *reason, const char *triggered_by)
 {
+	char		src[sizeof(ks_shared->heard_source)] = {0};
 	char		why[sizeof(ks_shared->raise_reason)] = {0};
 	char		by[sizeof(ks_shared->raise_by)] = {0};
 	TimestampTz now = GetCurrentTimestamp();
 	KsHeard		result = KS_HEARD_KEPT;
 	bool		rose;
 
+	strlcpy(src, source, sizeof(src));
 	ks_clip_utf8(why, reason, sizeof(why));
 	ks_clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
@@ -408,6 +411,8 @@ ks_publish_heard(KsMode mode, int flags, int64 generation, TimeLineID timeline,
 		ks_shared->heard_flags |= flags;
 		ks_shared->heard_generation = generation;
 		ks_shared->heard_timeline = timeline;
+		memcpy(ks_shared->heard_source, src, sizeof(src));
+		ks_shared->heard_since = since;
 		note_raise_text(why, by);
 		result = KS_HEARD_TAKEN;
 	}
