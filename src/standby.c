@@ -396,8 +396,8 @@ ks_adopt_history_after_recovery(void)
 /*
  * Make the state file hold the state in force — the heard state above
  * replay, or what was replayed — with its bytes (caller holds the writers'
- * lock).  *changed if it did not.  False, and why, if it could not be
- * written.
+ * lock); *changed says whether it had to be written.  False, and why, if
+ * it could not be.
  */
 static bool
 restore_state_file(const char *path, bool *changed, char *problem, size_t problemlen)
