@@ -16,6 +16,11 @@ SELECT convert_from(state, 'UTF8')::jsonb->>'generation' = :'g' AS the_copy,
        silent_ms, wal_lsn IS NOT NULL AS has_position
 FROM killswitch.committed_state();
 
+-- and the history it is on: this server's system identifier and timeline
+SELECT system_identifier = (SELECT system_identifier FROM pg_control_system()) AS this_system,
+       timeline_id = (SELECT timeline_id FROM pg_control_checkpoint()) AS this_timeline
+FROM killswitch.committed_state();
+
 -- a generation other than the copy's returns at once; the copy's waits for the timeout
 CALL killswitch.await_state(:g + 1, 600000);
 CALL killswitch.await_state(:g, 20);
@@ -43,4 +48,5 @@ SELECT mode FROM ks_disengage('feed test done', 'regress');
 
 -- on a primary the standby's fields of ks_status() are null
 SELECT ks_status()->'upstream_age_ms' AS age, ks_status()->'upstream_lost' AS lost,
-       ks_status()->'replayed_generation' AS replayed, ks_status()->'replay_behind_bytes' AS behind;
+       ks_status()->'replayed_generation' AS replayed, ks_status()->'heard_generation' AS heard,
+       ks_status()->'replay_behind_bytes' AS behind;

@@ -178,7 +178,7 @@ CREATE FUNCTION killswitch.shared_state(
     OUT watcher_checked_at timestamptz,
     OUT watcher_problem text, OUT watch text,
     OUT role text, OUT state_lsn pg_lsn,
-    OUT replayed_generation bigint, OUT upstream_heard_at timestamptz,
+    OUT replayed_generation bigint, OUT heard_generation bigint, OUT upstream_heard_at timestamptz,
     OUT upstream_age_ms bigint, OUT upstream_lost boolean, OUT upstream_problem text,
     OUT replay_behind_bytes numeric, OUT replay_behind_ms bigint,
     OUT file_problem text)
@@ -188,16 +188,18 @@ CREATE FUNCTION killswitch.shared_state(
 -- replay"): CALL await_state(), outside a transaction block, waits without a
 -- snapshot until this server's committed state has another generation than the
 -- one given (or timeout_ms); committed_state() returns its signed bytes, how old
--- this server's word from the primary is (0 on a primary) and the primary's WAL
--- position.
+-- this server's word from the primary is (0 on a primary), the primary's WAL
+-- position, and the system identifier and timeline of this server's history
+-- (a standby refuses word from another system, and learns of a failover).
 CREATE PROCEDURE killswitch.await_state(known_generation bigint, timeout_ms integer)
     AS 'MODULE_PATHNAME', 'ks_await_state' LANGUAGE C;
 COMMENT ON PROCEDURE killswitch.await_state(bigint, integer) IS
     'For standbys'' watchers: wait, holding no snapshot, until the committed state has another generation than known_generation';
-CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint, OUT wal_lsn pg_lsn)
+CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint, OUT wal_lsn pg_lsn,
+    OUT system_identifier bigint, OUT timeline_id integer)
     AS 'MODULE_PATHNAME', 'ks_committed_state' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION killswitch.committed_state() IS
-    'For standbys'' watchers: the signed committed state, how old this server''s word from the primary is, the primary''s WAL position';
+    'For standbys'' watchers: the signed committed state, how old this server''s word from the primary is, the primary''s WAL position, this server''s system identifier and timeline';
 
 CREATE FUNCTION killswitch.iso_utc(timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -439,6 +441,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'role', s.role,
         'state_lsn', s.state_lsn::text,
         'replayed_generation', s.replayed_generation,
+        'heard_generation', s.heard_generation,
         'upstream_heard_at', killswitch.iso_utc(s.upstream_heard_at),
         'upstream_age_ms', s.upstream_age_ms,
         'upstream_lost', s.upstream_lost,

@@ -131,41 +131,44 @@ ks_assert_task(PG_FUNCTION_ARGS)
 }
 
 /*
- * The standby's fields of ks_shared_state() (seven), null on a primary and
+ * The standby's fields of ks_shared_state() (eight), null on a primary and
  * for what is not known yet.
  */
 static void
-standby_fields(const KsUpstreamStatus *up, int64 replayed, Datum *values, bool *nulls)
+standby_fields(const KsUpstreamStatus *up, int64 replayed, int64 heard, Datum *values, bool *nulls)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	XLogRecPtr	replay;
 
-	for (int i = 0; i < 7; i++)
+	for (int i = 0; i < 8; i++)
 		nulls[i] = true;
 	if (!RecoveryInProgress())
 		return;
 	replay = GetXLogReplayRecPtr(NULL);
 	values[0] = Int64GetDatum(replayed);
 	nulls[0] = replayed < 0;
-	values[1] = TimestampTzGetDatum(up->heard_at);
-	nulls[1] = up->heard_at == 0;
+	/* a state heard ahead of replay, in force above it */
+	values[1] = Int64GetDatum(heard);
+	nulls[1] = heard < 0;
+	values[2] = TimestampTzGetDatum(up->heard_at);
+	nulls[2] = up->heard_at == 0;
 	if (!up->configured)
 		return;
-	values[2] = Int64GetDatum(TimestampDifferenceMilliseconds(up->fresh_at, now));
-	nulls[2] = false;
-	values[3] = BoolGetDatum(up->lost);
+	values[3] = Int64GetDatum(TimestampDifferenceMilliseconds(up->fresh_at, now));
 	nulls[3] = false;
-	values[4] = CStringGetTextDatum(pg_verifymbstr(up->problem, strlen(up->problem), true)
+	values[4] = BoolGetDatum(up->lost);
+	nulls[4] = false;
+	values[5] = CStringGetTextDatum(pg_verifymbstr(up->problem, strlen(up->problem), true)
 									? up->problem : "the upstream cannot be heard; see the server log");
-	nulls[4] = up->problem[0] == '\0';
+	nulls[5] = up->problem[0] == '\0';
 	if (XLogRecPtrIsInvalid(up->upstream_lsn))
 		return;
-	values[5] = DirectFunctionCall1(int8_numeric,
+	values[6] = DirectFunctionCall1(int8_numeric,
 									Int64GetDatum(up->upstream_lsn > replay ? up->upstream_lsn - replay : 0));
-	nulls[5] = false;
-	values[6] = Int64GetDatum(up->behind_since == 0 ? 0 :
-							  TimestampDifferenceMilliseconds(up->behind_since, now));
 	nulls[6] = false;
+	values[7] = Int64GetDatum(up->behind_since == 0 ? 0 :
+							  TimestampDifferenceMilliseconds(up->behind_since, now));
+	nulls[7] = false;
 }
 
 /*
@@ -174,7 +177,9 @@ standby_fields(const KsUpstreamStatus *up, int64 replayed, Datum *values, bool *
  * watcher_checked_at, watcher_problem (null when the watcher can do all its
  * work), watch (how it sees changes: inotify or poll), role (primary or
  * standby), state_lsn (the WAL record of the state, written or replayed);
- * on a standby (null on a primary) replayed_generation, and what it knows
+ * on a standby (null on a primary) replayed_generation, heard_generation
+ * (of a state heard ahead of replay, in force above it: generation is
+ * then that one), and what it knows
  * of its upstream (upstream.c): upstream_heard_at, upstream_age_ms (how old
  * the newest word from the primary is), upstream_lost (held at halt_all for
  * it), upstream_problem, replay_behind_bytes and replay_behind_ms; then
@@ -185,8 +190,8 @@ Datum
 ks_shared_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[21];
-	bool		nulls[21] = {false};
+	Datum		values[22];
+	bool		nulls[22] = {false};
 	uint64		word;
 	int			flags;
 	char		source[16];
@@ -198,6 +203,7 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	bool		inotify;
 	XLogRecPtr	state_lsn;
 	int64		replayed;
+	int64		heard;
 	KsUpstreamStatus up;
 	char		file_problem[sizeof(ks_shared->file_problem)];
 	bool		file_behind;
@@ -208,9 +214,11 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	word = pg_atomic_read_u64(&ks_shared->word);
 	flags = KS_WORD_FLAGS(word);
 	SpinLockAcquire(&ks_shared->mutex);
-	strlcpy(source, ks_shared->source, sizeof(source));
+	/* a standby's heard state, in force above what it replayed, speaks for itself */
+	strlcpy(source, ks_shared->heard_generation >= 0 ? ks_shared->heard_source : ks_shared->source,
+			sizeof(source));
 	strlcpy(reason, ks_shared->reason, sizeof(reason));
-	since = ks_shared->since;
+	since = ks_shared->heard_generation >= 0 ? ks_shared->heard_since : ks_shared->since;
 	/* a change in force the history lacks: at start, or a raise whose event follows */
 	unrecorded = ks_shared->unrecorded;
 	for (int m = 0; m < KS_MODE_COUNT; m++)
@@ -221,13 +229,14 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	inotify = ks_shared->watcher_inotify;
 	state_lsn = ks_shared->state_lsn;
 	replayed = ks_shared->replayed_generation;
+	heard = ks_shared->heard_generation;
 	up = ks_shared->upstream;
 	strlcpy(file_problem, ks_shared->file_problem, sizeof(file_problem));
 	file_behind = ks_shared->file_behind;
 	SpinLockRelease(&ks_shared->mutex);
 
 	values[0] = ks_mode_to_datum(KS_WORD_MODE(word), TupleDescAttr(tupdesc, 0)->atttypid);
-	values[1] = Int64GetDatum(KS_WORD_GENERATION(word));
+	values[1] = Int64GetDatum(Max(KS_WORD_GENERATION(word), heard));
 	values[2] = CStringGetTextDatum((flags & KS_FLAG_TAMPERED) ? "tampered" :
 									(flags & KS_FLAG_UNSIGNED) ? "unsigned" : "ok");
 	values[3] = CStringGetTextDatum(source);
@@ -248,12 +257,12 @@ ks_shared_state(PG_FUNCTION_ARGS)
 	values[11] = CStringGetTextDatum(RecoveryInProgress() ? "standby" : "primary");
 	values[12] = LSNGetDatum(state_lsn);
 	nulls[12] = XLogRecPtrIsInvalid(state_lsn);
-	standby_fields(&up, replayed, values + 13, nulls + 13);
+	standby_fields(&up, replayed, heard, values + 13, nulls + 13);
 	/* it names paths, whose bytes may not be valid here */
-	values[20] = CStringGetTextDatum(pg_verifymbstr(file_problem, strlen(file_problem), true)
+	values[21] = CStringGetTextDatum(pg_verifymbstr(file_problem, strlen(file_problem), true)
 									 ? ks_utf8_to_db(file_problem)
 									 : "the state file lags the state in force; see the server log");
-	nulls[20] = !file_behind;
+	nulls[21] = !file_behind;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -484,7 +484,7 @@ void
 ks_emergency_tick(bool history)
 {
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
-	int64		generation = KS_WORD_GENERATION(word);
+	int64		generation = ks_generation_in_force(word);
 	Datum		agents;
 	int			ended;
 	int64		event_id = 0;
@@ -625,7 +625,7 @@ void
 ks_emergency_tick_without_database(void)
 {
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
-	int64		generation = KS_WORD_GENERATION(word);
+	int64		generation = ks_generation_in_force(word);
 	List	   *roles;
 	ListCell   *lc;
 	int			ended = 0;

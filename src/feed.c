@@ -9,8 +9,12 @@
  * standby what it replayed or heard from its own upstream — has another
  * generation than the caller knows, or until the timeout.  Then
  * killswitch.committed_state() returns its signed bytes, how old this
- * server's own word from the primary is (0 on a primary), and the
- * primary's WAL position as this server knows it.
+ * server's own word from the primary is (0 on a primary), the primary's
+ * WAL position as this server knows it, and the system identifier and
+ * timeline of the history it is on, by which a standby refuses word from
+ * another system and learns of a failover (upstream.c).  A standby that
+ * holds a state heard ahead of replay (its heard overlay) tells that one,
+ * from its heard file: so a cascade hears the primary through it.
  *
  * A long poll that holds no snapshot while it waits.  On a hot standby —
  * the upstream of a cascade — a snapshot held for the wait would make
@@ -53,16 +57,22 @@ PG_FUNCTION_INFO_V1(ks_committed_state);
  */
 #define KS_FEED_RECHECK_MS 5
 
-/* The private copy's bytes and generation (-1 when it cannot be read). */
+/*
+ * The bytes and generation of the state this server tells (-1 when they
+ * cannot be read): the private copy, or on a standby the heard file while
+ * its heard overlay is in force (*heard then).
+ */
 static char *
-read_copy(size_t *len, int64 *generation)
+read_copy(size_t *len, int64 *generation, bool *heard)
 {
 	char	   *text;
 	char		problem[KS_PROBLEM_LEN];
 	KsState		st;
 
 	*generation = -1;
-	if (!ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &text, len, problem, sizeof(problem)))
+	*heard = ks_heard_generation() >= 0;
+	if (!ks_read_file(*heard ? KS_HEARD_FILE : KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE,
+					  &text, len, problem, sizeof(problem)))
 		return NULL;
 	if (ks_state_from_text(text, *len, NULL, 0, NULL, false, &st, problem, sizeof(problem)) == KS_FILE_BAD)
 		return NULL;
@@ -72,8 +82,8 @@ read_copy(size_t *len, int64 *generation)
 
 /*
  * Sleep until the copy holds a generation other than known, at least the
- * published one, or until the timeout.  Each look reads the file in a
- * context of its own.
+ * published one (the heard file: exactly the heard overlay's), or until
+ * the timeout.  Each look reads the file in a context of its own.
  */
 static void
 wait_for_state(int64 known, int timeout_ms)
@@ -88,17 +98,18 @@ wait_for_state(int64 known, int timeout_ms)
 	ConditionVariablePrepareToSleep(&ks_shared->published);
 	for (;;)
 	{
-		int64		published = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+		int64		published = ks_generation_in_force(pg_atomic_read_u64(&ks_shared->word));
 		long		remaining;
 		bool		readable;
 		bool		behind;
+		bool		heard;
 
 		MemoryContextReset(look);
 		MemoryContextSwitchTo(look);
-		readable = read_copy(&len, &generation) != NULL;
+		readable = read_copy(&len, &generation, &heard) != NULL;
 		MemoryContextSwitchTo(caller);
-		/* a copy not written yet after the publish that woke us: look again soon */
-		behind = readable && generation < published;
+		/* a file not written yet after the publish that woke us: look again soon */
+		behind = readable && (heard ? generation != published : generation < published);
 		if (readable && !behind && generation != known)
 			break;
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
@@ -214,27 +225,45 @@ ks_await_state(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The timeline of the history this server is on: where a primary inserts
+ * WAL, where a standby's replay is.
+ */
+static TimeLineID
+history_timeline(void)
+{
+	TimeLineID	timeline;
+
+	if (!RecoveryInProgress())
+		return GetWALInsertionTimeLine();
+	(void) GetXLogReplayRecPtr(&timeline);
+	return timeline;
+}
+
+/*
  * SQL: killswitch.committed_state(OUT state bytea, OUT silent_ms bigint,
- * OUT wal_lsn pg_lsn): the private copy's signed bytes (null if it cannot
- * be read), how old this server's word from the primary is (0 on a
- * primary; null on a standby that has not heard yet), and the primary's
- * WAL position as this server knows it.
+ * OUT wal_lsn pg_lsn, OUT system_identifier bigint, OUT timeline_id
+ * integer): the signed bytes of the state this server tells (null if they
+ * cannot be read), how old this server's word from the primary is (0 on a
+ * primary; null on a standby that has not heard yet), the primary's WAL
+ * position as this server knows it, and this server's system identifier
+ * (as pg_control_system() shows it) and timeline.
  */
 Datum
 ks_committed_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[3];
-	bool		nulls[3] = {false};
+	Datum		values[5];
+	bool		nulls[5] = {false};
 	char	   *text;
 	size_t		len;
 	int64		generation;
 	int64		silent;
+	bool		heard;
 
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	text = read_copy(&len, &generation);
+	text = read_copy(&len, &generation, &heard);
 	if (text != NULL)
 	{
 		bytea	   *state = (bytea *) palloc(VARHDRSZ + len);
@@ -247,5 +276,7 @@ ks_committed_state(PG_FUNCTION_ARGS)
 	nulls[1] = !silence_ms(&silent);
 	values[1] = Int64GetDatum(silent);
 	values[2] = LSNGetDatum(primary_position());
+	values[3] = Int64GetDatum((int64) GetSystemIdentifier());
+	values[4] = Int32GetDatum((int32) history_timeline());
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

@@ -57,9 +57,10 @@ extern int	ks_approval_timeout;
  * The fast copy (ARCHITECTURE §2, §5.1).  word packs what every check
  * reads, so that a reader gets mode and generation from one atomic load:
  *   bits 0-3 mode, bits 4-7 flags, bits 8-63 generation.
- * Its mode is the highest of the state in force, every raise in flight
- * and a standby's floor; its flags and generation are the newest
- * committed state's.  Only recompute_word() (state.c) writes it, holding
+ * Its mode is the highest of the state in force, every raise in flight,
+ * a standby's heard overlay and its floor; its flags are the newest
+ * committed state's (and a verdict raised above it), its generation the
+ * newest committed state's — on a standby, replay's, never a heard one.  Only recompute_word() (state.c) writes it, holding
  * mutex.
  *
  * Who guards what is said field by field: "mutex" is the spinlock (read
@@ -130,6 +131,22 @@ typedef struct KsShared
 	 * ks_set_floor()).  No change of state: the generation does not move.
 	 */
 	KsMode		floor_mode;
+	/*
+	 * A standby's heard overlay (mutex; ARCHITECTURE §11): what its watcher
+	 * heard from its upstream ahead of replay — the highest mode
+	 * (KS_NO_MODE: none) and its flags, the newest generation it was heard
+	 * at (-1: none), and the upstream's timeline then (0: not known yet,
+	 * after a restart); the source and since of the state it took last,
+	 * which ks_status() shows while it is in force.  In force beside the chain, whose generation in word
+	 * stays replay's: dropped when replay reaches heard_generation, when the
+	 * upstream tells of another history, and at promotion.
+	 */
+	int			heard_mode;
+	int			heard_flags;
+	int64		heard_generation;
+	TimeLineID	heard_timeline;
+	char		heard_source[16];
+	TimestampTz heard_since;
 	TimestampTz since;			/* mutex: when the chain's mode was set */
 	/*
 	 * When this server first showed the current mode of word (mutex); a
@@ -217,9 +234,19 @@ extern void ks_publish(KsMode mode, int flags, int64 generation,
 extern bool ks_publish_if_newer(KsMode mode, int flags, int64 generation,
 								TimestampTz since, const char *source,
 								const char *reason, const char *triggered_by);
-extern bool ks_publish_heard(KsMode mode, int flags, int64 generation,
-							 TimestampTz since, const char *source,
-							 const char *reason, const char *triggered_by);
+/* What a state heard from the upstream did to the heard overlay (ks_publish_heard()). */
+typedef enum KsHeard
+{
+	KS_HEARD_KEPT,				/* nothing changed */
+	KS_HEARD_TAKEN,				/* the overlay holds this state now */
+	KS_HEARD_DROPPED			/* another history: the overlay is gone */
+} KsHeard;
+extern KsHeard ks_publish_heard(KsMode mode, int flags, int64 generation, TimeLineID timeline,
+								TimestampTz since, const char *source,
+								const char *reason, const char *triggered_by);
+extern void ks_drop_heard(void);
+extern int64 ks_heard_generation(void);
+extern int64 ks_generation_in_force(uint64 word);
 extern void ks_set_floor(KsMode floor);
 extern int	ks_proc_slot_count(void);
 extern void ks_publish_raise(KsMode mode, int flags, int64 generation,
@@ -640,8 +667,13 @@ extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
 extern void ks_adopt_history_after_recovery(void);
 extern void ks_standby_follow_history(void);
 extern void ks_standby_put_back(void);
-extern bool ks_standby_take_heard(const KsState *st);
+/* the bytes of the state a standby heard and holds ahead of replay (the heard overlay) */
+#define KS_HEARD_FILE KS_PRIVATE_DIR "/heard.json"
+extern KsHeard ks_standby_take_heard(const KsState *st, TimeLineID timeline);
 extern bool ks_standby_write_files(const char *text, size_t len, int64 generation);
+extern void ks_standby_write_heard(const char *text, size_t len, int64 generation);
+extern void ks_standby_heard_dropped(void);
+extern void ks_standby_load_heard(const char *secret, size_t secretlen);
 
 /* upstream.c: a standby hears its upstream, whatever replay does */
 extern char *ks_upstream_conninfo;

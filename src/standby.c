@@ -91,12 +91,27 @@ note_replayed(int64 generation)
 }
 
 /*
- * Write a state this standby took — replayed, or heard from its upstream —
- * into its private copy and its state file, with the primary's exact
- * bytes, under the writers' lock.  Nothing is written over a newer state
- * published meanwhile (its own taker writes that one), so the files never
- * fall behind what they held.  Never an error: false, logged, and
- * files_behind when they could not be written.
+ * Remove the heard overlay's bytes once the overlay is gone (caller holds
+ * the writers' lock): a restart must not bring back what replay or another
+ * history ended.
+ */
+static bool
+forget_heard_file(char *problem, size_t problemlen)
+{
+	if (ks_heard_generation() >= 0 || unlink(KS_HEARD_FILE) == 0 || errno == ENOENT)
+		return true;
+	snprintf(problem, problemlen, "could not remove \"%s\": %m", KS_HEARD_FILE);
+	return false;
+}
+
+/*
+ * Write a state this standby replayed into its private copy, and into its
+ * state file unless a heard state is in force above it (whose bytes the
+ * state file then holds), with the primary's exact bytes, under the
+ * writers' lock; the heard overlay's bytes go once it has ended.  Nothing is
+ * written over a newer state published meanwhile (its own taker writes
+ * that one), so the files never fall behind what they held.  Never an
+ * error: false, logged, and files_behind when they could not be written.
  */
 bool
 ks_standby_write_files(const char *text, size_t len, int64 generation)
@@ -110,8 +125,11 @@ ks_standby_write_files(const char *text, size_t len, int64 generation)
 	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
 	if (lockfd >= 0 && KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) <= generation)
 	{
+		bool		heard = ks_heard_generation() >= 0;
+
 		ok = ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) &&
-			(ks_shared->state_dir_foreign ||
+			forget_heard_file(problem, sizeof(problem)) &&
+			(heard || ks_shared->state_dir_foreign ||
 			 ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
 	}
 	ks_unlock_dir(lockfd);
@@ -159,26 +177,90 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 
 /*
  * A state heard from the upstream (upstream.c), verified with the signing
- * secret: published only if it raises — a higher mode, or the same halt at
- * a newer generation — never a lower mode nor a cleared verdict, which
- * arrive only by replaying their record (ARCHITECTURE §11).  Its
- * generation is the primary's, ahead of replay: records replayed before it
- * are older and change nothing, and the records of the changes it
- * supersedes are history by then.  The one place a heard state enters
- * shared memory; true if it did.
+ * secret and of this standby's system, on the upstream's timeline: into
+ * the heard overlay (state.c ks_publish_heard()), which raises at once and
+ * is lowered only by replay of a state at or past its generation, or ended
+ * by word of another history — never into the chain, whose generation
+ * stays replay's (ARCHITECTURE §11).  The one place a heard state enters
+ * shared memory.
  */
-bool
-ks_standby_take_heard(const KsState *st)
+KsHeard
+ks_standby_take_heard(const KsState *st, TimeLineID timeline)
 {
 	int64		usec;
 	TimestampTz since = GetCurrentTimestamp();
 
-	if (st->mode == KS_DISENGAGED)
-		return false;
 	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
 		since = ks_unix_usec_to_timestamptz(usec);
-	return ks_publish_heard(st->mode, st->tampered ? KS_FLAG_TAMPERED : 0, st->generation, since,
-							st->source ? st->source : "sql", st->reason, st->triggered_by);
+	return ks_publish_heard(st->mode, st->tampered ? KS_FLAG_TAMPERED : 0, st->generation,
+							timeline, since, st->source ? st->source : "sql",
+							st->reason, st->triggered_by);
+}
+
+/*
+ * Write the bytes of the state the heard overlay took into the heard file
+ * and the state file, under the writers' lock, unless the overlay has
+ * moved on or ended meanwhile: so a restart starts with the overlay
+ * (ks_standby_load_heard()), and agents that read the file see the halt.
+ * The private copy keeps what was replayed.  Never an error.
+ */
+void
+ks_standby_write_heard(const char *text, size_t len, int64 generation)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	int			lockfd;
+	bool		ok = true;
+
+	ks_state_file_path(path, sizeof(path));
+	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	if (lockfd >= 0 && ks_heard_generation() == generation)
+		ok = ks_write_file_durably(KS_HEARD_FILE, text, len, problem, sizeof(problem)) &&
+			(ks_shared->state_dir_foreign ||
+			 ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
+	ks_unlock_dir(lockfd);
+	if (lockfd < 0 || !ok)
+		ereport(LOG,
+				(errmsg("could not write the heard state of generation " INT64_FORMAT " into the files: %s",
+						generation, problem),
+				 errdetail("The standby holds it in shared memory; after a restart it holds what it replayed until it hears its upstream again.")));
+}
+
+/*
+ * At start, in recovery (the postmaster, after the replayed state is
+ * published): the heard overlay as it was, from its file — verified with
+ * the signing secret, ahead of what was replayed and within
+ * KS_GENERATION_STEP_MAX of it — so a restart does not lose a halt heard
+ * ahead of replay.  It holds like before the restart: until replay reaches
+ * it, or the upstream tells of another history (its timeline is learnt at
+ * the first answer).  A file that does not qualify is removed, and the
+ * state file holds what was replayed again.
+ */
+void
+ks_standby_load_heard(const char *secret, size_t secretlen)
+{
+	KsState		st;
+	KsState		held;
+	char		problem[KS_PROBLEM_LEN];
+	struct stat sb;
+
+	if (stat(KS_HEARD_FILE, &sb) != 0)
+		return;
+	ks_state_init(&held);
+	held.generation = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	if (secret != NULL &&
+		ks_state_read(KS_HEARD_FILE, secret, secretlen, ks_secret_file, true, 0,
+					  &st, problem, sizeof(problem)) == KS_FILE_VALID &&
+		st.generation > held.generation &&
+		ks_generation_step_ok(&st, &held, problem, sizeof(problem)) &&
+		ks_standby_take_heard(&st, 0) == KS_HEARD_TAKEN)
+	{
+		ereport(LOG,
+				(errmsg("the standby holds %s (generation " INT64_FORMAT "), heard from its upstream ahead of replay before it stopped",
+						ks_mode_sql_names[st.mode], st.generation)));
+		return;
+	}
+	ks_standby_heard_dropped();
 }
 
 /*
@@ -312,24 +394,70 @@ ks_adopt_history_after_recovery(void)
 }
 
 /*
- * The state file on a standby holds what was replayed.  An outside write
- * (the command-line tool, the Python library, anyone) is put back, with a
- * WARNING: it may not lower the standby, and a raise of one standby alone
- * would be a mode its primary does not know.  By the watcher, and by the
- * postmaster at start (the watcher needs hot standby).  Never an error.
+ * Make the state file hold the state in force — the heard state above
+ * replay, or what was replayed — with its bytes (caller holds the writers'
+ * lock); *changed says whether it had to be written.  False, and why, if
+ * it could not be.
+ */
+static bool
+restore_state_file(const char *path, bool *changed, char *problem, size_t problemlen)
+{
+	char	   *file = NULL;
+	char	   *copy = NULL;
+	size_t		filelen = 0;
+	size_t		copylen = 0;
+
+	*changed = false;
+	if (!ks_read_file(ks_heard_generation() >= 0 ? KS_HEARD_FILE : KS_LAST_APPLIED_FILE,
+					  KS_MAX_FILE_SIZE, &copy, &copylen, problem, problemlen))
+		return true;			/* nothing to put back yet */
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE, &file, &filelen, problem, problemlen))
+		file = NULL;
+	*changed = file == NULL || filelen != copylen || memcmp(file, copy, copylen) != 0;
+	return !*changed || ks_write_shared_file_durably(path, copy, copylen, problem, problemlen);
+}
+
+/*
+ * The heard overlay ended by word of another history, at promotion, or
+ * found stale at start: its file goes, and the state file gets the
+ * replayed state back (no outside change: no WARNING).
+ */
+void
+ks_standby_heard_dropped(void)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	int			lockfd;
+	bool		changed;
+	bool		ok;
+
+	ks_state_file_path(path, sizeof(path));
+	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	ok = lockfd >= 0 && forget_heard_file(problem, sizeof(problem)) &&
+		(ks_shared->state_dir_foreign || restore_state_file(path, &changed, problem, sizeof(problem)));
+	ks_unlock_dir(lockfd);
+	if (!ok)
+		ereport(LOG,
+				(errmsg("could not put the replayed state back in place of a heard one: %s", problem),
+				 errdetail("The standby follows what it replayed in shared memory.")));
+}
+
+/*
+ * The state file on a standby holds the state in force: what was replayed,
+ * or the heard state above it.  An outside write (the command-line tool,
+ * the Python library, anyone) is put back, with a WARNING: it may not lower
+ * the standby, and a raise of one standby alone would be a mode its primary
+ * does not know.  By the watcher, and by the postmaster at start (the
+ * watcher needs hot standby).  Never an error.
  */
 void
 ks_standby_put_back(void)
 {
 	char		path[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
-	char	   *file = NULL;
-	char	   *copy = NULL;
-	size_t		filelen = 0;
-	size_t		copylen = 0;
 	int			lockfd;
 	bool		put_back = false;
-	bool		ok = true;
+	bool		ok;
 
 	if (ks_shared->state_dir_foreign)
 		return;
@@ -337,15 +465,7 @@ ks_standby_put_back(void)
 	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
 	if (lockfd < 0)
 		return;
-	if (ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &copy, &copylen,
-					 problem, sizeof(problem)))
-	{
-		if (!ks_read_file(path, KS_MAX_FILE_SIZE, &file, &filelen, problem, sizeof(problem)))
-			file = NULL;
-		put_back = file == NULL || filelen != copylen || memcmp(file, copy, copylen) != 0;
-		if (put_back)
-			ok = ks_write_shared_file_durably(path, copy, copylen, problem, sizeof(problem));
-	}
+	ok = restore_state_file(path, &put_back, problem, sizeof(problem));
 	ks_unlock_dir(lockfd);
 	if (put_back)
 		ereport(WARNING,

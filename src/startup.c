@@ -486,7 +486,6 @@ ks_load_at_startup(void)
 							problem, sizeof(problem)))
 			secret = NULL;
 		decide_in_recovery(&d, secret, secretlen);
-		ks_standby_put_back();
 	}
 	else if (!make_dir(KS_PRIVATE_DIR, problem, sizeof(problem)) ||
 		!make_dir(ks_state_dir, problem, sizeof(problem)) ||
@@ -513,6 +512,12 @@ ks_load_at_startup(void)
 		}
 	}
 	apply(&d);
+	if (ks_shared->from_recovery && !ks_shared->state_dir_foreign)
+	{
+		/* beside what was replayed, what was heard ahead of it; then the file put back */
+		ks_standby_load_heard(secret, secretlen);
+		ks_standby_put_back();
+	}
 	note_file(ks_shared->from_recovery);
 
 	owner = CurrentResourceOwner;

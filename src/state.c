@@ -3,7 +3,8 @@
  * §5.1): reserving it, creating it, and the one word every check reads,
  * recomputed under the spinlock from its parts whenever one changes — the
  * newest committed state (the chain), the raises the chain lacks yet,
- * every backend's raise in flight, and a standby's floor.  Each publish
+ * every backend's raise in flight, and a standby's heard overlay and
+ * floor.  Each publish
  * wakes the sessions waiting in ks_wait() (wait.c), and one that raises the
  * mode cancels the built-ins agents set up before it (running.c).
  */
@@ -73,6 +74,8 @@ ks_shmem_startup(void)
 		}
 		ks_shared->inplace_mode = KS_NO_MODE;
 		ks_shared->floor_mode = KS_DISENGAGED;
+		ks_shared->heard_mode = KS_NO_MODE;
+		ks_shared->heard_generation = -1;
 		ks_shared->replayed_generation = -1;
 		/* until the file is read, assume the stop (ARCHITECTURE §4) */
 		ks_shared->chain_mode = KS_HALT_ALL;
@@ -145,8 +148,8 @@ highest_counted(const int *count)
 
 /*
  * The state in force without the floor: the chain's mode raised by what
- * the chain lacks yet (with_raising: and by the raises in flight).  Caller
- * holds the mutex.
+ * the chain lacks yet and by what a standby heard ahead of replay
+ * (with_raising: and by the raises in flight).  Caller holds the mutex.
  */
 static int
 parts_mode(bool with_raising)
@@ -155,6 +158,7 @@ parts_mode(bool with_raising)
 
 	mode = Max(mode, highest_counted(ks_shared->deferred_count));
 	mode = Max(mode, ks_shared->inplace_mode);
+	mode = Max(mode, ks_shared->heard_mode);
 	if (with_raising)
 		mode = Max(mode, highest_counted(ks_shared->raising_count));
 	return mode;
@@ -178,6 +182,8 @@ recompute_word(TimestampTz now, int64 generation)
 
 	if (ks_shared->inplace_mode != KS_NO_MODE)
 		flags |= ks_shared->inplace_flags;
+	if (ks_shared->heard_mode != KS_NO_MODE)
+		flags |= ks_shared->heard_flags;
 	if (KS_WORD_MODE(old) != (KsMode) mode || ks_shared->published_at == 0)
 	{
 		ks_shared->published_at = now;
@@ -220,32 +226,37 @@ typedef enum KsPublishKind
 {
 	KS_PUBLISH_ANY,				/* whatever it is (a committed release, the start) */
 	KS_PUBLISH_IF_NEWER,		/* not over a newer generation */
-	KS_PUBLISH_RAISE,			/* a committed raise: never lower, the verdict kept */
-	KS_PUBLISH_HEARD			/* a newer generation that raises, or nothing */
+	KS_PUBLISH_RAISE			/* a committed raise: never lower, the verdict kept */
 } KsPublishKind;
 
 /*
  * Would publishing this state at this generation be refused (caller holds
  * the mutex)?  KS_PUBLISH_IF_NEWER: a newer generation is in force.
- * KS_PUBLISH_HEARD: the generation is not newer, or the state is no raise
- * over the state in force without the raises in flight (a lower mode, or
- * the same mode without its verdict): a standby takes from its upstream
- * only what raises (ARCHITECTURE §11).
  */
 static bool
-refused(KsPublishKind kind, KsMode mode, int flags, int64 generation, uint64 word)
+refused(KsPublishKind kind, int64 generation, uint64 word)
 {
-	int			held_flags = ks_shared->chain_flags;
-
 	if (kind == KS_PUBLISH_IF_NEWER)
 		return KS_WORD_GENERATION(word) > generation;
-	if (kind != KS_PUBLISH_HEARD)
-		return false;
-	if (ks_shared->inplace_mode != KS_NO_MODE)
-		held_flags |= ks_shared->inplace_flags;
-	return KS_WORD_GENERATION(word) >= generation ||
-		ks_change_kind((KsMode) parts_mode(false), (held_flags & KS_FLAG_TAMPERED) != 0,
-					   mode, (flags & KS_FLAG_TAMPERED) != 0) != KS_CHANGE_RAISE;
+	return false;
+}
+
+/* Note the text of a raise shown above the chain (caller holds the mutex). */
+static void
+note_raise_text(const char *why, const char *by)
+{
+	memcpy(ks_shared->raise_reason, why, sizeof(ks_shared->raise_reason));
+	memcpy(ks_shared->raise_by, by, sizeof(ks_shared->raise_by));
+}
+
+/* No heard overlay any more (caller holds the mutex, and recomputes the word). */
+static void
+forget_heard(void)
+{
+	ks_shared->heard_mode = KS_NO_MODE;
+	ks_shared->heard_flags = 0;
+	ks_shared->heard_generation = -1;
+	ks_shared->heard_timeline = 0;
 }
 
 /*
@@ -253,11 +264,14 @@ refused(KsPublishKind kind, KsMode mode, int flags, int64 generation, uint64 wor
  * tamper flag follows a verdict (source tamper) wherever the state came
  * from, and is otherwise what the caller passes: an engage keeps it, only
  * a release clears it.  published_at keeps the moment the mode first
- * showed (recompute_word()).  With KS_PUBLISH_IF_NEWER and
- * KS_PUBLISH_HEARD the check (refused()) and the write are one step under
- * the spinlock, for publishers that share no other lock (WAL redo and a
- * standby's watcher).  The text buffers are copied whole into shared
- * memory, so they start zeroed: no byte of it is left uninitialised.
+ * showed (recompute_word()).  With KS_PUBLISH_IF_NEWER the check
+ * (refused()) and the write are one step under the spinlock, for
+ * publishers that share no other lock (WAL redo and a standby's watcher).
+ * A committed state at or past a standby's heard generation ends the heard
+ * overlay in the same step: replay has brought what was heard, or what
+ * came after it, so the word never shows less than either meanwhile.  The
+ * text buffers are copied whole into shared memory, so they start zeroed:
+ * no byte of it is left uninitialised.
  */
 static bool
 publish(KsMode mode, int flags, int64 generation, TimestampTz since,
@@ -279,7 +293,7 @@ publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	ks_clip_utf8(by, triggered_by, sizeof(by));
 	SpinLockAcquire(&ks_shared->mutex);
 	word = pg_atomic_read_u64(&ks_shared->word);
-	if (refused(kind, mode, flags, generation, word))
+	if (refused(kind, generation, word))
 	{
 		SpinLockRelease(&ks_shared->mutex);
 		return false;
@@ -295,6 +309,8 @@ publish(KsMode mode, int flags, int64 generation, TimestampTz since,
 	memcpy(ks_shared->source, src, sizeof(src));
 	memcpy(ks_shared->reason, why, sizeof(why));
 	memcpy(ks_shared->triggered_by, by, sizeof(by));
+	if (ks_shared->heard_generation >= 0 && generation >= ks_shared->heard_generation)
+		forget_heard();
 	/* the generation goes into the word with the recomputed mode */
 	rose = recompute_word(now, generation);
 	SpinLockRelease(&ks_shared->mutex);
@@ -333,18 +349,119 @@ ks_publish_raise(KsMode mode, int flags, int64 generation, TimestampTz since,
 }
 
 /*
- * Publish a state a standby heard from its upstream (standby.c), with the
- * primary's generation, ahead of replay: only if that generation is newer
- * than the one in force and the state raises — a higher mode, or the same
- * mode keeping the verdict in force (see refused()).  False if it was not
- * published.
+ * Does a state heard at this generation and timeline tell of another
+ * history than the heard overlay's (caller holds the mutex)?  A lower
+ * generation than the overlay's — a failover's new primary goes on from
+ * where its own replay was — or another timeline.
  */
-bool
-ks_publish_heard(KsMode mode, int flags, int64 generation, TimestampTz since,
-				 const char *source, const char *reason, const char *triggered_by)
+static bool
+heard_other_history(int64 generation, TimeLineID timeline)
 {
-	return publish(mode, flags, generation, since, source, reason, triggered_by,
-				   KS_PUBLISH_HEARD);
+	if (ks_shared->heard_generation < 0)
+		return false;
+	return generation < ks_shared->heard_generation ||
+		(ks_shared->heard_timeline != 0 && timeline != ks_shared->heard_timeline);
+}
+
+/*
+ * A state a standby's watcher heard from its upstream (standby.c), verified
+ * with the signing secret and of this standby's own system (upstream.c),
+ * into the heard overlay beside the chain (ARCHITECTURE §11).  The chain
+ * and the word's generation stay replay's: so every record replay brings
+ * is taken in its order, whatever was heard.
+ *
+ * Word of another history first ends the overlay — but never the chain:
+ * the mode in force stays at least what replay brought.  Then a state
+ * that is not disengaged, at a generation past both replay's and the
+ * overlay's, is taken: the overlay's mode is the highest heard, its
+ * generation the newest, so that what was heard is lowered only by replay
+ * of a state at or past that generation (publish()), never by what is
+ * heard — a release heard ahead of replay changes nothing.  Returns what
+ * became of the overlay; in one step under the spinlock, so no reader
+ * sees less than replay's mode or the overlay's in between.
+ */
+KsHeard
+ks_publish_heard(KsMode mode, int flags, int64 generation, TimeLineID timeline,
+				 TimestampTz since, const char *source,
+				 const char *reason, const char *triggered_by)
+{
+	char		src[sizeof(ks_shared->heard_source)] = {0};
+	char		why[sizeof(ks_shared->raise_reason)] = {0};
+	char		by[sizeof(ks_shared->raise_by)] = {0};
+	TimestampTz now = GetCurrentTimestamp();
+	KsHeard		result = KS_HEARD_KEPT;
+	bool		rose;
+
+	strlcpy(src, source, sizeof(src));
+	ks_clip_utf8(why, reason, sizeof(why));
+	ks_clip_utf8(by, triggered_by, sizeof(by));
+	SpinLockAcquire(&ks_shared->mutex);
+	if (heard_other_history(generation, timeline))
+	{
+		forget_heard();
+		result = KS_HEARD_DROPPED;
+	}
+	else if (ks_shared->heard_generation >= 0 && ks_shared->heard_timeline == 0)
+		ks_shared->heard_timeline = timeline;	/* an overlay kept over a restart */
+	if (mode != KS_DISENGAGED &&
+		generation > KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) &&
+		generation > ks_shared->heard_generation)
+	{
+		ks_shared->heard_mode = Max(ks_shared->heard_mode, (int) mode);
+		ks_shared->heard_flags |= flags;
+		ks_shared->heard_generation = generation;
+		ks_shared->heard_timeline = timeline;
+		memcpy(ks_shared->heard_source, src, sizeof(src));
+		ks_shared->heard_since = since;
+		note_raise_text(why, by);
+		result = KS_HEARD_TAKEN;
+	}
+	rose = recompute_mode(now);
+	SpinLockRelease(&ks_shared->mutex);
+	announce(rose);
+	return result;
+}
+
+/*
+ * The standby is promoted: what it heard from its old upstream and never
+ * replayed is dropped, like any change it never received (ARCHITECTURE
+ * §11); its history decides.
+ */
+void
+ks_drop_heard(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		rose;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	forget_heard();
+	rose = recompute_mode(now);
+	SpinLockRelease(&ks_shared->mutex);
+	announce(rose);
+}
+
+/* The heard overlay's generation, or -1 when there is none. */
+int64
+ks_heard_generation(void)
+{
+	int64		generation;
+
+	SpinLockAcquire(&ks_shared->mutex);
+	generation = ks_shared->heard_generation;
+	SpinLockRelease(&ks_shared->mutex);
+	return generation;
+}
+
+/*
+ * The generation of the state in force, as shown to callers (ks_status(),
+ * ks_wait(), a standby's feed): the word's, or on a standby the heard
+ * overlay's when it is ahead of replay.  Not for the checks, which read
+ * the word's mode alone.
+ */
+int64
+ks_generation_in_force(uint64 word)
+{
+	return Max(KS_WORD_GENERATION(word), ks_heard_generation());
 }
 
 /*
@@ -365,14 +482,6 @@ ks_set_floor(KsMode floor)
 	rose = recompute_mode(now);
 	SpinLockRelease(&ks_shared->mutex);
 	announce(rose);
-}
-
-/* Note the text of a raise shown above the chain (caller holds the mutex). */
-static void
-note_raise_text(const char *why, const char *by)
-{
-	memcpy(ks_shared->raise_reason, why, sizeof(ks_shared->raise_reason));
-	memcpy(ks_shared->raise_by, by, sizeof(ks_shared->raise_by));
 }
 
 /*

@@ -10,10 +10,15 @@
  * upstream holds as committed (CALL killswitch.await_state(), feed.c): the
  * signed bytes of its private copy, which on a standby upstream include
  * what that one heard from its own, so a cascade hears the primary through
- * every up.  Each answer is verified with the signing secret; a raise is
- * published at once (standby.c ks_standby_take_heard()) — waiters in
- * ks_wait() wake, an emergency ends busy agent sessions — and a lower mode
- * never: it comes only by replaying its committed record.
+ * every up.  Each answer must come from this standby's own system (the
+ * system identifier it reports) and verify with the signing secret; a
+ * raise is in force at once, in the heard overlay beside what replay
+ * brought (standby.c ks_standby_take_heard(), state.c ks_publish_heard())
+ * — waiters in ks_wait() wake, an emergency ends busy agent sessions — and
+ * a lower mode never: it comes only by replaying its committed record.
+ * The overlay ends when replay reaches its generation, or when the
+ * upstream tells of another history (a lower generation, another
+ * timeline: a failover), never below what replay brought.
  *
  * The connection never blocks the watcher, the way the walreceiver
  * (libpqwalreceiver) and postgres_fdw drive theirs: PQconnectStartParams()
@@ -110,9 +115,10 @@ static struct
 	int64		known_generation;	/* of the last state heard: the poll waits past it */
 	char	   *known;			/* its verified bytes */
 	size_t		known_len;
-	char	   *unwritten;		/* a raise published, its bytes not yet in the files */
+	char	   *unwritten;		/* a heard state taken, its bytes not yet in the files */
 	size_t		unwritten_len;
 	int64		unwritten_generation;
+	bool		dropped;		/* the heard overlay ended: its file is to go */
 	char		problem[KS_WATCHER_PROBLEM_LEN];	/* the link's own problem; "" when none */
 	TimestampTz warned_at;
 	KsBehindSample behind[KS_BEHIND_SAMPLES];	/* oldest first, positions rising */
@@ -265,7 +271,8 @@ ks_upstream_start(void)
 
 /*
  * Recovery has ended (promotion): no upstream any more.  The connection
- * closes, a floor is lifted, and ks_status() shows no upstream.
+ * closes, what was heard ahead of replay and a floor are dropped — the
+ * history decides now (standby.c) — and ks_status() shows no upstream.
  */
 void
 ks_upstream_stop(void)
@@ -275,6 +282,15 @@ ks_upstream_stop(void)
 	disconnect();
 	up.started = false;
 	up.nbehind = 0;
+	if (up.unwritten)
+		pfree(up.unwritten);
+	up.unwritten = NULL;
+	up.dropped = false;
+	if (ks_heard_generation() >= 0)
+	{
+		ks_drop_heard();
+		ks_standby_heard_dropped();
+	}
 	ks_set_floor(KS_DISENGAGED);
 	SpinLockAcquire(&ks_shared->mutex);
 	memset(&ks_shared->upstream, 0, sizeof(ks_shared->upstream));
@@ -369,7 +385,9 @@ ask(KsQuestion question)
 		sent = PQsendQueryParams(up.conn, "CALL killswitch.await_state($1, $2)",
 								 2, NULL, params, NULL, NULL, 0);
 	else
-		sent = PQsendQueryParams(up.conn, "SELECT state, silent_ms, wal_lsn FROM killswitch.committed_state()",
+		sent = PQsendQueryParams(up.conn,
+								 "SELECT state, silent_ms, wal_lsn, system_identifier, timeline_id"
+								 " FROM killswitch.committed_state()",
 								 0, NULL, NULL, NULL, NULL, 0);
 	if (!sent)
 	{
@@ -444,11 +462,11 @@ verify(const char *bytes, size_t len, KsState *st, char *problem, size_t problem
 
 /*
  * May the standby take a heard state's generation?  At most
- * KS_GENERATION_STEP_MAX past the one it holds, as for an outside file
- * (release.c; the parser already refused one past KS_MAX_GENERATION): a
- * state taken with a generation far ahead would make every record replay
- * brings older, so that not even a committed release could lower this
- * standby until it catches up.  Replay brings such a state anyway; until
+ * KS_GENERATION_STEP_MAX past the one replay brought, as for an outside
+ * file (release.c; the parser already refused one past
+ * KS_MAX_GENERATION): a heard state holds until replay reaches its
+ * generation or the upstream tells of another history, and one far ahead
+ * is no news a primary gives.  Replay brings such a state anyway; until
  * the upstream is heard again, past killswitch.standby_max_silence the
  * standby holds halt_all.
  */
@@ -463,20 +481,55 @@ within_step(const KsState *st, char *problem, size_t problemlen)
 }
 
 /*
- * A new state from the upstream, verified: remembered as what the poll
- * waits past, and published at once if it raises (its files written later
- * in the pass, ks_upstream_write_files()).
+ * Is the upstream of this standby's own system?  Word from another one —
+ * a server the connection string names by mistake, another cluster signed
+ * with the same secret — is no word from the primary, whatever it says.
+ */
+static bool
+same_system(const char *reported, char *problem, size_t problemlen)
+{
+	uint64		ours = GetSystemIdentifier();
+	int64		theirs = strtoi64(reported, NULL, 10);
+
+	if ((uint64) theirs == ours)
+		return true;
+	snprintf(problem, problemlen,
+			 "its system identifier is " UINT64_FORMAT ", this standby's " UINT64_FORMAT,
+			 (uint64) theirs, ours);
+	return false;
+}
+
+/*
+ * A new state from the upstream, verified, on the upstream's timeline:
+ * remembered as what the poll waits past, and into the heard overlay (its
+ * files written later in the pass, ks_upstream_write_files()).
  */
 static void
-take(const char *bytes, size_t len, const KsState *st)
+take(const char *bytes, size_t len, const KsState *st, TimeLineID timeline)
 {
+	KsHeard		heard;
+
 	if (up.known)
 		pfree(up.known);
 	up.known = MemoryContextAlloc(TopMemoryContext, len);
 	memcpy(up.known, bytes, len);
 	up.known_len = len;
 	up.known_generation = st->generation;
-	if (!ks_standby_take_heard(st))
+	heard = ks_standby_take_heard(st, timeline);
+	if (heard == KS_HEARD_DROPPED)
+	{
+		ereport(LOG,
+				(errmsg("the standby no longer holds what it heard ahead of replay: its upstream is on another history"),
+				 errdetail("The upstream tells generation " INT64_FORMAT " on timeline %u; the standby holds what it replayed, generation " INT64_FORMAT ".",
+						   st->generation, timeline,
+						   KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)))));
+		if (up.unwritten)
+			pfree(up.unwritten);
+		up.unwritten = NULL;
+		up.dropped = true;
+		return;
+	}
+	if (heard != KS_HEARD_TAKEN)
 		return;
 	ereport(LOG,
 			(errmsg("the standby heard %s (generation " INT64_FORMAT ") from its upstream, ahead of replay",
@@ -521,8 +574,10 @@ note_heard(int64 silent_ms, XLogRecPtr lsn)
 
 /*
  * An answer: the upstream's state (bytea), how stale its own news of the
- * primary is, and the primary's WAL position.  Verified (bytes already
- * verified need no second look), it counts as word from the primary.
+ * primary is, the primary's WAL position, and the upstream's system
+ * identifier and timeline.  Of this standby's system and verified (bytes
+ * already verified need no second look), it counts as word from the
+ * primary; from another system it does not, and the silence bound rules.
  */
 static void
 hear(PGresult *res)
@@ -535,8 +590,12 @@ hear(PGresult *res)
 	KsState		st;
 	char		problem[KS_PROBLEM_LEN];
 
-	if (PQntuples(res) != 1 || PQnfields(res) != 3 ||
-		PQgetisnull(res, 0, 0) || PQgetisnull(res, 0, 1))
+	if (PQntuples(res) != 1 || PQnfields(res) != 5 ||
+		PQgetisnull(res, 0, 3) || PQgetisnull(res, 0, 4))
+		fail("the upstream's answer could not be read", "it has not the fields this version asks for");
+	else if (!same_system(PQgetvalue(res, 0, 3), problem, sizeof(problem)))
+		fail("the upstream is not of this standby's system", problem);
+	else if (PQgetisnull(res, 0, 0) || PQgetisnull(res, 0, 1))
 		fail("the upstream has no state to tell",
 			 "its private copy is missing, or its own news of the primary is unknown");
 	else if ((bytes = PQunescapeBytea((unsigned char *) PQgetvalue(res, 0, 0), &len)) == NULL)
@@ -553,7 +612,7 @@ hear(PGresult *res)
 			fail("the upstream's state is too far ahead of this standby's to be taken", problem);
 		else
 		{
-			take((char *) bytes, len, &st);
+			take((char *) bytes, len, &st, (TimeLineID) strtoul(PQgetvalue(res, 0, 4), NULL, 10));
 			note_heard(strtoi64(PQgetvalue(res, 0, 1), NULL, 10), lsn_bad ? InvalidXLogRecPtr : lsn);
 		}
 	}
@@ -793,16 +852,20 @@ ks_upstream_generation(void)
 }
 
 /*
- * Write a heard raise's bytes into the private copy and the state file
+ * Write a heard state's bytes into the heard file and the state file
  * (standby.c), after the watcher did what could not wait: so a restart
- * starts in it, and agents that read the file see it.
+ * starts with it, and agents that read the file see it; or, the overlay
+ * ended by another history, remove them.
  */
 void
 ks_upstream_write_files(void)
 {
+	if (up.dropped)
+		ks_standby_heard_dropped();
+	up.dropped = false;
 	if (up.unwritten == NULL)
 		return;
-	(void) ks_standby_write_files(up.unwritten, up.unwritten_len, up.unwritten_generation);
+	ks_standby_write_heard(up.unwritten, up.unwritten_len, up.unwritten_generation);
 	pfree(up.unwritten);
 	up.unwritten = NULL;
 }

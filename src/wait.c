@@ -63,7 +63,7 @@ ks_wait(PG_FUNCTION_ARGS)
 				 errhint("Give the longest wait in milliseconds, from 0 (return at once) to %d.", PG_INT32_MAX)));
 
 	word = pg_atomic_read_u64(&ks_shared->word);
-	current = KS_WORD_GENERATION(word);
+	current = ks_generation_in_force(word);
 	at_call = KS_WORD_MODE(word);
 	if (current != generation || timeout_ms == 0)
 		PG_RETURN_INT64(current);
@@ -83,7 +83,7 @@ ks_wait(PG_FUNCTION_ARGS)
 		long		remaining;
 
 		word = pg_atomic_read_u64(&ks_shared->word);
-		current = KS_WORD_GENERATION(word);
+		current = ks_generation_in_force(word);
 		if (current != generation)
 			break;
 		if (KS_WORD_MODE(word) > at_call && raised_at == 0)

@@ -1,0 +1,93 @@
+# A standby drops what it heard ahead of replay when its upstream is on
+# another timeline, even at the same generation (ARCHITECTURE §11): the
+# promoted standby's emergency at the generation of a halt heard from the
+# old primary is taken at once, with replay held.  158 covers a new
+# history that tells a lower generation.
+#
+# The follower takes its WAL from the heir and hears the primary directly.
+# The heir stops; the primary engages a halt the follower hears and cannot
+# replay; the primary dies; the follower's replay is held.  The heir is
+# promoted and engages emergency — the same generation as the heard halt,
+# on timeline 2 — before the follower hears it.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use KsTest;
+
+sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
+
+# Poll a query until it returns t, for at most $secs seconds.
+sub within
+{
+	my ($node, $sql, $secs) = @_;
+	my $deadline = time + ($secs // 30);
+	while (time < $deadline)
+	{
+		return 1 if q1($node, $sql) eq 't';
+		usleep(20_000);
+	}
+	note("still not true: $sql");
+	return 0;
+}
+
+sub connstr { my $n = shift; return 'host=' . $n->host . ' port=' . $n->port; }
+
+sub status { my ($node, $f) = @_; return q1($node, "SELECT coalesce(ks_status()->>'$f', 'null')"); }
+
+my $primary = ks_node('timeline_primary', init => { allows_streaming => 1 }, no_extension => 1);
+q1($primary, 'CREATE EXTENSION killswitch CASCADE');
+$primary->backup('b');
+
+my $heir = PostgreSQL::Test::Cluster->new('timeline_heir');
+ks_init_from_backup($heir, $primary, 'b', has_streaming => 1);
+$heir->start;
+
+my $follower = PostgreSQL::Test::Cluster->new('timeline_follower');
+ks_init_from_backup($follower, $primary, 'b', has_streaming => 1);
+# WAL from the heir, word from the primary; no silence bound: the primary
+# is dead for a while below, and this test is about what was heard
+$follower->append_conf('postgresql.conf', "primary_conninfo = '" . connstr($heir) . "'\n"
+	  . "killswitch.upstream_conninfo = '" . connstr($primary) . "'\n"
+	  . "killswitch.standby_max_silence = 0\n");
+$follower->start;
+q1($primary, "SELECT ks_engage('halt_all', 'before', 'ops'); SELECT ks_disengage('before, released', 'ops')");
+$primary->wait_for_catchup($heir, 'replay', $primary->lsn('insert'));
+$heir->wait_for_catchup($follower, 'replay', $primary->lsn('insert'));
+my $g0 = q1($primary, "SELECT ks_status()->>'generation'");
+is(status($follower, 'replayed_generation'), $g0, 'the follower replayed the last change');
+ok(within($follower, "SELECT ks_status()->>'upstream_heard_at' IS NOT NULL"), 'and hears the primary');
+
+# ---- a halt heard from the old primary on timeline 1 ----
+$heir->stop;
+my $h = q1($primary, "SELECT generation FROM ks_engage('halt_all', 'old history', 'ops')");
+ok(within($follower, "SELECT ks_mode() = 'halt_all' AND ks_status()->>'heard_generation' = '$h'"),
+	'the follower heard the halt ahead of replay');
+$primary->stop('immediate');
+q1($follower, 'SELECT pg_wal_replay_pause()');
+ok(within($follower, "SELECT pg_get_wal_replay_pause_state() = 'paused'"), 'replay is held on the follower');
+
+# ---- the heir, promoted, engages at the same generation on timeline 2 ----
+$heir->start;
+$heir->promote;
+ok(within($heir, "SELECT ks_status()->>'role' = 'primary'"), 'the heir is promoted');
+my $e = q1($heir, "SELECT generation FROM ks_engage('emergency', 'new history', 'ops')");
+is($e, $h, 'its emergency has the generation the follower heard from the old primary');
+is(q1($heir, 'SELECT timeline_id FROM killswitch.committed_state()'), 2, 'on timeline 2');
+q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . connstr($heir) . "'; SELECT pg_reload_conf()");
+ok(within($follower, "SELECT ks_mode() = 'emergency' AND ks_status()->>'heard_generation' = '$e'"),
+	'the follower takes the new history\'s emergency at once');
+is(status($follower, 'replayed_generation'), $g0, 'with replay still held');
+
+# ---- and follows the new primary once replay goes on ----
+my $r = q1($heir, "SELECT generation FROM ks_disengage('new history released', 'ops')");
+q1($follower, 'SELECT pg_wal_replay_resume()');
+ok(within($follower, "SELECT ks_mode() = 'disengaged' AND ks_status()->>'replayed_generation' = '$r' "
+	  . "AND ks_status()->>'heard_generation' IS NULL", 60),
+	'replay brings the new primary\'s release');
+
+$follower->stop;
+$heir->stop;
+done_testing();
