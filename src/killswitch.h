@@ -317,6 +317,7 @@ extern bool ks_write_behind_file(bool history);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
 extern void ks_settle_marks(void);
+extern bool ks_watch_writers_stuck;
 extern bool ks_watch_due(void);
 
 /* dirwatch.c: inotify on the state directory */
@@ -428,6 +429,8 @@ extern KsWriteResult ks_persist_file(const char *text, size_t len, const KsExpec
 extern bool ks_persist_copy(const char *text, size_t len, char *problem, size_t problemlen);
 extern bool ks_held_signature(char **signature);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
+extern bool ks_am_watcher;
+extern int	ks_lock_state_dir(int wait_ms, char *problem, size_t problemlen);
 extern bool ks_persist_applied(const KsState *state, bool state_file,
 							   char *problem, size_t problemlen);
 
@@ -634,7 +637,7 @@ extern bool ks_publish_state(const KsState *st, int flags, bool only_newer);
 extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
 extern void ks_adopt_history_after_recovery(void);
 extern void ks_standby_follow_history(void);
-extern void ks_standby_put_back(void);
+extern bool ks_standby_put_back(void);
 extern bool ks_standby_take_heard(const KsState *st);
 extern bool ks_standby_write_files(const char *text, size_t len, int64 generation);
 

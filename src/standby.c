@@ -93,10 +93,12 @@ note_replayed(int64 generation)
 /*
  * Write a state this standby took — replayed, or heard from its upstream —
  * into its private copy and its state file, with the primary's exact
- * bytes, under the writers' lock.  Nothing is written over a newer state
- * published meanwhile (its own taker writes that one), so the files never
- * fall behind what they held.  Never an error: false, logged, and
- * files_behind when they could not be written.
+ * bytes, under the writers' lock — waited for a bounded time, in redo at
+ * most KS_LOCK_REDO_WAIT_MS and not at all while the files are behind
+ * (persist.c): whoever holds the lock must not slow replay.  Nothing is
+ * written over a newer state published meanwhile (its own taker writes that
+ * one), so the files never fall behind what they held.  Never an error:
+ * false, logged, and files_behind when they could not be written.
  */
 bool
 ks_standby_write_files(const char *text, size_t len, int64 generation)
@@ -107,13 +109,17 @@ ks_standby_write_files(const char *text, size_t len, int64 generation)
 	bool		ok = true;
 
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
-	if (lockfd >= 0 && KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) <= generation)
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
+	if (lockfd >= 0 && KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) > generation)
 	{
+		/* newer: its taker writes it, or said the files are behind */
+		ks_unlock_dir(lockfd);
+		return true;
+	}
+	if (lockfd >= 0)
 		ok = ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) &&
 			(ks_shared->state_dir_foreign ||
 			 ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
-	}
 	ks_unlock_dir(lockfd);
 	ks_shared->files_behind = lockfd < 0 || !ok;
 	if (ks_shared->files_behind)
@@ -316,9 +322,11 @@ ks_adopt_history_after_recovery(void)
  * (the command-line tool, the Python library, anyone) is put back, with a
  * WARNING: it may not lower the standby, and a raise of one standby alone
  * would be a mode its primary does not know.  By the watcher, and by the
- * postmaster at start (the watcher needs hot standby).  Never an error.
+ * postmaster at start (the watcher needs hot standby).  Never an error, and
+ * never a long wait for the writers' lock: false if it was not had (the
+ * file was not looked at).
  */
-void
+bool
 ks_standby_put_back(void)
 {
 	char		path[MAXPGPATH];
@@ -332,11 +340,11 @@ ks_standby_put_back(void)
 	bool		ok = true;
 
 	if (ks_shared->state_dir_foreign)
-		return;
+		return true;
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
 	if (lockfd < 0)
-		return;
+		return false;			/* looked at again at the next pass */
 	if (ks_read_file(KS_LAST_APPLIED_FILE, KS_MAX_FILE_SIZE, &copy, &copylen,
 					 problem, sizeof(problem)))
 	{
@@ -354,6 +362,7 @@ ks_standby_put_back(void)
 						   : "A standby follows its primary through the WAL; the replayed state could not be put back: %s",
 						   problem),
 				 errhint("Change the kill switch on the primary, or promote this standby.")));
+	return true;
 }
 
 /*

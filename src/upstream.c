@@ -791,7 +791,9 @@ ks_upstream_write_files(void)
 {
 	if (up.unwritten == NULL)
 		return;
-	(void) ks_standby_write_files(up.unwritten, up.unwritten_len, up.unwritten_generation);
+	/* not written (the writers' lock held elsewhere): again at the next pass */
+	if (!ks_standby_write_files(up.unwritten, up.unwritten_len, up.unwritten_generation))
+		return;
 	pfree(up.unwritten);
 	up.unwritten = NULL;
 }
