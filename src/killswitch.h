@@ -345,6 +345,9 @@ extern void ks_dirwatch_stop(int fd);
 extern void ks_interlock_init(void);
 extern void ks_slots_clear_at_exit(void);
 extern KsMode ks_commit_mode(void);
+extern KsMode ks_commit_prepared_mode(void);
+extern bool ks_in_commit_tail(void);
+extern void ks_check_commit_tail(void);
 extern void ks_interlock_wait(void);
 
 /* marks.c: changes in flight, one mark per transaction (ARCHITECTURE §5.3-5.5) */
