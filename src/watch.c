@@ -44,19 +44,14 @@
 
 #include "killswitch.h"
 
-/*
- * How long a look waits for another writer of the state file to finish
- * (the writers' lock) before it calls bytes it does not know someone
- * else's: a server write notes its bytes before it lets go of the lock.
- */
-#define KS_JUDGE_LOCK_WAIT_MS 50
-
 /* What to do about the file. */
 typedef struct KsVerdictAction
 {
 	bool		act;			/* make change */
 	bool		wait;			/* its writer may be at it: judge once it has finished */
-	bool		after_lock;		/* a release: judged once the raises in force are the chain's */
+	bool		after_lock;		/* look again soon: a release, once the raises in force are
+								 * the chain's; a file read while another writer held the
+								 * writers' lock, once it is free */
 	bool		rewrite;		/* bytes the server knows, lagging the state in force */
 	const KsState *file;		/* the valid state judged, or NULL */
 	char		hash[KS_HEX_DIGEST_LEN + 1];	/* of the bytes judged */
@@ -227,7 +222,7 @@ read_settled(const char *path, const char *secret, size_t secretlen, KsState *st
 			 char *hash, bool *empty, bool *busy, char *problem, size_t problemlen)
 {
 	char		why[KS_PROBLEM_LEN];
-	int			lockfd = ks_lock_state_dir(KS_JUDGE_LOCK_WAIT_MS, why, sizeof(why));
+	int			lockfd = ks_lock_state_dir(0, why, sizeof(why));
 	KsVerdict	v;
 
 	*busy = lockfd < 0 && errno == EWOULDBLOCK && !ks_watch_writers_stuck;
