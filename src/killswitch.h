@@ -344,6 +344,7 @@ extern bool ks_write_behind_file(bool history);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
 extern void ks_settle_marks(void);
+extern bool ks_watch_writers_stuck;
 extern bool ks_watch_due(void);
 
 /* dirwatch.c: inotify on the state directory */
@@ -371,6 +372,9 @@ extern void ks_dirwatch_stop(int fd);
 extern void ks_interlock_init(void);
 extern void ks_slots_clear_at_exit(void);
 extern KsMode ks_commit_mode(void);
+extern KsMode ks_commit_prepared_mode(void);
+extern bool ks_in_commit_tail(void);
+extern void ks_check_commit_tail(void);
 extern void ks_interlock_wait(void);
 
 /* marks.c: changes in flight, one mark per transaction (ARCHITECTURE §5.3-5.5) */
@@ -456,6 +460,8 @@ extern KsWriteResult ks_persist_file(const char *text, size_t len, const KsExpec
 extern bool ks_persist_copy(const char *text, size_t len, char *problem, size_t problemlen);
 extern bool ks_held_signature(char **signature);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
+extern bool ks_am_watcher;
+extern int	ks_lock_state_dir(int wait_ms, char *problem, size_t problemlen);
 extern bool ks_persist_applied(const KsState *state, bool state_file,
 							   char *problem, size_t problemlen);
 
@@ -666,13 +672,13 @@ extern bool ks_publish_state(const KsState *st, int flags, bool only_newer);
 extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
 extern void ks_adopt_history_after_recovery(void);
 extern void ks_standby_follow_history(void);
-extern void ks_standby_put_back(void);
+extern bool ks_standby_put_back(void);
 /* the bytes of the state a standby heard and holds ahead of replay (the heard overlay) */
 #define KS_HEARD_FILE KS_PRIVATE_DIR "/heard.json"
 extern KsHeard ks_standby_take_heard(const KsState *st, TimeLineID timeline);
 extern bool ks_standby_write_files(const char *text, size_t len, int64 generation);
-extern void ks_standby_write_heard(const char *text, size_t len, int64 generation);
-extern void ks_standby_heard_dropped(void);
+extern bool ks_standby_write_heard(const char *text, size_t len, int64 generation);
+extern bool ks_standby_heard_dropped(void);
 extern void ks_standby_load_heard(const char *secret, size_t secretlen);
 
 /* upstream.c: a standby hears its upstream, whatever replay does */
