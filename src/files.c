@@ -23,6 +23,7 @@
 #include "storage/fd.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 #endif
 
@@ -101,6 +102,7 @@ read_all(int fd, const struct stat *sb, size_t maxlen, char **contents,
 		{
 			snprintf(problem, problemlen, "grew past %zu bytes while being read", maxlen);
 			close(fd);
+			explicit_bzero(buf, got);	/* a secret file's, maybe */
 			pfree(buf);
 			return false;
 		}
@@ -549,11 +551,73 @@ secret_mode_ok(const struct stat *sb, char *problem, size_t problemlen)
 	return true;
 }
 
+#ifndef FRONTEND
+/* A secret's bytes, zeroed when the memory context that holds them goes. */
+typedef struct KsSecretBytes
+{
+	MemoryContextCallback cb;
+	char	   *data;
+	size_t		len;
+} KsSecretBytes;
+
+static void
+zero_secret_bytes(void *arg)
+{
+	KsSecretBytes *s = (KsSecretBytes *) arg;
+
+	explicit_bzero(s->data, s->len);
+}
+
+/*
+ * The secret, copied into a memory context of its own under the caller's,
+ * which zeroes it when it is reset or deleted with its parent (the end of
+ * the transaction, of an answer, of a call — after an error too): a server
+ * reads the secret on every use and keeps no copy.  A context of its own,
+ * with blocks large enough that the copy is a chunk and never a block, so
+ * that a caller's pfree() leaves the memory to the context until it goes,
+ * and nobody else's allocation can take it before it is zeroed.
+ */
+static char *
+keep_secret(const char *text, size_t len)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "killswitch secret",
+											  0, 1024, 64 * 1024);
+	KsSecretBytes *s = MemoryContextAlloc(cxt, sizeof(KsSecretBytes));
+
+	s->len = len + 1;
+	s->data = MemoryContextAlloc(cxt, s->len);
+	memcpy(s->data, text, len);
+	s->data[len] = '\0';
+	s->cb.func = zero_secret_bytes;
+	s->cb.arg = s;
+	MemoryContextRegisterResetCallback(cxt, &s->cb);
+	return s->data;
+}
+#endif
+
+/*
+ * Done with a secret ks_secret_load() gave: zero its bytes now.  The
+ * command also frees them; in the server they stay with their memory
+ * context, which zeroes them again when it goes.
+ */
+void
+ks_secret_forget(char *secret, size_t len)
+{
+	if (secret == NULL)
+		return;
+	explicit_bzero(secret, len);
+#ifdef FRONTEND
+	pfree(secret);
+#endif
+}
+
 /*
  * Load the signing secret: the file's bytes less one trailing newline.
  * With create, a missing file is made from 32 strong random bytes as 64 hex
  * characters, mode 0600.  A secret that others could read is refused (see
- * secret_mode_ok).  The secret's value is never put in a message.
+ * secret_mode_ok).  The secret's value is never put in a message, and its
+ * bytes are zeroed after use (ks_secret_forget(); in the server also when
+ * the memory context that holds them goes).
  */
 bool
 ks_secret_load(const char *path, bool create, char **secret, size_t *len,
@@ -571,6 +635,8 @@ ks_secret_load(const char *path, bool create, char **secret, size_t *len,
 		uint8		raw[32];
 		char		hex[65];
 
+		bool		written;
+
 		if (!pg_strong_random(raw, sizeof(raw)))
 		{
 			snprintf(problem, problemlen, "could not generate a random secret");
@@ -579,7 +645,10 @@ ks_secret_load(const char *path, bool create, char **secret, size_t *len,
 		for (int i = 0; i < 32; i++)
 			snprintf(hex + 2 * i, 3, "%02x", raw[i]);
 		hex[64] = '\n';
-		if (!ks_write_file_durably(path, hex, 65, problem, problemlen))
+		written = ks_write_file_durably(path, hex, 65, problem, problemlen);
+		explicit_bzero(raw, sizeof(raw));
+		explicit_bzero(hex, sizeof(hex));
+		if (!written)
 			return false;
 	}
 	fd = open_regular(path, &sb, problem, problemlen);
@@ -596,10 +665,17 @@ ks_secret_load(const char *path, bool create, char **secret, size_t *len,
 		text[--n] = '\0';
 	if (n == 0)
 	{
+		pfree(text);
 		snprintf(problem, problemlen, "the secret file is empty");
 		return false;
 	}
+#ifndef FRONTEND
+	*secret = keep_secret(text, n);
+	explicit_bzero(text, n);
+	pfree(text);
+#else
 	*secret = text;
+#endif
 	*len = n;
 	return true;
 }

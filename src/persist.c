@@ -51,7 +51,9 @@ ks_state_file_path(char *buf, size_t len)
 
 /*
  * Read the signing secret.  Read on every use rather than cached, so that
- * a rotated secret takes effect without a restart; changes are rare.
+ * a rotated secret takes effect without a restart; changes are rare.  Its
+ * bytes are zeroed when the caller's memory context goes (files.c), so no
+ * copy outlives the transaction or the call that read it.
  */
 bool
 ks_backend_secret(char **secret, size_t *len, char *problem, size_t problemlen)

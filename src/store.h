@@ -196,6 +196,7 @@ extern KsReplaceResult ks_replace_shared_file(const char *path, const char *data
 											  char *problem, size_t problemlen);
 extern bool ks_secret_load(const char *path, bool create, char **secret,
 						   size_t *len, char *problem, size_t problemlen);
+extern void ks_secret_forget(char *secret, size_t len);
 extern bool ks_retired_secret(const char *secret_file, const char *key_id,
 							  char **secret, size_t *len);
 extern int	ks_lock_dir(const char *dir, char *problem, size_t problemlen);

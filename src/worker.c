@@ -390,8 +390,11 @@ sql_write(const char *path)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)))
+	{
 		v = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac, 0,
 						  &st, problem, sizeof(problem));
+		ks_secret_forget(secret, secretlen);
+	}
 	result = (v == KS_FILE_VALID || v == KS_FILE_UNSIGNED) && st.source != NULL &&
 		(strcmp(st.source, "sql") == 0 || strcmp(st.source, "release_request") == 0);
 	CommitTransactionCommand();

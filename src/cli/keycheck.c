@@ -51,7 +51,10 @@ another_key(const char *named, const char *ours, const char *secret_file)
 
 	if (strcmp(named, ours) == 0)
 		return false;
-	return !ks_retired_secret(secret_file, named, &old, &oldlen);
+	if (!ks_retired_secret(secret_file, named, &old, &oldlen))
+		return true;
+	ks_secret_forget(old, oldlen);
+	return false;
 }
 
 /*

@@ -475,6 +475,7 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	char	   *bytes;
 	size_t		len;
 	int			lockfd;
+	bool		written;
 
 	if (is_standby(opt))
 	{
@@ -571,12 +572,11 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	next.source = "cli";
 	next.key_id = key_hex;
 	next.replaces = replaces_of(&cur, v, &held, held_ok);
-	if (!write_state(p, &next, secret, secretlen, release_key, release_keylen, bytes, len))
-	{
-		ks_unlock_dir(lockfd);
-		return KS_EXIT_ERROR;
-	}
+	written = write_state(p, &next, secret, secretlen, release_key, release_keylen, bytes, len);
+	ks_secret_forget(release_key, release_keylen);
 	ks_unlock_dir(lockfd);
+	if (!written)
+		return KS_EXIT_ERROR;
 	if (opt->json)				/* the shape "killswitch -d" prints; no event yet */
 		printf("{\"event_id\":null,\"generation\":" INT64_FORMAT ",\"mode\":\"%s\",\"release_requested\":false}\n",
 			   next.generation, ks_mode_sql_names[mode]);
@@ -594,6 +594,7 @@ ks_cli_offline(const KsOptions *opt)
 	char	   *secret = NULL;
 	size_t		secretlen = 0;
 	char		problem[KS_PROBLEM_LEN];
+	int			rc;
 
 	if (opt->command == CMD_HISTORY)
 	{
@@ -612,6 +613,9 @@ ks_cli_offline(const KsOptions *opt)
 		secret = NULL;
 	}
 	if (opt->command == CMD_STATUS || opt->command == CMD_VERIFY)
-		return show(opt, &p, secret, secretlen);
-	return change(opt, &p, secret, secretlen);
+		rc = show(opt, &p, secret, secretlen);
+	else
+		rc = change(opt, &p, secret, secretlen);
+	ks_secret_forget(secret, secretlen);
+	return rc;
 }
