@@ -100,6 +100,43 @@ typedef struct KsFileStamp
 } KsFileStamp;
 
 /*
+ * The watcher's loop (ks_worker_main()): what it remembers from one round
+ * to the next.  Each timer is a deadline, 0 while none is set; the wait
+ * until the next round is computed from them in one place (next_wait_ms()).
+ */
+typedef struct KsWatcher
+{
+	char		path[MAXPGPATH];	/* the state file */
+	KsFileStamp seen;			/* the state file at the last look */
+	bool		first;			/* no look at the state file yet */
+	bool		failed;			/* the last look failed: made again at retry_at */
+	bool		raced_due;		/* look for raced files, whatever inotify says */
+	TimestampTz started;		/* when the watcher started */
+	WaitEventSet *wait_set;		/* a primary's: latch, postmaster, directory */
+
+	/* deadlines */
+	TimestampTz retry_at;		/* a failed look, or a change not recorded, again */
+	TimestampTz database_at;	/* look for the database, or its history, again */
+	TimestampTz rewatch_at;		/* try inotify again (0: it works) */
+	TimestampTz again_at;		/* the state file, left to its writer, again */
+	TimestampTz raced_again_at; /* the raced files again */
+	TimestampTz in_flight_until;	/* wait this long for the server's own change */
+	TimestampTz busy_until;		/* wait this long for another writer's lock */
+
+	/* on a standby */
+	bool		in_recovery;
+	bool		socket_ready;	/* the upstream's socket woke the last wait */
+	WaitEventSet *standby_wait; /* with the upstream's socket */
+} KsWatcher;
+
+/* Has a deadline (0: none) come? */
+static inline bool
+deadline_passed(TimestampTz deadline, TimestampTz now)
+{
+	return deadline != 0 && now >= deadline;
+}
+
+/*
  * In a watcher's PG_CATCH: log the error being handled and abort its
  * transaction, so that the watcher goes on (what it already raised in
  * shared memory stays).  ctx is the memory context from before PG_TRY.
@@ -568,6 +605,25 @@ standby_emergency_safely(void)
 }
 
 /*
+ * What the watcher waits on, in place of old: its latch, the postmaster's
+ * death, the directory, and room for more events (a standby's upstream).
+ */
+static WaitEventSet *
+make_wait_set(WaitEventSet *old, int watch_fd, int more)
+{
+	WaitEventSet *set;
+
+	if (old)
+		FreeWaitEventSet(old);
+	set = ks_create_wait_event_set(3 + more);
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (watch_fd >= 0)
+		AddWaitEventToSet(set, WL_SOCKET_READABLE, watch_fd, NULL, NULL);
+	return set;
+}
+
+/*
  * What the standby's watcher waits on: its latch, the postmaster's death,
  * the state directory, and the upstream's socket when its link waits for it.
  */
@@ -585,13 +641,7 @@ standby_wait_set(WaitEventSet *old, int watch_fd)
 		standby.sock_events = events;
 		return old;
 	}
-	if (old)
-		FreeWaitEventSet(old);
-	old = ks_create_wait_event_set(4);
-	AddWaitEventToSet(old, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(old, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	if (watch_fd >= 0)
-		AddWaitEventToSet(old, WL_SOCKET_READABLE, watch_fd, NULL, NULL);
+	old = make_wait_set(old, watch_fd, 1);
 	if (sock != PGINVALID_SOCKET)
 		standby.sock_pos = AddWaitEventToSet(old, events, sock, NULL, NULL);
 	standby.sock = sock;
@@ -601,21 +651,16 @@ standby_wait_set(WaitEventSet *old, int watch_fd)
 }
 
 /*
- * One pass of the watcher on a standby, then its sleep; returns the wait
- * set (rebuilt when the upstream's socket changed) and whether the
- * upstream's socket is ready for the next pass.
+ * One pass of the watcher on a standby; its wait set is brought up to date
+ * (rebuilt when the upstream's socket changed) for the wait that follows.
  */
-static WaitEventSet *
-standby_pass(WaitEventSet *wait_set, bool *socket_ready)
+static void
+standby_pass(KsWatcher *w)
 {
-	char		path[MAXPGPATH];
 	TimestampTz now = GetCurrentTimestamp();
 	KsFileStamp stamp;
-	WaitEvent	events[4];
-	int			n;
-	bool		dir_event = false;
 
-	ks_upstream_work(*socket_ready);
+	ks_upstream_work(w->socket_ready);
 	/* what cannot wait for the files: sessions to end (and once after, to drop the agent list) */
 	if (ks_current_mode() == KS_EMERGENCY || standby.in_emergency)
 		standby_emergency_safely();
@@ -623,36 +668,15 @@ standby_pass(WaitEventSet *wait_set, bool *socket_ready)
 	ks_upstream_write_files();
 	if (history_due(now))
 		follow_history_safely(now);
-	ks_state_file_path(path, sizeof(path));
-	stamp = file_stamp(path);
+	stamp = file_stamp(w->path);
 	if (stamp_changed(&stamp, &standby.seen) || !standby.compared)
 	{
 		standby.compared = ks_standby_put_back();
-		standby.seen = file_stamp(path);
+		standby.seen = file_stamp(w->path);
 	}
 	ks_alert_poll();
 	note_liveness();
-
-	wait_set = standby_wait_set(wait_set, dir.fd);
-	n = WaitEventSetWait(wait_set, ks_upstream_timeout(ks_poll_interval), events, lengthof(events),
-						 PG_WAIT_EXTENSION);
-	*socket_ready = false;
-	for (int i = 0; i < n; i++)
-	{
-		if (events[i].events & WL_LATCH_SET)
-			ResetLatch(MyLatch);
-		else if (standby.sock != PGINVALID_SOCKET && events[i].pos == standby.sock_pos)
-			*socket_ready = true;
-		else if (events[i].events & WL_SOCKET_READABLE)
-			dir_event = true;
-	}
-	/* the directory's events say nothing the stamp does not: drain them */
-	if (dir_event)
-	{
-		(void) take_events();
-		memset(&dir.events, 0, sizeof(dir.events));
-	}
-	return wait_set;
+	w->standby_wait = standby_wait_set(w->standby_wait, dir.fd);
 }
 
 /* run_duties(), surviving its errors like examine_file_safely(). */
@@ -895,22 +919,6 @@ start_dirwatch(void)
 	return fd;
 }
 
-/* What the watcher waits on: its latch, the postmaster's death, the directory. */
-static WaitEventSet *
-make_wait_set(WaitEventSet *old, int watch_fd)
-{
-	WaitEventSet *set;
-
-	if (old)
-		FreeWaitEventSet(old);
-	set = ks_create_wait_event_set(3);
-	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	if (watch_fd >= 0)
-		AddWaitEventToSet(set, WL_SOCKET_READABLE, watch_fd, NULL, NULL);
-	return set;
-}
-
 /* At exit: nobody should set a latch that is no longer ours. */
 static void
 forget_latch(int code, Datum arg)
@@ -920,34 +928,6 @@ forget_latch(int code, Datum arg)
 		ks_shared->watcher_latch = NULL;
 	ks_shared->watcher_inotify = false;
 	SpinLockRelease(&ks_shared->mutex);
-}
-
-/* Milliseconds from now until a moment (at least 1: never a busy loop on 0). */
-static long
-ms_until(TimestampTz when)
-{
-	long		secs;
-	int			usecs;
-
-	TimestampDifference(GetCurrentTimestamp(), when, &secs, &usecs);
-	return secs * 1000 + usecs / 1000 + 1;
-}
-
-/* Sleep until the latch is set, the state directory changes, or the timeout. */
-static void
-wait_for_work(WaitEventSet *wait_set, long timeout)
-{
-	WaitEvent	occurred[3];
-	int			n;
-
-	n = WaitEventSetWait(wait_set, timeout, occurred, lengthof(occurred), PG_WAIT_EXTENSION);
-	for (int i = 0; i < n; i++)
-	{
-		if (occurred[i].events & WL_LATCH_SET)
-			ResetLatch(MyLatch);
-		if (occurred[i].events & WL_SOCKET_READABLE)
-			(void) take_events();
-	}
 }
 
 /* list_sort() order of path names. */
@@ -1010,37 +990,342 @@ examine_raced(bool *failed)
 	return again;
 }
 
-/* Milliseconds until a moment, at most limit. */
+/* Milliseconds from now until a moment (at least 1: never a busy loop on 0). */
+static long
+ms_until(TimestampTz when)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(GetCurrentTimestamp(), when, &secs, &usecs);
+	return secs * 1000 + usecs / 1000 + 1;
+}
+
+/* Milliseconds until a deadline (0: none), at most limit. */
 static long
 ms_until_at_most(TimestampTz when, long limit)
 {
 	return when == 0 ? limit : Min(limit, ms_until(when));
 }
 
-/* The worker's entry point. */
-void
-ks_worker_main(Datum arg)
+/* Read the configuration again if SIGHUP asked for it. */
+static void
+reload_config_if_asked(void)
 {
-	char		path[MAXPGPATH];
-	KsFileStamp seen;
-	bool		first = true;
-	TimestampTz retry_at = 0;
-	bool		failed = false;	/* the last look failed: try again at retry_at */
-	TimestampTz started;
-	TimestampTz rechecked_at = 0;
-	TimestampTz rewatch_at = 0;
-	TimestampTz again_at = 0;	/* the state file left to its writer: look again then */
-	bool		raced_due = true;	/* raced files to look for */
-	TimestampTz raced_again_at = 0;
-	TimestampTz in_flight_since = 0;	/* the server's own write seen, not yet published */
-	TimestampTz busy_since = 0;	/* another writer held the writers' lock since */
-	bool		deferred;		/* this round's looks wait for that writer */
-	bool		look;
-	WaitEventSet *wait_set;
-	WaitEventSet *standby_wait = NULL;	/* in recovery: with the upstream's socket */
-	bool		in_recovery = false;
-	bool		socket_ready = false;
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
 
+/*
+ * Without a database: is it there now (recheck_database() exits then)?
+ * Connected but without a history: has CREATE EXTENSION made one?  It does
+ * not touch the state file, so its appearance counts as a write.  Once
+ * every KS_DATABASE_RECHECK_MS.
+ */
+static void
+look_for_database(KsWatcher *w, TimestampTz tick)
+{
+	if (tick < w->database_at)
+		return;
+	if (without_database)
+		recheck_database(w->started);
+	else if (!had_history && !w->first)
+	{
+		if (extension_appeared())
+			dir.events.state = Max(dir.events.state, KS_DIR_WRITTEN);
+	}
+	else
+		return;
+	w->database_at = TimestampTzPlusMilliseconds(tick, KS_DATABASE_RECHECK_MS);
+}
+
+/* Promoted: no upstream any more, and the primary's wait set from now on. */
+static void
+leave_recovery(KsWatcher *w)
+{
+	ks_upstream_write_files();
+	ks_upstream_stop();
+	if (w->standby_wait)
+		FreeWaitEventSet(w->standby_wait);
+	w->standby_wait = NULL;
+	w->in_recovery = false;
+	w->raced_due = true;
+}
+
+/*
+ * What the directory said until now, for this round; what it says during
+ * the round's looks is for the next one.
+ */
+static KsDirEvents
+take_round_events(void)
+{
+	KsDirEvents ev = dir.events;
+
+	memset(&dir.events, 0, sizeof(dir.events));
+	return ev;
+}
+
+/*
+ * The directory was moved or the kernel dropped the watch, or the poll's
+ * time to try inotify again has come: watch it anew, and look at
+ * everything, since events may have been lost.
+ */
+static void
+rewatch_if_lost(KsWatcher *w, KsDirEvents *ev, TimestampTz tick)
+{
+	if (ev->state != KS_DIR_LOST && !(dir.fd < 0 && deadline_passed(w->rewatch_at, tick)))
+		return;
+	ks_dirwatch_stop(dir.fd);
+	dir.fd = start_dirwatch();
+	w->wait_set = make_wait_set(w->wait_set, dir.fd, 0);
+	w->rewatch_at = dir.fd < 0 ? TimestampTzPlusMilliseconds(tick, KS_PROBLEM_WARN_MS) : 0;
+	ev->state = KS_DIR_CHANGED;
+	dir.writing = false;
+	w->raced_due = true;
+}
+
+/*
+ * Is a look at the state file due?  Changed in any way, or written in
+ * place and closed (judge even when the stamp looks the same: time stamps
+ * are coarse); the file left to its writer, once the writer may be done; a
+ * change in force in place or a release waiting for the lock that orders
+ * changes; marks to settle or record; a file that lags the state in force;
+ * committed changes not yet announced; an unrecorded change as soon as
+ * there is a history for it, an unconfirmed one; a look that failed (the
+ * event or the rewrite), after KS_RETRY_MS.
+ */
+static bool
+state_file_due(const KsWatcher *w, const KsFileStamp *now, const KsDirEvents *ev,
+			   TimestampTz tick)
+{
+	return w->first || stamp_changed(now, &w->seen) ||
+		ev->state == KS_DIR_WRITTEN || ev->state == KS_DIR_CHANGED ||
+		deadline_passed(w->again_at, tick) ||
+		ks_watch_due() || ks_shared->marks_due || ks_shared->file_behind ||
+		(had_history && ks_shared->notified_generation <
+		 KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word))) ||
+		((w->failed || (ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
+		 tick >= w->retry_at);
+}
+
+/*
+ * Does this round wait for another writer in the middle of its
+ * compare-and-swap (holding the writers' lock)?  A write in place, or
+ * whatever the poll saw, is judged once it has finished — for at most
+ * KS_LOCK_DEFER_MS, since anyone who can write the state directory can hold
+ * the lock.  A file renamed into place is complete: judged at once.
+ */
+static bool
+defer_to_writer(KsWatcher *w, bool look, const KsDirEvents *ev, TimestampTz tick)
+{
+	if ((look || ev->raced || w->raced_due || dir.fd < 0) &&
+		(ev->state != KS_DIR_CHANGED || dir.fd < 0) && writers_busy())
+	{
+		if (w->busy_until == 0)
+			w->busy_until = TimestampTzPlusMilliseconds(tick, KS_LOCK_DEFER_MS);
+		return tick < w->busy_until;
+	}
+	w->busy_until = 0;
+	return false;
+}
+
+/* What this round was to look at waits for the next one, soon. */
+static void
+postpone_round(KsWatcher *w, const KsDirEvents *ev, TimestampTz tick)
+{
+	dir.events.state = Max(dir.events.state, ev->state);
+	dir.events.raced |= ev->raced;
+	w->again_at = TimestampTzPlusMilliseconds(tick, KS_LOCK_RECHECK_MS);
+}
+
+/*
+ * Without a history to lock: is the file the server's own change,
+ * committing through SQL somewhere (sql_write())?  Then it is left to its
+ * backend for at most KS_IN_FLIGHT_MS, looked at again shortly.
+ */
+static bool
+own_change_in_flight(KsWatcher *w, TimestampTz tick)
+{
+	if (w->first || had_history || !sql_write(w->path))
+		return false;
+	if (w->in_flight_until == 0)
+		w->in_flight_until = TimestampTzPlusMilliseconds(tick, KS_IN_FLIGHT_MS);
+	if (tick >= w->in_flight_until)
+		return false;
+	w->again_at = TimestampTzPlusMilliseconds(tick, KS_WRITING_SETTLE_MS);
+	return true;
+}
+
+/* A look that failed is made again after KS_RETRY_MS, unless the file changed. */
+static bool
+retry_not_yet(const KsWatcher *w, const KsFileStamp *now, const KsDirEvents *ev,
+			  TimestampTz tick)
+{
+	return w->failed && tick < w->retry_at && !w->first &&
+		!stamp_changed(now, &w->seen) && ev->state == KS_DIR_NOTHING;
+}
+
+/*
+ * Look at the state file and act on it; set the deadlines its outcome
+ * asks for.  *now becomes the stamp the next round compares with: what we
+ * saw before acting, so that a change landing while we act (a writer
+ * racing our rewrite) is judged then, and our own rewrite costs one more
+ * look that finds the state we hold.  Without a history nothing is
+ * rewritten, but a rejected file is moved aside: that is not a new
+ * deletion, so the stamp is taken again.
+ */
+static void
+look_at_state_file(KsWatcher *w, KsFileStamp *now)
+{
+	KsJudged	judged;
+
+	w->in_flight_until = 0;
+	w->again_at = 0;
+	ks_watch_writers_stuck = w->busy_until != 0;
+	w->failed = !examine_file_safely(w->path, false, &judged);
+	if (w->failed)
+		w->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_RETRY_MS);
+	else if (judged == KS_JUDGE_AFTER_WRITER)
+		w->again_at = Max(quiet_at(w->path, false), GetCurrentTimestamp());
+	if (!had_history)
+		*now = file_stamp(w->path);
+	/* standbys learn the state now: a crash may have come between a commit and its record */
+	if (w->first)
+		ks_wal_log_file(KS_LAST_APPLIED_FILE);
+	w->first = false;
+}
+
+/*
+ * Are the writes that raced a replace of the state file (files.c) to be
+ * looked for?  When inotify saw one, when one waits for its writer or the
+ * lock, and at every tick of the poll.
+ */
+static bool
+raced_files_due(const KsWatcher *w, const KsDirEvents *ev, TimestampTz tick)
+{
+	return w->raced_due || ev->raced || dir.fd < 0 ||
+		deadline_passed(w->raced_again_at, tick);
+}
+
+/* Look at the raced files; the next look at them when one is left waiting. */
+static void
+look_at_raced_files(KsWatcher *w)
+{
+	bool		failed = false;
+
+	w->raced_again_at = examine_raced(&failed);
+	if (failed)
+		w->raced_again_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_RETRY_MS);
+	w->raced_due = false;
+}
+
+/* What a round does whatever the file: duties, audit, alert, liveness, problems. */
+static void
+run_round_duties(void)
+{
+	if (duties_due())
+		run_duties_safely();
+	if (!without_database)
+		ks_audit_watch();		/* its catalogs are a database's */
+	ks_alert_poll();
+	note_liveness();
+	if (!without_database)
+		report_history_state();
+}
+
+/*
+ * One round of the watcher on a primary: the state file, the raced files,
+ * the duties.  Returns whether it waits for another writer (deferred).
+ */
+static bool
+primary_pass(KsWatcher *w, TimestampTz tick)
+{
+	KsDirEvents ev = take_round_events();
+	KsFileStamp now;
+	bool		look;
+	bool		deferred;
+
+	rewatch_if_lost(w, &ev, tick);
+	now = file_stamp(w->path);
+	look = state_file_due(w, &now, &ev, tick);
+	deferred = defer_to_writer(w, look, &ev, tick);
+	if (deferred)
+		postpone_round(w, &ev, tick);
+	if (deferred || (look && own_change_in_flight(w, tick)))
+	{
+		look = false;
+		now = w->seen;
+	}
+	if (look && !retry_not_yet(w, &now, &ev, tick))
+		look_at_state_file(w, &now);
+	if (!deferred && raced_files_due(w, &ev, tick))
+		look_at_raced_files(w);
+	w->seen = now;
+	run_round_duties();
+	return deferred;
+}
+
+/*
+ * How long to sleep until the next round.  On a standby, until its
+ * upstream needs it or the poll.  On a primary, the poll or sooner: a file
+ * left to its writer, a failed look to retry; a change in force in place,
+ * or marks, waiting for the lock that orders changes: soon again; events
+ * read during the looks: at once (unless they wait for another writer).  A
+ * file that lags the state in force is written at the next poll.
+ */
+static long
+next_wait_ms(const KsWatcher *w, bool deferred)
+{
+	long		timeout = ks_poll_interval;
+
+	if (w->in_recovery)
+		return ks_upstream_timeout(ks_poll_interval);
+	timeout = ms_until_at_most(w->again_at, timeout);
+	timeout = ms_until_at_most(w->raced_again_at, timeout);
+	if (w->failed)
+		timeout = ms_until_at_most(w->retry_at, timeout);
+	else if (ks_watch_due() || ks_shared->marks_due)
+		timeout = Min(timeout, KS_WAITING_RETRY_MS);
+	if (!deferred && (dir.events.state != KS_DIR_NOTHING || dir.events.raced))
+		timeout = 0;
+	return timeout;
+}
+
+/*
+ * Sleep until the latch is set, the state directory changes, the
+ * upstream's socket is ready (on a standby), or the timeout.  On a standby
+ * the directory's events say nothing the stamp does not: drained.
+ */
+static void
+wait_for_work(KsWatcher *w, long timeout)
+{
+	WaitEventSet *set = w->in_recovery ? w->standby_wait : w->wait_set;
+	WaitEvent	occurred[4];
+	int			n;
+
+	n = WaitEventSetWait(set, timeout, occurred, lengthof(occurred), PG_WAIT_EXTENSION);
+	w->socket_ready = false;
+	for (int i = 0; i < n; i++)
+	{
+		if (occurred[i].events & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		else if (w->in_recovery && standby.sock != PGINVALID_SOCKET &&
+				 occurred[i].pos == standby.sock_pos)
+			w->socket_ready = true;
+		else if (occurred[i].events & WL_SOCKET_READABLE)
+			(void) take_events();
+	}
+	if (w->in_recovery)
+		memset(&dir.events, 0, sizeof(dir.events));
+}
+
+/* Set up the process: signals, the connection, fixed settings, the latch, inotify. */
+static void
+start_watcher(KsWatcher *w)
+{
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -1061,209 +1346,53 @@ ks_worker_main(Datum arg)
 	 * code as the watcher (ARCHITECTURE §7).
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-	started = GetCurrentTimestamp();
 	pgstat_report_appname("killswitch watcher");
-	memset(&seen, 0, sizeof(seen));
+
+	memset(w, 0, sizeof(*w));
+	w->first = true;
+	w->raced_due = true;
+	w->started = GetCurrentTimestamp();
+	ks_state_file_path(w->path, sizeof(w->path));
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->watcher_latch = MyLatch;
 	SpinLockRelease(&ks_shared->mutex);
 	before_shmem_exit(forget_latch, (Datum) 0);
-	ks_state_file_path(path, sizeof(path));
 	dir.fd = start_dirwatch();
-	wait_set = make_wait_set(NULL, dir.fd);
+	w->wait_set = make_wait_set(NULL, dir.fd, 0);
+}
 
+/*
+ * The worker's entry point: rounds, each followed by its wait.  A standby
+ * follows; its first look as a primary comes after promotion.
+ */
+void
+ks_worker_main(Datum arg)
+{
+	KsWatcher	w;
+
+	start_watcher(&w);
 	for (;;)
 	{
-		KsFileStamp now;
 		TimestampTz tick;
-		long		timeout;
-		KsJudged	judged = KS_JUDGED;
-		KsDirEvents ev;
+		bool		deferred = false;
 
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+		reload_config_if_asked();
 		tick = GetCurrentTimestamp();
-		if (without_database &&
-			(rechecked_at == 0 ||
-			 TimestampDifferenceExceeds(rechecked_at, tick, KS_DATABASE_RECHECK_MS)))
-		{
-			recheck_database(started);
-			rechecked_at = tick;
-		}
-		else if (!without_database && !had_history && !first &&
-				 TimestampDifferenceExceeds(rechecked_at, tick, KS_DATABASE_RECHECK_MS))
-		{
-			/* CREATE EXTENSION does not touch the file: look for the history */
-			if (extension_appeared())
-				dir.events.state = Max(dir.events.state, KS_DIR_WRITTEN);
-			rechecked_at = tick;
-		}
-		/* a standby follows; its first look as a primary comes after promotion */
+		look_for_database(&w, tick);
 		if (RecoveryInProgress())
 		{
-			if (!in_recovery)
+			if (!w.in_recovery)
 				ks_upstream_start();
-			in_recovery = true;
-			standby_wait = standby_pass(standby_wait, &socket_ready);
-			continue;
-		}
-		if (in_recovery)
-		{
-			/* promoted: no upstream any more, and the primary's wait set */
-			ks_upstream_write_files();
-			ks_upstream_stop();
-			if (standby_wait)
-				FreeWaitEventSet(standby_wait);
-			standby_wait = NULL;
-			in_recovery = false;
-			raced_due = true;
-		}
-		/* what the directory said until now; what it says during the looks is for the next round */
-		ev = dir.events;
-		memset(&dir.events, 0, sizeof(dir.events));
-		/* the directory was moved or the kernel dropped the watch: poll, and try again */
-		if (ev.state == KS_DIR_LOST || (dir.fd < 0 && rewatch_at != 0 && tick >= rewatch_at))
-		{
-			ks_dirwatch_stop(dir.fd);
-			dir.fd = start_dirwatch();
-			wait_set = make_wait_set(wait_set, dir.fd);
-			rewatch_at = dir.fd < 0 ? TimestampTzPlusMilliseconds(tick, KS_PROBLEM_WARN_MS) : 0;
-			ev.state = KS_DIR_CHANGED;
-			dir.writing = false;
-			raced_due = true;
-		}
-
-		/*
-		 * Changed in any way, or written in place and closed (judge even
-		 * when the stamp looks the same: time stamps are coarse); the file
-		 * left to its writer, once the writer may be done; a change in
-		 * force in place or a release waiting for the lock that orders
-		 * changes; marks to settle or record; a file that lags the state in
-		 * force; committed changes not yet announced; an unrecorded change
-		 * as soon as there is a history for it, an unconfirmed one; a look
-		 * that failed (the event or the rewrite), after KS_RETRY_MS.
-		 */
-		now = file_stamp(path);
-		look = first || stamp_changed(&now, &seen) ||
-			ev.state == KS_DIR_WRITTEN || ev.state == KS_DIR_CHANGED ||
-			(again_at != 0 && tick >= again_at) ||
-			ks_watch_due() || ks_shared->marks_due || ks_shared->file_behind ||
-			(had_history && ks_shared->notified_generation <
-			 KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word))) ||
-			((failed || (ks_shared->unrecorded && had_history) || ks_shared->unconfirmed) &&
-			 tick >= retry_at);
-		/*
-		 * Another writer in the middle of its compare-and-swap: let it
-		 * finish before judging a write in place (or whatever the poll
-		 * saw).  A file renamed into place is complete: judged at once.
-		 */
-		deferred = false;
-		if ((look || ev.raced || raced_due || dir.fd < 0) &&
-			(ev.state != KS_DIR_CHANGED || dir.fd < 0) && writers_busy())
-		{
-			if (busy_since == 0)
-				busy_since = tick;
-			deferred = !TimestampDifferenceExceeds(busy_since, tick, KS_LOCK_DEFER_MS);
+			w.in_recovery = true;
+			standby_pass(&w);
 		}
 		else
-			busy_since = 0;
-		if (deferred)
 		{
-			/* what was to be looked at waits for the next round */
-			look = false;
-			now = seen;
-			dir.events.state = Max(dir.events.state, ev.state);
-			dir.events.raced |= ev.raced;
-			again_at = TimestampTzPlusMilliseconds(tick, KS_LOCK_RECHECK_MS);
+			if (w.in_recovery)
+				leave_recovery(&w);
+			deferred = primary_pass(&w, tick);
 		}
-		if (look && !first && !had_history && sql_write(path))
-		{
-			/* the server's own change, committing somewhere: look again shortly */
-			if (in_flight_since == 0)
-				in_flight_since = tick;
-			if (!TimestampDifferenceExceeds(in_flight_since, tick, KS_IN_FLIGHT_MS))
-			{
-				look = false;
-				now = seen;
-				again_at = TimestampTzPlusMilliseconds(tick, KS_WRITING_SETTLE_MS);
-			}
-		}
-		/* a look that failed is made again after KS_RETRY_MS, unless the file changed */
-		if (look && failed && tick < retry_at && !first && !stamp_changed(&now, &seen) &&
-			ev.state == KS_DIR_NOTHING)
-			look = false;
-		if (look)
-		{
-			in_flight_since = 0;
-			again_at = 0;
-			ks_watch_writers_stuck = busy_since != 0 && !deferred;
-			failed = !examine_file_safely(path, false, &judged);
-			if (failed)
-				retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   KS_RETRY_MS);
-			else if (judged == KS_JUDGE_AFTER_WRITER)
-				again_at = Max(quiet_at(path, false), GetCurrentTimestamp());
-
-			/*
-			 * Compare the next look with what we saw before acting: a change
-			 * that lands while we act (a writer racing our rewrite) is judged
-			 * then, and our own rewrite costs one more look that finds the
-			 * state we hold.  Without a history nothing is rewritten, but a
-			 * rejected file is moved aside: that is not a new deletion.
-			 */
-			if (!had_history)
-				now = file_stamp(path);
-			/* standbys learn the state now: a crash may have come between a commit and its record */
-			if (first)
-				ks_wal_log_file(KS_LAST_APPLIED_FILE);
-			first = false;
-		}
-
-		/*
-		 * Writes that raced a replace of the state file (files.c): looked
-		 * for when inotify saw one, when one waits for its writer or the
-		 * lock, and at every tick of the poll.
-		 */
-		if (!deferred && (raced_due || ev.raced || dir.fd < 0 ||
-						  (raced_again_at != 0 && tick >= raced_again_at)))
-		{
-			bool		raced_failed = false;
-
-			raced_again_at = examine_raced(&raced_failed);
-			if (raced_failed)
-				raced_again_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_RETRY_MS);
-			raced_due = false;
-		}
-		seen = now;
-		if (duties_due())
-			run_duties_safely();
-		if (!without_database)
-			ks_audit_watch();	/* its catalogs are a database's */
-		ks_alert_poll();
-		note_liveness();
-		if (!without_database)
-			report_history_state();
-
-		/*
-		 * The poll, or sooner: a file left to its writer, a failed look to
-		 * retry; a change in force in place, or marks, waiting for the lock
-		 * that orders changes: soon again.  A file that lags the state in
-		 * force is written at the next poll.
-		 */
-		timeout = ks_poll_interval;
-		timeout = ms_until_at_most(again_at, timeout);
-		timeout = ms_until_at_most(raced_again_at, timeout);
-		if (failed)
-			timeout = ms_until_at_most(retry_at, timeout);
-		if ((ks_watch_due() || ks_shared->marks_due) && !failed)
-			timeout = Min(timeout, KS_WAITING_RETRY_MS);
-		/* events read during the looks: at once (unless they wait for another writer) */
-		if (!deferred && (dir.events.state != KS_DIR_NOTHING || dir.events.raced))
-			timeout = 0;
-		wait_for_work(wait_set, timeout);
+		wait_for_work(&w, next_wait_ms(&w, deferred));
 	}
 }
