@@ -324,10 +324,13 @@ typedef enum KsJudged
 {
 	KS_JUDGED,					/* judged: applied, kept to be recorded, or nothing to do */
 	KS_JUDGE_AFTER_WRITER,		/* its writer may still be at it: once it has finished */
-	KS_JUDGE_AFTER_LOCK			/* a release waiting for the lock that orders changes */
+	KS_JUDGE_AFTER_LOCK,		/* a release waiting for the lock that orders changes */
+	KS_JUDGE_AFTER_RECHECK		/* not a valid state: read again at ks_judge_recheck_at() */
 } KsJudged;
 extern KsJudged ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done);
 extern KsJudged ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done);
+extern TimestampTz ks_judge_recheck_at(const char *path);
+extern void ks_note_unrecorded(KsMode previous, const char *reason);
 extern void ks_judge_settled(void);
 extern void ks_watch_committed(void);
 

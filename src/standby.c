@@ -317,11 +317,7 @@ history_unverified(bool in_recovery, const KsState *st, uint64 word)
 		warned = st->generation;
 		return;
 	}
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->unrecorded = true;
-	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
-	SpinLockRelease(&ks_shared->mutex);
+	ks_note_unrecorded(KS_WORD_MODE(word), reason);
 	ks_publish(Max(KS_WORD_MODE(word), KS_HALT_ALL), 0, generation, GetCurrentTimestamp(),
 			   "tamper", reason, "killswitch");
 	ereport(WARNING,

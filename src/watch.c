@@ -53,8 +53,10 @@ typedef struct KsVerdictAction
 								 * the chain's; a file read while another writer held the
 								 * writers' lock, once it is free */
 	bool		rewrite;		/* bytes the server knows, lagging the state in force */
+	bool		recheck;		/* not a valid state, its writer done: read again later */
 	const KsState *file;		/* the valid state judged, or NULL */
 	char		hash[KS_HEX_DIGEST_LEN + 1];	/* of the bytes judged */
+	const char *untrusted;		/* a tamper verdict: why the file is not trusted */
 	KsChange	change;
 } KsVerdictAction;
 
@@ -101,17 +103,107 @@ static void
 tamper(KsVerdictAction *a, KsMode mode, const char *what)
 {
 	a->act = true;
+	a->untrusted = what;
 	a->change.mode = mode;
 	a->change.reason = psprintf("state file rejected: %s", what);
 	a->change.triggered_by = "killswitch";
 	a->change.affected_tasks = 0;
 	a->change.source = "tamper";
 	a->change.flags = KS_FLAG_TAMPERED;
+}
+
+/* Say so in the log when the verdict is that the file cannot be trusted. */
+static void
+report_tamper(const KsVerdictAction *a)
+{
+	if (a->untrusted == NULL)
+		return;
 	ereport(WARNING,
 			(errmsg("killswitch: the state file could not be trusted; mode is now %s",
-					ks_mode_sql_names[mode]),
-			 errdetail("%s", what),
+					ks_mode_sql_names[a->change.mode]),
+			 errdetail("%s", a->untrusted),
 			 errhint("An administrator can inspect the state with ks_status() and release it with ks_disengage().")));
+}
+
+/*
+ * Files found not a valid state once their writer had finished, and when
+ * each may be judged (TopMemoryContext): killswitch.recheck_delay after the
+ * look that first found it so.  inotify reports a writer's truncate a
+ * moment after the truncate shows, so a writer that has just begun may not
+ * be known yet at the first read; the look does not sleep for it (it may
+ * hold the lock that orders changes, which every ks_engage() takes): it
+ * ends, and the watcher reads the file again then, or at once when the
+ * writer's events come (the file is then left to its writer).
+ */
+typedef struct KsRecheck
+{
+	char	   *path;
+	TimestampTz until;
+} KsRecheck;
+
+static List *rechecks = NIL;
+
+/* The pending recheck of a file, or NULL. */
+static KsRecheck *
+find_recheck(const char *path)
+{
+	ListCell   *lc;
+
+	foreach(lc, rechecks)
+	{
+		KsRecheck  *r = (KsRecheck *) lfirst(lc);
+
+		if (strcmp(r->path, path) == 0)
+			return r;
+	}
+	return NULL;
+}
+
+/*
+ * May a file found not a valid state, its writer done, be judged now?  The
+ * first time it is found so, not before killswitch.recheck_delay.
+ */
+static bool
+recheck_over(const char *path)
+{
+	KsRecheck  *r;
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext old;
+
+	if (ks_recheck_delay <= 0)
+		return true;
+	r = find_recheck(path);
+	if (r != NULL)
+		return now >= r->until;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	r = palloc(sizeof(KsRecheck));
+	r->path = pstrdup(path);
+	r->until = TimestampTzPlusMilliseconds(now, ks_recheck_delay);
+	rechecks = lappend(rechecks, r);
+	MemoryContextSwitchTo(old);
+	return false;
+}
+
+/* The file was judged, or its writer is at it again: a later recheck starts afresh. */
+static void
+forget_recheck(const char *path)
+{
+	KsRecheck  *r = find_recheck(path);
+
+	if (r == NULL)
+		return;
+	rechecks = list_delete_ptr(rechecks, r);
+	pfree(r->path);
+	pfree(r);
+}
+
+/* When a file that waits for its recheck (KS_JUDGE_AFTER_RECHECK) is read again. */
+TimestampTz
+ks_judge_recheck_at(const char *path)
+{
+	KsRecheck  *r = find_recheck(path);
+
+	return r != NULL ? r->until : GetCurrentTimestamp();
 }
 
 /*
@@ -280,50 +372,45 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 		return a;
 	}
 	/*
-	 * Read; a file that is no valid state is read once more after
-	 * killswitch.recheck_delay before it is judged: inotify reports a
-	 * writer's truncate a moment after the truncate shows, so a writer that
-	 * has just begun may not be known yet at the first read — the wait ends
-	 * as soon as its events come (it is then left to its writer).
+	 * Read; a file that is no valid state is judged once its writer has
+	 * finished, and not before killswitch.recheck_delay has passed since a
+	 * look first found it so (recheck_over()).
 	 */
 	if (!raced)
 		ks_file_hash(hash_before);
-	for (int reads = 0;; reads++)
+	v = read_once(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
+	if (!raced && !ks_file_known(hash, &behind))
 	{
-		v = read_once(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
-		if (!raced && !ks_file_known(hash, &behind))
-		{
-			bool		busy;
+		bool		busy;
 
-			v = read_settled(path, secret, secretlen, &st, hash, &empty, &busy,
-							 problem, sizeof(problem));
-			if (busy)
-			{
-				a.after_lock = true;	/* looked at again soon */
-				return a;
-			}
-		}
-		/*
-		 * The server's own bytes, or bytes already judged: nothing new —
-		 * unless the file lags the state in force, or a writer made it
-		 * narrower than the server writes it (the library chmods the file
-		 * 0600 after writing it, by name: after the server's rewrite, that
-		 * is the server's file) — then the server writes it again.  A raced
-		 * file with such bytes (a write judged before the replace kept it)
-		 * asks for nothing either.
-		 */
-		if (ks_file_known(hash, &behind) || kept_waiting(hash) ||
-			(raced && judged_recently(hash)))
+		v = read_settled(path, secret, secretlen, &st, hash, &empty, &busy,
+						 problem, sizeof(problem));
+		if (busy)
 		{
-			struct stat sb;
-
-			a.rewrite = !raced && (behind ||
-								   (lstat(path, &sb) == 0 &&
-									(sb.st_mode & 07777) != ks_shared_file_mode(path)));
+			a.after_lock = true;	/* looked at again soon */
 			return a;
 		}
-		if (v != KS_FILE_BAD && v != KS_FILE_MISSING)
-			break;
+	}
+	/*
+	 * The server's own bytes, or bytes already judged: nothing new — unless
+	 * the file lags the state in force, or a writer made it narrower than
+	 * the server writes it (the library chmods the file 0600 after writing
+	 * it, by name: after the server's rewrite, that is the server's file) —
+	 * then the server writes it again.  A raced file with such bytes (a
+	 * write judged before the replace kept it) asks for nothing either.
+	 */
+	if (ks_file_known(hash, &behind) || kept_waiting(hash) ||
+		(raced && judged_recently(hash)))
+	{
+		struct stat sb;
+
+		a.rewrite = !raced && (behind ||
+							   (lstat(path, &sb) == 0 &&
+								(sb.st_mode & 07777) != ks_shared_file_mode(path)));
+		return a;
+	}
+	if (v == KS_FILE_BAD || v == KS_FILE_MISSING)
+	{
 		if (raced && v == KS_FILE_MISSING)
 			return a;			/* judged already, or removed: nothing to apply */
 		if (!writer_done(path))
@@ -331,16 +418,10 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 			a.wait = true;
 			return a;
 		}
-		if (reads > 0 || ks_recheck_delay <= 0)
-			break;
-		for (int waited = 0; waited < ks_recheck_delay; waited++)
+		if (!recheck_over(path))
 		{
-			pg_usleep(1000L);
-			if (!writer_done(path))
-			{
-				a.wait = true;
-				return a;
-			}
+			a.recheck = true;
+			return a;
 		}
 	}
 	strlcpy(a.hash, hash, sizeof(a.hash));
@@ -434,6 +515,22 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 	a.change.flags = v == KS_FILE_UNSIGNED ? KS_FLAG_UNSIGNED : 0;
 	/* an authorized release clears the verdict; anything else keeps it */
 	a.change.clears_verdict = releases;
+	return a;
+}
+
+/*
+ * judge(), and what follows from its verdict whatever is done with it: a
+ * WARNING for a file that cannot be trusted; a recheck that starts afresh
+ * next time, unless this look waits for one.
+ */
+static KsVerdictAction
+judge_and_report(const char *path, bool raced, KsWriterDone writer_done)
+{
+	KsVerdictAction a = judge(path, raced, writer_done);
+
+	if (!a.recheck)
+		forget_recheck(path);
+	report_tamper(&a);
 	return a;
 }
 
@@ -573,7 +670,7 @@ ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_don
 		ks_settle_marks();
 		ks_record_marks();
 	}
-	a = judge(path, raced, writer_done);
+	a = judge_and_report(path, raced, writer_done);
 	if (a.rewrite)
 		(void) ks_write_behind_file(true);
 	if (!a.act)
@@ -584,7 +681,8 @@ ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_don
 			ks_flush_unrecorded();
 		if (a.after_lock)
 			retry_soon = true;
-		return a.wait ? KS_JUDGE_AFTER_WRITER : a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
+		return a.wait ? KS_JUDGE_AFTER_WRITER : a.recheck ? KS_JUDGE_AFTER_RECHECK :
+			a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
 	}
 	held = ks_base_mode(&flags);
 	/* an outside raise keeps a verdict; a verdict is one */
@@ -636,27 +734,23 @@ ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
 	int64		generation;
-	char		reason[sizeof(ks_shared->unrecorded_reason)];
 	char		problem[KS_PROBLEM_LEN];
 
 	judged_hash[0] = '\0';
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
 		return KS_JUDGED;		/* another server's file (claim.c) */
-	a = judge(path, raced, writer_done);
+	a = judge_and_report(path, raced, writer_done);
 	if (a.wait)
 		return KS_JUDGE_AFTER_WRITER;
+	if (a.recheck)
+		return KS_JUDGE_AFTER_RECHECK;
 	if (a.rewrite)
 		(void) ks_write_behind_file(false);
 	if (!a.act)
 		return KS_JUDGED;
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
-	ks_clip_utf8(reason, a.change.reason, sizeof(reason));
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->unrecorded = true;
-	ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-	strlcpy(ks_shared->unrecorded_reason, reason, sizeof(ks_shared->unrecorded_reason));
-	SpinLockRelease(&ks_shared->mutex);
+	ks_note_unrecorded(KS_WORD_MODE(word), a.change.reason);
 	ks_publish(a.change.mode, a.change.flags, generation,
 			   GetCurrentTimestamp(), a.change.source,
 			   a.change.reason, a.change.triggered_by);
@@ -717,28 +811,41 @@ ks_reconcile_history(void)
 		tamper(&a, Max(KS_WORD_MODE(word), KS_HALT_ALL),
 			   psprintf("replay: the history has generation " INT64_FORMAT
 						" but the state file only " INT64_FORMAT, history_gen, state_gen));
+		report_tamper(&a);
 		(void) ks_apply_change(&a.change);
 		return;
 	}
-	/* copy out, format outside the spinlock (whole characters), copy in */
+	/* copy out, format outside the spinlock */
 	{
 		char		held[sizeof(ks_shared->reason)];
-		char		reason[sizeof(ks_shared->unrecorded_reason)];
-		char	   *text;
 
 		SpinLockAcquire(&ks_shared->mutex);
 		memcpy(held, ks_shared->reason, sizeof(held));
 		SpinLockRelease(&ks_shared->mutex);
-		text = psprintf("recorded at start: the state file holds a change the history lacks (%s)",
-						held);
-		ks_clip_utf8(reason, text, sizeof(reason));
-		SpinLockAcquire(&ks_shared->mutex);
-		ks_shared->unrecorded = true;
-		ks_shared->unrecorded_previous = KS_WORD_MODE(word);
-		memcpy(ks_shared->unrecorded_reason, reason, sizeof(reason));
-		SpinLockRelease(&ks_shared->mutex);
+		ks_note_unrecorded(KS_WORD_MODE(word),
+						   psprintf("recorded at start: the state file holds a change the history lacks (%s)",
+									held));
 	}
 	ks_flush_unrecorded();
+}
+
+/*
+ * A change in force that the history lacks (no history yet, or one that
+ * could not be trusted): recorded with this previous mode and reason (cut
+ * at whole characters) once a look holds the lock that orders changes
+ * (ks_flush_unrecorded()).
+ */
+void
+ks_note_unrecorded(KsMode previous, const char *reason)
+{
+	char		clipped[sizeof(ks_shared->unrecorded_reason)];
+
+	ks_clip_utf8(clipped, reason, sizeof(clipped));
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->unrecorded = true;
+	ks_shared->unrecorded_previous = previous;
+	memcpy(ks_shared->unrecorded_reason, clipped, sizeof(clipped));
+	SpinLockRelease(&ks_shared->mutex);
 }
 
 /*

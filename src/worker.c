@@ -982,6 +982,8 @@ examine_raced(bool *failed)
 			(void) unlink(path);	/* gone already if set aside */
 		else if (judged == KS_JUDGE_AFTER_LOCK)
 			when = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_WAITING_RETRY_MS);
+		else if (judged == KS_JUDGE_AFTER_RECHECK)
+			when = ks_judge_recheck_at(path);
 		else
 			when = quiet_at(path, true);
 		if (when != 0 && (again == 0 || when < again))
@@ -1190,6 +1192,8 @@ look_at_state_file(KsWatcher *w, KsFileStamp *now)
 		w->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_RETRY_MS);
 	else if (judged == KS_JUDGE_AFTER_WRITER)
 		w->again_at = Max(quiet_at(w->path, false), GetCurrentTimestamp());
+	else if (judged == KS_JUDGE_AFTER_RECHECK)
+		w->again_at = ks_judge_recheck_at(w->path);
 	if (!had_history)
 		*now = file_stamp(w->path);
 	/* standbys learn the state now: a crash may have come between a commit and its record */
