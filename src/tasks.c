@@ -121,8 +121,10 @@ ks_load_critical_list(bool first)
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
+		/* a backend's own search_path: the operator named too (ARCHITECTURE §7) */
 		if (SPI_execute("SELECT transaction FROM pg_catalog.pg_prepared_xacts "
-						"WHERE database = pg_catalog.current_database()", true, 0) != SPI_OK_SELECT)
+						"WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+						true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not list the prepared transactions");
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
