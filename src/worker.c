@@ -961,8 +961,8 @@ raced_files(void)
  * left it unchanged for KS_WRITER_QUIET_MS) or at once if it holds a valid
  * state; a judged one goes (a raise it asked for is in force, kept until it
  * is recorded).  Returns when to look again for one whose writer may still
- * be at it, or that waits for the lock that orders changes (0: none
- * waits); *failed if a look failed.
+ * be at it, that waits for its recheck, or that waits for the lock that
+ * orders changes (0: none waits); *failed if a look failed.
  */
 static TimestampTz
 examine_raced(bool *failed)
