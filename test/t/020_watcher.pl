@@ -217,6 +217,34 @@ is(tampers(), $before, 'no in-place write was judged mid-write');
 sql('ALTER SYSTEM RESET killswitch.recheck_delay');
 sql('SELECT pg_reload_conf()');
 
+# 8b. The recheck is a later look, not a sleep inside one: while a file that
+#     is no valid state waits for it, the watcher holds no lock, so nobody
+#     who takes the lock that orders changes (a release, an engage's record)
+#     waits behind a half-written file.  The old watcher slept through the
+#     recheck holding that lock: the LOCK below timed out.
+sql("ALTER SYSTEM SET killswitch.recheck_delay = '5s'");
+sql('SELECT pg_reload_conf()');
+wait_for("SELECT current_setting('killswitch.recheck_delay')", '5s', 'recheck_delay is 5 s');
+sql("SELECT ks_engage('halt_noncritical', 'before a half-written file', 'tester')");
+$before = tampers();
+open my $half, '>', $file or die $!;
+print $half '{"mode": "HALT_';
+close $half;						# closed: its writer is done, the recheck follows
+my $watcher_locks = "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+  . "WHERE a.backend_type = 'killswitch watcher' AND l.granted "
+  . "AND l.relation = 'killswitch.events'::regclass";
+# a watcher that sleeps under the lock is caught at it here; ours never is
+for (1 .. 20) { last if sql($watcher_locks) eq 't'; usleep(100_000); }
+my ($rc, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '1s'; BEGIN; LOCK TABLE killswitch.events IN SHARE ROW EXCLUSIVE MODE; COMMIT;",
+	on_error_stop => 1);
+is($rc, 0, 'the lock that orders changes is free during the recheck') or diag($err);
+wait_for('SELECT ks_mode()', 'halt_all', 'the half-written file is judged after the recheck');
+ok(tampers() > $before, 'and recorded as tampering');
+sql('ALTER SYSTEM RESET killswitch.recheck_delay');
+sql('SELECT pg_reload_conf()');
+release();
+
 # 9. The history still verifies after all of this.
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'ks_verify_events() passes');
 my ($fgen) = decode_json(slurp_file($file))->{generation};
