@@ -581,25 +581,40 @@ agent_roles_from_catalog(void)
 	return roles;
 }
 
+/* Write the snapshot file from shared memory alone. */
+static void
+write_snapshot_file_from_shared_memory(List *roles, int64 generation)
+{
+	char	   *json = ks_sessions_snapshot_json(roles, generation);
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+
+	snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
+	if (!ks_write_file_durably(path, json, strlen(json), problem, sizeof(problem)))
+		ereport(WARNING, (errmsg("killswitch: could not write the emergency snapshot file"),
+						  errdetail("%s", problem)));
+}
+
 /*
- * Write the snapshot file from shared memory alone.  A failure is a
- * WARNING: it never keeps the sessions from being ended.
+ * write_snapshot_file_from_shared_memory() in a subtransaction: a snapshot
+ * that fails is logged and never keeps the sessions from being ended.  The
+ * subtransaction is what makes going on safe: GetLockStatusData() holds the
+ * lock manager's LWLocks while it allocates, and only an abort releases
+ * LWLocks and the other resources an error leaves behind (as PL/pgSQL's
+ * exception blocks do).
  */
 static void
 snapshot_file_without_database(List *roles, int64 generation)
 {
 	MemoryContext ctx = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
 
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(ctx);
 	PG_TRY();
 	{
-		char	   *json = ks_sessions_snapshot_json(roles, generation);
-		char		path[MAXPGPATH];
-		char		problem[KS_PROBLEM_LEN];
-
-		snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
-		if (!ks_write_file_durably(path, json, strlen(json), problem, sizeof(problem)))
-			ereport(WARNING, (errmsg("killswitch: could not write the emergency snapshot file"),
-							  errdetail("%s", problem)));
+		write_snapshot_file_from_shared_memory(roles, generation);
+		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
 	{
@@ -608,10 +623,13 @@ snapshot_file_without_database(List *roles, int64 generation)
 		MemoryContextSwitchTo(ctx);
 		edata = CopyErrorData();
 		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
 		ereport(WARNING,
 				(errmsg("killswitch: the emergency snapshot failed: %s", edata->message)));
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(ctx);
+	CurrentResourceOwner = owner;
 }
 
 /*
