@@ -11,10 +11,12 @@
 
 #include "access/genam.h"
 #include "access/table.h"
+#include "catalog/pg_auth_members.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "utils/acl.h"
 #include "utils/array.h"
+#include "utils/hsearch.h"
 
 #include "killswitch.h"
 
@@ -47,11 +49,65 @@ publish_names(List *names, uint64 epoch)
 }
 
 /*
+ * The roles that are members of killswitch_agent, however indirectly, as a
+ * set of OIDs — killswitch_agent among them.  Walked down from it over
+ * pg_auth_members read once, as a recursive query would: asking
+ * is_member_of_role_nosuper() role by role costs a catalog lookup for
+ * every role, which with thousands of agents delays the snapshot.  Any
+ * grant counts, as it does for ks_role_is_agent(): directly or through
+ * other roles, whatever INHERIT says, superuser status not counted.
+ */
+static HTAB *
+agent_role_set(Oid agent)
+{
+	HASHCTL		ctl;
+	HTAB	   *set;
+	List	   *grants = NIL;	/* pairs: role, member */
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		added;
+
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(Oid);
+	ctl.hcxt = CurrentMemoryContext;
+	set = hash_create("killswitch agent roles", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	(void) hash_search(set, &agent, HASH_ENTER, NULL);
+
+	rel = table_open(AuthMemRelationId, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while ((tup = systable_getnext(scan)) != NULL)
+	{
+		Form_pg_auth_members m = (Form_pg_auth_members) GETSTRUCT(tup);
+
+		grants = lappend_oid(lappend_oid(grants, m->roleid), m->member);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	/* add the members of roles in the set until none is new */
+	do
+	{
+		added = false;
+		for (int i = 0; i + 1 < list_length(grants); i += 2)
+		{
+			Oid			role = list_nth_oid(grants, i);
+			Oid			member = list_nth_oid(grants, i + 1);
+			bool		found;
+
+			if (hash_search(set, &role, HASH_FIND, NULL) == NULL)
+				continue;
+			(void) hash_search(set, &member, HASH_ENTER, &found);
+			added |= !found;
+		}
+	} while (added);
+	return set;
+}
+
+/*
  * The agent roles' OIDs, killswitch_agent itself left out (nobody logs in
- * as it).  Membership as ks_role_is_agent() counts it: direct or through
- * other roles, whatever INHERIT says, superuser status not counted.  The
- * list for logins is built again only when roles or memberships changed
- * since it was (agents.c bumps the epoch).
+ * as it).  The list for logins is built again only when roles or
+ * memberships changed since it was (agents.c bumps the epoch).
  */
 List *
 ks_agent_roles(void)
@@ -63,6 +119,7 @@ ks_agent_roles(void)
 
 	if (OidIsValid(agent))
 	{
+		HTAB	   *set = agent_role_set(agent);
 		Relation	rel = table_open(AuthIdRelationId, AccessShareLock);
 		SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
 		HeapTuple	tup;
@@ -71,13 +128,14 @@ ks_agent_roles(void)
 		{
 			Form_pg_authid role = (Form_pg_authid) GETSTRUCT(tup);
 
-			if (role->oid == agent || !is_member_of_role_nosuper(role->oid, agent))
+			if (role->oid == agent || hash_search(set, &role->oid, HASH_FIND, NULL) == NULL)
 				continue;
 			roles = lappend_oid(roles, role->oid);
 			names = lappend(names, pstrdup(NameStr(role->rolname)));
 		}
 		systable_endscan(scan);
 		table_close(rel, AccessShareLock);
+		hash_destroy(set);
 	}
 	if (!published || epoch != published_epoch)
 		publish_names(names, epoch);
