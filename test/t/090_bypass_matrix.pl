@@ -416,13 +416,16 @@ sub finish_session
 
 # In emergency the watcher ends the agent sessions that are busy, which
 # would hide whether the halt itself stopped what they run: it is held back
-# (the snapshot table locked, its first write) until let go.
+# until let go, at the snapshot it takes before it ends anything — the
+# pg_locks view locked, which the snapshot reads.  (The snapshot table's
+# lock held it only when it looked after the engage's commit: before it,
+# the row waits for the event and nothing is written.)
 sub hold_watcher
 {
 	my ($mode) = @_;
 	return undef unless $mode eq 'emergency';
 	my $locker = $node->background_psql('postgres');
-	$locker->query_safe('BEGIN; LOCK TABLE killswitch.snapshots IN ACCESS EXCLUSIVE MODE');
+	$locker->query_safe('BEGIN; LOCK TABLE pg_catalog.pg_locks IN ACCESS EXCLUSIVE MODE');
 	return $locker;
 }
 sub let_go
@@ -673,7 +676,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 
 	# Case 1: the commit backstop across savepoints, for agents that are also
 	# operators.  In emergency the watcher would end the session at once: it
-	# is held back (the snapshot table locked) so that the COMMIT comes first.
+	# is held back (hold_watcher) so that the COMMIT comes first.
 	for my $role ('opbot', 'opnested')
 	{
 		my $rolled_back = "SAVEPOINT s; SELECT ks_engage('halt_noncritical', 'inside a savepoint', '$role'); ROLLBACK TO s";
