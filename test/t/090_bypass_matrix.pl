@@ -675,7 +675,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 
 	# Case 1: the commit backstop across savepoints, for agents that are also
 	# operators.  In emergency the watcher would end the session at once: it
-	# is held back (the snapshot table locked) so that the COMMIT comes first.
+	# is held back (hold_watcher) so that the COMMIT comes first.
 	for my $role ('opbot', 'opnested')
 	{
 		my $rolled_back = "SAVEPOINT s; SELECT ks_engage('halt_noncritical', 'inside a savepoint', '$role'); ROLLBACK TO s";
