@@ -621,14 +621,32 @@ ks_noted_running_builtin(void)
 /* logins.c: the operators' reserve, agent logins in emergency */
 extern void ks_logins_init(void);
 
-/* emergency.c */
-extern bool ks_emergency_lists_role(const char *name);
+/* emergency.c: entering emergency, once per episode */
 extern void ks_emergency_tick(bool history);
-extern void ks_emergency_finish_prepared(void);
 extern void ks_emergency_tick_without_database(void);
+
+/* agentlist.c: the agent roles of an emergency, published for logins */
+extern List *ks_agent_roles(void);
+extern void ks_agent_roles_forget(void);
+extern bool ks_emergency_lists_role(const char *name);
+extern Datum ks_oid_array(List *oids);
+
+/* snapshot.c: the emergency snapshot */
+extern void ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history,
+								  bool recorded);
+extern void ks_emergency_record_snapshot(int64 generation);
+
+/* ending.c: the busy agent sessions ended, the agents' prepared transactions rolled back */
+extern int	ks_end_busy_agent_sessions(List *roles, TimestampTz published_at);
+extern void ks_note_agents_prepared(List *roles);
+extern void ks_emergency_finish_prepared(void);
+
+/* alert.c: NOTIFY, WARNING and killswitch.alert_command */
+extern int64 ks_alert_event_id(int64 generation);
+extern void ks_alert_emergency(int64 generation, int64 event_id, int ended, bool database);
 extern void ks_alert_poll(void);
 
-/* sessions.c: agent sessions from shared memory, with no database */
+/* sessions.c: agent sessions and their locks, from shared memory */
 extern List *ks_sessions_of_roles(List *roles, TimestampTz before);
 extern char *ks_sessions_snapshot_json(List *roles, int64 generation);
 
