@@ -35,9 +35,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "access/twophase.h"
 #include "access/genam.h"
 #include "access/table.h"
+#include "access/twophase.h"
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
@@ -47,11 +47,20 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/memutils.h"
 #include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "agents.h"
+#include "emergency.h"
+#include "guc.h"
+#include "lists.h"
+#include "names.h"
+#include "notify.h"
+#include "sessions.h"
+#include "state.h"
+#include "store.h"
+#include "worker.h"
 
 /* The alert command running, if any. */
 static pid_t alert_pid = 0;

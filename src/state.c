@@ -19,7 +19,14 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "encoding.h"
+#include "interlock.h"
+#include "lists.h"
+#include "running.h"
+#include "startup.h"
+#include "state.h"
+#include "store.h"
 
 KsShared   *ks_shared = NULL;
 

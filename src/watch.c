@@ -42,7 +42,21 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "change.h"
+#include "claim.h"
+#include "events.h"
+#include "follow.h"
+#include "guc.h"
+#include "interlock.h"
+#include "marks.h"
+#include "names.h"
+#include "persist.h"
+#include "release.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
+#include "wal.h"
+#include "watch.h"
 
 /* What to do about the file. */
 typedef struct KsVerdictAction
