@@ -187,6 +187,15 @@ test-notify-full: test/store_vectors
 
 .PHONY: test-notify-full
 
+# The headers keep their layers and PostgreSQL's include rules, each compiles
+# on its own, and the check fails on each violation planted in a copy
+# (scripts/check-includes, ARCHITECTURE §10).
+check-includes:
+	bash scripts/check-includes --cc '$(CC) $(CPPFLAGS) $(CFLAGS)'
+	bash scripts/check-includes --self-test --cc '$(CC) $(CPPFLAGS) $(CFLAGS)'
+
+.PHONY: check-includes
+
 # A real automatic failover: a pg_auto_failover monitor and two nodes on
 # localhost, the primary killed while engaged (test/failover/run).
 test-failover:
