@@ -31,7 +31,7 @@ include $(PGXS)
 
 # PGXS tracks no header dependencies: a changed struct must rebuild every
 # object that lays it out, or the module mixes two layouts.
-KS_HEADERS = $(wildcard src/*.h)
+KS_HEADERS = $(wildcard $(srcdir)/src/*.h)
 $(OBJS): $(KS_HEADERS)
 
 # Nor which PostgreSQL the objects were built for: `make PG_CONFIG=...` for
