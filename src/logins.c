@@ -26,8 +26,8 @@
 #include "storage/proc.h"
 #include "utils/acl.h"
 
+#include "agentlist.h"
 #include "compat.h"
-#include "emergency.h"
 #include "guc.h"
 #include "logins.h"
 #include "names.h"

@@ -1,5 +1,5 @@
 /*
- * sessions.h — agent sessions from shared memory, with no database (sessions.c).
+ * sessions.h — agent sessions and their locks, from shared memory (sessions.c).
  */
 #ifndef KS_SESSIONS_H
 #define KS_SESSIONS_H

@@ -654,6 +654,8 @@ ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_
 	char		problem[KS_PROBLEM_LEN];
 
 	judged_hash[0] = '\0';
+	if (!raced)
+		retry_soon = false;
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
 		return KS_JUDGED;		/* another server's file (claim.c) */
 	a = judge(path, raced, writer_done);
@@ -661,8 +663,11 @@ ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_
 		return KS_JUDGE_AFTER_WRITER;
 	if (a.rewrite)
 		(void) ks_write_behind_file(false);
+	/* read while another writer held the writers' lock: looked at again soon */
+	if (!a.act && a.after_lock)
+		retry_soon = true;
 	if (!a.act)
-		return KS_JUDGED;
+		return a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_clip_utf8(reason, a.change.reason, sizeof(reason));

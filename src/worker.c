@@ -48,10 +48,12 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "alert.h"
 #include "audit.h"
 #include "compat.h"
 #include "dirwatch.h"
 #include "emergency.h"
+#include "ending.h"
 #include "guc.h"
 #include "lists.h"
 #include "names.h"
