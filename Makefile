@@ -31,7 +31,7 @@ include $(PGXS)
 
 # PGXS tracks no header dependencies: a changed struct must rebuild every
 # object that lays it out, or the module mixes two layouts.
-KS_HEADERS = src/killswitch.h src/store.h src/compat.h src/ks_base.h
+KS_HEADERS = $(wildcard $(srcdir)/src/*.h)
 $(OBJS): $(KS_HEADERS)
 
 # Nor which PostgreSQL the objects were built for: `make PG_CONFIG=...` for
@@ -54,7 +54,7 @@ all: $(FE_PROGRAMS)
 # libpq keeps the plain names.  Before 18 the flag changes nothing.
 FE_CPPFLAGS = -DFRONTEND -DUSE_PRIVATE_ENCODING_FUNCS
 
-src/%_fe.o: src/%.c src/store.h src/compat.h src/ks_base.h $(PG_STAMP)
+src/%_fe.o: src/%.c src/store.h src/compat.h $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
 
 # The killswitch command: the same store.c, and libpq for -d.
@@ -191,6 +191,15 @@ test-notify-full: test/store_vectors
 	$(MAKE) test-tap TAP_TESTS=test/long/notify_queue_full.pl
 
 .PHONY: test-notify-full
+
+# The headers keep their layers and PostgreSQL's include rules, each compiles
+# on its own, and the check fails on each violation planted in a copy
+# (scripts/check-includes, ARCHITECTURE §10).
+check-includes:
+	bash scripts/check-includes --cc '$(CC) $(CPPFLAGS) $(CFLAGS)'
+	bash scripts/check-includes --self-test --cc '$(CC) $(CPPFLAGS) $(CFLAGS)'
+
+.PHONY: check-includes
 
 # A real automatic failover: a pg_auto_failover monitor and two nodes on
 # localhost, the primary killed while engaged (test/failover/run).

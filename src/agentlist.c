@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/pg_auth_members.h"
 #include "catalog/pg_authid.h"
@@ -18,7 +19,10 @@
 #include "utils/array.h"
 #include "utils/hsearch.h"
 
-#include "killswitch.h"
+#include "agentlist.h"
+#include "agents.h"
+#include "lists.h"
+#include "names.h"
 
 /* ks_agent_roles_epoch when the published list was built. */
 static uint64 published_epoch = 0;

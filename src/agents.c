@@ -14,7 +14,8 @@
 #include "utils/inval.h"
 #include "utils/syscache.h"
 
-#include "killswitch.h"
+#include "agents.h"
+#include "rights.h"
 
 static bool cache_valid = false;
 static Oid	cached_user = InvalidOid;

@@ -20,7 +20,12 @@
 #include "executor/spi.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "alert.h"
+#include "guc.h"
+#include "names.h"
+#include "notify.h"
+#include "state.h"
+#include "store.h"
 
 /* The alert command running, if any. */
 static pid_t alert_pid = 0;

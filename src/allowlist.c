@@ -25,7 +25,9 @@
 #include "utils/syscache.h"
 #include "utils/varlena.h"
 
-#include "killswitch.h"
+#include "allowlist.h"
+#include "compat.h"
+#include "functions.h"
 
 /* killswitch.allowed_functions: schema-qualified function names, comma-separated. */
 char	   *ks_allowed_functions = NULL;

@@ -6,22 +6,30 @@
 #include "postgres.h"
 
 #include "access/xlog.h"
-#include "compat.h"
-#ifdef KS_HAVE_CUSTOM_RMGR
-#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
-#endif
+#include "commands/dbcommands.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/jsonb.h"
 #include "utils/json.h"
-#include "commands/dbcommands.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "api.h"
+#include "compat.h"
+#include "encoding.h"
+#include "guc.h"
+#include "modetype.h"
+#include "names.h"
+#include "state.h"
+#include "store.h"
+#include "tasks.h"
+
+#ifdef KS_HAVE_CUSTOM_RMGR
+#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
+#endif
 
 PG_FUNCTION_INFO_V1(ks_mode);
 PG_FUNCTION_INFO_V1(ks_engaged);

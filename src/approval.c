@@ -20,7 +20,13 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "approval.h"
+#include "change.h"
+#include "guc.h"
+#include "modetype.h"
+#include "names.h"
+#include "owner.h"
+#include "store.h"
 
 /* The newest event, as far as a release request goes. */
 typedef struct KsRequest

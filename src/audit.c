@@ -22,7 +22,8 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "audit.h"
+#include "worker.h"
 
 /* How often to take in catalog changes, and to audit regardless. */
 #define KS_AUDIT_LOOK_MS 1000

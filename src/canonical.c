@@ -4,7 +4,11 @@
  * on, byte for byte, since that is what signatures cover (ARCHITECTURE §3).
  * Frontend-safe.
  */
-#include "ks_base.h"
+#ifndef FRONTEND
+#include "postgres.h"
+#else
+#include "postgres_fe.h"
+#endif
 
 #include "mb/pg_wchar.h"
 

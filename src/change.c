@@ -39,7 +39,22 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "approval.h"
+#include "change.h"
+#include "encoding.h"
+#include "events.h"
+#include "guc.h"
+#include "interlock.h"
+#include "marks.h"
+#include "modetype.h"
+#include "owner.h"
+#include "persist.h"
+#include "rights.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
+#include "wal.h"
+#include "watch.h"
 
 PG_FUNCTION_INFO_V1(ks_engage);
 PG_FUNCTION_INFO_V1(ks_disengage);

@@ -32,7 +32,10 @@
 
 #include "miscadmin.h"
 
-#include "killswitch.h"
+#include "claim.h"
+#include "guc.h"
+#include "state.h"
+#include "store.h"
 
 #define KS_OWNER_FILE_NAME "owner"
 

@@ -16,7 +16,8 @@
 #include <sys/inotify.h>
 #endif
 
-#include "killswitch.h"
+#include "dirwatch.h"
+#include "store.h"
 
 #ifdef __linux__
 

@@ -25,7 +25,13 @@
 
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "agentlist.h"
+#include "alert.h"
+#include "emergency.h"
+#include "ending.h"
+#include "snapshot.h"
+#include "state.h"
+#include "store.h"
 
 /* How long an emergency in force waits for its event before the alert goes without it. */
 #define KS_ALERT_WAIT_MS 1000

@@ -21,7 +21,7 @@
 #include "mb/pg_wchar.h"
 
 #include "compat.h"
-#include "killswitch.h"
+#include "encoding.h"
 
 /*
  * Text of the database encoding as UTF-8.  name says which argument, for

@@ -29,7 +29,10 @@
 #include "utils/fmgrprotos.h"
 #include "utils/memutils.h"
 
-#include "killswitch.h"
+#include "agentlist.h"
+#include "ending.h"
+#include "sessions.h"
+#include "worker.h"
 
 /* Agents' prepared transactions in this database, to roll back after the tick. */
 static List *prepared_to_rollback = NIL;

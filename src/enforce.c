@@ -50,7 +50,20 @@
 #include "tcop/utility.h"
 #include "utils/acl.h"
 
-#include "killswitch.h"
+#include "agents.h"
+#include "compat.h"
+#include "enforce.h"
+#include "functions.h"
+#include "interlock.h"
+#include "lists.h"
+#include "logins.h"
+#include "names.h"
+#include "owner.h"
+#include "rights.h"
+#include "running.h"
+#include "state.h"
+#include "store.h"
+#include "tasks.h"
 
 /* killswitch.task: the task this session claims to be doing. */
 char	   *ks_session_task = NULL;

@@ -21,12 +21,19 @@
 #include "utils/builtins.h"
 #include "utils/inet.h"
 #include "utils/lsyscache.h"
-#include "utils/typcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 #include "utils/xid8.h"
 
-#include "killswitch.h"
+#include "encoding.h"
+#include "events.h"
+#include "guc.h"
+#include "modetype.h"
+#include "owner.h"
+#include "persist.h"
+#include "state.h"
+#include "store.h"
 
 PG_FUNCTION_INFO_V1(ks_event_canonical);
 PG_FUNCTION_INFO_V1(ks_verify_events);

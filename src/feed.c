@@ -29,10 +29,6 @@
 #include "postgres.h"
 
 #include "access/xlog.h"
-#include "compat.h"
-#ifdef KS_HAVE_CUSTOM_RMGR
-#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
-#endif
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
@@ -46,7 +42,15 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "names.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
+
+#ifdef KS_HAVE_CUSTOM_RMGR
+#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
+#endif
 
 PG_FUNCTION_INFO_V1(ks_await_state);
 PG_FUNCTION_INFO_V1(ks_committed_state);

@@ -4,7 +4,11 @@
  * the file they replace, the replace that keeps a write that raced it, the
  * signing secret, the writers' lock.  Frontend-safe, like store.c.
  */
-#include "ks_base.h"
+#ifndef FRONTEND
+#include "postgres.h"
+#else
+#include "postgres_fe.h"
+#endif
 
 #include <dirent.h>
 #include <fcntl.h>

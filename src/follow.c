@@ -19,7 +19,14 @@
 
 #include <sys/stat.h>
 
-#include "killswitch.h"
+#include "events.h"
+#include "follow.h"
+#include "guc.h"
+#include "names.h"
+#include "persist.h"
+#include "release.h"
+#include "state.h"
+#include "store.h"
 
 /*
  * What file_hash says of these bytes: their SHA-256 as hex, or

@@ -45,7 +45,14 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
-#include "killswitch.h"
+#include "agents.h"
+#include "allowlist.h"
+#include "enforce.h"
+#include "functions.h"
+#include "interlock.h"
+#include "running.h"
+#include "state.h"
+#include "store.h"
 
 typedef enum Verdict
 {

@@ -18,7 +18,10 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
-#include "killswitch.h"
+#include "api.h"
+#include "state.h"
+#include "store.h"
+#include "tasks.h"
 
 PG_FUNCTION_INFO_V1(ks_guard);
 

@@ -33,7 +33,11 @@
 #include "storage/proc.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "agents.h"
+#include "compat.h"
+#include "interlock.h"
+#include "state.h"
+#include "store.h"
 
 /* How long a raiser waits for the agent commits it saw. */
 #define KS_INTERLOCK_WAIT_MS 1000

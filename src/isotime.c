@@ -2,7 +2,11 @@
  * isotime.c — the state file's time stamps: what Python's
  * datetime.isoformat() prints, formatted and parsed.  Frontend-safe.
  */
-#include "ks_base.h"
+#ifndef FRONTEND
+#include "postgres.h"
+#else
+#include "postgres_fe.h"
+#endif
 
 #include <time.h>
 

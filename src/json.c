@@ -4,7 +4,11 @@
  * (common/jsonapi.h); only the tree is ours.  canonical.c prints it back.
  * Frontend-safe.
  */
-#include "ks_base.h"
+#ifndef FRONTEND
+#include "postgres.h"
+#else
+#include "postgres_fe.h"
+#endif
 
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"

@@ -35,7 +35,7 @@
 #include "utils/dsa.h"
 #include "utils/memutils.h"
 
-#include "killswitch.h"
+#include "lists.h"
 
 #define KS_LISTS_TRANCHE "killswitch"
 /* The in-place part of the area: the default lists fit without a DSM segment. */

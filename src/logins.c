@@ -26,7 +26,14 @@
 #include "storage/proc.h"
 #include "utils/acl.h"
 
-#include "killswitch.h"
+#include "agentlist.h"
+#include "compat.h"
+#include "guc.h"
+#include "logins.h"
+#include "names.h"
+#include "rights.h"
+#include "state.h"
+#include "store.h"
 
 /* killswitch.reserved_connections */
 int			ks_reserved_connections = 3;

@@ -24,7 +24,10 @@
 #include "common/file_perm.h"
 #include "nodes/pg_list.h"
 
-#include "killswitch.h"
+#include "marks.h"
+#include "names.h"
+#include "persist.h"
+#include "store.h"
 
 #define KS_IN_FLIGHT_DIR KS_PRIVATE_DIR "/in_flight"
 

@@ -5,12 +5,14 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
-#include "catalog/pg_enum.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_enum.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
-#include "killswitch.h"
+#include "modetype.h"
+#include "owner.h"
+#include "store.h"
 
 /* The enum's type OID and its labels' OIDs, by mode. */
 static Oid	cached_type = InvalidOid;

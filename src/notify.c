@@ -26,7 +26,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "names.h"
+#include "notify.h"
+#include "state.h"
+#include "store.h"
 
 /* NOTIFY payloads must stay under 8000 bytes; leave room to spare. */
 #define KS_NOTIFY_MAX 7900

@@ -43,7 +43,11 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
-#include "killswitch.h"
+#include "enforce.h"
+#include "guc.h"
+#include "names.h"
+#include "owner.h"
+#include "rights.h"
 
 /*
  * The transaction ids first given to our own work: those from "from" up to

@@ -35,12 +35,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "claim.h"
+#include "follow.h"
+#include "guc.h"
+#include "names.h"
+#include "persist.h"
+#include "release.h"
+#include "state.h"
+#include "store.h"
 
 /* Absolute or data-directory-relative path of the state file. */
 void

@@ -18,7 +18,9 @@
  */
 #include "postgres.h"
 
-#include "killswitch.h"
+#include "release.h"
+#include "state.h"
+#include "store.h"
 
 char	   *ks_release_key_file = NULL;
 

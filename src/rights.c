@@ -8,7 +8,9 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 
-#include "killswitch.h"
+#include "agents.h"
+#include "names.h"
+#include "rights.h"
 
 /* OID of one of our roles; a clear error if someone dropped it. */
 Oid

@@ -46,7 +46,12 @@
 #include "storage/shmem.h"
 #include "utils/lsyscache.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "enforce.h"
+#include "names.h"
+#include "running.h"
+#include "state.h"
+#include "store.h"
 
 /* One per PGPROC: a transaction that set up a denied built-in. */
 typedef struct KsRunningSlot

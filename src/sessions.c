@@ -23,7 +23,10 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "sessions.h"
+#include "state.h"
+#include "store.h"
 
 /* Is this backend status entry a session of one of the roles (and not us)? */
 static bool

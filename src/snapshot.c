@@ -28,7 +28,12 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 
-#include "killswitch.h"
+#include "agentlist.h"
+#include "guc.h"
+#include "names.h"
+#include "sessions.h"
+#include "snapshot.h"
+#include "store.h"
 
 /* The snapshot as one JSON document, read through the views. */
 #define SNAPSHOT_SQL \

@@ -24,7 +24,14 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "events.h"
+#include "guc.h"
+#include "names.h"
+#include "persist.h"
+#include "release.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
 
 /*
  * Will this start be a recovery from another server's WAL — a standby, a

@@ -29,7 +29,17 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "claim.h"
+#include "follow.h"
+#include "guc.h"
+#include "marks.h"
+#include "names.h"
+#include "persist.h"
+#include "release.h"
+#include "standby.h"
+#include "startup.h"
+#include "state.h"
+#include "store.h"
 
 /* What the start decided. */
 typedef struct KsDecision

@@ -19,7 +19,14 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "encoding.h"
+#include "interlock.h"
+#include "lists.h"
+#include "running.h"
+#include "startup.h"
+#include "state.h"
+#include "store.h"
 
 KsShared   *ks_shared = NULL;
 
@@ -691,4 +698,23 @@ ks_wake_watcher(void)
 	SpinLockRelease(&ks_shared->mutex);
 	if (latch)
 		SetLatch(latch);
+}
+
+/*
+ * A change in force that the history lacks (no history yet, or one that
+ * could not be trusted): recorded with this previous mode and reason (cut
+ * at whole characters) once a look holds the lock that orders changes
+ * (ks_flush_unrecorded()).
+ */
+void
+ks_note_unrecorded(KsMode previous, const char *reason)
+{
+	char		clipped[sizeof(ks_shared->unrecorded_reason)];
+
+	ks_clip_utf8(clipped, reason, sizeof(clipped));
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->unrecorded = true;
+	ks_shared->unrecorded_previous = previous;
+	memcpy(ks_shared->unrecorded_reason, clipped, sizeof(clipped));
+	SpinLockRelease(&ks_shared->mutex);
 }

@@ -5,7 +5,11 @@
  * that there is one implementation of the format.  The file primitives
  * under it are in files.c, its time stamps in isotime.c.
  */
-#include "ks_base.h"
+#ifndef FRONTEND
+#include "postgres.h"
+#else
+#include "postgres_fe.h"
+#endif
 
 #include <sys/stat.h>
 

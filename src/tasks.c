@@ -30,7 +30,12 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "killswitch.h"
+#include "lists.h"
+#include "names.h"
+#include "owner.h"
+#include "state.h"
+#include "store.h"
+#include "tasks.h"
 
 PG_FUNCTION_INFO_V1(ks_critical_tasks_changed);
 PG_FUNCTION_INFO_V1(ks_refused_claims_sql);

@@ -39,10 +39,6 @@
 #include "postgres.h"
 
 #include "access/xlog.h"
-#include "compat.h"
-#ifdef KS_HAVE_CUSTOM_RMGR
-#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
-#endif
 #include "libpq-fe.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -54,7 +50,18 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "guc.h"
+#include "persist.h"
+#include "release.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
+#include "upstream.h"
+
+#ifdef KS_HAVE_CUSTOM_RMGR
+#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
+#endif
 
 char	   *ks_upstream_conninfo = NULL;
 int			ks_standby_max_silence = 60;

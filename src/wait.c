@@ -13,7 +13,9 @@
 #include "storage/condition_variable.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "state.h"
+#include "store.h"
 
 PG_FUNCTION_INFO_V1(ks_wait);
 

@@ -27,7 +27,11 @@
 #include "miscadmin.h"
 #include "utils/memutils.h"
 
-#include "killswitch.h"
+#include "compat.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
+#include "wal.h"
 
 #ifdef KS_HAVE_CUSTOM_RMGR
 

@@ -42,7 +42,21 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "change.h"
+#include "claim.h"
+#include "events.h"
+#include "follow.h"
+#include "guc.h"
+#include "interlock.h"
+#include "marks.h"
+#include "names.h"
+#include "persist.h"
+#include "release.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
+#include "wal.h"
+#include "watch.h"
 
 /* What to do about the file. */
 typedef struct KsVerdictAction
@@ -832,25 +846,6 @@ ks_reconcile_history(void)
 									held));
 	}
 	ks_flush_unrecorded();
-}
-
-/*
- * A change in force that the history lacks (no history yet, or one that
- * could not be trusted): recorded with this previous mode and reason (cut
- * at whole characters) once a look holds the lock that orders changes
- * (ks_flush_unrecorded()).
- */
-void
-ks_note_unrecorded(KsMode previous, const char *reason)
-{
-	char		clipped[sizeof(ks_shared->unrecorded_reason)];
-
-	ks_clip_utf8(clipped, reason, sizeof(clipped));
-	SpinLockAcquire(&ks_shared->mutex);
-	ks_shared->unrecorded = true;
-	ks_shared->unrecorded_previous = previous;
-	memcpy(ks_shared->unrecorded_reason, clipped, sizeof(clipped));
-	SpinLockRelease(&ks_shared->mutex);
 }
 
 /*

@@ -27,12 +27,8 @@
 
 #include "access/genam.h"
 #include "access/table.h"
-#include "access/xlog.h"
-#include "compat.h"
-#ifdef KS_HAVE_CUSTOM_RMGR
-#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
-#endif
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_database.h"
 #include "miscadmin.h"
@@ -44,15 +40,38 @@
 #include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
-#include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "killswitch.h"
+#include "alert.h"
+#include "audit.h"
+#include "compat.h"
+#include "dirwatch.h"
+#include "emergency.h"
+#include "ending.h"
+#include "guc.h"
+#include "lists.h"
+#include "names.h"
+#include "notify.h"
+#include "owner.h"
+#include "persist.h"
+#include "standby.h"
+#include "state.h"
+#include "store.h"
+#include "tasks.h"
+#include "upstream.h"
+#include "wal.h"
+#include "watch.h"
+#include "worker.h"
+
+#ifdef KS_HAVE_CUSTOM_RMGR
+#include "access/xlogrecovery.h"	/* the recovery API's own header from 15 on */
+#endif
 
 PGDLLEXPORT void ks_worker_main(Datum arg);
 
