@@ -44,7 +44,7 @@ like($pid, qr/^\d+$/, 'the watcher is there');
 sleep 4;
 is(sql($watcher), $pid, 'the watcher stays up (same pid after 4 seconds): no FATAL loop');
 my $log = slurp_file($node->logfile);
-my $warnings = () = $log =~ /WARNING:  killswitch: database "ksdb" named by killswitch.database does not exist/g;
+my $warnings = () = $log =~ /WARNING:  the kill switch watcher cannot record the history: database "ksdb" named by killswitch.database does not exist/g;
 is($warnings, 1, 'the WARNING is logged once, not every second');
 like($log, qr/HINT:  Create it and run CREATE EXTENSION killswitch in it/, 'it says how to fix it');
 like(sql("SELECT ks_status()->>'watcher_age_ms'"), qr/^\d+$/, 'the watcher notes when it looked');
