@@ -49,11 +49,11 @@ typedef enum KsOwnRead
  * owns it and, with private, nobody else has any access to it (0600, as the
  * server writes its claim).  The checks are made on the file opened, so
  * that a rename in between cannot swap it; symbolic links are not
- * followed.  A file not ours alone leaves why: a sentence, for a detail.
+ * followed.
  */
 static KsOwnRead
 read_own_file(const char *path, bool private, size_t maxlen, char *buf,
-			  char *why, size_t whylen)
+			  char *problem, size_t problemlen)
 {
 	struct stat sb;
 	size_t		got = 0;
@@ -62,27 +62,27 @@ read_own_file(const char *path, bool private, size_t maxlen, char *buf,
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | PG_BINARY, 0);
 	if (fd < 0 && errno == ELOOP)
 	{
-		snprintf(why, whylen, "The file \"%s\" is a symbolic link.", path);
+		snprintf(problem, problemlen, "\"%s\" is a symbolic link", path);
 		return KS_OWN_FOREIGN;
 	}
 	if (fd < 0)
 		return KS_OWN_MISSING;
 	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))
 	{
-		snprintf(why, whylen, "The file \"%s\" is not a regular file.", path);
+		snprintf(problem, problemlen, "\"%s\" is not a regular file", path);
 		close(fd);
 		return KS_OWN_FOREIGN;
 	}
 	if (sb.st_uid != geteuid())
 	{
-		snprintf(why, whylen, "The file \"%s\" is owned by user ID %u, not by the server's user.",
+		snprintf(problem, problemlen, "\"%s\" is owned by user ID %u, not by the server's user",
 				 path, (unsigned) sb.st_uid);
 		close(fd);
 		return KS_OWN_FOREIGN;
 	}
 	if (private && (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0)
 	{
-		snprintf(why, whylen, "The file \"%s\" has group or world access (mode %04o).",
+		snprintf(problem, problemlen, "\"%s\" has group or world access (mode %04o)",
 				 path, (unsigned) (sb.st_mode & 07777));
 		close(fd);
 		return KS_OWN_FOREIGN;
@@ -114,13 +114,13 @@ other_server_running(const char *datadir)
 {
 	char		path[MAXPGPATH];
 	char		text[2 * MAXPGPATH];
-	char		why[KS_PROBLEM_LEN];
+	char		problem[KS_PROBLEM_LEN];
 	char	   *line;
 	char	   *end;
 	long		pid;
 
 	snprintf(path, sizeof(path), "%s/postmaster.pid", datadir);
-	if (read_own_file(path, false, sizeof(text) - 1, text, why, sizeof(why)) != KS_OWN_READ)
+	if (read_own_file(path, false, sizeof(text) - 1, text, problem, sizeof(problem)) != KS_OWN_READ)
 		return false;
 	pid = strtol(text, &end, 10);
 	if (end == text || *end != '\n')
@@ -167,9 +167,8 @@ ks_claim_state_dir(char *problem, size_t problemlen)
 			break;
 		case KS_OWN_FOREIGN:
 			ereport(LOG,
-					(errmsg("ignored the claim file of killswitch.state_dir \"%s\"", ks_state_dir),
-					 errdetail("%s Only a claim written by the server's operating system user, with mode 0600, is trusted; this server claims the directory.",
-							   why)));
+					(errmsg("ignored the claim file of killswitch.state_dir \"%s\": %s", ks_state_dir, why),
+					 errdetail("Only a claim written by the server's operating system user, with mode 0600, is trusted; this server claims the directory.")));
 			break;
 		case KS_OWN_MISSING:
 			break;
