@@ -5,7 +5,7 @@ MODULE_big = killswitch
 OBJS = src/killswitch.o src/approval.o src/state.o src/startup.o src/persist.o \
        src/store.o src/release.o src/json.o src/canonical.o src/files.o src/isotime.o src/events.o src/notify.o src/change.o src/rights.o \
        src/owner.o src/modetype.o src/encoding.o src/tasks.o src/api.o src/guard.o \
-       src/worker.o src/dirwatch.o src/audit.o src/watch.o src/agents.o src/enforce.o src/functions.o src/allowlist.o src/running.o src/logins.o src/emergency.o src/lists.o \
+       src/worker.o src/dirwatch.o src/audit.o src/watch.o src/agents.o src/enforce.o src/functions.o src/allowlist.o src/running.o src/logins.o src/emergency.o src/agentlist.o src/snapshot.o src/ending.o src/alert.o src/lists.o \
        src/sessions.o src/wal.o src/standby.o src/upstream.o src/feed.o src/claim.o src/wait.o \
        src/interlock.o src/marks.o src/follow.o
 DATA = sql/killswitch--1.0.sql
@@ -23,7 +23,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o src/cli/keycheck.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-TEST_LIBS = test/hooks/ks_test_hooks.so test/faults/ks_faults.so test/shim/ks_pause.so
+TEST_LIBS = test/hooks/ks_test_hooks.so test/faults/ks_faults.so test/shim/ks_pause.so test/shim/ks_oom.so
 EXTRA_CLEAN = $(PG_STAMP) bench/ks_probe test/ks_test_funcs.so test/ks_fastpath $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) $(TEST_LIBS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -176,6 +176,11 @@ test/faults/ks_faults.so: test/faults/ks_faults.c
 # The tests' LD_PRELOAD shim that holds a process at its replace of the
 # state file (test/shim/ks_pause.c): never part of the extension.
 test/shim/ks_pause.so: test/shim/ks_pause.c
+	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
+
+# The tests' LD_PRELOAD shim that fails one realloc() of one process on
+# demand (test/shim/ks_oom.c): never part of the extension.
+test/shim/ks_oom.so: test/shim/ks_oom.c
 	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
 
 # Logs and data dirs under tmp_check/tap/tmp_check: PostgreSQL::Test::Utils

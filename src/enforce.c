@@ -472,6 +472,11 @@ ks_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree
 {
 	KsMode		mode = mode_now();
 
+	/* an agent's COMMIT PREPARED writes a commit record: the interlock (interlock.c) */
+	if (unlikely(IsA(pstmt->utilityStmt, TransactionStmt)) &&
+		((TransactionStmt *) pstmt->utilityStmt)->kind == TRANS_STMT_COMMIT_PREPARED &&
+		IsTransactionState() && ks_session_is_agent())
+		mode = ks_commit_prepared_mode();
 	/* outside a healthy transaction only ROLLBACK and the like can run */
 	if (unlikely(mode != KS_DISENGAGED) && IsTransactionState())
 		check_utility(pstmt->utilityStmt, mode);
@@ -546,6 +551,24 @@ check_commit(bool prepare)
 		return;
 	if (!ks_agent_may_write(mode))
 		ks_refuse_agent(mode, prepare ? KS_REFUSED_PREPARE : KS_REFUSED_COMMIT, NULL);
+}
+
+/*
+ * The backstop again, in PostgreSQL's commit work after the pre-commit
+ * callbacks (functions.c: each object ON COMMIT DROP drops).  Hundreds of
+ * temporary tables stretch that work past the raiser's bounded wait
+ * (ARCHITECTURE §5.2); a halt raised meanwhile refuses the commit there,
+ * before its commit record, rather than let it follow the raiser's.
+ */
+void
+ks_check_commit_tail(void)
+{
+	KsMode		mode = ks_current_mode();
+
+	if (likely(mode == KS_DISENGAGED) || ks_commit_is_own_work())
+		return;
+	if (!ks_agent_may_write(mode))
+		ks_refuse_agent(mode, "the commit of a transaction that wrote");
 }
 
 /*

@@ -638,6 +638,14 @@ ks_retired_secret(const char *secret_file, const char *key_id,
 /* How long the command-line tool waits before it gives up, with a message. */
 #define KS_LOCK_FRONTEND_MS 10000
 
+/*
+ * How long a backend that can be interrupted (a release before its commit)
+ * waits at most: its session may end the wait sooner, but anyone who can
+ * write the state directory can hold the lock, and a wait that only a
+ * cancel ends is a session held by an agent.
+ */
+#define KS_LOCK_INTERRUPTIBLE_MS 10000
+
 /* Try the lock once: 1 taken, 0 held by another, -1 error (errno set). */
 static int
 try_lock(int fd)
@@ -722,25 +730,25 @@ check_session_timeouts(TimestampTz start, const char *path)
  * to wait on and must never hang, a backend holding interrupts (the undo
  * at abort), or the startup process replaying a change on a standby (its
  * interrupts never end this wait, and WAL replay waits behind it) — gives
- * up after KS_LOCK_BOUNDED_MS.  This may throw: the
- * caller closes the descriptor.
+ * up after KS_LOCK_BOUNDED_MS; one that can, after KS_LOCK_INTERRUPTIBLE_MS.
+ * This may throw: the caller closes the descriptor.
  */
 static bool
 wait_for_lock(int fd, const char *path, char *problem, size_t problemlen)
 {
 	bool		latch = IsUnderPostmaster && MyLatch != NULL;
 	bool		interruptible = latch && INTERRUPTS_CAN_BE_PROCESSED() && !AmStartupProcess();
+	int			bound = interruptible ? KS_LOCK_INTERRUPTIBLE_MS : KS_LOCK_BOUNDED_MS;
 	TimestampTz start = GetCurrentTimestamp();
 	int			r;
 
 	while ((r = try_lock(fd)) == 0)
 	{
-		if (!interruptible &&
-			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), KS_LOCK_BOUNDED_MS))
+		if (TimestampDifferenceExceeds(start, GetCurrentTimestamp(), bound))
 		{
 			snprintf(problem, problemlen,
 					 "could not lock \"%s\": another process held it for more than %d ms",
-					 path, KS_LOCK_BOUNDED_MS);
+					 path, bound);
 			return false;
 		}
 		if (latch)

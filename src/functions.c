@@ -20,6 +20,10 @@
  *     call of a built-in set up before the halt is not seen again here;
  *     running.c stops those.
  *
+ * The same object access hook also sees OAT_DROP: in an agent's commit
+ * work after the backstop (its ON COMMIT DROP tables), each drop checks the
+ * halt again (enforce.c ks_check_commit_tail()).
+ *
  * A function's verdict is computed once from its pg_proc row and kept
  * until functions, languages, schemas or the allowlist change.  While
  * disengaged the per-call hook costs one atomic read, and the setup hook
@@ -234,7 +238,8 @@ check_setup(KsMode mode, Oid fn)
 }
 
 /*
- * Object access hook, OAT_FUNCTION_EXECUTE: a call is being set up.  While
+ * Object access hook.  OAT_DROP in an agent's commit work: the backstop
+ * again (enforce.c).  OAT_FUNCTION_EXECUTE: a call is being set up.  While
  * disengaged an agent's setup of a denied built-in is noted (running.c)
  * before the mode is read again, so that a raise published meanwhile
  * either finds the note or is seen here.
@@ -247,6 +252,9 @@ ks_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId,
 
 	if (prev_object_access_hook)
 		prev_object_access_hook(access, classId, objectId, subId, arg);
+	/* an agent's commit dropping its ON COMMIT DROP tables after the backstop */
+	if (unlikely(access == OAT_DROP) && ks_in_commit_tail())
+		ks_check_commit_tail();
 	if (access != OAT_FUNCTION_EXECUTE || ks_shared == NULL)
 		return;
 	mode = ks_current_mode();

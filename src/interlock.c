@@ -12,8 +12,12 @@
  * committed in the commit log: its commit record is then in the WAL before
  * anything the raiser writes afterwards, its own commit record included.
  * Either the agent sees the halt or the raiser sees the agent (Dekker's
- * pattern).  The wait is bounded: past KS_INTERLOCK_WAIT_MS the raise
- * stands and a LOG line names the agent's pid.
+ * pattern).  An agent's COMMIT PREPARED holds the slot the same way, with
+ * KS_COMMITTING_PREPARED for the id it does not know yet.  The wait is
+ * bounded: past KS_INTERLOCK_WAIT_MS the raise stands and a LOG line names
+ * the agent's pid; PostgreSQL's commit work after the check (ON COMMIT
+ * DROP) checks again (enforce.c), so a commit stretched past the wait is
+ * refused rather than written after the raiser's.
  *
  * Agents pay one store and one barrier per writing commit; everybody else
  * nothing; an idle session holds nothing.
@@ -33,6 +37,13 @@
 
 /* How long a raiser waits for the agent commits it saw. */
 #define KS_INTERLOCK_WAIT_MS 1000
+
+/*
+ * What an agent's COMMIT PREPARED holds its slot with: the commit record it
+ * writes is the prepared transaction's, whose id the statement does not
+ * know before it runs.  Never the id of a transaction a backend runs.
+ */
+#define KS_COMMITTING_PREPARED BootstrapTransactionId
 
 /* Does this transaction occupy its committing slot? */
 static bool committing = false;
@@ -83,6 +94,37 @@ ks_commit_mode(void)
 	return ks_current_mode();
 }
 
+/*
+ * The mode an agent's COMMIT PREPARED is checked against (enforce.c).  The
+ * statement writes the prepared transaction's commit record: the slot is
+ * held from before the read until the statement's own transaction ends, so
+ * that a raiser published after the read waits for that record as for any
+ * committing agent.
+ */
+KsMode
+ks_commit_prepared_mode(void)
+{
+	if (ks_shared == NULL || MyProc == NULL)
+		return ks_current_mode();
+	ks_slots_clear_at_exit();
+	pg_atomic_write_u32(&ks_shared->slots[ks_my_proc_number()].committing,
+						KS_COMMITTING_PREPARED);
+	committing = true;
+	pg_memory_barrier();
+	return ks_current_mode();
+}
+
+/*
+ * Is this an agent transaction past its last check at pre-commit, writing
+ * its commit?  PostgreSQL's own commit work runs after the check (ON COMMIT
+ * DROP, the NOTIFY queue); enforce.c checks again where it can.
+ */
+bool
+ks_in_commit_tail(void)
+{
+	return committing;
+}
+
 /* Transaction callback: the slot empties when the commit (or abort) is done. */
 static void
 interlock_xact_callback(XactEvent event, void *arg)
@@ -122,7 +164,7 @@ static bool
 seen_done(const KsSeen *s)
 {
 	return pg_atomic_read_u32(&ks_shared->slots[s->procno].committing) != s->xid ||
-		TransactionIdDidCommit(s->xid);
+		(TransactionIdIsNormal(s->xid) && TransactionIdDidCommit(s->xid));
 }
 
 /*

@@ -344,6 +344,7 @@ extern bool ks_write_behind_file(bool history);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
 extern void ks_settle_marks(void);
+extern bool ks_watch_writers_stuck;
 extern bool ks_watch_due(void);
 
 /* dirwatch.c: inotify on the state directory */
@@ -371,6 +372,9 @@ extern void ks_dirwatch_stop(int fd);
 extern void ks_interlock_init(void);
 extern void ks_slots_clear_at_exit(void);
 extern KsMode ks_commit_mode(void);
+extern KsMode ks_commit_prepared_mode(void);
+extern bool ks_in_commit_tail(void);
+extern void ks_check_commit_tail(void);
 extern void ks_interlock_wait(void);
 
 /* marks.c: changes in flight, one mark per transaction (ARCHITECTURE §5.3-5.5) */
@@ -456,6 +460,8 @@ extern KsWriteResult ks_persist_file(const char *text, size_t len, const KsExpec
 extern bool ks_persist_copy(const char *text, size_t len, char *problem, size_t problemlen);
 extern bool ks_held_signature(char **signature);
 extern bool ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen);
+extern bool ks_am_watcher;
+extern int	ks_lock_state_dir(int wait_ms, char *problem, size_t problemlen);
 extern bool ks_persist_applied(const KsState *state, bool state_file,
 							   char *problem, size_t problemlen);
 
@@ -626,14 +632,30 @@ ks_noted_running_builtin(void)
 /* logins.c: the operators' reserve, agent logins in emergency */
 extern void ks_logins_init(void);
 
-/* emergency.c */
-extern bool ks_emergency_lists_role(const char *name);
+/* emergency.c: entering emergency, once per episode */
 extern void ks_emergency_tick(bool history);
-extern void ks_emergency_finish_prepared(void);
 extern void ks_emergency_tick_without_database(void);
+
+/* agentlist.c: the agent roles of an emergency, published for logins */
+extern List *ks_agent_roles(void);
+extern void ks_agent_roles_forget(void);
+extern bool ks_emergency_lists_role(const char *name);
+extern Datum ks_oid_array(List *oids);
+
+/* snapshot.c: the emergency snapshot */
+extern void ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history);
+
+/* ending.c: the busy agent sessions ended, the agents' prepared transactions rolled back */
+extern int	ks_end_busy_agent_sessions(List *roles, TimestampTz published_at);
+extern void ks_note_agents_prepared(List *roles);
+extern void ks_emergency_finish_prepared(void);
+
+/* alert.c: NOTIFY, WARNING and killswitch.alert_command */
+extern int64 ks_alert_event_id(int64 generation);
+extern void ks_alert_emergency(int64 generation, int64 event_id, int ended, bool database);
 extern void ks_alert_poll(void);
 
-/* sessions.c: agent sessions from shared memory, with no database */
+/* sessions.c: agent sessions and their locks, from shared memory */
 extern List *ks_sessions_of_roles(List *roles, TimestampTz before);
 extern char *ks_sessions_snapshot_json(List *roles, int64 generation);
 
@@ -688,13 +710,13 @@ extern bool ks_publish_state(const KsState *st, int flags, bool only_newer);
 extern void ks_standby_apply(const char *text, size_t len, XLogRecPtr lsn);
 extern void ks_adopt_history_after_recovery(void);
 extern void ks_standby_follow_history(void);
-extern void ks_standby_put_back(void);
+extern bool ks_standby_put_back(void);
 /* the bytes of the state a standby heard and holds ahead of replay (the heard overlay) */
 #define KS_HEARD_FILE KS_PRIVATE_DIR "/heard.json"
 extern KsHeard ks_standby_take_heard(const KsState *st, TimeLineID timeline);
 extern bool ks_standby_write_files(const char *text, size_t len, int64 generation);
-extern void ks_standby_write_heard(const char *text, size_t len, int64 generation);
-extern void ks_standby_heard_dropped(void);
+extern bool ks_standby_write_heard(const char *text, size_t len, int64 generation);
+extern bool ks_standby_heard_dropped(void);
 extern void ks_standby_load_heard(const char *secret, size_t secretlen);
 
 /* upstream.c: a standby hears its upstream, whatever replay does */

@@ -21,9 +21,11 @@
  * (marks.c), and the watcher, settling the mark by the commit log, writes
  * the copy from it.  Until then a restart starts at the higher of the two.
  *
- * Every wait for the writers' lock here is bounded: a raise's at most
- * KS_LOCK_RAISE_WAIT_MS (any OS user who can write the state directory can
- * hold the lock), the others' KS_LOCK_BOUNDED_MS (files.c).  A failed write
+ * Every wait for the writers' lock here is bounded (any OS user who can
+ * write the state directory can hold the lock): a release's before its
+ * commit as long as its session allows and at most 10 s (files.c), every
+ * other write's KS_LOCK_RAISE_WAIT_MS, less for the watcher inside a
+ * transaction and for WAL redo (lock_wait_allowed()).  A failed write
  * leaves the file behind the state in force: a visible problem (ks_status()
  * file_problem, a WARNING) that the watcher puts right
  * (ks_write_behind_file()), never a failed raise.
@@ -155,8 +157,6 @@ ks_held_signature(char **signature)
 	return true;
 }
 
-static int	lock_bounded(char *problem, size_t problemlen);
-
 /* Is the state file (these bytes, or missing as NULL) what the server last put there? */
 static bool
 bytes_are_ours(const char *data, size_t len)
@@ -212,27 +212,39 @@ file_as_expected(const char *data, size_t len, const KsExpect *expect,
 	return expect->judged && ks_compare_to_held(&file, expect->judged) == KS_SAME;
 }
 
+/* The watcher: set at its start (worker.c). */
+bool		ks_am_watcher = false;
+
 /*
- * Take the writers' lock with a bounded wait, whoever asks: interrupts are
- * held meanwhile, which makes ks_lock_dir() give up after
- * KS_LOCK_BOUNDED_MS rather than wait for a cancel.
+ * How long this process may wait for the writers' lock when its caller
+ * would wait wait_ms.  Anyone who can write the state directory can hold
+ * the lock (ARCHITECTURE §5.7), so what must go on never waits on it
+ * longer: the watcher inside a transaction — it holds a snapshot there,
+ * perhaps the lock that orders changes — tries once, and what it could not
+ * write is left behind for a later look; the startup process replaying WAL
+ * waits at most KS_LOCK_REDO_WAIT_MS, and not at all while the files are
+ * behind already (a held lock would otherwise cost every replayed record
+ * that wait: the watcher writes the files once it can).
  */
 static int
-lock_bounded(char *problem, size_t problemlen)
+lock_wait_allowed(int wait_ms)
 {
-	volatile int fd = -1;
+	if (ks_am_watcher && IsTransactionState())
+		return 0;
+	if (AmStartupProcess())
+		return ks_shared->files_behind ? 0 : Min(wait_ms, KS_LOCK_REDO_WAIT_MS);
+	return wait_ms;
+}
 
-	HOLD_INTERRUPTS();
-	PG_TRY();
-	{
-		fd = ks_lock_dir(ks_state_dir, problem, problemlen);
-	}
-	PG_FINALLY();
-	{
-		RESUME_INTERRUPTS();
-	}
-	PG_END_TRY();
-	return fd;
+/*
+ * Take the writers' lock, waiting at most wait_ms (less where
+ * lock_wait_allowed() says so), never interrupted and never an error:
+ * the descriptor, or -1 with *problem set.
+ */
+int
+ks_lock_state_dir(int wait_ms, char *problem, size_t problemlen)
+{
+	return ks_lock_dir_within(ks_state_dir, lock_wait_allowed(wait_ms), problem, problemlen);
 }
 
 /* The state file's text of a state, signed with the secret (and the release key). */
@@ -259,16 +271,10 @@ ks_persist_text(const KsState *state, StringInfo out, char *problem, size_t prob
 static int
 lock_for(KsPersistWhen when, char *problem, size_t problemlen)
 {
-	switch (when)
-	{
-		case KS_PERSIST_CHECK:
-			return ks_lock_dir(ks_state_dir, problem, problemlen);
-		case KS_PERSIST_RAISE:
-			return ks_lock_dir_within(ks_state_dir, KS_LOCK_RAISE_WAIT_MS, problem, problemlen);
-		case KS_PERSIST_COMMITTED:
-			break;
-	}
-	return lock_bounded(problem, problemlen);
+	/* a release in a session waits as long as the session lets it, and at most 10 s */
+	if (when == KS_PERSIST_CHECK && !ks_am_watcher)
+		return ks_lock_dir(ks_state_dir, problem, problemlen);
+	return ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, problemlen);
 }
 
 /*
@@ -280,9 +286,10 @@ lock_for(KsPersistWhen when, char *problem, size_t problemlen)
  * write will find the file as the server left it (KS_WRITE_CONFLICT if an
  * outside change nobody has judged is there), waiting for the lock as long
  * as its session allows (interruptibly, statement_timeout and lock_timeout
- * honoured), and writes after its commit.  A raise before its commit
- * (KS_PERSIST_RAISE) waits at most KS_LOCK_RAISE_WAIT_MS, and a write after
- * a commit a bounded time: either writes whatever it finds — an unseen
+ * honoured) and at most 10 s — the watcher's outside release not at all: it
+ * fails, and a later look applies it — and writes after its commit.  A
+ * raise before its commit (KS_PERSIST_RAISE) and a write after a commit
+ * wait at most KS_LOCK_RAISE_WAIT_MS: either writes whatever it finds — an unseen
  * outside change there is kept beside the file as a raced write
  * (files.c), judged by the watcher against the new state — and a failure
  * leaves the file behind (file_problem), for the watcher to put right,
@@ -389,7 +396,7 @@ ks_persist_applied(const KsState *state, bool state_file, char *problem, size_t 
 	initStringInfo(&text);
 	if (!ks_persist_text(&st, &text, problem, problemlen))
 		return false;
-	lockfd = lock_bounded(problem, problemlen);
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, problemlen);
 	if (lockfd < 0)
 		return false;
 	if (RecoveryInProgress() &&
@@ -433,7 +440,7 @@ ks_persist_undo(const KsWritten *w, char *problem, size_t problemlen)
 	if (!w->file_written)
 		return true;
 	ks_state_file_path(path, sizeof(path));
-	lockfd = lock_bounded(problem, problemlen);
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, problemlen);
 	if (lockfd < 0)
 	{
 		ks_file_behind(problem);

@@ -54,16 +54,20 @@ ks_check_engage_right(void)
 }
 
 /*
- * Raise an error unless the current role may release.  Both the current and
- * the session role are checked for agent membership, so that SET ROLE to a
- * granted admin role does not let an agent release.
+ * Raise an error unless the current role may release.  An agent session —
+ * by the test every halt uses (agents.c): its current role, its session
+ * role or the role it logged in as is an agent — never may, so that
+ * neither SET ROLE to a granted admin role, nor a SECURITY DEFINER function
+ * of an administrator, nor a superuser agent's SET SESSION AUTHORIZATION
+ * lets an agent release.  A session whose statements are refused as an
+ * agent's is refused the release too.
  */
 void
 ks_check_release_right(void)
 {
 	Oid			user = GetUserId();
 
-	if (ks_role_is_agent(user) || ks_role_is_agent(GetSessionUserId()))
+	if (ks_session_is_agent())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("members of \"%s\" may never release the kill switch", KS_ROLE_AGENT),

@@ -1,10 +1,11 @@
 /*
  * sessions.c — the agent sessions and the locks they hold, read from shared
  * memory (the backend status array and the lock table) rather than through
- * pg_stat_activity and pg_locks, which are views of a database: for an
- * emergency met by a watcher connected to no database (worker.c).  The
- * snapshot has the shape of the one emergency.c takes with SQL, and is
- * UTF-8 like it.
+ * pg_stat_activity and pg_locks, which are views of a database: the one
+ * rule for which sessions an emergency ends (ending.c), whether the
+ * watcher is connected to a database or to none, and the snapshot of a
+ * watcher connected to none (snapshot.c), in the shape of the one taken
+ * through the views, and UTF-8 like it.
  */
 #include "postgres.h"
 
@@ -44,11 +45,13 @@ holds_advisory_lock(const LockData *locks, int pid)
 }
 
 /*
- * The pids of the client sessions of these roles to end, by the rule
- * emergency.c applies through pg_stat_activity: busy in a transaction that
- * began before the emergency was published, disabled (activity not
- * tracked), or holding an advisory lock.  An idle session stays: each of
- * its statements is refused.
+ * The pids of the client sessions of these roles to end (ending.c says
+ * why): busy in a transaction that began before the emergency was
+ * published, disabled (activity not tracked), or holding an advisory lock.
+ * A session whose transaction start is not known yet (starting up, or
+ * between its statement's start and its transaction's) began after the
+ * publication, or is ended at the next tick.  An idle session stays: each
+ * of its statements is refused.
  */
 List *
 ks_sessions_of_roles(List *roles, TimestampTz before)

@@ -108,10 +108,13 @@ forget_heard_file(char *problem, size_t problemlen)
  * Write a state this standby replayed into its private copy, and into its
  * state file unless a heard state is in force above it (whose bytes the
  * state file then holds), with the primary's exact bytes, under the
- * writers' lock; the heard overlay's bytes go once it has ended.  Nothing is
- * written over a newer state published meanwhile (its own taker writes
- * that one), so the files never fall behind what they held.  Never an
- * error: false, logged, and files_behind when they could not be written.
+ * writers' lock — waited for a bounded time, in redo at most
+ * KS_LOCK_REDO_WAIT_MS and not at all while the files are behind
+ * (persist.c): whoever holds the lock must not slow replay; the heard
+ * overlay's bytes go once it has ended.  Nothing is written over a newer
+ * state published meanwhile (its own taker writes that one), so the files
+ * never fall behind what they held.  Never an error: false, logged, and
+ * files_behind when they could not be written.
  */
 bool
 ks_standby_write_files(const char *text, size_t len, int64 generation)
@@ -122,8 +125,14 @@ ks_standby_write_files(const char *text, size_t len, int64 generation)
 	bool		ok = true;
 
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
-	if (lockfd >= 0 && KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) <= generation)
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
+	if (lockfd >= 0 && KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) > generation)
+	{
+		/* newer: its taker writes it, or said the files are behind */
+		ks_unlock_dir(lockfd);
+		return true;
+	}
+	if (lockfd >= 0)
 	{
 		bool		heard = ks_heard_generation() >= 0;
 
@@ -204,7 +213,7 @@ ks_standby_take_heard(const KsState *st, TimeLineID timeline)
  * (ks_standby_load_heard()), and agents that read the file see the halt.
  * The private copy keeps what was replayed.  Never an error.
  */
-void
+bool
 ks_standby_write_heard(const char *text, size_t len, int64 generation)
 {
 	char		path[MAXPGPATH];
@@ -213,7 +222,7 @@ ks_standby_write_heard(const char *text, size_t len, int64 generation)
 	bool		ok = true;
 
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
 	if (lockfd >= 0 && ks_heard_generation() == generation)
 		ok = ks_write_file_durably(KS_HEARD_FILE, text, len, problem, sizeof(problem)) &&
 			(ks_shared->state_dir_foreign ||
@@ -224,6 +233,7 @@ ks_standby_write_heard(const char *text, size_t len, int64 generation)
 				(errmsg("could not write the heard state of generation " INT64_FORMAT " into the files: %s",
 						generation, problem),
 				 errdetail("The standby holds it in shared memory; after a restart it holds what it replayed until it hears its upstream again.")));
+	return lockfd >= 0 && ok;
 }
 
 /*
@@ -424,7 +434,7 @@ restore_state_file(const char *path, bool *changed, char *problem, size_t proble
  * found stale at start: its file goes, and the state file gets the
  * replayed state back (no outside change: no WARNING).
  */
-void
+bool
 ks_standby_heard_dropped(void)
 {
 	char		path[MAXPGPATH];
@@ -434,7 +444,7 @@ ks_standby_heard_dropped(void)
 	bool		ok;
 
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
 	ok = lockfd >= 0 && forget_heard_file(problem, sizeof(problem)) &&
 		(ks_shared->state_dir_foreign || restore_state_file(path, &changed, problem, sizeof(problem)));
 	ks_unlock_dir(lockfd);
@@ -442,6 +452,7 @@ ks_standby_heard_dropped(void)
 		ereport(LOG,
 				(errmsg("could not put the replayed state back in place of a heard one: %s", problem),
 				 errdetail("The standby follows what it replayed in shared memory.")));
+	return ok;
 }
 
 /*
@@ -450,9 +461,10 @@ ks_standby_heard_dropped(void)
  * the Python library, anyone) is put back, with a WARNING: it may not lower
  * the standby, and a raise of one standby alone would be a mode its primary
  * does not know.  By the watcher, and by the postmaster at start (the
- * watcher needs hot standby).  Never an error.
+ * watcher needs hot standby).  Never an error, and never a long wait for
+ * the writers' lock: false if it was not had (the file was not looked at).
  */
-void
+bool
 ks_standby_put_back(void)
 {
 	char		path[MAXPGPATH];
@@ -462,11 +474,11 @@ ks_standby_put_back(void)
 	bool		ok;
 
 	if (ks_shared->state_dir_foreign)
-		return;
+		return true;
 	ks_state_file_path(path, sizeof(path));
-	lockfd = ks_lock_dir(ks_state_dir, problem, sizeof(problem));
+	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
 	if (lockfd < 0)
-		return;
+		return false;			/* looked at again at the next pass */
 	ok = restore_state_file(path, &put_back, problem, sizeof(problem));
 	ks_unlock_dir(lockfd);
 	if (put_back)
@@ -476,6 +488,7 @@ ks_standby_put_back(void)
 				 : errdetail("A standby follows its primary through the WAL; the replayed state could not be put back (%s).",
 							 problem),
 				 errhint("Change the kill switch on the primary, or promote this standby.")));
+	return true;
 }
 
 /*

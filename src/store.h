@@ -201,6 +201,8 @@ extern bool ks_retired_secret(const char *secret_file, const char *key_id,
 extern int	ks_lock_dir(const char *dir, char *problem, size_t problemlen);
 /* How long a raise waits for the writers' lock before the file follows later. */
 #define KS_LOCK_RAISE_WAIT_MS 50
+/* WAL redo waits at most this long for it, per record (persist.c) */
+#define KS_LOCK_REDO_WAIT_MS 10
 extern int	ks_lock_dir_within(const char *dir, int wait_ms, char *problem, size_t problemlen);
 extern void ks_unlock_dir(int fd);
 

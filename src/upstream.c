@@ -860,12 +860,14 @@ ks_upstream_generation(void)
 void
 ks_upstream_write_files(void)
 {
-	if (up.dropped)
-		ks_standby_heard_dropped();
+	/* not written (the writers' lock held elsewhere): again at the next pass */
+	if (up.dropped && !ks_standby_heard_dropped())
+		return;
 	up.dropped = false;
 	if (up.unwritten == NULL)
 		return;
-	ks_standby_write_heard(up.unwritten, up.unwritten_len, up.unwritten_generation);
+	if (!ks_standby_write_heard(up.unwritten, up.unwritten_len, up.unwritten_generation))
+		return;
 	pfree(up.unwritten);
 	up.unwritten = NULL;
 }

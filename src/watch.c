@@ -44,19 +44,14 @@
 
 #include "killswitch.h"
 
-/*
- * How long a look waits for another writer of the state file to finish
- * (the writers' lock) before it calls bytes it does not know someone
- * else's: a server write notes its bytes before it lets go of the lock.
- */
-#define KS_JUDGE_LOCK_WAIT_MS 50
-
 /* What to do about the file. */
 typedef struct KsVerdictAction
 {
 	bool		act;			/* make change */
 	bool		wait;			/* its writer may be at it: judge once it has finished */
-	bool		after_lock;		/* a release: judged once the raises in force are the chain's */
+	bool		after_lock;		/* look again soon: a release, once the raises in force are
+								 * the chain's; a file read while another writer held the
+								 * writers' lock, once it is free */
 	bool		rewrite;		/* bytes the server knows, lagging the state in force */
 	const KsState *file;		/* the valid state judged, or NULL */
 	char		hash[KS_HEX_DIGEST_LEN + 1];	/* of the bytes judged */
@@ -205,20 +200,32 @@ read_once(const char *path, const char *secret, size_t secretlen, KsState *st,
 }
 
 /*
- * read_once() again while holding the writers' lock (waited for at most
- * KS_JUDGE_LOCK_WAIT_MS): a server write that replaced the file has noted
- * its bytes by the time the lock is free, so bytes still unknown then are
- * someone else's.  Past the wait (anyone who can write the state directory
- * can hold the lock), read without it.
+ * Has another writer held the writers' lock for longer than the watcher
+ * waits for it (worker.c, KS_LOCK_DEFER_MS)?  Then a look reads the file
+ * without it.  Set by the watcher before each look.
+ */
+bool		ks_watch_writers_stuck = false;
+
+/*
+ * read_once() again while holding the writers' lock: a server write that
+ * replaced the file has noted its bytes by the time the lock is free, so
+ * bytes still unknown then are someone else's.  The look holds a snapshot
+ * and perhaps the lock that orders changes, so it does not wait for the
+ * writers' lock (persist.c): busy, the look is given up (*busy) and made
+ * again once the lock is free — or, once another writer has held it past
+ * the watcher's patience (anyone who can write the state directory can
+ * hold it), without it.
  */
 static KsVerdict
 read_settled(const char *path, const char *secret, size_t secretlen, KsState *st,
-			 char *hash, bool *empty, char *problem, size_t problemlen)
+			 char *hash, bool *empty, bool *busy, char *problem, size_t problemlen)
 {
 	char		why[KS_PROBLEM_LEN];
-	int			lockfd = ks_lock_dir_within(ks_state_dir, KS_JUDGE_LOCK_WAIT_MS, why, sizeof(why));
-	KsVerdict	v = read_once(path, secret, secretlen, st, hash, empty, problem, problemlen);
+	int			lockfd = ks_lock_state_dir(0, why, sizeof(why));
+	KsVerdict	v;
 
+	*busy = lockfd < 0 && errno == EWOULDBLOCK && !ks_watch_writers_stuck;
+	v = read_once(path, secret, secretlen, st, hash, empty, problem, problemlen);
 	ks_unlock_dir(lockfd);
 	return v;
 }
@@ -284,7 +291,17 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 	{
 		v = read_once(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
 		if (!raced && !ks_file_known(hash, &behind))
-			v = read_settled(path, secret, secretlen, &st, hash, &empty, problem, sizeof(problem));
+		{
+			bool		busy;
+
+			v = read_settled(path, secret, secretlen, &st, hash, &empty, &busy,
+							 problem, sizeof(problem));
+			if (busy)
+			{
+				a.after_lock = true;	/* looked at again soon */
+				return a;
+			}
+		}
 		/*
 		 * The server's own bytes, or bytes already judged: nothing new —
 		 * unless the file lags the state in force, or a writer made it
@@ -622,6 +639,8 @@ ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_
 	char		problem[KS_PROBLEM_LEN];
 
 	judged_hash[0] = '\0';
+	if (!raced)
+		retry_soon = false;
 	if (!ks_state_dir_ours(problem, sizeof(problem)))
 		return KS_JUDGED;		/* another server's file (claim.c) */
 	a = judge(path, raced, writer_done);
@@ -629,8 +648,11 @@ ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_
 		return KS_JUDGE_AFTER_WRITER;
 	if (a.rewrite)
 		(void) ks_write_behind_file(false);
+	/* read while another writer held the writers' lock: looked at again soon */
+	if (!a.act && a.after_lock)
+		retry_soon = true;
 	if (!a.act)
-		return KS_JUDGED;
+		return a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_clip_utf8(reason, a.change.reason, sizeof(reason));

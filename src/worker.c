@@ -624,8 +624,7 @@ standby_pass(WaitEventSet *wait_set, bool *socket_ready)
 	stamp = file_stamp(path);
 	if (stamp_changed(&stamp, &standby.seen) || !standby.compared)
 	{
-		standby.compared = true;
-		ks_standby_put_back();
+		standby.compared = ks_standby_put_back();
 		standby.seen = file_stamp(path);
 	}
 	ks_alert_poll();
@@ -1065,6 +1064,7 @@ ks_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	ks_am_watcher = true;
 	connect_to_database();
 
 	/*
@@ -1212,10 +1212,15 @@ ks_worker_main(Datum arg)
 				again_at = TimestampTzPlusMilliseconds(tick, KS_WRITING_SETTLE_MS);
 			}
 		}
+		/* a look that failed is made again after KS_RETRY_MS, unless the file changed */
+		if (look && failed && tick < retry_at && !first && !stamp_changed(&now, &seen) &&
+			ev.state == KS_DIR_NOTHING)
+			look = false;
 		if (look)
 		{
 			in_flight_since = 0;
 			again_at = 0;
+			ks_watch_writers_stuck = busy_since != 0 && !deferred;
 			failed = !examine_file_safely(path, false, &judged);
 			if (failed)
 				retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -1274,7 +1279,7 @@ ks_worker_main(Datum arg)
 		timeout = ms_until_at_most(raced_again_at, timeout);
 		if (failed)
 			timeout = ms_until_at_most(retry_at, timeout);
-		if (ks_watch_due() || ks_shared->marks_due)
+		if ((ks_watch_due() || ks_shared->marks_due) && !failed)
 			timeout = Min(timeout, KS_WAITING_RETRY_MS);
 		/* events read during the looks: at once (unless they wait for another writer) */
 		if (!deferred && (dir.events.state != KS_DIR_NOTHING || dir.events.raced))

@@ -5,7 +5,9 @@
 # Prometheus would scrape it, and seen to move: an engage, an emergency, an
 # agent role with a power that gets around the switch, a refused claim, a
 # tamper verdict, a watcher stopped (SIGSTOP) and going again, the release;
-# the standby's generation follows the primary's.  Every killswitch_ metric
+# the standby's generation follows the primary's, and its upstream_* metrics
+# say how it hears its primary (lost, past killswitch.standby_max_silence,
+# once the primary is gone).  Every killswitch_ metric
 # the alert rules (alerts/killswitch.rules.yml) read is in the scrape.
 use strict;
 use warnings;
@@ -216,5 +218,22 @@ values_are($m, 'the verdict released', killswitch_tampered => 0, killswitch_mode
 $m = scrape_until($sport, killswitch_generation => $gen + 1);
 values_are($m, 'the standby at its primary\'s generation',
 	killswitch_generation => $gen + 1, killswitch_mode => 0, killswitch_tampered => 0);
+
+# ---------------------------------------------------------------- how a standby hears its primary
+values_are(scrape($pport), 'a primary reports 0 for what only standbys have',
+	killswitch_upstream_lost => 0, killswitch_upstream_problem => 0, killswitch_upstream_age_seconds => 0,
+	killswitch_replay_behind_bytes => 0, killswitch_replay_behind_seconds => 0, killswitch_file_problem => 0);
+$m = scrape_until($sport, killswitch_upstream_problem => 0, killswitch_upstream_age_seconds => sub { $_[0] < 5 });
+values_are($m, 'a standby that hears its primary',
+	killswitch_upstream_lost => 0, killswitch_upstream_problem => 0,
+	killswitch_upstream_age_seconds => sub { $_[0] >= 0 && $_[0] < 5 },
+	killswitch_replay_behind_bytes => sub { $_[0] >= 0 }, killswitch_file_problem => 0);
+$standby->append_conf('postgresql.conf', "killswitch.standby_max_silence = 2\n");
+$standby->reload;
+$primary->stop('immediate');
+$m = scrape_until($sport, killswitch_upstream_lost => 1);
+values_are($m, 'its primary gone, past killswitch.standby_max_silence',
+	killswitch_upstream_lost => 1, killswitch_upstream_problem => 1, killswitch_mode => 2,
+	killswitch_upstream_age_seconds => sub { $_[0] >= 2 });
 
 done_testing();

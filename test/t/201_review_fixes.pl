@@ -105,13 +105,16 @@ $node->stop;
 # ---- an upstream that reports a negative silence (upstream.c) ----
 # The silence an upstream reports is not signed.  A standby cut off from
 # its primary's WAL hears a signed state through killswitch.upstream_conninfo
-# from a server that says its word is ten days younger than now; then that
+# from a server that says its word is ten days younger than now (and gives
+# the primary's system identifier and timeline, as an impostor with the
+# secret would); then that
 # server goes quiet.  killswitch.standby_max_silence still holds the halt
 # once the standby has heard nothing for longer than the bound.
 {
 	my $primary = ks_node('fixes_primary', init => { allows_streaming => 1 });
 	$primary->backup('b');
-	my $state = $primary->safe_psql('postgres', "SELECT encode(state, 'hex') FROM killswitch.committed_state()");
+	my ($state, $sysid, $tli) = split /\|/, $primary->safe_psql('postgres',
+		"SELECT encode(state, 'hex'), system_identifier, timeline_id FROM killswitch.committed_state()");
 	my $liar = PostgreSQL::Test::Cluster->new('fixes_liar');
 	$liar->init;
 	$liar->start;
@@ -119,8 +122,9 @@ $node->stop;
 CREATE SCHEMA killswitch;
 CREATE PROCEDURE killswitch.await_state(known_generation bigint, timeout_ms integer)
     LANGUAGE sql AS \$\$ SELECT pg_sleep(0.05) \$\$;
-CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint, OUT wal_lsn pg_lsn)
-    LANGUAGE sql AS \$\$ SELECT '\\x$state'::bytea, -864000000::bigint, NULL::pg_lsn \$\$;
+CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint, OUT wal_lsn pg_lsn,
+    OUT system_identifier bigint, OUT timeline_id integer)
+    LANGUAGE sql AS \$\$ SELECT '\\x$state'::bytea, -864000000::bigint, NULL::pg_lsn, ${sysid}::bigint, $tli \$\$;
 });
 	my $dead = PostgreSQL::Test::Cluster::get_free_port();
 	my $standby = PostgreSQL::Test::Cluster->new('fixes_standby');

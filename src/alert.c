@@ -1,0 +1,201 @@
+/*
+ * alert.c — the emergency's alert (ARCHITECTURE §9): NOTIFY
+ * killswitch_alert (sent at the watcher's commit, notify.c), a WARNING in
+ * the log, and killswitch.alert_command.
+ *
+ * The command is run with the details in environment variables, never in
+ * the shell text (a reason is free text), in a process group of its own,
+ * and never waited for: the watcher reaps it on later ticks and kills the
+ * group once it outlives killswitch.alert_timeout, so an alert that hangs
+ * never holds up the watcher.
+ */
+#include "postgres.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/timestamp.h"
+
+#include "killswitch.h"
+
+/* The alert command running, if any. */
+static pid_t alert_pid = 0;
+static TimestampTz alert_deadline = 0;
+
+/* What the alert command is told, copied out of shared memory. */
+typedef struct AlertDetails
+{
+	char		reason[256];
+	char		by[64];
+	char		source[16];
+	char		snapshot[MAXPGPATH];
+} AlertDetails;
+
+/*
+ * The emergency's own reason, who raised it and from where.  A raise from
+ * SQL whose event is not the chain's yet is named by its raising slot:
+ * the chain still shows the mode before it.
+ */
+static void
+alert_details(AlertDetails *d)
+{
+	char		path[MAXPGPATH];
+
+	SpinLockAcquire(&ks_shared->mutex);
+	if (ks_shared->chain_mode != KS_EMERGENCY && ks_shared->raise_reason[0])
+	{
+		strlcpy(d->reason, ks_shared->raise_reason, sizeof(d->reason));
+		strlcpy(d->by, ks_shared->raise_by, sizeof(d->by));
+		strlcpy(d->source, "sql", sizeof(d->source));
+	}
+	else
+	{
+		strlcpy(d->reason, ks_shared->reason, sizeof(d->reason));
+		strlcpy(d->by, ks_shared->triggered_by, sizeof(d->by));
+		strlcpy(d->source, ks_shared->source, sizeof(d->source));
+	}
+	SpinLockRelease(&ks_shared->mutex);
+	snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
+	strlcpy(d->snapshot, make_absolute_path(path), sizeof(d->snapshot));
+}
+
+/* Set an environment variable to a number; event 0 (not recorded yet) is empty. */
+static void
+setenv_int64(const char *name, int64 value, bool empty_if_zero)
+{
+	char		buf[32];
+
+	if (empty_if_zero && value == 0)
+		buf[0] = '\0';
+	else
+		snprintf(buf, sizeof(buf), INT64_FORMAT, value);
+	setenv(name, buf, 1);
+}
+
+/* In the forked child: become the command, with the details in the environment. */
+static void
+exec_alert_command(const AlertDetails *d, int64 generation, int64 event_id, int ended)
+{
+	/* its own process group, so that a timeout ends all of it */
+	setsid();
+	setenv("KS_MODE", "emergency", 1);
+	setenv("KS_REASON", d->reason, 1);
+	setenv("KS_TRIGGERED_BY", d->by, 1);
+	setenv("KS_SOURCE", d->source, 1);
+	setenv_int64("KS_GENERATION", generation, false);
+	setenv_int64("KS_EVENT_ID", event_id, true);
+	setenv_int64("KS_SESSIONS_ENDED", ended, false);
+	setenv("KS_SNAPSHOT_FILE", d->snapshot, 1);
+	execl("/bin/sh", "sh", "-c", ks_alert_command, (char *) NULL);
+	_exit(127);
+}
+
+/* Start killswitch.alert_command, unless none is set or one still runs. */
+static void
+run_alert_command(int64 generation, int64 event_id, int ended)
+{
+	AlertDetails d;
+	pid_t		pid;
+
+	if (ks_alert_command == NULL || ks_alert_command[0] == '\0' || alert_pid != 0)
+		return;
+	alert_details(&d);
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+	{
+		ereport(WARNING, (errmsg("killswitch: could not start alert_command: %m")));
+		return;
+	}
+	if (pid == 0)
+		exec_alert_command(&d, generation, event_id, ended);
+	alert_pid = pid;
+	alert_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ks_alert_timeout);
+	ereport(LOG, (errmsg("killswitch: alert_command started (pid %d)", (int) pid)));
+}
+
+/* Reap the alert command, or end it when it outlives killswitch.alert_timeout. */
+void
+ks_alert_poll(void)
+{
+	int			status;
+	pid_t		r;
+
+	if (alert_pid == 0)
+		return;
+	r = waitpid(alert_pid, &status, WNOHANG);
+	if (r == alert_pid)
+	{
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+			ereport(LOG, (errmsg("killswitch: alert_command succeeded")));
+		else
+			ereport(WARNING, (errmsg("killswitch: alert_command failed (status %d)", status)));
+		alert_pid = 0;
+	}
+	else if (GetCurrentTimestamp() >= alert_deadline)
+	{
+		kill(-alert_pid, SIGKILL);
+		(void) waitpid(alert_pid, &status, 0);
+		ereport(WARNING, (errmsg("killswitch: alert_command did not finish within %d ms and was killed",
+								 ks_alert_timeout)));
+		alert_pid = 0;
+	}
+}
+
+/*
+ * The id of the event that set this generation, for the alert to name; 0
+ * when there is none (yet).  Reads killswitch.events: inside the watcher's
+ * transaction in a database with the history.
+ */
+int64
+ks_alert_event_id(int64 generation)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(generation)};
+	int64		id = 0;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT id FROM killswitch.events WHERE generation = $1",
+							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return id;
+}
+
+/*
+ * Alert that an emergency episode began: its generation, the event that
+ * set it (0: not recorded yet), how many agent sessions were ended.  A
+ * watcher connected to no database sends no NOTIFY (a NOTIFY belongs to a
+ * database) and says so in the WARNING, with why.
+ */
+void
+ks_alert_emergency(int64 generation, int64 event_id, int ended, bool database)
+{
+	if (database)
+	{
+		ks_notify_alert_later(generation, ended);
+		ereport(WARNING,
+				(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
+						generation, ended),
+				 errdetail("Every statement of an agent is refused until the kill switch is released.")));
+	}
+	else
+		ereport(WARNING,
+				(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
+						generation, ended),
+				 RecoveryInProgress() ?
+				 errdetail("Every statement of an agent is refused until the kill switch is released. "
+						   "This is a standby: the snapshot is in the file %s only, and no NOTIFY was sent.",
+						   KS_SNAPSHOT_FILE_NAME) :
+				 errdetail("Every statement of an agent is refused until the kill switch is released. "
+						   "The watcher has no database: the snapshot is in the file %s only, and no NOTIFY was sent.",
+						   KS_SNAPSHOT_FILE_NAME)));
+	run_alert_command(generation, event_id, ended);
+}

@@ -1,0 +1,155 @@
+/*
+ * snapshot.c — the emergency snapshot (ARCHITECTURE §9), taken once per
+ * episode before any session is ended, so that it shows what the agents
+ * were doing: the status, every agent session, the locks they hold or wait
+ * for, and the agents' prepared transactions, as one JSON document in
+ * kill_switch_snapshot.json beside the state file (UTF-8, as that file
+ * is) and, where the database has the history, a row of
+ * killswitch.snapshots.
+ *
+ * A watcher connected to a database reads it through the views
+ * (pg_stat_activity, pg_locks, pg_prepared_xacts, killswitch.shared_state());
+ * one connected to none — killswitch.database unusable, or a standby —
+ * has no views to read, and sessions.c builds the same document from
+ * shared memory, without the prepared transactions (pg_prepared_xacts
+ * names their owners, which takes a database).
+ *
+ * A snapshot that fails is a WARNING: it never keeps the sessions from
+ * being ended.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "killswitch.h"
+
+/* The snapshot as one JSON document, read through the views. */
+#define SNAPSHOT_SQL \
+	"SELECT pg_catalog.jsonb_build_object(" \
+	" 'generation', $2, 'taken_at', pg_catalog.clock_timestamp()," \
+	" 'status', (SELECT pg_catalog.to_jsonb(s) FROM killswitch.shared_state() s)," \
+	" 'sessions', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(" \
+	"   'pid', a.pid, 'role', a.usename, 'database', a.datname, 'application', a.application_name," \
+	"   'client', a.client_addr, 'state', a.state, 'query', a.query, 'xact_start', a.xact_start," \
+	"   'query_start', a.query_start, 'wait_event_type', a.wait_event_type," \
+	"   'wait_event', a.wait_event) ORDER BY a.pid), '[]'::jsonb)" \
+	"   FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = ANY ($1))," \
+	" 'locks', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(" \
+	"   'pid', l.pid, 'locktype', l.locktype, 'database', l.database," \
+	"   'relation', l.relation, 'mode', l.mode, 'granted', l.granted," \
+	"   'transactionid', l.transactionid::text) ORDER BY l.pid), '[]'::jsonb)" \
+	"   FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid" \
+	"   WHERE a.usesysid = ANY ($1))," \
+	" 'prepared', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(" \
+	"   'gid', p.gid, 'owner', p.owner, 'database', p.database, 'prepared', p.prepared," \
+	"   'transaction', p.transaction::text) ORDER BY p.prepared), '[]'::jsonb)" \
+	"   FROM pg_catalog.pg_prepared_xacts p JOIN pg_catalog.pg_roles r ON r.rolname = p.owner" \
+	"   WHERE r.oid = ANY ($1)))::text"
+
+/* The snapshot through the views, in the database's encoding.  (SPI connected.) */
+static char *
+snapshot_through_views(List *roles, int64 generation)
+{
+	Oid			argtypes[2] = {OIDARRAYOID, INT8OID};
+	Datum		values[2] = {ks_oid_array(roles), Int64GetDatum(generation)};
+
+	if (SPI_execute_with_args(SNAPSHOT_SQL, 2, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not take the emergency snapshot");
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/* Write the snapshot file; one that cannot be written is a WARNING. */
+static void
+write_snapshot_file(const char *utf8_json)
+{
+	char		path[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+
+	snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
+	if (!ks_write_file_durably(path, utf8_json, strlen(utf8_json), problem, sizeof(problem)))
+		ereport(WARNING, (errmsg("killswitch: could not write the emergency snapshot file"),
+						  errdetail("%s", problem)));
+}
+
+/* Add the snapshot to killswitch.snapshots.  (SPI connected.) */
+static void
+record_snapshot(int64 generation, const char *json)
+{
+	Oid			argtypes[2] = {INT8OID, JSONBOID};
+	Datum		values[2] = {Int64GetDatum(generation),
+	DirectFunctionCall1(jsonb_in, CStringGetDatum(json))};
+
+	if (SPI_execute_with_args("INSERT INTO killswitch.snapshots (generation, snapshot) "
+							  "VALUES ($1, $2)", 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the emergency snapshot");
+}
+
+/* The snapshot taken through the views: the file, and the row if there is a history. */
+static void
+snapshot_in_database(List *roles, int64 generation, bool history)
+{
+	char	   *json;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	json = snapshot_through_views(roles, generation);
+	write_snapshot_file(pg_server_to_any(json, strlen(json), PG_UTF8));
+	if (history)
+		record_snapshot(generation, json);
+	SPI_finish();
+}
+
+/* The snapshot taken from shared memory: the file alone. */
+static void
+snapshot_without_database(List *roles, int64 generation)
+{
+	write_snapshot_file(ks_sessions_snapshot_json(roles, generation));
+}
+
+/*
+ * Take the snapshot of these agent roles' sessions, inside the watcher's
+ * transaction, in a subtransaction: a failure is logged and the watcher
+ * goes on to end the sessions.  The subtransaction is what makes going on
+ * safe — an error can come while GetLockStatusData() holds the lock
+ * manager's LWLocks, or from SPI half-way through, and only an abort gives
+ * back what an error leaves held (as PL/pgSQL's exception blocks do).
+ */
+void
+ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(ctx);
+	PG_TRY();
+	{
+		if (database)
+			snapshot_in_database(roles, generation, history);
+		else
+			snapshot_without_database(roles, generation);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING,
+				(errmsg("killswitch: the emergency snapshot failed: %s", edata->message)));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(ctx);
+	CurrentResourceOwner = owner;
+}
