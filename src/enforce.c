@@ -568,7 +568,7 @@ ks_check_commit_tail(void)
 	if (likely(mode == KS_DISENGAGED) || ks_commit_is_own_work())
 		return;
 	if (!ks_agent_may_write(mode))
-		ks_refuse_agent(mode, "the commit of a transaction that wrote");
+		ks_refuse_agent(mode, KS_REFUSED_COMMIT, NULL);
 }
 
 /*

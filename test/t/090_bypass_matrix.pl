@@ -295,7 +295,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 				"$mode, $role: the agent's prepared transaction is rolled back");
 			like(sql("SELECT snapshot->>'prepared' FROM killswitch.snapshots ORDER BY id DESC LIMIT 1"),
 				qr/"gid": "before_$role"/, "$mode, $role: and it is in the snapshot");
-			ok($node->wait_for_log(qr/WARNING:  killswitch: prepared transaction "other_$role" of an agent in database "other" was not rolled back/,
+			ok($node->wait_for_log(qr/WARNING:  prepared transaction "other_$role" of an agent in database "other" was not rolled back/,
 				$log_offset), "$mode, $role: one in another database is named in a WARNING");
 			like(sql("SELECT snapshot->>'prepared' FROM killswitch.snapshots ORDER BY id DESC LIMIT 1"),
 				qr/"gid": "other_$role"/, "$mode, $role: and is in the snapshot");

@@ -27,7 +27,7 @@ sub actions_ran
 {
 	my ($generation, $offset) = @_;
 	return $node->wait_for_log(
-		qr/killswitch: EMERGENCY \(generation $generation\): \d+ agent sessions ended/, $offset);
+		qr/kill switch emergency \(generation $generation\): \d+ agent sessions? ended/, $offset);
 }
 
 my $offset = -s $node->logfile;
