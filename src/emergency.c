@@ -69,6 +69,15 @@ in_emergency(Episode *e)
 	return true;
 }
 
+/* Does the chain hold the emergency (its event committed)? */
+static bool
+chain_holds_emergency(void)
+{
+	int			flags;
+
+	return ks_chain_state(&flags) == KS_EMERGENCY;
+}
+
 /*
  * Is the alert of this episode due?  When the chain holds the emergency
  * (its event committed, so the alert names it), or once it has been in
@@ -78,11 +87,9 @@ in_emergency(Episode *e)
 static bool
 alert_due(const Episode *e)
 {
-	int			flags;
-
 	if (ks_shared->emergency_alerted == e->id)
 		return false;
-	return ks_chain_state(&flags) == KS_EMERGENCY ||
+	return chain_holds_emergency() ||
 		TimestampDifferenceExceeds(e->published_at, GetCurrentTimestamp(), KS_ALERT_WAIT_MS);
 }
 
@@ -100,17 +107,27 @@ ks_emergency_tick(bool history)
 	Episode		e;
 	List	   *roles;
 	int64		event_id = 0;
+	bool		in_force;
+	bool		chain_holds;
 	bool		alert;
 	int			ended;
 
-	if (!in_emergency(&e))
+	in_force = in_emergency(&e);
+	/* a snapshot left waiting by an episode released before its event came */
+	if (history && (!in_force || e.first))
+		ks_emergency_record_snapshot(-1);
+	if (!in_force)
 		return;
 	alert = alert_due(&e);
 	if (alert && history)
 		event_id = ks_alert_event_id(e.generation);
 	roles = ks_agent_roles();
+	/* the snapshot at once; its row once the chain gives the emergency its generation */
+	chain_holds = chain_holds_emergency();
 	if (e.first)
-		ks_emergency_snapshot(roles, e.generation, true, history);
+		ks_emergency_snapshot(roles, e.generation, true, history, chain_holds);
+	else if (history && chain_holds)
+		ks_emergency_record_snapshot(e.generation);
 	ended = ks_end_busy_agent_sessions(roles, e.published_at);
 	if (e.first)
 	{
@@ -144,7 +161,7 @@ ks_emergency_tick_without_database(void)
 		return;
 	roles = ks_agent_roles();
 	if (e.first)
-		ks_emergency_snapshot(roles, e.generation, false, false);
+		ks_emergency_snapshot(roles, e.generation, false, false, false);
 	ended = ks_end_busy_agent_sessions(roles, e.published_at);
 	if (!e.first)
 		return;

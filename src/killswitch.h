@@ -643,7 +643,9 @@ extern bool ks_emergency_lists_role(const char *name);
 extern Datum ks_oid_array(List *oids);
 
 /* snapshot.c: the emergency snapshot */
-extern void ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history);
+extern void ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history,
+								  bool recorded);
+extern void ks_emergency_record_snapshot(int64 generation);
 
 /* ending.c: the busy agent sessions ended, the agents' prepared transactions rolled back */
 extern int	ks_end_busy_agent_sessions(List *roles, TimestampTz published_at);

@@ -78,22 +78,46 @@ write_snapshot_file(const char *utf8_json)
 		ereport(WARNING, (errmsg("could not write the kill switch emergency snapshot file: %s", problem)));
 }
 
-/* Add the snapshot to killswitch.snapshots.  (SPI connected.) */
+/*
+ * A snapshot taken while its emergency was in force but not yet the
+ * chain's (a raise whose event commits a moment later, or follows): the
+ * sessions are ended at once, so the snapshot cannot wait, but its row
+ * names the emergency's generation, which only the event gives.  It waits
+ * here, in TopMemoryContext, to be recorded as the alert is: once the
+ * chain holds the emergency (ks_emergency_record_snapshot()).
+ */
+static char *pending_json = NULL;
+static int64 pending_generation;	/* in force when it was taken */
+
+/*
+ * Add the snapshot to killswitch.snapshots with this generation (in the
+ * document too), and write the file as recorded.  (SPI connected.)
+ */
 static void
 record_snapshot(int64 generation, const char *json)
 {
 	Oid			argtypes[2] = {INT8OID, JSONBOID};
 	Datum		values[2] = {Int64GetDatum(generation),
 	DirectFunctionCall1(jsonb_in, CStringGetDatum(json))};
+	char	   *recorded;
 
 	if (SPI_execute_with_args("INSERT INTO killswitch.snapshots (generation, snapshot) "
-							  "VALUES ($1, $2)", 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+							  "VALUES ($1, pg_catalog.jsonb_set($2, '{generation}', pg_catalog.to_jsonb($1))) "
+							  "RETURNING snapshot::pg_catalog.text",
+							  2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
 		elog(ERROR, "could not record the emergency snapshot");
+	recorded = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	write_snapshot_file(pg_server_to_any(recorded, strlen(recorded), PG_UTF8));
 }
 
-/* The snapshot taken through the views: the file, and the row if there is a history. */
+/*
+ * The snapshot taken through the views: the file at once, and the row if
+ * there is a history — now if the chain holds the emergency (recorded),
+ * else once it does.
+ */
 static void
-snapshot_in_database(List *roles, int64 generation, bool history)
+snapshot_in_database(List *roles, int64 generation, bool history, bool recorded)
 {
 	char	   *json;
 
@@ -101,9 +125,63 @@ snapshot_in_database(List *roles, int64 generation, bool history)
 		elog(ERROR, "SPI_connect failed");
 	json = snapshot_through_views(roles, generation);
 	write_snapshot_file(pg_server_to_any(json, strlen(json), PG_UTF8));
-	if (history)
+	if (history && recorded)
 		record_snapshot(generation, json);
+	else if (history)
+	{
+		pending_json = MemoryContextStrdup(TopMemoryContext, json);
+		pending_generation = generation;
+	}
 	SPI_finish();
+}
+
+/*
+ * Record the snapshot that waits for its emergency's event, with the
+ * generation the chain gave it — or, with -1, the one in force when it was
+ * taken (an emergency released before its event came: the row is kept all
+ * the same); inside the watcher's transaction, in a subtransaction like
+ * the snapshot itself (a failure is a WARNING).
+ */
+static void
+record_pending(int64 generation)
+{
+	MemoryContext ctx = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *json = pending_json;
+
+	pending_json = NULL;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(ctx);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		record_snapshot(generation, json);
+		SPI_finish();
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(ctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING,
+				(errmsg("killswitch: the emergency snapshot could not be recorded: %s", edata->message)));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(ctx);
+	CurrentResourceOwner = owner;
+	pfree(json);
+}
+
+void
+ks_emergency_record_snapshot(int64 generation)
+{
+	if (pending_json != NULL)
+		record_pending(generation >= 0 ? generation : pending_generation);
 }
 
 /* The snapshot taken from shared memory: the file alone. */
@@ -122,7 +200,8 @@ snapshot_without_database(List *roles, int64 generation)
  * back what an error leaves held (as PL/pgSQL's exception blocks do).
  */
 void
-ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history)
+ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history,
+					  bool recorded)
 {
 	MemoryContext ctx = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -132,7 +211,7 @@ ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history
 	PG_TRY();
 	{
 		if (database)
-			snapshot_in_database(roles, generation, history);
+			snapshot_in_database(roles, generation, history, recorded);
 		else
 			snapshot_without_database(roles, generation);
 		ReleaseCurrentSubTransaction();

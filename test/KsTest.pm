@@ -80,9 +80,13 @@ pidfile = $dir/pgbouncer.pid
 		'>', "$dir/out", '2>', "$dir/err");
 	my $via = "host=127.0.0.1 port=$bport dbname=postgres user=bot";
 	local $ENV{PGPASSWORD} = 'agent-secret';
+	# The query goes on psql's command line, not its standard input: a psql
+	# refused before PgBouncer listens may exit before its input is written,
+	# and IPC::Run dies of the broken pipe (seen with 18's psql).
 	for (1 .. 100)
 	{
-		last if $node->psql('postgres', 'SELECT 1', extra_params => [ '-d', $via ]) == 0;
+		last if IPC::Run::run([ 'psql', '-XAtq', '-d', $via, '-c', 'SELECT 1' ],
+			'<', \undef, '>', \my $out, '2>', \my $err);
 		usleep(100_000);
 	}
 	return ($bouncer, $via, $dir);

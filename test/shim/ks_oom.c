@@ -14,6 +14,15 @@
  * Build: make test/shim/ks_oom.so (test-tap builds it).
  */
 #define _GNU_SOURCE
+
+/*
+ * What the shim puts in front of the C library must be exported: the
+ * Makefile compiles it with PGXS's CFLAGS, which from PostgreSQL 16 on hide
+ * every symbol not marked (-fvisibility=hidden), and a hidden function
+ * interposes nothing.
+ */
+#define KS_SHIM_EXPORT __attribute__((visibility("default")))
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -54,7 +63,7 @@ fail_this_one(size_t size)
 	return rename(control, done) == 0;
 }
 
-void *
+KS_SHIM_EXPORT void *
 realloc(void *ptr, size_t size)
 {
 	static void *(*real_realloc) (void *, size_t) = NULL;

@@ -14,6 +14,15 @@
  * Build: make test/shim/ks_pause.so (test-tap builds it).
  */
 #define _GNU_SOURCE
+
+/*
+ * What the shim puts in front of the C library must be exported: the
+ * Makefile compiles it with PGXS's CFLAGS, which from PostgreSQL 16 on hide
+ * every symbol not marked (-fvisibility=hidden), and a hidden function
+ * interposes nothing.
+ */
+#define KS_SHIM_EXPORT __attribute__((visibility("default")))
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -51,7 +60,7 @@ pause_if_asked(const char *path)
 	unlink(paused);
 }
 
-int
+KS_SHIM_EXPORT int
 rename(const char *from, const char *to)
 {
 	static int (*next) (const char *, const char *);
@@ -62,7 +71,7 @@ rename(const char *from, const char *to)
 	return next(from, to);
 }
 
-int
+KS_SHIM_EXPORT int
 renameat(int fromfd, const char *from, int tofd, const char *to)
 {
 	static int (*next) (int, const char *, int, const char *);
@@ -73,7 +82,7 @@ renameat(int fromfd, const char *from, int tofd, const char *to)
 	return next(fromfd, from, tofd, to);
 }
 
-int
+KS_SHIM_EXPORT int
 renameat2(int fromfd, const char *from, int tofd, const char *to, unsigned int flags)
 {
 	static int (*next) (int, const char *, int, const char *, unsigned int);

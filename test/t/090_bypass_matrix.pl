@@ -416,21 +416,23 @@ sub finish_session
 
 # In emergency the watcher ends the agent sessions that are busy, which
 # would hide whether the halt itself stopped what they run: it is held back
-# (the snapshot table locked, its first write) until let go.
+# (stopped, SIGSTOP) until let go.  (Locking its snapshot table held it only
+# when its first look came after the engage's commit: a raise is in force
+# before, and the snapshot's row waits for the event.)
 sub hold_watcher
 {
 	my ($mode) = @_;
 	return undef unless $mode eq 'emergency';
-	my $locker = $node->background_psql('postgres');
-	$locker->query_safe('BEGIN; LOCK TABLE killswitch.snapshots IN ACCESS EXCLUSIVE MODE');
-	return $locker;
+	my $pid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'killswitch watcher'");
+	die "no watcher to hold" unless $pid =~ /^\d+$/;
+	kill 'STOP', $pid or die "SIGSTOP $pid: $!";
+	return $pid;
 }
 sub let_go
 {
-	my ($locker) = @_;
-	return unless $locker;
-	$locker->query_safe('ROLLBACK');
-	$locker->quit;
+	my ($pid) = @_;
+	return unless $pid;
+	kill 'CONT', $pid;
 }
 
 sub engage { sql("SELECT ks_engage('$_[0]', 'issue 21', 'tester')"); }
@@ -673,7 +675,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 
 	# Case 1: the commit backstop across savepoints, for agents that are also
 	# operators.  In emergency the watcher would end the session at once: it
-	# is held back (the snapshot table locked) so that the COMMIT comes first.
+	# is held back (hold_watcher) so that the COMMIT comes first.
 	for my $role ('opbot', 'opnested')
 	{
 		my $rolled_back = "SAVEPOINT s; SELECT ks_engage('halt_noncritical', 'inside a savepoint', '$role'); ROLLBACK TO s";

@@ -148,7 +148,8 @@ for my $node (@followers)
 	$pin{ $node->name }->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
 	$pin{ $node->name }->query_safe('SELECT count(*) FROM held');
 	$wait{ $node->name } = agent($node, "SELECT ks_wait($gen, 60000)");
-	ok(within($node, "SELECT count(*) = 1 FROM pg_stat_activity WHERE usename = 'bot' AND wait_event = 'Extension'"),
+	# the wait's type: its name is KillswitchWait from 17 on, Extension before (TAP 180)
+	ok(within($node, "SELECT count(*) = 1 FROM pg_stat_activity WHERE usename = 'bot' AND wait_event_type = 'Extension'"),
 		$node->name . ': an agent waits in ks_wait()');
 }
 update_and_vacuum();
