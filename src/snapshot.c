@@ -169,7 +169,7 @@ record_pending(int64 generation)
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		ereport(WARNING,
-				(errmsg("killswitch: the emergency snapshot could not be recorded: %s", edata->message)));
+				(errmsg("the kill switch emergency snapshot could not be recorded: %s", edata->message)));
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(ctx);
