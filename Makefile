@@ -132,7 +132,13 @@ ifeq ($(findstring --enable-injection-points,$(shell $(PG_CONFIG) --configure)),
 ISOLATION_TESTS := $(filter-out injection_%,$(ISOLATION_TESTS))
 endif
 
-.PHONY: test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts test-all fuzz-run
+# The messages of the server and of the command against PostgreSQL's error
+# message style guide (scripts/check-messages), the checker's self-test first.
+check-messages:
+	perl scripts/check-messages --self-test
+	perl scripts/check-messages
+
+.PHONY: check-messages test-vectors test-regress test-isolation test-tap test-failover test-patroni test-alerts test-all fuzz-run
 
 test-vectors: test/store_vectors
 	test/store_vectors test/vectors/vectors.json

@@ -75,8 +75,9 @@ BEGIN
     INSERT INTO tasks (task_type) VALUES ('etl');
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
-    RAISE NOTICE 'detail: % bytes, % characters after "Set by tester: ", all é: %',
-        octet_length(d), length(d) - 15, substr(d, 16) = repeat('é', length(d) - 15);
+    RAISE NOTICE 'detail: % bytes, % characters between "Set by tester: " and the final period, all é: %',
+        octet_length(d), length(d) - 16,
+        substr(d, 16, length(d) - 16) = repeat('é', length(d) - 16) AND right(d, 1) = '.';
 END $$;
 SELECT (ks_disengage('long reason over', 'tester')).mode;
 DROP TABLE tasks, strict_tasks, any_rows, bad1, bad2, bad3, bad4, bad5;

@@ -522,8 +522,8 @@ BEGIN
     SELECT count(*), string_agg(format('%s: %s', a.role, a.power), '; ' ORDER BY a.role, a.power)
     INTO n, list FROM killswitch.audit() a;
     IF n > 0 THEN
-        RAISE WARNING 'killswitch: % power(s) held by agent roles get around the kill switch', n
-            USING DETAIL = list,
+        RAISE WARNING '% power(s) held by agent roles get around the kill switch', n
+            USING DETAIL = format('Agent roles and their powers: %s.', list),
                   HINT = 'SELECT * FROM ks_audit() says what each allows; revoke them from the fleet.';
     END IF;
 END

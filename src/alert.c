@@ -113,14 +113,14 @@ run_alert_command(int64 generation, int64 event_id, int ended)
 	pid = fork();
 	if (pid < 0)
 	{
-		ereport(WARNING, (errmsg("killswitch: could not start alert_command: %m")));
+		ereport(WARNING, (errmsg("could not start killswitch.alert_command: %m")));
 		return;
 	}
 	if (pid == 0)
 		exec_alert_command(&d, generation, event_id, ended);
 	alert_pid = pid;
 	alert_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ks_alert_timeout);
-	ereport(LOG, (errmsg("killswitch: alert_command started (pid %d)", (int) pid)));
+	ereport(LOG, (errmsg("killswitch.alert_command started (pid %d)", (int) pid)));
 }
 
 /* Reap the alert command, or end it when it outlives killswitch.alert_timeout. */
@@ -136,16 +136,16 @@ ks_alert_poll(void)
 	if (r == alert_pid)
 	{
 		if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-			ereport(LOG, (errmsg("killswitch: alert_command succeeded")));
+			ereport(LOG, (errmsg("killswitch.alert_command succeeded")));
 		else
-			ereport(WARNING, (errmsg("killswitch: alert_command failed (status %d)", status)));
+			ereport(WARNING, (errmsg("killswitch.alert_command failed (status %d)", status)));
 		alert_pid = 0;
 	}
 	else if (GetCurrentTimestamp() >= alert_deadline)
 	{
 		kill(-alert_pid, SIGKILL);
 		(void) waitpid(alert_pid, &status, 0);
-		ereport(WARNING, (errmsg("killswitch: alert_command did not finish within %d ms and was killed",
+		ereport(WARNING, (errmsg("killswitch.alert_command did not finish within %d ms and was killed",
 								 ks_alert_timeout)));
 		alert_pid = 0;
 	}
@@ -187,14 +187,16 @@ ks_alert_emergency(int64 generation, int64 event_id, int ended, bool database)
 	{
 		ks_notify_alert_later(generation, ended);
 		ereport(WARNING,
-				(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
-						generation, ended),
+				(errmsg_plural("kill switch emergency (generation " INT64_FORMAT "): %d agent session ended",
+							  "kill switch emergency (generation " INT64_FORMAT "): %d agent sessions ended",
+							  ended, generation, ended),
 				 errdetail("Every statement of an agent is refused until the kill switch is released.")));
 	}
 	else
 		ereport(WARNING,
-				(errmsg("killswitch: EMERGENCY (generation " INT64_FORMAT "): %d agent sessions ended",
-						generation, ended),
+				(errmsg_plural("kill switch emergency (generation " INT64_FORMAT "): %d agent session ended",
+							  "kill switch emergency (generation " INT64_FORMAT "): %d agent sessions ended",
+							  ended, generation, ended),
 				 RecoveryInProgress() ?
 				 errdetail("Every statement of an agent is refused until the kill switch is released. "
 						   "This is a standby: the snapshot is in the file %s only, and no NOTIFY was sent.",

@@ -113,17 +113,38 @@ ks_task_allowed(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(ks_task_verdict(ks_current_mode(), task_arg(fcinfo)).allowed);
 }
 
-/* Raise the kill switch error for a refusal. */
+/* The primary message of a task's refusal, whole for each case. */
+static int
+task_refused_message(KsTaskRefused what, const char *mode, const char *name)
+{
+	switch (what)
+	{
+		case KS_TASK_QUEUED:
+			return errmsg("kill switch engaged (%s): task \"%s\" queued", mode, name);
+		case KS_TASK_BLOCKED:
+			return errmsg("kill switch engaged (%s): task \"%s\" blocked", mode, name);
+		case KS_TASK_ROW_REFUSED:
+			return errmsg("kill switch engaged (%s): task \"%s\" refused", mode, name);
+		case KS_TASK_TABLE_ROW_REFUSED:
+			return errmsg("kill switch engaged (%s): a row of table \"%s\" refused", mode, name);
+	}
+	return 0;					/* keep the compiler quiet */
+}
+
+/*
+ * Raise the kill switch error for a task the rules refuse (name is the
+ * task, or the table of a row of no task).
+ */
 void
-ks_refuse(const char *message)
+ks_refuse_task(KsMode mode, KsTaskRefused what, const char *name)
 {
 	char		detail[512];
 
 	ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
-			 errmsg("%s", message),
-			 errdetail("%s", detail),
+			 task_refused_message(what, ks_mode_sql_names[mode], name),
+			 errdetail_internal("%s", detail),
 			 errhint("A member of %s may release it with ks_disengage().", KS_ROLE_ADMIN)));
 }
 
@@ -131,10 +152,12 @@ ks_refuse(const char *message)
 Datum
 ks_assert_task(PG_FUNCTION_ARGS)
 {
-	KsTaskVerdict v = ks_task_verdict(ks_current_mode(), task_arg(fcinfo));
+	KsMode		mode = ks_current_mode();
+	const char *task = task_arg(fcinfo);
+	KsTaskVerdict v = ks_task_verdict(mode, task);
 
 	if (!v.allowed)
-		ks_refuse(v.reason);
+		ks_refuse_task(mode, mode == KS_HALT_NONCRITICAL ? KS_TASK_QUEUED : KS_TASK_BLOCKED, task);
 	PG_RETURN_VOID();
 }
 

@@ -89,9 +89,9 @@ audit_now(void)
 
 		if (!is_known(finding))
 			ereport(WARNING,
-					(errmsg("killswitch: agent role \"%s\" holds %s, which gets around the kill switch",
+					(errmsg("agent role \"%s\" holds %s, which gets around the kill switch",
 							role, power),
-					 errdetail("%s", detail),
+					 errdetail("What %s allows: %s.", power, detail),
 					 errhint("SELECT * FROM ks_audit() lists every such power; revoke it from the fleet.")));
 		old = MemoryContextSwitchTo(cxt);
 		found = lappend(found, pstrdup(finding));

@@ -755,8 +755,7 @@ before_commit(void)
 		if (!ks_persist_text(&last->state, &commit_text, problem, sizeof(problem)))
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("could not sign the kill switch state"),
-					 errdetail("%s", problem)));
+					 errmsg("could not sign the kill switch state: %s", problem)));
 	}
 	fill_mark(&mark);
 	/*
@@ -772,13 +771,11 @@ before_commit(void)
 	if (!marked && lowering)
 		ereport(ERROR,
 				(errcode(ERRCODE_IO_ERROR),
-				 errmsg("could not write the mark of the kill switch release"),
-				 errdetail("%s", problem),
+				 errmsg("could not write the mark of the kill switch release: %s", problem),
 				 errhint("The release was not made. Check the data directory's pg_killswitch and the server log.")));
 	if (!marked)
 		ereport(WARNING,
-				(errmsg("could not write the mark of a kill switch change in flight"),
-				 errdetail("%s", problem),
+				(errmsg("could not write the mark of a kill switch change in flight: %s", problem),
 				 errhint("The change is in force; a crash before it is recorded in full may start the server without it.")));
 	if (all_deferred)
 		return;
@@ -802,13 +799,11 @@ before_commit(void)
 	if (lowering && r != KS_WRITE_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_IO_ERROR),
-				 errmsg("could not write the kill switch state file"),
-				 errdetail("%s", problem),
+				 errmsg("could not write the kill switch state file: %s", problem),
 				 errhint("The change was not made. Check killswitch.state_dir and the server log.")));
 	if (r == KS_WRITE_FAILED)
 		ereport(WARNING,
-				(errmsg("could not write the kill switch state file; the change is in force without it"),
-				 errdetail("%s", problem),
+				(errmsg("could not write the kill switch state file; the change is in force without it: %s", problem),
 				 errhint("The watcher writes the file as soon as it can; ks_status() shows the problem until then.")));
 }
 
@@ -886,8 +881,7 @@ at_commit(void)
 
 		if (r != KS_WRITE_OK)
 			ereport(WARNING,
-					(errmsg("could not write the kill switch state file after a release"),
-					 errdetail("%s", problem),
+					(errmsg("could not write the kill switch state file after a release: %s", problem),
 					 errhint("The release is in force; the file shows the higher mode until the watcher can write it.")));
 	}
 	if (ks_persist_copy(commit_text.data, commit_text.len, problem, sizeof(problem)))
@@ -898,7 +892,7 @@ at_commit(void)
 	else
 	{
 		ereport(LOG,
-				(errmsg("killswitch: could not update the private copy after a commit: %s", problem),
+				(errmsg("could not update the private copy of the kill switch state after a commit: %s", problem),
 				 errdetail("The change is committed and in force; the watcher writes the copy from its mark.")));
 		SpinLockAcquire(&ks_shared->mutex);
 		ks_shared->marks_due = true;
@@ -920,8 +914,7 @@ at_abort(void)
 		(void) ks_mark_remove(U64FromFullTransactionId(fxid));
 	if (written.file_written && !ks_persist_undo(&written, problem, sizeof(problem)))
 		ereport(WARNING,
-				(errmsg("could not restore the kill switch state file after an aborted change"),
-				 errdetail("%s", problem),
+				(errmsg("could not restore the kill switch state file after an aborted change: %s", problem),
 				 errhint("The file shows a higher mode than is in force until the watcher puts it right.")));
 }
 

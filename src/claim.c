@@ -65,27 +65,27 @@ read_own_file(const char *path, bool private, size_t maxlen, char *buf,
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | PG_BINARY, 0);
 	if (fd < 0 && errno == ELOOP)
 	{
-		snprintf(problem, problemlen, "The file \"%s\" is a symbolic link.", path);
+		snprintf(problem, problemlen, "\"%s\" is a symbolic link", path);
 		return KS_OWN_FOREIGN;
 	}
 	if (fd < 0)
 		return KS_OWN_MISSING;
 	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))
 	{
-		snprintf(problem, problemlen, "The file \"%s\" is not a regular file.", path);
+		snprintf(problem, problemlen, "\"%s\" is not a regular file", path);
 		close(fd);
 		return KS_OWN_FOREIGN;
 	}
 	if (sb.st_uid != geteuid())
 	{
-		snprintf(problem, problemlen, "The file \"%s\" is owned by user ID %u, not by the server's user.",
+		snprintf(problem, problemlen, "\"%s\" is owned by user ID %u, not by the server's user",
 				 path, (unsigned) sb.st_uid);
 		close(fd);
 		return KS_OWN_FOREIGN;
 	}
 	if (private && (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0)
 	{
-		snprintf(problem, problemlen, "The file \"%s\" has group or world access (mode %04o).",
+		snprintf(problem, problemlen, "\"%s\" has group or world access (mode %04o)",
 				 path, (unsigned) (sb.st_mode & 07777));
 		close(fd);
 		return KS_OWN_FOREIGN;
@@ -170,9 +170,8 @@ ks_claim_state_dir(char *problem, size_t problemlen)
 			break;
 		case KS_OWN_FOREIGN:
 			ereport(LOG,
-					(errmsg("ignored the claim file of killswitch.state_dir \"%s\"", ks_state_dir),
-					 errdetail("%s Only a claim written by the server's operating system user, with mode 0600, is trusted; this server claims the directory.",
-							   why)));
+					(errmsg("ignored the claim file of killswitch.state_dir \"%s\": %s", ks_state_dir, why),
+					 errdetail("Only a claim written by the server's operating system user, with mode 0600, is trusted; this server claims the directory.")));
 			break;
 		case KS_OWN_MISSING:
 			break;

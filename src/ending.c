@@ -73,7 +73,7 @@ static void
 warn_prepared_elsewhere(const char *gid, const char *database)
 {
 	ereport(WARNING,
-			(errmsg("killswitch: prepared transaction \"%s\" of an agent in database \"%s\" was not rolled back",
+			(errmsg("prepared transaction \"%s\" of an agent in database \"%s\" was not rolled back",
 					gid, database),
 			 errdetail("A prepared transaction can only be finished from its own database; agents cannot commit it while halted."),
 			 errhint("Run ROLLBACK PREPARED '%s' in database \"%s\".", gid, database)));
@@ -135,7 +135,7 @@ ks_emergency_finish_prepared(void)
 			FinishPreparedTransaction(gid, false);
 			CommitTransactionCommand();
 			ereport(LOG,
-					(errmsg("killswitch: prepared transaction \"%s\" of an agent rolled back", gid)));
+					(errmsg("prepared transaction \"%s\" of an agent rolled back", gid)));
 		}
 		PG_CATCH();
 		{

@@ -98,9 +98,53 @@ ks_agent_name(void)
 	return GetUserNameFromId(who, false);
 }
 
-/* Refuse an agent's action with KS001: the mode, the reason, who may release. */
+/*
+ * The primary message of an agent's refusal: one whole message for each
+ * thing refused, so that a translator sees each; name is the command or
+ * the function where the message names one.
+ */
+static int
+refused_message(KsRefused what, const char *mode, const char *who, const char *name)
+{
+	switch (what)
+	{
+		case KS_REFUSED_STATEMENT:
+			return errmsg("kill switch engaged (%s): any statement by agent \"%s\" refused",
+						  mode, who);
+		case KS_REFUSED_WRITE:
+			return errmsg("kill switch engaged (%s): a write by agent \"%s\" refused",
+						  mode, who);
+		case KS_REFUSED_COMMAND:
+			return errmsg("kill switch engaged (%s): %s by agent \"%s\" refused",
+						  mode, name, who);
+		case KS_REFUSED_COPY_FROM_FILE:
+			return errmsg("kill switch engaged (%s): COPY FROM a file by agent \"%s\" refused",
+						  mode, who);
+		case KS_REFUSED_COPY_TO_FILE:
+			return errmsg("kill switch engaged (%s): COPY TO a file by agent \"%s\" refused",
+						  mode, who);
+		case KS_REFUSED_CALL:
+			return errmsg("kill switch engaged (%s): %s() by agent \"%s\" refused",
+						  mode, name, who);
+		case KS_REFUSED_COMMIT:
+			return errmsg("kill switch engaged (%s): the commit of a transaction that wrote by agent \"%s\" refused",
+						  mode, who);
+		case KS_REFUSED_PREPARE:
+			return errmsg("kill switch engaged (%s): PREPARE TRANSACTION of a transaction that wrote by agent \"%s\" refused",
+						  mode, who);
+		case KS_REFUSED_AFTER_BUILTIN:
+			return errmsg("kill switch engaged (%s): the rest of a transaction that called %s() before the halt by agent \"%s\" refused",
+						  mode, name, who);
+	}
+	return 0;					/* keep the compiler quiet */
+}
+
+/*
+ * Refuse an agent's action with KS001: the mode and what was refused, who
+ * set the mode and why, who may release.
+ */
 void
-ks_refuse_agent(KsMode mode, const char *what)
+ks_refuse_agent(KsMode mode, KsRefused what, const char *name)
 {
 	char		detail[512];
 	const char *who = ks_agent_name();
@@ -108,9 +152,8 @@ ks_refuse_agent(KsMode mode, const char *what)
 	ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
-			 errmsg("Kill switch engaged (%s): %s by agent \"%s\" refused",
-					ks_mode_file_names[mode], what, who),
-			 errdetail("%s", detail),
+			 refused_message(what, ks_mode_sql_names[mode], who, name),
+			 errdetail_internal("%s", detail),
 			 mode == KS_EMERGENCY
 			 ? errhint("Every statement of an agent is refused until a member of %s releases the kill switch.",
 					   KS_ROLE_ADMIN)
@@ -129,12 +172,12 @@ refuse_claim(KsMode mode, const char *task)
 
 	ks_count_refused_claim();
 	ereport(LOG_SERVER_ONLY,
-			(errmsg("killswitch: refused the claim of session user \"%s\" (pid %d) to critical task \"%s\" in %s: not granted",
-					who, MyProcPid, task, ks_mode_file_names[mode])));
+			(errmsg("refused the claim of session user \"%s\" (pid %d) to critical task \"%s\" in %s: not granted",
+					who, MyProcPid, task, ks_mode_sql_names[mode])));
 	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
-			 errmsg("Kill switch engaged (%s): critical task \"%s\" is not granted to role \"%s\"",
-					ks_mode_file_names[mode], task, who),
+			 errmsg("kill switch engaged (%s): critical task \"%s\" is not granted to role \"%s\"",
+					ks_mode_sql_names[mode], task, who),
 			 errdetail("Setting killswitch.task exempts an agent from the halt only for a task an administrator granted to its role."),
 			 errhint("A member of %s may grant it: INSERT INTO killswitch.task_grants (task, grantee) VALUES (...).",
 					 KS_ROLE_ADMIN)));
@@ -190,7 +233,7 @@ static void
 check_execution(QueryDesc *queryDesc, KsMode mode)
 {
 	if ((mode == KS_EMERGENCY || execution_writes(queryDesc)) && !ks_agent_may_write(mode))
-		ks_refuse_agent(mode, mode == KS_EMERGENCY ? "any statement" : "a write");
+		ks_refuse_agent(mode, mode == KS_EMERGENCY ? KS_REFUSED_STATEMENT : KS_REFUSED_WRITE, NULL);
 	if (unlikely(ks_noted_running_builtin()) && !ks_agent_may_write(mode))
 		ks_refuse_running_builtin(mode);
 }
@@ -350,15 +393,21 @@ utility_allowed(Node *stmt, KsMode mode)
 	}
 }
 
-/* What a refused utility statement was, for the message. */
-static const char *
-utility_name(Node *stmt)
+/* Refuse a utility statement, named as the message names it. */
+static void
+refuse_utility(KsMode mode, Node *stmt)
 {
-	if (IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->filename != NULL)
-		return ((CopyStmt *) stmt)->is_program
-			? (((CopyStmt *) stmt)->is_from ? "COPY FROM PROGRAM" : "COPY TO PROGRAM")
-			: (((CopyStmt *) stmt)->is_from ? "COPY FROM a file" : "COPY TO a file");
-	return GetCommandTagName(CreateCommandTag(stmt));
+	CopyStmt   *copy = IsA(stmt, CopyStmt) ? (CopyStmt *) stmt : NULL;
+
+	if (mode == KS_EMERGENCY)
+		ks_refuse_agent(mode, KS_REFUSED_STATEMENT, NULL);
+	if (copy != NULL && copy->filename != NULL && copy->is_program)
+		ks_refuse_agent(mode, KS_REFUSED_COMMAND,
+						copy->is_from ? "COPY FROM PROGRAM" : "COPY TO PROGRAM");
+	if (copy != NULL && copy->filename != NULL)
+		ks_refuse_agent(mode, copy->is_from ? KS_REFUSED_COPY_FROM_FILE : KS_REFUSED_COPY_TO_FILE,
+						NULL);
+	ks_refuse_agent(mode, KS_REFUSED_COMMAND, GetCommandTagName(CreateCommandTag(stmt)));
 }
 
 /*
@@ -370,7 +419,7 @@ static void
 check_utility(Node *stmt, KsMode mode)
 {
 	if (!utility_allowed(stmt, mode) && !ks_agent_may_write(mode))
-		ks_refuse_agent(mode, mode == KS_EMERGENCY ? "any statement" : utility_name(stmt));
+		refuse_utility(mode, stmt);
 	if (unlikely(ks_noted_running_builtin()) && !utility_allowed(stmt, KS_EMERGENCY) &&
 		!ks_agent_may_write(mode))
 		ks_refuse_running_builtin(mode);
@@ -468,7 +517,7 @@ ks_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
 		!(query->commandType == CMD_UTILITY &&
 		  utility_allowed(query->utilityStmt, KS_EMERGENCY)) &&
 		IsTransactionState() && !ks_agent_may_write(KS_EMERGENCY))
-		ks_refuse_agent(KS_EMERGENCY, "any statement");
+		ks_refuse_agent(KS_EMERGENCY, KS_REFUSED_STATEMENT, NULL);
 }
 
 /*
@@ -480,7 +529,7 @@ ks_planner(Query *parse, const char *query_string, int cursorOptions,
 		   ParamListInfo boundParams)
 {
 	if (unlikely(mode_now() == KS_EMERGENCY) && !ks_agent_may_write(KS_EMERGENCY))
-		ks_refuse_agent(KS_EMERGENCY, "any statement");
+		ks_refuse_agent(KS_EMERGENCY, KS_REFUSED_STATEMENT, NULL);
 	if (prev_planner)
 		return prev_planner(parse, query_string, cursorOptions, boundParams);
 	return standard_planner(parse, query_string, cursorOptions, boundParams);
@@ -514,8 +563,7 @@ check_commit(bool prepare)
 	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()) || ks_commit_is_own_work())
 		return;
 	if (!ks_agent_may_write(mode))
-		ks_refuse_agent(mode, prepare ? "PREPARE TRANSACTION of a transaction that wrote"
-						: "the commit of a transaction that wrote");
+		ks_refuse_agent(mode, prepare ? KS_REFUSED_PREPARE : KS_REFUSED_COMMIT, NULL);
 }
 
 /*
@@ -533,7 +581,7 @@ ks_check_commit_tail(void)
 	if (likely(mode == KS_DISENGAGED) || ks_commit_is_own_work())
 		return;
 	if (!ks_agent_may_write(mode))
-		ks_refuse_agent(mode, "the commit of a transaction that wrote");
+		ks_refuse_agent(mode, KS_REFUSED_COMMIT, NULL);
 }
 
 /*

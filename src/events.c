@@ -123,8 +123,7 @@ require_secret(char **secret, size_t *len)
 	if (!ks_backend_secret(secret, len, problem, sizeof(problem)))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("could not read the kill switch signing secret"),
-				 errdetail("%s", problem),
+				 errmsg("could not read the kill switch signing secret: %s", problem),
 				 errhint("Check killswitch.signing_secret_file.")));
 }
 

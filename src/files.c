@@ -21,6 +21,7 @@
 
 #ifdef FRONTEND
 #include "common/file_utils.h"
+#include "common/logging.h"
 #else
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -754,7 +755,7 @@ wait_for_lock(int fd, const char *path, char *problem, size_t problemlen)
 		if (r != 0)
 			break;
 		if (waited == 0)
-			fprintf(stderr, "killswitch: waiting for the writers' lock \"%s\", held by another writer\n", path);
+			pg_log_info("waiting for the writers' lock \"%s\", held by another writer", path);
 		if (waited >= KS_LOCK_FRONTEND_MS)
 		{
 			snprintf(problem, problemlen,

@@ -248,8 +248,8 @@ ks_write_behind_file(bool history)
 	if (r != KS_REPLACED)
 		ereport(WARNING,
 				(errmsg("an outside write to the kill switch state file raced the server's replace of it"),
-				 errdetail(r == KS_REPLACED_RACED ? "It is kept beside the state file and judged next."
-						   : "It could not be kept: %s", problem)));
+				 r == KS_REPLACED_RACED ? errdetail("It is kept beside the state file and judged next.")
+				 : errdetail("It could not be kept (%s).", problem)));
 	if (behind)
 		ereport(LOG,
 				(errmsg("the kill switch state file follows the state in force again")));

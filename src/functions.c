@@ -221,7 +221,7 @@ refuse_call(KsMode mode, Oid fn)
 {
 	char	   *name = get_func_name(fn);
 
-	ks_refuse_agent(mode, psprintf("%s()", name ? name : "(unknown)"));
+	ks_refuse_agent(mode, KS_REFUSED_CALL, name ? name : "(unknown)");
 }
 
 /*

@@ -125,6 +125,7 @@ ks_guard(PG_FUNCTION_ARGS)
 		return PointerGetDatum(heap_modify_tuple_by_cols(row, RelationGetDescr(td->tg_relation),
 														 1, cols, vals, nulls));
 	}
-	ks_refuse(psprintf("Kill switch engaged (%s): %s refused", ks_mode_file_names[mode],
-					   task ? task : psprintf("row of %s", RelationGetRelationName(td->tg_relation))));
+	if (task != NULL)
+		ks_refuse_task(mode, KS_TASK_ROW_REFUSED, task);
+	ks_refuse_task(mode, KS_TASK_TABLE_ROW_REFUSED, RelationGetRelationName(td->tg_relation));
 }

@@ -208,7 +208,7 @@ ks_interlock_wait(void)
 		{
 			for (int i = 0; i < nseen; i++)
 				ereport(LOG,
-						(errmsg("killswitch: agent transaction %u (pid %d) had not committed %d ms after the halt was raised; the halt stands",
+						(errmsg("agent transaction %u (pid %d) had not committed %d ms after the halt was raised; the halt stands",
 								seen[i].xid, ProcGlobal->allProcs[seen[i].procno].pid,
 								KS_INTERLOCK_WAIT_MS)));
 			break;

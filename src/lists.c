@@ -177,7 +177,7 @@ ks_list_build(KsListItem *items, int n, int elevel)
 	{
 		ereport(elevel,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("killswitch: a shared list of %d names needs %zu bytes, more than 4 GB", n, size)));
+				 errmsg("a shared kill switch list of %d names needs %zu bytes, more than 4 GB", n, size)));
 		return InvalidDsaPointer;
 	}
 	dp = dsa_allocate_extended(area, size, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
@@ -185,7 +185,7 @@ ks_list_build(KsListItem *items, int n, int elevel)
 	{
 		ereport(elevel,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("killswitch: out of shared memory for a list of %d names (%zu bytes)", n, size),
+				 errmsg("out of shared memory for a kill switch list of %d names (%zu bytes)", n, size),
 				 errhint("Free shared memory (dynamic_shared_memory_type, the operating system's limits) and try again.")));
 		return InvalidDsaPointer;
 	}

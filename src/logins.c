@@ -79,7 +79,7 @@ refuse_in_emergency(Port *port)
 		ks_emergency_lists_role(port->user_name))
 		ereport(FATAL,
 				(errcode(ERRCODE_KILLSWITCH_ENGAGED),
-				 errmsg("Kill switch engaged (EMERGENCY): login by agent \"%s\" refused",
+				 errmsg("kill switch engaged (emergency): login by agent \"%s\" refused",
 						port->user_name),
 				 errhint("Agent logins are refused until a member of %s releases the kill switch.",
 						 KS_ROLE_ADMIN)));

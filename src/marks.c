@@ -124,7 +124,7 @@ ks_mark_remove(uint64 xid)
 	if (unlink(path) == 0 || errno == ENOENT)
 		return true;
 	ereport(LOG,
-			(errmsg("killswitch: could not remove \"%s\": %m", path),
+			(errmsg("could not remove \"%s\": %m", path),
 			 errdetail("The watcher settles it by the commit log.")));
 	return false;
 }

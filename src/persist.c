@@ -359,8 +359,8 @@ ks_persist_file(const char *text, size_t len, const KsExpect *expect, KsPersistW
 	}
 	if (r == KS_REPLACED_LOST)
 		ereport(WARNING,
-				(errmsg("an outside write to the kill switch state file raced this change and could not be kept"),
-				 errdetail("%s", problem)));
+				(errmsg("an outside write to the kill switch state file raced this change and could not be kept: %s",
+						problem)));
 	if (r != KS_REPLACED)
 		ks_wake_watcher();		/* a raced write to judge */
 	return KS_WRITE_OK;

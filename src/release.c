@@ -38,7 +38,7 @@ ks_release_key_prepare(void)
 
 	if (!ks_secret_load(ks_release_key_file, true, &key, &len, problem, sizeof(problem)))
 		ereport(WARNING,
-				(errmsg("killswitch: the release key cannot be read: %s", problem),
+				(errmsg("the kill switch release key cannot be read: %s", problem),
 				 errdetail("A state file that lowers the mode will be judged tampering until it can."),
 				 errhint("Check the file named by killswitch.release_key_file.")));
 }

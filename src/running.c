@@ -151,8 +151,7 @@ ks_note_running_builtin(Oid fn)
 void
 ks_refuse_running_builtin(KsMode mode)
 {
-	ks_refuse_agent(mode, psprintf("the rest of a transaction that called %s() before the halt",
-								   noted_function));
+	ks_refuse_agent(mode, KS_REFUSED_AFTER_BUILTIN, noted_function);
 }
 
 /*
@@ -187,7 +186,7 @@ ks_cancel_running_builtins(void)
 #endif
 			continue;
 		ereport(LOG,
-				(errmsg("killswitch: cancelled the statement of agent process %d, which called %s() before the halt",
+				(errmsg("cancelled the statement of agent process %d, which called %s() before the halt",
 						pid, slot->function)));
 	}
 }
@@ -212,8 +211,8 @@ ks_rethrow_halt_cancel(void)
 	FlushErrorState();
 	ks_refusal_detail(detail, sizeof(detail));
 	edata->sqlerrcode = ERRCODE_KILLSWITCH_ENGAGED;
-	edata->message = psprintf("Kill switch engaged (%s): a statement that called %s() before the halt by agent \"%s\" refused",
-							  ks_mode_file_names[mode], noted_function, noted_agent);
+	edata->message = psprintf("kill switch engaged (%s): a statement that called %s() before the halt by agent \"%s\" refused",
+							  ks_mode_sql_names[mode], noted_function, noted_agent);
 	edata->detail = pstrdup(detail);
 	edata->hint = psprintf("The halt cancelled it. A member of %s may release the kill switch with ks_disengage().",
 						   KS_ROLE_ADMIN);
@@ -276,8 +275,8 @@ running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			 aborted_after_cancel == GetCurrentStatementStartTimestamp())
 		ereport(FATAL,
 				(errcode(ERRCODE_KILLSWITCH_ENGAGED),
-				 errmsg("Kill switch engaged (%s): agent \"%s\" went on after the halt cancelled its statement",
-						ks_mode_file_names[ks_current_mode()], noted_agent),
+				 errmsg("kill switch engaged (%s): agent \"%s\" went on after the halt cancelled its statement",
+						ks_mode_sql_names[ks_current_mode()], noted_agent),
 				 errdetail("The statement called %s() before the halt and caught the cancel.",
 						   noted_function),
 				 errhint("A member of %s may release the kill switch with ks_disengage().",

@@ -80,8 +80,7 @@ write_snapshot_file(const char *utf8_json)
 
 	snprintf(path, sizeof(path), "%s/%s", ks_state_dir, KS_SNAPSHOT_FILE_NAME);
 	if (!ks_write_file_durably(path, utf8_json, strlen(utf8_json), problem, sizeof(problem)))
-		ereport(WARNING, (errmsg("killswitch: could not write the emergency snapshot file"),
-						  errdetail("%s", problem)));
+		ereport(WARNING, (errmsg("could not write the kill switch emergency snapshot file: %s", problem)));
 }
 
 /*
@@ -175,7 +174,7 @@ record_pending(int64 generation)
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		ereport(WARNING,
-				(errmsg("killswitch: the emergency snapshot could not be recorded: %s", edata->message)));
+				(errmsg("the kill switch emergency snapshot could not be recorded: %s", edata->message)));
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(ctx);
@@ -231,7 +230,7 @@ ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		ereport(WARNING,
-				(errmsg("killswitch: the emergency snapshot failed: %s", edata->message)));
+				(errmsg("the kill switch emergency snapshot failed: %s", edata->message)));
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(ctx);

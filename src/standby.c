@@ -170,7 +170,7 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 		st.generation < 0)
 	{
 		ereport(WARNING,
-				(errmsg("killswitch: a replayed state record could not be read: %s", problem),
+				(errmsg("a replayed kill switch state record could not be read: %s", problem),
 				 errdetail("The standby keeps its state; its watcher follows the history.")));
 		return;
 	}
@@ -318,7 +318,7 @@ history_unverified(bool in_recovery, const KsState *st, uint64 word)
 	{
 		if (warned != st->generation)
 			ereport(WARNING,
-					(errmsg("killswitch: the standby does not follow the history: %s", reason),
+					(errmsg("the standby does not follow the kill switch history: %s", reason),
 					 errdetail("Event " INT64_FORMAT ", generation " INT64_FORMAT ".", st->event_id, st->generation),
 					 errhint("Check ks_verify_events() on the primary, and that this standby has the primary's secret.")));
 		warned = st->generation;
@@ -328,8 +328,8 @@ history_unverified(bool in_recovery, const KsState *st, uint64 word)
 	ks_publish(Max(KS_WORD_MODE(word), KS_HALT_ALL), 0, generation, GetCurrentTimestamp(),
 			   "tamper", reason, "killswitch");
 	ereport(WARNING,
-			(errmsg("killswitch: recovery has ended, and %s; mode is now %s",
-					reason, ks_mode_sql_names[Max(KS_WORD_MODE(word), KS_HALT_ALL)]),
+			(errmsg("recovery has ended, and the kill switch history cannot be trusted; mode is now %s: %s",
+					ks_mode_sql_names[Max(KS_WORD_MODE(word), KS_HALT_ALL)], reason),
 			 errhint("Check ks_verify_events(); an administrator can release with ks_disengage().")));
 }
 
@@ -369,7 +369,7 @@ adopt_history(bool in_recovery)
 		return false;
 	if (!ks_persist_applied(&st, true, problem, sizeof(problem)))
 		ereport(WARNING,
-				(errmsg("killswitch: could not write the state taken from the history: %s", problem),
+				(errmsg("could not write the kill switch state taken from the history: %s", problem),
 				 errhint("Check killswitch.signing_secret_file: every server of the fleet needs the primary's secret.")));
 	if (in_recovery)
 	{
@@ -380,9 +380,11 @@ adopt_history(bool in_recovery)
 	if (!ks_publish_state(&st, 0, in_recovery))
 		return false;			/* redo published a newer one meanwhile */
 	ereport(LOG,
-			(errmsg("killswitch: %s: mode %s from the history (generation " INT64_FORMAT ", was " INT64_FORMAT ")",
-					in_recovery ? "the standby follows the replicated history" : "recovery has ended",
-					ks_mode_sql_names[st.mode], st.generation, held)));
+			(in_recovery
+			 ? errmsg("the standby follows the replicated kill switch history: mode %s (generation " INT64_FORMAT ", was " INT64_FORMAT ")",
+					  ks_mode_sql_names[st.mode], st.generation, held)
+			 : errmsg("recovery has ended: kill switch mode %s from the history (generation " INT64_FORMAT ", was " INT64_FORMAT ")",
+					  ks_mode_sql_names[st.mode], st.generation, held)));
 	return true;
 }
 
@@ -403,7 +405,7 @@ ks_adopt_history_after_recovery(void)
 	ks_shared->from_recovery = false;
 	if (unlink(KS_RECOVERED_FILE) != 0 && errno != ENOENT)
 		ereport(LOG,
-				(errmsg("killswitch: could not remove \"%s\": %m", KS_RECOVERED_FILE)));
+				(errmsg("could not remove \"%s\": %m", KS_RECOVERED_FILE)));
 }
 
 /*
@@ -484,10 +486,10 @@ ks_standby_put_back(void)
 	ks_unlock_dir(lockfd);
 	if (put_back)
 		ereport(WARNING,
-				(errmsg("killswitch: refused an outside change of the state file on a standby"),
-				 errdetail(ok ? "A standby follows its primary through the WAL; the replayed state was put back."
-						   : "A standby follows its primary through the WAL; the replayed state could not be put back: %s",
-						   problem),
+				(errmsg("refused an outside change of the kill switch state file on a standby"),
+				 ok ? errdetail("A standby follows its primary through the WAL; the replayed state was put back.")
+				 : errdetail("A standby follows its primary through the WAL; the replayed state could not be put back (%s).",
+							 problem),
 				 errhint("Change the kill switch on the primary, or promote this standby.")));
 	return true;
 }

@@ -412,18 +412,18 @@ apply(const KsDecision *d)
 
 	if (KS_WORD_FLAGS(pg_atomic_read_u64(&ks_shared->word)) & KS_FLAG_TAMPERED)
 		ereport(WARNING,
-				(errmsg("killswitch: the state could not be trusted; starting in %s",
+				(errmsg("the kill switch state could not be trusted; starting in %s",
 						ks_mode_sql_names[d->state.mode]),
-				 errdetail("%s", d->state.reason),
+				 errdetail("Reason: %s.", d->state.reason),
 				 errhint("An administrator can inspect the state and release it with ks_disengage().")));
 	else if (d->unconfirmed)
 		ereport(LOG,
-				(errmsg("killswitch: starting in mode %s until the changes in flight at the crash are confirmed (committed: generation " INT64_FORMAT ", mode %s)",
+				(errmsg("the kill switch starts in mode %s until the changes in flight at the crash are confirmed (committed: generation " INT64_FORMAT ", mode %s)",
 						ks_mode_sql_names[Max((int) d->state.mode, d->inplace_mode)],
 						d->state.generation, ks_mode_sql_names[d->state.mode])));
 	else
 		ereport(LOG,
-				(errmsg("killswitch: starting in mode %s (generation " INT64_FORMAT ")",
+				(errmsg("the kill switch starts in mode %s (generation " INT64_FORMAT ")",
 						ks_mode_sql_names[d->state.mode], d->state.generation)));
 }
 

@@ -644,9 +644,10 @@ ks_unix_usec_to_timestamptz(int64 usec)
 }
 
 /*
- * "Set by X: reason" for refusals, as this database shows it: a character
- * its encoding cannot hold is escaped, so the refusal stays KS001 (and an
- * emergency's FATAL stays FATAL) in every database.
+ * "Set by X: reason." for the detail of refusals — a sentence, as a detail
+ * is —, as this database shows it: a character its encoding cannot hold is
+ * escaped, so the refusal stays KS001 (and an emergency's FATAL stays
+ * FATAL) in every database.
  */
 void
 ks_refusal_detail(char *buf, size_t len)
@@ -681,9 +682,12 @@ ks_refusal_detail(char *buf, size_t len)
 	full = psprintf("Set by %s: %s",
 					by[0] ? ks_utf8_to_db(by) : "(unknown)",
 					reason[0] ? ks_utf8_to_db(reason) : "(no reason given)");
-	/* escapes lengthen it: cut whole characters of the database encoding */
-	cut = pg_mbcliplen(full, strlen(full), len - 1);
+	/* escapes lengthen it: cut whole characters of the database encoding, room left for the period */
+	cut = pg_mbcliplen(full, strlen(full), len - 2);
 	memcpy(buf, full, cut);
+	/* a reason that ends a sentence itself is not given a second period */
+	if (cut == 0 || strchr(".!?", full[cut - 1]) == NULL)
+		buf[cut++] = '.';
 	buf[cut] = '\0';
 }
 

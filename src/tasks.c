@@ -262,6 +262,11 @@ ks_task_verdict(KsMode mode, const char *task)
 	}
 	v.allowed = false;
 	v.action = mode == KS_HALT_NONCRITICAL ? "queue" : "block";
+	/*
+	 * The reason of the reference library's result (and its exception's
+	 * text), which ks_check_task() returns as data; the error that
+	 * ks_assert_task() raises says it in PostgreSQL's style (api.c).
+	 */
 	v.reason = psprintf("Kill switch engaged (%s): %s %s",
 						ks_mode_file_names[mode], task,
 						mode == KS_HALT_NONCRITICAL ? "queued" : "blocked");

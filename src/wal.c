@@ -197,7 +197,7 @@ ks_wal_log_file(const char *path)
 		ks_state_from_text(text, len, NULL, 0, NULL, false, &st,
 						   problem, sizeof(problem)) == KS_FILE_BAD)
 		ereport(LOG,
-				(errmsg("killswitch: could not announce the state to standbys: %s", problem),
+				(errmsg("could not announce the kill switch state to standbys: %s", problem),
 				 errdetail("Standbys follow the history instead.")));
 	else
 		ks_wal_log_state(text, len, st.mode, st.generation);

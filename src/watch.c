@@ -133,9 +133,8 @@ report_tamper(const KsVerdictAction *a)
 	if (a->untrusted == NULL)
 		return;
 	ereport(WARNING,
-			(errmsg("killswitch: the state file could not be trusted; mode is now %s",
-					ks_mode_sql_names[a->change.mode]),
-			 errdetail("%s", a->untrusted),
+			(errmsg("the kill switch state file could not be trusted; mode is now %s: %s",
+					ks_mode_sql_names[a->change.mode], a->untrusted),
 			 errhint("An administrator can inspect the state with ks_status() and release it with ks_disengage().")));
 }
 
@@ -236,7 +235,7 @@ set_aside(const char *path)
 		(void) rmdir(aside);
 	if (rename(path, aside) != 0)
 		ereport(LOG,
-				(errmsg("killswitch: could not move the rejected state file aside: %m")));
+				(errmsg("could not move the rejected kill switch state file aside: %m")));
 }
 
 /*
@@ -507,7 +506,7 @@ judge(const char *path, bool raced, KsWriterDone writer_done)
 		 */
 		ereport(WARNING,
 				(errmsg("an outside write that raced a change of the kill switch state was superseded by it"),
-				 errdetail("It asked for mode %s; the state in force is %s: %s",
+				 errdetail("It asked for mode %s; the state in force is %s (%s).",
 						   ks_mode_sql_names[st.mode], ks_mode_sql_names[hst.mode], problem),
 				 errhint("A release must name the state it replaces; read the state file again and retry.")));
 		return a;
@@ -784,7 +783,7 @@ ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_
 		held.replaces = NULL;
 		if (!ks_persist_applied(&held, false, problem, sizeof(problem)))
 			ereport(WARNING,
-					(errmsg("killswitch: could not keep the applied state in the private copy: %s", problem),
+					(errmsg("could not keep the applied kill switch state in the private copy: %s", problem),
 					 errdetail("The change is in force; once the history exists it may be recorded twice.")));
 		else
 			ks_wal_log_file(KS_LAST_APPLIED_FILE);	/* standbys follow */
@@ -864,7 +863,7 @@ static void
 set_mark_aside(const char *problem)
 {
 	ereport(WARNING,
-			(errmsg("killswitch: a mark of a change in flight could not be read: %s", problem),
+			(errmsg("a mark of a kill switch change in flight could not be read: %s", problem),
 			 errhint("The mode stays as it is; an administrator can release it.")));
 }
 
@@ -929,7 +928,7 @@ settle_committed(const KsMark *m, bool before_start)
 		if (!ks_persist_copy(m->state, m->state_len, problem, sizeof(problem)))
 		{
 			ereport(WARNING,
-					(errmsg("killswitch: could not write the private copy of a committed change: %s", problem)));
+					(errmsg("could not write the private copy of a committed kill switch change: %s", problem)));
 			SpinLockAcquire(&ks_shared->mutex);
 			ks_shared->marks_due = true;	/* tried again */
 			SpinLockRelease(&ks_shared->mutex);
@@ -941,9 +940,11 @@ settle_committed(const KsMark *m, bool before_start)
 									(st.tampered ? KS_FLAG_TAMPERED : 0), true);
 		file_follows_mark(m);
 		ereport(LOG,
-				(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s had committed; mode %s",
-						m->generation, before_start ? "the crash" : "a failed write of the private copy",
-						ks_mode_sql_names[m->mode])));
+				(before_start
+				 ? errmsg("the kill switch change of generation " INT64_FORMAT " written before the crash had committed; mode %s",
+						  m->generation, ks_mode_sql_names[m->mode])
+				 : errmsg("the kill switch change of generation " INT64_FORMAT " written before a failed write of the private copy had committed; mode %s",
+						  m->generation, ks_mode_sql_names[m->mode])));
 	}
 	(void) ks_mark_remove(m->xid);
 }
@@ -1022,14 +1023,18 @@ ks_settle_marks(void)
 		(void) ks_mark_remove(m->xid);
 		if (m->deferred)
 			ereport(LOG,
-					(errmsg("killswitch: the raise to %s of transaction %u, in force before %s, never committed",
-							ks_mode_sql_names[m->mode], xid,
-							before_start ? "the crash" : "its backend ended")));
+					(before_start
+					 ? errmsg("the kill switch raise to %s of transaction %u, in force before the crash, never committed",
+							  ks_mode_sql_names[m->mode], xid)
+					 : errmsg("the kill switch raise to %s of transaction %u, in force before its backend ended, never committed",
+							  ks_mode_sql_names[m->mode], xid)));
 		else
 			ereport(LOG,
-					(errmsg("killswitch: the change of generation " INT64_FORMAT " written before %s never committed; mode %s stays",
-							m->generation, before_start ? "the crash" : "its backend ended",
-							ks_mode_sql_names[held_ok ? held.mode : KS_HALT_ALL])));
+					(before_start
+					 ? errmsg("the kill switch change of generation " INT64_FORMAT " written before the crash never committed; mode %s stays",
+							  m->generation, ks_mode_sql_names[held_ok ? held.mode : KS_HALT_ALL])
+					 : errmsg("the kill switch change of generation " INT64_FORMAT " written before its backend ended never committed; mode %s stays",
+							  m->generation, ks_mode_sql_names[held_ok ? held.mode : KS_HALT_ALL])));
 	}
 	if (unconfirmed)
 	{

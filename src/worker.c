@@ -718,6 +718,39 @@ run_duties_safely(void)
 }
 
 
+/* Why the watcher cannot record the history, for the hint of its WARNING. */
+typedef enum KsWatcherProblem
+{
+	KS_PROBLEM_NONE,
+	KS_PROBLEM_DB_MISSING,
+	KS_PROBLEM_DB_INVALID,
+	KS_PROBLEM_DB_UNREACHABLE,
+	KS_PROBLEM_NO_EXTENSION
+} KsWatcherProblem;
+
+/* The hint for a watcher's problem: what an administrator can do. */
+static int
+problem_hint(KsWatcherProblem why)
+{
+	switch (why)
+	{
+		case KS_PROBLEM_NONE:
+			break;
+		case KS_PROBLEM_DB_MISSING:
+			return errhint("Create it and run CREATE EXTENSION killswitch in it, or set killswitch.database "
+						   "to the database that holds the kill switch and restart the server.");
+		case KS_PROBLEM_DB_INVALID:
+			return errhint("Drop it and create it again with CREATE EXTENSION killswitch in it, or set "
+						   "killswitch.database to another database and restart the server.");
+		case KS_PROBLEM_DB_UNREACHABLE:
+			return errhint("See the earlier errors of the \"killswitch watcher\" in the server log; "
+						   "the watcher tries again every %d seconds.", KS_CONNECT_RETRY_MS / 1000);
+		case KS_PROBLEM_NO_EXTENSION:
+			return errhint("Run CREATE EXTENSION killswitch in database \"%s\".", ks_database);
+	}
+	return 0;
+}
+
 /*
  * The watcher's problem, or "" when it can do all its work: into shared
  * memory for ks_status(), and into the log as a WARNING when it appears,
@@ -725,7 +758,7 @@ run_duties_safely(void)
  * in an incident.
  */
 static void
-report_problem(const char *problem, const char *hint)
+report_problem(const char *problem, KsWatcherProblem why)
 {
 	static TimestampTz warned_at = 0;
 	char		last[KS_WATCHER_PROBLEM_LEN];
@@ -742,14 +775,14 @@ report_problem(const char *problem, const char *hint)
 				 !TimestampDifferenceExceeds(warned_at, now, KS_PROBLEM_WARN_MS)))
 		return;
 	if (problem[0] == '\0')
-		ereport(LOG, (errmsg("killswitch: the watcher's problem is solved: %s", last)));
+		ereport(LOG, (errmsg("the kill switch watcher's problem is solved: %s", last)));
 	else
 	{
 		ereport(WARNING,
-				(errmsg("killswitch: %s", problem),
+				(errmsg("the kill switch watcher cannot record the history: %s", problem),
 				 errdetail("The watcher still judges the state file and acts on an emergency, "
 						   "but records nothing in killswitch.events: no events, no NOTIFY, no snapshot rows."),
-				 errhint("%s", hint)));
+				 problem_hint(why)));
 		warned_at = now;
 	}
 	SpinLockAcquire(&ks_shared->mutex);
@@ -802,36 +835,28 @@ static void
 report_database_state(KsDatabaseState state)
 {
 	char		problem[KS_WATCHER_PROBLEM_LEN];
-	char		hint[512];
 
 	if (state == KS_DB_MISSING)
 	{
 		snprintf(problem, sizeof(problem),
 				 "database \"%s\" named by killswitch.database does not exist; "
 				 "the watcher runs without it and records nothing", ks_database);
-		snprintf(hint, sizeof(hint),
-				 "Create it and run CREATE EXTENSION killswitch in it, or set killswitch.database "
-				 "to the database that holds the kill switch and restart the server.");
+		report_problem(problem, KS_PROBLEM_DB_MISSING);
 	}
 	else if (state == KS_DB_INVALID)
 	{
 		snprintf(problem, sizeof(problem),
 				 "database \"%s\" named by killswitch.database is invalid (an interrupted DROP DATABASE); "
 				 "the watcher runs without it and records nothing", ks_database);
-		snprintf(hint, sizeof(hint),
-				 "Drop it and create it again with CREATE EXTENSION killswitch in it, or set "
-				 "killswitch.database to another database and restart the server.");
+		report_problem(problem, KS_PROBLEM_DB_INVALID);
 	}
 	else
 	{
 		snprintf(problem, sizeof(problem),
 				 "the watcher could not connect to database \"%s\" named by killswitch.database; "
 				 "it runs without it and records nothing", ks_database);
-		snprintf(hint, sizeof(hint),
-				 "See the earlier errors of the \"killswitch watcher\" in the server log; "
-				 "the watcher tries again every %d seconds.", KS_CONNECT_RETRY_MS / 1000);
+		report_problem(problem, KS_PROBLEM_DB_UNREACHABLE);
 	}
-	report_problem(problem, hint);
 }
 
 /* Say whether the history can be recorded in the database we are in. */
@@ -839,18 +864,16 @@ static void
 report_history_state(void)
 {
 	char		problem[KS_WATCHER_PROBLEM_LEN];
-	char		hint[512];
 
 	if (had_history)
 	{
-		report_problem("", "");
+		report_problem("", KS_PROBLEM_NONE);
 		return;
 	}
 	snprintf(problem, sizeof(problem),
 			 "the killswitch extension is not installed in database \"%s\" (killswitch.database); "
 			 "changes are applied but not recorded", ks_database);
-	snprintf(hint, sizeof(hint), "Run CREATE EXTENSION killswitch in database \"%s\".", ks_database);
-	report_problem(problem, hint);
+	report_problem(problem, KS_PROBLEM_NO_EXTENSION);
 }
 
 /*
@@ -910,7 +933,7 @@ recheck_database(TimestampTz started)
 	if (retry)
 	{
 		ereport(LOG,
-				(errmsg("killswitch: database \"%s\" is there now; the watcher restarts to connect to it",
+				(errmsg("database \"%s\" is there now; the kill switch watcher restarts to connect to it",
 						ks_database)));
 		proc_exit(1);			/* the postmaster starts us again */
 	}
@@ -928,7 +951,7 @@ start_dirwatch(void)
 	if (fd < 0 && !warned)
 	{
 		ereport(LOG,
-				(errmsg("killswitch: the watcher polls the state file every %d ms: %s",
+				(errmsg("the kill switch watcher polls the state file every %d ms: %s",
 						ks_poll_interval, problem)));
 		warned = true;
 	}

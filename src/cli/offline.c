@@ -423,7 +423,7 @@ write_state(const KsPaths *p, const KsState *next, const char *secret, size_t se
 							   problem, sizeof(problem));
 	if (r == KS_REPLACE_FAILED)
 	{
-		pg_log_error("%s", problem);
+		pg_log_error("could not replace the state file: %s", problem);
 		return false;
 	}
 	if (r == KS_REPLACED_RACED && expect != NULL)
@@ -486,7 +486,7 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	lockfd = lock_when_judged(opt, p, secret, secretlen, raise, problem, sizeof(problem));
 	if (lockfd < 0 && !raise)
 	{
-		pg_log_error("%s", problem);
+		pg_log_error("could not take the writers' lock: %s", problem);
 		return KS_EXIT_ERROR;
 	}
 	if (lockfd < 0)

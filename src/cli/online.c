@@ -20,11 +20,15 @@ run(PGconn *conn, const char *sql, int nparams, const char *const *params)
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 
-		pg_log_error("%s%s%s", state ? state : "", state ? ": " : "",
-					 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
-					 ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
-					 : PQerrorMessage(conn));
+		/* the server's message, after its SQLSTATE as psql's verbose form has it */
+		if (primary == NULL)
+			pg_log_error("%s", PQerrorMessage(conn));
+		else if (state != NULL)
+			pg_log_error("%s: %s", state, primary);
+		else
+			pg_log_error("%s", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 		if (PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL))
 			pg_log_error_detail("%s", PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
 		if (PQresultErrorField(res, PG_DIAG_MESSAGE_HINT))

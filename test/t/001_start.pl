@@ -85,7 +85,7 @@ for my $name (sort keys %variants)
 	$node->start;
 	is(sql("SELECT ks_mode() >= 'halt_all'"), 't', "$name at start: at least halt_all");
 	is(sql("SELECT ks_status()->>'integrity'"), 'tampered', "$name at start: tampered");
-	ok($node->log_contains(qr/the state could not be trusted/, $log_offset), "$name at start: a warning in the log");
+	ok($node->log_contains(qr/the kill switch state could not be trusted/, $log_offset), "$name at start: a warning in the log");
 	ok($node->poll_query_until('postgres',
 		"SELECT source = 'tamper' FROM killswitch.events ORDER BY id DESC LIMIT 1"),
 		"$name at start: recorded as a tamper event");

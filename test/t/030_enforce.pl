@@ -47,7 +47,7 @@ sub refused
 {
 	my ($sqltext, $what, $db) = @_;
 	my ($rc, $err) = as_bot($sqltext, $db);
-	ok($rc != 0 && $err =~ /Kill switch engaged \(\w+\): .* by agent "bot" refused/, "refused: $what")
+	ok($rc != 0 && $err =~ /kill switch engaged \(\w+\): .* by agent "bot" refused/, "refused: $what")
 	  or diag("rc $rc: $err");
 }
 
@@ -221,14 +221,14 @@ for my $try (1, 2)
 {
 	$idle->{stderr} = '';
 	$idle->query('SELECT 1;');
-	like($idle->{stderr}, qr/ERROR:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/,
+	like($idle->{stderr}, qr/ERROR:  KS001: kill switch engaged \(emergency\): any statement by agent "bot" refused/,
 		"its statement is refused with an ERROR, KS001 (try $try)");
 }
 $idle->{stderr} = '';
 $idle->query("SELECT ks_mode();");
 like($idle->{stderr}, qr/KS001/, 'reading too');
 my ($rc, $err) = as_bot('SELECT 1');
-ok($rc != 0 && $err =~ /ERROR:  Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/,
+ok($rc != 0 && $err =~ /ERROR:  kill switch engaged \(emergency\): any statement by agent "bot" refused/,
 	'a new agent login is accepted, and its statements refused') or diag($err);
 is($node->psql('postgres', 'SELECT 1'), 0, 'a non-agent is not');
 

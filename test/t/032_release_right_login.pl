@@ -36,7 +36,7 @@ sql("SELECT ks_engage('halt_all', 'drill', 'tester')");
 
 # The agent test: logged in as an agent, the session stays one as alice.
 my ($rc, $err) = as_suagent('SET SESSION AUTHORIZATION alice; INSERT INTO t VALUES (1)');
-ok($rc != 0 && $err =~ /Kill switch engaged/, 'an agent logged in is refused as alice')
+ok($rc != 0 && $err =~ /kill switch engaged/, 'an agent logged in is refused as alice')
   or diag("rc $rc: $err");
 is(sql('SELECT count(*) FROM t'), '0', 'nothing written');
 

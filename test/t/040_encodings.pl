@@ -135,9 +135,9 @@ sub check_state
 		$c->{node}->psql($db, "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1);",
 			stdout => \$out, stderr => \$err, extra_params => [ '-U', 'bot' ]);
 		$err = decode_utf8($err);
-		like($err, qr/ERROR:  KS001: Kill switch engaged \(HALT_ALL\): a write by agent "bot" refused/,
+		like($err, qr/ERROR:  KS001: kill switch engaged \(halt_all\): a write by agent "bot" refused/,
 			"$c->{name} $what: an agent write in $db ($dbenc) is refused with KS001");
-		my $detail = 'Set by ' . shown($dbenc, $by) . ': ' . shown($dbenc, $reason);
+		my $detail = 'Set by ' . shown($dbenc, $by) . ': ' . shown($dbenc, $reason) . '.';
 		ok(index($err, "DETAIL:  $detail") >= 0,
 			"$c->{name} $what: the refusal in $db ($dbenc) names the reason exactly")
 		  or diag("want: $detail\ngot: $err");
@@ -263,7 +263,7 @@ for my $c (@clusters)
 	# the query goes with -c: a refused login could break the pipe of stdin
 	$node->psql('postgres', '',
 		stdout => \$lout, stderr => \$lerr, extra_params => [ '-U', 'bot', '-c', 'SELECT 1' ]);
-	like($lerr, qr/FATAL:  Kill switch engaged \(EMERGENCY\): login by agent "bot" refused/,
+	like($lerr, qr/FATAL:  kill switch engaged \(emergency\): login by agent "bot" refused/,
 		"$c->{name}: in emergency an agent login is refused");
 
 	# An agent role created since the emergency began is not in the list of
@@ -279,9 +279,9 @@ for my $c (@clusters)
 			extra_params => [ '-U', "latebot_$db", '-v', 'VERBOSITY=verbose', '-c', 'SELECT 1' ]);
 		$e = decode_utf8($e);
 		next if $e =~ /login by agent "latebot_$db" refused/;	# listed after all: nothing to show
-		like($e, qr/ERROR:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "latebot_$db" refused/,
+		like($e, qr/ERROR:  KS001: kill switch engaged \(emergency\): any statement by agent "latebot_$db" refused/,
 			"$c->{name}: in emergency an agent's statement in $db ($dbenc) is refused with KS001");
-		my $detail = 'Set by ' . shown($dbenc, $pyby) . ': ' . shown($dbenc, $pyreason);
+		my $detail = 'Set by ' . shown($dbenc, $pyby) . ': ' . shown($dbenc, $pyreason) . '.';
 		ok(index($e, "DETAIL:  $detail") >= 0, "$c->{name}: and the refusal in $db ($dbenc) names the reason exactly")
 		  or diag("want: $detail\ngot: $e");
 	}
@@ -340,7 +340,7 @@ for my $c (@clusters)
 	my $full = 'Set by ' . ('\U0001F916' x 10) . ': x' . ('\U0001F6A8' x 36) . ("\x{6771}" x 36);
 	my ($detail) = $err =~ /DETAIL:  (.*)/;
 	$detail //= '';
-	is($detail, substr($full, 0, 470 + 20), 'and its detail is cut after the last whole character that fits');
+	is($detail, substr($full, 0, 470 + 20) . '.', 'and its detail is cut after the last whole character that fits, and ends its sentence');
 }
 
 # The command refuses text that is not UTF-8 rather than mangle it.

@@ -132,7 +132,7 @@ $node->start;
 is(sql('SELECT ks_mode()'), 'halt_all', 'started with a group-readable secret: halt_all');
 is(status('integrity'), 'tampered', 'integrity tampered');
 like(slurp_file($node->logfile, $log_offset),
-	qr/WARNING:  killswitch: the state could not be trusted.*\n.*DETAIL:  .*signing secret: the secret file has group or world access/,
+	qr/WARNING:  the kill switch state could not be trusted.*\n.*DETAIL:  Reason: .*signing secret: the secret file has group or world access/,
 	'a WARNING in the log says why');
 $node->stop;
 chmod 0600, $key;

@@ -44,7 +44,7 @@ like($pid, qr/^\d+$/, 'the watcher is there');
 sleep 4;
 is(sql($watcher), $pid, 'the watcher stays up (same pid after 4 seconds): no FATAL loop');
 my $log = slurp_file($node->logfile);
-my $warnings = () = $log =~ /WARNING:  killswitch: database "ksdb" named by killswitch.database does not exist/g;
+my $warnings = () = $log =~ /WARNING:  the kill switch watcher cannot record the history: database "ksdb" named by killswitch.database does not exist/g;
 is($warnings, 1, 'the WARNING is logged once, not every second');
 like($log, qr/HINT:  Create it and run CREATE EXTENSION killswitch in it/, 'it says how to fix it');
 like(sql("SELECT ks_status()->>'watcher_age_ms'"), qr/^\d+$/, 'the watcher notes when it looked');
@@ -76,7 +76,7 @@ my $snap = decode_json(slurp_file($snapfile));
 is($snap->{status}{mode}, 'emergency', 'the snapshot file holds the status');
 ok((grep { $_->{role} eq 'bot' && $_->{database} eq 'other' && $_->{query} =~ /agent-nodb/ } @{ $snap->{sessions} }),
 	'and the agent session with what it ran');
-ok($node->wait_for_log(qr/killswitch: EMERGENCY \(generation \d+\): 1 agent sessions ended/),
+ok($node->wait_for_log(qr/kill switch emergency \(generation \d+\): 1 agent session ended/),
 	'the emergency WARNING is logged');
 my $envfile = "$pgdata/alert.env";
 for (1 .. 50) { last if -s $envfile; usleep(100_000); }
@@ -107,7 +107,7 @@ is($node->safe_psql('ksdb', "SELECT count(*) FROM killswitch.events WHERE mode =
 my $t0 = $node->safe_psql('ksdb', 'SELECT clock_timestamp()');
 ok($node->poll_query_until('ksdb', "SELECT (ks_status()->>'watcher_checked_at')::timestamptz > '$t0'::timestamptz"),
 	'the watcher went round once more');
-is(() = slurp_file($node->logfile) =~ /killswitch: EMERGENCY \(generation/g, 1,
+is(() = slurp_file($node->logfile) =~ /kill switch emergency \(generation/g, 1,
 	'the emergency actions did not run again after the restart');
 is(() = slurp_file($envfile) =~ /^KS_REASON=/mg, 1, 'the alert command ran once');
 

@@ -190,8 +190,8 @@ sub outcome
 	}
 	return ('ok', $err) if $rc == 0;
 	$what //= qr/.*/;
-	return ('KS001', $err) if $err =~ /KS001: (?:ERROR:  )?Kill switch engaged \(\w+\): (?:$what) by agent "\Q$role\E" refused/
-	  || $err =~ /lo_import: ERROR:  Kill switch engaged \(\w+\): (?:$what) by agent "\Q$role\E" refused/;
+	return ('KS001', $err) if $err =~ /KS001: (?:ERROR:  )?kill switch engaged \(\w+\): (?:$what) by agent "\Q$role\E" refused/
+	  || $err =~ /lo_import: ERROR:  kill switch engaged \(\w+\): (?:$what) by agent "\Q$role\E" refused/;
 	return ($1, $err) if $err =~ /(?:ERROR|FATAL):  ([0-9A-Z]{5}):/ && $1 ne 'KS001';
 	return ("error: $err", $err);
 }
@@ -281,11 +281,11 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 		}
 		else
 		{
-			like(bg_err($cur, 'FETCH c;'), qr/KS001: Kill switch engaged \(\w+\): a write by agent/,
+			like(bg_err($cur, 'FETCH c;'), qr/KS001: kill switch engaged \(\w+\): a write by agent/,
 				"$mode, $role: FETCH from a FOR UPDATE cursor declared before the halt");
 			is(sql("SELECT count(*) FROM pg_locks WHERE pid = $curpid AND locktype = 'transactionid'"),
 				'0', "$mode, $role: and no row lock taken");
-			like(bg_err($wrote, 'COMMIT;'), qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote/,
+			like(bg_err($wrote, 'COMMIT;'), qr/KS001: kill switch engaged \(\w+\): the commit of a transaction that wrote/,
 				"$mode, $role: COMMIT of writes made before the halt (the backstop)");
 		}
 		if ($mode eq 'emergency')
@@ -295,7 +295,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 				"$mode, $role: the agent's prepared transaction is rolled back");
 			like(sql("SELECT snapshot->>'prepared' FROM killswitch.snapshots ORDER BY id DESC LIMIT 1"),
 				qr/"gid": "before_$role"/, "$mode, $role: and it is in the snapshot");
-			ok($node->wait_for_log(qr/WARNING:  killswitch: prepared transaction "other_$role" of an agent in database "other" was not rolled back/,
+			ok($node->wait_for_log(qr/WARNING:  prepared transaction "other_$role" of an agent in database "other" was not rolled back/,
 				$log_offset), "$mode, $role: one in another database is named in a WARNING");
 			like(sql("SELECT snapshot->>'prepared' FROM killswitch.snapshots ORDER BY id DESC LIMIT 1"),
 				qr/"gid": "other_$role"/, "$mode, $role: and is in the snapshot");
@@ -303,7 +303,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 		}
 		else
 		{
-			like(bg_err($prep, "COMMIT PREPARED 'before_$role';"), qr/KS001: Kill switch engaged \(\w+\): COMMIT PREPARED/,
+			like(bg_err($prep, "COMMIT PREPARED 'before_$role';"), qr/KS001: kill switch engaged \(\w+\): COMMIT PREPARED/,
 				"$mode, $role: COMMIT PREPARED of a transaction prepared before the halt");
 			is(bg_err($prep, "ROLLBACK PREPARED 'before_$role';"), '', "$mode, $role: ROLLBACK PREPARED is allowed");
 		}
@@ -464,7 +464,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			ok($stopped, "$mode, $role: a statement calling nextval() since before the halt is stopped by it");
 			is(last_value(), '5', "$mode, $role: and the sequence stays where the halt found it");
 			like(finish_session($agent, $pid),
-				qr/KS001: Kill switch engaged \(\w+\): a statement that called nextval\(\) before the halt by agent "$role" refused/,
+				qr/KS001: kill switch engaged \(\w+\): a statement that called nextval\(\) before the halt by agent "$role" refused/,
 				"$mode, $role: the statement was cancelled, with KS001");
 			ok($node->log_contains(qr/cancelled the statement of agent process $pid, which called nextval\(\) before the halt/, $log),
 				"$mode, $role: and the server log says why");
@@ -506,7 +506,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			$holder->query_safe('SELECT pg_advisory_unlock(4243)');
 			ok(wait_for(idle_sql($pid)), "$mode, $role: (the statement ended)");
 			is(-s $file, 5, "$mode, $role: a C function set up before the halt is refused at its next call");
-			like(finish_session($agent, $pid), qr/KS001: Kill switch engaged \(\w+\): ks_test_mark\(\) by agent "$role" refused/,
+			like(finish_session($agent, $pid), qr/KS001: kill switch engaged \(\w+\): ks_test_mark\(\) by agent "$role" refused/,
 				"$mode, $role: with KS001");
 			let_go($watcher);
 			$holder->quit;
@@ -521,7 +521,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			$agent->query_safe("BEGIN; DECLARE c CURSOR FOR SELECT nextval('s2') FROM generate_series(1, 100); FETCH 3 FROM c");
 			engage($mode);
 			my $err = sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid") eq '1' ? bg_err($agent, 'FETCH 3 FROM c;') : 'ended';
-			like($err, $mode eq 'emergency' ? qr/.+/ : qr/KS001: Kill switch engaged \(\w+\): the rest of a transaction that called nextval\(\) before the halt by agent "$role" refused/,
+			like($err, $mode eq 'emergency' ? qr/.+/ : qr/KS001: kill switch engaged \(\w+\): the rest of a transaction that called nextval\(\) before the halt by agent "$role" refused/,
 				"$mode, $role: FETCH from a cursor calling nextval() declared before the halt");
 			is(last_value(), '3', "$mode, $role: and the sequence stays");
 			finish_session($agent, $pid);
@@ -536,7 +536,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			$agent->query_safe('BEGIN; SELECT bump()');
 			engage($mode);
 			my $err = sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid") eq '1' ? bg_err($agent, 'SELECT bump();') : 'ended';
-			like($err, $mode eq 'emergency' ? qr/.+/ : qr/KS001: Kill switch engaged \(\w+\): the rest of a transaction that called nextval\(\) before the halt/,
+			like($err, $mode eq 'emergency' ? qr/.+/ : qr/KS001: kill switch engaged \(\w+\): the rest of a transaction that called nextval\(\) before the halt/,
 				"$mode, $role: a PL/pgSQL function whose nextval() was prepared before the halt");
 			is(last_value(), '1', "$mode, $role: and the sequence stays");
 			finish_session($agent, $pid);
@@ -615,7 +615,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			for my $how (sort keys %queued)
 			{
 				like(bg_err($agent{$how}, 'COMMIT;'),
-					qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
+					qr/KS001: kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
 					"$mode, $role: the commit of a transaction that queued a notification by $how before the halt");
 			}
 			let_go($watcher);
@@ -685,7 +685,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			$agent->query_safe("BEGIN; $rolled_back; INSERT INTO t VALUES (901)");
 			my $locker = hold_watcher($mode);
 			engage($mode);
-			like(bg_err($agent, 'COMMIT;'), qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
+			like(bg_err($agent, 'COMMIT;'), qr/KS001: kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
 				"$mode, $role: a write after an engage rolled back to a savepoint does not commit");
 			let_go($locker);
 			is(sql('SELECT count(*) FROM t WHERE x = 901'), '0', "$mode, $role: nothing written");
@@ -703,7 +703,7 @@ for my $mode ('halt_noncritical', 'halt_all', 'emergency')
 			engage($mode);
 			$holder->query_safe('SELECT pg_advisory_unlock(4245)');
 			ok(wait_for(idle_sql($pid)), "$mode, $role: (the INSERT finished)");
-			like(bg_err($agent, 'COMMIT;'), qr/KS001: Kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
+			like(bg_err($agent, 'COMMIT;'), qr/KS001: kill switch engaged \(\w+\): the commit of a transaction that wrote by agent "$role" refused/,
 				"$mode, $role: it does not commit");
 			let_go($locker);
 			is(sql('SELECT count(*) FROM t WHERE x > 910'), '0', "$mode, $role: nothing written");

@@ -54,7 +54,7 @@ my $AFTER = "ROLLBACK TO s;\nINSERT INTO t VALUES (1);\nROLLBACK;\nINSERT INTO t
 sub writes_refused
 {
 	my ($err, $what, $first_error) = @_;
-	my @refusals = $err =~ /KS001: Kill switch engaged \(HALT_ALL\): a write by agent "\w+" refused/g;
+	my @refusals = $err =~ /KS001: kill switch engaged \(halt_all\): a write by agent "\w+" refused/g;
 	like($err, $first_error, "$what: the error hit inside the owner region");
 	is(scalar @refusals, 2, "$what: the agent's writes after it are refused, in the transaction and the next")
 	  or diag($err);
@@ -138,7 +138,7 @@ for my $r ([ 'ks_verify_events()', 'bot', 'dig_verify' ],
 {
 	my ($name, $role, $dig) = @$r;
 	my $err = as_agent($role, "BEGIN;\nSAVEPOINT s;\nSELECT $dig(0);\n$AFTER");
-	my @refusals = $err =~ /KS001: Kill switch engaged \(HALT_ALL\): a write by agent "\w+" refused/g;
+	my @refusals = $err =~ /KS001: kill switch engaged \(halt_all\): a write by agent "\w+" refused/g;
 	is(scalar @refusals, 2, "$name, stack depth: the agent's writes after it are refused") or diag($err);
 	is(sql('SELECT count(*) FROM t'), '0', "$name, stack depth: nothing written");
 }

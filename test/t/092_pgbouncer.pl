@@ -60,7 +60,7 @@ $node->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE '%busy-agent%' AND state = 'active' AND usename = 'bot'");
 
 $node->safe_psql('postgres', "SELECT ks_engage('emergency', 'pooled agents', 'tester')");
-my $KS = qr/ERROR:  KS001: Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/;
+my $KS = qr/ERROR:  KS001: kill switch engaged \(emergency\): any statement by agent "bot" refused/;
 for my $i (0 .. $#clients)
 {
 	like(run($clients[$i], 'INSERT INTO t VALUES (2);'), $KS, "pooled client $i: KS001 at once in emergency");

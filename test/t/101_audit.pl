@@ -20,7 +20,7 @@ sub warnings_about
 {
 	my ($role, $power) = @_;
 	my $log = slurp_file($node->logfile);
-	my @hits = $log =~ /WARNING:  killswitch: agent role "\Q$role\E" holds \Q$power\E, which gets around the kill switch/g;
+	my @hits = $log =~ /WARNING:  agent role "\Q$role\E" holds \Q$power\E, which gets around the kill switch/g;
 	return scalar @hits;
 }
 
@@ -45,9 +45,9 @@ sql(q{
 });
 my ($rc, $out, $err) = $node->psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
 is($rc, 0, 'CREATE EXTENSION succeeds with findings');
-like($err, qr/WARNING:  killswitch: 2 power\(s\) held by agent roles get around the kill switch/,
+like($err, qr/WARNING:  2 power\(s\) held by agent roles get around the kill switch/,
 	'and warns with their number');
-like($err, qr/DETAIL:  bot_nested: bypassrls; bot_reader: pg_read_server_files/,
+like($err, qr/DETAIL:  Agent roles and their powers: bot_nested: bypassrls; bot_reader: pg_read_server_files\./,
 	'naming each role and power, a nested member included');
 like($err, qr/HINT:  SELECT \* FROM ks_audit\(\)/, 'and pointing at ks_audit()');
 is(sql("SELECT ks_status()->'audit_findings'"), 2, 'ks_status() counts them');

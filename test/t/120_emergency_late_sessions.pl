@@ -27,7 +27,7 @@ sub actions_ran
 {
 	my ($generation, $offset) = @_;
 	return $node->wait_for_log(
-		qr/killswitch: EMERGENCY \(generation $generation\): \d+ agent sessions ended/, $offset);
+		qr/kill switch emergency \(generation $generation\): \d+ agent sessions? ended/, $offset);
 }
 
 my $offset = -s $node->logfile;
@@ -65,7 +65,7 @@ is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid"), '1',
 # The lock goes: the statement reaches the refusal, and the session stays.
 $admin->query_safe('ROLLBACK');
 $bot->query('SELECT 2');
-my @refused = $bot->{stderr} =~ /ERROR:  Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/g;
+my @refused = $bot->{stderr} =~ /ERROR:  kill switch engaged \(emergency\): any statement by agent "bot" refused/g;
 is(scalar @refused, 2, 'its statements are refused with KS001, the connection kept')
   or diag($bot->{stderr});
 is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $pid"), '1', 'the session is still there');

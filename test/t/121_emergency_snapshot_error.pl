@@ -62,7 +62,7 @@ my ($out, $err) = ('', '');
 IPC::Run::run([ $cli, '-D', $pgdata, 'engage', 'emergency', '--reason', 'oom drill', '--by', 'ops' ],
 	'>', \$out, '2>', \$err);
 is($?, 0, 'killswitch -D engage emergency') or diag($err);
-ok($node->wait_for_log(qr/WARNING:  killswitch: the emergency snapshot failed: out of memory/),
+ok($node->wait_for_log(qr/WARNING:  the kill switch emergency snapshot failed: out of memory/),
 	'the snapshot failed for want of memory, and the watcher said so');
 ok(-e "$oom.done", 'in the realloc() the shim failed');
 
@@ -96,7 +96,7 @@ unless ($ended)
 	done_testing();
 	exit;
 }
-ok($node->wait_for_log(qr/killswitch: EMERGENCY \(generation \d+\): 1 agent sessions ended/),
+ok($node->wait_for_log(qr/kill switch emergency \(generation \d+\): 1 agent session ended/),
 	'the emergency WARNING counts the session ended');
 is(sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'killswitch watcher'"), $watcher,
 	'the watcher is the same process');

@@ -172,7 +172,7 @@ for my $step (@steps)
 		'the waiting agent returns the emergency\'s generation, or is ended as busy')
 	  or diag("out: $out, err: $err");
 	($out, $err) = finish(background($agent, "SELECT ks_wait($g + 1, 0)"));
-	like($err, qr/Kill switch engaged \(EMERGENCY\): any statement by agent "bot" refused/,
+	like($err, qr/kill switch engaged \(emergency\): any statement by agent "bot" refused/,
 		'an agent\'s wait in emergency is refused like any statement');
 	sql("SELECT ks_disengage('emergency done', 'tester')");
 }

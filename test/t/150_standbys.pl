@@ -115,7 +115,7 @@ my $forged = ks_release_signed_text($secret, ks_release_key($standby),
 	print $fh $forged;
 	close $fh;
 }
-ok($standby->wait_for_log(qr/refused an outside change of the state file on a standby/, $offset),
+ok($standby->wait_for_log(qr/refused an outside change of the kill switch state file on a standby/, $offset),
 	'an outside write on a standby is refused');
 ok($standby->poll_query_until('postgres',
 	"SELECT pg_read_file('pg_killswitch/kill_switch_state.json') = pg_read_file('pg_killswitch/last_applied.json')"),

@@ -66,7 +66,7 @@ my $copied = $cold->data_dir . '/pg_killswitch/last_applied.json';
 append_to_file($state, ' ');	# an outside write: any byte counts
 $cold->start;
 is(slurp_file($state), slurp_file($copied), 'hot_standby = off: the state file is put back at start');
-ok($cold->log_contains('refused an outside change of the state file on a standby'),
+ok($cold->log_contains('refused an outside change of the kill switch state file on a standby'),
 	'with the WARNING');
 $cold->stop;
 
@@ -135,7 +135,7 @@ q1($primary, qq{INSERT INTO killswitch.events (id, at, mode, previous_mode, reas
   SELECT id + 1, now(), 'disengaged', mode, 'forged', 'nobody', 0, 'sql', 'nobody', 0, xid,
          generation + 1, key_id, true, hash, repeat('0', 64), repeat('0', 64)
   FROM killswitch.events ORDER BY id DESC LIMIT 1});
-ok($heir->wait_for_log(qr/the standby does not follow the history/, $offset),
+ok($heir->wait_for_log(qr/the standby does not follow the kill switch history/, $offset),
 	'a standby does not follow a forged newest event');
 is(q1($heir, 'SELECT ks_mode()'), 'halt_all', 'and stays halted');
 $primary->stop;

@@ -215,7 +215,7 @@ for my $node (@followers)
 	my $name = $node->name;
 	ok(within($node, "SELECT count(*) = 0 FROM pg_stat_activity WHERE usename = 'bot'"),
 		"$name: the busy agents are ended");
-	ok(log_within($node, qr/EMERGENCY \(generation $engaged\): 4 agent sessions ended/, $offset{$name}),
+	ok(log_within($node, qr/kill switch emergency \(generation $engaged\): 4 agent sessions ended/, $offset{$name}),
 		"$name: by the switch");
 	for my $a (@{ $busy{$name} })
 	{

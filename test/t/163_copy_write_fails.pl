@@ -22,7 +22,7 @@ my $pid = $bg->query_safe('SELECT pg_backend_pid()');
 mkdir "$dir/last_applied.json.tmp.$pid" or die $!;
 my $log_at = -s $node->logfile;
 $bg->query_safe("SELECT ks_engage('halt_all', 'copy write fails', 'tester')");
-ok($node->wait_for_log(qr/could not update the private copy after a commit/, $log_at),
+ok($node->wait_for_log(qr/could not update the private copy of the kill switch state after a commit/, $log_at),
 	'the copy could not be written at commit');
 is(sql('SELECT ks_mode()'), 'halt_all', 'the engage is in force');
 

@@ -118,7 +118,7 @@ SET LOCAL ks_test.commit_delay_ms = 1500;
 		'no commit record of the stretched agent commit follows the engage\'s')
 	  or diag("agent $xid at $agent_at, engage $engage at $engage_at");
 	is($visible, defined $agent_at ? '1' : '0', 'its row is visible only if it committed (before)');
-	like($agent->{stderr}, qr/Kill switch engaged \(HALT_ALL\): the commit of a transaction that wrote/,
+	like($agent->{stderr}, qr/kill switch engaged \(halt_all\): the commit of a transaction that wrote/,
 		'the agent was told its commit was refused');
 	# the interleaving: the agent had passed its check, and the raiser waited for it in vain
 	like(slurp_file($node->logfile), qr/agent transaction $xid \(pid $pid\) had not committed 1000 ms after the halt was raised/,
