@@ -75,13 +75,25 @@ in_emergency(Episode *e)
 	return true;
 }
 
-/* Does the chain hold the emergency (its event committed)? */
+/*
+ * Does the chain hold the emergency (its event committed)?  If so, the
+ * episode's generation is the chain's: read with the chain's mode under
+ * the mutex, as the commit publishes both — a generation read before (in
+ * in_emergency()) may be the one before the emergency's event.
+ */
 static bool
-chain_holds_emergency(void)
+chain_holds_emergency(Episode *e)
 {
-	int			flags;
+	bool		holds;
+	uint64		word;
 
-	return ks_chain_state(&flags) == KS_EMERGENCY;
+	SpinLockAcquire(&ks_shared->mutex);
+	holds = ks_shared->chain_mode == KS_EMERGENCY;
+	word = pg_atomic_read_u64(&ks_shared->word);
+	SpinLockRelease(&ks_shared->mutex);
+	if (holds)
+		e->generation = ks_generation_in_force(word);
+	return holds;
 }
 
 /*
@@ -91,11 +103,11 @@ chain_holds_emergency(void)
  * up): an alert never waits long for a history that may not come.
  */
 static bool
-alert_due(const Episode *e)
+alert_due(const Episode *e, bool chain_holds)
 {
 	if (ks_shared->emergency_alerted == e->id)
 		return false;
-	return chain_holds_emergency() ||
+	return chain_holds ||
 		TimestampDifferenceExceeds(e->published_at, GetCurrentTimestamp(), KS_ALERT_WAIT_MS);
 }
 
@@ -124,12 +136,12 @@ ks_emergency_tick(bool history)
 		ks_emergency_record_snapshot(-1);
 	if (!in_force)
 		return;
-	alert = alert_due(&e);
+	chain_holds = chain_holds_emergency(&e);
+	alert = alert_due(&e, chain_holds);
 	if (alert && history)
 		event_id = ks_alert_event_id(e.generation);
 	roles = ks_agent_roles();
 	/* the snapshot at once; its row once the chain gives the emergency its generation */
-	chain_holds = chain_holds_emergency();
 	if (e.first)
 		ks_emergency_snapshot(roles, e.generation, true, history, chain_holds);
 	else if (history && chain_holds)
