@@ -141,52 +141,38 @@ snapshot_in_database(List *roles, int64 generation, bool history, bool recorded)
 }
 
 /*
- * Record the snapshot that waits for its emergency's event, with the
- * generation the chain gave it — or, with -1, the one in force when it was
- * taken (an emergency released before its event came: the row is kept all
- * the same); inside the watcher's transaction, in a subtransaction like
- * the snapshot itself (a failure is a WARNING).
+ * Run work(arg) in a subtransaction of the watcher's transaction, so that
+ * the watcher can go on after an error: an error can come while
+ * GetLockStatusData() holds the lock manager's LWLocks, or from SPI
+ * half-way through, and only an abort gives back what an error leaves held
+ * (as PL/pgSQL's exception blocks do).  Returns the error, rolled back, or
+ * NULL when the work went through.
  */
-static void
-record_pending(int64 generation)
+static ErrorData *
+in_subtransaction(void (*work) (void *arg), void *arg)
 {
 	MemoryContext ctx = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	char	   *json = pending_json;
+	ErrorData  *volatile failed = NULL;
 
-	pending_json = NULL;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(ctx);
 	PG_TRY();
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		record_snapshot(generation, json);
-		SPI_finish();
+		work(arg);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(ctx);
-		edata = CopyErrorData();
+		failed = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING,
-				(errmsg("the kill switch emergency snapshot could not be recorded: %s", edata->message)));
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(ctx);
 	CurrentResourceOwner = owner;
-	pfree(json);
-}
-
-void
-ks_emergency_record_snapshot(int64 generation)
-{
-	if (pending_json != NULL)
-		record_pending(generation >= 0 ? generation : pending_generation);
+	return failed;
 }
 
 /* The snapshot taken from shared memory: the file alone. */
@@ -196,43 +182,83 @@ snapshot_without_database(List *roles, int64 generation)
 	write_snapshot_file(ks_sessions_snapshot_json(roles, generation));
 }
 
+/* What a snapshot is taken of, and where it goes. */
+typedef struct SnapshotWork
+{
+	List	   *roles;
+	int64		generation;
+	bool		database;		/* through the views, or from shared memory */
+	bool		history;		/* the database has the extension's tables */
+	bool		recorded;		/* the chain holds the emergency: the row now */
+} SnapshotWork;
+
+static void
+take_snapshot(void *arg)
+{
+	SnapshotWork *w = arg;
+
+	if (w->database)
+		snapshot_in_database(w->roles, w->generation, w->history, w->recorded);
+	else
+		snapshot_without_database(w->roles, w->generation);
+}
+
 /*
  * Take the snapshot of these agent roles' sessions, inside the watcher's
  * transaction, in a subtransaction: a failure is logged and the watcher
- * goes on to end the sessions.  The subtransaction is what makes going on
- * safe — an error can come while GetLockStatusData() holds the lock
- * manager's LWLocks, or from SPI half-way through, and only an abort gives
- * back what an error leaves held (as PL/pgSQL's exception blocks do).
+ * goes on to end the sessions.
  */
 void
 ks_emergency_snapshot(List *roles, int64 generation, bool database, bool history,
 					  bool recorded)
 {
-	MemoryContext ctx = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	SnapshotWork w = {roles, generation, database, history, recorded};
+	ErrorData  *failed = in_subtransaction(take_snapshot, &w);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(ctx);
-	PG_TRY();
-	{
-		if (database)
-			snapshot_in_database(roles, generation, history, recorded);
-		else
-			snapshot_without_database(roles, generation);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(ctx);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
+	if (failed)
 		ereport(WARNING,
-				(errmsg("the kill switch emergency snapshot failed: %s", edata->message)));
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(ctx);
-	CurrentResourceOwner = owner;
+				(errmsg("the kill switch emergency snapshot failed: %s", failed->message)));
+}
+
+/* A snapshot waiting for its row, and the generation the row names. */
+typedef struct PendingWork
+{
+	const char *json;
+	int64		generation;
+} PendingWork;
+
+static void
+record_pending(void *arg)
+{
+	PendingWork *w = arg;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	record_snapshot(w->generation, w->json);
+	SPI_finish();
+}
+
+/*
+ * Record the snapshot that waits for its emergency's event, with the
+ * generation the chain gave it — or, with -1, the one in force when it was
+ * taken (an emergency released before its event came: the row is kept all
+ * the same); inside the watcher's transaction, in a subtransaction like
+ * the snapshot itself (a failure is a WARNING).
+ */
+void
+ks_emergency_record_snapshot(int64 generation)
+{
+	PendingWork w;
+	ErrorData  *failed;
+
+	if (pending_json == NULL)
+		return;
+	w.json = pending_json;
+	w.generation = generation >= 0 ? generation : pending_generation;
+	pending_json = NULL;
+	failed = in_subtransaction(record_pending, &w);
+	pfree(unconstify(char *, w.json));
+	if (failed)
+		ereport(WARNING,
+				(errmsg("the kill switch emergency snapshot could not be recorded: %s", failed->message)));
 }
