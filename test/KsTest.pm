@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
-  ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer);
+  ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -184,6 +184,22 @@ sub ks_kill9_and_start
 		last if $node->start(fail_ok => 1);
 		usleep(250_000);
 	}
+}
+
+# Poll a query in database postgres until it returns t, for at most $secs
+# seconds; true if it did.  (Standbys' tests: a state is reached by replay
+# or by what a watcher hears, at no moment the test can name.)
+sub ks_within
+{
+	my ($node, $sql, $secs) = @_;
+	my $deadline = Time::HiRes::time() + $secs;
+	while (Time::HiRes::time() < $deadline)
+	{
+		return 1 if $node->safe_psql('postgres', $sql) eq 't';
+		usleep(20_000);
+	}
+	Test::More::note("still not true after $secs s: $sql");
+	return 0;
 }
 
 1;

@@ -26,18 +26,7 @@ my $BOUND = 15;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
-# Poll a query until it returns t, for at most $secs seconds.
-sub within
-{
-	my ($node, $sql, $secs) = @_;
-	my $deadline = time + ($secs // $BOUND);
-	while (time < $deadline)
-	{
-		return 1 if q1($node, $sql) eq 't';
-		usleep(20_000);
-	}
-	return 0;
-}
+sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // $BOUND); }
 
 # Does the log say this (after offset) within the bound?  Never dies.
 sub log_within

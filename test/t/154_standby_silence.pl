@@ -19,18 +19,7 @@ use KsTest;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
-# Poll a query until it returns t, for at most $secs seconds.
-sub within
-{
-	my ($node, $sql, $secs) = @_;
-	my $deadline = time + ($secs // 15);
-	while (time < $deadline)
-	{
-		return 1 if q1($node, $sql) eq 't';
-		usleep(20_000);
-	}
-	return 0;
-}
+sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 15); }
 
 # killswitch status on a node: (exit status, stdout, stderr).
 sub cli_status

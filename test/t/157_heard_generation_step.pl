@@ -17,18 +17,7 @@ use KsTest;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
-# Poll a query until it returns t, for at most $secs seconds.
-sub within
-{
-	my ($node, $sql, $secs) = @_;
-	my $deadline = time + ($secs // 20);
-	while (time < $deadline)
-	{
-		return 1 if q1($node, $sql) eq 't';
-		usleep(20_000);
-	}
-	return 0;
-}
+sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 20); }
 
 my $primary = ks_node('step_primary', init => { allows_streaming => 1 }, no_extension => 1);
 q1($primary, q(

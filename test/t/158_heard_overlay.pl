@@ -26,19 +26,7 @@ use KsTest;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
-# Poll a query until it returns t, for at most $secs seconds.
-sub within
-{
-	my ($node, $sql, $secs) = @_;
-	my $deadline = time + ($secs // 30);
-	while (time < $deadline)
-	{
-		return 1 if q1($node, $sql) eq 't';
-		usleep(20_000);
-	}
-	note("still not true: $sql");
-	return 0;
-}
+sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 30); }
 
 sub connstr { my $n = shift; return 'host=' . $n->host . ' port=' . $n->port; }
 

@@ -37,18 +37,7 @@ use JSON::PP;
 use Time::HiRes qw(time usleep);
 use KsTest;
 
-# Poll a query until it returns t, for at most $secs seconds.
-sub within
-{
-	my ($n, $query, $secs) = @_;
-	my $deadline = time + $secs;
-	while (time < $deadline)
-	{
-		return 1 if $n->safe_psql('postgres', $query) eq 't';
-		usleep(20_000);
-	}
-	return 0;
-}
+sub within { return ks_within(@_); }
 
 # The agent's move: its own lock file in place of the server's, held.
 sub plant_lock

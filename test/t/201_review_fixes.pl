@@ -11,18 +11,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 use KsTest;
 
-# Poll a query until it returns t, for at most $secs seconds.
-sub within
-{
-	my ($node, $query, $secs) = @_;
-	my $deadline = time + ($secs // 15);
-	while (time < $deadline)
-	{
-		return 1 if $node->safe_psql('postgres', $query) eq 't';
-		usleep(20_000);
-	}
-	return 0;
-}
+sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 15); }
 
 my $shared = PostgreSQL::Test::Utils::tempdir;
 chmod 0770, $shared;
