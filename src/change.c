@@ -729,6 +729,19 @@ fill_mark(KsMark *m)
 }
 
 /*
+ * The hint for a raise whose state file could not be written: usually the
+ * watcher writes it later, but never on a directory another running server
+ * owns (claim.c; a release is refused there before its commit).
+ */
+static int
+raise_file_failed_hint(void)
+{
+	if (ks_shared->state_dir_foreign)
+		return errhint("Another running server owns killswitch.state_dir; this server never writes the file there. Give each server a state directory of its own.");
+	return errhint("The watcher writes the file as soon as it can; ks_status() shows the problem until then.");
+}
+
+/*
  * Before commit.  Every change: its mark, durable before the commit
  * record.  A recorded raise: the state file too, as best it can — never an
  * error.  A lower: nothing anyone else reads; only whether its write after
@@ -804,7 +817,7 @@ before_commit(void)
 	if (r == KS_WRITE_FAILED)
 		ereport(WARNING,
 				(errmsg("could not write the kill switch state file; the change is in force without it: %s", problem),
-				 errhint("The watcher writes the file as soon as it can; ks_status() shows the problem until then.")));
+				 raise_file_failed_hint()));
 }
 
 /* Publish the committed state: a raise never lowers what is in force, a lower is the new state. */

@@ -136,6 +136,7 @@ print_status_json(const KsOptions *opt, const KsState *st, KsVerdict v,
 	put_string(&out, "role", opt->pgdata == NULL ? NULL : is_standby(opt) ? "standby" : "primary");
 	/* a standby's link to its upstream: only the running server knows */
 	put_raw(&out, "replayed_generation", "null");
+	put_raw(&out, "heard_generation", "null");
 	put_raw(&out, "upstream_heard_at", "null");
 	put_raw(&out, "upstream_age_ms", "null");
 	put_raw(&out, "upstream_lost", "null");

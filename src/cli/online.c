@@ -42,7 +42,8 @@ run(PGconn *conn, const char *sql, int nparams, const char *const *params)
 /*
  * A standby's word on its upstream: a line for people, and a warning (on
  * stderr, with --json too) when it cannot hear it or holds the halt for it.
- * The columns of status()'s query from 10 on.
+ * The columns of status()'s query from 10 on; 17, a halt heard ahead of
+ * replay (ARCHITECTURE §11).
  */
 static void
 standby_lines(const KsOptions *opt, const PGresult *res)
@@ -60,6 +61,9 @@ standby_lines(const KsOptions *opt, const PGresult *res)
 			printf("replay:       %s bytes behind, for %s ms (generation %s replayed)\n",
 				   PQgetvalue(res, 0, 14), PQgetvalue(res, 0, 15),
 				   PQgetisnull(res, 0, 16) ? "none yet" : PQgetvalue(res, 0, 16));
+		if (!PQgetisnull(res, 0, 17))
+			printf("heard:        generation %s from the upstream, ahead of replay\n",
+				   PQgetvalue(res, 0, 17));
 	}
 	if (lost)
 		pg_log_warning("this standby has had no word from its primary for %s ms and holds halt_all until it does",
@@ -86,6 +90,7 @@ status(const KsOptions *opt, PGconn *conn)
 						  " 'total_events', s->'total_events', 'unrecorded_change', s->'unrecorded_change',"
 						  " 'watcher_checked_at', s->'watcher_checked_at', 'watcher_age_ms', s->'watcher_age_ms',"
 						  " 'role', s->'role', 'replayed_generation', s->'replayed_generation',"
+						  " 'heard_generation', s->'heard_generation',"
 						  " 'upstream_heard_at', s->'upstream_heard_at', 'upstream_age_ms', s->'upstream_age_ms',"
 						  " 'upstream_lost', s->'upstream_lost', 'upstream_problem', s->'upstream_problem',"
 						  " 'replay_behind_bytes', s->'replay_behind_bytes', 'replay_behind_ms', s->'replay_behind_ms')::text,"
@@ -94,7 +99,7 @@ status(const KsOptions *opt, PGconn *conn)
 						  " s->>'source', s->>'watcher_age_ms', s->>'role',"
 						  " s->>'upstream_age_ms', s->>'upstream_lost', s->>'upstream_problem',"
 						  " s->>'upstream_heard_at', s->>'replay_behind_bytes', s->>'replay_behind_ms',"
-						  " s->>'replayed_generation' FROM ks_status() s", 0, NULL);
+						  " s->>'replayed_generation', s->>'heard_generation' FROM ks_status() s", 0, NULL);
 	int			rc;
 
 	if (res == NULL)

@@ -84,6 +84,16 @@ ok(within($follower, "SELECT ks_mode() = 'halt_all' AND ks_status()->>'heard_gen
 	'the follower heard the halt ahead of replay');
 is(status($follower, 'replayed_generation') . ' ' . status($follower, 'generation'), "$g0 " . ($g0 + 3),
 	'its replay is at the old generation; the generation shown is the heard one');
+{
+	my ($out, $err, $heard) = ('', '', $g0 + 3);
+	IPC::Run::run([ "$ENV{KS_SRCDIR}/src/cli/killswitch", '-d', $follower->connstr('postgres'), '--json', 'status' ],
+		'>', \$out, '2>', \$err);
+	like($out, qr/"heard_generation": $heard[,}]/,
+		'killswitch status --json shows the heard generation');
+	IPC::Run::run([ "$ENV{KS_SRCDIR}/src/cli/killswitch", '-d', $follower->connstr('postgres'), 'status' ],
+		'>', \$out, '2>', \$err);
+	like($out, qr/^heard: +generation $heard from the upstream, ahead of replay$/m, 'and so does its text');
+}
 $primary->stop('immediate');
 
 # ---- a restart keeps the heard halt, beside what was replayed ----

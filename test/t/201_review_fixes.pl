@@ -64,8 +64,14 @@ CREATE SCHEMA bot AUTHORIZATION bot;
 		'an engage on it takes effect in shared memory');
 	like($err, qr/WARNING:  could not write the kill switch state file; the change is in force without it: .*is in use by another running server/,
 		'without the file, and says why');
-	is($second->safe_psql('postgres', "SELECT count(*) FROM killswitch.events WHERE reason = 'on a foreign directory'"),
-		'1', 'and the engage is recorded');
+	like($err, qr/HINT:  Another running server owns killswitch.state_dir; this server never writes the file there/,
+		'and that it never will there (not that the watcher writes it later)');
+	($ret, $out, $err) = $second->psql('postgres', "SELECT ks_disengage('released on a foreign directory', 'tester')");
+	is("$ret " . $second->safe_psql('postgres', 'SELECT ks_mode()'), '3 emergency',
+		'a release there is refused: the halt stays');
+	like($err, qr/ERROR:  could not write the kill switch state file: .*is in use by another running server/, 'and says why');
+	is($second->safe_psql('postgres', "SELECT count(*) FROM killswitch.events WHERE reason IN ('on a foreign directory', 'released on a foreign directory')"),
+		'1', 'the engage is recorded, the refused release is not');
 	like(slurp_file("$shared/owner"), qr/^\Q${\ $node->data_dir }\E$/, 'the claim stays the first server\'s');
 	$second->stop;
 }
