@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
-  ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within);
+  ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within ks_forking_fleet ks_host_port);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -200,6 +200,40 @@ sub ks_within
 	}
 	Test::More::note("still not true after $secs s: $sql");
 	return 0;
+}
+
+# A node's address for a conninfo without a database (primary_conninfo,
+# killswitch.upstream_conninfo).
+sub ks_host_port { my $n = shift; return 'host=' . $n->host . ' port=' . $n->port; }
+
+# Three nodes for a history that forks (TAP 158, 159): a primary, its heir
+# (a standby streaming from it) and a follower that takes WAL from the heir
+# and its word from the primary (killswitch.upstream_conninfo), with no
+# silence bound — the primary is dead for a while in these tests.  One
+# change both standbys replay is made and replayed; returns the nodes and
+# the generation the history forks at.
+sub ks_forking_fleet
+{
+	my ($prefix) = @_;
+	my $primary = ks_node("${prefix}_primary", init => { allows_streaming => 1 }, no_extension => 1);
+	$primary->safe_psql('postgres', 'CREATE EXTENSION killswitch CASCADE');
+	$primary->backup('b');
+
+	my $heir = PostgreSQL::Test::Cluster->new("${prefix}_heir");
+	ks_init_from_backup($heir, $primary, 'b', has_streaming => 1);
+	$heir->start;
+
+	my $follower = PostgreSQL::Test::Cluster->new("${prefix}_follower");
+	ks_init_from_backup($follower, $primary, 'b', has_streaming => 1);
+	$follower->append_conf('postgresql.conf', "primary_conninfo = '" . ks_host_port($heir) . "'\n"
+		  . "killswitch.upstream_conninfo = '" . ks_host_port($primary) . "'\n"
+		  . "killswitch.standby_max_silence = 0\n");
+	$follower->start;
+	$primary->safe_psql('postgres',
+		"SELECT ks_engage('halt_all', 'before', 'ops'); SELECT ks_disengage('before, released', 'ops')");
+	$primary->wait_for_catchup($heir, 'replay', $primary->lsn('insert'));
+	$heir->wait_for_catchup($follower, 'replay', $primary->lsn('insert'));
+	return ($primary, $heir, $follower, $primary->safe_psql('postgres', "SELECT ks_status()->>'generation'"));
 }
 
 1;

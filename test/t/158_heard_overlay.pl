@@ -28,31 +28,10 @@ sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
 sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 30); }
 
-sub connstr { my $n = shift; return 'host=' . $n->host . ' port=' . $n->port; }
-
 sub status { my ($node, $f) = @_; return q1($node, "SELECT coalesce(ks_status()->>'$f', 'null')"); }
 
-my $primary = ks_node('overlay_primary', init => { allows_streaming => 1 }, no_extension => 1);
-q1($primary, 'CREATE EXTENSION killswitch CASCADE');
-$primary->backup('b');
-
-my $heir = PostgreSQL::Test::Cluster->new('overlay_heir');
-ks_init_from_backup($heir, $primary, 'b', has_streaming => 1);
-$heir->start;
-
-my $follower = PostgreSQL::Test::Cluster->new('overlay_follower');
-ks_init_from_backup($follower, $primary, 'b', has_streaming => 1);
-# WAL from the heir, word from the primary; no silence bound: the primary
-# is dead for a while below, and this test is about what was heard
-$follower->append_conf('postgresql.conf', "primary_conninfo = '" . connstr($heir) . "'\n"
-	  . "killswitch.upstream_conninfo = '" . connstr($primary) . "'\n"
-	  . "killswitch.standby_max_silence = 0\n");
-$follower->start;
-# a change both standbys replay: the generation the history forks at
-q1($primary, "SELECT ks_engage('halt_all', 'before', 'ops'); SELECT ks_disengage('before, released', 'ops')");
-$primary->wait_for_catchup($heir, 'replay', $primary->lsn('insert'));
-$heir->wait_for_catchup($follower, 'replay', $primary->lsn('insert'));
-my $g0 = q1($primary, "SELECT ks_status()->>'generation'");
+# WAL from the heir, word from the primary; the history forks at $g0
+my ($primary, $heir, $follower, $g0) = ks_forking_fleet('overlay');
 ok(within($follower, "SELECT ks_status()->>'upstream_heard_at' IS NOT NULL"), 'the follower hears the primary');
 is(status($follower, 'replayed_generation'), $g0, 'and replayed its last change');
 
@@ -109,7 +88,7 @@ $heir->promote;
 ok(within($heir, "SELECT ks_status()->>'role' = 'primary' AND ks_mode() = 'disengaged'"),
 	'the heir is promoted, disengaged');
 is(status($heir, 'generation'), $g0, 'at the generation it replayed, below what the follower heard');
-q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . connstr($heir) . "'; SELECT pg_reload_conf()");
+q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . ks_host_port($heir) . "'; SELECT pg_reload_conf()");
 
 my $e = q1($heir, "SELECT generation FROM ks_engage('emergency', 'new history', 'ops')");
 is($e, $g0 + 1, 'the new primary engages emergency at a generation the follower heard from the old one');
@@ -142,12 +121,12 @@ unlink $copy;
 append_to_file($copy, ks_signed_text(ks_secret($heir), mode => 'HALT_ALL',
 	engaged_at => '2030-01-01T00:00:00.000000+00:00', reason => 'another system',
 	triggered_by => 'agent', generation => $r + 5));
-q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . connstr($fake) . "'; SELECT pg_reload_conf()");
+q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . ks_host_port($fake) . "'; SELECT pg_reload_conf()");
 ok(within($follower, "SELECT ks_status()->>'upstream_problem' LIKE 'the upstream is not of this standby''s system: its system identifier is %'"),
 	'the follower refuses word from another system, and says so');
 is(q1($follower, 'SELECT ks_mode()') . ' ' . status($follower, 'heard_generation'), 'disengaged null',
 	'its signed halt is not taken');
-q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . connstr($heir) . "'; SELECT pg_reload_conf()");
+q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . ks_host_port($heir) . "'; SELECT pg_reload_conf()");
 ok(within($follower, "SELECT ks_status()->>'upstream_problem' IS NULL"),
 	'back on its own upstream, it hears again');
 is(q1($follower, 'SELECT ks_mode()'), 'disengaged', 'still disengaged');

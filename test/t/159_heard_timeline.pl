@@ -21,30 +21,10 @@ sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
 sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 30); }
 
-sub connstr { my $n = shift; return 'host=' . $n->host . ' port=' . $n->port; }
-
 sub status { my ($node, $f) = @_; return q1($node, "SELECT coalesce(ks_status()->>'$f', 'null')"); }
 
-my $primary = ks_node('timeline_primary', init => { allows_streaming => 1 }, no_extension => 1);
-q1($primary, 'CREATE EXTENSION killswitch CASCADE');
-$primary->backup('b');
-
-my $heir = PostgreSQL::Test::Cluster->new('timeline_heir');
-ks_init_from_backup($heir, $primary, 'b', has_streaming => 1);
-$heir->start;
-
-my $follower = PostgreSQL::Test::Cluster->new('timeline_follower');
-ks_init_from_backup($follower, $primary, 'b', has_streaming => 1);
-# WAL from the heir, word from the primary; no silence bound: the primary
-# is dead for a while below, and this test is about what was heard
-$follower->append_conf('postgresql.conf', "primary_conninfo = '" . connstr($heir) . "'\n"
-	  . "killswitch.upstream_conninfo = '" . connstr($primary) . "'\n"
-	  . "killswitch.standby_max_silence = 0\n");
-$follower->start;
-q1($primary, "SELECT ks_engage('halt_all', 'before', 'ops'); SELECT ks_disengage('before, released', 'ops')");
-$primary->wait_for_catchup($heir, 'replay', $primary->lsn('insert'));
-$heir->wait_for_catchup($follower, 'replay', $primary->lsn('insert'));
-my $g0 = q1($primary, "SELECT ks_status()->>'generation'");
+# WAL from the heir, word from the primary; the history forks at $g0
+my ($primary, $heir, $follower, $g0) = ks_forking_fleet('timeline');
 is(status($follower, 'replayed_generation'), $g0, 'the follower replayed the last change');
 ok(within($follower, "SELECT ks_status()->>'upstream_heard_at' IS NOT NULL"), 'and hears the primary');
 
@@ -64,7 +44,7 @@ ok(within($heir, "SELECT ks_status()->>'role' = 'primary'"), 'the heir is promot
 my $e = q1($heir, "SELECT generation FROM ks_engage('emergency', 'new history', 'ops')");
 is($e, $h, 'its emergency has the generation the follower heard from the old primary');
 is(q1($heir, 'SELECT timeline_id FROM killswitch.committed_state()'), 2, 'on timeline 2');
-q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . connstr($heir) . "'; SELECT pg_reload_conf()");
+q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . ks_host_port($heir) . "'; SELECT pg_reload_conf()");
 ok(within($follower, "SELECT ks_mode() = 'emergency' AND ks_status()->>'heard_generation' = '$e'"),
 	'the follower takes the new history\'s emergency at once');
 is(status($follower, 'replayed_generation'), $g0, 'with replay still held');
