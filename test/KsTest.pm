@@ -14,7 +14,8 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
-  ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within ks_forking_fleet ks_host_port);
+  ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within ks_forking_fleet ks_host_port
+  ks_commit_lsns);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -234,6 +235,24 @@ sub ks_forking_fleet
 	$primary->wait_for_catchup($heir, 'replay', $primary->lsn('insert'));
 	$heir->wait_for_catchup($follower, 'replay', $primary->lsn('insert'));
 	return ($primary, $heir, $follower, $primary->safe_psql('postgres', "SELECT ks_status()->>'generation'"));
+}
+
+# Where each transaction's commit record is in a node's WAL between two
+# positions, as pg_waldump reads it (TAP 164, 174: no agent commit record
+# after the engage's): a hash of transaction id (32 bits) to the record's
+# position as a number — a COMMIT by its record's transaction, a COMMIT
+# PREPARED by the prepared one — and pg_waldump's stderr.
+sub ks_commit_lsns
+{
+	my ($node, $start, $end) = @_;
+	my ($dump, $err) = ('', '');
+	my %at;
+	my $value = sub { my ($hi, $lo) = split m{/}, shift; return hex($hi) * 2**32 + hex($lo); };
+	IPC::Run::run([ 'pg_waldump', '-p', $node->data_dir . '/pg_wal', '-s', $start, '-e', $end, '-r', 'Transaction' ],
+		'>', \$dump, '2>', \$err);
+	$at{$1} = $value->($2) while $dump =~ /tx:\s+(\d+), lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: COMMIT /g;
+	$at{$2} = $value->($1) while $dump =~ /lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: COMMIT_PREPARED (\d+):/g;
+	return (\%at, $err);
 }
 
 1;

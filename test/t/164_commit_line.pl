@@ -30,7 +30,6 @@ checkpoint_timeout = 1h
 max_wal_size = 4GB
 });
 $node->start;
-my $pgdata = $node->data_dir;
 sub sql { return $node->safe_psql('postgres', shift); }
 sql(q{
 CREATE EXTENSION killswitch CASCADE;
@@ -67,15 +66,8 @@ my $end_lsn = sql('SELECT pg_current_wal_insert_lsn()');
 sql('CHECKPOINT');
 
 # The commit records, by transaction id.
-my ($dump, $dumperr) = ('', '');
-IPC::Run::run([ 'pg_waldump', '-p', "$pgdata/pg_wal", '-s', $start_lsn, '-e', $end_lsn, '-r', 'Transaction' ],
-	'>', \$dump, '2>', \$dumperr);
-my %commit_at;
-sub lsn_value { my ($hi, $lo) = split m{/}, shift; return hex($hi) * 2**32 + hex($lo); }
-while ($dump =~ /tx:\s+(\d+), lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: COMMIT/g)
-{
-	$commit_at{$1} = lsn_value($2);
-}
+my ($commit_at, $dumperr) = ks_commit_lsns($node, $start_lsn, $end_lsn);
+my %commit_at = %$commit_at;
 ok(scalar(keys %commit_at) > $trials * $agents, 'pg_waldump read the commit records')
   or diag($dumperr);
 

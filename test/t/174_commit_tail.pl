@@ -46,7 +46,6 @@ max_prepared_transactions = 5
 max_locks_per_transaction = 1024
 });
 $node->start;
-my $pgdata = $node->data_dir;
 sub sql { return $node->safe_psql('postgres', shift); }
 sql(q{
 CREATE EXTENSION killswitch CASCADE;
@@ -55,26 +54,6 @@ CREATE TABLE work (trial int, n int);
 GRANT INSERT, SELECT ON work TO agent;
 GRANT CREATE, USAGE ON SCHEMA public TO agent;
 });
-
-sub lsn_value { my ($hi, $lo) = split m{/}, shift; return hex($hi) * 2**32 + hex($lo); }
-
-# The WAL between two positions, as pg_waldump prints the Transaction records.
-sub transaction_records
-{
-	my ($start, $end) = @_;
-	my ($dump, $err) = ('', '');
-	IPC::Run::run([ 'pg_waldump', '-p', "$pgdata/pg_wal", '-s', $start, '-e', $end, '-r', 'Transaction' ],
-		'>', \$dump, '2>', \$err);
-	return $dump;
-}
-
-# Where the commit record of a transaction (tx: field) is, or undef.
-sub commit_lsn_of
-{
-	my ($dump, $xid) = @_;
-	return lsn_value($1) if $dump =~ /tx:\s+$xid, lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: COMMIT /;
-	return undef;
-}
 
 # Wait until a session's statement is running.
 sub running
@@ -110,9 +89,9 @@ SET LOCAL ks_test.commit_delay_ms = 1500;
 	$agent->query('SELECT 1');
 	my $end = sql('SELECT pg_current_wal_insert_lsn()');
 	my $visible = sql('SELECT count(*) FROM work WHERE trial = 1');
-	my $dump = transaction_records($start, $end);
-	my $engage_at = commit_lsn_of($dump, $engage);
-	my $agent_at = commit_lsn_of($dump, $xid);
+	my ($commit_at) = ks_commit_lsns($node, $start, $end);
+	my $engage_at = $commit_at->{$engage};
+	my $agent_at = $commit_at->{$xid};
 	ok(defined $engage_at, "pg_waldump shows the engage's commit record");
 	ok(!defined $agent_at || $agent_at < $engage_at,
 		'no commit record of the stretched agent commit follows the engage\'s')
@@ -142,15 +121,13 @@ SET LOCAL ks_test.commit_delay_ms = 1500;
 	my $engage = sql("SELECT xid::text FROM ks_engage('halt_all', 'commit tail 2', 'tester')");
 	$agent->query('SELECT 1');
 	my $end = sql('SELECT pg_current_wal_insert_lsn()');
-	my $dump = transaction_records($start, $end);
-	my $engage_at = commit_lsn_of($dump, $engage);
-	my $prepared_at;
-	$prepared_at = lsn_value($1)
-	  if $dump =~ /lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: COMMIT_PREPARED $xid:/;
+	my ($commit_at, $dumperr) = ks_commit_lsns($node, $start, $end);
+	my $engage_at = $commit_at->{$engage};
+	my $prepared_at = $commit_at->{$xid};
 	my $left = sql("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'p2'");
 	ok(defined $engage_at, "pg_waldump shows the engage's commit record");
 	# the interleaving: the statement had passed its check when the engage came
-	ok(defined $prepared_at, 'the prepared transaction was committed') or diag($dump);
+	ok(defined $prepared_at, 'the prepared transaction was committed') or diag($dumperr);
 	ok(!defined $prepared_at || $prepared_at < $engage_at,
 		'no COMMIT PREPARED record follows the engage\'s commit record')
 	  or diag("prepared $xid at $prepared_at, engage $engage at $engage_at");
