@@ -73,27 +73,21 @@ ks_publish_state(const KsState *st, int flags, bool only_newer)
 }
 
 /*
- * The position of the WAL that brought the current state: a record's end
- * when redo applies it, the replay position when the watcher follows the
- * history.  Set before the state is published, so that a waiter woken by
- * the publish reads it in ks_status(); it never moves back.
+ * Replay (or the history) has brought this generation, and with lsn
+ * (InvalidXLogRecPtr: none) the position of the WAL that brought the state
+ * about to be published: a record's end when redo applies it, the replay
+ * position when the watcher follows the history.  Noted before the state
+ * is published, so that a waiter woken by the publish reads it in
+ * ks_status(); neither ever moves back.
  */
 static void
-note_state_lsn(XLogRecPtr lsn)
-{
-	SpinLockAcquire(&ks_shared->mutex);
-	if (lsn > ks_shared->state_lsn)
-		ks_shared->state_lsn = lsn;
-	SpinLockRelease(&ks_shared->mutex);
-}
-
-/* Replay (or the history) has brought this generation. */
-static void
-note_replayed(int64 generation)
+note_replayed(int64 generation, XLogRecPtr lsn)
 {
 	SpinLockAcquire(&ks_shared->mutex);
 	if (generation > ks_shared->replayed_generation)
 		ks_shared->replayed_generation = generation;
+	if (lsn > ks_shared->state_lsn)
+		ks_shared->state_lsn = lsn;
 	SpinLockRelease(&ks_shared->mutex);
 }
 
@@ -164,6 +158,7 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 {
 	KsState		st;
 	char		problem[KS_PROBLEM_LEN];
+	bool		older;
 
 	if (ks_state_from_text(text, len, NULL, 0, NULL, false, &st,
 						   problem, sizeof(problem)) == KS_FILE_BAD ||
@@ -174,16 +169,16 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 				 errdetail("The standby keeps its state; its watcher follows the history.")));
 		return;
 	}
-	note_replayed(st.generation);
 	/* an older one, or older than what the upstream told (upstream.c) */
-	if (st.generation < KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)))
+	older = st.generation < KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	note_replayed(st.generation, older ? InvalidXLogRecPtr : lsn);
+	if (older)
 		return;
 
 	/*
 	 * Shared memory first: the record is already durable in this server's
 	 * WAL, and a crash before the files are written replays it again.
 	 */
-	note_state_lsn(lsn);
 	if (!ks_publish_state(&st, 0, true))
 		return;					/* the watcher published a newer one meanwhile */
 	if (st.mode == KS_EMERGENCY)
@@ -374,8 +369,7 @@ adopt_history(bool in_recovery)
 	if (in_recovery)
 	{
 		/* the WAL that brought it: the change's commit, at or before here */
-		note_replayed(st.generation);
-		note_state_lsn(GetXLogReplayRecPtr(NULL));
+		note_replayed(st.generation, GetXLogReplayRecPtr(NULL));
 	}
 	if (!ks_publish_state(&st, 0, in_recovery))
 		return false;			/* redo published a newer one meanwhile */
