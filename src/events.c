@@ -146,24 +146,33 @@ ks_client_address(void)
 	return pstrdup(host);
 }
 
-/* Read the newest row's id, hash and generation with a fresh snapshot. */
+/*
+ * Run a query for the newest row of killswitch.events with a fresh
+ * snapshot: it sees every change committed before it, even in a REPEATABLE
+ * READ transaction whose own snapshot is older.  At most one row, in
+ * SPI_tuptable.
+ */
 static void
-events_tail(int64 *id, char *hash, int64 *generation)
+select_newest_event(const char *query)
 {
+	SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
 	int			rc;
-
-	/*
-	 * The caller holds the lock that orders changes; a fresh snapshot sees
-	 * every change committed before it, even in a REPEATABLE READ
-	 * transaction whose own snapshot is older.
-	 */
-	SPIPlanPtr	plan = SPI_prepare("SELECT id, hash, generation FROM killswitch.events "
-								   "ORDER BY id DESC LIMIT 1", 0, NULL);
 
 	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
 							  InvalidSnapshot, true, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read killswitch.events: %d", rc);
+}
+
+/*
+ * Read the newest row's id, hash and generation with a fresh snapshot (the
+ * caller holds the lock that orders changes).
+ */
+static void
+events_tail(int64 *id, char *hash, int64 *generation)
+{
+	select_newest_event("SELECT id, hash, generation FROM killswitch.events "
+						"ORDER BY id DESC LIMIT 1");
 	if (SPI_processed == 0)
 	{
 		*id = 0;
@@ -609,19 +618,13 @@ ks_events_newest_state(KsState *st)
 {
 	KsOwnerContext owner;
 	MemoryContext caller = CurrentMemoryContext;
-	SPIPlanPtr	plan;
 	KsHistory	result = KS_HISTORY_EMPTY;
-	int			rc;
 
 	ks_owner_begin(&owner);
-	plan = SPI_prepare("SELECT e.at, e.mode::text, e.previous_mode::text, e.reason, e.triggered_by, "
-					   "e.affected_tasks, e.source, e.generation, e.id, e.key_id, e, "
-					   "e.prev_hash, e.hash, e.signature "
-					   "FROM killswitch.events e ORDER BY e.id DESC LIMIT 1", 0, NULL);
-	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
-							  InvalidSnapshot, true, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read killswitch.events: %d", rc);
+	select_newest_event("SELECT e.at, e.mode::text, e.previous_mode::text, e.reason, e.triggered_by, "
+						"e.affected_tasks, e.source, e.generation, e.id, e.key_id, e, "
+						"e.prev_hash, e.hash, e.signature "
+						"FROM killswitch.events e ORDER BY e.id DESC LIMIT 1");
 	if (SPI_processed == 1)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
