@@ -27,7 +27,6 @@
 
 #include "access/transam.h"
 #include "access/twophase.h"
-#include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/procarray.h"

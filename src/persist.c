@@ -39,7 +39,6 @@
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
-#include "utils/timestamp.h"
 
 #include "claim.h"
 #include "follow.h"

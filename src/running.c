@@ -38,10 +38,8 @@
 
 #include <signal.h>
 
-#include "access/twophase.h"
 #include "access/xact.h"
 #include "miscadmin.h"
-#include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/inval.h"

@@ -20,7 +20,6 @@
 
 #include "access/xlog.h"
 #include "access/xlogrecovery.h"
-#include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 

@@ -40,10 +40,8 @@
 
 #include "access/xlog.h"
 #include "libpq-fe.h"
-#include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
