@@ -113,9 +113,12 @@ row_digests(const KsEventRow *r, const char *prev_hash,
 	pfree(buf.data);
 }
 
-/* The secret, or a clear error (never showing its value). */
+/*
+ * The secret and its key id (key_id: 17 bytes), or a clear error (never
+ * showing its value).
+ */
 static void
-require_secret(char **secret, size_t *len)
+require_secret(char **secret, size_t *len, char *key_id)
 {
 	char		problem[KS_PROBLEM_LEN];
 
@@ -124,6 +127,7 @@ require_secret(char **secret, size_t *len)
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("could not read the kill switch signing secret: %s", problem),
 				 errhint("Check killswitch.signing_secret_file.")));
+	ks_key_id(*secret, *len, key_id);
 }
 
 /* The client's address as text, or NULL for a Unix-socket connection. */
@@ -324,8 +328,7 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	Datum		result;
 	int			rc;
 
-	require_secret(&secret, &secretlen);
-	ks_key_id(secret, secretlen, key_id);
+	require_secret(&secret, &secretlen, key_id);
 	row_content(&r, in, key_id);
 
 	ks_owner_begin(&owner);
@@ -385,8 +388,7 @@ ks_event_row_pending(const KsEventInput *in)
 	KsEventRow	r;
 	Datum		result;
 
-	require_secret(&secret, &secretlen);
-	ks_key_id(secret, secretlen, key_id);
+	require_secret(&secret, &secretlen, key_id);
 	row_content(&r, in, key_id);
 	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
 	for (int i = 0; i < rowdesc->natts; i++)
@@ -679,8 +681,7 @@ ks_verify_events(PG_FUNCTION_ARGS)
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	require_secret(&secret, &secretlen);
-	ks_key_id(secret, secretlen, key_id);
+	require_secret(&secret, &secretlen, key_id);
 
 	ks_owner_begin(&owner);
 	rc = SPI_execute("SELECT e, e.prev_hash, e.hash, e.signature "
