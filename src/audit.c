@@ -15,7 +15,6 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "pgstat.h"
-#include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"

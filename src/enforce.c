@@ -48,7 +48,6 @@
 #include "storage/ipc.h"
 #include "tcop/dest.h"
 #include "tcop/utility.h"
-#include "utils/acl.h"
 
 #include "agents.h"
 #include "compat.h"

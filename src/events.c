@@ -19,7 +19,6 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/inet.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -114,9 +113,12 @@ row_digests(const KsEventRow *r, const char *prev_hash,
 	pfree(buf.data);
 }
 
-/* The secret, or a clear error (never showing its value). */
+/*
+ * The secret and its key id (key_id: 17 bytes), or a clear error (never
+ * showing its value).
+ */
 static void
-require_secret(char **secret, size_t *len)
+require_secret(char **secret, size_t *len, char *key_id)
 {
 	char		problem[KS_PROBLEM_LEN];
 
@@ -125,6 +127,7 @@ require_secret(char **secret, size_t *len)
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("could not read the kill switch signing secret: %s", problem),
 				 errhint("Check killswitch.signing_secret_file.")));
+	ks_key_id(*secret, *len, key_id);
 }
 
 /* The client's address as text, or NULL for a Unix-socket connection. */
@@ -146,24 +149,33 @@ ks_client_address(void)
 	return pstrdup(host);
 }
 
-/* Read the newest row's id, hash and generation with a fresh snapshot. */
+/*
+ * Run a query for the newest row of killswitch.events with a fresh
+ * snapshot: it sees every change committed before it, even in a REPEATABLE
+ * READ transaction whose own snapshot is older.  At most one row, in
+ * SPI_tuptable.
+ */
 static void
-events_tail(int64 *id, char *hash, int64 *generation)
+select_newest_event(const char *query)
 {
+	SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
 	int			rc;
-
-	/*
-	 * The caller holds the lock that orders changes; a fresh snapshot sees
-	 * every change committed before it, even in a REPEATABLE READ
-	 * transaction whose own snapshot is older.
-	 */
-	SPIPlanPtr	plan = SPI_prepare("SELECT id, hash, generation FROM killswitch.events "
-								   "ORDER BY id DESC LIMIT 1", 0, NULL);
 
 	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
 							  InvalidSnapshot, true, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read killswitch.events: %d", rc);
+}
+
+/*
+ * Read the newest row's id, hash and generation with a fresh snapshot (the
+ * caller holds the lock that orders changes).
+ */
+static void
+events_tail(int64 *id, char *hash, int64 *generation)
+{
+	select_newest_event("SELECT id, hash, generation FROM killswitch.events "
+						"ORDER BY id DESC LIMIT 1");
 	if (SPI_processed == 0)
 	{
 		*id = 0;
@@ -316,8 +328,7 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	Datum		result;
 	int			rc;
 
-	require_secret(&secret, &secretlen);
-	ks_key_id(secret, secretlen, key_id);
+	require_secret(&secret, &secretlen, key_id);
 	row_content(&r, in, key_id);
 
 	ks_owner_begin(&owner);
@@ -377,8 +388,7 @@ ks_event_row_pending(const KsEventInput *in)
 	KsEventRow	r;
 	Datum		result;
 
-	require_secret(&secret, &secretlen);
-	ks_key_id(secret, secretlen, key_id);
+	require_secret(&secret, &secretlen, key_id);
 	row_content(&r, in, key_id);
 	r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
 	for (int i = 0; i < rowdesc->natts; i++)
@@ -609,19 +619,13 @@ ks_events_newest_state(KsState *st)
 {
 	KsOwnerContext owner;
 	MemoryContext caller = CurrentMemoryContext;
-	SPIPlanPtr	plan;
 	KsHistory	result = KS_HISTORY_EMPTY;
-	int			rc;
 
 	ks_owner_begin(&owner);
-	plan = SPI_prepare("SELECT e.at, e.mode::text, e.previous_mode::text, e.reason, e.triggered_by, "
-					   "e.affected_tasks, e.source, e.generation, e.id, e.key_id, e, "
-					   "e.prev_hash, e.hash, e.signature "
-					   "FROM killswitch.events e ORDER BY e.id DESC LIMIT 1", 0, NULL);
-	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
-							  InvalidSnapshot, true, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read killswitch.events: %d", rc);
+	select_newest_event("SELECT e.at, e.mode::text, e.previous_mode::text, e.reason, e.triggered_by, "
+						"e.affected_tasks, e.source, e.generation, e.id, e.key_id, e, "
+						"e.prev_hash, e.hash, e.signature "
+						"FROM killswitch.events e ORDER BY e.id DESC LIMIT 1");
 	if (SPI_processed == 1)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
@@ -677,8 +681,7 @@ ks_verify_events(PG_FUNCTION_ARGS)
 	ks_require_loaded();
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	require_secret(&secret, &secretlen);
-	ks_key_id(secret, secretlen, key_id);
+	require_secret(&secret, &secretlen, key_id);
 
 	ks_owner_begin(&owner);
 	rc = SPI_execute("SELECT e, e.prev_hash, e.hash, e.signature "

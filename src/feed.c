@@ -30,12 +30,10 @@
 
 #include "access/xlog.h"
 #include "funcapi.h"
-#include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
 #include "storage/condition_variable.h"
 #include "storage/proc.h"
-#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/portal.h"

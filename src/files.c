@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #ifdef FRONTEND
-#include "common/file_utils.h"
 #include "common/logging.h"
 #else
 #include "miscadmin.h"

@@ -26,10 +26,7 @@
 
 #include "access/transam.h"
 #include "access/xact.h"
-#include "miscadmin.h"
-#include "pgstat.h"
 #include "storage/ipc.h"
-#include "storage/latch.h"
 #include "storage/proc.h"
 #include "utils/timestamp.h"
 

@@ -27,7 +27,6 @@
 
 #include "access/transam.h"
 #include "access/twophase.h"
-#include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/procarray.h"
@@ -229,6 +228,33 @@ ks_list_version(KsListId which)
 }
 
 /*
+ * Put block in place of the list's block, as loaded or not, and return
+ * the one it replaces, for the caller to free once it has released the
+ * lock (caller holds it exclusively; readers hold it shared, so nobody is
+ * reading the old block then).  A new version either way.
+ */
+static dsa_pointer
+replace_block_locked(KsListId which, dsa_pointer block, bool loaded)
+{
+	dsa_pointer old = ks_lists->list[which];
+
+	ks_lists->list[which] = block;
+	ks_lists->loaded[which] = loaded;
+	ks_lists->version[which]++;
+	return old;
+}
+
+/* Where xid is among the registered prepared changes, or -1 (caller holds the lock). */
+static int
+prepared_index_locked(TransactionId xid)
+{
+	for (int i = 0; i < ks_lists->nprepared; i++)
+		if (TransactionIdEquals(ks_lists->prepared[i], xid))
+			return i;
+	return -1;
+}
+
+/*
  * Publish a built block (InvalidDsaPointer: the empty list) and free the
  * one it replaces.  With expect_version, only if the list is still at that
  * version (else the block is freed and false returned: someone published a
@@ -239,7 +265,6 @@ bool
 ks_list_swap(KsListId which, dsa_pointer block, const uint64 *expect_version,
 			 const TransactionId *resolved, int nresolved)
 {
-	dsa_area   *area = lists_dsa();
 	dsa_pointer old;
 
 	LWLockAcquire(ks_lists->lock, LW_EXCLUSIVE);
@@ -249,25 +274,16 @@ ks_list_swap(KsListId which, dsa_pointer block, const uint64 *expect_version,
 		ks_list_discard(block);
 		return false;
 	}
-	old = ks_lists->list[which];
-	ks_lists->list[which] = block;
-	ks_lists->loaded[which] = true;
-	ks_lists->version[which]++;
+	old = replace_block_locked(which, block, true);
 	for (int r = 0; r < nresolved; r++)
 	{
-		for (int i = 0; i < ks_lists->nprepared; i++)
-		{
-			if (TransactionIdEquals(ks_lists->prepared[i], resolved[r]))
-			{
-				ks_lists->prepared[i] = ks_lists->prepared[--ks_lists->nprepared];
-				break;
-			}
-		}
+		int			i = prepared_index_locked(resolved[r]);
+
+		if (i >= 0)
+			ks_lists->prepared[i] = ks_lists->prepared[--ks_lists->nprepared];
 	}
 	LWLockRelease(ks_lists->lock);
-	/* nobody can be reading the old block: readers hold the shared lock */
-	if (DsaPointerIsValid(old))
-		dsa_free(area, old);
+	ks_list_discard(old);
 	return true;
 }
 
@@ -278,13 +294,9 @@ ks_list_unload(KsListId which)
 	dsa_pointer old;
 
 	LWLockAcquire(ks_lists->lock, LW_EXCLUSIVE);
-	old = ks_lists->list[which];
-	ks_lists->list[which] = InvalidDsaPointer;
-	ks_lists->loaded[which] = false;
-	ks_lists->version[which]++;
+	old = replace_block_locked(which, InvalidDsaPointer, false);
 	LWLockRelease(ks_lists->lock);
-	if (DsaPointerIsValid(old))
-		dsa_free(lists_dsa(), old);
+	ks_list_discard(old);
 }
 
 /* Is the critical list stale: a prepared change of it committed since it was built? */
@@ -376,13 +388,10 @@ ks_list_register_prepared(TransactionId xid)
 	bool		full;
 
 	LWLockAcquire(ks_lists->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < ks_lists->nprepared; i++)
+	if (prepared_index_locked(xid) >= 0)
 	{
-		if (TransactionIdEquals(ks_lists->prepared[i], xid))
-		{
-			LWLockRelease(ks_lists->lock);
-			return;
-		}
+		LWLockRelease(ks_lists->lock);
+		return;
 	}
 	full = ks_lists->nprepared >= Max(max_prepared_xacts, 1);
 	if (!full)

@@ -22,8 +22,6 @@
 #include "libpq/auth.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
-#include "postmaster/postmaster.h"
-#include "storage/proc.h"
 #include "utils/acl.h"
 
 #include "agentlist.h"

@@ -5,7 +5,6 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_enum.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"

@@ -19,10 +19,8 @@
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
-#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
-#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 

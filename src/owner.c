@@ -68,8 +68,11 @@ static List *own_windows = NIL;
 /*
  * The agent's executions that write, from ExecutorStart to ExecutorEnd
  * (enforce.c), each with the subtransaction it began in: one that fails
- * never reaches ExecutorEnd, and goes with its subtransaction.  In
- * TopTransactionContext.
+ * never reaches ExecutorEnd, and goes with its subtransaction.  Noted for
+ * every such statement, also while disengaged, so without allocating: the
+ * first agent_writing_count entries of an array in TopMemoryContext, kept
+ * from one transaction to the next (the count goes back to zero at its
+ * end) and grown only when more executions nest than ever before.
  */
 typedef struct AgentWriting
 {
@@ -77,7 +80,9 @@ typedef struct AgentWriting
 	SubTransactionId subid;
 } AgentWriting;
 
-static List *agent_writing = NIL;
+static AgentWriting *agent_writing = NULL;
+static int	agent_writing_count = 0;
+static int	agent_writing_size = 0;
 
 /* OID of killswitch.events; a clear error where the extension is absent. */
 Oid
@@ -177,31 +182,31 @@ ks_owner_begin(KsOwnerContext *ctx)
 void
 ks_agent_writing_began(const QueryDesc *queryDesc)
 {
-	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-	AgentWriting *a = palloc(sizeof(AgentWriting));
+	if (unlikely(agent_writing_count == agent_writing_size))
+	{
+		int			size = Max(agent_writing_size * 2, 8);
 
-	a->queryDesc = queryDesc;
-	a->subid = GetCurrentSubTransactionId();
-	agent_writing = lappend(agent_writing, a);
-	MemoryContextSwitchTo(old);
+		agent_writing = agent_writing == NULL
+			? MemoryContextAlloc(TopMemoryContext, sizeof(AgentWriting) * size)
+			: repalloc(agent_writing, sizeof(AgentWriting) * size);
+		agent_writing_size = size;
+	}
+	agent_writing[agent_writing_count].queryDesc = queryDesc;
+	agent_writing[agent_writing_count].subid = GetCurrentSubTransactionId();
+	agent_writing_count++;
 }
 
 /* An execution has ended (from enforce.c's ExecutorEnd): forget it if it was one. */
 void
 ks_agent_writing_ended(const QueryDesc *queryDesc)
 {
-	ListCell   *lc;
-
-	if (likely(agent_writing == NIL))
-		return;
-	foreach(lc, agent_writing)
+	for (int i = 0; i < agent_writing_count; i++)
 	{
-		AgentWriting *a = lfirst(lc);
-
-		if (a->queryDesc == queryDesc)
+		if (agent_writing[i].queryDesc == queryDesc)
 		{
-			agent_writing = foreach_delete_current(agent_writing, lc);
-			pfree(a);
+			agent_writing_count--;
+			memmove(&agent_writing[i], &agent_writing[i + 1],
+					sizeof(AgentWriting) * (agent_writing_count - i));
 			return;
 		}
 	}
@@ -232,7 +237,7 @@ note_own_window(TransactionId from)
 
 	if (TransactionIdEquals(from, to) || !TransactionIdIsValid(GetTopTransactionIdIfAny()))
 		return;
-	if (agent_writing != NIL)
+	if (agent_writing_count > 0)
 		refuse_inside_agent_write();
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	w = palloc(sizeof(OwnWindow));
@@ -304,6 +309,7 @@ owner_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
 	ListCell   *lc;
+	int			kept = 0;
 
 	if (event != SUBXACT_EVENT_ABORT_SUB)
 		return;
@@ -315,24 +321,24 @@ owner_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		if (w->subid >= mySubid)
 			own_windows = foreach_delete_current(own_windows, lc);
 	}
-	foreach(lc, agent_writing)
+	for (int i = 0; i < agent_writing_count; i++)
 	{
-		AgentWriting *a = lfirst(lc);
-
-		if (a->subid >= mySubid)
-			agent_writing = foreach_delete_current(agent_writing, lc);
+		if (agent_writing[i].subid < mySubid)
+			agent_writing[kept++] = agent_writing[i];
 	}
+	agent_writing_count = kept;
 }
 
 /*
  * The transaction ended (from enforce.c's callback): the windows and the
- * executions go with it, their memory with TopTransactionContext.
+ * executions go with it, the windows' memory with TopTransactionContext
+ * (the executions' array is kept for the next transaction).
  */
 void
 ks_owner_xact_end(void)
 {
 	own_windows = NIL;
-	agent_writing = NIL;
+	agent_writing_count = 0;
 }
 
 /* Register the subtransaction callback; from ks_enforce_init(). */

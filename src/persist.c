@@ -39,7 +39,6 @@
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
-#include "utils/timestamp.h"
 
 #include "claim.h"
 #include "follow.h"
@@ -134,7 +133,20 @@ read_if_present(const char *path, size_t *len)
 	return data;
 }
 
-/* Read the server's private copy of the newest committed state. */
+/*
+ * Read the server's private copy of the newest committed state, checked
+ * with this secret: signed it must be, and it is the server's own, so it
+ * is read once (no recheck delay).  Every reader of the copy comes here.
+ */
+KsVerdict
+ks_read_private_copy(const char *secret, size_t secretlen, KsState *held,
+					 char *problem, size_t problemlen)
+{
+	return ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
+						 true, 0, held, problem, problemlen);
+}
+
+/* Read the server's private copy of the newest committed state, in a backend. */
 bool
 ks_read_held(KsState *held, char *problem, size_t problemlen)
 {
@@ -143,8 +155,7 @@ ks_read_held(KsState *held, char *problem, size_t problemlen)
 
 	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
 		return false;
-	return ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
-						 true, 0, held, problem, problemlen) == KS_FILE_VALID;
+	return ks_read_private_copy(secret, secretlen, held, problem, problemlen) == KS_FILE_VALID;
 }
 
 /*

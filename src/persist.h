@@ -26,6 +26,8 @@ typedef enum KsOrder
 	KS_NEWER					/* a change to judge */
 } KsOrder;
 extern KsOrder ks_compare_to_held(const KsState *file, const KsState *held);
+extern KsVerdict ks_read_private_copy(const char *secret, size_t secretlen, KsState *held,
+									  char *problem, size_t problemlen);
 extern bool ks_read_held(KsState *held, char *problem, size_t problemlen);
 /* What a writer last judged the state file to hold (compare-and-swap). */
 typedef struct KsExpect

@@ -38,13 +38,13 @@
 
 #include <signal.h>
 
-#include "access/twophase.h"
 #include "access/xact.h"
 #include "miscadmin.h"
-#include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "compat.h"
 #include "enforce.h"
@@ -123,27 +123,64 @@ cancelled(void)
 }
 
 /*
+ * The name of a built-in, for the log and the refusals.  The last one
+ * named is kept across transactions (and forgotten when pg_proc changes),
+ * so that an agent that calls the same built-in in every transaction
+ * reads the catalog for it once.
+ */
+static Oid	named_builtin = InvalidOid;
+static char named_builtin_name[NAMEDATALEN];
+
+static const char *
+builtin_name(Oid fn)
+{
+	if (fn != named_builtin)
+	{
+		char	   *name = get_func_name(fn);
+
+		strlcpy(named_builtin_name, name ? name : "?", sizeof(named_builtin_name));
+		named_builtin = name ? fn : InvalidOid;
+	}
+	return named_builtin_name;
+}
+
+/* Syscache callback: pg_proc changed, a built-in may have another name. */
+static void
+builtin_name_inval(Datum arg, int cacheid, uint32 hashvalue)
+{
+	named_builtin = InvalidOid;
+}
+
+/*
  * An agent set up a call of a denied built-in while disengaged: note it for
  * the raiser, then a full barrier before the caller reads the mode again.
+ * The barrier is what the guarantee needs: the note is a store and the
+ * mode a load after it, which only a full barrier keeps in that order, and
+ * the raiser's side is the mirror image (the word stored, a full barrier,
+ * the notes loaded) — so either this backend sees the raise or the raiser
+ * sees the note.  Once per transaction: a later setup in the same
+ * transaction stores nothing, and needs no barrier — its note is there
+ * since the first setup's barrier, so a raiser that does not see it was
+ * seen by the first read of the mode, and no later read sees an older word.
  */
 void
 ks_note_running_builtin(Oid fn)
 {
-	KsRunningSlot *slot = my_slot();
+	KsRunningSlot *slot;
 
-	if (!OidIsValid(ks_noted_builtin) && slot != NULL)
-	{
-		char	   *name = get_func_name(fn);
-
-		strlcpy(noted_function, name ? name : "?", sizeof(noted_function));
-		strlcpy(noted_agent, ks_agent_name(), sizeof(noted_agent));
-		slot->pid = MyProcPid;
-		strlcpy(slot->function, noted_function, sizeof(slot->function));
-		pg_atomic_write_u32(&slot->cancelled, 0);
-		pg_write_barrier();
-		pg_atomic_write_u32(&slot->noted, 1);
-		ks_noted_builtin = fn;
-	}
+	if (OidIsValid(ks_noted_builtin))
+		return;
+	slot = my_slot();
+	if (slot == NULL)
+		return;
+	strlcpy(noted_function, builtin_name(fn), sizeof(noted_function));
+	strlcpy(noted_agent, ks_agent_name(), sizeof(noted_agent));
+	slot->pid = MyProcPid;
+	strlcpy(slot->function, noted_function, sizeof(slot->function));
+	pg_atomic_write_u32(&slot->cancelled, 0);
+	pg_write_barrier();
+	pg_atomic_write_u32(&slot->noted, 1);
+	ks_noted_builtin = fn;
 	pg_memory_barrier();
 }
 
@@ -283,9 +320,10 @@ running_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 KS_ROLE_ADMIN)));
 }
 
-/* Register the subtransaction callback; from ks_enforce_init(). */
+/* Register the subtransaction and cache callbacks; from ks_enforce_init(). */
 void
 ks_running_init(void)
 {
 	RegisterSubXactCallback(running_subxact_callback, NULL);
+	CacheRegisterSyscacheCallback(PROCOID, builtin_name_inval, (Datum) 0);
 }

@@ -20,7 +20,6 @@
 
 #include "access/xlog.h"
 #include "access/xlogrecovery.h"
-#include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -50,6 +49,17 @@ ks_recovery_requested(void)
 		stat(BACKUP_LABEL_FILE, &sb) == 0 || stat(KS_RECOVERED_FILE, &sb) == 0;
 }
 
+/* Since when a state read from a file or the history holds: its time, or now. */
+static TimestampTz
+state_since(const KsState *st)
+{
+	int64		usec;
+
+	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
+		return ks_unix_usec_to_timestamptz(usec);
+	return GetCurrentTimestamp();
+}
+
 /*
  * Publish a state read from a file or the history (UTF-8 texts); with
  * only_newer, not over a newer generation (false then).
@@ -57,11 +67,8 @@ ks_recovery_requested(void)
 bool
 ks_publish_state(const KsState *st, int flags, bool only_newer)
 {
-	int64		usec;
-	TimestampTz since = GetCurrentTimestamp();
+	TimestampTz since = state_since(st);
 
-	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
-		since = ks_unix_usec_to_timestamptz(usec);
 	if (st->tampered)
 		flags |= KS_FLAG_TAMPERED;	/* an engage after a verdict keeps it */
 	if (only_newer)
@@ -73,27 +80,21 @@ ks_publish_state(const KsState *st, int flags, bool only_newer)
 }
 
 /*
- * The position of the WAL that brought the current state: a record's end
- * when redo applies it, the replay position when the watcher follows the
- * history.  Set before the state is published, so that a waiter woken by
- * the publish reads it in ks_status(); it never moves back.
+ * Replay (or the history) has brought this generation, and with lsn
+ * (InvalidXLogRecPtr: none) the position of the WAL that brought the state
+ * about to be published: a record's end when redo applies it, the replay
+ * position when the watcher follows the history.  Noted before the state
+ * is published, so that a waiter woken by the publish reads it in
+ * ks_status(); neither ever moves back.
  */
 static void
-note_state_lsn(XLogRecPtr lsn)
-{
-	SpinLockAcquire(&ks_shared->mutex);
-	if (lsn > ks_shared->state_lsn)
-		ks_shared->state_lsn = lsn;
-	SpinLockRelease(&ks_shared->mutex);
-}
-
-/* Replay (or the history) has brought this generation. */
-static void
-note_replayed(int64 generation)
+note_replayed(int64 generation, XLogRecPtr lsn)
 {
 	SpinLockAcquire(&ks_shared->mutex);
 	if (generation > ks_shared->replayed_generation)
 		ks_shared->replayed_generation = generation;
+	if (lsn > ks_shared->state_lsn)
+		ks_shared->state_lsn = lsn;
 	SpinLockRelease(&ks_shared->mutex);
 }
 
@@ -112,6 +113,22 @@ forget_heard_file(char *problem, size_t problemlen)
 }
 
 /*
+ * Write the state file with these bytes (caller holds the writers' lock),
+ * unless the state directory is another server's (claim.c): then it is
+ * not this standby's to write.
+ */
+static bool
+write_state_file(const char *text, size_t len, char *problem, size_t problemlen)
+{
+	char		path[MAXPGPATH];
+
+	if (ks_shared->state_dir_foreign)
+		return true;
+	ks_state_file_path(path, sizeof(path));
+	return ks_write_shared_file_durably(path, text, len, problem, problemlen);
+}
+
+/*
  * Write a state this standby replayed into its private copy, and into its
  * state file unless a heard state is in force above it (whose bytes the
  * state file then holds), with the primary's exact bytes, under the
@@ -126,12 +143,10 @@ forget_heard_file(char *problem, size_t problemlen)
 bool
 ks_standby_write_files(const char *text, size_t len, int64 generation)
 {
-	char		path[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
 	int			lockfd;
 	bool		ok = true;
 
-	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
 	if (lockfd >= 0 && KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)) > generation)
 	{
@@ -145,8 +160,7 @@ ks_standby_write_files(const char *text, size_t len, int64 generation)
 
 		ok = ks_write_file_durably(KS_LAST_APPLIED_FILE, text, len, problem, sizeof(problem)) &&
 			forget_heard_file(problem, sizeof(problem)) &&
-			(heard || ks_shared->state_dir_foreign ||
-			 ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
+			(heard || write_state_file(text, len, problem, sizeof(problem)));
 	}
 	ks_unlock_dir(lockfd);
 	ks_shared->files_behind = lockfd < 0 || !ok;
@@ -164,6 +178,7 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 {
 	KsState		st;
 	char		problem[KS_PROBLEM_LEN];
+	bool		older;
 
 	if (ks_state_from_text(text, len, NULL, 0, NULL, false, &st,
 						   problem, sizeof(problem)) == KS_FILE_BAD ||
@@ -174,16 +189,16 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 				 errdetail("The standby keeps its state; its watcher follows the history.")));
 		return;
 	}
-	note_replayed(st.generation);
 	/* an older one, or older than what the upstream told (upstream.c) */
-	if (st.generation < KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)))
+	older = st.generation < KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
+	note_replayed(st.generation, older ? InvalidXLogRecPtr : lsn);
+	if (older)
 		return;
 
 	/*
 	 * Shared memory first: the record is already durable in this server's
 	 * WAL, and a crash before the files are written replays it again.
 	 */
-	note_state_lsn(lsn);
 	if (!ks_publish_state(&st, 0, true))
 		return;					/* the watcher published a newer one meanwhile */
 	if (st.mode == KS_EMERGENCY)
@@ -203,13 +218,8 @@ apply_replayed(const char *text, size_t len, XLogRecPtr lsn)
 KsHeard
 ks_standby_take_heard(const KsState *st, TimeLineID timeline)
 {
-	int64		usec;
-	TimestampTz since = GetCurrentTimestamp();
-
-	if (st->engaged_at && ks_parse_iso(st->engaged_at, &usec))
-		since = ks_unix_usec_to_timestamptz(usec);
 	return ks_publish_heard(st->mode, st->tampered ? KS_FLAG_TAMPERED : 0, st->generation,
-							timeline, since, st->source ? st->source : "sql",
+							timeline, state_since(st), st->source ? st->source : "sql",
 							st->reason, st->triggered_by);
 }
 
@@ -223,17 +233,14 @@ ks_standby_take_heard(const KsState *st, TimeLineID timeline)
 bool
 ks_standby_write_heard(const char *text, size_t len, int64 generation)
 {
-	char		path[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
 	int			lockfd;
 	bool		ok = true;
 
-	ks_state_file_path(path, sizeof(path));
 	lockfd = ks_lock_state_dir(KS_LOCK_RAISE_WAIT_MS, problem, sizeof(problem));
 	if (lockfd >= 0 && ks_heard_generation() == generation)
 		ok = ks_write_file_durably(KS_HEARD_FILE, text, len, problem, sizeof(problem)) &&
-			(ks_shared->state_dir_foreign ||
-			 ks_write_shared_file_durably(path, text, len, problem, sizeof(problem)));
+			write_state_file(text, len, problem, sizeof(problem));
 	ks_unlock_dir(lockfd);
 	if (lockfd < 0 || !ok)
 		ereport(LOG,
@@ -374,8 +381,7 @@ adopt_history(bool in_recovery)
 	if (in_recovery)
 	{
 		/* the WAL that brought it: the change's commit, at or before here */
-		note_replayed(st.generation);
-		note_state_lsn(GetXLogReplayRecPtr(NULL));
+		note_replayed(st.generation, GetXLogReplayRecPtr(NULL));
 	}
 	if (!ks_publish_state(&st, 0, in_recovery))
 		return false;			/* redo published a newer one meanwhile */

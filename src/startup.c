@@ -203,8 +203,7 @@ decide(KsDecision *d, const char *secret, size_t secretlen)
 	List	   *marks;
 
 	ks_state_file_path(path, sizeof(path));
-	hv = ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file,
-					   true, 0, &held, hproblem, sizeof(hproblem));
+	hv = ks_read_private_copy(secret, secretlen, &held, hproblem, sizeof(hproblem));
 	marks = ks_marks_read(&marks_bad, mproblem, sizeof(mproblem));
 	fv = ks_state_read(path, secret, secretlen, ks_secret_file, ks_require_hmac,
 					   ks_recheck_delay, &file, fproblem, sizeof(fproblem));
@@ -288,8 +287,7 @@ decide_in_recovery(KsDecision *d, const char *secret, size_t secretlen)
 	ks_marks_clear();			/* the primary's, copied with a base backup: not ours */
 	if (secret == NULL)
 		strlcpy(problem, "this standby has no signing secret; copy the primary's", sizeof(problem));
-	else if (ks_state_read(KS_LAST_APPLIED_FILE, secret, secretlen, ks_secret_file, true, 0,
-						   &st, problem, sizeof(problem)) == KS_FILE_VALID)
+	else if (ks_read_private_copy(secret, secretlen, &st, problem, sizeof(problem)) == KS_FILE_VALID)
 	{
 		d->state = st;
 		d->state.generation = Max(st.generation, 0);

@@ -13,7 +13,6 @@
 #include "access/twophase.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -203,13 +202,6 @@ recompute_word(TimestampTz now, int64 generation)
 	return mode > (int) KS_WORD_MODE(old);
 }
 
-/* recompute_word() keeping the word's generation. */
-static bool
-recompute_mode(TimestampTz now)
-{
-	return recompute_word(now, KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)));
-}
-
 /*
  * After the word changed, outside the spinlock: wake the sessions waiting
  * in ks_wait() (the broadcast takes other locks and sets latches), and if
@@ -226,6 +218,22 @@ announce(bool rose)
 		ConditionVariableBroadcast(&ks_shared->published);
 	if (rose)
 		ks_cancel_running_builtins();
+}
+
+/*
+ * A part of the word changed (caller holds the mutex, which this
+ * releases): recompute_word() keeping the word's generation, then
+ * announce() outside the spinlock.  Returns true if the mode in force rose.
+ */
+static bool
+recompute_and_announce(TimestampTz now)
+{
+	bool		rose;
+
+	rose = recompute_word(now, KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)));
+	SpinLockRelease(&ks_shared->mutex);
+	announce(rose);
+	return rose;
 }
 
 /* The kinds of publishing the chain's state. */
@@ -248,12 +256,31 @@ refused(KsPublishKind kind, int64 generation, uint64 word)
 	return false;
 }
 
+/*
+ * The text of a raise shown above the chain, clipped outside the spinlock
+ * (clip_raise_text()) and copied whole under it (note_raise_text()), so it
+ * starts zeroed: no byte of shared memory is left uninitialised.
+ */
+typedef struct RaiseText
+{
+	char		why[sizeof(((KsShared *) NULL)->raise_reason)];
+	char		by[sizeof(((KsShared *) NULL)->raise_by)];
+} RaiseText;
+
+static void
+clip_raise_text(RaiseText *text, const char *reason, const char *triggered_by)
+{
+	memset(text, 0, sizeof(*text));
+	ks_clip_utf8(text->why, reason, sizeof(text->why));
+	ks_clip_utf8(text->by, triggered_by, sizeof(text->by));
+}
+
 /* Note the text of a raise shown above the chain (caller holds the mutex). */
 static void
-note_raise_text(const char *why, const char *by)
+note_raise_text(const RaiseText *text)
 {
-	memcpy(ks_shared->raise_reason, why, sizeof(ks_shared->raise_reason));
-	memcpy(ks_shared->raise_by, by, sizeof(ks_shared->raise_by));
+	memcpy(ks_shared->raise_reason, text->why, sizeof(ks_shared->raise_reason));
+	memcpy(ks_shared->raise_by, text->by, sizeof(ks_shared->raise_by));
 }
 
 /* No heard overlay any more (caller holds the mutex, and recomputes the word). */
@@ -393,15 +420,12 @@ ks_publish_heard(KsMode mode, int flags, int64 generation, TimeLineID timeline,
 				 const char *reason, const char *triggered_by)
 {
 	char		src[sizeof(ks_shared->heard_source)] = {0};
-	char		why[sizeof(ks_shared->raise_reason)] = {0};
-	char		by[sizeof(ks_shared->raise_by)] = {0};
+	RaiseText	text;
 	TimestampTz now = GetCurrentTimestamp();
 	KsHeard		result = KS_HEARD_KEPT;
-	bool		rose;
 
 	strlcpy(src, source, sizeof(src));
-	ks_clip_utf8(why, reason, sizeof(why));
-	ks_clip_utf8(by, triggered_by, sizeof(by));
+	clip_raise_text(&text, reason, triggered_by);
 	SpinLockAcquire(&ks_shared->mutex);
 	if (heard_other_history(generation, timeline))
 	{
@@ -420,12 +444,10 @@ ks_publish_heard(KsMode mode, int flags, int64 generation, TimeLineID timeline,
 		ks_shared->heard_timeline = timeline;
 		memcpy(ks_shared->heard_source, src, sizeof(src));
 		ks_shared->heard_since = since;
-		note_raise_text(why, by);
+		note_raise_text(&text);
 		result = KS_HEARD_TAKEN;
 	}
-	rose = recompute_mode(now);
-	SpinLockRelease(&ks_shared->mutex);
-	announce(rose);
+	(void) recompute_and_announce(now);
 	return result;
 }
 
@@ -438,13 +460,10 @@ void
 ks_drop_heard(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	bool		rose;
 
 	SpinLockAcquire(&ks_shared->mutex);
 	forget_heard();
-	rose = recompute_mode(now);
-	SpinLockRelease(&ks_shared->mutex);
-	announce(rose);
+	(void) recompute_and_announce(now);
 }
 
 /* The heard overlay's generation, or -1 when there is none. */
@@ -482,13 +501,10 @@ void
 ks_set_floor(KsMode floor)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	bool		rose;
 
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->floor_mode = floor;
-	rose = recompute_mode(now);
-	SpinLockRelease(&ks_shared->mutex);
-	announce(rose);
+	(void) recompute_and_announce(now);
 }
 
 /*
@@ -502,21 +518,15 @@ ks_set_floor(KsMode floor)
 bool
 ks_raise_in_place(KsMode mode, int flags, const char *reason, const char *triggered_by)
 {
-	char		why[sizeof(ks_shared->raise_reason)] = {0};
-	char		by[sizeof(ks_shared->raise_by)] = {0};
+	RaiseText	text;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		rose;
 
-	ks_clip_utf8(why, reason, sizeof(why));
-	ks_clip_utf8(by, triggered_by, sizeof(by));
+	clip_raise_text(&text, reason, triggered_by);
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->inplace_mode = Max(ks_shared->inplace_mode, (int) mode);
 	ks_shared->inplace_flags |= flags;
-	note_raise_text(why, by);
-	rose = recompute_mode(now);
-	SpinLockRelease(&ks_shared->mutex);
-	announce(rose);
-	return rose;
+	note_raise_text(&text);
+	return recompute_and_announce(now);
 }
 
 /* The raises in place are recorded (or were never committed): the chain alone. */
@@ -525,14 +535,10 @@ ks_clear_in_place(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
-	bool		rose;
-
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->inplace_mode = KS_NO_MODE;
 	ks_shared->inplace_flags = 0;
-	rose = recompute_mode(now);
-	SpinLockRelease(&ks_shared->mutex);
-	announce(rose);
+	(void) recompute_and_announce(now);
 }
 
 /*
@@ -545,16 +551,13 @@ bool
 ks_raising_set(int mode, const char *reason, const char *triggered_by)
 {
 	KsProcSlot *slot = &ks_shared->slots[ks_my_proc_number()];
-	char		why[sizeof(ks_shared->raise_reason)] = {0};
-	char		by[sizeof(ks_shared->raise_by)] = {0};
+	RaiseText	text;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		rose;
 
 	if (slot->raising == mode)
 		return false;
 	ks_slots_clear_at_exit();
-	ks_clip_utf8(why, reason, sizeof(why));
-	ks_clip_utf8(by, triggered_by, sizeof(by));
+	clip_raise_text(&text, reason, triggered_by);
 	SpinLockAcquire(&ks_shared->mutex);
 	if (slot->raising != KS_NO_MODE)
 		ks_shared->raising_count[slot->raising]--;
@@ -563,12 +566,9 @@ ks_raising_set(int mode, const char *reason, const char *triggered_by)
 	{
 		ks_shared->raising_count[mode]++;
 		if (reason)
-			note_raise_text(why, by);
+			note_raise_text(&text);
 	}
-	rose = recompute_mode(now);
-	SpinLockRelease(&ks_shared->mutex);
-	announce(rose);
-	return rose;
+	return recompute_and_announce(now);
 }
 
 /*
@@ -578,20 +578,15 @@ ks_raising_set(int mode, const char *reason, const char *triggered_by)
 void
 ks_deferred_count_add(KsMode mode, int delta, const char *reason, const char *triggered_by)
 {
-	char		why[sizeof(ks_shared->raise_reason)] = {0};
-	char		by[sizeof(ks_shared->raise_by)] = {0};
+	RaiseText	text;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		rose;
 
-	ks_clip_utf8(why, reason, sizeof(why));
-	ks_clip_utf8(by, triggered_by, sizeof(by));
+	clip_raise_text(&text, reason, triggered_by);
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->deferred_count[mode] = Max(ks_shared->deferred_count[mode] + delta, 0);
 	if (delta > 0 && reason)
-		note_raise_text(why, by);
-	rose = recompute_mode(now);
-	SpinLockRelease(&ks_shared->mutex);
-	announce(rose);
+		note_raise_text(&text);
+	(void) recompute_and_announce(now);
 }
 
 /* The chain's mode and flags: what the newest committed event left. */

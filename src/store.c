@@ -162,6 +162,28 @@ ks_hex_equal(const char *a, const char *b)
 	return diff == 0;
 }
 
+/*
+ * Is signature the HMAC-SHA256 of canon under the retired key kept beside
+ * key_file for key_id (ks_retired_secret())?  The key's bytes are zeroed
+ * once compared, like every secret loaded (ks_secret_forget()).
+ */
+static bool
+signed_with_retired(const char *key_file, const char *key_id, const StringInfoData *canon,
+					const char *signature)
+{
+	char	   *old;
+	size_t		oldlen;
+	char		expect[KS_HEX_DIGEST_LEN + 1];
+	bool		match;
+
+	if (!ks_retired_secret(key_file, key_id, &old, &oldlen))
+		return false;
+	match = ks_hmac_hex(old, oldlen, canon->data, canon->len, expect) &&
+		ks_hex_equal(expect, signature);
+	ks_secret_forget(old, oldlen);
+	return match;
+}
+
 /* The state as a JSON object, without the signature. */
 static KsJson *
 state_object(const KsState *st)
@@ -341,13 +363,9 @@ ks_state_from_text(const char *text, size_t len,
 		{
 			/* signed with a retired key that is still kept beside the secret? */
 			const KsJson *kid = ks_json_get(root, "key_id");
-			char	   *old;
-			size_t		oldlen;
 
 			if (secret_file == NULL || kid == NULL || kid->kind != KSJ_STRING ||
-				!ks_retired_secret(secret_file, kid->str, &old, &oldlen) ||
-				!ks_hmac_hex(old, oldlen, canon.data, canon.len, expect) ||
-				!ks_hex_equal(expect, sig->str))
+				!signed_with_retired(secret_file, kid->str, &canon, sig->str))
 				return PROBLEM("the signature does not match the contents");
 		}
 	}
@@ -510,8 +528,6 @@ ks_state_release_signed(const KsState *st, const char *release_key, size_t relea
 {
 	StringInfoData canon;
 	char		expect[KS_HEX_DIGEST_LEN + 1];
-	char	   *old;
-	size_t		oldlen;
 
 	if (st->object == NULL || st->release_signature == NULL)
 	{
@@ -530,9 +546,7 @@ ks_state_release_signed(const KsState *st, const char *release_key, size_t relea
 		return true;
 	/* signed with a retired release key that is still kept beside the current one? */
 	if (release_key_file != NULL && st->release_key_id != NULL &&
-		ks_retired_secret(release_key_file, st->release_key_id, &old, &oldlen) &&
-		ks_hmac_hex(old, oldlen, canon.data, canon.len, expect) &&
-		ks_hex_equal(expect, st->release_signature))
+		signed_with_retired(release_key_file, st->release_key_id, &canon, st->release_signature))
 		return true;
 	snprintf(problem, problemlen, "its release_signature does not match the contents");
 	return false;

@@ -40,10 +40,8 @@
 
 #include "access/xlog.h"
 #include "libpq-fe.h"
-#include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
@@ -276,6 +274,15 @@ ks_upstream_start(void)
 	SpinLockRelease(&ks_shared->mutex);
 }
 
+/* No heard state waits to be written into the files any more. */
+static void
+forget_unwritten(void)
+{
+	if (up.unwritten)
+		pfree(up.unwritten);
+	up.unwritten = NULL;
+}
+
 /*
  * Recovery has ended (promotion): no upstream any more.  The connection
  * closes, what was heard ahead of replay and a floor are dropped — the
@@ -289,9 +296,7 @@ ks_upstream_stop(void)
 	disconnect();
 	up.started = false;
 	up.nbehind = 0;
-	if (up.unwritten)
-		pfree(up.unwritten);
-	up.unwritten = NULL;
+	forget_unwritten();
 	up.dropped = false;
 	if (ks_heard_generation() >= 0)
 	{
@@ -506,6 +511,17 @@ same_system(const char *reported, char *problem, size_t problemlen)
 	return false;
 }
 
+/* Keep a copy of bytes in *copy, in place of the one there; it outlives the pass. */
+static void
+keep_copy(char **copy, size_t *copy_len, const char *bytes, size_t len)
+{
+	if (*copy)
+		pfree(*copy);
+	*copy = MemoryContextAlloc(TopMemoryContext, len);
+	memcpy(*copy, bytes, len);
+	*copy_len = len;
+}
+
 /*
  * A new state from the upstream, verified, on the upstream's timeline:
  * remembered as what the poll waits past, and into the heard overlay (its
@@ -516,11 +532,7 @@ take(const char *bytes, size_t len, const KsState *st, TimeLineID timeline)
 {
 	KsHeard		heard;
 
-	if (up.known)
-		pfree(up.known);
-	up.known = MemoryContextAlloc(TopMemoryContext, len);
-	memcpy(up.known, bytes, len);
-	up.known_len = len;
+	keep_copy(&up.known, &up.known_len, bytes, len);
 	up.known_generation = st->generation;
 	heard = ks_standby_take_heard(st, timeline);
 	if (heard == KS_HEARD_DROPPED)
@@ -530,9 +542,7 @@ take(const char *bytes, size_t len, const KsState *st, TimeLineID timeline)
 				 errdetail("The upstream tells generation " INT64_FORMAT " on timeline %u; the standby holds what it replayed, generation " INT64_FORMAT ".",
 						   st->generation, timeline,
 						   KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word)))));
-		if (up.unwritten)
-			pfree(up.unwritten);
-		up.unwritten = NULL;
+		forget_unwritten();
 		up.dropped = true;
 		return;
 	}
@@ -541,11 +551,7 @@ take(const char *bytes, size_t len, const KsState *st, TimeLineID timeline)
 	ereport(LOG,
 			(errmsg("the standby heard %s (generation " INT64_FORMAT ") from its upstream, ahead of replay",
 					ks_mode_sql_names[st->mode], st->generation)));
-	if (up.unwritten)
-		pfree(up.unwritten);
-	up.unwritten = MemoryContextAlloc(TopMemoryContext, len);
-	memcpy(up.unwritten, bytes, len);
-	up.unwritten_len = len;
+	keep_copy(&up.unwritten, &up.unwritten_len, bytes, len);
 	up.unwritten_generation = st->generation;
 }
 
@@ -875,6 +881,5 @@ ks_upstream_write_files(void)
 		return;
 	if (!ks_standby_write_heard(up.unwritten, up.unwritten_len, up.unwritten_generation))
 		return;
-	pfree(up.unwritten);
-	up.unwritten = NULL;
+	forget_unwritten();
 }

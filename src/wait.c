@@ -8,8 +8,6 @@
 #include "postgres.h"
 
 #include "fmgr.h"
-#include "miscadmin.h"
-#include "pgstat.h"
 #include "storage/condition_variable.h"
 #include "utils/timestamp.h"
 

@@ -24,7 +24,6 @@
 #include "postgres.h"
 
 #include "access/xlog.h"
-#include "miscadmin.h"
 #include "utils/memutils.h"
 
 #include "compat.h"
@@ -38,7 +37,6 @@
 #include "access/xlog_internal.h"
 #include "access/xloginsert.h"
 #include "access/xlogreader.h"
-#include "access/xlogrecovery.h"
 
 /* The record's fixed part; the state file's bytes follow. */
 typedef struct KsXlogState

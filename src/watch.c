@@ -36,8 +36,6 @@
 #include <unistd.h>
 
 #include "access/transam.h"
-#include "mb/pg_wchar.h"
-#include "storage/lmgr.h"
 #include "storage/procarray.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"

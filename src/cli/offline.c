@@ -90,6 +90,26 @@ put_raw(StringInfo out, const char *key, const char *raw)
 	appendStringInfoString(out, raw);
 }
 
+/* Keys only the database knows: null offline. */
+static const char *const database_only[] = {
+	"engagement_count", "total_events", "unrecorded_change",
+	"watcher_checked_at", "watcher_age_ms"
+};
+
+/* A standby's link to its upstream: only the running server knows. */
+static const char *const server_only[] = {
+	"replayed_generation", "heard_generation", "upstream_heard_at", "upstream_age_ms", "upstream_lost",
+	"upstream_problem", "replay_behind_bytes", "replay_behind_ms"
+};
+
+/* Put each of these keys, null. */
+static void
+put_nulls(StringInfo out, const char *const *keys, int nkeys)
+{
+	for (int i = 0; i < nkeys; i++)
+		put_raw(out, keys[i], "null");
+}
+
 /*
  * status --json: the members of ks_status(), as "killswitch -d ... status
  * --json" prints them, so that a script reads one shape either way.  What
@@ -128,21 +148,9 @@ print_status_json(const KsOptions *opt, const KsState *st, KsVerdict v,
 	}
 	else
 		put_raw(&out, "last_engagement", "null");
-	put_raw(&out, "engagement_count", "null");
-	put_raw(&out, "total_events", "null");
-	put_raw(&out, "unrecorded_change", "null");
-	put_raw(&out, "watcher_checked_at", "null");
-	put_raw(&out, "watcher_age_ms", "null");
+	put_nulls(&out, database_only, lengthof(database_only));
 	put_string(&out, "role", opt->pgdata == NULL ? NULL : is_standby(opt) ? "standby" : "primary");
-	/* a standby's link to its upstream: only the running server knows */
-	put_raw(&out, "replayed_generation", "null");
-	put_raw(&out, "heard_generation", "null");
-	put_raw(&out, "upstream_heard_at", "null");
-	put_raw(&out, "upstream_age_ms", "null");
-	put_raw(&out, "upstream_lost", "null");
-	put_raw(&out, "upstream_problem", "null");
-	put_raw(&out, "replay_behind_bytes", "null");
-	put_raw(&out, "replay_behind_ms", "null");
+	put_nulls(&out, server_only, lengthof(server_only));
 	appendStringInfoChar(&out, '}');
 	puts(out.data);
 }
