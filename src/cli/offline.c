@@ -98,8 +98,8 @@ static const char *const database_only[] = {
 
 /* A standby's link to its upstream: only the running server knows. */
 static const char *const server_only[] = {
-	"replayed_generation", "heard_generation", "upstream_heard_at", "upstream_age_ms", "upstream_lost",
-	"upstream_problem", "replay_behind_bytes", "replay_behind_ms"
+	"replayed_generation", "heard_generation", "upstream_heard_at", "upstream_age_ms",
+	"upstream_lost", "upstream_problem", "replay_behind_bytes", "replay_behind_ms"
 };
 
 /* Put each of these keys, null. */
