@@ -26,6 +26,8 @@
  */
 #include "postgres.h"
 
+#include <unistd.h>
+
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -34,8 +36,6 @@
 #include "tcop/utility.h"
 #include "utils/guc.h"
 #include "utils/resowner.h"
-
-#include <unistd.h>
 
 PG_MODULE_MAGIC;
 
