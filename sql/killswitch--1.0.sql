@@ -402,6 +402,12 @@ $$;
 COMMENT ON FUNCTION killswitch.audit() IS
     'Agent roles holding powers that get around the kill switch (what ks_audit() shows)';
 
+-- Its rows, counted for ks_status() (audit.c): kept in the session until a
+-- change to roles, memberships, functions, schemas or tables, and at most
+-- a minute.
+CREATE FUNCTION killswitch.audit_findings() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'ks_audit_findings' LANGUAGE C VOLATILE;
+
 CREATE FUNCTION @extschema@.ks_audit(OUT role name, OUT power text, OUT detail text)
 RETURNS SETOF record
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -435,7 +441,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'refused_claims', killswitch.refused_claims(),
         'watcher_checked_at', killswitch.iso_utc(s.watcher_checked_at),
         'watcher_age_ms', round(extract(epoch FROM clock_timestamp() - s.watcher_checked_at) * 1000),
-        'audit_findings', (SELECT count(*) FROM killswitch.audit()),
+        'audit_findings', killswitch.audit_findings(),
         'watcher_problem', s.watcher_problem,
         'watch', s.watch,
         'role', s.role,

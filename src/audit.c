@@ -8,12 +8,22 @@
  * it has not logged before — so a power granted to an agent mid-incident
  * is in the log at once, and an unchanged finding is not repeated every
  * minute.
+ *
+ * ks_status() counts the findings through killswitch.audit_findings(),
+ * memoised in each session: killswitch.audit() reads every agent role's
+ * memberships and privileges (about 1.5 s with 10,000 agent roles on an
+ * assert build), and a metrics exporter asks at every scrape.  The count is
+ * taken again after any change this session hears of to what the audit
+ * reads — the invalidations the watcher audits on — and at least every
+ * KS_AUDIT_COUNT_VALID_MS, for a search_path set with ALTER ROLE or ALTER
+ * DATABASE, which invalidates nothing.
  */
 #include "postgres.h"
 
 #include "access/xact.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "pgstat.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
@@ -27,9 +37,21 @@
 /* How often to take in catalog changes, and to audit regardless. */
 #define KS_AUDIT_LOOK_MS 1000
 #define KS_AUDIT_EVERY_MS 60000
+/* How long a session's count of findings stands without an invalidation. */
+#define KS_AUDIT_COUNT_VALID_MS 60000
+
+PG_FUNCTION_INFO_V1(ks_audit_findings);
 
 static bool callbacks_registered = false;
 static bool catalog_changed = true;
+/* Bumped by every invalidation the audit cares about. */
+static uint64 catalog_changes = 0;
+
+/* This session's count of findings, and what it was taken after. */
+static bool count_taken = false;
+static int64 count_memo = 0;
+static uint64 count_changes = 0;
+static TimestampTz count_at = 0;
 static TimestampTz last_look = 0;
 static TimestampTz last_audit = 0;
 
@@ -42,6 +64,7 @@ static void
 catalog_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
 {
 	catalog_changed = true;
+	catalog_changes++;
 }
 
 /* Relcache callback: a table changed (a trigger, a rule, a grant). */
@@ -49,6 +72,22 @@ static void
 relation_changed_cb(Datum arg, Oid relid)
 {
 	catalog_changed = true;
+	catalog_changes++;
+}
+
+/* Hear of changes to what the audit reads, once per process. */
+static void
+register_callbacks(void)
+{
+	if (callbacks_registered)
+		return;
+	CacheRegisterSyscacheCallback(AUTHOID, catalog_changed_cb, (Datum) 0);
+	/* one cache of pg_auth_members hears of every change to it */
+	CacheRegisterSyscacheCallback(AUTHMEMMEMROLE, catalog_changed_cb, (Datum) 0);
+	CacheRegisterSyscacheCallback(PROCOID, catalog_changed_cb, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, catalog_changed_cb, (Datum) 0);
+	CacheRegisterRelcacheCallback(relation_changed_cb, (Datum) 0);
+	callbacks_registered = true;
 }
 
 /* Is a finding among those already logged? */
@@ -122,16 +161,7 @@ ks_audit_watch(void)
 	if (!TimestampDifferenceExceeds(last_look, now, KS_AUDIT_LOOK_MS))
 		return;
 	last_look = now;
-	if (!callbacks_registered)
-	{
-		CacheRegisterSyscacheCallback(AUTHOID, catalog_changed_cb, (Datum) 0);
-		/* one cache of pg_auth_members hears of every change to it */
-		CacheRegisterSyscacheCallback(AUTHMEMMEMROLE, catalog_changed_cb, (Datum) 0);
-		CacheRegisterSyscacheCallback(PROCOID, catalog_changed_cb, (Datum) 0);
-		CacheRegisterSyscacheCallback(NAMESPACEOID, catalog_changed_cb, (Datum) 0);
-		CacheRegisterRelcacheCallback(relation_changed_cb, (Datum) 0);
-		callbacks_registered = true;
-	}
+	register_callbacks();
 
 	PG_TRY();
 	{
@@ -155,4 +185,64 @@ ks_audit_watch(void)
 		ks_watcher_survive_error(ctx);
 	}
 	PG_END_TRY();
+}
+
+/* Count the rows of killswitch.audit() now, in the caller's snapshot. */
+static int64
+count_findings(void)
+{
+	bool		isnull;
+	int64		n;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT count(*) FROM killswitch.audit()", true, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not count the rows of killswitch.audit()");
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return n;
+}
+
+/*
+ * Does this session's count still stand?  Taken since the last change it
+ * has heard of (the invalidations others' commits sent are taken in first)
+ * and within KS_AUDIT_COUNT_VALID_MS.
+ */
+static bool
+count_stands(TimestampTz now)
+{
+	AcceptInvalidationMessages();
+	return count_taken && count_changes == catalog_changes &&
+		!TimestampDifferenceExceeds(count_at, now, KS_AUDIT_COUNT_VALID_MS);
+}
+
+/*
+ * SQL killswitch.audit_findings(): the rows of killswitch.audit(), counted
+ * (for ks_status()), memoised in the session as the file's header says —
+ * but not a count taken in a transaction snapshot (REPEATABLE READ,
+ * SERIALIZABLE), whose view of the catalogs later transactions do not
+ * share.
+ */
+Datum
+ks_audit_findings(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		before;
+	int64		n;
+
+	register_callbacks();
+	if (count_stands(now))
+		PG_RETURN_INT64(count_memo);
+	/* a change heard while counting leaves the count to be taken again */
+	before = catalog_changes;
+	n = count_findings();
+	if (!IsolationUsesXactSnapshot())
+	{
+		count_taken = true;
+		count_memo = n;
+		count_changes = before;
+		count_at = now;
+	}
+	PG_RETURN_INT64(n);
 }

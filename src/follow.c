@@ -112,16 +112,35 @@ ks_file_hash(char *hash)
 }
 
 /*
- * The bytes a look judged (hash) are known from now on — once the look has
- * committed, and unless the server wrote the file meanwhile (the hash is
- * no longer before, what it was when the look began).
+ * The bytes a look judged (hash) are known from now on — noted before the
+ * look commits, and unless the server wrote the file meanwhile (the hash
+ * is no longer before, what it was when the look began).  True if noted:
+ * an abort of the look takes the note back (ks_file_unjudged()).
  */
-void
+bool
 ks_file_judged(const char *hash, const char *before)
 {
+	bool		noted;
+
 	SpinLockAcquire(&ks_shared->mutex);
-	if (strcmp(ks_shared->file_hash, before) == 0)
+	noted = strcmp(ks_shared->file_hash, before) == 0;
+	if (noted)
 		strlcpy(ks_shared->file_hash, hash, sizeof(ks_shared->file_hash));
+	SpinLockRelease(&ks_shared->mutex);
+	return noted;
+}
+
+/*
+ * The look that judged these bytes (hash) aborted: they are unseen again,
+ * judged at a later look — unless the server wrote the file since the note
+ * (file_hash moved on: its own bytes stay known).
+ */
+void
+ks_file_unjudged(const char *hash, const char *before)
+{
+	SpinLockAcquire(&ks_shared->mutex);
+	if (strcmp(ks_shared->file_hash, hash) == 0)
+		strlcpy(ks_shared->file_hash, before, sizeof(ks_shared->file_hash));
 	SpinLockRelease(&ks_shared->mutex);
 }
 

@@ -11,7 +11,8 @@ extern void ks_file_unknown(void);
 extern void ks_file_behind(const char *problem);
 extern bool ks_file_known(const char *hash, bool *behind);
 extern void ks_file_hash(char *hash);
-extern void ks_file_judged(const char *hash, const char *before);
+extern bool ks_file_judged(const char *hash, const char *before);
+extern void ks_file_unjudged(const char *hash, const char *before);
 extern bool ks_write_behind_file(bool history);
 
 #endif							/* KS_FOLLOW_H */

@@ -29,6 +29,12 @@
  * only when it can be recorded, against the state the chain holds.  Its
  * own writes, and files it judged, are recognised by their bytes
  * (KsShared.file_hash, follow.c), not by holding a lock.
+ *
+ * What a look leaves to others is settled before it lets go of that lock:
+ * the bytes it judged are noted before its commit (taken back if it
+ * aborts), and its raise in place ends at its commit, once the chain holds
+ * it (look_ended()) — so a change made after the look's event is visible
+ * never finds that event's file or raise still unseen (ARCHITECTURE §5.7).
  */
 #include "postgres.h"
 
@@ -38,6 +44,7 @@
 #include "access/transam.h"
 #include "storage/procarray.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "change.h"
@@ -76,11 +83,17 @@ static bool kept_waiting(const char *hash);
 
 /*
  * The bytes of the state file this look judged, and what the server knew
- * the file held when it began: known from now on once the look commits
- * (ks_judge_settled()).  Raced files are never the state file's bytes.
+ * the file held when it began: known from before the look commits
+ * (note_judged()), the note taken back if it aborts (look_ended()).  Raced
+ * files are never the state file's bytes.
  */
 static char judged_hash[KS_HEX_DIGEST_LEN + 1];
 static char hash_before[KS_HEX_DIGEST_LEN + 1];
+static bool judged_noted = false;
+
+/* A look is under way (its transaction not ended), and whether it holds the lock that orders changes. */
+static bool look_open = false;
+static bool look_locked = false;
 
 /*
  * The state file's bytes the last looks judged, whatever file_hash says
@@ -546,23 +559,6 @@ judge_and_report(const char *path, bool raced, KsWriterDone writer_done)
 }
 
 /*
- * The look's transaction has committed: the state file's bytes it judged
- * are known from now on, and are not judged again (no change is recorded
- * twice, however often the file is read).
- */
-void
-ks_judge_settled(void)
-{
-	if (judged_hash[0] != '\0')
-	{
-		ks_file_judged(judged_hash, hash_before);
-		strlcpy(recently_judged[recently_next], judged_hash, sizeof(recently_judged[0]));
-		recently_next = (recently_next + 1) % KS_RECENTLY_JUDGED;
-	}
-	judged_hash[0] = '\0';
-}
-
-/*
  * Outside changes and verdicts in force in place, waiting for the lock that
  * orders the history to be recorded (TopMemoryContext, oldest first).
  */
@@ -638,9 +634,12 @@ ks_watch_due(void)
 	return waiting != NIL || retry_soon;
 }
 
-/* The look committed: what it recorded is the chain's now, nothing stays in place. */
-void
-ks_watch_committed(void)
+/*
+ * The look committed: what it recorded is the chain's now (published by
+ * its commit, change.c), nothing stays in place.
+ */
+static void
+chain_holds_waiting(void)
 {
 	if (waiting == NIL && !raised_in_place)
 		return;
@@ -654,6 +653,71 @@ ks_watch_committed(void)
 }
 
 /*
+ * The end of a look's transaction, from the release of its resources:
+ * PostgreSQL calls it after the transaction callbacks (so after change.c
+ * has published what the look recorded) and before it lets go of the
+ * look's locks — the lock that orders changes among them, which every
+ * change made after the look waits for.  Committed: the bytes judged are
+ * not judged again, even kept as a raced file (no change is recorded
+ * twice, however often the file is read), and a look that held the lock
+ * ends its raise in place.  Aborted: the bytes noted as judged are unseen
+ * again, and judged at a later look; what halt_now() raised stays in
+ * place, waiting to be recorded (ks_watch_failed()).  Nothing here can
+ * fail: the commit record may be written.
+ */
+static void
+look_ended(ResourceReleasePhase phase, bool isCommit, bool isTopLevel, void *arg)
+{
+	/* called for every resource owner of the transaction, in every phase */
+	if (phase != RESOURCE_RELEASE_BEFORE_LOCKS || !isTopLevel || !look_open)
+		return;
+	look_open = false;
+	if (isCommit && judged_hash[0] != '\0')
+	{
+		strlcpy(recently_judged[recently_next], judged_hash, sizeof(recently_judged[0]));
+		recently_next = (recently_next + 1) % KS_RECENTLY_JUDGED;
+	}
+	if (isCommit && look_locked)
+		chain_holds_waiting();
+	if (!isCommit && judged_noted)
+		ks_file_unjudged(judged_hash, hash_before);
+	judged_hash[0] = '\0';
+	judged_noted = false;
+}
+
+/* A look begins, in the watcher's transaction: its end is look_ended()'s. */
+static void
+look_begins(bool locked)
+{
+	static bool watching = false;
+
+	if (!watching)
+		RegisterResourceReleaseCallback(look_ended, NULL);
+	watching = true;
+	look_open = true;
+	look_locked = locked;
+	judged_noted = false;
+}
+
+/*
+ * The state file's bytes this look judged are known from now on — before
+ * the look commits, so that its event is never visible while they still
+ * count as an unseen outside change (a release's compare-and-swap would
+ * refuse it with 40001).  Safe before the commit (ARCHITECTURE §5.7): a
+ * change that could commit meanwhile is one made while the look does not
+ * hold the lock that orders changes, and then what the bytes asked for is
+ * in force in place and waits in the watcher's list (which a release
+ * checks after the bytes), or they asked for nothing, or for a release
+ * that was not noted; an abort takes the note back before that lock goes.
+ */
+static void
+note_judged(void)
+{
+	if (judged_hash[0] != '\0')
+		judged_noted = ks_file_judged(judged_hash, hash_before);
+}
+
+/*
  * Judge a file — the state file, or a raced one — and record what it calls
  * for (the history exists), inside the look's transaction; locked says
  * whether it holds the lock that orders changes.  The look that holds it
@@ -662,8 +726,8 @@ ks_watch_committed(void)
  * until a look that holds the lock records it; a release waits for such a
  * look.
  */
-KsJudged
-ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done)
+static KsJudged
+judge_and_record(const char *path, bool raced, bool locked, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	char		problem[KS_PROBLEM_LEN];
@@ -715,7 +779,7 @@ ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_don
 		return KS_JUDGED;
 	}
 	halt_now(&a.change);		/* a verdict, or an outside engage, halts at once */
-	/* kept until a look records it and commits (ks_watch_committed()): never lost */
+	/* kept until a look records it and commits (chain_holds_waiting()): never lost */
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
@@ -730,6 +794,18 @@ ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_don
 	return KS_JUDGED;
 }
 
+/* judge_and_record(), a look: what it judged is known from before its commit. */
+KsJudged
+ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done)
+{
+	KsJudged	judged;
+
+	look_begins(locked);
+	judged = judge_and_record(path, raced, locked, writer_done);
+	note_judged();
+	return judged;
+}
+
 /*
  * Judge a file where there is no history yet (the extension is not
  * created): shared memory still follows the file, so enforcement holds; the
@@ -739,8 +815,8 @@ ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_don
  * so once the history exists the file is what we hold, not a newer change.
  * KS_JUDGE_AFTER_WRITER: a writer may still be at the file.
  */
-KsJudged
-ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done)
+static KsJudged
+judge_and_publish(const char *path, bool raced, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
 	uint64		word = pg_atomic_read_u64(&ks_shared->word);
@@ -787,6 +863,18 @@ ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_
 			ks_wal_log_file(KS_LAST_APPLIED_FILE);	/* standbys follow */
 	}
 	return KS_JUDGED;
+}
+
+/* judge_and_publish(), a look without a history: what it judged is known from before its commit. */
+KsJudged
+ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done)
+{
+	KsJudged	judged;
+
+	look_begins(false);
+	judged = judge_and_publish(path, raced, writer_done);
+	note_judged();
+	return judged;
 }
 
 /*

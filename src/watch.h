@@ -21,8 +21,6 @@ typedef enum KsJudged
 extern KsJudged ks_judge_file(const char *path, bool raced, bool locked, KsWriterDone writer_done);
 extern KsJudged ks_judge_file_without_history(const char *path, bool raced, KsWriterDone writer_done);
 extern TimestampTz ks_judge_recheck_at(const char *path);
-extern void ks_judge_settled(void);
-extern void ks_watch_committed(void);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
 extern void ks_settle_marks(void);

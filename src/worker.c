@@ -384,9 +384,10 @@ writer_done(const char *path)
  * transaction.  The lock that orders changes is taken only if it is free
  * (ARCHITECTURE §5.7): a raise or a verdict is in force at once either way
  * and recorded by the first look that holds it; the server's own writes
- * are known by their bytes.  After the commit: the bytes judged are known
- * (ks_judge_settled()), and the notifications of what committed go out
- * (notify.c).
+ * are known by their bytes; the bytes judged are known, and a raise
+ * recorded leaves its place, by the time the commit lets go of the lock
+ * (watch.c look_ended()).  After the commit the notifications of what
+ * committed go out (notify.c).
  */
 static KsJudged
 examine_file(const char *path, bool raced)
@@ -413,9 +414,6 @@ examine_file(const char *path, bool raced)
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	ks_judge_settled();
-	if (locked)
-		ks_watch_committed();
 	had_history = history && (locked || had_history);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (had_history)

@@ -26,12 +26,16 @@
  */
 #include "postgres.h"
 
+#include <unistd.h>
+
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "postmaster/bgworker.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
+#include "utils/resowner.h"
 
 PG_MODULE_MAGIC;
 
@@ -63,6 +67,46 @@ delay_commit_prepared(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 }
 
+/* Is this process the kill switch's watcher? */
+static bool
+am_watcher(void)
+{
+	return MyBackendType == B_BG_WORKER && MyBgworkerEntry != NULL &&
+		strcmp(MyBgworkerEntry->bgw_type, "killswitch watcher") == 0;
+}
+
+/*
+ * After the commit of a watcher's transaction that holds an id, its locks
+ * gone: wait while ks_test_pause_after_commit exists.
+ */
+static void
+pause_after_commit(ResourceReleasePhase phase, bool isCommit, bool isTopLevel, void *arg)
+{
+	static bool paused = false;	/* once per commit: called for every resource owner */
+	char		flag[MAXPGPATH];
+	char		shown[MAXPGPATH];
+	FILE	   *f;
+
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isCommit || !isTopLevel)
+	{
+		paused = false;
+		return;
+	}
+	if (paused || !am_watcher() || !TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		return;
+	snprintf(flag, sizeof(flag), "%s/ks_test_pause_after_commit", DataDir);
+	if (access(flag, F_OK) != 0)
+		return;
+	paused = true;
+	snprintf(shown, sizeof(shown), "%s/ks_test_paused_after_commit", DataDir);
+	f = fopen(shown, "w");
+	if (f)
+		fclose(f);
+	for (int i = 0; i < 6000 && access(flag, F_OK) == 0; i++)
+		pg_usleep(10000L);
+	unlink(shown);
+}
+
 void
 _PG_init(void)
 {
@@ -75,6 +119,7 @@ _PG_init(void)
 							NULL, &commit_prepared_delay_ms, 0, 0, 60000,
 							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	RegisterXactCallback(delay_commit, NULL);
+	RegisterResourceReleaseCallback(pause_after_commit, NULL);
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = delay_commit_prepared;
 }

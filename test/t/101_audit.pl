@@ -79,7 +79,38 @@ is(warnings_about('bot_reader', 'pg_read_server_files'), 1, 'a finding is logged
 is(warnings_about('bot_writer', 'pg_write_server_files'), 1, 'a later finding too');
 is(sql("SELECT ks_status()->'audit_findings'"), 5, 'ks_status() counts every finding');
 
-# 5. No findings, no warning.
+# 5. A session keeps its count between calls (audit.c: the audit reads every
+#    agent role, and an exporter asks at every scrape), and takes it again
+#    at its next call once a finding appears or goes — a change of roles,
+#    memberships, functions or tables, in another session or its own.
+my $scrape = $node->background_psql('postgres');
+sub counted { return $scrape->query_safe("SELECT ks_status()->'audit_findings'"); }
+is(counted(), 5, 'a long-lived session counts the findings');
+is(counted(), 5, 'and the same again while nothing changed');
+sql('ALTER ROLE bot_writer CREATEROLE');
+is(counted(), 6, 'an attribute granted in another session counts at its next call');
+sql('GRANT pg_execute_server_program TO bot_writer');
+is(counted(), 7, 'so does a membership');
+sql(q{CREATE FUNCTION public.plant2() RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS 'BEGIN END';
+	ALTER FUNCTION public.plant2() OWNER TO bot_writer});
+is(counted(), 8, 'and a function given to an agent');
+sql(q{CREATE TABLE public.bot_more (x int);
+	CREATE TRIGGER plant2 AFTER INSERT ON public.bot_more FOR EACH ROW EXECUTE FUNCTION public.noop();
+	ALTER TABLE public.bot_more OWNER TO bot_writer});
+is(counted(), 9, 'and a trigger on a table it comes to own');
+$scrape->query_safe('ALTER ROLE bot_writer REPLICATION');
+is(counted(), 10, 'a change the session makes itself counts at once');
+$scrape->query_safe('BEGIN; ALTER ROLE bot_writer NOREPLICATION');
+is(counted(), 9, 'inside its transaction too');
+$scrape->query_safe('ROLLBACK');
+is(counted(), 10, 'and not once rolled back');
+sql(q{DROP TABLE public.bot_more; DROP FUNCTION public.plant2();
+	REVOKE pg_execute_server_program FROM bot_writer;
+	ALTER ROLE bot_writer NOCREATEROLE NOREPLICATION});
+is(counted(), 5, 'what another session revokes no longer counts');
+$scrape->quit;
+
+# 6. No findings, no warning.
 sql('DROP TABLE public.bot_tasks; DROP FUNCTION public.noop()');
 sql('DROP FUNCTION public.plant(); DROP EXTENSION killswitch');
 sql('DROP ROLE bot_reader, bot_nested, bot_writer, fleet');
