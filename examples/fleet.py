@@ -8,8 +8,9 @@ agent resumes.  Prints TAP-like `ok` / `not ok` lines and ends with
 `N passed, M failed` (exit 1 on any failure).
 
 With --bench it only measures: the stop latency of each agent, from the
-moment the engage's COMMIT is sent to the agent's own "halted" line (same
-host, same clock), and prints p50/p99/max per group.
+moment the engage is sent (its raise is in force from then, before its
+commit) to the agent's own "halted" line (same host, same clock), and
+prints p50/p99/max per group.
 
 examples/run sets up the server and PgBouncer and calls this.
 """
@@ -155,9 +156,13 @@ def rows_after(admin, t, column="ins_at", critical_too=False):
                          "AND (%s OR task_type <> %s)", [t, critical_too, CRITICAL_TASK]).fetchone()[0]
 
 
-def engage(admin, mode, reason):
-    """Engage in an explicit transaction: (time COMMIT was sent, time it returned)."""
+def engage(admin, mode, reason, asked=None):
+    """Engage in an explicit transaction: (time COMMIT was sent, time it returned).
+    The raise is in force from the moment ks_engage() is asked, before its
+    commit (ARCHITECTURE §5.3): asked, a list, gets that moment."""
     admin.execute("BEGIN")
+    if asked is not None:
+        asked.append(time.time())
     admin.execute("SELECT ks_engage(%s, %s, 'examples')", [mode, reason])
     t0 = time.time()
     admin.execute("COMMIT")
@@ -308,16 +313,22 @@ def check_critical_works(tap, admin, critical, t_sent, t_committed, mode):
 
 
 def bench(a, tap, admin, agents):
-    """Stop latency: from sending the engage's COMMIT to each agent's own "halted" line."""
+    """Stop latency: from sending the engage to each agent's own "halted" line (the
+    raise is in force before the engage commits: an agent may halt before its COMMIT)."""
     for trial in range(a.trials):
-        t_sent, _ = engage(admin, "halt_all", f"examples: bench trial {trial}")
-        halted = wait_until(lambda: all(ag.first("halted", t_sent) for ag in agents), 15)
+        asked = []
+        engage(admin, "halt_all", f"examples: bench trial {trial}", asked)
+        t_asked = asked[0]
+        halted = wait_until(lambda: all(ag.first("halted", t_asked) for ag in agents), 15)
         with open(a.bench, "a") as out:
             for ag in agents:
-                ev = ag.first("halted", t_sent)
+                ev = ag.first("halted", t_asked)
                 if ev:
-                    out.write(f"{ag.group}\t{(ev['t'] - t_sent) * 1000:.3f}\n")
-        tap.ok(halted, f"trial {trial}: every agent halted")
+                    out.write(f"{ag.group}\t{(ev['t'] - t_asked) * 1000:.3f}\n")
+        tap.ok(halted, f"trial {trial}: every agent halted",
+               "; ".join(f"{ag.name} (last said: {ag.events[-1] if ag.events else None}; "
+                         f"stderr: {' | '.join(ag.err[-3:])})"
+                         for ag in agents if not ag.first("halted", t_asked)))
         t_rel = time.time()
         admin.execute("SELECT ks_disengage('examples: bench trial over', 'examples')")
         # every agent working again, and a pause at a random point of their cycles

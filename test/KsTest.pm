@@ -15,7 +15,7 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
   ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within ks_forking_fleet ks_host_port
-  ks_commit_lsns);
+  ks_commit_lsns ks_wait_ready);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -253,6 +253,24 @@ sub ks_commit_lsns
 	$at{$1} = $value->($2) while $dump =~ /tx:\s+(\d+), lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: COMMIT /g;
 	$at{$2} = $value->($1) while $dump =~ /lsn: ([0-9A-F]+\/[0-9A-F]+).*desc: COMMIT_PREPARED (\d+):/g;
 	return (\%at, $err);
+}
+
+# Wait until a node accepts connections again after a crash restart, for
+# at most $secs seconds (default 60); true if it does.  pg_isready, not
+# poll_query_until(): that one feeds its query on psql's standard input,
+# and a psql refused during crash recovery exits before reading it —
+# IPC::Run then dies of EPIPE ("ack Broken pipe"), ending the test.
+sub ks_wait_ready
+{
+	my ($node, $secs) = @_;
+	my $deadline = Time::HiRes::time() + ($secs // 60);
+	while (Time::HiRes::time() < $deadline)
+	{
+		return 1
+		  if system('pg_isready', '-q', '-h', $node->host, '-p', $node->port, '-d', 'postgres') == 0;
+		usleep(100_000);
+	}
+	return 0;
 }
 
 1;

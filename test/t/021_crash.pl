@@ -62,10 +62,12 @@ my $bg = $node->background_psql('postgres', on_error_stop => 0);
 my $pid = $bg->query_safe('SELECT pg_backend_pid()');
 $bg->query_safe('BEGIN');
 $bg->query_safe("SELECT ks_engage('emergency', 'in flight')");
+my $offset = -s $node->logfile;
 kill 'KILL', $pid;
 eval { $bg->quit; };
-$node->poll_query_until('postgres', 'SELECT 1', '1')
-  or die 'server did not come back after the crash';
+# the crash restart, not a connection made before it
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
+ks_wait_ready($node) or die 'server did not come back after the crash';
 is(sql('SELECT ks_mode()'), 'halt_noncritical', 'a change killed before commit never happened');
 is(sql('SELECT count(*) FROM killswitch.events'), $before, 'and left no event');
 copies_agree('after a backend was killed mid-change');

@@ -202,8 +202,7 @@ for my $round (1 .. 50)
 			# the crash restart, not a connection made before it
 			$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
 		}
-		$node->poll_query_until('postgres', 'SELECT 1', '1')
-		  or die 'the server did not come back';
+		ks_wait_ready($node) or die 'the server did not come back';
 	}
 	eval { $h->finish; };
 	# at once: never below the newest committed change
