@@ -61,6 +61,7 @@
 #include "owner.h"
 #include "rights.h"
 #include "running.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 #include "tasks.h"
@@ -79,7 +80,7 @@ static planner_hook_type prev_planner = NULL;
 static inline KsMode
 mode_now(void)
 {
-	return ks_shared ? ks_current_mode() : KS_DISENGAGED;
+	return ks_shared ? ks_session_mode() : KS_DISENGAGED;
 }
 
 /*
@@ -576,7 +577,7 @@ check_commit(bool prepare)
 void
 ks_check_commit_tail(void)
 {
-	KsMode		mode = ks_current_mode();
+	KsMode		mode = ks_session_mode();
 
 	if (likely(mode == KS_DISENGAGED) || ks_commit_is_own_work())
 		return;
