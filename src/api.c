@@ -141,7 +141,8 @@ ks_refuse_task(KsMode mode, KsTaskRefused what, const char *name)
 {
 	char		detail[512];
 
-	ks_refusal_detail(detail, sizeof(detail));
+	if (!ks_scope_refusal_detail(mode, detail, sizeof(detail)))
+		ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
 			 task_refused_message(what, ks_mode_sql_names[mode], name),

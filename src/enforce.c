@@ -150,7 +150,8 @@ ks_refuse_agent(KsMode mode, KsRefused what, const char *name)
 	char		detail[512];
 	const char *who = ks_agent_name();
 
-	ks_refusal_detail(detail, sizeof(detail));
+	if (!ks_scope_refusal_detail(mode, detail, sizeof(detail)))
+		ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
 			 refused_message(what, ks_mode_sql_names[mode], who, name),

@@ -45,6 +45,7 @@ typedef struct KsScopeSet
 	pg_atomic_uint64 version;	/* +1 at every change of the set, after it */
 	int			count;			/* entries in use, committed or in flight */
 	int			committed;		/* of which committed */
+	int64		file_version;	/* the scope file's, as last written or loaded (the writers' lock) */
 	KsScope		entries[KS_SCOPE_SLOTS];
 } KsScopeSet;
 
@@ -78,6 +79,24 @@ ks_scopes_shmem_startup(void)
 		ks_scopes->lock = &(GetNamedLWLockTranche(KS_SCOPES_TRANCHE))->lock;
 		pg_atomic_init_u64(&ks_scopes->version, 0);
 	}
+}
+
+/*
+ * The set's lock — but in the postmaster at start, which has no PGPROC to
+ * wait with and nobody to wait for (the scope file's load, scopefile.c).
+ */
+static void
+set_lock(LWLockMode mode)
+{
+	if (IsUnderPostmaster)
+		LWLockAcquire(ks_scopes->lock, mode);
+}
+
+static void
+set_unlock(void)
+{
+	if (IsUnderPostmaster)
+		LWLockRelease(ks_scopes->lock);
 }
 
 /* The entry of role with this owner, or -1.  Lock held. */
@@ -200,7 +219,7 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 {
 	int			i;
 
-	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	set_lock(LW_EXCLUSIVE);
 	i = find_entry(role, -1);
 	if (mode == KS_DISENGAGED)
 	{
@@ -224,7 +243,64 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 		}
 	}
 	published();
+	set_unlock();
+}
+
+/*
+ * The committed scopes become exactly these (the chain's, at the watcher's
+ * first look: scopechange.c); the raises in flight stay.  Never fails.
+ */
+void
+ks_scope_replace_committed(const KsScope *list, int n)
+{
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	for (int i = ks_scopes->count - 1; i >= 0; i--)
+		if (ks_scopes->entries[i].owner < 0)
+			remove_entry(i);
+	for (int i = 0; i < n && ks_scopes->count < KS_SCOPE_SLOTS; i++)
+	{
+		if (list[i].mode == KS_DISENGAGED)
+			continue;
+		ks_scopes->entries[ks_scopes->count] = list[i];
+		ks_scopes->entries[ks_scopes->count].owner = -1;
+		ks_scopes->count++;
+		ks_scopes->committed++;
+	}
+	published();
 	LWLockRelease(ks_scopes->lock);
+}
+
+/* Every scope in force, raises in flight included (owner >= 0), for the scope file. */
+KsScope *
+ks_scope_list_all(int *count)
+{
+	KsScope    *out;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	out = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
+	memcpy(out, ks_scopes->entries, sizeof(KsScope) * ks_scopes->count);
+	*count = ks_scopes->count;
+	LWLockRelease(ks_scopes->lock);
+	return out;
+}
+
+/* The next version of the scope file (its writer holds the writers' lock). */
+int64
+ks_scope_file_version_next(void)
+{
+	int64		v;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	v = ++ks_scopes->file_version;
+	LWLockRelease(ks_scopes->lock);
+	return v;
+}
+
+/* The version loaded at start (the postmaster). */
+void
+ks_scope_file_version_set(int64 version)
+{
+	ks_scopes->file_version = version;
 }
 
 /*
@@ -311,6 +387,19 @@ scopes_mode_for(const Oid *roles, int n)
 			if (copy[i].mode > mode && is_member_of_role_nosuper(roles[r], copy[i].role))
 				mode = copy[i].mode;
 	return mode;
+}
+
+/*
+ * The detail of a refusal at a mode above the fleet's: a scope holds the
+ * session (false: the fleet's mode is the refusal's, its own detail says it).
+ */
+bool
+ks_scope_refusal_detail(KsMode mode, char *buf, size_t len)
+{
+	if (mode <= ks_current_mode())
+		return false;
+	strlcpy(buf, "A scoped halt holds this session's role (see ks_scopes()).", len);
+	return true;
 }
 
 /* The highest mode of any scope: the answer when the session's cannot be computed. */

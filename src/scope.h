@@ -31,11 +31,16 @@ extern void ks_scope_raise_in_flight(Oid role, KsMode mode);
 extern void ks_scope_set_in_flight(Oid role, KsMode mode);
 extern void ks_scope_drop_in_flight(Oid role);
 extern void ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since);
+extern void ks_scope_replace_committed(const KsScope *list, int n);
+extern KsScope *ks_scope_list_all(int *count);
+extern int64 ks_scope_file_version_next(void);
+extern void ks_scope_file_version_set(int64 version);
 extern bool ks_scope_lookup(Oid role, KsScope *committed, KsMode *in_force);
 extern KsScope *ks_scope_list(int *count);
 extern int	ks_scope_count(void);
 extern uint64 ks_scope_version(void);
 extern KsMode ks_scope_session_mode(KsMode fleet);
+extern bool ks_scope_refusal_detail(KsMode mode, char *buf, size_t len);
 
 /*
  * The mode in force for this session (ARCHITECTURE §13): the fleet's, and

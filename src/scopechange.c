@@ -26,6 +26,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "agents.h"
@@ -38,6 +39,7 @@
 #include "rights.h"
 #include "scope.h"
 #include "scopechange.h"
+#include "scopefile.h"
 #include "state.h"
 #include "store.h"
 
@@ -55,6 +57,7 @@ typedef struct ScopeChange
 } ScopeChange;
 
 static List *changes = NIL;		/* in TopTransactionContext */
+static bool file_raised = false;	/* the scope file was written at pre-commit */
 static object_access_hook_type prev_object_access_hook = NULL;
 
 /* The role a scope names: not empty, and known.  Nothing is changed on error. */
@@ -302,6 +305,7 @@ at_commit(void)
 		ks_scope_set_committed(c->role, c->mode, c->generation, c->at);
 		ks_scope_drop_in_flight(c->role);
 	}
+	ks_scope_file_write();		/* confirmed; a release's first */
 	ks_wake_watcher();			/* the NOTIFY */
 }
 
@@ -313,6 +317,25 @@ at_abort(void)
 
 	foreach(lc, changes)
 		ks_scope_drop_in_flight(((ScopeChange *) lfirst(lc))->role);
+	if (file_raised)
+		ks_scope_file_write();	/* without the raises that did not commit */
+}
+
+/* Before the commit record: a raise is in the scope file (a release is not, yet). */
+static void
+at_pre_commit(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, changes)
+	{
+		if (!((ScopeChange *) lfirst(lc))->release)
+		{
+			ks_scope_file_write();
+			file_raised = true;
+			return;
+		}
+	}
 }
 
 static void
@@ -322,6 +345,9 @@ scope_xact_callback(XactEvent event, void *arg)
 		return;
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			at_pre_commit();
+			break;
 		case XACT_EVENT_PRE_PREPARE:
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -332,11 +358,13 @@ scope_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			at_commit();
 			changes = NIL;
+			file_raised = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			at_abort();
 			changes = NIL;
+			file_raised = false;
 			break;
 		default:
 			break;
@@ -417,6 +445,50 @@ scope_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 					 errhint("Release the scope first: ks_disengage(reason, scope => '%s').", name)));
 		}
 	}
+}
+
+/*
+ * The watcher's first look that holds the lock ordering changes (worker.c):
+ * the committed scopes become what the chain says — each scope's newest
+ * event, where it is not a release.  A raise's event is in its transaction,
+ * so after a crash the chain holds exactly the raises that committed: one
+ * the scope file kept unconfirmed goes if its transaction did not commit,
+ * and nothing the chain holds is lowered.  Then the scope file follows.
+ */
+void
+ks_scopes_from_history(void)
+{
+	KsOwnerContext owner;
+	MemoryContext caller = CurrentMemoryContext;
+	SPIPlanPtr	plan;
+	KsScope    *list = NULL;
+	int			n = 0;
+
+	ks_owner_begin(&owner);
+	plan = SPI_prepare("SELECT DISTINCT ON (e.scope) e.scope, e.mode::text, e.generation, e.at "
+					   "FROM killswitch.events e WHERE e.scope IS NOT NULL "
+					   "ORDER BY e.scope, e.id DESC", 0, NULL);
+	/* the caller holds the lock: a fresh snapshot sees every committed change */
+	if (SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	list = MemoryContextAllocZero(caller, sizeof(KsScope) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		list[n].role = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		list[n].mode = (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2));
+		list[n].generation = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		list[n].since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		list[n].owner = -1;
+		n++;
+	}
+	ks_owner_end(&owner);
+	ks_scope_replace_committed(list, n);
+	ks_scope_file_write();
 }
 
 /* SQL: the active scopes (committed), for ks_scopes() and ks_status(). */

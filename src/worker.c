@@ -60,6 +60,7 @@
 #include "notify.h"
 #include "owner.h"
 #include "persist.h"
+#include "scopechange.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -405,7 +406,10 @@ examine_file(const char *path, bool raced)
 	{
 		locked = ConditionalLockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
 		if (locked && !had_history)
+		{
 			ks_reconcile_history();
+			ks_scopes_from_history();	/* the committed scopes are the chain's (§13) */
+		}
 		judged = ks_judge_file(path, raced, locked, writer_done);
 	}
 	else
