@@ -23,12 +23,15 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/timestamp.h"
 
 #include "agentlist.h"
 #include "alert.h"
 #include "emergency.h"
 #include "ending.h"
+#include "scope.h"
 #include "snapshot.h"
 #include "state.h"
 #include "store.h"
@@ -112,6 +115,50 @@ alert_due(const Episode *e, bool chain_holds)
 }
 
 /*
+ * The scopes in emergency (ARCHITECTURE §13), at every tick: the busy
+ * sessions of the agent roles each holds, whose transaction began before
+ * the scope entered emergency, are ended — the rest of the fleet keeps
+ * working.  (Their idle sessions stay, each statement refused; the
+ * snapshot, the prepared transactions and the alert are the fleet's only.)
+ * Nothing to do while the fleet itself is in emergency: it ends them all.
+ */
+static void
+scope_emergency_tick(void)
+{
+	KsScope    *scopes;
+	List	   *roles;
+	int			n;
+
+	if (!(pg_atomic_read_u64(&ks_shared->word) & KS_WORD_SCOPES) || ks_current_mode() == KS_EMERGENCY)
+		return;
+	scopes = ks_scopes_in_emergency(&n);
+	if (n == 0)
+		return;
+	roles = ks_agent_roles();
+	for (int i = 0; i < n; i++)
+	{
+		List	   *held = NIL;
+		ListCell   *lc;
+		int			ended;
+
+		foreach(lc, roles)
+			if (is_member_of_role_nosuper(lfirst_oid(lc), scopes[i].role))
+				held = lappend_oid(held, lfirst_oid(lc));
+		if (held == NIL)
+			continue;
+		ended = ks_end_busy_agent_sessions(held, scopes[i].emergency_at);
+		if (ended > 0)
+		{
+			char	   *name = GetUserNameFromId(scopes[i].role, true);
+
+			ereport(LOG,
+					(errmsg("ended %d busy agent sessions of scope \"%s\" in emergency",
+							ended, name ? name : "?")));
+		}
+	}
+}
+
+/*
  * The watcher's emergency duty, inside its transaction in its database
  * (history: the database has the extension's tables): the first time it
  * sees an emergency episode — in force, maybe before its commit — the
@@ -130,6 +177,7 @@ ks_emergency_tick(bool history)
 	bool		alert;
 	int			ended;
 
+	scope_emergency_tick();
 	in_force = in_emergency(&e);
 	/* a snapshot left waiting by an episode released before its event came */
 	if (history && (!in_force || e.first))
@@ -175,6 +223,7 @@ ks_emergency_tick_without_database(void)
 	List	   *roles;
 	int			ended;
 
+	scope_emergency_tick();
 	if (!in_emergency(&e))
 		return;
 	roles = ks_agent_roles();

@@ -30,6 +30,7 @@
 #include "storage/shmem.h"
 #include "utils/acl.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "agents.h"
 #include "compat.h"
@@ -166,10 +167,11 @@ ks_scope_raise_in_flight(Oid role, KsMode mode)
 		memset(&ks_scopes->entries[i], 0, sizeof(KsScope));
 		ks_scopes->entries[i].role = role;
 		ks_scopes->entries[i].owner = me;
-		ks_scopes->entries[i].mode = mode;
+		ks_scopes->entries[i].mode = KS_DISENGAGED;
 	}
-	else
-		ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, mode);
+	if (mode == KS_EMERGENCY && ks_scopes->entries[i].mode != KS_EMERGENCY)
+		ks_scopes->entries[i].emergency_at = GetCurrentTimestamp();
+	ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, mode);
 	published();
 	LWLockRelease(ks_scopes->lock);
 }
@@ -218,9 +220,20 @@ void
 ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since)
 {
 	int			i;
+	TimestampTz emergency_at = 0;
 
 	set_lock(LW_EXCLUSIVE);
 	i = find_entry(role, -1);
+	if (mode == KS_EMERGENCY && (i < 0 || ks_scopes->entries[i].mode != KS_EMERGENCY))
+	{
+		/* in emergency since its raise in flight was, or from now */
+		int			mine = IsUnderPostmaster ? find_entry(role, ks_my_proc_number()) : -1;
+
+		emergency_at = mine >= 0 && ks_scopes->entries[mine].mode == KS_EMERGENCY
+			? ks_scopes->entries[mine].emergency_at : GetCurrentTimestamp();
+	}
+	else if (i >= 0)
+		emergency_at = ks_scopes->entries[i].emergency_at;
 	if (mode == KS_DISENGAGED)
 	{
 		if (i >= 0)
@@ -240,6 +253,7 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 			ks_scopes->entries[i].mode = mode;
 			ks_scopes->entries[i].generation = generation;
 			ks_scopes->entries[i].since = since;
+			ks_scopes->entries[i].emergency_at = emergency_at;
 		}
 	}
 	published();
@@ -263,6 +277,7 @@ ks_scope_replace_committed(const KsScope *list, int n)
 			continue;
 		ks_scopes->entries[ks_scopes->count] = list[i];
 		ks_scopes->entries[ks_scopes->count].owner = -1;
+		ks_scopes->entries[ks_scopes->count].emergency_at = list[i].since;
 		ks_scopes->count++;
 		ks_scopes->committed++;
 	}
@@ -348,6 +363,23 @@ uint64
 ks_scope_version(void)
 {
 	return pg_atomic_read_u64(&ks_scopes->version);
+}
+
+/* The scopes in emergency, committed or raised (palloc'd), for the watcher (emergency.c). */
+KsScope *
+ks_scopes_in_emergency(int *count)
+{
+	KsScope    *out;
+	int			n = 0;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	out = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].mode == KS_EMERGENCY)
+			out[n++] = ks_scopes->entries[i];
+	LWLockRelease(ks_scopes->lock);
+	*count = n;
+	return out;
 }
 
 /* How many scopes are active (committed). */

@@ -23,6 +23,7 @@ typedef struct KsScope
 	int			owner;			/* -1: committed; else the raiser's proc number */
 	int64		generation;		/* committed: the scope's own generation line */
 	TimestampTz since;			/* committed: when its mode was set */
+	TimestampTz emergency_at;	/* in emergency: since when (its busy agent sessions began before) */
 } KsScope;
 
 extern void ks_scopes_shmem_request(void);
@@ -38,6 +39,7 @@ extern void ks_scope_file_version_set(int64 version);
 extern bool ks_scope_lookup(Oid role, KsScope *committed, KsMode *in_force);
 extern KsScope *ks_scope_list(int *count);
 extern int	ks_scope_count(void);
+extern KsScope *ks_scopes_in_emergency(int *count);
 extern uint64 ks_scope_version(void);
 extern KsMode ks_scope_session_mode(KsMode fleet);
 extern bool ks_scope_refusal_detail(KsMode mode, char *buf, size_t len);

@@ -525,7 +525,8 @@ duties_due(void)
 {
 	return (had_history && ks_critical_list_due()) ||
 		(!had_history && !without_database && ks_list_loaded(KS_LIST_CRITICAL)) ||
-		ks_current_mode() == KS_EMERGENCY;
+		ks_current_mode() == KS_EMERGENCY ||
+		(pg_atomic_read_u64(&ks_shared->word) & KS_WORD_SCOPES) != 0;	/* a scope may be in emergency (§13) */
 }
 
 /*
