@@ -260,14 +260,60 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 	set_unlock();
 }
 
+static int
+by_role(const void *a, const void *b)
+{
+	Oid			ra = ((const KsScope *) a)->role;
+	Oid			rb = ((const KsScope *) b)->role;
+
+	return ra < rb ? -1 : ra > rb ? 1 : 0;
+}
+
+/* Do the committed scopes hold exactly these (sorted by role, none disengaged)?  Lock held. */
+static bool
+committed_are(const KsScope *list, int n)
+{
+	KsScope    *mine;
+	int			k = 0;
+	bool		same;
+
+	if (n != ks_scopes->committed)
+		return false;
+	mine = palloc(sizeof(KsScope) * Max(n, 1));
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].owner < 0)
+			mine[k++] = ks_scopes->entries[i];
+	qsort(mine, k, sizeof(KsScope), by_role);
+	same = true;
+	for (int i = 0; i < n && same; i++)
+		same = mine[i].role == list[i].role && mine[i].mode == list[i].mode &&
+			mine[i].generation == list[i].generation;
+	pfree(mine);
+	return same;
+}
+
 /*
- * The committed scopes become exactly these (the chain's, at the watcher's
- * first look: scopechange.c); the raises in flight stay.  Never fails.
+ * The committed scopes become exactly these (the chain's: scopechange.c),
+ * the raises in flight staying; false if they already were.
  */
-void
+bool
 ks_scope_replace_committed(const KsScope *list, int n)
 {
+	KsScope    *active = palloc(sizeof(KsScope) * Max(n, 1));
+	int			k = 0;
+
+	for (int i = 0; i < n; i++)
+		if (list[i].mode != KS_DISENGAGED)
+			active[k++] = list[i];
+	qsort(active, k, sizeof(KsScope), by_role);
+	list = active;
+	n = k;
 	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	if (committed_are(list, n))
+	{
+		LWLockRelease(ks_scopes->lock);
+		return false;
+	}
 	for (int i = ks_scopes->count - 1; i >= 0; i--)
 		if (ks_scopes->entries[i].owner < 0)
 			remove_entry(i);
@@ -283,6 +329,7 @@ ks_scope_replace_committed(const KsScope *list, int n)
 	}
 	published();
 	LWLockRelease(ks_scopes->lock);
+	return true;
 }
 
 /* Every scope in force, raises in flight included (owner >= 0), for the scope file. */

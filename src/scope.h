@@ -32,7 +32,7 @@ extern void ks_scope_raise_in_flight(Oid role, KsMode mode);
 extern void ks_scope_set_in_flight(Oid role, KsMode mode);
 extern void ks_scope_drop_in_flight(Oid role);
 extern void ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since);
-extern void ks_scope_replace_committed(const KsScope *list, int n);
+extern bool ks_scope_replace_committed(const KsScope *list, int n);
 extern KsScope *ks_scope_list_all(int *count);
 extern int64 ks_scope_file_version_next(void);
 extern void ks_scope_file_version_set(int64 version);

@@ -453,10 +453,13 @@ scope_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
  * event, where it is not a release.  A raise's event is in its transaction,
  * so after a crash the chain holds exactly the raises that committed: one
  * the scope file kept unconfirmed goes if its transaction did not commit,
- * and nothing the chain holds is lowered.  Then the scope file follows.
+ * and nothing the chain holds is lowered.  Then the scope file follows
+ * (settle: at the first look, always — its unconfirmed raises are settled).
+ * A standby's watcher calls it after each replayed commit: the scopes
+ * replay brought are in force there.
  */
 void
-ks_scopes_from_history(void)
+ks_scopes_from_history(bool settle)
 {
 	KsOwnerContext owner;
 	MemoryContext caller = CurrentMemoryContext;
@@ -487,8 +490,8 @@ ks_scopes_from_history(void)
 		n++;
 	}
 	ks_owner_end(&owner);
-	ks_scope_replace_committed(list, n);
-	ks_scope_file_write();
+	if (ks_scope_replace_committed(list, n) || settle)
+		ks_scope_file_write();
 }
 
 /* SQL: the active scopes (committed), for ks_scopes() and ks_status(). */

@@ -11,7 +11,7 @@
 
 extern Datum ks_scope_change(const char *scope, KsMode mode, const char *reason,
 							 const char *by, int32 affected, bool release);
-extern void ks_scopes_from_history(void);
+extern void ks_scopes_from_history(bool settle);
 extern void ks_scopechange_init(void);
 
 #endif							/* KS_SCOPECHANGE_H */

@@ -408,7 +408,7 @@ examine_file(const char *path, bool raced)
 		if (locked && !had_history)
 		{
 			ks_reconcile_history();
-			ks_scopes_from_history();	/* the committed scopes are the chain's (§13) */
+			ks_scopes_from_history(true);	/* the committed scopes are the chain's (§13) */
 		}
 		judged = ks_judge_file(path, raced, locked, writer_done);
 	}
@@ -594,7 +594,10 @@ follow_history_safely(TimestampTz now)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "following the primary's kill switch history");
 		if (!without_database && extension_present())
+		{
 			ks_standby_follow_history();
+			ks_scopes_from_history(false);	/* the scopes replay brought (§13) */
+		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
