@@ -27,6 +27,9 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "miscadmin.h"
 #include "utils/memutils.h"
 
@@ -146,6 +149,97 @@ ks_scope_file_write(void)
 		ereport(WARNING,
 				(errmsg("could not write the scope file: %s", problem),
 				 errdetail("The scoped halts are in force in shared memory; the next change writes the file.")));
+}
+
+/* The scope file as the watcher last found it the server's own: its stat. */
+static struct stat known_stat;
+static bool known = false;
+
+static bool
+same_stat(const struct stat *a, const struct stat *b)
+{
+	return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
+		a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+		a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Do the scope file and the copy hold the same bytes (both missing: yes)? */
+static bool
+same_bytes(const char *path, bool *shared_missing, char **copy, size_t *copylen)
+{
+	char	   *shared = NULL;
+	size_t		sharedlen = 0;
+	char		problem[KS_PROBLEM_LEN];
+	bool		have_copy = ks_read_file(KS_SCOPES_COPY_FILE, KS_MAX_SCOPE_FILE_SIZE, copy, copylen,
+										 problem, sizeof(problem));
+	bool		have_shared = ks_read_file(path, KS_MAX_SCOPE_FILE_SIZE, &shared, &sharedlen,
+										   problem, sizeof(problem));
+
+	*shared_missing = !have_shared && access(path, F_OK) != 0;
+	if (!have_copy)
+		*copy = NULL;
+	if (!have_copy || !have_shared)
+		return !have_copy && !have_shared;
+	return sharedlen == *copylen && memcmp(shared, *copy, sharedlen) == 0;
+}
+
+/*
+ * The watcher, at every round (worker.c): is the scope file the server's own
+ * bytes, those of its copy?  Outside writes of it are not accepted
+ * (ARCHITECTURE §13): false, with problem, is a tamper verdict for the
+ * caller; the copy's bytes are put back.  Bytes that differ are read again
+ * under the writers' lock before they are called someone else's — a writer
+ * between its two writes holds it; taken only if free (busy: the next round
+ * looks again).  A missing file is put back, no verdict (nothing was
+ * lowered: the scopes in force are shared memory's).  Never an error.
+ */
+bool
+ks_scope_file_is_ours(char *problem, size_t problemlen)
+{
+	char		path[MAXPGPATH];
+	struct stat st;
+	char	   *copy;
+	size_t		copylen;
+	bool		missing;
+	bool		ours;
+	int			fd;
+	MemoryContext tmp;
+	MemoryContext old;
+
+	if (ks_shared->state_dir_foreign)
+		return true;
+	scope_file_path(path, sizeof(path));
+	if (stat(path, &st) == 0 && known && same_stat(&st, &known_stat))
+		return true;
+	/* the files' bytes go with this context: the watcher lives long */
+	tmp = AllocSetContextCreate(CurrentMemoryContext, "killswitch scope file", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(tmp);
+	if (same_bytes(path, &missing, &copy, &copylen))
+		ours = true;
+	else
+	{
+		fd = ks_lock_dir_within(ks_state_dir, 0, problem, problemlen);
+		if (fd < 0)
+		{
+			MemoryContextSwitchTo(old);
+			MemoryContextDelete(tmp);
+			return true;		/* a writer is at it: the next round */
+		}
+		ours = same_bytes(path, &missing, &copy, &copylen);
+		if (!ours && copy != NULL &&
+			!ks_write_shared_file_durably(path, copy, copylen, problem, problemlen))
+			ereport(WARNING,
+					(errmsg("could not put the scope file back: %s", problem)));
+		ks_unlock_dir(fd);
+		if (!ours && missing)
+			ours = true;		/* put back, no verdict */
+		else if (!ours)
+			snprintf(problem, problemlen, "%s was changed outside the server", KS_SCOPE_FILE_NAME);
+	}
+	known = stat(path, &known_stat) == 0;
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(tmp);
+	return ours;
 }
 
 /* Parse and verify a scope file's text; NULL with problem if it does not verify. */
@@ -272,19 +366,27 @@ ks_scope_file_load(const char *secret, size_t secretlen, char *problem, size_t p
 		return false;
 	}
 	if (have_shared && shared_scopes == NULL)
-	{
 		snprintf(problem, problemlen, "%s: %s", KS_SCOPE_FILE_NAME, shared_problem);
-		return false;
-	}
-	if (!have_copy)
-	{
+	else if (!have_copy)
 		snprintf(problem, problemlen, "%s without the server's copy: not the server's own", KS_SCOPE_FILE_NAME);
-		return false;
-	}
-	if (have_shared && shared_version > copy_version)
-	{
+	else if (have_shared && shared_version > copy_version)
 		snprintf(problem, problemlen, "%s is ahead of the server's copy (version " INT64_FORMAT " > " INT64_FORMAT "): not the server's own",
 				 KS_SCOPE_FILE_NAME, shared_version, copy_version);
+	else
+		problem[0] = '\0';
+	if (problem[0] != '\0')
+	{
+		/* set aside (as a rejected state file is), and the server's bytes put back */
+		char		aside[MAXPGPATH];
+
+		snprintf(aside, sizeof(aside), "%s.rejected", path);
+		if (rename(path, aside) != 0)
+			ereport(WARNING,
+					(errmsg("could not set the rejected scope file aside: %m")));
+		else if (have_copy && !ks_shared->state_dir_foreign &&
+				 !ks_write_shared_file_durably(path, copy, copylen, why, sizeof(why)))
+			ereport(WARNING,
+					(errmsg("could not put the scope file back: %s", why)));
 		return false;
 	}
 	/* missing, or behind the copy (a crash between the two writes): put back */

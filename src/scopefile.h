@@ -10,5 +10,6 @@
 extern bool ks_scope_file_load(const char *secret, size_t secretlen,
 							   char *problem, size_t problemlen);
 extern void ks_scope_file_write(void);
+extern bool ks_scope_file_is_ours(char *problem, size_t problemlen);
 
 #endif							/* KS_SCOPEFILE_H */

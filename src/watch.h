@@ -25,6 +25,7 @@ extern void ks_judge_settled(void);
 extern void ks_watch_committed(void);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
+extern void ks_watch_tamper(const char *what);
 extern void ks_settle_marks(void);
 extern bool ks_watch_writers_stuck;
 extern bool ks_watch_due(void);

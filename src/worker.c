@@ -61,6 +61,7 @@
 #include "owner.h"
 #include "persist.h"
 #include "scopechange.h"
+#include "scopefile.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -1280,6 +1281,11 @@ look_at_raced_files(KsWatcher *w)
 static void
 run_round_duties(void)
 {
+	char		problem[KS_PROBLEM_LEN];
+
+	/* the scope file holds the server's own bytes, or it is tampering (§13) */
+	if (!ks_scope_file_is_ours(problem, sizeof(problem)))
+		ks_watch_tamper(problem);
 	if (duties_due())
 		run_duties_safely();
 	if (!without_database)

@@ -149,5 +149,38 @@ PostgreSQL::Test::Utils::append_to_file("$file.new", "{not json");
 rename("$file.new", $file) or die;
 $node->start;
 is(sql("SELECT ks_status()->>'integrity'"), 'tampered', 'an unparsable scope file is a tamper verdict');
+ok(-e "$file.rejected", 'set aside as kill_switch_scopes.json.rejected');
+is(slurp_file($file), slurp_file($copy), 'and the server\'s bytes put back');
+
+# 6. While the server runs: a scope file that is not the server's own bytes
+# is a tamper verdict too, and the server's bytes are put back.
+sql("SELECT ks_disengage('checked again', 'boss')");
+is(sql("SELECT ks_status()->>'integrity' || ' ' || ks_mode()"), 'ok disengaged', 'released');
+my $ours = slurp_file($copy);
+is(slurp_file($file), $ours, 'the scope file holds the server\'s bytes');
+sql("SELECT ks_engage('halt_noncritical', 'a look', 'pager'); SELECT ks_disengage('a look', 'boss')");
+ok(ks_within($node, "SELECT ks_status()->>'generation' = (SELECT max(generation)::text FROM killswitch.events WHERE scope IS NULL)", 30),
+	'the watcher has looked');
+is(sql("SELECT count(*) FROM killswitch.events WHERE source = 'tamper' AND reason LIKE 'scope file rejected%'"), '0',
+	'no verdict of the running server yet');
+(my $forged = $ours) =~ s/"version":/"version":1000/;
+PostgreSQL::Test::Utils::append_to_file("$file.new", $forged);
+rename("$file.new", $file) or die;
+ok(ks_within($node, "SELECT ks_status()->>'integrity' = 'tampered' AND ks_mode() = 'halt_all'", 30),
+	'an outside write of the scope file while running: the fleet is tampered, at halt_all');
+ok(ks_within($node, "SELECT count(*) > 0 FROM killswitch.events WHERE source = 'tamper' AND reason LIKE 'scope file rejected%'", 30),
+	'the verdict is recorded');
+is(slurp_file($file), $ours, 'the server\'s bytes are put back');
+is(refused('agent_8'), 'KS001', 'the scopes in force are unchanged');
+# the server's own writes are no verdict
+sql("SELECT ks_disengage('checked', 'boss')");
+sql("SELECT ks_engage('halt_all', 'one more', 'pager', scope => 'agent_9')");
+sql("SELECT ks_disengage('one more done', scope => 'agent_9')");
+sql("SELECT ks_engage('halt_noncritical', 'marker', 'pager')");
+ok(ks_within($node, "SELECT ks_status()->>'generation' = (SELECT max(generation)::text FROM killswitch.events WHERE scope IS NULL)", 30),
+	'the watcher has looked again');
+is(sql("SELECT ks_status()->>'integrity'"), 'ok', 'the server\'s own writes of the scope file are no verdict');
+is(sql("SELECT count(*) FROM killswitch.events WHERE source = 'tamper' AND reason LIKE 'scope file rejected%'"), '1',
+	'one verdict only');
 
 done_testing();
