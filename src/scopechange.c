@@ -160,10 +160,10 @@ newest_event_of(Oid role)
 	return row;
 }
 
-/* Record the change's event and remember it for the commit. */
+/* Record the change's event and remember it for the commit (request: a release request). */
 static Datum
 record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *reason,
-	   const char *by, int32 affected, bool release)
+	   const char *by, int32 affected, bool release, bool request)
 {
 	KsEventInput in;
 	ScopeChange *c;
@@ -178,16 +178,17 @@ record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *re
 	in.reason = reason;
 	in.triggered_by = by;
 	in.affected_tasks = affected;
-	in.source = "sql";
+	in.source = request ? "release_request" : "sql";
 	in.floor_generation = 0;
-	in.release_target = mode;
+	in.request = request;
+	in.release_target = request ? KS_DISENGAGED : mode;
 	row = ks_record_scope_event(&in, role, scope, &generation, &at);
 
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	c = palloc0(sizeof(ScopeChange));
 	c->role = role;
 	c->mode = mode;
-	c->release = release;
+	c->release = release && !request;
 	c->subid = GetCurrentSubTransactionId();
 	c->generation = generation;
 	c->at = at;
@@ -229,7 +230,43 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 	/* the chain follows commit order: the lock is held to commit */
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
 	held = mode_held(role);		/* what committed meanwhile */
-	return record(role, scope, Max(mode, held), held, reason, by, affected, false);
+	return record(role, scope, Max(mode, held), held, reason, by, affected, false, false);
+}
+
+/*
+ * Is the scope's newest event a release request still pending, and by
+ * whom?  (Two-person release, as approval.c does it for the fleet: the
+ * request is read from the chain under the lock that orders changes, so a
+ * rolled-back request never happened; a change of the scope in between
+ * voids it.)
+ */
+static bool
+pending_request(Oid role, int64 *id, char **by)
+{
+	KsOwnerContext owner;
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			argtypes[2] = {OIDOID, INT4OID};
+	Datum		values[2] = {ObjectIdGetDatum(role), Int32GetDatum(ks_approval_timeout)};
+	bool		found = false;
+
+	ks_owner_begin(&owner);
+	if (SPI_execute_snapshot(SPI_prepare("SELECT id, session_role FROM (SELECT id, session_role, source, at "
+										 "FROM killswitch.events WHERE scope = $1 ORDER BY id DESC LIMIT 1) e "
+										 "WHERE source = 'release_request' "
+										 "AND at > pg_catalog.clock_timestamp() - pg_catalog.make_interval(secs => $2)",
+										 2, argtypes),
+							 values, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		found = true;
+		*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		*by = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	}
+	ks_owner_end(&owner);
+	return found;
 }
 
 /* Release a scope: recorded now, in force once the commit is durable. */
@@ -237,14 +274,10 @@ static Datum
 release_scope(Oid role, const char *scope, const char *reason, const char *by)
 {
 	KsMode		held;
+	int64		request_id;
+	char	   *requested_by;
+	const char *me;
 
-	if (ks_release_approvals > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a scope cannot be released while killswitch.release_approvals is %d",
-						ks_release_approvals),
-				 errdetail("Two-person release of a scope is not built yet; one administrator alone must not release it."),
-				 errhint("Set killswitch.release_approvals to 1 for the release, or leave the scope halted.")));
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
 	held = mode_held(role);
 	if (held == KS_DISENGAGED)
@@ -253,7 +286,34 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 				 errmsg("scope \"%s\" is not halted", scope),
 				 errdetail("Only an active scope can be released."),
 				 errhint("See ks_scopes() for the active scopes.")));
-	return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true);
+	if (ks_release_approvals < 2)
+		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false);
+
+	/* two administrators: confirm the pending request, or record one */
+	me = GetUserNameFromId(GetSessionUserId(), false);
+	if (pending_request(role, &request_id, &requested_by))
+	{
+		if (strcmp(requested_by, me) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("a release must be confirmed by a second administrator"),
+					 errdetail("You requested the release of scope \"%s\" in event " INT64_FORMAT
+							   "; killswitch.release_approvals is %d.",
+							   scope, request_id, ks_release_approvals),
+					 errhint("Another member of \"%s\" must release the same scope within %d seconds of the request.",
+							 KS_ROLE_ADMIN, ks_approval_timeout)));
+		ereport(NOTICE,
+				(errmsg("release of scope \"%s\" confirmed: requested by \"%s\" in event " INT64_FORMAT,
+						scope, requested_by, request_id)));
+		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false);
+	}
+	ereport(NOTICE,
+			(errmsg("release of scope \"%s\" requested; it stays %s until a second administrator confirms",
+					scope, ks_mode_sql_names[held]),
+			 errdetail("killswitch.release_approvals is %d.", ks_release_approvals),
+			 errhint("Another member of \"%s\" must release the same scope within %d seconds.",
+					 KS_ROLE_ADMIN, ks_approval_timeout)));
+	return record(role, scope, held, held, reason, by, 0, true, true);
 }
 
 /*

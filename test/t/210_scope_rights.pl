@@ -56,14 +56,33 @@ is($got, '42501', 'an agent administrator cannot release another agent\'s scope 
 is(sql("SELECT string_agg(scope::text || '=' || mode, ',' ORDER BY scope::text) FROM ks_scopes()"),
 	'agent_7=halt_all,etl_agents=halt_noncritical', 'both scopes still in force');
 
-# two-person release is not built for scopes: a release is refused, nothing changes
+# two-person release: one administrator's release of a scope is a request
 sql("ALTER SYSTEM SET killswitch.release_approvals = 2; SELECT pg_reload_conf()");
 ks_within($node, "SELECT current_setting('killswitch.release_approvals') = '2'", 10);
 ($got, $err) = as_role('boss', "SELECT ks_disengage('one admin', scope => 'agent_7')");
-is($got, '0A000', 'with two approvals required, one administrator cannot release a scope');
-like($err, qr/Two-person release of a scope is not built yet/, 'and says why');
+is($got, 'ok', 'with two approvals required, one administrator\'s release of a scope is recorded') or diag($err);
+like($err, qr/release of scope "agent_7" requested; it stays halt_all until a second administrator confirms/,
+	'as a request');
+is(sql("SELECT mode FROM ks_scopes() WHERE scope = 'agent_7'::regrole"), 'halt_all', 'the scope stays halted');
+is(sql("SELECT source || ' ' || mode || ' ' || release_target FROM killswitch.events WHERE scope_name = 'agent_7' ORDER BY id DESC LIMIT 1"),
+	'release_request halt_all disengaged', 'the request is in the chain, on the scope\'s line');
+($got, $err) = as_role('boss', "SELECT ks_disengage('me again', scope => 'agent_7')");
+is($got, '42501', 'the same administrator cannot confirm it');
+($got, $err) = as_role('agent_admin', "SELECT ks_disengage('agent confirms', scope => 'agent_7')");
+is($got, '42501', 'nor an agent holding the administrators\' role');
+is(sql("SELECT mode FROM ks_scopes() WHERE scope = 'agent_7'::regrole"), 'halt_all', 'still halted');
+# a request for another scope does not confirm this one
+($got, $err) = as_role('boss2', "SELECT ks_disengage('other scope', scope => 'etl_agents')");
+like($err, qr/release of scope "etl_agents" requested/, 'a request is per scope');
+is(sql("SELECT mode FROM ks_scopes() WHERE scope = 'agent_7'::regrole"), 'halt_all', 'agent_7 is untouched by it');
+($got, $err) = as_role('boss2', "SELECT ks_disengage('second admin', 'boss2', scope => 'agent_7')");
+is($got, 'ok', 'a second administrator confirms') or diag($err);
+like($err, qr/release of scope "agent_7" confirmed: requested by "boss"/, 'and is told whose request');
+is(sql("SELECT count(*) FROM ks_scopes() WHERE scope = 'agent_7'::regrole"), '0', 'the scope is released');
+is(sql("SELECT mode FROM ks_scopes() WHERE scope = 'etl_agents'::regrole"), 'halt_noncritical', 'the other still halted');
 sql("ALTER SYSTEM RESET killswitch.release_approvals; SELECT pg_reload_conf()");
 ks_within($node, "SELECT current_setting('killswitch.release_approvals') = '1'", 10);
+sql("SELECT ks_engage('halt_all', 'again', 'pager', scope => 'agent_7')");
 
 # an administrator releases
 ($got, $err) = as_role('boss', "SELECT ks_disengage('fixed', 'boss', scope => 'agent_7')");
@@ -107,7 +126,7 @@ my $rows = sql('SELECT count(*) FROM killswitch.events');
 is($verify, "t|$rows|", 'ks_verify_events() passes a chain with scope events');
 cmp_ok(sql('SELECT count(*) FROM killswitch.events WHERE scope IS NOT NULL'), '>=', 5, 'which holds scope events');
 is(sql(q{SELECT string_agg(generation::text, ',' ORDER BY id) FROM killswitch.events WHERE scope_name = 'agent_7'}),
-	'1,2,3,4', 'agent_7 has its own generation line');
+	'1,2,3,4,5,6,7', 'agent_7 has its own generation line');
 my $victim = sql("SELECT id FROM killswitch.events WHERE scope_name = 'etl_agents' ORDER BY id LIMIT 1");
 sub tamper
 {
