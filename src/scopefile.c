@@ -50,9 +50,24 @@ scope_file_path(char *buf, size_t len)
 	snprintf(buf, len, "%s/%s", ks_state_dir, KS_SCOPE_FILE_NAME);
 }
 
-/* The file's text for the scopes given, signed. */
+/* Order by role, and within a role the highest mode first. */
+static int
+by_role_mode(const void *a, const void *b)
+{
+	const KsScope *x = a;
+	const KsScope *y = b;
+
+	if (x->role != y->role)
+		return x->role < y->role ? -1 : 1;
+	return (int) y->mode - (int) x->mode;
+}
+
+/*
+ * The file's text for the scopes given (sorted here), signed: one member per
+ * role, the highest of its committed state and its raises in flight.
+ */
 static bool
-file_text(StringInfo out, const KsScope *list, int n, int64 version,
+file_text(StringInfo out, KsScope *list, int n, int64 version,
 		  const char *secret, size_t secretlen)
 {
 	KsJson	   *obj = ks_json_object();
@@ -61,29 +76,21 @@ file_text(StringInfo out, const KsScope *list, int n, int64 version,
 	char		key_id[17];
 	char		sig[KS_HEX_DIGEST_LEN + 1];
 
+	qsort(list, n, sizeof(KsScope), by_role_mode);
 	for (int i = 0; i < n; i++)
 	{
-		KsJson	   *s = ks_json_object();
+		KsJson	   *s;
 		char		since[40];
-		const KsJson *same = ks_json_get(scopes, psprintf("%u", list[i].role));
 
-		/* one member per role: the highest of its committed state and its raises */
-		if (same && ks_mode_from_file_name(ks_json_get(same, "mode")->str) >= (int) list[i].mode)
-			continue;
+		if (i > 0 && list[i].role == list[i - 1].role)
+			continue;			/* a lower mode of the same role */
+		s = ks_json_object();
 		ks_format_iso_utc(ks_timestamptz_to_unix_usec(list[i].since), since, sizeof(since));
 		ks_json_put_int(s, "generation", list[i].generation);
 		ks_json_put_string(s, "mode", ks_mode_file_names[list[i].mode]);
 		ks_json_put_string(s, "since", pstrdup(since));
 		ks_json_put_bool(s, "unconfirmed", list[i].owner >= 0);
-		if (same)
-		{
-			/* replace it in place */
-			for (int j = 0; j < scopes->nitems; j++)
-				if (scopes->items[j] == same)
-					scopes->items[j] = s;
-		}
-		else
-			ks_json_put_value(scopes, psprintf("%u", list[i].role), s);
+		ks_json_put_value(scopes, psprintf("%u", list[i].role), s);
 	}
 	ks_key_id(secret, secretlen, key_id);
 	ks_json_put_string(obj, "key_id", pstrdup(key_id));
