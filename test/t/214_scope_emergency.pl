@@ -1,8 +1,9 @@
 # Emergency for a scope (ARCHITECTURE §13, §9): the watcher ends the busy
 # sessions of the agents the scope holds — those in a transaction begun
-# before the scope entered emergency — and nothing else: an agent outside
-# the scope keeps its busy session and goes on working; an idle session
-# in the scope stays, each of its statements refused.
+# before the scope entered emergency — and rolls back their prepared
+# transactions, and nothing else: an agent outside the scope keeps its
+# busy session, its prepared transaction, and goes on working; an idle
+# session in the scope stays, each of its statements refused.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -10,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use KsTest;
 
-my $node = ks_node('scope_emergency');
+my $node = ks_node('scope_emergency', conf => "max_prepared_transactions = 10\n");
 sub sql { return $node->safe_psql('postgres', shift); }
 sub session
 {
@@ -35,6 +36,16 @@ CREATE TABLE t (x int);
 GRANT ALL ON t TO PUBLIC;
 });
 
+# prepared transactions, in the scope and outside it
+for my $role ('agent_7', 'agent_8')
+{
+	my ($out, $err) = ('', '');
+	$node->psql('postgres', "BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'prep_$role'",
+		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
+}
+is(sql('SELECT string_agg(gid, \',\' ORDER BY gid) FROM pg_prepared_xacts'), 'prep_agent_7,prep_agent_8',
+	'two agents prepared a transaction');
+
 # busy (in a transaction) and idle sessions, in the scope and outside it
 my $busy7 = session('agent_7');
 $busy7->query_safe('BEGIN; INSERT INTO t VALUES (7)');
@@ -52,6 +63,11 @@ sql("SELECT ks_engage('emergency', 'agent_7 runs away', 'pager', scope => 'agent
 ok(ks_within($node, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid7", 30),
 	'the busy session of the agent in the scope is ended');
 # (the tick that ended it looked at every busy session: the others were not its scope's)
+ok(ks_within($node, "SELECT count(*) = 0 FROM pg_prepared_xacts WHERE gid = 'prep_agent_7'", 30),
+	'the prepared transaction of the agent in the scope is rolled back');
+is(sql('SELECT string_agg(gid, \',\') FROM pg_prepared_xacts'), 'prep_agent_8', 'the other agent\'s stays');
+like(slurp_file($node->logfile), qr/WARNING:  scope "agent_7" is in emergency: \d+ busy agent sessions ended/,
+	'a WARNING says the scope is in emergency');
 is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid IN ($pid8, $pidetl, $idlepid7)"), '3',
 	'the busy sessions outside the scope and the idle one inside stay');
 is(bg_err($busy8, 'INSERT INTO t VALUES (80); COMMIT'), '', 'the agent outside the scope goes on and commits');
@@ -69,6 +85,7 @@ is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid = $idlepid7"), '1', 'the
 # released: the idle session works again
 sql("SELECT ks_disengage('ok', scope => 'agent_7'); SELECT ks_disengage('ok', scope => 'etl_agents')");
 is(bg_err($idle7, 'INSERT INTO t VALUES (70)'), '', 'released, the idle session in the scope writes again');
+sql("ROLLBACK PREPARED 'prep_agent_8'");
 $idle7->quit;
 $busy8->quit;
 eval { $busy7->quit };
