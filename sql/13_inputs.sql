@@ -6,19 +6,19 @@ SELECT (ks_status()->>'generation')::bigint AS g0 \gset
 -- event_canonical() of a row killswitch.events could not hold
 SELECT killswitch.event_canonical(NULL::killswitch.events) IS NULL AS null_row_gives_null;
 SELECT killswitch.event_canonical(row(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                                      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::killswitch.events);
+                                      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::killswitch.events);
 SELECT killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', NULL, NULL, 'r', 't', 0, 'sql', NULL,
-                                      'u', NULL, 1, '1', 1, 'k', true, '', '', '')::killswitch.events);
+                                      'u', NULL, 1, '1', 1, 'k', true, '', '', '', NULL, NULL)::killswitch.events);
 SELECT killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', 'halt_all', NULL, NULL, 't', 0, 'sql', NULL,
-                                      'u', NULL, 1, '1', 1, 'k', true, '', '', '')::killswitch.events);
+                                      'u', NULL, 1, '1', 1, 'k', true, '', '', '', NULL, NULL)::killswitch.events);
 SELECT killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', 'halt_all', NULL, 'r', 't', 0, 'sql', NULL,
-                                      'u', NULL, 1, '1', 1, NULL, true, '', '', '')::killswitch.events);
+                                      'u', NULL, 1, '1', 1, NULL, true, '', '', '', NULL, NULL)::killswitch.events);
 -- a complete row has one; the nullable columns may be NULL
 SELECT killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', 'halt_all', NULL, 'r', 't', 0, 'sql', NULL,
-                                      'u', NULL, 1, '1', 1, 'k', true, NULL, NULL, NULL)::killswitch.events);
+                                      'u', NULL, 1, '1', 1, 'k', true, NULL, NULL, NULL, NULL, NULL)::killswitch.events);
 -- a client address (a TCP client's row) is in it as written, IPv4 and IPv6
 SELECT a, strpos(killswitch.event_canonical(row(1, '2026-01-01 00:00:00+00', 'halt_all', NULL, 'r', 't', 0, 'sql',
-                                                NULL, 'u', a::inet, 1, '1', 1, 'k', true, NULL, NULL, NULL)::killswitch.events),
+                                                NULL, 'u', a::inet, 1, '1', 1, 'k', true, NULL, NULL, NULL, NULL, NULL)::killswitch.events),
                  '"client_addr":"' || a || '"') > 0 AS canonical_has_address
 FROM (VALUES ('127.0.0.1'), ('::1'), ('2001:db8::17')) v(a);
 -- and a real row's is what its hash covers

@@ -56,12 +56,20 @@ CREATE TABLE killswitch.events (
     client_addr     inet,
     backend_pid     integer NOT NULL,
     xid             xid8 NOT NULL,
-    generation      bigint NOT NULL UNIQUE,
+    generation      bigint NOT NULL,
     key_id          text NOT NULL,
     require_hmac    boolean NOT NULL,
     prev_hash       text NOT NULL,
     hash            text NOT NULL,
-    signature       text NOT NULL
+    signature       text NOT NULL,
+    -- a scope's event (ARCHITECTURE §13): the role by OID, which survives a
+    -- RENAME, and its name at the time, which stays readable after a DROP;
+    -- both NULL for the fleet's events, whose canonical form has neither
+    scope           oid,
+    scope_name      text,
+    CHECK ((scope IS NULL) = (scope_name IS NULL)),
+    -- each scope has its own generation line; the fleet's is scope NULL
+    UNIQUE NULLS NOT DISTINCT (scope, generation)
 );
 COMMENT ON TABLE killswitch.events IS
     'Append-only, hash-chained, HMAC-signed history of every kill switch change; check with ks_verify_events()';
@@ -454,7 +462,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'upstream_problem', s.upstream_problem,
         'replay_behind_bytes', s.replay_behind_bytes,
         'replay_behind_ms', s.replay_behind_ms,
-        'file_problem', s.file_problem)
+        'file_problem', s.file_problem,
+        'scopes_active', (SELECT count(*) FROM killswitch.active_scopes()))
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';
@@ -486,17 +495,38 @@ COMMENT ON FUNCTION @extschema@.ks_guard() IS
 
 -- Changing the state: operators engage, admins release.
 CREATE FUNCTION @extschema@.ks_engage(mode @extschema@.ks_mode, reason text,
-                                      triggered_by text DEFAULT NULL, affected_tasks integer DEFAULT 0)
+                                      triggered_by text DEFAULT NULL, affected_tasks integer DEFAULT 0,
+                                      scope text DEFAULT NULL)
 RETURNS killswitch.events
     AS 'MODULE_PATHNAME', 'ks_engage' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) IS
-    'Raise or repeat the kill switch mode; takes effect at commit';
+COMMENT ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer, text) IS
+    'Raise or repeat the kill switch mode (of the fleet, or of the scope a role names); takes effect at commit';
 
-CREATE FUNCTION @extschema@.ks_disengage(reason text, triggered_by text DEFAULT NULL)
+CREATE FUNCTION @extschema@.ks_disengage(reason text, triggered_by text DEFAULT NULL,
+                                         scope text DEFAULT NULL)
 RETURNS killswitch.events
     AS 'MODULE_PATHNAME', 'ks_disengage' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.ks_disengage(text, text) IS
-    'Release the kill switch (needs killswitch_admin); takes effect at commit';
+COMMENT ON FUNCTION @extschema@.ks_disengage(text, text, text) IS
+    'Release the kill switch (of the fleet, or of the scope a role names; needs killswitch_admin); takes effect at commit';
+
+-- The scoped halts in force (ARCHITECTURE §13): committed state from shared
+-- memory, the reason and caller from the scope's event at that generation.
+CREATE FUNCTION killswitch.active_scopes(OUT scope oid, OUT mode @extschema@.ks_mode,
+                                         OUT generation bigint, OUT since timestamptz)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'ks_active_scopes' LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@.ks_scopes(OUT scope regrole, OUT mode @extschema@.ks_mode,
+                                      OUT since timestamptz, OUT reason text,
+                                      OUT triggered_by text, OUT generation bigint)
+RETURNS SETOF record
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.scope::regrole, a.mode, a.since, e.reason, e.triggered_by, a.generation
+    FROM killswitch.active_scopes() a
+    LEFT JOIN killswitch.events e ON e.scope = a.scope AND e.generation = a.generation
+    ORDER BY a.scope::regrole::text
+$$;
+COMMENT ON FUNCTION @extschema@.ks_scopes() IS
+    'One row per active scoped halt: the role, its mode, since, the reason and caller of its newest event, its generation';
 
 -- Rights (ARCHITECTURE §6).
 GRANT USAGE ON SCHEMA killswitch TO PUBLIC;
@@ -511,10 +541,10 @@ GRANT INSERT, UPDATE, DELETE ON killswitch.task_grants TO killswitch_admin;
 -- snapshots hold the agents' queries: operators and admins only
 REVOKE ALL ON killswitch.snapshots FROM PUBLIC;
 GRANT SELECT ON killswitch.snapshots TO killswitch_operator;
-REVOKE ALL ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer) TO killswitch_operator;
-REVOKE ALL ON FUNCTION @extschema@.ks_disengage(text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.ks_disengage(text, text) TO killswitch_admin;
+REVOKE ALL ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.ks_engage(@extschema@.ks_mode, text, text, integer, text) TO killswitch_operator;
+REVOKE ALL ON FUNCTION @extschema@.ks_disengage(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.ks_disengage(text, text, text) TO killswitch_admin;
 REVOKE ALL ON FUNCTION killswitch.refuse_history_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION killswitch.critical_tasks_changed() FROM PUBLIC;
 

@@ -166,7 +166,7 @@ ks_alert_event_id(int64 generation)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT id FROM killswitch.events WHERE generation = $1",
+	if (SPI_execute_with_args("SELECT id FROM killswitch.events WHERE generation = $1 AND scope IS NULL",
 							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

@@ -22,6 +22,7 @@
 #include "guc.h"
 #include "modetype.h"
 #include "names.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 #include "tasks.h"
@@ -52,7 +53,7 @@ ks_mode(PG_FUNCTION_ARGS)
 		*typoid = get_func_rettype(fcinfo->flinfo->fn_oid);
 		fcinfo->flinfo->fn_extra = typoid;
 	}
-	PG_RETURN_DATUM(ks_mode_to_datum(ks_current_mode(),
+	PG_RETURN_DATUM(ks_mode_to_datum(ks_session_mode(),
 									 *(Oid *) fcinfo->flinfo->fn_extra));
 }
 
@@ -62,7 +63,7 @@ ks_engaged(PG_FUNCTION_ARGS)
 {
 	if (unlikely(ks_shared == NULL))
 		ks_require_loaded();
-	PG_RETURN_BOOL(ks_current_mode() != KS_DISENGAGED);
+	PG_RETURN_BOOL(ks_session_mode() != KS_DISENGAGED);
 }
 
 /* The task argument: not null, not empty. */
@@ -88,7 +89,7 @@ task_arg(FunctionCallInfo fcinfo)
 Datum
 ks_check_task(PG_FUNCTION_ARGS)
 {
-	KsTaskVerdict v = ks_task_verdict(ks_current_mode(), task_arg(fcinfo));
+	KsTaskVerdict v = ks_task_verdict(ks_session_mode(), task_arg(fcinfo));
 	StringInfoData buf;
 
 	initStringInfo(&buf);
@@ -109,7 +110,7 @@ ks_check_task(PG_FUNCTION_ARGS)
 Datum
 ks_task_allowed(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(ks_task_verdict(ks_current_mode(), task_arg(fcinfo)).allowed);
+	PG_RETURN_BOOL(ks_task_verdict(ks_session_mode(), task_arg(fcinfo)).allowed);
 }
 
 /* The primary message of a task's refusal, whole for each case. */
@@ -139,7 +140,8 @@ ks_refuse_task(KsMode mode, KsTaskRefused what, const char *name)
 {
 	char		detail[512];
 
-	ks_refusal_detail(detail, sizeof(detail));
+	if (!ks_scope_refusal_detail(mode, detail, sizeof(detail)))
+		ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
 			 task_refused_message(what, ks_mode_sql_names[mode], name),
@@ -151,7 +153,7 @@ ks_refuse_task(KsMode mode, KsTaskRefused what, const char *name)
 Datum
 ks_assert_task(PG_FUNCTION_ARGS)
 {
-	KsMode		mode = ks_current_mode();
+	KsMode		mode = ks_session_mode();
 	const char *task = task_arg(fcinfo);
 	KsTaskVerdict v = ks_task_verdict(mode, task);
 

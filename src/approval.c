@@ -50,7 +50,7 @@ newest_event(KsRequest *req)
 	ks_owner_begin(&owner);
 	plan = SPI_prepare("SELECT id, at, release_target, session_role FROM killswitch.events "
 					   "WHERE source = 'release_request' AND id = "
-					   "(SELECT max(id) FROM killswitch.events)", 0, NULL);
+					   "(SELECT max(id) FROM killswitch.events WHERE scope IS NULL)", 0, NULL);
 	/* a REPEATABLE READ snapshot could be older than the newest commit */
 	if (SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
 							 true, false, 1) != SPI_OK_SELECT)

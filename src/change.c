@@ -48,6 +48,7 @@
 #include "owner.h"
 #include "persist.h"
 #include "rights.h"
+#include "scopechange.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -634,6 +635,10 @@ ks_engage(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("affected_tasks must not be negative")));
+	/* a scope (ARCHITECTURE §13); NULL, the default: the whole fleet */
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+		PG_RETURN_DATUM(ks_scope_change(TextDatumGetCString(PG_GETARG_DATUM(4)),
+										mode, reason, by, affected, false));
 	PG_RETURN_DATUM(make_change(mode, reason, by, affected, false));
 }
 
@@ -649,6 +654,9 @@ ks_disengage(PG_FUNCTION_ARGS)
 	by = text_arg(fcinfo, 1, "triggered_by", true);
 	if (by == NULL)
 		by = ks_text_to_utf8(GetUserNameFromId(GetSessionUserId(), false), "the session user's name");
+	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
+		PG_RETURN_DATUM(ks_scope_change(TextDatumGetCString(PG_GETARG_DATUM(2)),
+										KS_DISENGAGED, reason, by, 0, true));
 	PG_RETURN_DATUM(make_change(KS_DISENGAGED, reason, by, 0, true));
 }
 

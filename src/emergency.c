@@ -23,12 +23,16 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "agentlist.h"
 #include "alert.h"
 #include "emergency.h"
 #include "ending.h"
+#include "scope.h"
 #include "snapshot.h"
 #include "state.h"
 #include "store.h"
@@ -112,6 +116,110 @@ alert_due(const Episode *e, bool chain_holds)
 }
 
 /*
+ * The scope emergencies whose first tick has run (the watcher's memory):
+ * each scope's role and when it entered emergency.
+ */
+typedef struct ScopeEpisode
+{
+	Oid			role;
+	TimestampTz since;
+} ScopeEpisode;
+static List *scope_episodes = NIL;
+
+/* Is this the first tick of the scope's emergency?  The episodes no longer in force go. */
+static bool
+first_scope_tick(const KsScope *scopes, int n, int i)
+{
+	ListCell   *lc;
+	MemoryContext old;
+	ScopeEpisode *e;
+
+	foreach(lc, scope_episodes)
+	{
+		ScopeEpisode *known = lfirst(lc);
+		bool		in_force = false;
+
+		for (int j = 0; j < n && !in_force; j++)
+			in_force = scopes[j].role == known->role && scopes[j].emergency_at == known->since;
+		if (!in_force)
+			scope_episodes = foreach_delete_current(scope_episodes, lc);
+		else if (known->role == scopes[i].role)
+			return false;
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	e = palloc(sizeof(ScopeEpisode));
+	e->role = scopes[i].role;
+	e->since = scopes[i].emergency_at;
+	scope_episodes = lappend(scope_episodes, e);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
+ * The scopes in emergency (ARCHITECTURE §13), at every tick: the busy
+ * sessions of the agent roles each holds, whose transaction began before
+ * the scope entered emergency, are ended — the rest of the fleet keeps
+ * working; at its first tick with a database, their prepared transactions
+ * are rolled back (after the tick, ending.c) and a WARNING says so.
+ * (Their idle sessions stay, each statement refused; the snapshot and the
+ * alert command are the fleet's only.)  Nothing to do while the fleet
+ * itself is in emergency: it ends them all.
+ */
+static void
+scope_emergency_tick(bool history)
+{
+	KsScope    *scopes;
+	List	   *roles;
+	int			n;
+
+	if (!(pg_atomic_read_u64(&ks_shared->word) & KS_WORD_SCOPES) || ks_current_mode() == KS_EMERGENCY)
+	{
+		list_free_deep(scope_episodes);
+		scope_episodes = NIL;
+		return;
+	}
+	scopes = ks_scopes_in_emergency(&n);
+	if (n == 0)
+	{
+		list_free_deep(scope_episodes);
+		scope_episodes = NIL;
+		return;
+	}
+	roles = ks_agent_roles();
+	for (int i = 0; i < n; i++)
+	{
+		List	   *held = NIL;
+		ListCell   *lc;
+		int			ended;
+
+		foreach(lc, roles)
+			if (is_member_of_role_nosuper(lfirst_oid(lc), scopes[i].role))
+				held = lappend_oid(held, lfirst_oid(lc));
+		if (held == NIL)
+			continue;
+		ended = ks_end_busy_agent_sessions(held, scopes[i].emergency_at);
+		if (history && first_scope_tick(scopes, n, i))
+		{
+			char	   *name = GetUserNameFromId(scopes[i].role, true);
+
+			ks_note_agents_prepared(held);
+			ereport(WARNING,
+					(errmsg("scope \"%s\" is in emergency: %d busy agent sessions ended, its agents' prepared transactions rolled back",
+							name ? name : "?", ended),
+					 errdetail("The rest of the fleet keeps working; see ks_scopes().")));
+		}
+		else if (ended > 0)
+		{
+			char	   *name = GetUserNameFromId(scopes[i].role, true);
+
+			ereport(LOG,
+					(errmsg("ended %d busy agent sessions of scope \"%s\" in emergency",
+							ended, name ? name : "?")));
+		}
+	}
+}
+
+/*
  * The watcher's emergency duty, inside its transaction in its database
  * (history: the database has the extension's tables): the first time it
  * sees an emergency episode — in force, maybe before its commit — the
@@ -130,6 +238,7 @@ ks_emergency_tick(bool history)
 	bool		alert;
 	int			ended;
 
+	scope_emergency_tick(history);
 	in_force = in_emergency(&e);
 	/* a snapshot left waiting by an episode released before its event came */
 	if (history && (!in_force || e.first))
@@ -175,6 +284,7 @@ ks_emergency_tick_without_database(void)
 	List	   *roles;
 	int			ended;
 
+	scope_emergency_tick(false);
 	if (!in_emergency(&e))
 		return;
 	roles = ks_agent_roles();

@@ -60,6 +60,7 @@
 #include "owner.h"
 #include "rights.h"
 #include "running.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 #include "tasks.h"
@@ -78,7 +79,7 @@ static planner_hook_type prev_planner = NULL;
 static inline KsMode
 mode_now(void)
 {
-	return ks_shared ? ks_current_mode() : KS_DISENGAGED;
+	return ks_shared ? ks_session_mode() : KS_DISENGAGED;
 }
 
 /*
@@ -148,7 +149,8 @@ ks_refuse_agent(KsMode mode, KsRefused what, const char *name)
 	char		detail[512];
 	const char *who = ks_agent_name();
 
-	ks_refusal_detail(detail, sizeof(detail));
+	if (!ks_scope_refusal_detail(mode, detail, sizeof(detail)))
+		ks_refusal_detail(detail, sizeof(detail));
 	ereport(ERROR,
 			(errcode(ERRCODE_KILLSWITCH_ENGAGED),
 			 refused_message(what, ks_mode_sql_names[mode], who, name),
@@ -575,7 +577,7 @@ check_commit(bool prepare)
 void
 ks_check_commit_tail(void)
 {
-	KsMode		mode = ks_current_mode();
+	KsMode		mode = ks_session_mode();
 
 	if (likely(mode == KS_DISENGAGED) || ks_commit_is_own_work())
 		return;

@@ -59,6 +59,8 @@ typedef struct KsEventRow
 	int64		generation;
 	char	   *key_id;
 	bool		require_hmac;
+	Oid			scope;			/* InvalidOid: the fleet's event */
+	char	   *scope_name;		/* the scope's role name at the time */
 } KsEventRow;
 
 /* Text in the server encoding as UTF-8, which the canonical form is in. */
@@ -94,6 +96,12 @@ row_canonical(StringInfo out, const KsEventRow *r)
 	ks_json_put_string(obj, "source", r->source);
 	ks_json_put_string(obj, "triggered_by", to_utf8(r->triggered_by));
 	ks_json_put_int(obj, "xid", (int64) r->xid);
+	/* a scope's event only: the fleet's canonical form is what it always was */
+	if (OidIsValid(r->scope))
+	{
+		ks_json_put_int(obj, "scope", (int64) r->scope);
+		ks_json_put_string(obj, "scope_name", to_utf8(r->scope_name));
+	}
 	ks_json_canonical(out, obj, NULL);
 }
 
@@ -156,26 +164,34 @@ ks_client_address(void)
  * SPI_tuptable.
  */
 static void
-select_newest_event(const char *query)
+select_newest_event(const char *query, int nargs, Oid *argtypes, Datum *values)
 {
-	SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
+	SPIPlanPtr	plan = SPI_prepare(query, nargs, argtypes);
 	int			rc;
 
-	rc = SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
 							  InvalidSnapshot, true, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read killswitch.events: %d", rc);
 }
 
 /*
- * Read the newest row's id, hash and generation with a fresh snapshot (the
- * caller holds the lock that orders changes).
+ * Read the newest row's id and hash, and the generation of the newest row
+ * of scope (InvalidOid: the fleet's), with a fresh snapshot (the caller
+ * holds the lock that orders changes).  Each scope has its own generation
+ * line; the fleet's rows are those without a scope.
  */
 static void
-events_tail(int64 *id, char *hash, int64 *generation)
+events_tail(Oid scope, int64 *id, char *hash, int64 *generation)
 {
-	select_newest_event("SELECT id, hash, generation FROM killswitch.events "
-						"ORDER BY id DESC LIMIT 1");
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(scope)};
+
+	select_newest_event("SELECT e.id, e.hash, COALESCE((SELECT g.generation "
+						"FROM killswitch.events g WHERE g.scope IS NOT DISTINCT FROM "
+						"NULLIF($1, 0::oid) ORDER BY g.id DESC LIMIT 1), 0) "
+						"FROM killswitch.events e ORDER BY e.id DESC LIMIT 1",
+						1, argtypes, values);
 	if (SPI_processed == 0)
 	{
 		*id = 0;
@@ -263,7 +279,7 @@ static void
 row_values(const KsEventRow *r, Oid modetype, const char *prev_hash,
 		   const char *hash, const char *signature, Datum *values, char *nulls)
 {
-	memset(nulls, ' ', 19);
+	memset(nulls, ' ', 21);
 	values[0] = Int64GetDatum(r->id);
 	values[1] = TimestampTzGetDatum(r->at);
 	values[2] = ks_mode_to_datum(r->mode, modetype);
@@ -292,6 +308,16 @@ row_values(const KsEventRow *r, Oid modetype, const char *prev_hash,
 		nulls[18] = 'n', values[18] = (Datum) 0;
 	else
 		values[18] = ks_mode_to_datum((KsMode) r->release_target, modetype);
+	if (OidIsValid(r->scope))
+	{
+		values[19] = ObjectIdGetDatum(r->scope);
+		values[20] = CStringGetTextDatum(r->scope_name);
+	}
+	else
+	{
+		nulls[19] = nulls[20] = 'n';
+		values[19] = values[20] = (Datum) 0;
+	}
 }
 
 /*
@@ -305,8 +331,33 @@ row_values(const KsEventRow *r, Oid modetype, const char *prev_hash,
  * the owner region; what outlives it (the row's texts, file_state) is made
  * before it, in the caller's memory, or copied out of it.
  */
+static Datum record_event(const KsEventInput *in, Oid scope, const char *scope_name,
+						  KsState *file_state, TimestampTz *at);
+
 Datum
 ks_record_event(const KsEventInput *in, KsState *file_state)
+{
+	return record_event(in, InvalidOid, NULL, file_state, NULL);
+}
+
+/*
+ * Append the event of a scope's change (ARCHITECTURE §13): in the one
+ * chain, on the scope's own generation line.  Fills *generation and *at.
+ */
+Datum
+ks_record_scope_event(const KsEventInput *in, Oid scope, const char *scope_name,
+					  int64 *generation, TimestampTz *at)
+{
+	KsState		st;
+	Datum		row = record_event(in, scope, scope_name, &st, at);
+
+	*generation = st.generation;
+	return row;
+}
+
+static Datum
+record_event(const KsEventInput *in, Oid scope, const char *scope_name, KsState *file_state,
+			 TimestampTz *at_out)
 {
 	KsOwnerContext owner;
 	KsEventRow	r;
@@ -320,32 +371,41 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 	int64		last_id,
 				last_gen;
 	Oid			modetype = ks_mode_type_oid();
-	Oid			argtypes[19] = {INT8OID, TIMESTAMPTZOID, modetype, modetype,
+	Oid			argtypes[21] = {INT8OID, TIMESTAMPTZOID, modetype, modetype,
 		TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INETOID, INT4OID,
-	XID8OID, INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, modetype};
-	Datum		values[19];
-	char		nulls[19];
+	XID8OID, INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, modetype, OIDOID, TEXTOID};
+	Datum		values[21];
+	char		nulls[21];
 	Datum		result;
 	int			rc;
 
 	require_secret(&secret, &secretlen, key_id);
 	row_content(&r, in, key_id);
+	r.scope = scope;
+	r.scope_name = scope_name ? ks_utf8_to_db(scope_name) : NULL;
 
 	ks_owner_begin(&owner);
-	events_tail(&last_id, prev_hash, &last_gen);
+	events_tail(scope, &last_id, prev_hash, &last_gen);
 	r.id = last_id + 1;
 	if (in->identity == NULL)
 		r.xid = U64FromFullTransactionId(GetTopFullTransactionId());
 	r.generation = Max(last_gen + 1, in->floor_generation);
+	if (OidIsValid(scope) && r.generation > KS_MAX_GENERATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the generation of scope \"%s\" is at its bound", scope_name),
+				 errdetail("A generation is at most " INT64_FORMAT ".", (int64) KS_MAX_GENERATION)));
+	if (at_out)
+		*at_out = r.at;
 	row_digests(&r, prev_hash, secret, secretlen, hash, signature);
 	row_values(&r, modetype, prev_hash, hash, signature, values, nulls);
 	rc = SPI_execute_with_args("INSERT INTO killswitch.events (id, at, mode, previous_mode, "
 							   "reason, triggered_by, affected_tasks, source, session_role, "
 							   "client_addr, backend_pid, xid, generation, key_id, require_hmac, "
-							   "prev_hash, hash, signature, release_target) VALUES ($1, $2, $3, "
-							   "$4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, "
-							   "$18, $19) RETURNING *",
-							   19, argtypes, values, nulls, false, 1);
+							   "prev_hash, hash, signature, release_target, scope, scope_name) "
+							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+							   "$14, $15, $16, $17, $18, $19, $20, $21) RETURNING *",
+							   21, argtypes, values, nulls, false, 1);
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "could not insert into killswitch.events: %d", rc);
 	/* copied into the caller's memory: SPI_finish() frees the region's */
@@ -465,7 +525,7 @@ ks_events_last_generation(void)
 	char		hash[KS_HEX_DIGEST_LEN + 1];
 
 	ks_owner_begin(&owner);
-	events_tail(&id, hash, &generation);
+	events_tail(InvalidOid, &id, hash, &generation);
 	ks_owner_end(&owner);
 	return generation;
 }
@@ -507,6 +567,9 @@ row_from_composite(HeapTupleHeader row, KsEventRow *r)
 	r->generation = DatumGetInt64(GetAttributeByName(row, "generation", &isnull));
 	r->key_id = row_text(row, "key_id");
 	r->require_hmac = DatumGetBool(GetAttributeByName(row, "require_hmac", &isnull));
+	d = GetAttributeByName(row, "scope", &isnull);
+	r->scope = isnull ? InvalidOid : DatumGetObjectId(d);
+	r->scope_name = row_text(row, "scope_name");
 }
 
 /*
@@ -625,7 +688,8 @@ ks_events_newest_state(KsState *st)
 	select_newest_event("SELECT e.at, e.mode::text, e.previous_mode::text, e.reason, e.triggered_by, "
 						"e.affected_tasks, e.source, e.generation, e.id, e.key_id, e, "
 						"e.prev_hash, e.hash, e.signature "
-						"FROM killswitch.events e ORDER BY e.id DESC LIMIT 1");
+						"FROM killswitch.events e WHERE e.scope IS NULL "
+						"ORDER BY e.id DESC LIMIT 1", 0, NULL, NULL);
 	if (SPI_processed == 1)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];

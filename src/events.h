@@ -33,6 +33,8 @@ typedef struct KsEventInput
 	const KsEventIdentity *identity;	/* NULL: this session, now */
 } KsEventInput;
 extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
+extern Datum ks_record_scope_event(const KsEventInput *in, Oid scope, const char *scope_name,
+									int64 *generation, TimestampTz *at);
 extern Datum ks_event_row_pending(const KsEventInput *in);
 extern bool ks_events_hold(uint64 xid, TimestampTz at);
 extern char *ks_client_address(void);

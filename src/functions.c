@@ -51,6 +51,7 @@
 #include "functions.h"
 #include "interlock.h"
 #include "running.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 
@@ -264,7 +265,7 @@ ks_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId,
 		ks_check_commit_tail();
 	if (access != OAT_FUNCTION_EXECUTE || ks_shared == NULL)
 		return;
-	mode = ks_current_mode();
+	mode = ks_session_mode();
 	if (likely(mode == KS_DISENGAGED))
 	{
 		if (likely(!is_builtin(objectId)) || likely(!ks_function_denied(objectId)) ||
@@ -273,7 +274,7 @@ ks_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId,
 		ks_note_running_builtin(objectId);
 		if (objectId == F_PG_NOTIFY)
 			ks_agent_notifies();	/* for the backstop (enforce.c) */
-		mode = ks_current_mode();
+		mode = ks_session_mode();
 		if (likely(mode == KS_DISENGAGED))
 			return;
 	}
@@ -305,7 +306,7 @@ ks_fmgr_hook(FmgrHookEventType event, FmgrInfo *flinfo, Datum *private)
 {
 	if (event == FHET_START && ks_shared != NULL)
 	{
-		KsMode		mode = ks_current_mode();
+		KsMode		mode = ks_session_mode();
 
 		if (unlikely(mode != KS_DISENGAGED) && ks_session_is_agent() &&
 			(mode == KS_EMERGENCY || ks_function_denied(flinfo->fn_oid)) &&

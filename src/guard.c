@@ -18,6 +18,7 @@
 #include "utils/rel.h"
 
 #include "api.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 #include "tasks.h"
@@ -106,7 +107,7 @@ ks_guard(PG_FUNCTION_ARGS)
 	cfg = (KsGuardConfig *) fcinfo->flinfo->fn_extra;
 
 	row = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
-	mode = ks_current_mode();
+	mode = ks_session_mode();
 	if (likely(mode == KS_DISENGAGED))
 		return PointerGetDatum(row);
 

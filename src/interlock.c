@@ -33,6 +33,7 @@
 #include "agents.h"
 #include "compat.h"
 #include "interlock.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 
@@ -87,12 +88,12 @@ ks_commit_mode(void)
 		return KS_DISENGAGED;
 	xid = GetTopTransactionIdIfAny();
 	if (!TransactionIdIsValid(xid) || MyProc == NULL || !ks_session_is_agent())
-		return ks_current_mode();
+		return ks_session_mode();
 	ks_slots_clear_at_exit();
 	pg_atomic_write_u32(&ks_shared->slots[ks_my_proc_number()].committing, xid);
 	committing = true;
 	pg_memory_barrier();
-	return ks_current_mode();
+	return ks_session_mode();
 }
 
 /*
@@ -106,13 +107,13 @@ KsMode
 ks_commit_prepared_mode(void)
 {
 	if (ks_shared == NULL || MyProc == NULL)
-		return ks_current_mode();
+		return ks_session_mode();
 	ks_slots_clear_at_exit();
 	pg_atomic_write_u32(&ks_shared->slots[ks_my_proc_number()].committing,
 						KS_COMMITTING_PREPARED);
 	committing = true;
 	pg_memory_barrier();
-	return ks_current_mode();
+	return ks_session_mode();
 }
 
 /*

@@ -505,6 +505,13 @@ ks_json_put_bool(KsJson *object, const char *key, bool value)
 	json_push(object, (char *) key, node);
 }
 
+/* Add a member that is itself an object (or array); it is not copied. */
+void
+ks_json_put_value(KsJson *object, const char *key, KsJson *value)
+{
+	json_push(object, (char *) key, value);
+}
+
 /* The member named key of an object, or NULL. */
 const KsJson *
 ks_json_get(const KsJson *object, const char *key)

@@ -25,6 +25,8 @@
 #include "names.h"
 #include "release.h"
 #include "running.h"
+#include "scope.h"
+#include "scopechange.h"
 #include "state.h"
 #include "tasks.h"
 #include "upstream.h"
@@ -61,6 +63,7 @@ ks_shmem_request_hook(void)
 		prev_shmem_request_hook();
 	ks_shmem_request();
 	ks_running_shmem_request();
+	ks_scopes_shmem_request();
 }
 #endif
 
@@ -73,6 +76,7 @@ ks_shmem_startup_hook(void)
 	/* before the state, whose loading may publish a raise (running.c) */
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	ks_running_shmem_startup();
+	ks_scopes_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 	ks_shmem_startup();
 }
@@ -183,6 +187,7 @@ _PG_init(void)
 #else
 	ks_shmem_request();
 	ks_running_shmem_request();
+	ks_scopes_shmem_request();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = ks_shmem_startup_hook;
@@ -191,6 +196,7 @@ _PG_init(void)
 	ks_agents_init();
 	RegisterXactCallback(ks_xact_callback, NULL);
 	RegisterSubXactCallback(ks_subxact_callback, NULL);
+	ks_scopechange_init();
 	ks_interlock_init();
 	/* after ks_xact_callback: callbacks run newest first, the backstop first */
 	ks_enforce_init();

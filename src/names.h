@@ -20,6 +20,7 @@
 /* Private directory inside the data directory. */
 #define KS_PRIVATE_DIR "pg_killswitch"
 #define KS_LAST_APPLIED_FILE KS_PRIVATE_DIR "/last_applied.json"
+#define KS_SCOPES_COPY_FILE KS_PRIVATE_DIR "/scopes.json"	/* the scope file as the server last wrote it */
 #define KS_SNAPSHOT_FILE_NAME "kill_switch_snapshot.json"
 
 #endif							/* KS_NAMES_H */

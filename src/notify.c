@@ -19,6 +19,8 @@
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/snapmgr.h"
@@ -26,6 +28,7 @@
 
 #include "names.h"
 #include "notify.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 
@@ -36,7 +39,7 @@
 static void
 notify_payload(StringInfo out, int64 id, KsMode mode, int previous,
 			   const char *reason, const char *by, TimestampTz at,
-			   int64 generation, const char *source, int maxlen)
+			   int64 generation, const char *source, const char *scope, int maxlen)
 {
 	char		ts[40];
 	int			rlen = pg_mbcliplen(reason, strlen(reason), maxlen);
@@ -57,6 +60,12 @@ notify_payload(StringInfo out, int64 id, KsMode mode, int previous,
 	appendStringInfo(out, ", \"at\": \"%s\", \"generation\": " INT64_FORMAT ", \"source\": ",
 					 ts, generation);
 	escape_json(out, source);
+	/* a scope's event names its role (ARCHITECTURE §13); the fleet's payload is unchanged */
+	if (scope)
+	{
+		appendStringInfoString(out, ", \"scope\": ");
+		escape_json(out, scope);
+	}
 	if (rlen < (int) strlen(reason) || blen < (int) strlen(by))
 		appendStringInfoString(out, ", \"truncated\": true");
 	appendStringInfoChar(out, '}');
@@ -74,7 +83,7 @@ notify_payload(StringInfo out, int64 id, KsMode mode, int previous,
 static void
 notify_event(int64 event_id, KsMode mode, int previous, const char *reason,
 			 const char *triggered_by, TimestampTz at, int64 generation,
-			 const char *source)
+			 const char *source, const char *scope)
 {
 	StringInfoData payload;
 	int			maxlen = KS_MAX_TEXT_LEN;
@@ -83,7 +92,7 @@ notify_event(int64 event_id, KsMode mode, int previous, const char *reason,
 	for (;;)
 	{
 		notify_payload(&payload, event_id, mode, previous, reason, triggered_by,
-					   at, generation, source, maxlen);
+					   at, generation, source, scope, maxlen);
 		if (payload.len < KS_NOTIFY_MAX || maxlen == 0)
 			break;
 		maxlen = maxlen > 4000 ? 4000 : maxlen / 2;
@@ -117,7 +126,7 @@ queue_events_since(int64 since)
 
 	if (SPI_execute_with_args("SELECT id, mode::text, previous_mode::text, reason, triggered_by, "
 							  "at, generation, source FROM killswitch.events "
-							  "WHERE generation > $1 ORDER BY id",
+							  "WHERE generation > $1 AND scope IS NULL ORDER BY id",
 							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read killswitch.events");
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -133,10 +142,60 @@ queue_events_since(int64 since)
 					 prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE,
 					 SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
 					 DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull)),
-					 generation, SPI_getvalue(tup, desc, 8));
+					 generation, SPI_getvalue(tup, desc, 8), NULL);
 		newest = Max(newest, generation);
 	}
 	return newest;
+}
+
+/*
+ * Scope events (ARCHITECTURE §13) have generation lines of their own: the
+ * watcher announces them by id, those newer than the newest it announced
+ * — at its first look, those recorded since it started.
+ */
+static int64 scope_notified_id = -1;
+static uint64 scope_notified_version = PG_UINT64_MAX;
+
+static void
+queue_scope_events(void)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(scope_notified_id)};
+
+	if (scope_notified_id < 0)
+	{
+		Oid			st[1] = {TIMESTAMPTZOID};
+		Datum		sv[1] = {TimestampTzGetDatum(MyStartTimestamp)};
+		bool		isnull;
+
+		/* from the events recorded since this watcher started */
+		if (SPI_execute_with_args("SELECT COALESCE(max(id), 0) FROM killswitch.events WHERE at < $1",
+								  1, st, sv, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read killswitch.events");
+		scope_notified_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		values[0] = Int64GetDatum(scope_notified_id);
+	}
+	if (SPI_execute_with_args("SELECT id, mode::text, previous_mode::text, reason, triggered_by, "
+							  "at, generation, source, scope_name FROM killswitch.events "
+							  "WHERE id > $1 AND scope IS NOT NULL ORDER BY id",
+							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *prev = SPI_getvalue(tup, desc, 3);
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+
+		notify_event(id, (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2)),
+					 prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE,
+					 SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
+					 DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull)),
+					 DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull)),
+					 SPI_getvalue(tup, desc, 8), SPI_getvalue(tup, desc, 9));
+		scope_notified_id = Max(scope_notified_id, id);
+	}
 }
 
 /*
@@ -152,13 +211,15 @@ ks_notify_pending(void)
 	MemoryContext ctx = CurrentMemoryContext;
 	int64		since;
 	int64		newest;
+	uint64		scope_version = ks_scope_version();
+	bool		scopes_due = scope_version != scope_notified_version;
 
 	SpinLockAcquire(&ks_shared->mutex);
 	since = ks_shared->notified_generation;
 	SpinLockRelease(&ks_shared->mutex);
 	/* on failure, everything up to the generation in force is dropped */
 	newest = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
-	if (newest <= since && !alert_pending)
+	if (newest <= since && !alert_pending && !scopes_due)
 		return;
 	PG_TRY();
 	{
@@ -170,6 +231,8 @@ ks_notify_pending(void)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		newest = queue_events_since(since);
+		if (scopes_due)
+			queue_scope_events();
 		SPI_finish();
 		if (alert_pending)
 			Async_Notify(KS_ALERT_CHANNEL,
@@ -195,6 +258,7 @@ ks_notify_pending(void)
 	}
 	PG_END_TRY();
 	alert_pending = false;
+	scope_notified_version = scope_version;	/* read before the look: a later change looks again */
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->notified_generation = Max(ks_shared->notified_generation, newest);
 	SpinLockRelease(&ks_shared->mutex);

@@ -36,6 +36,7 @@
 #include "names.h"
 #include "persist.h"
 #include "release.h"
+#include "scopefile.h"
 #include "standby.h"
 #include "startup.h"
 #include "state.h"
@@ -511,6 +512,13 @@ ks_load_at_startup(void)
 		ks_release_key_prepare();
 		remove_leftovers();
 		decide(&d, secret, secretlen);
+		/* the scoped halts (ARCHITECTURE §13): a scope file not to be trusted is tampering */
+		if (!ks_scope_file_load(secret, secretlen, problem, sizeof(problem)))
+		{
+			KsState		held = d.state;
+
+			decide_tampered(&d, &held, true, "scope file", problem);
+		}
 		if (!write_decision(&d, secret, secretlen, problem, sizeof(problem)))
 		{
 			KsState		held = d.state;

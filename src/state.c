@@ -198,7 +198,8 @@ recompute_word(TimestampTz now, int64 generation)
 	}
 	/* the descriptive fields before the word: a reader who sees it sees them */
 	pg_write_barrier();
-	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation));
+	pg_atomic_write_u64(&ks_shared->word, KS_WORD(mode, flags, generation) |
+						(ks_shared->scopes_active ? KS_WORD_SCOPES : 0));
 	return mode > (int) KS_WORD_MODE(old);
 }
 
@@ -504,6 +505,22 @@ ks_set_floor(KsMode floor)
 
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->floor_mode = floor;
+	(void) recompute_and_announce(now);
+}
+
+/*
+ * Whether some scope is active (scope.c): the word's KS_WORD_SCOPES bit,
+ * so that a check reads nothing more while none is.  The fleet's mode does
+ * not move; the waiters in ks_wait() are woken (a scope's mode may have
+ * risen for some of them).
+ */
+void
+ks_set_scopes_active(bool active)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->scopes_active = active;
 	(void) recompute_and_announce(now);
 }
 

@@ -168,6 +168,7 @@ typedef struct KsShared
 	KsUpstreamStatus upstream;	/* mutex: a standby's link to its upstream (upstream.c) */
 	/* broadcast after every publish: wakes the sessions in ks_wait() (wait.c) */
 	ConditionVariable published;
+	bool		scopes_active;	/* mutex: the word's KS_WORD_SCOPES bit (scope.c) */
 	int			nslots;			/* postmaster at start */
 	KsProcSlot	slots[FLEXIBLE_ARRAY_MEMBER];	/* indexed by ks_my_proc_number() */
 } KsShared;
@@ -176,10 +177,16 @@ extern KsShared *ks_shared;
 
 /* Unpack the word. */
 #define KS_WORD_MODE(w) ((KsMode) ((w) & 0xF))
-#define KS_WORD_FLAGS(w) ((int) (((w) >> 4) & 0xF))
+#define KS_WORD_FLAGS(w) ((int) (((w) >> 4) & 0x7))
 #define KS_WORD_GENERATION(w) ((int64) ((w) >> 8))
 #define KS_WORD(mode, flags, gen) \
-	(((uint64) (gen) << 8) | ((uint64) ((flags) & 0xF) << 4) | (uint64) (mode))
+	(((uint64) (gen) << 8) | ((uint64) ((flags) & 0x7) << 4) | (uint64) (mode))
+/*
+ * Some scope is active (scope.c, ARCHITECTURE §13): the one bit a check
+ * reads to know that the fleet's mode may not be the session's.  Not a
+ * flag of the state: KS_WORD_FLAGS() never shows it.
+ */
+#define KS_WORD_SCOPES ((uint64) 1 << 7)
 
 /* The current mode: one atomic read, no lock, no syscall, no allocation. */
 static inline KsMode
@@ -211,6 +218,7 @@ extern void ks_drop_heard(void);
 extern int64 ks_heard_generation(void);
 extern int64 ks_generation_in_force(uint64 word);
 extern void ks_set_floor(KsMode floor);
+extern void ks_set_scopes_active(bool active);
 extern int	ks_proc_slot_count(void);
 extern void ks_publish_raise(KsMode mode, int flags, int64 generation,
 							 TimestampTz since, const char *source,

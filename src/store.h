@@ -35,6 +35,8 @@ extern const char *const ks_mode_sql_names[KS_MODE_COUNT];
 extern const char *const ks_mode_file_names[KS_MODE_COUNT];
 
 #define KS_STATE_FILE_NAME "kill_switch_state.json"
+/* The scoped halts in force, beside it (ARCHITECTURE §13; scopefile.c). */
+#define KS_SCOPE_FILE_NAME "kill_switch_scopes.json"
 #define KS_LOCK_FILE_NAME "kill_switch_state.lock"
 /*
  * A write that raced a replace of the state file is kept beside it as
@@ -132,6 +134,7 @@ extern KsJson *ks_json_object(void);
 extern void ks_json_put_string(KsJson *object, const char *key, const char *value);
 extern void ks_json_put_int(KsJson *object, const char *key, int64 value);
 extern void ks_json_put_bool(KsJson *object, const char *key, bool value);
+extern void ks_json_put_value(KsJson *object, const char *key, KsJson *value);
 extern void ks_json_sorted_members(const KsJson *object, int *order);
 extern const KsJson *ks_json_get(const KsJson *object, const char *key);
 

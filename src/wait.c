@@ -12,6 +12,7 @@
 #include "utils/timestamp.h"
 
 #include "compat.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 
@@ -64,7 +65,7 @@ ks_wait(PG_FUNCTION_ARGS)
 
 	word = pg_atomic_read_u64(&ks_shared->word);
 	current = ks_generation_in_force(word);
-	at_call = KS_WORD_MODE(word);
+	at_call = ks_session_mode();	/* this session's: a scope's raise wakes it too */
 	if (current != generation || timeout_ms == 0)
 		PG_RETURN_INT64(current);
 
@@ -86,7 +87,7 @@ ks_wait(PG_FUNCTION_ARGS)
 		current = ks_generation_in_force(word);
 		if (current != generation)
 			break;
-		if (KS_WORD_MODE(word) > at_call && raised_at == 0)
+		if (ks_session_mode() > at_call && raised_at == 0)
 		{
 			/* a raise: in force now; its generation follows, or the grace ends */
 			raised_at = GetCurrentTimestamp();

@@ -617,6 +617,37 @@ halt_now(const KsChange *c)
 		ks_interlock_wait();
 }
 
+/*
+ * A verdict on a file beside the state file (the scope file, scopefile.c,
+ * ARCHITECTURE §13): in force at once, and kept, like a verdict on the state
+ * file, until a look that holds the lock records it.
+ */
+void
+ks_watch_tamper(const char *what)
+{
+	KsChange	c;
+	int			flags;
+	MemoryContext old;
+
+	memset(&c, 0, sizeof(c));
+	c.mode = Max(ks_base_mode(&flags), KS_HALT_ALL);
+	c.reason = psprintf("scope file rejected: %s", what);
+	c.triggered_by = "killswitch";
+	c.source = "tamper";
+	c.flags = KS_FLAG_TAMPERED;
+	c.release_target = c.mode;
+	ereport(WARNING,
+			(errmsg("the kill switch scope file could not be trusted; mode is now %s: %s",
+					ks_mode_sql_names[c.mode], what),
+			 errhint("An administrator can inspect the state with ks_status() and release it with ks_disengage().")));
+	halt_now(&c);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	waiting = lappend(waiting, keep_change(&c));
+	waiting_hashes = lappend(waiting_hashes, pstrdup(""));
+	MemoryContextSwitchTo(old);
+	retry_soon = true;
+}
+
 /* Record the changes in force in place, oldest first (the lock is held). */
 static void
 record_waiting(void)

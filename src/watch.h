@@ -23,6 +23,7 @@ extern KsJudged ks_judge_file_without_history(const char *path, bool raced, KsWr
 extern TimestampTz ks_judge_recheck_at(const char *path);
 extern void ks_reconcile_history(void);
 extern void ks_watch_failed(void);
+extern void ks_watch_tamper(const char *what);
 extern void ks_settle_marks(void);
 extern bool ks_watch_writers_stuck;
 extern bool ks_watch_due(void);

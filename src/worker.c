@@ -60,6 +60,8 @@
 #include "notify.h"
 #include "owner.h"
 #include "persist.h"
+#include "scopechange.h"
+#include "scopefile.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -406,7 +408,10 @@ examine_file(const char *path, bool raced)
 	{
 		locked = ConditionalLockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
 		if (locked && !had_history)
+		{
 			ks_reconcile_history();
+			ks_scopes_from_history(true);	/* the committed scopes are the chain's (§13) */
+		}
 		judged = ks_judge_file(path, raced, locked, writer_done);
 	}
 	else
@@ -519,7 +524,8 @@ duties_due(void)
 {
 	return (had_history && ks_critical_list_due()) ||
 		(!had_history && !without_database && ks_list_loaded(KS_LIST_CRITICAL)) ||
-		ks_current_mode() == KS_EMERGENCY;
+		ks_current_mode() == KS_EMERGENCY ||
+		(pg_atomic_read_u64(&ks_shared->word) & KS_WORD_SCOPES) != 0;	/* a scope may be in emergency (§13) */
 }
 
 /*
@@ -587,7 +593,10 @@ follow_history_safely(TimestampTz now)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "following the primary's kill switch history");
 		if (!without_database && extension_present())
+		{
 			ks_standby_follow_history();
+			ks_scopes_from_history(false);	/* the scopes replay brought (§13) */
+		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -1270,6 +1279,11 @@ look_at_raced_files(KsWatcher *w)
 static void
 run_round_duties(void)
 {
+	char		problem[KS_PROBLEM_LEN];
+
+	/* the scope file holds the server's own bytes, or it is tampering (§13) */
+	if (!ks_scope_file_is_ours(problem, sizeof(problem)))
+		ks_watch_tamper(problem);
 	if (duties_due())
 		run_duties_safely();
 	if (!without_database)

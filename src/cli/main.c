@@ -41,8 +41,8 @@ usage(const char *progname)
 	printf("%s changes and inspects the killswitch state.\n\n", progname);
 	printf("Usage:\n"
 		   "  %s [OPTION]... status\n"
-		   "  %s [OPTION]... engage MODE --reason TEXT [--by NAME] [--affected N]\n"
-		   "  %s [OPTION]... disengage --reason TEXT [--by NAME]\n"
+		   "  %s [OPTION]... engage MODE --reason TEXT [--by NAME] [--affected N] [--scope ROLE]\n"
+		   "  %s [OPTION]... disengage --reason TEXT [--by NAME] [--scope ROLE]\n"
 		   "  %s [OPTION]... verify\n"
 		   "  %s [OPTION]... history [--limit N]      (needs -d)\n\n",
 		   progname, progname, progname, progname, progname);
@@ -60,6 +60,8 @@ usage(const char *progname)
 		   "  -b, --by=NAME             who (default: the database role with -d,\n"
 		   "                            your user name without)\n"
 		   "      --affected=N          how many tasks are affected (engage)\n"
+		   "      --scope=ROLE          engage or disengage the scoped halt of ROLE and its\n"
+		   "                            members instead of the whole fleet (needs -d)\n"
 		   "  -n, --limit=N             how many events (history)\n"
 		   "      --json                print JSON for scripts\n"
 		   "      --force               write over a state file that cannot be trusted\n"
@@ -221,6 +223,7 @@ main(int argc, char **argv)
 		{"no-require-hmac", no_argument, NULL, 6},
 		{"release-key-file", required_argument, NULL, 7},
 		{"dbname-file", required_argument, NULL, 8},
+		{"scope", required_argument, NULL, 9},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, '?'},
 		{NULL, 0, NULL, 0}
@@ -273,6 +276,7 @@ main(int argc, char **argv)
 				ks_cli_add_target_file(&opt, optarg);
 				dbname_file_given = true;
 				break;
+			case 9: opt.scope = optarg; break;
 			default:
 				pg_log_error_hint("Try \"%s --help\" for more information.", progname);
 				exit(KS_EXIT_ERROR);
@@ -335,6 +339,19 @@ main(int argc, char **argv)
 		pg_log_error("%s needs --reason", command);
 		exit(KS_EXIT_ERROR);
 	}
+	if (opt.scope && opt.command != CMD_ENGAGE && opt.command != CMD_DISENGAGE)
+	{
+		pg_log_error("--scope applies to engage and disengage only");
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt.scope && opt.ntargets == 0)
+	{
+		pg_log_error("--scope needs a connection (-d)");
+		pg_log_error_hint("A scoped halt is changed through SQL only: the server checks the role and records the change.");
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt.scope && !utf8_arg(opt.scope, "--scope"))
+		exit(KS_EXIT_ERROR);
 	/* online, NULL: the server records the session's role (session_user) */
 	if (opt.by == NULL && opt.ntargets == 0)
 		opt.by = os_user();

@@ -133,18 +133,24 @@ static int
 change(const KsOptions *opt, PGconn *conn)
 {
 	char		affected[16];
-	const char *params[4];
+	const char *params[5];
 	PGresult   *res;
 	bool		requested;
 
 	snprintf(affected, sizeof(affected), "%d", opt->affected);
 	params[0] = opt->command == CMD_ENGAGE ? ks_mode_sql_names[opt->mode] : opt->reason;
 	params[1] = opt->command == CMD_ENGAGE ? opt->reason : opt->by;
-	params[2] = opt->by;
+	params[2] = opt->command == CMD_ENGAGE ? opt->by : opt->scope;
 	params[3] = affected;
-	res = opt->command == CMD_ENGAGE
-		? run(conn, "SELECT id, generation, mode, source FROM ks_engage($1::ks_mode, $2, $3, $4::int)", 4, params)
-		: run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2)", 2, params);
+	params[4] = opt->scope;
+	if (opt->scope)				/* a scoped halt (the server's ARCHITECTURE §13) */
+		res = opt->command == CMD_ENGAGE
+			? run(conn, "SELECT id, generation, mode, source FROM ks_engage($1::ks_mode, $2, $3, $4::int, scope => $5)", 5, params)
+			: run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2, scope => $3)", 3, params);
+	else
+		res = opt->command == CMD_ENGAGE
+			? run(conn, "SELECT id, generation, mode, source FROM ks_engage($1::ks_mode, $2, $3, $4::int)", 4, params)
+			: run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2)", 2, params);
 	if (res == NULL)
 		return KS_EXIT_ERROR;
 	requested = strcmp(PQgetvalue(res, 0, 3), "release_request") == 0;
@@ -157,10 +163,22 @@ change(const KsOptions *opt, PGconn *conn)
 		else
 			printf("%s (in force; its event follows)\n", PQgetvalue(res, 0, 2));
 	}
+	else if (opt->json && opt->scope)
+	{
+		StringInfoData name;
+
+		initStringInfo(&name);
+		ks_json_append_string(&name, opt->scope);
+		printf("{\"event_id\":%s,\"generation\":%s,\"mode\":\"%s\",\"release_requested\":false,\"scope\":%s}\n",
+			   PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2), name.data);
+	}
 	else if (opt->json)
 		printf("{\"event_id\":%s,\"generation\":%s,\"mode\":\"%s\",\"release_requested\":%s}\n",
 			   PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
 			   requested ? "true" : "false");
+	else if (opt->scope)
+		printf("scope %s: %s (event %s, its generation %s)\n", opt->scope,
+			   PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
 	else
 		printf("%s%s (event %s, generation %s)\n",
 			   requested ? "release requested, awaiting a second administrator; mode stays " : "",

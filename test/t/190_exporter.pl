@@ -142,6 +142,7 @@ values_are($m, 'disengaged primary',
 	killswitch_mode => 0, killswitch_engaged => 0, killswitch_generation => 0,
 	killswitch_tampered => 0, killswitch_unsigned => 0, killswitch_unrecorded_change => 0,
 	killswitch_watcher_problem => 0, killswitch_audit_findings => 0, killswitch_refused_claims => 0,
+	killswitch_scopes_active => 0,
 	killswitch_watcher_age_seconds => sub { $_[0] >= 0 && $_[0] < 5 },
 	killswitch_since_seconds => sub { abs($_[0] - time) < 3600 });
 is($m->{killswitch_mode}[0]{labels}{role}, 'primary', 'the primary\'s metrics carry role="primary"');
@@ -166,6 +167,12 @@ values_are($m, 'after ks_engage(halt_all)',
 	killswitch_mode => 2, killswitch_engaged => 1, killswitch_generation => 1);
 $m = scrape_until($sport, killswitch_generation => 1);
 values_are($m, 'the standby after the engage', killswitch_mode => 2, killswitch_generation => 1);
+# a scoped halt is counted, and leaves the fleet's metrics as they are
+$primary->safe_psql('postgres', "SELECT ks_engage('emergency', 'one agent', 'tester', scope => 'bot')");
+$m = scrape($pport);
+values_are($m, 'with a scope active', killswitch_scopes_active => 1, killswitch_mode => 2,
+	killswitch_generation => 1);
+$primary->safe_psql('postgres', "SELECT ks_disengage('scope done', scope => 'bot')");
 
 # an agent's claim to a critical task nobody granted it: refused and counted
 my ($rc, $out, $err) = $primary->psql('postgres',

@@ -1,0 +1,536 @@
+/*
+ * scope.c — the scoped halts in force (ARCHITECTURE §13): the set of active
+ * scopes in shared memory, and the mode in force for a session, which is
+ * the fleet's raised by every scope that holds one of its roles.
+ *
+ * A scope is a role, by OID: it holds that role and every role that is a
+ * member of it, directly or through other roles, INHERIT or not
+ * (is_member_of_role_nosuper()).  The set is a fixed array under an
+ * LWLock of its own tranche: the committed scopes (owner -1) and, beside
+ * them, the raises in flight (owner: the raiser's proc number), which are
+ * in force at once and go when their transaction ends (scopechange.c).
+ * Every change of the set bumps version, and the word's KS_WORD_SCOPES bit
+ * says whether the set holds anything, so that while no scope is active a
+ * check reads the word and nothing more.
+ *
+ * A session keeps the scopes' mode for its roles, computed against the
+ * set's version, its three roles (current, session, logged in: the roles
+ * ks_session_is_agent() counts, so that SET ROLE escapes no scope) and the
+ * counter agents.c bumps whenever a role or a membership changes.  Only a
+ * change of one of those recomputes it — with catalog access, so only
+ * inside a transaction; outside one, a stale answer is replaced by the
+ * highest mode of any scope (fail closed).
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/acl.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "agents.h"
+#include "compat.h"
+#include "scope.h"
+#include "state.h"
+
+#define KS_SCOPES_TRANCHE "killswitch_scopes"
+#define KS_SCOPE_SLOTS (KS_MAX_SCOPES + KS_MAX_SCOPE_RAISES)
+
+typedef struct KsScopeSet
+{
+	LWLock	   *lock;			/* guards everything below but version */
+	pg_atomic_uint64 version;	/* +1 at every change of the set, after it */
+	int			count;			/* entries in use, committed or in flight */
+	int			committed;		/* of which committed */
+	int64		file_version;	/* the scope file's, as last written or loaded (the writers' lock) */
+	KsScope		entries[KS_SCOPE_SLOTS];
+} KsScopeSet;
+
+static KsScopeSet *ks_scopes = NULL;
+
+/* This session's answer, and what it was computed against. */
+static bool cache_valid = false;
+static uint64 cached_version;
+static uint64 cached_epoch;
+static Oid	cached_roles[3];
+static KsMode cached_mode;
+
+/* Reserve the set's shared memory and its LWLock (with the shmem request hook). */
+void
+ks_scopes_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(KsScopeSet)));
+	RequestNamedLWLockTranche(KS_SCOPES_TRANCHE, 1);
+}
+
+/* Create the set, empty (the postmaster, at start and after a crash restart), or find it. */
+void
+ks_scopes_shmem_startup(void)
+{
+	bool		found;
+
+	ks_scopes = ShmemInitStruct("killswitch scopes", sizeof(KsScopeSet), &found);
+	if (!found)
+	{
+		memset(ks_scopes, 0, offsetof(KsScopeSet, entries));
+		ks_scopes->lock = &(GetNamedLWLockTranche(KS_SCOPES_TRANCHE))->lock;
+		pg_atomic_init_u64(&ks_scopes->version, 0);
+	}
+}
+
+/*
+ * The set's lock — but in the postmaster at start, which has no PGPROC to
+ * wait with and nobody to wait for (the scope file's load, scopefile.c).
+ */
+static void
+set_lock(LWLockMode mode)
+{
+	if (IsUnderPostmaster)
+		LWLockAcquire(ks_scopes->lock, mode);
+}
+
+static void
+set_unlock(void)
+{
+	if (IsUnderPostmaster)
+		LWLockRelease(ks_scopes->lock);
+}
+
+/* The entry of role with this owner, or -1.  Lock held. */
+static int
+find_entry(Oid role, int owner)
+{
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].role == role && ks_scopes->entries[i].owner == owner)
+			return i;
+	return -1;
+}
+
+/* Remove entry i (order does not matter).  Lock held exclusively. */
+static void
+remove_entry(int i)
+{
+	if (ks_scopes->entries[i].owner < 0)
+		ks_scopes->committed--;
+	ks_scopes->entries[i] = ks_scopes->entries[--ks_scopes->count];
+}
+
+/*
+ * After a change of the set, lock still held: the version moves, then the
+ * word's bit follows the set (a full barrier between: a committing agent
+ * that publishes its transaction id and then reads the version sees this
+ * change, or the raiser's interlock that follows sees the agent).
+ */
+static void
+published(void)
+{
+	bool		active = ks_scopes->count > 0;
+
+	pg_atomic_fetch_add_u64(&ks_scopes->version, 1);
+	pg_memory_barrier();
+	ks_set_scopes_active(active);
+}
+
+/*
+ * Put this backend's raise of a scope in force at once (a raise in
+ * flight), at mode or its own higher one.  The caller then waits at the
+ * interlock.  An error, with nothing changed, if the set is full.
+ */
+void
+ks_scope_raise_in_flight(Oid role, KsMode mode)
+{
+	int			me = ks_my_proc_number();
+	int			i;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	i = find_entry(role, me);
+	if (i < 0)
+	{
+		bool		known = find_entry(role, -1) >= 0;
+
+		if ((!known && ks_scopes->committed >= KS_MAX_SCOPES) ||
+			ks_scopes->count >= KS_SCOPE_SLOTS)
+		{
+			LWLockRelease(ks_scopes->lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("too many active scopes"),
+					 errdetail("At most %d scopes may be active, with at most %d raises of scopes in flight.",
+							   KS_MAX_SCOPES, KS_MAX_SCOPE_RAISES),
+					 errhint("Release scopes no longer needed, or halt the whole fleet with a scope of NULL.")));
+		}
+		i = ks_scopes->count++;
+		memset(&ks_scopes->entries[i], 0, sizeof(KsScope));
+		ks_scopes->entries[i].role = role;
+		ks_scopes->entries[i].owner = me;
+		ks_scopes->entries[i].mode = KS_DISENGAGED;
+	}
+	if (mode == KS_EMERGENCY && ks_scopes->entries[i].mode != KS_EMERGENCY)
+		ks_scopes->entries[i].emergency_at = GetCurrentTimestamp();
+	ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, mode);
+	published();
+	LWLockRelease(ks_scopes->lock);
+}
+
+/*
+ * This backend's raise of a scope, set to exactly mode (a savepoint's abort
+ * took back a higher one; the rest of the transaction still asks mode).
+ */
+void
+ks_scope_set_in_flight(Oid role, KsMode mode)
+{
+	int			i;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	i = find_entry(role, ks_my_proc_number());
+	if (i >= 0 && ks_scopes->entries[i].mode != mode)
+	{
+		ks_scopes->entries[i].mode = mode;
+		published();
+	}
+	LWLockRelease(ks_scopes->lock);
+}
+
+/* This backend's raise of a scope ends (its transaction ended); nothing if none. */
+void
+ks_scope_drop_in_flight(Oid role)
+{
+	int			i;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	i = find_entry(role, ks_my_proc_number());
+	if (i >= 0)
+	{
+		remove_entry(i);
+		published();
+	}
+	LWLockRelease(ks_scopes->lock);
+}
+
+/*
+ * A scope's committed state: mode and generation of its newest event
+ * (disengaged: the scope ends).  Never fails: at commit, and at start.
+ * Room was made by the raise in flight that preceded a new scope.
+ */
+void
+ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since)
+{
+	int			i;
+	TimestampTz emergency_at = 0;
+
+	set_lock(LW_EXCLUSIVE);
+	i = find_entry(role, -1);
+	if (mode == KS_EMERGENCY && (i < 0 || ks_scopes->entries[i].mode != KS_EMERGENCY))
+	{
+		/* in emergency since its raise in flight was, or from now */
+		int			mine = IsUnderPostmaster ? find_entry(role, ks_my_proc_number()) : -1;
+
+		emergency_at = mine >= 0 && ks_scopes->entries[mine].mode == KS_EMERGENCY
+			? ks_scopes->entries[mine].emergency_at : GetCurrentTimestamp();
+	}
+	else if (i >= 0)
+		emergency_at = ks_scopes->entries[i].emergency_at;
+	if (mode == KS_DISENGAGED)
+	{
+		if (i >= 0)
+			remove_entry(i);
+	}
+	else
+	{
+		if (i < 0 && ks_scopes->count < KS_SCOPE_SLOTS)
+		{
+			i = ks_scopes->count++;
+			ks_scopes->committed++;
+			ks_scopes->entries[i].role = role;
+			ks_scopes->entries[i].owner = -1;
+		}
+		if (i >= 0)
+		{
+			ks_scopes->entries[i].mode = mode;
+			ks_scopes->entries[i].generation = generation;
+			ks_scopes->entries[i].since = since;
+			ks_scopes->entries[i].emergency_at = emergency_at;
+		}
+	}
+	published();
+	set_unlock();
+}
+
+static int
+by_role(const void *a, const void *b)
+{
+	Oid			ra = ((const KsScope *) a)->role;
+	Oid			rb = ((const KsScope *) b)->role;
+
+	return ra < rb ? -1 : ra > rb ? 1 : 0;
+}
+
+/* Do the committed scopes hold exactly these (sorted by role, none disengaged)?  Lock held. */
+static bool
+committed_are(const KsScope *list, int n)
+{
+	KsScope    *mine;
+	int			k = 0;
+	bool		same;
+
+	if (n != ks_scopes->committed)
+		return false;
+	mine = palloc(sizeof(KsScope) * Max(n, 1));
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].owner < 0)
+			mine[k++] = ks_scopes->entries[i];
+	qsort(mine, k, sizeof(KsScope), by_role);
+	same = true;
+	for (int i = 0; i < n && same; i++)
+		same = mine[i].role == list[i].role && mine[i].mode == list[i].mode &&
+			mine[i].generation == list[i].generation;
+	pfree(mine);
+	return same;
+}
+
+/*
+ * The committed scopes become exactly these (the chain's: scopechange.c),
+ * the raises in flight staying; false if they already were.
+ */
+bool
+ks_scope_replace_committed(const KsScope *list, int n)
+{
+	KsScope    *active = palloc(sizeof(KsScope) * Max(n, 1));
+	int			k = 0;
+
+	for (int i = 0; i < n; i++)
+		if (list[i].mode != KS_DISENGAGED)
+			active[k++] = list[i];
+	qsort(active, k, sizeof(KsScope), by_role);
+	list = active;
+	n = k;
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	if (committed_are(list, n))
+	{
+		LWLockRelease(ks_scopes->lock);
+		return false;
+	}
+	for (int i = ks_scopes->count - 1; i >= 0; i--)
+		if (ks_scopes->entries[i].owner < 0)
+			remove_entry(i);
+	for (int i = 0; i < n && ks_scopes->count < KS_SCOPE_SLOTS; i++)
+	{
+		if (list[i].mode == KS_DISENGAGED)
+			continue;
+		ks_scopes->entries[ks_scopes->count] = list[i];
+		ks_scopes->entries[ks_scopes->count].owner = -1;
+		ks_scopes->entries[ks_scopes->count].emergency_at = list[i].since;
+		ks_scopes->count++;
+		ks_scopes->committed++;
+	}
+	published();
+	LWLockRelease(ks_scopes->lock);
+	return true;
+}
+
+/* Every scope in force, raises in flight included (owner >= 0), for the scope file. */
+KsScope *
+ks_scope_list_all(int *count)
+{
+	KsScope    *out;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	out = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
+	memcpy(out, ks_scopes->entries, sizeof(KsScope) * ks_scopes->count);
+	*count = ks_scopes->count;
+	LWLockRelease(ks_scopes->lock);
+	return out;
+}
+
+/* The next version of the scope file (its writer holds the writers' lock). */
+int64
+ks_scope_file_version_next(void)
+{
+	int64		v;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	v = ++ks_scopes->file_version;
+	LWLockRelease(ks_scopes->lock);
+	return v;
+}
+
+/* The version loaded at start (the postmaster). */
+void
+ks_scope_file_version_set(int64 version)
+{
+	ks_scopes->file_version = version;
+}
+
+/*
+ * The committed state of a scope (false: not active), and the mode in
+ * force for it counting every raise in flight.
+ */
+bool
+ks_scope_lookup(Oid role, KsScope *committed, KsMode *in_force)
+{
+	int			i;
+	KsMode		mode = KS_DISENGAGED;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	i = find_entry(role, -1);
+	if (i >= 0 && committed)
+		*committed = ks_scopes->entries[i];
+	for (int j = 0; j < ks_scopes->count; j++)
+		if (ks_scopes->entries[j].role == role)
+			mode = Max(mode, ks_scopes->entries[j].mode);
+	LWLockRelease(ks_scopes->lock);
+	if (in_force)
+		*in_force = mode;
+	return i >= 0;
+}
+
+/* A copy of the committed scopes (palloc'd), for ks_scopes() and the scope file. */
+KsScope *
+ks_scope_list(int *count)
+{
+	KsScope    *out;
+	int			n = 0;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	out = palloc(sizeof(KsScope) * Max(ks_scopes->committed, 1));
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].owner < 0)
+			out[n++] = ks_scopes->entries[i];
+	LWLockRelease(ks_scopes->lock);
+	*count = n;
+	return out;
+}
+
+/* The set's version: it moves at every change (for the watcher's NOTIFY, notify.c). */
+uint64
+ks_scope_version(void)
+{
+	return pg_atomic_read_u64(&ks_scopes->version);
+}
+
+/* The scopes in emergency, committed or raised (palloc'd), for the watcher (emergency.c). */
+KsScope *
+ks_scopes_in_emergency(int *count)
+{
+	KsScope    *out;
+	int			n = 0;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	out = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].mode == KS_EMERGENCY)
+			out[n++] = ks_scopes->entries[i];
+	LWLockRelease(ks_scopes->lock);
+	*count = n;
+	return out;
+}
+
+/* How many scopes are active (committed). */
+int
+ks_scope_count(void)
+{
+	int			n;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	n = ks_scopes->committed;
+	LWLockRelease(ks_scopes->lock);
+	return n;
+}
+
+/*
+ * The highest mode of the scopes that hold one of roles (n of them,
+ * distinct), from a copy of the set made under the shared lock: the
+ * catalog lookups run without it.  For each role in turn, so that
+ * is_member_of_role_nosuper()'s cache of that role's memberships serves
+ * every scope.
+ */
+static KsMode
+scopes_mode_for(const Oid *roles, int n)
+{
+	static KsScope *copy = NULL;
+	int			count;
+	KsMode		mode = KS_DISENGAGED;
+
+	if (copy == NULL)
+		copy = MemoryContextAlloc(TopMemoryContext, sizeof(KsScope) * KS_SCOPE_SLOTS);
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	count = ks_scopes->count;
+	memcpy(copy, ks_scopes->entries, sizeof(KsScope) * count);
+	LWLockRelease(ks_scopes->lock);
+	for (int r = 0; r < n; r++)
+		for (int i = 0; i < count; i++)
+			if (copy[i].mode > mode && is_member_of_role_nosuper(roles[r], copy[i].role))
+				mode = copy[i].mode;
+	return mode;
+}
+
+/*
+ * The detail of a refusal at a mode above the fleet's: a scope holds the
+ * session (false: the fleet's mode is the refusal's, its own detail says it).
+ */
+bool
+ks_scope_refusal_detail(KsMode mode, char *buf, size_t len)
+{
+	if (mode <= ks_current_mode())
+		return false;
+	strlcpy(buf, "A scoped halt holds this session's role (see ks_scopes()).", len);
+	return true;
+}
+
+/* The highest mode of any scope: the answer when the session's cannot be computed. */
+static KsMode
+scopes_highest(void)
+{
+	KsMode		mode = KS_DISENGAGED;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	for (int i = 0; i < ks_scopes->count; i++)
+		mode = Max(mode, ks_scopes->entries[i].mode);
+	LWLockRelease(ks_scopes->lock);
+	return mode;
+}
+
+/*
+ * The session's mode while some scope is active (ks_session_mode()): the
+ * fleet's, raised by the scopes that hold the session's roles.  O(1) while
+ * nothing it depends on changed.
+ */
+KsMode
+ks_scope_session_mode(KsMode fleet)
+{
+	Oid			roles[3];
+	int			n = 0;
+	uint64		version;
+	uint64		epoch;
+	Oid			user = GetUserId();
+	Oid			session = GetSessionUserId();
+	Oid			login = GetAuthenticatedUserId();
+
+	/* read before the lookups: a change during them makes the next call look again */
+	version = pg_atomic_read_u64(&ks_scopes->version);
+	pg_read_barrier();
+	epoch = ks_agent_roles_epoch;
+	if (cache_valid && version == cached_version && epoch == cached_epoch &&
+		user == cached_roles[0] && session == cached_roles[1] && login == cached_roles[2])
+		return Max(fleet, cached_mode);
+	if (!IsTransactionState())
+		return Max(fleet, scopes_highest());	/* no catalog here: fail closed */
+
+	roles[n++] = user;
+	if (session != user)
+		roles[n++] = session;
+	if (OidIsValid(login) && login != user && login != session)
+		roles[n++] = login;
+	cached_mode = scopes_mode_for(roles, n);
+	cached_version = version;
+	cached_epoch = epoch;
+	cached_roles[0] = user;
+	cached_roles[1] = session;
+	cached_roles[2] = login;
+	cache_valid = true;
+	return Max(fleet, cached_mode);
+}

@@ -1,0 +1,17 @@
+/*
+ * scopechange.h — a scope's change through SQL (scopechange.c,
+ * ARCHITECTURE §13).
+ */
+#ifndef KS_SCOPECHANGE_H
+#define KS_SCOPECHANGE_H
+
+#include "fmgr.h"
+
+#include "store.h"
+
+extern Datum ks_scope_change(const char *scope, KsMode mode, const char *reason,
+							 const char *by, int32 affected, bool release);
+extern void ks_scopes_from_history(bool settle);
+extern void ks_scopechange_init(void);
+
+#endif							/* KS_SCOPECHANGE_H */
