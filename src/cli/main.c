@@ -40,9 +40,9 @@ usage(const char *progname)
 {
 	printf("%s changes and inspects the killswitch state.\n\n", progname);
 	printf("Usage:\n"
-		   "  %s [OPTION]... status\n"
-		   "  %s [OPTION]... engage MODE --reason TEXT [--by NAME] [--affected N]\n"
-		   "  %s [OPTION]... disengage --reason TEXT [--by NAME]\n"
+		   "  %s [OPTION]... status [--scope ROLE]\n"
+		   "  %s [OPTION]... engage MODE --reason TEXT [--by NAME] [--affected N] [--scope ROLE]\n"
+		   "  %s [OPTION]... disengage --reason TEXT [--by NAME] [--scope ROLE]\n"
 		   "  %s [OPTION]... verify\n"
 		   "  %s [OPTION]... history [--limit N]      (needs -d)\n\n",
 		   progname, progname, progname, progname, progname);
@@ -60,6 +60,8 @@ usage(const char *progname)
 		   "  -b, --by=NAME             who (default: the database role with -d,\n"
 		   "                            your user name without)\n"
 		   "      --affected=N          how many tasks are affected (engage)\n"
+		   "      --scope=ROLE          the scoped halt of ROLE and its members, not the\n"
+		   "                            fleet's (status, engage, disengage; needs -d)\n"
 		   "  -n, --limit=N             how many events (history)\n"
 		   "      --json                print JSON for scripts\n"
 		   "      --force               write over a state file that cannot be trusted\n"
@@ -204,6 +206,36 @@ mode_arg(const char *name)
 	return mode;
 }
 
+/*
+ * --scope names a role's scoped halt, which only the server keeps: the
+ * command takes it online, for status, engage and disengage.  Offline
+ * it would have to write the server's scope file, which it does not.
+ */
+static void
+require_scope_usable(const KsOptions *opt, const char *command)
+{
+	if (opt->scope == NULL)
+		return;
+	if (opt->scope[0] == '\0')
+	{
+		pg_log_error("--scope needs a role name");
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt->command == CMD_VERIFY || opt->command == CMD_HISTORY)
+	{
+		pg_log_error("cannot use --scope with %s", command);
+		pg_log_error_hint("--scope applies to status, engage and disengage; %s covers every scope.", command);
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt->ntargets == 0)
+	{
+		pg_log_error("--scope needs a database connection");
+		pg_log_error_detail("Scoped halts are kept by the server; offline (-D) the command changes and reads the fleet's state file only.");
+		pg_log_error_hint("Give -d the server's connection string.");
+		exit(KS_EXIT_ERROR);
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -221,6 +253,7 @@ main(int argc, char **argv)
 		{"no-require-hmac", no_argument, NULL, 6},
 		{"release-key-file", required_argument, NULL, 7},
 		{"dbname-file", required_argument, NULL, 8},
+		{"scope", required_argument, NULL, 9},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, '?'},
 		{NULL, 0, NULL, 0}
@@ -273,6 +306,7 @@ main(int argc, char **argv)
 				ks_cli_add_target_file(&opt, optarg);
 				dbname_file_given = true;
 				break;
+			case 9: opt.scope = optarg; break;
 			default:
 				pg_log_error_hint("Try \"%s --help\" for more information.", progname);
 				exit(KS_EXIT_ERROR);
@@ -335,10 +369,12 @@ main(int argc, char **argv)
 		pg_log_error("%s needs --reason", command);
 		exit(KS_EXIT_ERROR);
 	}
+	require_scope_usable(&opt, command);
 	/* online, NULL: the server records the session's role (session_user) */
 	if (opt.by == NULL && opt.ntargets == 0)
 		opt.by = os_user();
-	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by"))
+	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by") ||
+		!utf8_arg(opt.scope, "--scope"))
 		exit(KS_EXIT_ERROR);
 	if (opt.ntargets == 0)
 	{
