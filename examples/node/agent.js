@@ -108,11 +108,16 @@ class Agent {
     say('connected', { mode: this.mode });
   }
 
-  // A change was committed: note the new mode and cut any pause short.
+  // A change was committed: note the new mode and cut any pause short.  A
+  // scope's change may not be ours: the next check asks for our effective
+  // mode.
   onNotify(msg) {
     if (msg.channel !== 'killswitch') return;
-    this.mode = JSON.parse(msg.payload).mode;
-    if (this.mode !== 'disengaged') this.halt('notify');
+    const payload = JSON.parse(msg.payload);
+    if (payload.scope == null) {
+      this.mode = payload.mode;
+      if (this.mode !== 'disengaged') this.halt('notify');
+    }
     if (this.wakeUp) this.wakeUp();
   }
 

@@ -87,9 +87,14 @@ class Agent:
         say("connected", mode=self.mode)
 
     def on_notify(self, n):
-        """A change was committed: note the new mode at once."""
+        """A change was committed: note the new mode at once.  A scope's
+        change may not be ours: pause() reads ks_mode(), our effective mode,
+        when the socket wakes it, and every action asks first anyway."""
         if n.channel == "killswitch":
-            self.mode = json.loads(n.payload)["mode"]
+            payload = json.loads(n.payload)
+            if payload.get("scope") is not None:
+                return
+            self.mode = payload["mode"]
             if self.mode != "disengaged" and not self.halted:
                 self.halt("notify")
 

@@ -44,7 +44,7 @@ typedef struct KsOptions
 	const char *reason;
 	const char *by;
 	int			affected;
-	const char *scope;			/* engage, disengage: a scope's role (online only) */
+	const char *scope;			/* --scope: a role's scoped halt (online only) */
 	int			limit;			/* for history; 0: all */
 	const char *conninfo;		/* online when set: one cluster */
 	KsTarget   *targets;		/* every -d and --dbname-file line, in order */

@@ -40,7 +40,7 @@ usage(const char *progname)
 {
 	printf("%s changes and inspects the killswitch state.\n\n", progname);
 	printf("Usage:\n"
-		   "  %s [OPTION]... status\n"
+		   "  %s [OPTION]... status [--scope ROLE]\n"
 		   "  %s [OPTION]... engage MODE --reason TEXT [--by NAME] [--affected N] [--scope ROLE]\n"
 		   "  %s [OPTION]... disengage --reason TEXT [--by NAME] [--scope ROLE]\n"
 		   "  %s [OPTION]... verify\n"
@@ -60,8 +60,8 @@ usage(const char *progname)
 		   "  -b, --by=NAME             who (default: the database role with -d,\n"
 		   "                            your user name without)\n"
 		   "      --affected=N          how many tasks are affected (engage)\n"
-		   "      --scope=ROLE          engage or disengage the scoped halt of ROLE and its\n"
-		   "                            members instead of the whole fleet (needs -d)\n"
+		   "      --scope=ROLE          the scoped halt of ROLE and its members, not the\n"
+		   "                            fleet's (status, engage, disengage; needs -d)\n"
 		   "  -n, --limit=N             how many events (history)\n"
 		   "      --json                print JSON for scripts\n"
 		   "      --force               write over a state file that cannot be trusted\n"
@@ -206,6 +206,36 @@ mode_arg(const char *name)
 	return mode;
 }
 
+/*
+ * --scope names a role's scoped halt, which only the server keeps: the
+ * command takes it online, for status, engage and disengage.  Offline
+ * it would have to write the server's scope file, which it does not.
+ */
+static void
+require_scope_usable(const KsOptions *opt, const char *command)
+{
+	if (opt->scope == NULL)
+		return;
+	if (opt->scope[0] == '\0')
+	{
+		pg_log_error("--scope needs a role name");
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt->command == CMD_VERIFY || opt->command == CMD_HISTORY)
+	{
+		pg_log_error("cannot use --scope with %s", command);
+		pg_log_error_hint("--scope applies to status, engage and disengage; %s covers every scope.", command);
+		exit(KS_EXIT_ERROR);
+	}
+	if (opt->ntargets == 0)
+	{
+		pg_log_error("--scope needs a database connection");
+		pg_log_error_detail("Scoped halts are kept by the server; offline (-D) the command changes and reads the fleet's state file only.");
+		pg_log_error_hint("Give -d the server's connection string.");
+		exit(KS_EXIT_ERROR);
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -339,23 +369,12 @@ main(int argc, char **argv)
 		pg_log_error("%s needs --reason", command);
 		exit(KS_EXIT_ERROR);
 	}
-	if (opt.scope && opt.command != CMD_ENGAGE && opt.command != CMD_DISENGAGE)
-	{
-		pg_log_error("--scope applies to engage and disengage only");
-		exit(KS_EXIT_ERROR);
-	}
-	if (opt.scope && opt.ntargets == 0)
-	{
-		pg_log_error("--scope needs a connection (-d)");
-		pg_log_error_hint("A scoped halt is changed through SQL only: the server checks the role and records the change.");
-		exit(KS_EXIT_ERROR);
-	}
-	if (opt.scope && !utf8_arg(opt.scope, "--scope"))
-		exit(KS_EXIT_ERROR);
+	require_scope_usable(&opt, command);
 	/* online, NULL: the server records the session's role (session_user) */
 	if (opt.by == NULL && opt.ntargets == 0)
 		opt.by = os_user();
-	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by"))
+	if (!utf8_arg(opt.reason, "--reason") || !utf8_arg(opt.by, "--by") ||
+		!utf8_arg(opt.scope, "--scope"))
 		exit(KS_EXIT_ERROR);
 	if (opt.ntargets == 0)
 	{

@@ -125,6 +125,53 @@ status(const KsOptions *opt, PGconn *conn)
 }
 
 /*
+ * status --scope ROLE: that role's scoped halt, from ks_scopes() — its mode,
+ * or disengaged when it has none.  ROLE is the role's name as it is, as
+ * ks_engage()'s scope takes it.
+ * Exit by its mode: the fleet's state is what status without --scope says.
+ */
+static int
+scope_status(const KsOptions *opt, PGconn *conn)
+{
+	const char *params[1] = {opt->scope};
+	PGresult   *res = run(conn,
+						  "SELECT pg_catalog.jsonb_build_object("
+						  " 'scope', r.rolname, 'mode', COALESCE(s.mode::text, 'disengaged'),"
+						  " 'since', s.since, 'reason', s.reason, 'triggered_by', s.triggered_by,"
+						  " 'generation', s.generation)::text,"
+						  " r.rolname, COALESCE(s.mode::text, 'disengaged'), s.since, s.reason,"
+						  " s.triggered_by, s.generation"
+						  " FROM pg_catalog.pg_roles r LEFT JOIN ks_scopes() s ON s.scope OPERATOR(pg_catalog.=) r.oid"
+						  " WHERE r.rolname OPERATOR(pg_catalog.=) $1", 1, params);
+	bool		engaged;
+
+	if (res == NULL)
+		return KS_EXIT_ERROR;
+	if (PQntuples(res) == 0)
+	{
+		pg_log_error("role \"%s\" does not exist", opt->scope);
+		PQclear(res);
+		return KS_EXIT_ERROR;
+	}
+	engaged = strcmp(PQgetvalue(res, 0, 2), "disengaged") != 0;
+	if (opt->json)
+		puts(PQgetvalue(res, 0, 0));
+	else
+	{
+		printf("scope:        %s\n", PQgetvalue(res, 0, 1));
+		printf("mode:         %s\n", PQgetvalue(res, 0, 2));
+		if (engaged)
+		{
+			printf("generation:   %s\n", PQgetvalue(res, 0, 6));
+			printf("since:        %s\n", PQgetvalue(res, 0, 3));
+			printf("engaged:      %s (by %s)\n", PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5));
+		}
+	}
+	PQclear(res);
+	return engaged ? KS_EXIT_ENGAGED : KS_EXIT_OK;
+}
+
+/*
  * engage and disengage: the SQL functions, committed in autocommit.  Under
  * two-person release a release may only be recorded as a request: the mode
  * stays, and the exit status says so.
@@ -138,19 +185,26 @@ change(const KsOptions *opt, PGconn *conn)
 	bool		requested;
 
 	snprintf(affected, sizeof(affected), "%d", opt->affected);
-	params[0] = opt->command == CMD_ENGAGE ? ks_mode_sql_names[opt->mode] : opt->reason;
-	params[1] = opt->command == CMD_ENGAGE ? opt->reason : opt->by;
-	params[2] = opt->command == CMD_ENGAGE ? opt->by : opt->scope;
-	params[3] = affected;
-	params[4] = opt->scope;
-	if (opt->scope)				/* a scoped halt (the server's ARCHITECTURE §13) */
-		res = opt->command == CMD_ENGAGE
-			? run(conn, "SELECT id, generation, mode, source FROM ks_engage($1::ks_mode, $2, $3, $4::int, scope => $5)", 5, params)
-			: run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2, scope => $3)", 3, params);
-	else
-		res = opt->command == CMD_ENGAGE
+	if (opt->command == CMD_ENGAGE)
+	{
+		params[0] = ks_mode_sql_names[opt->mode];
+		params[1] = opt->reason;
+		params[2] = opt->by;
+		params[3] = affected;
+		params[4] = opt->scope;
+		res = opt->scope == NULL
 			? run(conn, "SELECT id, generation, mode, source FROM ks_engage($1::ks_mode, $2, $3, $4::int)", 4, params)
-			: run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2)", 2, params);
+			: run(conn, "SELECT id, generation, mode, source FROM ks_engage($1::ks_mode, $2, $3, $4::int, scope => $5)", 5, params);
+	}
+	else
+	{
+		params[0] = opt->reason;
+		params[1] = opt->by;
+		params[2] = opt->scope;
+		res = opt->scope == NULL
+			? run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2)", 2, params)
+			: run(conn, "SELECT id, generation, mode, source FROM ks_disengage($1, $2, scope => $3)", 3, params);
+	}
 	if (res == NULL)
 		return KS_EXIT_ERROR;
 	requested = strcmp(PQgetvalue(res, 0, 3), "release_request") == 0;
@@ -294,7 +348,7 @@ ks_cli_online(const KsOptions *opt)
 	switch (opt->command)
 	{
 		case CMD_STATUS:
-			rc = status(opt, conn);
+			rc = opt->scope ? scope_status(opt, conn) : status(opt, conn);
 			break;
 		case CMD_VERIFY:
 			rc = verify(opt, conn);
