@@ -116,17 +116,22 @@ ks_notify_alert_later(int64 generation, int sessions_ended)
 	alert_sessions_ended = sessions_ended;
 }
 
-/* Queue every event newer than since; returns the newest generation queued. */
+/*
+ * Queue every event the query selects (its condition on $1, after):
+ * returns the highest of after and the rows' column key (1, the id, or 7,
+ * the generation).  A scope's events name it (scope_name), the fleet's do
+ * not (the table's CHECK keeps it NULL there).
+ */
 static int64
-queue_events_since(int64 since)
+queue_events_where(const char *condition, int64 after, int key)
 {
 	Oid			argtypes[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(since)};
-	int64		newest = since;
+	Datum		values[1] = {Int64GetDatum(after)};
+	int64		newest = after;
 
-	if (SPI_execute_with_args("SELECT id, mode::text, previous_mode::text, reason, triggered_by, "
-							  "at, generation, source FROM killswitch.events "
-							  "WHERE generation > $1 AND scope IS NULL ORDER BY id",
+	if (SPI_execute_with_args(psprintf("SELECT id, mode::text, previous_mode::text, reason, triggered_by, "
+									   "at, generation, source, scope_name FROM killswitch.events "
+									   "WHERE %s ORDER BY id", condition),
 							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read killswitch.events");
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -135,17 +140,24 @@ queue_events_since(int64 since)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		char	   *prev = SPI_getvalue(tup, desc, 3);
-		int64		generation = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
 
 		notify_event(DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)),
 					 (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2)),
 					 prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE,
 					 SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
 					 DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull)),
-					 generation, SPI_getvalue(tup, desc, 8), NULL);
-		newest = Max(newest, generation);
+					 DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull)),
+					 SPI_getvalue(tup, desc, 8), SPI_getvalue(tup, desc, 9));
+		newest = Max(newest, DatumGetInt64(SPI_getbinval(tup, desc, key, &isnull)));
 	}
 	return newest;
+}
+
+/* Queue every fleet event newer than since; returns the newest generation queued. */
+static int64
+queue_events_since(int64 since)
+{
+	return queue_events_where("generation > $1 AND scope IS NULL", since, 7);
 }
 
 /*
@@ -159,9 +171,6 @@ static uint64 scope_notified_version = PG_UINT64_MAX;
 static void
 queue_scope_events(void)
 {
-	Oid			argtypes[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(scope_notified_id)};
-
 	if (scope_notified_id < 0)
 	{
 		Oid			st[1] = {TIMESTAMPTZOID};
@@ -173,29 +182,8 @@ queue_scope_events(void)
 								  1, st, sv, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read killswitch.events");
 		scope_notified_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		values[0] = Int64GetDatum(scope_notified_id);
 	}
-	if (SPI_execute_with_args("SELECT id, mode::text, previous_mode::text, reason, triggered_by, "
-							  "at, generation, source, scope_name FROM killswitch.events "
-							  "WHERE id > $1 AND scope IS NOT NULL ORDER BY id",
-							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read killswitch.events");
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *prev = SPI_getvalue(tup, desc, 3);
-		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-
-		notify_event(id, (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2)),
-					 prev ? ks_mode_from_sql_name(prev) : KS_NO_MODE,
-					 SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
-					 DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull)),
-					 DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull)),
-					 SPI_getvalue(tup, desc, 8), SPI_getvalue(tup, desc, 9));
-		scope_notified_id = Max(scope_notified_id, id);
-	}
+	scope_notified_id = queue_events_where("id > $1 AND scope IS NOT NULL", scope_notified_id, 1);
 }
 
 /*

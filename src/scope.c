@@ -260,6 +260,45 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 	set_unlock();
 }
 
+/* Which entries a copy of the set takes. */
+typedef enum ScopeCopy
+{
+	SCOPE_COPY_ALL,				/* raises in flight included */
+	SCOPE_COPY_COMMITTED,		/* owner < 0 */
+	SCOPE_COPY_EMERGENCY		/* committed or raised */
+} ScopeCopy;
+
+/* Copy the entries of the set that which takes into out (room for all); returns how many.  Lock held. */
+static int
+copy_entries_locked(ScopeCopy which, KsScope *out)
+{
+	int			n = 0;
+
+	for (int i = 0; i < ks_scopes->count; i++)
+	{
+		const KsScope *e = &ks_scopes->entries[i];
+
+		if (which == SCOPE_COPY_ALL ||
+			(which == SCOPE_COPY_COMMITTED && e->owner < 0) ||
+			(which == SCOPE_COPY_EMERGENCY && e->mode == KS_EMERGENCY))
+			out[n++] = *e;
+	}
+	return n;
+}
+
+/* A copy (palloc'd) of the entries that which takes, made under the shared lock; *count its length. */
+static KsScope *
+copy_entries(ScopeCopy which, int *count)
+{
+	KsScope    *out;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	out = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
+	*count = copy_entries_locked(which, out);
+	LWLockRelease(ks_scopes->lock);
+	return out;
+}
+
 static int
 by_role(const void *a, const void *b)
 {
@@ -274,15 +313,13 @@ static bool
 committed_are(const KsScope *list, int n)
 {
 	KsScope    *mine;
-	int			k = 0;
+	int			k;
 	bool		same;
 
 	if (n != ks_scopes->committed)
 		return false;
-	mine = palloc(sizeof(KsScope) * Max(n, 1));
-	for (int i = 0; i < ks_scopes->count; i++)
-		if (ks_scopes->entries[i].owner < 0)
-			mine[k++] = ks_scopes->entries[i];
+	mine = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
+	k = copy_entries_locked(SCOPE_COPY_COMMITTED, mine);
 	qsort(mine, k, sizeof(KsScope), by_role);
 	same = true;
 	for (int i = 0; i < n && same; i++)
@@ -336,14 +373,7 @@ ks_scope_replace_committed(const KsScope *list, int n)
 KsScope *
 ks_scope_list_all(int *count)
 {
-	KsScope    *out;
-
-	LWLockAcquire(ks_scopes->lock, LW_SHARED);
-	out = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
-	memcpy(out, ks_scopes->entries, sizeof(KsScope) * ks_scopes->count);
-	*count = ks_scopes->count;
-	LWLockRelease(ks_scopes->lock);
-	return out;
+	return copy_entries(SCOPE_COPY_ALL, count);
 }
 
 /* The next version of the scope file (its writer holds the writers' lock). */
@@ -392,17 +422,7 @@ ks_scope_lookup(Oid role, KsScope *committed, KsMode *in_force)
 KsScope *
 ks_scope_list(int *count)
 {
-	KsScope    *out;
-	int			n = 0;
-
-	LWLockAcquire(ks_scopes->lock, LW_SHARED);
-	out = palloc(sizeof(KsScope) * Max(ks_scopes->committed, 1));
-	for (int i = 0; i < ks_scopes->count; i++)
-		if (ks_scopes->entries[i].owner < 0)
-			out[n++] = ks_scopes->entries[i];
-	LWLockRelease(ks_scopes->lock);
-	*count = n;
-	return out;
+	return copy_entries(SCOPE_COPY_COMMITTED, count);
 }
 
 /* The set's version: it moves at every change (for the watcher's NOTIFY, notify.c). */
@@ -416,17 +436,7 @@ ks_scope_version(void)
 KsScope *
 ks_scopes_in_emergency(int *count)
 {
-	KsScope    *out;
-	int			n = 0;
-
-	LWLockAcquire(ks_scopes->lock, LW_SHARED);
-	out = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
-	for (int i = 0; i < ks_scopes->count; i++)
-		if (ks_scopes->entries[i].mode == KS_EMERGENCY)
-			out[n++] = ks_scopes->entries[i];
-	LWLockRelease(ks_scopes->lock);
-	*count = n;
-	return out;
+	return copy_entries(SCOPE_COPY_EMERGENCY, count);
 }
 
 /* How many scopes are active (committed). */

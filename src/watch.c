@@ -618,6 +618,23 @@ halt_now(const KsChange *c)
 }
 
 /*
+ * A raise (a verdict, or an outside engage) in force at once, and kept
+ * with the bytes it was judged from (hash) until a look records it and
+ * commits (chain_holds_waiting()): never lost.
+ */
+static void
+halt_and_keep(const KsChange *c, const char *hash)
+{
+	MemoryContext old;
+
+	halt_now(c);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	waiting = lappend(waiting, keep_change(c));
+	waiting_hashes = lappend(waiting_hashes, pstrdup(hash));
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * A verdict on a file beside the state file (the scope file, scopefile.c,
  * ARCHITECTURE §13): in force at once, and kept, like a verdict on the state
  * file, until a look that holds the lock records it.
@@ -627,7 +644,6 @@ ks_watch_tamper(const char *what)
 {
 	KsChange	c;
 	int			flags;
-	MemoryContext old;
 
 	memset(&c, 0, sizeof(c));
 	c.mode = Max(ks_base_mode(&flags), KS_HALT_ALL);
@@ -640,11 +656,7 @@ ks_watch_tamper(const char *what)
 			(errmsg("the kill switch scope file could not be trusted; mode is now %s: %s",
 					ks_mode_sql_names[c.mode], what),
 			 errhint("An administrator can inspect the state with ks_status() and release it with ks_disengage().")));
-	halt_now(&c);
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	waiting = lappend(waiting, keep_change(&c));
-	waiting_hashes = lappend(waiting_hashes, pstrdup(""));
-	MemoryContextSwitchTo(old);
+	halt_and_keep(&c, "");
 	retry_soon = true;
 }
 
@@ -749,6 +761,38 @@ note_judged(void)
 }
 
 /*
+ * A look at a file begins: the bytes it judges are not known yet, and a
+ * look at the state file settles an earlier wish to look again soon.
+ * False: the state directory is another server's (claim.c), nothing to
+ * judge.
+ */
+static bool
+judging_begins(bool raced)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	judged_hash[0] = '\0';
+	if (!raced)
+		retry_soon = false;
+	return ks_state_dir_ours(problem, sizeof(problem));
+}
+
+/*
+ * What a verdict that applies nothing leaves to the next look: the
+ * writer's end, the recheck, or the lock (read while another writer held
+ * the writers' lock, or a release waiting for the lock that orders changes:
+ * looked at again soon).
+ */
+static KsJudged
+nothing_applied(const KsVerdictAction *a)
+{
+	if (a->after_lock)
+		retry_soon = true;
+	return a->wait ? KS_JUDGE_AFTER_WRITER : a->recheck ? KS_JUDGE_AFTER_RECHECK :
+		a->after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
+}
+
+/*
  * Judge a file — the state file, or a raced one — and record what it calls
  * for (the history exists), inside the look's transaction; locked says
  * whether it holds the lock that orders changes.  The look that holds it
@@ -761,16 +805,12 @@ static KsJudged
 judge_and_record(const char *path, bool raced, bool locked, KsWriterDone writer_done)
 {
 	KsVerdictAction a;
-	char		problem[KS_PROBLEM_LEN];
 	int			flags;
 	KsMode		held;
 	KsChangeKind kind;
 
-	judged_hash[0] = '\0';
-	if (!raced)
-		retry_soon = false;
-	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return KS_JUDGED;		/* another server's file (claim.c) */
+	if (!judging_begins(raced))
+		return KS_JUDGED;		/* another server's file */
 	if (locked && !raced)
 	{
 		ks_settle_marks();
@@ -785,10 +825,7 @@ judge_and_record(const char *path, bool raced, bool locked, KsWriterDone writer_
 			record_waiting();
 		if (locked && ks_shared->unrecorded)
 			ks_flush_unrecorded();
-		if (a.after_lock)
-			retry_soon = true;
-		return a.wait ? KS_JUDGE_AFTER_WRITER : a.recheck ? KS_JUDGE_AFTER_RECHECK :
-			a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
+		return nothing_applied(&a);
 	}
 	held = ks_base_mode(&flags);
 	/* an outside raise keeps a verdict; a verdict is one */
@@ -809,15 +846,7 @@ judge_and_record(const char *path, bool raced, bool locked, KsWriterDone writer_
 		(void) ks_apply_change(&a.change);
 		return KS_JUDGED;
 	}
-	halt_now(&a.change);		/* a verdict, or an outside engage, halts at once */
-	/* kept until a look records it and commits (chain_holds_waiting()): never lost */
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		waiting = lappend(waiting, keep_change(&a.change));
-		waiting_hashes = lappend(waiting_hashes, pstrdup(a.hash));
-		MemoryContextSwitchTo(old);
-	}
+	halt_and_keep(&a.change, a.hash);	/* a verdict, or an outside engage, halts at once */
 	if (locked)
 		record_waiting();
 	else
@@ -854,23 +883,13 @@ judge_and_publish(const char *path, bool raced, KsWriterDone writer_done)
 	int64		generation;
 	char		problem[KS_PROBLEM_LEN];
 
-	judged_hash[0] = '\0';
-	if (!raced)
-		retry_soon = false;
-	if (!ks_state_dir_ours(problem, sizeof(problem)))
-		return KS_JUDGED;		/* another server's file (claim.c) */
+	if (!judging_begins(raced))
+		return KS_JUDGED;		/* another server's file */
 	a = judge_and_report(path, raced, writer_done);
-	if (a.wait)
-		return KS_JUDGE_AFTER_WRITER;
-	if (a.recheck)
-		return KS_JUDGE_AFTER_RECHECK;
 	if (a.rewrite)
 		(void) ks_write_behind_file(false);
-	/* read while another writer held the writers' lock: looked at again soon */
-	if (!a.act && a.after_lock)
-		retry_soon = true;
 	if (!a.act)
-		return a.after_lock ? KS_JUDGE_AFTER_LOCK : KS_JUDGED;
+		return nothing_applied(&a);
 	/* the next generation, or the one the file's writer gave (the CLI printed it) */
 	generation = Max(KS_WORD_GENERATION(word) + 1, a.change.generation);
 	ks_note_unrecorded(KS_WORD_MODE(word), a.change.reason);
