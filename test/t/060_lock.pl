@@ -176,8 +176,10 @@ is(sql('SELECT ks_mode()'), 'disengaged', 'an administrator releases it once the
 #    fails and changes nothing; an engage commits, the file follows later.
 sql("SELECT ks_engage('halt_all', 'before the link')");
 $before = snapshot();
-unlink $lock or die $!;
-symlink "$pgdata/planted_by_agent", $lock or die $!;
+# renamed over the lock file in one step: the watcher may create the lock
+# file again at any moment, so an unlink then a symlink can find it back
+symlink "$pgdata/planted_by_agent", "$lock.planted" or die $!;
+rename "$lock.planted", $lock or die $!;
 ($ret, $out, $err) = $node->psql('postgres', "SELECT ks_disengage('symlinked lock')");
 like($err, qr/could not write the kill switch state file/, 'a symlinked lock file: a release fails');
 like($err, qr/symbolic link/, 'saying why');
