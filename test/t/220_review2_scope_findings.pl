@@ -1,0 +1,125 @@
+# Hostile review of the scoped halts (issue 23, ARCHITECTURE §13): each
+# case reproduces a finding and is marked TODO until it is fixed.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use KsTest;
+
+my $node = ks_node('review2_scope');
+sub sql { return $node->safe_psql('postgres', shift); }
+sub agent_session
+{
+	my $bg = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', shift ]);
+	$bg->query_safe('\set VERBOSITY verbose');
+	return $bg;
+}
+sub bg_err
+{
+	my ($bg, $q) = @_;
+	$bg->{stderr} = '';
+	$bg->query($q);
+	return $bg->{stderr};
+}
+
+sql(q{
+CREATE ROLE team NOLOGIN;
+CREATE ROLE agent_m LOGIN IN ROLE killswitch_agent;
+CREATE TABLE t (x int);
+GRANT ALL ON t TO PUBLIC;
+});
+
+# Finding 1 (stuck halt): a raise whose wait for the ordering lock fails
+# (lock_timeout, a cancel) before its event is recorded leaves its raise in
+# flight in shared memory for good: the transaction callbacks return at once
+# while this transaction recorded no change (changes == NIL), so neither the
+# abort nor the session's exit takes it back.  The scope is in force though
+# nothing committed, ks_scopes() does not show it, and no release lowers it.
+sql('CREATE ROLE agent_s LOGIN IN ROLE killswitch_agent; CREATE ROLE other_scope NOLOGIN');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe("SET client_min_messages = warning; BEGIN; SELECT ks_engage('halt_all', 'holds the ordering lock', 'pager', scope => 'other_scope')");
+my ($rc, $out, $err) = $node->psql('postgres',
+	"SET client_min_messages = warning; SET lock_timeout = '300ms'; SELECT ks_engage('halt_all', 'times out', 'pager', scope => 'agent_s')");
+like($err, qr/lock timeout/, 'the raise of agent_s fails waiting for the ordering lock');
+$holder->query_safe('ROLLBACK');
+$holder->quit;
+is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 'agent_s'::regrole}), '0', 'no event of agent_s committed');
+is(sql('SELECT count(*) FROM ks_scopes()'), '0', 'ks_scopes() shows no scope');
+{
+	local $TODO = 'finding 1: a raise that failed before recording its event stays in force';
+	($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'agent_s' ]);
+	is($err, '', 'agent_s, in no scope, writes');
+	($rc, $out, $err) = $node->psql('postgres', "SELECT ks_mode()", extra_params => [ '-U', 'agent_s' ]);
+	is($out, 'disengaged', 'and sees the fleet\'s mode');
+}
+($rc, $out, $err) = $node->psql('postgres', "SELECT ks_disengage('try', 'boss', scope => 'agent_s')");
+like($err, qr/is not halted/, 'and no release can lower it: the scope "is not halted"');
+sql('DELETE FROM t');
+
+# Finding 2 (lost halt): KS_MAX_SCOPE_RAISES is not enforced on its own; one
+# transaction may hold every one of the 11,000 slots with raises in flight.
+# At its commit, ks_scope_set_committed() finds no free slot for the first
+# scope (count == KS_SCOPE_SLOTS, its own raise in flight still in the set)
+# and silently skips it; then the raise in flight goes: the scope's event
+# committed, the scope is not in force, its agent writes.
+# (a node of its own: finding 1 leaked a slot in the first)
+$node->stop;
+$node = ks_node('review2_full');
+sql(q{
+CREATE TABLE t (x int);
+GRANT ALL ON t TO PUBLIC;
+CREATE ROLE agent_lost LOGIN IN ROLE killswitch_agent;
+DO $$ BEGIN
+  FOR g IN 1..11000 LOOP
+    EXECUTE format('CREATE ROLE %I NOLOGIN', 's' || lpad(g::text, 5, '0'));
+  END LOOP;
+END $$;
+GRANT s00001 TO agent_lost;
+});
+# Wait (deterministically) for the watcher's first look holding the ordering
+# lock, which sets the committed scopes to the chain's (worker.c
+# examine_file()): the NOTIFY of scope events only starts after it.
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN killswitch');
+sql(q{SET client_min_messages = warning; CREATE ROLE probe NOLOGIN;
+SELECT ks_engage('halt_all', 'probe', 'pager', scope => 'probe')});
+my $heard = '';
+for (1 .. 600)
+{
+	my ($o) = $listener->query('SELECT 1');
+	$heard .= $o;
+	last if $heard =~ /Asynchronous notification "killswitch"/;
+	select(undef, undef, undef, 0.1);
+}
+like($heard, qr/"scope": "probe"/, 'the watcher has had its first look (it announced a scope event)');
+$listener->quit;
+sql(q{SELECT ks_disengage('probe done', 'boss', scope => 'probe')});
+sql(q{SET client_min_messages = warning;
+SELECT count(ks_engage('halt_all', 'bulk', 'pager', scope => 's' || lpad(g::text, 5, '0')))
+  FROM generate_series(1, 11000) g});
+is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 's00001'::regrole AND mode = 'halt_all'}),
+	'1', 'the raise of s00001 committed its event');
+{
+	local $TODO = 'finding 2: a scope committed while the set is full is dropped from shared memory';
+	is(sql(q{SELECT count(*) FROM ks_scopes() WHERE scope = 's00001'::regrole}), '1',
+		'scope s00001 is active');
+	my ($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (3)', extra_params => [ '-U', 'agent_lost' ]);
+	like($err, qr/kill switch engaged/, 'agent_lost, in scope s00001, is refused a write');
+	cmp_ok(sql('SELECT count(*) FROM ks_scopes()'), '<=', 10000, 'at most KS_MAX_SCOPES (10,000) scopes are active');
+}
+
+# Finding 3 (wrong error): after a restart the chain's 11,000 scopes fill
+# every slot; a raise of an ACTIVE scope (halt_all to emergency) then needs a
+# slot for its raise in flight and is refused as "too many active scopes":
+# raising is no longer unconditional.
+$node->restart;
+is(sql('SELECT count(*) FROM ks_scopes()'), '11000', 'after a restart the chain\'s 11,000 scopes are active');
+{
+	local $TODO = 'finding 3: a full set refuses to raise an active scope';
+	($rc, $out, $err) = $node->psql('postgres',
+		"SELECT (ks_engage('emergency', 'escalate', 'pager', scope => 's00002')).mode");
+	is($err, '', 'an active scope is raised to emergency');
+}
+
+done_testing();
