@@ -57,6 +57,42 @@ is(sql('SELECT count(*) FROM ks_scopes()'), '0', 'ks_scopes() shows no scope');
 like($err, qr/is not halted/, 'and no release can lower it: the scope "is not halted"');
 sql('DELETE FROM t');
 
+# Finding 4 (lost halt, by a role manager): a team's scope is lowered for
+# its members, without a release, an event or an administrator, by anyone
+# with CREATEROLE (not a member of killswitch_admin): REVOKE of the team
+# membership, or DROP ROLE of an intermediate group role.  DROP ROLE of the
+# scope's own role is refused (scopechange.c scope_object_access()); the
+# roles that put an agent into the scope are not guarded.
+sql(q{
+CREATE ROLE role_manager LOGIN CREATEROLE;
+CREATE ROLE etl_agents NOLOGIN;
+CREATE ROLE etl_inner NOLOGIN IN ROLE etl_agents;
+CREATE ROLE etl_a LOGIN IN ROLE killswitch_agent, etl_inner;
+CREATE ROLE etl_b LOGIN IN ROLE killswitch_agent, etl_agents;
+SET client_min_messages = warning;
+SELECT ks_engage('halt_all', 'etl team loops', 'pager', scope => 'etl_agents');
+});
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'etl_a' ]);
+like($err, qr/KS001|kill switch engaged/, 'etl_a, in the team through etl_inner, is refused');
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'etl_b' ]);
+like($err, qr/kill switch engaged/, 'etl_b, in the team directly, is refused');
+my $events_before = sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 'etl_agents'::regrole});
+($rc, $out, $err) = $node->psql('postgres', 'DROP ROLE etl_inner; REVOKE etl_agents FROM etl_b',
+	extra_params => [ '-U', 'role_manager' ]);
+is($err, '', 'a CREATEROLE role, no killswitch administrator, drops etl_inner and revokes etl_b');
+{
+	local $TODO = 'finding 4: membership changes lower a team scope for its members without a release';
+	($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (2)', extra_params => [ '-U', 'etl_a' ]);
+	like($err, qr/kill switch engaged/, 'etl_a is still halted (only a committed release lowers a scope)');
+	($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (3)', extra_params => [ '-U', 'etl_b' ]);
+	like($err, qr/kill switch engaged/, 'etl_b is still halted');
+}
+is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 'etl_agents'::regrole}), $events_before,
+	'and the chain recorded nothing: the scope still says halt_all');
+is(sql(q{SELECT count(*) FROM ks_scopes() WHERE scope = 'etl_agents'::regrole AND mode = 'halt_all'}), '1',
+	'ks_scopes() still shows the team halted');
+sql('DELETE FROM t');
+
 # Finding 2 (lost halt): KS_MAX_SCOPE_RAISES is not enforced on its own; one
 # transaction may hold every one of the 11,000 slots with raises in flight.
 # At its commit, ks_scope_set_committed() finds no free slot for the first
