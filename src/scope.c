@@ -25,6 +25,7 @@
 
 #include "access/xact.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -136,6 +137,32 @@ published(void)
 }
 
 /*
+ * At this backend's exit (a FATAL error, or a transaction the exit cut
+ * short before its callbacks ran): every raise in flight it still owns
+ * goes, so that none outlives its transaction and holds a slot for good.
+ */
+static void
+drop_mine_at_exit(int code, Datum arg)
+{
+	int			me = ks_my_proc_number();
+	bool		changed = false;
+
+	LWLockReleaseAll();			/* an error may have left ours held */
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	for (int i = ks_scopes->count - 1; i >= 0; i--)
+	{
+		if (ks_scopes->entries[i].owner == me)
+		{
+			remove_entry(i);
+			changed = true;
+		}
+	}
+	if (changed)
+		published();
+	LWLockRelease(ks_scopes->lock);
+}
+
+/*
  * Put this backend's raise of a scope in force at once (a raise in
  * flight), at mode or its own higher one.  The caller then waits at the
  * interlock.  An error, with nothing changed, if the set is full.
@@ -143,9 +170,15 @@ published(void)
 void
 ks_scope_raise_in_flight(Oid role, KsMode mode)
 {
+	static bool exit_callback = false;
 	int			me = ks_my_proc_number();
 	int			i;
 
+	if (!exit_callback)
+	{
+		before_shmem_exit(drop_mine_at_exit, (Datum) 0);
+		exit_callback = true;
+	}
 	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
 	i = find_entry(role, me);
 	if (i < 0)

@@ -51,6 +51,7 @@ typedef struct ScopeChange
 	Oid			role;
 	KsMode		mode;			/* as recorded: a raise never below what the scope held */
 	bool		release;
+	bool		recorded;		/* false: a raise in force whose event is not recorded yet */
 	SubTransactionId subid;		/* the (sub)transaction that made it */
 	int64		generation;
 	TimestampTz at;
@@ -94,7 +95,7 @@ mode_held(Oid role)
 	{
 		ScopeChange *c = lfirst(lc);
 
-		if (c->role == role)
+		if (c->role == role && c->recorded)
 			mode = c->mode;
 	}
 	return mode;
@@ -160,14 +161,36 @@ newest_event_of(Oid role)
 	return row;
 }
 
-/* Record the change's event and remember it for the commit (request: a release request). */
+/*
+ * Note a change of role in this (sub)transaction, not recorded yet.  A
+ * raise is noted before it is put in force, so that an error before its
+ * event is recorded (the interlock, the ordering lock's lock_timeout)
+ * still takes it back at abort.
+ */
+static ScopeChange *
+note_change(Oid role, KsMode mode)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	ScopeChange *c = palloc0(sizeof(ScopeChange));
+
+	c->role = role;
+	c->mode = mode;
+	c->subid = GetCurrentSubTransactionId();
+	changes = lappend(changes, c);
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/*
+ * Record the change's event and remember it for the commit (request: a
+ * release request).  A raise's change was noted by raise_scope(), last.
+ */
 static Datum
 record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *reason,
 	   const char *by, int32 affected, bool release, bool request)
 {
 	KsEventInput in;
 	ScopeChange *c;
-	MemoryContext old;
 	Datum		row;
 	int64		generation;
 	TimestampTz at;
@@ -184,16 +207,12 @@ record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *re
 	in.release_target = request ? KS_DISENGAGED : mode;
 	row = ks_record_scope_event(&in, role, scope, &generation, &at);
 
-	old = MemoryContextSwitchTo(TopTransactionContext);
-	c = palloc0(sizeof(ScopeChange));
-	c->role = role;
+	c = release ? note_change(role, mode) : llast(changes);	/* a raise noted its own */
 	c->mode = mode;
 	c->release = release && !request;
-	c->subid = GetCurrentSubTransactionId();
+	c->recorded = true;
 	c->generation = generation;
 	c->at = at;
-	changes = lappend(changes, c);
-	MemoryContextSwitchTo(old);
 	return row;
 }
 
@@ -223,6 +242,7 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 						   scope)));
 
 	/* in force at once, before anything that can wait on another session */
+	note_change(role, mode);	/* first: an abort from here on takes it back */
 	ks_scope_raise_in_flight(role, mode);
 	pg_memory_barrier();
 	ks_interlock_wait();
@@ -358,9 +378,10 @@ at_commit(void)
 		bool		newest = true;
 
 		for_each_cell(later, changes, lnext(changes, lc))
-			if (((ScopeChange *) lfirst(later))->role == c->role)
+			if (((ScopeChange *) lfirst(later))->role == c->role &&
+				((ScopeChange *) lfirst(later))->recorded)
 				newest = false;
-		if (!newest)
+		if (!newest || !c->recorded)
 			continue;
 		ks_scope_set_committed(c->role, c->mode, c->generation, c->at);
 		ks_scope_drop_in_flight(c->role);

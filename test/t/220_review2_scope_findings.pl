@@ -47,7 +47,6 @@ $holder->quit;
 is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 'agent_s'::regrole}), '0', 'no event of agent_s committed');
 is(sql('SELECT count(*) FROM ks_scopes()'), '0', 'ks_scopes() shows no scope');
 {
-	local $TODO = 'finding 1: a raise that failed before recording its event stays in force';
 	($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'agent_s' ]);
 	is($err, '', 'agent_s, in no scope, writes');
 	($rc, $out, $err) = $node->psql('postgres', "SELECT ks_mode()", extra_params => [ '-U', 'agent_s' ]);
@@ -55,6 +54,28 @@ is(sql('SELECT count(*) FROM ks_scopes()'), '0', 'ks_scopes() shows no scope');
 }
 ($rc, $out, $err) = $node->psql('postgres', "SELECT ks_disengage('try', 'boss', scope => 'agent_s')");
 like($err, qr/is not halted/, 'and no release can lower it: the scope "is not halted"');
+sql('DELETE FROM t');
+
+# The same raise, ended by a FATAL error while it waits for the ordering
+# lock (pg_terminate_backend): its exit takes the raise in flight back.
+$holder = $node->background_psql('postgres');
+$holder->query_safe("SET client_min_messages = warning; BEGIN; SELECT ks_engage('halt_all', 'holds the ordering lock', 'pager', scope => 'other_scope')");
+my $raiser = $node->background_psql('postgres', on_error_stop => 0);
+$raiser->{stdin} .= "SET client_min_messages = warning; SELECT ks_engage('halt_all', 'terminated', 'pager', scope => 'agent_s');\n";
+$raiser->{run}->pump_nb;
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%terminated%'})
+  or die 'the raise does not wait for the ordering lock';
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'agent_s' ]);
+like($err, qr/kill switch engaged/, 'while it waits, the raise of agent_s is in force');
+sql(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%terminated%' AND pid <> pg_backend_pid()});
+$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE query LIKE '%terminated%' AND pid <> pg_backend_pid()})
+  or die 'the raiser does not exit';
+$raiser->{run}->finish;
+$holder->query_safe('ROLLBACK');
+$holder->quit;
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'agent_s' ]);
+is($err, '', 'once its session was terminated, agent_s writes');
 sql('DELETE FROM t');
 
 # Finding 4 (lost halt, by a role manager): a team's scope is lowered for
