@@ -137,13 +137,13 @@ $dropper->quit;
 ($rc, $out, $err) = $node->psql('postgres', "SELECT ks_disengage('cleanup', 'boss', scope => 'agent_z')");
 like($err, qr/does not exist/, 'and it cannot be released by name');
 
-# Finding 2 (lost halt): KS_MAX_SCOPE_RAISES is not enforced on its own; one
-# transaction may hold every one of the 11,000 slots with raises in flight.
-# At its commit, ks_scope_set_committed() finds no free slot for the first
-# scope (count == KS_SCOPE_SLOTS, its own raise in flight still in the set)
-# and silently skips it; then the raise in flight goes: the scope's event
-# committed, the scope is not in force, its agent writes.
-# (a node of its own: finding 1 leaked a slot in the first)
+# Finding 2 (lost halt): KS_MAX_SCOPE_RAISES was not enforced on its own; one
+# transaction could hold every one of the 11,000 slots with raises in flight,
+# and at its commit ks_scope_set_committed() found no free slot and silently
+# skipped a scope whose event committed.  Now a raise beyond the limits is
+# refused before its event is recorded, and a commit keeps its raise in
+# flight's slot.
+# (a node of its own: the first has scopes of its own)
 $node->stop;
 $node = ks_node('review2_full');
 sql(q{
@@ -151,55 +151,52 @@ CREATE TABLE t (x int);
 GRANT ALL ON t TO PUBLIC;
 CREATE ROLE agent_lost LOGIN IN ROLE killswitch_agent;
 DO $$ BEGIN
-  FOR g IN 1..11000 LOOP
+  FOR g IN 1..10001 LOOP
     EXECUTE format('CREATE ROLE %I NOLOGIN', 's' || lpad(g::text, 5, '0'));
   END LOOP;
 END $$;
 GRANT s00001 TO agent_lost;
 });
-# Wait (deterministically) for the watcher's first look holding the ordering
-# lock, which sets the committed scopes to the chain's (worker.c
-# examine_file()): the NOTIFY of scope events only starts after it.
-my $listener = $node->background_psql('postgres');
-$listener->query_safe('LISTEN killswitch');
-sql(q{SET client_min_messages = warning; CREATE ROLE probe NOLOGIN;
-SELECT ks_engage('halt_all', 'probe', 'pager', scope => 'probe')});
-my $heard = '';
-for (1 .. 600)
+sub raise_range
 {
-	my ($o) = $listener->query('SELECT 1');
-	$heard .= $o;
-	last if $heard =~ /Asynchronous notification "killswitch"/;
-	select(undef, undef, undef, 0.1);
-}
-like($heard, qr/"scope": "probe"/, 'the watcher has had its first look (it announced a scope event)');
-$listener->quit;
-sql(q{SELECT ks_disengage('probe done', 'boss', scope => 'probe')});
-sql(q{SET client_min_messages = warning;
+	my ($from, $to) = @_;
+	return $node->psql('postgres', qq{SET client_min_messages = warning;
 SELECT count(ks_engage('halt_all', 'bulk', 'pager', scope => 's' || lpad(g::text, 5, '0')))
-  FROM generate_series(1, 11000) g});
-is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 's00001'::regrole AND mode = 'halt_all'}),
-	'1', 'the raise of s00001 committed its event');
-{
-	local $TODO = 'finding 2: a scope committed while the set is full is dropped from shared memory';
-	is(sql(q{SELECT count(*) FROM ks_scopes() WHERE scope = 's00001'::regrole}), '1',
-		'scope s00001 is active');
-	my ($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (3)', extra_params => [ '-U', 'agent_lost' ]);
-	like($err, qr/kill switch engaged/, 'agent_lost, in scope s00001, is refused a write');
-	cmp_ok(sql('SELECT count(*) FROM ks_scopes()'), '<=', 10000, 'at most KS_MAX_SCOPES (10,000) scopes are active');
+  FROM generate_series($from, $to) g}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 }
+($rc, $out, $err) = raise_range(1, 1001);
+like($err, qr/54000: too many raises of scopes in flight/, 'a transaction raising 1,001 new scopes is refused (program_limit_exceeded)');
+is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope IS NOT NULL}), '0', 'and no event of a scope was recorded');
+is(sql('SELECT count(*) FROM ks_scopes()'), '0', 'and no scope is active');
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'agent_lost' ]);
+is($err, '', 'and agent_lost writes');
+sql('DELETE FROM t');
+for my $k (0 .. 9)
+{
+	($rc, $out, $err) = raise_range($k * 1000 + 1, $k * 1000 + 1000);
+	is($out, '1000', "scopes " . ($k * 1000 + 1) . " to " . ($k * 1000 + 1000) . " are raised in one transaction") or diag($err);
+}
+is(sql('SELECT count(*) FROM ks_scopes()'), '10000', 'KS_MAX_SCOPES (10,000) scopes are active');
+is(sql(q{SELECT count(*) FROM ks_scopes() WHERE scope = 's00001'::regrole}), '1', 'scope s00001 is active');
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (3)', extra_params => [ '-U', 'agent_lost' ]);
+like($err, qr/kill switch engaged/, 'agent_lost, in scope s00001, is refused a write');
+($rc, $out, $err) = raise_range(10001, 10001);
+like($err, qr/54000: too many active scopes/, 'a 10,001st scope is refused (program_limit_exceeded)');
+is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 's10001'::regrole}), '0', 'and its event was not recorded');
 
-# Finding 3 (wrong error): after a restart the chain's 11,000 scopes fill
-# every slot; a raise of an ACTIVE scope (halt_all to emergency) then needs a
-# slot for its raise in flight and is refused as "too many active scopes":
-# raising is no longer unconditional.
+# Finding 3 (wrong error): with every scope the set holds active, a raise of
+# an ACTIVE scope was refused as "too many active scopes".  The committed
+# scopes can no longer take the slots beside them: a raise of an active
+# scope has them, after a restart too.
 $node->restart;
-is(sql('SELECT count(*) FROM ks_scopes()'), '11000', 'after a restart the chain\'s 11,000 scopes are active');
-{
-	local $TODO = 'finding 3: a full set refuses to raise an active scope';
-	($rc, $out, $err) = $node->psql('postgres',
-		"SELECT (ks_engage('emergency', 'escalate', 'pager', scope => 's00002')).mode");
-	is($err, '', 'an active scope is raised to emergency');
-}
+is(sql('SELECT count(*) FROM ks_scopes()'), '10000', 'after a restart the 10,000 scopes are active');
+($rc, $out, $err) = $node->psql('postgres',
+	"SET client_min_messages = warning; SELECT (ks_engage('emergency', 'escalate', 'pager', scope => 's00002')).mode");
+is($err, '', 'an active scope is raised to emergency');
+is(sql(q{SELECT mode FROM ks_scopes() WHERE scope = 's00002'::regrole}), 'emergency', 'and is in emergency');
+($rc, $out, $err) = $node->psql('postgres', q{SET client_min_messages = warning;
+SELECT count(ks_engage('emergency', 'escalate all', 'pager', scope => 's' || lpad(g::text, 5, '0')))
+  FROM generate_series(3, 1002) g});
+is($out, '1000', 'and 1,000 active scopes in one transaction');
 
 done_testing();
