@@ -27,6 +27,7 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "agents.h"
@@ -74,6 +75,18 @@ scope_role(const char *scope)
 				 errdetail("A scope names a role: that role and every role that is a member of it."),
 				 errhint("Give a role's name, or NULL for the whole fleet.")));
 	role = get_role_oid(scope, true);
+	if (OidIsValid(role))
+	{
+		/*
+		 * Held to the end of the transaction: a DROP ROLE under way (it
+		 * takes the lock AccessExclusive, scope_object_access()) is waited
+		 * for, and one that committed meanwhile is seen, so that no scope
+		 * outlives its role.
+		 */
+		LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+			role = InvalidOid;
+	}
 	if (!OidIsValid(role))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -514,6 +527,12 @@ scope_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 	{
 		KsMode		in_force;
 
+		/*
+		 * DropRole() takes this lock just after the hook: taken first, a
+		 * raise of the role under way (scope_role() holds it shared to its
+		 * commit) has committed or aborted when the set is read.
+		 */
+		LockSharedObject(AuthIdRelationId, objectId, 0, AccessExclusiveLock);
 		(void) ks_scope_lookup(objectId, NULL, &in_force);
 		if (in_force != KS_DISENGAGED)
 		{

@@ -119,23 +119,43 @@ sql('DELETE FROM t');
 # uncommitted drop: a raise that commits between them leaves an active scope
 # on a role that no longer exists.  It can never be released
 # (ks_disengage(scope => name) says the role does not exist), and it holds
-# a slot of the 10,000 for good.
+# a slot of the 10,000 for good.  Now a raise locks the role (shared, to
+# its commit) and looks again, and DROP ROLE's refusal takes the role's lock
+# first: whichever comes second waits for the first.
 sql('CREATE ROLE agent_z LOGIN IN ROLE killswitch_agent');
 my $z = sql(q{SELECT 'agent_z'::regrole::oid});
-my $dropper = $node->background_psql('postgres');
+my $dropper = $node->background_psql('postgres', on_error_stop => 0);
 $dropper->query_safe('BEGIN; DROP ROLE agent_z');
-($rc, $out, $err) = $node->psql('postgres',
-	"SET client_min_messages = warning; SELECT (ks_engage('halt_all', 'racing the drop', 'pager', scope => 'agent_z')).mode");
-is($out, 'halt_all', 'the raise of agent_z commits while its DROP ROLE is open') or diag($err);
+$raiser = $node->background_psql('postgres', on_error_stop => 0);
+$raiser->query_safe('SET client_min_messages = warning');
+$raiser->{stderr} = '';
+$raiser->{stdin} .= "SELECT (ks_engage('halt_all', 'racing the drop', 'pager', scope => 'agent_z')).mode;\n";
+$raiser->{run}->pump_nb;
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%racing the drop%'})
+  or die 'the raise does not wait for the DROP ROLE';
 $dropper->query_safe('COMMIT');
+$raiser->query('SELECT 1');
+like($raiser->{stderr}, qr/role "agent_z" does not exist/, 'a raise waits for an open DROP ROLE of its role, and fails once it commits');
+is(sql(qq{SELECT count(*) FROM ks_scopes() WHERE scope::oid = $z}), '0', 'no active scope outlives its role');
+is(sql(qq{SELECT count(*) FROM killswitch.events WHERE scope = $z}), '0', 'and no event of it was recorded');
+
+# The other order: a DROP ROLE waits for the raise under way, then is refused.
+sql('CREATE ROLE agent_y LOGIN IN ROLE killswitch_agent');
+$raiser->{stderr} = '';
+$raiser->query_safe("BEGIN; SELECT ks_engage('halt_all', 'before the drop', 'pager', scope => 'agent_y')");
+$dropper->{stderr} = '';
+$dropper->{stdin} .= "DROP ROLE agent_y;\n";
+$dropper->{run}->pump_nb;
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP ROLE agent_y%'})
+  or die 'the DROP ROLE does not wait for the raise';
+$raiser->query_safe('COMMIT');
+$dropper->query('SELECT 1');
+like($dropper->{stderr}, qr/cannot drop role "agent_y" while its scope is halted/, 'a DROP ROLE racing a raise waits for it and is refused');
+is(sql(q{SELECT count(*) FROM ks_scopes() WHERE scope = 'agent_y'::regrole}), '1', 'the scope of agent_y is active, its role kept');
+$raiser->quit;
 $dropper->quit;
-{
-	local $TODO = 'finding 5: DROP ROLE racing a raise leaves an unreleasable scope';
-	is(sql(qq{SELECT count(*) FROM ks_scopes() WHERE scope::oid = $z}), '0',
-		'no active scope outlives its role');
-}
-($rc, $out, $err) = $node->psql('postgres', "SELECT ks_disengage('cleanup', 'boss', scope => 'agent_z')");
-like($err, qr/does not exist/, 'and it cannot be released by name');
 
 # Finding 2 (lost halt): KS_MAX_SCOPE_RAISES was not enforced on its own; one
 # transaction could hold every one of the 11,000 slots with raises in flight,
