@@ -25,6 +25,7 @@
 
 #include "access/xact.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -46,6 +47,8 @@ typedef struct KsScopeSet
 	pg_atomic_uint64 version;	/* +1 at every change of the set, after it */
 	int			count;			/* entries in use, committed or in flight */
 	int			committed;		/* of which committed */
+	int			fresh;			/* in flight and fresh: each may become a committed scope */
+	bool		overflowed;		/* a committed scope found no slot: every agent at the highest mode */
 	int64		file_version;	/* the scope file's, as last written or loaded (the writers' lock) */
 	KsScope		entries[KS_SCOPE_SLOTS];
 } KsScopeSet;
@@ -116,6 +119,8 @@ remove_entry(int i)
 {
 	if (ks_scopes->entries[i].owner < 0)
 		ks_scopes->committed--;
+	else if (ks_scopes->entries[i].fresh)
+		ks_scopes->fresh--;
 	ks_scopes->entries[i] = ks_scopes->entries[--ks_scopes->count];
 }
 
@@ -136,6 +141,88 @@ published(void)
 }
 
 /*
+ * At this backend's exit (a FATAL error, or a transaction the exit cut
+ * short before its callbacks ran): every raise in flight it still owns
+ * goes, so that none outlives its transaction and holds a slot for good.
+ */
+static void
+drop_mine_at_exit(int code, Datum arg)
+{
+	int			me = ks_my_proc_number();
+	bool		changed = false;
+
+	LWLockReleaseAll();			/* an error may have left ours held */
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	for (int i = ks_scopes->count - 1; i >= 0; i--)
+	{
+		if (ks_scopes->entries[i].owner == me)
+		{
+			remove_entry(i);
+			changed = true;
+		}
+	}
+	if (changed)
+		published();
+	LWLockRelease(ks_scopes->lock);
+}
+
+/*
+ * Refuse (the lock released, nothing changed) a new raise in flight beyond
+ * the limits.  A fresh one (its role has no committed scope) only while
+ * fewer than KS_MAX_SCOPE_RAISES raises are in flight and the committed
+ * scopes and the fresh raises in flight, each of which its commit may turn
+ * into a scope, stay within KS_MAX_SCOPES; so a commit always keeps its
+ * raise in flight's slot.  A raise of an active scope is refused only when
+ * every slot is in use: the KS_MAX_SCOPE_RAISES slots beside the committed
+ * scopes are its reserve, which only that many raises in flight at once
+ * exhaust.  Lock held exclusively.
+ */
+static void
+refuse_beyond_limits(bool fresh)
+{
+	if ((fresh && ks_scopes->count - ks_scopes->committed >= KS_MAX_SCOPE_RAISES) ||
+		ks_scopes->count >= KS_SCOPE_SLOTS)
+	{
+		LWLockRelease(ks_scopes->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many raises of scopes in flight"),
+				 errdetail("At most %d raises of scopes may be in flight (not yet committed) at once.",
+						   KS_MAX_SCOPE_RAISES),
+				 errhint("Raise fewer scopes in one transaction, or halt the whole fleet with a scope of NULL.")));
+	}
+	if (fresh && ks_scopes->committed + ks_scopes->fresh >= KS_MAX_SCOPES)
+	{
+		LWLockRelease(ks_scopes->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many active scopes"),
+				 errdetail("At most %d scopes may be active, counting the new scopes whose raise is in flight.",
+						   KS_MAX_SCOPES),
+				 errhint("Release scopes no longer needed, or halt the whole fleet with a scope of NULL.")));
+	}
+}
+
+/*
+ * No slot for a committed scope (a history or scope file with more than
+ * fit): never skipped silently — the set is marked overflowed, and while it
+ * is every agent session is held at the highest mode of any scope (fail
+ * closed: the scopes kept are the highest modes, so that mode is at least
+ * the lost scope's).  Lock held exclusively.
+ */
+static void
+overflow(int lost)
+{
+	ks_scopes->overflowed = true;
+	ereport(IsUnderPostmaster ? WARNING : LOG,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg_plural("%d committed scope does not fit in shared memory",
+						   "%d committed scopes do not fit in shared memory", lost, lost),
+			 errdetail("At most %d scopes may be active.", KS_MAX_SCOPES),
+			 errhint("Every agent is held at the highest mode of any scope until the scopes fit; release scopes no longer needed.")));
+}
+
+/*
  * Put this backend's raise of a scope in force at once (a raise in
  * flight), at mode or its own higher one.  The caller then waits at the
  * interlock.  An error, with nothing changed, if the set is full.
@@ -143,31 +230,30 @@ published(void)
 void
 ks_scope_raise_in_flight(Oid role, KsMode mode)
 {
+	static bool exit_callback = false;
 	int			me = ks_my_proc_number();
 	int			i;
 
+	if (!exit_callback)
+	{
+		before_shmem_exit(drop_mine_at_exit, (Datum) 0);
+		exit_callback = true;
+	}
 	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
 	i = find_entry(role, me);
 	if (i < 0)
 	{
-		bool		known = find_entry(role, -1) >= 0;
+		bool		fresh = find_entry(role, -1) < 0;
 
-		if ((!known && ks_scopes->committed >= KS_MAX_SCOPES) ||
-			ks_scopes->count >= KS_SCOPE_SLOTS)
-		{
-			LWLockRelease(ks_scopes->lock);
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("too many active scopes"),
-					 errdetail("At most %d scopes may be active, with at most %d raises of scopes in flight.",
-							   KS_MAX_SCOPES, KS_MAX_SCOPE_RAISES),
-					 errhint("Release scopes no longer needed, or halt the whole fleet with a scope of NULL.")));
-		}
+		refuse_beyond_limits(fresh);
 		i = ks_scopes->count++;
 		memset(&ks_scopes->entries[i], 0, sizeof(KsScope));
 		ks_scopes->entries[i].role = role;
 		ks_scopes->entries[i].owner = me;
 		ks_scopes->entries[i].mode = KS_DISENGAGED;
+		ks_scopes->entries[i].fresh = fresh;
+		if (fresh)
+			ks_scopes->fresh++;
 	}
 	if (mode == KS_EMERGENCY && ks_scopes->entries[i].mode != KS_EMERGENCY)
 		ks_scopes->entries[i].emergency_at = GetCurrentTimestamp();
@@ -212,9 +298,40 @@ ks_scope_drop_in_flight(Oid role)
 }
 
 /*
+ * The slot of a new committed scope of role, or -1: this backend's raise in
+ * flight of it becomes the committed entry (so a commit needs no new slot),
+ * else a free slot within KS_MAX_SCOPES (at start, loading the scope file).
+ * Lock held exclusively.
+ */
+static int
+committed_slot(Oid role)
+{
+	int			i = IsUnderPostmaster ? find_entry(role, ks_my_proc_number()) : -1;
+
+	if (i >= 0)
+	{
+		if (ks_scopes->entries[i].fresh)
+			ks_scopes->fresh--;
+		ks_scopes->entries[i].fresh = false;
+	}
+	else if (ks_scopes->count < KS_SCOPE_SLOTS)
+	{
+		i = ks_scopes->count++;
+		memset(&ks_scopes->entries[i], 0, sizeof(KsScope));
+		ks_scopes->entries[i].role = role;
+	}
+	else
+		return -1;
+	ks_scopes->entries[i].owner = -1;
+	ks_scopes->committed++;
+	return i;
+}
+
+/*
  * A scope's committed state: mode and generation of its newest event
  * (disengaged: the scope ends).  Never fails: at commit, and at start.
- * Room was made by the raise in flight that preceded a new scope.
+ * A new scope takes over the raise in flight that preceded it; one that
+ * finds no slot (at start) overflows the set, fail closed.
  */
 void
 ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since)
@@ -241,14 +358,11 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 	}
 	else
 	{
-		if (i < 0 && ks_scopes->count < KS_SCOPE_SLOTS)
-		{
-			i = ks_scopes->count++;
-			ks_scopes->committed++;
-			ks_scopes->entries[i].role = role;
-			ks_scopes->entries[i].owner = -1;
-		}
-		if (i >= 0)
+		if (i < 0)
+			i = committed_slot(role);
+		if (i < 0)
+			overflow(1);
+		else
 		{
 			ks_scopes->entries[i].mode = mode;
 			ks_scopes->entries[i].generation = generation;
@@ -308,6 +422,15 @@ by_role(const void *a, const void *b)
 	return ra < rb ? -1 : ra > rb ? 1 : 0;
 }
 
+static int
+by_mode_down(const void *a, const void *b)
+{
+	KsMode		ma = ((const KsScope *) a)->mode;
+	KsMode		mb = ((const KsScope *) b)->mode;
+
+	return ma > mb ? -1 : ma < mb ? 1 : 0;
+}
+
 /* Do the committed scopes hold exactly these (sorted by role, none disengaged)?  Lock held. */
 static bool
 committed_are(const KsScope *list, int n)
@@ -354,16 +477,21 @@ ks_scope_replace_committed(const KsScope *list, int n)
 	for (int i = ks_scopes->count - 1; i >= 0; i--)
 		if (ks_scopes->entries[i].owner < 0)
 			remove_entry(i);
-	for (int i = 0; i < n && ks_scopes->count < KS_SCOPE_SLOTS; i++)
+	/* more than fit: the highest modes are kept, and the set overflows (fail closed) */
+	if (n > KS_MAX_SCOPES)
+		qsort(active, n, sizeof(KsScope), by_mode_down);
+	ks_scopes->overflowed = false;
+	for (int i = 0; i < Min(n, KS_MAX_SCOPES); i++)
 	{
-		if (list[i].mode == KS_DISENGAGED)
-			continue;
 		ks_scopes->entries[ks_scopes->count] = list[i];
 		ks_scopes->entries[ks_scopes->count].owner = -1;
+		ks_scopes->entries[ks_scopes->count].fresh = false;
 		ks_scopes->entries[ks_scopes->count].emergency_at = list[i].since;
 		ks_scopes->count++;
 		ks_scopes->committed++;
 	}
+	if (n > KS_MAX_SCOPES)
+		overflow(n - KS_MAX_SCOPES);
 	published();
 	LWLockRelease(ks_scopes->lock);
 	return true;
@@ -463,6 +591,7 @@ scopes_mode_for(const Oid *roles, int n)
 {
 	static KsScope *copy = NULL;
 	int			count;
+	bool		overflowed;
 	KsMode		mode = KS_DISENGAGED;
 
 	if (copy == NULL)
@@ -470,7 +599,11 @@ scopes_mode_for(const Oid *roles, int n)
 	LWLockAcquire(ks_scopes->lock, LW_SHARED);
 	count = ks_scopes->count;
 	memcpy(copy, ks_scopes->entries, sizeof(KsScope) * count);
+	overflowed = ks_scopes->overflowed;
 	LWLockRelease(ks_scopes->lock);
+	if (overflowed)				/* a scope is missing: whatever holds the session, fail closed */
+		for (int i = 0; i < count; i++)
+			mode = Max(mode, copy[i].mode);
 	for (int r = 0; r < n; r++)
 		for (int i = 0; i < count; i++)
 			if (copy[i].mode > mode && is_member_of_role_nosuper(roles[r], copy[i].role))

@@ -21,6 +21,7 @@ typedef struct KsScope
 	Oid			role;			/* the scope: this role and every member of it */
 	KsMode		mode;
 	int			owner;			/* -1: committed; else the raiser's proc number */
+	bool		fresh;			/* in flight: raised while its role had no committed entry */
 	int64		generation;		/* committed: the scope's own generation line */
 	TimestampTz since;			/* committed: when its mode was set */
 	TimestampTz emergency_at;	/* in emergency: since when (its busy agent sessions began before) */

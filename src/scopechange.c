@@ -27,6 +27,7 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "agents.h"
@@ -51,6 +52,7 @@ typedef struct ScopeChange
 	Oid			role;
 	KsMode		mode;			/* as recorded: a raise never below what the scope held */
 	bool		release;
+	bool		recorded;		/* false: a raise in force whose event is not recorded yet */
 	SubTransactionId subid;		/* the (sub)transaction that made it */
 	int64		generation;
 	TimestampTz at;
@@ -73,6 +75,18 @@ scope_role(const char *scope)
 				 errdetail("A scope names a role: that role and every role that is a member of it."),
 				 errhint("Give a role's name, or NULL for the whole fleet.")));
 	role = get_role_oid(scope, true);
+	if (OidIsValid(role))
+	{
+		/*
+		 * Held to the end of the transaction: a DROP ROLE under way (it
+		 * takes the lock AccessExclusive, scope_object_access()) is waited
+		 * for, and one that committed meanwhile is seen, so that no scope
+		 * outlives its role.
+		 */
+		LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+			role = InvalidOid;
+	}
 	if (!OidIsValid(role))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -94,7 +108,7 @@ mode_held(Oid role)
 	{
 		ScopeChange *c = lfirst(lc);
 
-		if (c->role == role)
+		if (c->role == role && c->recorded)
 			mode = c->mode;
 	}
 	return mode;
@@ -160,14 +174,36 @@ newest_event_of(Oid role)
 	return row;
 }
 
-/* Record the change's event and remember it for the commit (request: a release request). */
+/*
+ * Note a change of role in this (sub)transaction, not recorded yet.  A
+ * raise is noted before it is put in force, so that an error before its
+ * event is recorded (the interlock, the ordering lock's lock_timeout)
+ * still takes it back at abort.
+ */
+static ScopeChange *
+note_change(Oid role, KsMode mode)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	ScopeChange *c = palloc0(sizeof(ScopeChange));
+
+	c->role = role;
+	c->mode = mode;
+	c->subid = GetCurrentSubTransactionId();
+	changes = lappend(changes, c);
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/*
+ * Record the change's event and remember it for the commit (request: a
+ * release request).  A raise's change was noted by raise_scope(), last.
+ */
 static Datum
 record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *reason,
 	   const char *by, int32 affected, bool release, bool request)
 {
 	KsEventInput in;
 	ScopeChange *c;
-	MemoryContext old;
 	Datum		row;
 	int64		generation;
 	TimestampTz at;
@@ -184,16 +220,12 @@ record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *re
 	in.release_target = request ? KS_DISENGAGED : mode;
 	row = ks_record_scope_event(&in, role, scope, &generation, &at);
 
-	old = MemoryContextSwitchTo(TopTransactionContext);
-	c = palloc0(sizeof(ScopeChange));
-	c->role = role;
+	c = release ? note_change(role, mode) : llast(changes);	/* a raise noted its own */
 	c->mode = mode;
 	c->release = release && !request;
-	c->subid = GetCurrentSubTransactionId();
+	c->recorded = true;
 	c->generation = generation;
 	c->at = at;
-	changes = lappend(changes, c);
-	MemoryContextSwitchTo(old);
 	return row;
 }
 
@@ -223,6 +255,7 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 						   scope)));
 
 	/* in force at once, before anything that can wait on another session */
+	note_change(role, mode);	/* first: an abort from here on takes it back */
 	ks_scope_raise_in_flight(role, mode);
 	pg_memory_barrier();
 	ks_interlock_wait();
@@ -358,9 +391,10 @@ at_commit(void)
 		bool		newest = true;
 
 		for_each_cell(later, changes, lnext(changes, lc))
-			if (((ScopeChange *) lfirst(later))->role == c->role)
+			if (((ScopeChange *) lfirst(later))->role == c->role &&
+				((ScopeChange *) lfirst(later))->recorded)
 				newest = false;
-		if (!newest)
+		if (!newest || !c->recorded)
 			continue;
 		ks_scope_set_committed(c->role, c->mode, c->generation, c->at);
 		ks_scope_drop_in_flight(c->role);
@@ -493,6 +527,12 @@ scope_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 	{
 		KsMode		in_force;
 
+		/*
+		 * DropRole() takes this lock just after the hook: taken first, a
+		 * raise of the role under way (scope_role() holds it shared to its
+		 * commit) has committed or aborted when the set is read.
+		 */
+		LockSharedObject(AuthIdRelationId, objectId, 0, AccessExclusiveLock);
 		(void) ks_scope_lookup(objectId, NULL, &in_force);
 		if (in_force != KS_DISENGAGED)
 		{
