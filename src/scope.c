@@ -649,9 +649,20 @@ ks_scope_session_mode(KsMode fleet)
 	int			n = 0;
 	uint64		version;
 	uint64		epoch;
-	Oid			user = GetUserId();
-	Oid			session = GetSessionUserId();
-	Oid			login = GetAuthenticatedUserId();
+	Oid			user;
+	Oid			session;
+	Oid			login;
+	int			sec_context;
+
+	/*
+	 * A process with no user (the autovacuum launcher commits transactions
+	 * of its own) has no role a scope could hold; GetUserId() would assert.
+	 */
+	GetUserIdAndSecContext(&user, &sec_context);
+	if (!OidIsValid(user))
+		return fleet;
+	session = GetSessionUserId();
+	login = GetAuthenticatedUserId();
 
 	/* read before the lookups: a change during them makes the next call look again */
 	version = pg_atomic_read_u64(&ks_scopes->version);
