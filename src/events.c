@@ -342,7 +342,8 @@ ks_record_event(const KsEventInput *in, KsState *file_state)
 
 /*
  * Append the event of a scope's change (ARCHITECTURE §13): in the one
- * chain, on the scope's own generation line.  Fills *generation and *at.
+ * chain, on the scope's own generation line; its texts, scope_name too,
+ * in UTF-8.  Fills *generation and *at.
  */
 Datum
 ks_record_scope_event(const KsEventInput *in, Oid scope, const char *scope_name,

@@ -31,6 +31,7 @@
 #include "utils/timestamp.h"
 
 #include "agents.h"
+#include "encoding.h"
 #include "events.h"
 #include "guc.h"
 #include "interlock.h"
@@ -218,7 +219,8 @@ record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *re
 	in.floor_generation = 0;
 	in.request = request;
 	in.release_target = request ? KS_DISENGAGED : mode;
-	row = ks_record_scope_event(&in, role, scope, &generation, &at);
+	/* the event takes its texts in UTF-8 (scope is the catalog's, in the database encoding) */
+	row = ks_record_scope_event(&in, role, ks_text_to_utf8(scope, "the scope's role name"), &generation, &at);
 
 	c = release ? note_change(role, mode) : llast(changes);	/* a raise noted its own */
 	c->mode = mode;
