@@ -29,6 +29,8 @@
  * directly or not (each a scope it could leave), and only then reads the
  * set: a raise under way has committed or aborted by then, and a raise that
  * comes later waits for the change and holds what the catalog holds after it.
+ * A GRANT holds its grantees shared to its commit, so a change of a role
+ * being granted into a scope waits for the GRANT and sees that scope too.
  */
 #include "postgres.h"
 
@@ -78,17 +80,49 @@ roles_holding(Oid role)
  * Lock every role role is in (each a scope role could leave), exclusively,
  * in OID order: a raise of one of them under way (it holds its role shared
  * to its commit) is waited for, and a later raise waits for this change.
+ * A GRANT that puts role into another role holds role shared to its commit
+ * (lock_grantees()): once it is waited for, role is in more roles, so they
+ * are looked at again until no new one comes (each lock takes the
+ * invalidations of what it waited for).
  */
 static List *
 lock_scopes_over(Oid role)
 {
-	List	   *roles = roles_holding(role);
+	List	   *locked = NIL;
+
+	for (;;)
+	{
+		List	   *roles = roles_holding(role);
+		List	   *fresh = list_difference_oid(roles, locked);
+		ListCell   *lc;
+
+		if (fresh == NIL)
+			return locked;
+		list_sort(fresh, list_oid_cmp);
+		foreach(lc, fresh)
+			LockSharedObject(AuthIdRelationId, lfirst_oid(lc), 0, AccessExclusiveLock);
+		locked = list_concat(locked, fresh);
+	}
+}
+
+/*
+ * A GRANT that makes these roles members of another holds them shared to
+ * its commit: a REVOKE or DROP ROLE of one of them (which locks it
+ * exclusively) then sees the membership it added, and the scopes over it.
+ * A raise takes the same shared lock, so a GRANT never waits for one.
+ */
+static void
+lock_grantees(List *grantees)
+{
 	ListCell   *lc;
 
-	list_sort(roles, list_oid_cmp);
-	foreach(lc, roles)
-		LockSharedObject(AuthIdRelationId, lfirst_oid(lc), 0, AccessExclusiveLock);
-	return roles;
+	foreach(lc, grantees)
+	{
+		Oid			role = get_rolespec_oid(lfirst_node(RoleSpec, lc), true);
+
+		if (OidIsValid(role))
+			LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+	}
 }
 
 /*
@@ -152,18 +186,16 @@ refuse_if_in_scope(Oid role, bool drop)
 			 errhint("Release the scope first: ks_disengage(reason, scope => '%s').", scope_name)));
 }
 
-/* Does this ALTER ROLE take members out of its role (ALTER GROUP ... DROP USER)? */
-static bool
-drops_members(AlterRoleStmt *stmt)
+/* The members this ALTER ROLE adds or drops (ALTER GROUP ... ADD/DROP USER), or NIL. */
+static List *
+members_changed(AlterRoleStmt *stmt)
 {
 	ListCell   *lc;
 
-	if (stmt->action != -1)
-		return false;
 	foreach(lc, stmt->options)
 		if (strcmp(lfirst_node(DefElem, lc)->defname, "rolemembers") == 0)
-			return true;
-	return false;
+			return (List *) lfirst_node(DefElem, lc)->arg;
+	return NIL;
 }
 
 /* The statements that delete memberships without dropping a role. */
@@ -175,8 +207,13 @@ check_membership_change(Node *parsetree)
 		GrantRoleStmt *stmt = (GrantRoleStmt *) parsetree;
 		ListCell   *lc;
 
+		if (stmt->is_grant)
+		{
+			lock_grantees(stmt->grantee_roles);
+			return;
+		}
 		/* REVOKE ADMIN OPTION FOR keeps the membership */
-		if (stmt->is_grant || stmt->admin_opt)
+		if (stmt->admin_opt)
 			return;
 		foreach(lc, stmt->granted_roles)
 		{
@@ -187,8 +224,16 @@ check_membership_change(Node *parsetree)
 				refuse_if_in_scope(get_role_oid(priv->priv_name, true), false);
 		}
 	}
-	else if (IsA(parsetree, AlterRoleStmt) && drops_members((AlterRoleStmt *) parsetree))
-		refuse_if_in_scope(get_rolespec_oid(((AlterRoleStmt *) parsetree)->role, true), false);
+	else if (IsA(parsetree, AlterRoleStmt))
+	{
+		AlterRoleStmt *stmt = (AlterRoleStmt *) parsetree;
+		List	   *members = members_changed(stmt);
+
+		if (members != NIL && stmt->action == +1)
+			lock_grantees(members);
+		else if (members != NIL && stmt->action == -1)
+			refuse_if_in_scope(get_rolespec_oid(stmt->role, true), false);
+	}
 }
 
 static void

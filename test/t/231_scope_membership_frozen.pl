@@ -3,7 +3,8 @@
 # takes a role out of it — by a CREATEROLE role manager or by a superuser —
 # and its agents stay refused throughout; after the release each is allowed.
 # A REVOKE racing a raise either waits for the raise and is refused, or is
-# waited for by it (the raise then holds what the catalog holds).
+# waited for by it (the raise then holds what the catalog holds); a REVOKE
+# racing a GRANT into a halted scope waits for it and is refused.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -142,8 +143,30 @@ is(as_role('agent_e', 'INSERT INTO t VALUES (1)'), '', 'agent_e, revoked before 
 $raiser->quit;
 $revoker->quit;
 
+# (c) A GRANT under way that puts a group into a halted scope: a REVOKE from
+# that group waits for it, and is refused once it commits.
+sql(q{CREATE ROLE team4 NOLOGIN; CREATE ROLE group4 NOLOGIN; CREATE ROLE agent_g LOGIN IN ROLE killswitch_agent, group4;
+      SET client_min_messages = warning; SELECT ks_engage('halt_all', 'team4 loops', 'pager', scope => 'team4')});
+is(as_role('agent_g', 'INSERT INTO t VALUES (1)'), '', 'agent_g, in group4 outside team4, writes');
+my $granter = $node->background_psql('postgres');
+$granter->query_safe('BEGIN; GRANT team4 TO group4');
+$revoker = $node->background_psql('postgres', on_error_stop => 0);
+$revoker->{stderr} = '';
+$revoker->{stdin} .= "REVOKE group4 FROM agent_g;\n";
+$revoker->{run}->pump_nb;
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'REVOKE group4 FROM agent_g%'}),
+	'a REVOKE waits for a GRANT under way of its group into a scope');
+$granter->query_safe('COMMIT');
+$granter->quit;
+$revoker->query('SELECT 1');
+like($revoker->{stderr}, qr/cannot revoke membership in role "group4" while a scope that holds it is halted/,
+	'and is refused once the GRANT commits (group4 is in team4 now)');
+$revoker->quit;
+halted('agent_g', 'in team4 through group4');
+
 # After the release every change is allowed, by either actor.
-sql(q{SELECT ks_disengage('fixed', scope => 'team'); SELECT ks_disengage('fixed', scope => 'team2'); SELECT ks_disengage('fixed', scope => 'team3')});
+sql(q{SELECT ks_disengage('fixed', scope => 'team'); SELECT ks_disengage('fixed', scope => 'team2'); SELECT ks_disengage('fixed', scope => 'team3'); SELECT ks_disengage('fixed', scope => 'team4')});
 is(as_role('role_manager', 'REVOKE team FROM agent_b'), '', 'released: REVOKE direct, by the role manager');
 is(as_role('postgres', 'REVOKE inner_group FROM agent_a'), '', 'released: REVOKE of an intermediate group\'s member, by a superuser');
 is(as_role('role_manager', 'DROP ROLE inner_group'), '', 'released: DROP ROLE of the intermediate group, by the role manager');
