@@ -3,7 +3,9 @@
 # killswitch.refuse_agent_logins on: the fleet's message, a detail naming
 # the scope.  Other agents, and people in the scope, log in; a scope below
 # emergency refuses no login; a raise to emergency under way refuses them
-# until it rolls back; a release admits them again.
+# until it rolls back; a release admits them again.  And a scope's emergency
+# fires the emergency alert, the scope named: NOTIFY killswitch_alert and
+# killswitch.alert_command with KS_SCOPE.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -11,7 +13,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use KsTest;
 
-my $node = ks_node('scope_logins', conf => "killswitch.refuse_agent_logins = on\n");
+my $node = ks_node('scope_logins', conf => "killswitch.refuse_agent_logins = on\n"
+	  . "killswitch.alert_command = 'env | grep ^KS_ > alert_\$KS_SCOPE.env'\n");
 sub sql { return $node->safe_psql('postgres', shift); }
 
 # Log in as a role; return its stderr ('' when it got in).
@@ -29,6 +32,8 @@ sub refused
 	like($err, qr/DETAIL:  Scope "$scope", which holds role "$role", is in emergency\./, "$role: the detail names scope $scope");
 }
 
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN killswitch_alert');
 sql(q{
 CREATE ROLE team NOLOGIN;
 CREATE ROLE inner_group NOLOGIN IN ROLE team;
@@ -49,6 +54,31 @@ is(login('agent_out'), '', 'an agent in no scope logs in');
 is(login('person'), '', 'a person (no agent) in the scope logs in');
 is(login('agent_h'), '', 'an agent in a scope at halt_all logs in (its statements are refused)');
 like($node->safe_psql('postgres', 'SELECT ks_mode()'), qr/disengaged/, 'the fleet is not halted');
+
+# The alert: NOTIFY killswitch_alert names the scope, and the alert command gets KS_SCOPE.
+my $notes = '';
+for (1 .. 100)
+{
+	my ($out) = $listener->query('SELECT 1');
+	$notes .= $out;
+	last if $notes =~ /"alert": "emergency", "scope": "team"/;
+	select(undef, undef, undef, 0.1);
+}
+$listener->quit;
+my $gen = sql(q{SELECT generation FROM ks_scopes() WHERE scope = 'team'::regrole});
+like($notes, qr/Asynchronous notification "killswitch_alert" with payload "\{"alert": "emergency", "scope": "team", "generation": $gen, "sessions_ended": 0\}"/,
+	'the scope\'s emergency is announced on killswitch_alert, the scope named');
+my $envfile = $node->data_dir . '/alert_team.env';
+for (1 .. 100) { last if -s $envfile; select(undef, undef, undef, 0.1); }
+my %env = map { /^(KS_\w+)=(.*)$/ ? ($1 => $2) : () } split /\n/, slurp_file($envfile);
+is($env{KS_SCOPE}, 'team', 'killswitch.alert_command runs with KS_SCOPE');
+is($env{KS_MODE}, 'emergency', 'and KS_MODE');
+is($env{KS_REASON}, 'team runs away', 'and the scope\'s reason in KS_REASON');
+is($env{KS_TRIGGERED_BY}, 'pager', 'and KS_TRIGGERED_BY');
+is($env{KS_GENERATION}, $gen, 'and the scope\'s generation');
+is($env{KS_EVENT_ID}, sql(q{SELECT id FROM killswitch.events WHERE scope = 'team'::regrole ORDER BY id DESC LIMIT 1}),
+	'and the id of its event');
+ok(!-e $node->data_dir . '/alert_team2.env', 'a scope at halt_all fires no alert');
 
 # A raise to emergency under way (uncommitted) refuses them already; its rollback admits them.
 my $raiser = $node->background_psql('postgres');
