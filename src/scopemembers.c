@@ -34,6 +34,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_auth_members.h"
 #include "catalog/pg_authid.h"
@@ -202,6 +203,9 @@ members_changed(AlterRoleStmt *stmt)
 static void
 check_membership_change(Node *parsetree)
 {
+	/* a standby changes no membership (PostgreSQL refuses these itself) */
+	if (ks_shared == NULL || RecoveryInProgress())
+		return;
 	if (IsA(parsetree, GrantRoleStmt))
 	{
 		GrantRoleStmt *stmt = (GrantRoleStmt *) parsetree;
