@@ -7,7 +7,7 @@ OBJS = src/killswitch.o src/approval.o src/state.o src/startup.o src/persist.o \
        src/owner.o src/modetype.o src/encoding.o src/tasks.o src/api.o src/guard.o \
        src/worker.o src/dirwatch.o src/audit.o src/watch.o src/agents.o src/enforce.o src/functions.o src/allowlist.o src/running.o src/logins.o src/emergency.o src/agentlist.o src/snapshot.o src/ending.o src/alert.o src/lists.o \
        src/sessions.o src/wal.o src/standby.o src/upstream.o src/feed.o src/claim.o src/wait.o \
-       src/interlock.o src/marks.o src/follow.o src/scope.o src/scopechange.o src/scopefile.o
+       src/interlock.o src/marks.o src/follow.o src/scope.o src/scopechange.o src/scopefile.o src/scopemembers.o
 DATA = sql/killswitch--1.0.sql
 PGFILEDESC = "killswitch - cluster-wide kill switch for AI agents"
 

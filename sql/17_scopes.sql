@@ -60,13 +60,15 @@ RESET ROLE;
 -- a scope on a role no agent is in: recorded, with a notice; it latches
 SELECT mode FROM ks_engage('halt_noncritical', 'just in case', scope => 'sc_nobody');
 -- a membership granted afterwards puts the agent in the scope at once
-GRANT sc_nobody TO sc_agent_8;
-SET ROLE sc_agent_8;
+CREATE ROLE sc_agent_9 IN ROLE killswitch_agent;
+GRANT sc_nobody TO sc_agent_9;
+SET ROLE sc_agent_9;
 SELECT ks_mode() AS granted_member_mode;
 RESET ROLE;
-REVOKE sc_nobody FROM sc_agent_8;
-SET ROLE sc_agent_8;
-SELECT ks_mode() AS revoked_member_mode;
+-- and no REVOKE takes it out while the scope is halted (TAP 231 has the matrix)
+REVOKE sc_nobody FROM sc_agent_9;
+SET ROLE sc_agent_9;
+SELECT ks_mode() AS still_member_mode;
 RESET ROLE;
 
 -- a role with an active scope cannot be dropped; a rename keeps its scope
@@ -146,4 +148,4 @@ SELECT count(*) = count(DISTINCT (scope, generation)) AS unique_per_scope FROM k
 SELECT mode FROM ks_disengage('done', scope => 'sc_etl_agents');
 SELECT mode FROM ks_disengage('done', scope => 'sc_nobody');
 SELECT count(*) AS scopes, ks_status()->'scopes_active' AS scopes_active FROM ks_scopes();
-DROP ROLE sc_agent_7, sc_agent_8, sc_etl_a, sc_etl_agents, sc_nobody, sc_on_call, sc_boss;
+DROP ROLE sc_agent_7, sc_agent_8, sc_agent_9, sc_etl_a, sc_etl_agents, sc_nobody, sc_on_call, sc_boss;

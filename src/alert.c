@@ -18,6 +18,7 @@
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/timestamp.h"
 
 #include "alert.h"
@@ -38,6 +39,7 @@ typedef struct AlertDetails
 	char		by[64];
 	char		source[16];
 	char		snapshot[MAXPGPATH];
+	char		scope[NAMEDATALEN];	/* a scope's emergency: its role; the fleet's: empty */
 } AlertDetails;
 
 /*
@@ -50,6 +52,7 @@ alert_details(AlertDetails *d)
 {
 	char		path[MAXPGPATH];
 
+	memset(d, 0, sizeof(*d));
 	SpinLockAcquire(&ks_shared->mutex);
 	if (ks_shared->chain_mode != KS_EMERGENCY && ks_shared->raise_reason[0])
 	{
@@ -95,20 +98,20 @@ exec_alert_command(const AlertDetails *d, int64 generation, int64 event_id, int 
 	setenv_int64("KS_EVENT_ID", event_id, true);
 	setenv_int64("KS_SESSIONS_ENDED", ended, false);
 	setenv("KS_SNAPSHOT_FILE", d->snapshot, 1);
+	if (d->scope[0])
+		setenv("KS_SCOPE", d->scope, 1);
 	execl("/bin/sh", "sh", "-c", ks_alert_command, (char *) NULL);
 	_exit(127);
 }
 
 /* Start killswitch.alert_command, unless none is set or one still runs. */
 static void
-run_alert_command(int64 generation, int64 event_id, int ended)
+run_alert_command(const AlertDetails *d, int64 generation, int64 event_id, int ended)
 {
-	AlertDetails d;
 	pid_t		pid;
 
 	if (ks_alert_command == NULL || ks_alert_command[0] == '\0' || alert_pid != 0)
 		return;
-	alert_details(&d);
 	fflush(NULL);
 	pid = fork();
 	if (pid < 0)
@@ -117,7 +120,7 @@ run_alert_command(int64 generation, int64 event_id, int ended)
 		return;
 	}
 	if (pid == 0)
-		exec_alert_command(&d, generation, event_id, ended);
+		exec_alert_command(d, generation, event_id, ended);
 	alert_pid = pid;
 	alert_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ks_alert_timeout);
 	ereport(LOG, (errmsg("killswitch.alert_command started (pid %d)", (int) pid)));
@@ -183,6 +186,8 @@ ks_alert_event_id(int64 generation)
 void
 ks_alert_emergency(int64 generation, int64 event_id, int ended, bool database)
 {
+	AlertDetails d;
+
 	if (database)
 	{
 		ks_notify_alert_later(generation, ended);
@@ -204,5 +209,63 @@ ks_alert_emergency(int64 generation, int64 event_id, int ended, bool database)
 				 errdetail("Every statement of an agent is refused until the kill switch is released. "
 						   "The watcher has no database: the snapshot is in the file %s only, and no NOTIFY was sent.",
 						   KS_SNAPSHOT_FILE_NAME)));
-	run_alert_command(generation, event_id, ended);
+	alert_details(&d);
+	run_alert_command(&d, generation, event_id, ended);
+}
+
+/*
+ * The details of a scope's emergency: its role, and the reason, caller,
+ * source and id of its event at generation (none while its raise is not
+ * committed: generation 0).  Reads killswitch.events.
+ */
+static int64
+scope_alert_details(AlertDetails *d, Oid role, const char *name, int64 generation)
+{
+	Oid			argtypes[2] = {OIDOID, INT8OID};
+	Datum		values[2] = {ObjectIdGetDatum(role), Int64GetDatum(generation)};
+	int64		id = 0;
+	bool		isnull;
+
+	memset(d, 0, sizeof(*d));
+	strlcpy(d->scope, name, sizeof(d->scope));
+	strlcpy(d->source, "sql", sizeof(d->source));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT id, reason, triggered_by, source FROM killswitch.events "
+							  "WHERE scope = $1 AND generation = $2",
+							  2, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *by = SPI_getvalue(tup, desc, 3);
+
+		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		strlcpy(d->reason, SPI_getvalue(tup, desc, 2), sizeof(d->reason));
+		strlcpy(d->by, by ? by : "", sizeof(d->by));
+		strlcpy(d->source, SPI_getvalue(tup, desc, 4), sizeof(d->source));
+	}
+	SPI_finish();
+	return id;
+}
+
+/*
+ * Alert that a scope entered emergency (ARCHITECTURE §13): NOTIFY
+ * killswitch_alert with the scope named, and killswitch.alert_command with
+ * KS_SCOPE set (no snapshot: the snapshot is the fleet's emergency's only).
+ * generation is the scope's, 0 while its raise is not committed.  Inside
+ * the watcher's transaction in a database with the history.
+ */
+void
+ks_alert_scope_emergency(Oid role, int64 generation, int ended)
+{
+	AlertDetails d;
+	char	   *name = GetUserNameFromId(role, true);
+	int64		event_id;
+
+	if (name == NULL)
+		return;					/* dropped since: its scope is gone with it */
+	event_id = scope_alert_details(&d, role, name, generation);
+	ks_notify_scope_alert_later(name, generation, ended);
+	run_alert_command(&d, generation, event_id, ended);
 }

@@ -123,12 +123,17 @@ typedef struct ScopeEpisode
 {
 	Oid			role;
 	TimestampTz since;
+	int			ended;			/* agent sessions ended so far, for the alert to count */
+	bool		alerted;
 } ScopeEpisode;
 static List *scope_episodes = NIL;
 
-/* Is this the first tick of the scope's emergency?  The episodes no longer in force go. */
-static bool
-first_scope_tick(const KsScope *scopes, int n, int i)
+/*
+ * The watcher's memory of the scope's emergency (*first: its first tick).
+ * The episodes no longer in force go.
+ */
+static ScopeEpisode *
+scope_episode(const KsScope *scopes, int n, int i, bool *first)
 {
 	ListCell   *lc;
 	MemoryContext old;
@@ -144,15 +149,73 @@ first_scope_tick(const KsScope *scopes, int n, int i)
 		if (!in_force)
 			scope_episodes = foreach_delete_current(scope_episodes, lc);
 		else if (known->role == scopes[i].role)
-			return false;
+		{
+			*first = false;
+			return known;
+		}
 	}
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	e = palloc(sizeof(ScopeEpisode));
+	e = palloc0(sizeof(ScopeEpisode));
 	e->role = scopes[i].role;
 	e->since = scopes[i].emergency_at;
 	scope_episodes = lappend(scope_episodes, e);
 	MemoryContextSwitchTo(old);
-	return true;
+	*first = true;
+	return e;
+}
+
+/*
+ * Is the alert of this scope's emergency due, and with which generation?
+ * As the fleet's (alert_due()): once the scope's committed state is
+ * emergency (its event recorded: *generation), or once the raise has been
+ * in force KS_ALERT_WAIT_MS without (*generation 0).
+ */
+static bool
+scope_alert_due(const KsScope *scope, int64 *generation)
+{
+	KsScope		committed;
+
+	if (ks_scope_lookup(scope->role, &committed, NULL) && committed.mode == KS_EMERGENCY)
+	{
+		*generation = committed.generation;
+		return true;
+	}
+	*generation = 0;
+	return TimestampDifferenceExceeds(scope->emergency_at, GetCurrentTimestamp(), KS_ALERT_WAIT_MS);
+}
+
+/*
+ * A tick of a scope's emergency with a database, after its busy agent
+ * sessions (ended of them now) were ended: at its first, its agents'
+ * prepared transactions rolled back and a WARNING; then, once due, its
+ * alert (once per episode).
+ */
+static void
+scope_episode_tick(const KsScope *scopes, int n, int i, List *held, int ended)
+{
+	bool		first;
+	ScopeEpisode *episode = scope_episode(scopes, n, i, &first);
+	char	   *name = GetUserNameFromId(scopes[i].role, true);
+	int64		generation;
+
+	episode->ended += ended;
+	if (first)
+	{
+		ks_note_agents_prepared(held);
+		ereport(WARNING,
+				(errmsg("scope \"%s\" is in emergency: %d busy agent sessions ended, its agents' prepared transactions rolled back",
+						name ? name : "?", ended),
+				 errdetail("The rest of the fleet keeps working; see ks_scopes().")));
+	}
+	else if (ended > 0)
+		ereport(LOG,
+				(errmsg("ended %d busy agent sessions of scope \"%s\" in emergency",
+						ended, name ? name : "?")));
+	if (!episode->alerted && scope_alert_due(&scopes[i], &generation))
+	{
+		episode->alerted = true;
+		ks_alert_scope_emergency(scopes[i].role, generation, episode->ended);
+	}
 }
 
 /*
@@ -160,10 +223,10 @@ first_scope_tick(const KsScope *scopes, int n, int i)
  * sessions of the agent roles each holds, whose transaction began before
  * the scope entered emergency, are ended — the rest of the fleet keeps
  * working; at its first tick with a database, their prepared transactions
- * are rolled back (after the tick, ending.c) and a WARNING says so.
- * (Their idle sessions stay, each statement refused; the snapshot and the
- * alert command are the fleet's only.)  Nothing to do while the fleet
- * itself is in emergency: it ends them all.
+ * are rolled back (after the tick, ending.c) and a WARNING says so; then
+ * the alert, the scope named (alert.c).  (Their idle sessions stay, each
+ * statement refused; the snapshot is the fleet's only.)  Nothing to do
+ * while the fleet itself is in emergency: it ends them all.
  */
 static void
 scope_emergency_tick(bool history)
@@ -198,16 +261,8 @@ scope_emergency_tick(bool history)
 		if (held == NIL)
 			continue;
 		ended = ks_end_busy_agent_sessions(held, scopes[i].emergency_at);
-		if (history && first_scope_tick(scopes, n, i))
-		{
-			char	   *name = GetUserNameFromId(scopes[i].role, true);
-
-			ks_note_agents_prepared(held);
-			ereport(WARNING,
-					(errmsg("scope \"%s\" is in emergency: %d busy agent sessions ended, its agents' prepared transactions rolled back",
-							name ? name : "?", ended),
-					 errdetail("The rest of the fleet keeps working; see ks_scopes().")));
-		}
+		if (history)
+			scope_episode_tick(scopes, n, i, held, ended);
 		else if (ended > 0)
 		{
 			char	   *name = GetUserNameFromId(scopes[i].role, true);
@@ -218,6 +273,7 @@ scope_emergency_tick(bool history)
 		}
 	}
 }
+
 
 /*
  * The watcher's emergency duty, inside its transaction in its database

@@ -27,6 +27,7 @@
 #include "running.h"
 #include "scope.h"
 #include "scopechange.h"
+#include "scopemembers.h"
 #include "state.h"
 #include "tasks.h"
 #include "upstream.h"
@@ -197,6 +198,7 @@ _PG_init(void)
 	RegisterXactCallback(ks_xact_callback, NULL);
 	RegisterSubXactCallback(ks_subxact_callback, NULL);
 	ks_scopechange_init();
+	ks_scopemembers_init();
 	ks_interlock_init();
 	/* after ks_xact_callback: callbacks run newest first, the backstop first */
 	ks_enforce_init();

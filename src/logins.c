@@ -9,7 +9,8 @@
  *     killswitch_admin from connecting and engaging.  PostgreSQL keeps its
  *     superuser reserve the same way (InitPostgres(), HaveNFreeProcs()).
  *   - In emergency, with killswitch.refuse_agent_logins on, every agent
- *     login is refused.
+ *     login is refused; with a scope in emergency, every agent login the
+ *     scope holds (ARCHITECTURE §13).
  *
  * Both are decided in the ClientAuthentication hook, which runs inside the
  * login's first transaction (InitPostgres() starts it before
@@ -30,6 +31,7 @@
 #include "logins.h"
 #include "names.h"
 #include "rights.h"
+#include "scope.h"
 #include "state.h"
 #include "store.h"
 
@@ -83,7 +85,46 @@ refuse_in_emergency(Port *port)
 						 KS_ROLE_ADMIN)));
 }
 
-/* ClientAuthentication hook: the reserve, then the emergency. */
+/*
+ * With a scope in emergency (committed or being raised) and
+ * killswitch.refuse_agent_logins on, refuse an agent login the scope holds,
+ * with the fleet's message and the scope named.  The agent role is read
+ * from the catalog: the watcher lists agent roles for the fleet's emergency
+ * only.
+ */
+static void
+refuse_in_scope_emergency(Port *port)
+{
+	KsScope    *list;
+	int			n;
+	Oid			role;
+
+	if (!ks_refuse_agent_logins ||
+		(pg_atomic_read_u64(&ks_shared->word) & KS_WORD_SCOPES) == 0)
+		return;
+	list = ks_scopes_in_emergency(&n);
+	if (n == 0)
+		return;
+	role = get_role_oid(port->user_name, true);
+	if (!OidIsValid(role) || !ks_role_is_agent(role))
+		return;
+	for (int i = 0; i < n; i++)
+		if (is_member_of_role_nosuper(role, list[i].role))
+		{
+			const char *scope = GetUserNameFromId(list[i].role, false);
+
+			ereport(FATAL,
+					(errcode(ERRCODE_KILLSWITCH_ENGAGED),
+					 errmsg("kill switch engaged (emergency): login by agent \"%s\" refused",
+							port->user_name),
+					 errdetail("Scope \"%s\", which holds role \"%s\", is in emergency.",
+							   scope, port->user_name),
+					 errhint("Agent logins in the scope are refused until a member of %s releases it: ks_disengage(reason, scope => '%s').",
+							 KS_ROLE_ADMIN, scope)));
+		}
+}
+
+/* ClientAuthentication hook: the reserve, then the emergency, the fleet's and the scopes'. */
 static void
 ks_ClientAuthentication(Port *port, int status)
 {
@@ -93,6 +134,7 @@ ks_ClientAuthentication(Port *port, int status)
 		return;
 	keep_reserve(port);
 	refuse_in_emergency(port);
+	refuse_in_scope_emergency(port);
 }
 
 /* Install the hook; from ks_enforce_init(). */

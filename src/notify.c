@@ -23,6 +23,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -116,6 +117,35 @@ ks_notify_alert_later(int64 generation, int sessions_ended)
 	alert_sessions_ended = sessions_ended;
 }
 
+/* The alerts of scopes' emergencies, waiting for the next round (in TopMemoryContext). */
+static List *scope_alerts = NIL;
+
+/* NOTIFY killswitch_alert that a scope's emergency actions ran (with the next round). */
+void
+ks_notify_scope_alert_later(const char *scope, int64 generation, int sessions_ended)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	StringInfoData payload;
+
+	initStringInfo(&payload);
+	appendStringInfoString(&payload, "{\"alert\": \"emergency\", \"scope\": ");
+	escape_json(&payload, scope);
+	appendStringInfo(&payload, ", \"generation\": " INT64_FORMAT ", \"sessions_ended\": %d}",
+					 generation, sessions_ended);
+	scope_alerts = lappend(scope_alerts, payload.data);
+	MemoryContextSwitchTo(old);
+}
+
+/* Send the scopes' alerts queued, in the current transaction. */
+static void
+notify_scope_alerts(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, scope_alerts)
+		Async_Notify(KS_ALERT_CHANNEL, lfirst(lc));
+}
+
 /*
  * Queue every event the query selects (its condition on $1, after):
  * returns the highest of after and the rows' column key (1, the id, or 7,
@@ -207,7 +237,7 @@ ks_notify_pending(void)
 	SpinLockRelease(&ks_shared->mutex);
 	/* on failure, everything up to the generation in force is dropped */
 	newest = KS_WORD_GENERATION(pg_atomic_read_u64(&ks_shared->word));
-	if (newest <= since && !alert_pending && !scopes_due)
+	if (newest <= since && !alert_pending && !scopes_due && scope_alerts == NIL)
 		return;
 	PG_TRY();
 	{
@@ -227,6 +257,7 @@ ks_notify_pending(void)
 						 psprintf("{\"alert\": \"emergency\", \"generation\": " INT64_FORMAT
 								  ", \"sessions_ended\": %d, \"snapshot_file\": \"%s\"}",
 								  alert_generation, alert_sessions_ended, KS_SNAPSHOT_FILE_NAME));
+		notify_scope_alerts();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
@@ -246,6 +277,8 @@ ks_notify_pending(void)
 	}
 	PG_END_TRY();
 	alert_pending = false;
+	list_free_deep(scope_alerts);
+	scope_alerts = NIL;
 	scope_notified_version = scope_version;	/* read before the look: a later change looks again */
 	SpinLockAcquire(&ks_shared->mutex);
 	ks_shared->notified_generation = Max(ks_shared->notified_generation, newest);

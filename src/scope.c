@@ -553,6 +553,18 @@ ks_scope_list(int *count)
 	return copy_entries(SCOPE_COPY_COMMITTED, count);
 }
 
+/* Is a committed scope missing from the set (every role may be in one)? */
+bool
+ks_scope_overflowed(void)
+{
+	bool		overflowed;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	overflowed = ks_scopes->overflowed;
+	LWLockRelease(ks_scopes->lock);
+	return overflowed;
+}
+
 /* The set's version: it moves at every change (for the watcher's NOTIFY, notify.c). */
 uint64
 ks_scope_version(void)

@@ -2,8 +2,9 @@
 # in a scope is refused its writes, its guarded task rows and its tasks; a
 # sibling outside keeps working; SET ROLE does not escape; a team is halted
 # through its group role; a membership granted after the raise is halted at
-# once; a raise is in force before its commit and gone with its abort; a
-# release is not in force before its commit; ks_wait() wakes for it.
+# once, and a REVOKE of it is refused until the release; a raise is in force
+# before its commit and gone with its abort; a release is not in force before
+# its commit; ks_wait() wakes for it.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -94,10 +95,16 @@ is($got, 'ok', 'outside the team, task rows go on') or diag($err);
 # 4. A membership granted after the raise: halted at once, in an open session.
 my $s8 = agent_session('agent_8');
 is(bg_err($s8, 'INSERT INTO t VALUES (81)'), '', 'agent_8 writes in its session');
-sql('GRANT etl_agents TO agent_8');
+# (A team of its own, late_team: a REVOKE is refused while the team is halted, TAP 231.)
+sql(q{CREATE ROLE late_team NOLOGIN; SET client_min_messages = warning;
+      SELECT ks_engage('halt_noncritical', 'late team', 'pager', scope => 'late_team')});
+sql('GRANT late_team TO agent_8');
 like(bg_err($s8, 'INSERT INTO t VALUES (82)'), qr/KS001/, 'granted into the team: its next statement is refused');
-sql('REVOKE etl_agents FROM agent_8');
-is(bg_err($s8, 'INSERT INTO t VALUES (83)'), '', 'revoked: it writes again');
+my ($rc4, $out4, $err4) = $node->psql('postgres', 'REVOKE late_team FROM agent_8');
+like($err4, qr/cannot revoke membership in role "late_team"/, 'the REVOKE is refused while the team is halted');
+like(bg_err($s8, 'INSERT INTO t VALUES (83)'), qr/KS001/, 'and agent_8 stays halted');
+sql("SELECT ks_disengage('done', scope => 'late_team'); REVOKE late_team FROM agent_8");
+is(bg_err($s8, 'INSERT INTO t VALUES (83)'), '', 'released, then revoked: it writes again');
 
 # 5. A raise is in force before its commit, gone with its abort; a release only after its commit.
 my $op = $node->background_psql('postgres');

@@ -78,12 +78,11 @@ $holder->quit;
 is($err, '', 'once its session was terminated, agent_s writes');
 sql('DELETE FROM t');
 
-# Finding 4 (lost halt, by a role manager): a team's scope is lowered for
+# Finding 4 (lost halt, by a role manager): a team's scope was lowered for
 # its members, without a release, an event or an administrator, by anyone
 # with CREATEROLE (not a member of killswitch_admin): REVOKE of the team
-# membership, or DROP ROLE of an intermediate group role.  DROP ROLE of the
-# scope's own role is refused (scopechange.c scope_object_access()); the
-# roles that put an agent into the scope are not guarded.
+# membership, or DROP ROLE of an intermediate group role.  Now both are
+# refused while the scope is halted (scopemembers.c; the matrix is TAP 231).
 sql(q{
 CREATE ROLE role_manager LOGIN CREATEROLE;
 CREATE ROLE etl_agents NOLOGIN;
@@ -98,16 +97,16 @@ like($err, qr/KS001|kill switch engaged/, 'etl_a, in the team through etl_inner,
 ($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'etl_b' ]);
 like($err, qr/kill switch engaged/, 'etl_b, in the team directly, is refused');
 my $events_before = sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 'etl_agents'::regrole});
-($rc, $out, $err) = $node->psql('postgres', 'DROP ROLE etl_inner; REVOKE etl_agents FROM etl_b',
-	extra_params => [ '-U', 'role_manager' ]);
-is($err, '', 'a CREATEROLE role, no killswitch administrator, drops etl_inner and revokes etl_b');
-{
-	local $TODO = 'finding 4: membership changes lower a team scope for its members without a release';
-	($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (2)', extra_params => [ '-U', 'etl_a' ]);
-	like($err, qr/kill switch engaged/, 'etl_a is still halted (only a committed release lowers a scope)');
-	($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (3)', extra_params => [ '-U', 'etl_b' ]);
-	like($err, qr/kill switch engaged/, 'etl_b is still halted');
-}
+($rc, $out, $err) = $node->psql('postgres', 'DROP ROLE etl_inner', extra_params => [ '-U', 'role_manager' ]);
+like($err, qr/cannot drop role "etl_inner" while a scope that holds it is halted/,
+	'a CREATEROLE role, no killswitch administrator, cannot drop etl_inner');
+($rc, $out, $err) = $node->psql('postgres', 'REVOKE etl_agents FROM etl_b', extra_params => [ '-U', 'role_manager' ]);
+like($err, qr/cannot revoke membership in role "etl_agents" while a scope that holds it is halted/,
+	'nor revoke etl_b\'s membership in the team');
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (2)', extra_params => [ '-U', 'etl_a' ]);
+like($err, qr/kill switch engaged/, 'etl_a is still halted (only a committed release lowers a scope)');
+($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (3)', extra_params => [ '-U', 'etl_b' ]);
+like($err, qr/kill switch engaged/, 'etl_b is still halted');
 is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 'etl_agents'::regrole}), $events_before,
 	'and the chain recorded nothing: the scope still says halt_all');
 is(sql(q{SELECT count(*) FROM ks_scopes() WHERE scope = 'etl_agents'::regrole AND mode = 'halt_all'}), '1',
