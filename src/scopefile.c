@@ -412,6 +412,20 @@ ks_scope_file_pending(void)
 }
 
 /*
+ * A file the look refuses: the copy's bytes back, and the raises the round
+ * put in force from it (apply_raises()) taken back to the chain's scopes —
+ * the caller's verdict halts the fleet meanwhile.  Always false.
+ */
+static bool
+refuse(const char *path, const char *copy, size_t copylen)
+{
+	put_back(path, copy, copylen);
+	pending = false;
+	ks_scopes_from_history(false);
+	return false;
+}
+
+/*
  * In a look of the watcher that holds the ordering lock (worker.c), before
  * the first look sets the scopes to the chain's: record an outside write of
  * the scope file that the server accepts — each scope it raises or lowers
@@ -460,10 +474,7 @@ ks_scope_file_record_outside(char *problem, size_t problemlen)
 		return false;
 	if (!judge_texts(copy, copylen, shared, sharedlen, secret, secretlen,
 					 &held, &file, &kind, problem, problemlen))
-	{
-		put_back(path, copy, copylen);
-		return false;
-	}
+		return refuse(path, copy, copylen);
 	reason = file.reason ? file.reason : "the scope file was changed outside the server";
 	by = file.triggered_by ? file.triggered_by : "file";
 	/* every role first: a file naming one that does not exist is refused whole */
@@ -472,8 +483,7 @@ ks_scope_file_record_outside(char *problem, size_t problemlen)
 		{
 			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
 					 KS_SCOPE_FILE_NAME, file.entries[i].role);
-			put_back(path, copy, copylen);
-			return false;
+			return refuse(path, copy, copylen);
 		}
 	for (int i = 0; i < file.n; i++)
 	{
@@ -486,8 +496,7 @@ ks_scope_file_record_outside(char *problem, size_t problemlen)
 		{
 			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
 					 KS_SCOPE_FILE_NAME, f->role);
-			put_back(path, copy, copylen);
-			return false;
+			return refuse(path, copy, copylen);
 		}
 	}
 	for (int i = 0; i < held.n; i++)
