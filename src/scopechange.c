@@ -374,6 +374,33 @@ ks_scope_change(const char *scope, KsMode mode, const char *reason, const char *
 }
 
 /*
+ * The scope's mode as the chain holds it (its newest event; none:
+ * disengaged), for the watcher's record of an outside raise that shared
+ * memory already holds (scopefile.c): the chain, not the set, says whether
+ * it still has to be recorded.  The caller holds the ordering lock.
+ */
+KsMode
+ks_scope_chain_mode(Oid role)
+{
+	KsOwnerContext owner;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(role)};
+	KsMode		mode = KS_DISENGAGED;
+
+	ks_owner_begin(&owner);
+	if (SPI_execute_snapshot(SPI_prepare("SELECT e.mode::text FROM killswitch.events e WHERE e.scope = $1 "
+										 "ORDER BY e.id DESC LIMIT 1", 1, argtypes),
+							 values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	if (SPI_processed == 1)
+		mode = (KsMode) ks_mode_from_sql_name(SPI_getvalue(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1));
+	ks_owner_end(&owner);
+	return mode;
+}
+
+/*
  * A release this transaction recorded (the watcher's, of an outside write,
  * in the look that then settles the scopes) is in the chain it reads, not
  * yet committed: its scope keeps the mode it holds until the commit.

@@ -153,8 +153,40 @@ ks_scope_file_write(void)
 static struct stat known_stat;
 static bool known = false;
 
-/* An outside write judged acceptable, waiting for a look to record it. */
-static bool pending = false;
+/*
+ * An outside write the round accepted, waiting for a look to record it: its
+ * bytes and those of the copy it was judged against (TopMemoryContext).
+ * Kept whatever happens to the file meanwhile — a scope change from SQL
+ * rewrites the file with the raise in it — until a look has recorded it.
+ */
+static char *pending_file = NULL;
+static size_t pending_file_len = 0;
+static char *pending_copy = NULL;	/* NULL: there was no copy */
+static size_t pending_copy_len = 0;
+
+static char *
+keep_bytes(const char *bytes, size_t len)
+{
+	char	   *kept;
+
+	if (bytes == NULL)
+		return NULL;
+	kept = MemoryContextAlloc(TopMemoryContext, len + 1);
+	memcpy(kept, bytes, len);
+	kept[len] = '\0';
+	return kept;
+}
+
+static void
+forget_pending(void)
+{
+	if (pending_file)
+		pfree(pending_file);
+	if (pending_copy)
+		pfree(pending_copy);
+	pending_file = pending_copy = NULL;
+	pending_file_len = pending_copy_len = 0;
+}
 
 static bool
 same_stat(const struct stat *a, const struct stat *b)
@@ -346,7 +378,6 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 	/* the files' bytes go with this context: the watcher lives long */
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "killswitch scope file", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(tmp);
-	pending = false;
 	if (same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen))
 		ours = true;
 	else
@@ -386,11 +417,16 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 			{
 				if (kind == OUTSIDE_RAISES || kind == OUTSIDE_RELEASES)
 					apply_raises(&held, &file);
-				pending = true;
+				/* judged against the copy as it is: a newer file replaces an older one */
+				forget_pending();
+				pending_file = keep_bytes(shared, sharedlen);
+				pending_file_len = sharedlen;
+				pending_copy = keep_bytes(copy, copylen);
+				pending_copy_len = copylen;
 				ours = true;	/* no verdict: a look records it */
 			}
 		}
-		if (!ours && !pending && copy != NULL &&
+		if (!ours && copy != NULL &&
 			!ks_write_shared_file_durably(path, copy, copylen, problem, problemlen))
 			ereport(WARNING,
 					(errmsg("could not put the scope file back: %s", problem)));
@@ -408,73 +444,133 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 bool
 ks_scope_file_pending(void)
 {
-	return pending;
+	return pending_file != NULL;
 }
 
 /*
- * A file the look refuses: the copy's bytes back, and the raises the round
- * put in force from it (apply_raises()) taken back to the chain's scopes —
- * the caller's verdict halts the fleet meanwhile.  Always false.
+ * A file the look refuses: the copy's bytes back if the file still holds
+ * the refused bytes, and the raises the round put in force from it taken
+ * back to the chain's scopes — the caller's verdict halts the fleet
+ * meanwhile.  Always false.
  */
 static bool
-refuse(const char *path, const char *copy, size_t copylen)
+refuse(void)
 {
-	put_back(path, copy, copylen);
-	pending = false;
+	char		path[MAXPGPATH];
+	char	   *now = NULL;
+	size_t		nowlen = 0;
+	char		problem[KS_PROBLEM_LEN];
+
+	scope_file_path(path, sizeof(path));
+	if (ks_read_file(path, KS_MAX_SCOPE_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)) &&
+		nowlen == pending_file_len && memcmp(now, pending_file, nowlen) == 0)
+		put_back(path, pending_copy, pending_copy_len);
+	forget_pending();
 	ks_scopes_from_history(false);
 	return false;
 }
 
 /*
+ * Record the raises of an accepted file that the chain does not hold yet
+ * (shared memory holds them since the round: the chain says what is
+ * recorded).  False, with problem, if a role does not exist.
+ */
+static bool
+record_raises(const KsScopeFile *file, const char *reason, const char *by,
+			  int *recorded, char *problem, size_t problemlen)
+{
+	for (int i = 0; i < file->n; i++)
+	{
+		const KsScopeEntry *f = &file->entries[i];
+		KsMode		chain = ks_scope_chain_mode((Oid) f->role);
+
+		if (f->mode <= chain)
+			continue;			/* recorded, or raised higher since */
+		if (!ks_scope_record_outside((Oid) f->role, f->mode, chain, reason, by))
+		{
+			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
+					 KS_SCOPE_FILE_NAME, f->role);
+			return false;
+		}
+		(*recorded)++;
+	}
+	return true;
+}
+
+/*
+ * Record the lowers of an accepted release: each scope of the copy it
+ * names that it lowers or removes, from the mode the chain holds.  Only if
+ * the copy is still the one it named — a change committed since (from SQL)
+ * supersedes it: not applied, a WARNING, no verdict, as a raced file that
+ * would lower the state now in force (ARCHITECTURE §5.7).
+ */
+static void
+record_releases(const KsScopeFile *held, const KsScopeFile *file, const char *reason,
+				const char *by, int *recorded)
+{
+	char	   *copy = NULL;
+	size_t		copylen = 0;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_read_file(KS_SCOPES_COPY_FILE, KS_MAX_SCOPE_FILE_SIZE, &copy, &copylen,
+					  problem, sizeof(problem)) ||
+		pending_copy == NULL || copylen != pending_copy_len ||
+		memcmp(copy, pending_copy, copylen) != 0)
+	{
+		ereport(WARNING,
+				(errmsg("a release written to the scope file was superseded by a later change of the scopes"),
+				 errdetail("It names a scope file the server has replaced since; the scopes stay as they are."),
+				 errhint("Write the release again (killswitch -D disengage --scope), or release the scope with ks_disengage().")));
+		return;
+	}
+	for (int i = 0; i < held->n; i++)
+	{
+		const KsScopeEntry *h = &held->entries[i];
+		KsScopeEntry *f = ks_scope_file_find(file, h->role);
+		KsMode		to = f ? f->mode : KS_DISENGAGED;
+		KsMode		chain;
+
+		if (to >= h->mode)
+			continue;
+		chain = ks_scope_chain_mode((Oid) h->role);
+		if (to < chain && ks_scope_record_outside((Oid) h->role, to, chain, reason, by))
+			(*recorded)++;
+		/* a role that is gone has no scope to release */
+	}
+}
+
+/*
  * In a look of the watcher that holds the ordering lock (worker.c), before
- * the first look sets the scopes to the chain's: record an outside write of
- * the scope file that the server accepts — each scope it raises or lowers
- * an event of its own, source "file", in the look's transaction; at its
- * commit the scopes take them and the file is written with the server's
- * bytes (scopechange.c; the first look's settling keeps a release recorded
- * here until its commit).  False, with problem, if the file is
- * refused: the caller's verdict, and the copy's bytes are put back.
+ * the first look sets the scopes to the chain's: record the outside write
+ * of the scope file the round accepted (ks_scope_file_is_ours(), asked here
+ * first: the first look may come before any round) — each scope it raises
+ * or lowers an event of its own, source "file", in the look's transaction;
+ * at its commit the scopes take them and the file is written with the
+ * server's bytes (scopechange.c; the first look's settling keeps a release
+ * recorded here until its commit).  False, with problem, if the file is
+ * refused: the caller's verdict.
  */
 bool
 ks_scope_file_record_outside(char *problem, size_t problemlen)
 {
-	char		path[MAXPGPATH];
-	char	   *copy;
-	char	   *shared;
-	size_t		copylen;
-	size_t		sharedlen;
-	bool		missing;
 	char	   *secret;
 	size_t		secretlen;
 	KsScopeFile held;
 	KsScopeFile file;
 	OutsideKind kind;
-	int			fd;
-	bool		ok;
+	int			recorded = 0;
 	const char *reason;
 	const char *by;
 
-	if (ks_shared->state_dir_foreign)
-		return true;
-	scope_file_path(path, sizeof(path));
-	if (same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen) || shared == NULL)
-	{
-		pending = false;
-		return true;
-	}
-	/* never waited for inside a look (ARCHITECTURE §5.7): busy, a later look */
-	fd = ks_lock_dir_within(ks_state_dir, 0, problem, problemlen);
-	if (fd < 0)
-		return true;
-	ok = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen) || shared == NULL;
-	ks_unlock_dir(fd);
-	if (ok)
+	if (!ks_scope_file_is_ours(problem, problemlen))
+		return false;
+	if (pending_file == NULL)
 		return true;
 	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
 		return false;
-	if (!judge_texts(copy, copylen, shared, sharedlen, secret, secretlen,
-					 &held, &file, &kind, problem, problemlen))
-		return refuse(path, copy, copylen);
+	if (!judge_texts(pending_copy, pending_copy_len, pending_file, pending_file_len,
+					 secret, secretlen, &held, &file, &kind, problem, problemlen))
+		return refuse();
 	reason = file.reason ? file.reason : "the scope file was changed outside the server";
 	by = file.triggered_by ? file.triggered_by : "file";
 	/* every role first: a file naming one that does not exist is refused whole */
@@ -483,33 +579,17 @@ ks_scope_file_record_outside(char *problem, size_t problemlen)
 		{
 			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
 					 KS_SCOPE_FILE_NAME, file.entries[i].role);
-			return refuse(path, copy, copylen);
+			return refuse();
 		}
-	for (int i = 0; i < file.n; i++)
-	{
-		const KsScopeEntry *f = &file.entries[i];
-		KsScopeEntry *h = ks_scope_file_find(&held, f->role);
-		KsMode		previous = h ? h->mode : KS_DISENGAGED;
-
-		if (f->mode != previous &&
-			!ks_scope_record_outside((Oid) f->role, f->mode, previous, reason, by))
-		{
-			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
-					 KS_SCOPE_FILE_NAME, f->role);
-			return refuse(path, copy, copylen);
-		}
-	}
-	for (int i = 0; i < held.n; i++)
-		if (ks_scope_file_find(&file, held.entries[i].role) == NULL &&
-			!ks_scope_record_outside((Oid) held.entries[i].role, KS_DISENGAGED,
-									 held.entries[i].mode, reason, by))
-			continue;			/* its role is gone: nothing to release */
-	if (kind == OUTSIDE_SAME)
+	if (!record_raises(&file, reason, by, &recorded, problem, problemlen))
+		return refuse();
+	if (kind == OUTSIDE_RELEASES)
+		record_releases(&held, &file, reason, by, &recorded);
+	forget_pending();
+	if (recorded == 0)
 		ks_scope_file_write();	/* nothing to record: the server's bytes again */
-	pending = false;
 	return true;
 }
-
 /* Put every scope of a verified file in force. */
 static void
 load(const KsScopeFile *f)

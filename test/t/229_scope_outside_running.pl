@@ -91,4 +91,39 @@ is(refused('agent_7'), 'ok', 'agent_7 works again');
 is(sql("SELECT ks_status()->>'integrity'"), 'ok', 'no tamper verdict');
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
 
+# 4. An outside raise judged while the lock that orders changes is held, then
+# an SQL raise of another scope that gets the lock first: its write of the
+# scope file carries the outside raise (shared memory holds it), so the file
+# is the server's own again before any look could record it — the raise is
+# recorded all the same (the watcher keeps what it accepted), and survives
+# a restart.  Forced: a session holds the lock; the SQL raise queues for it
+# first (the watcher only ever tries it).
+my $oid8 = sql("SELECT 'agent_8'::regrole::oid");
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('BEGIN; LOCK TABLE killswitch.events IN SHARE ROW EXCLUSIVE MODE');
+($rc, $out, $err) = ks('-D', $pgdata, 'engage', 'halt_all', '--reason', 'outside, lock held', '--scope', $oid7);
+is($rc, 0, 'an outside raise while the ordering lock is held') or diag($err);
+ok(ks_within($node, "SELECT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)", 30),
+	'the round puts it in force at once');
+is(refused('agent_7'), 'KS001', 'agent_7 is refused');
+my $raiser = $node->background_psql('postgres', on_error_stop => 0);
+$raiser->{stdin} .= "SET client_min_messages = warning; SELECT ks_engage('halt_all', 'sql raise first', 'pager', scope => 'agent_8');\n";
+$raiser->{run}->pump_nb;
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%sql raise first%'})
+  or die 'the SQL raise does not wait for the ordering lock';
+is(sql("SELECT count(*) FROM killswitch.events WHERE reason = 'outside, lock held'"), '0',
+	'not recorded while the lock is held');
+$holder->query_safe('COMMIT');
+$holder->quit;
+$raiser->query_safe('SELECT 1');
+$raiser->quit;
+ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'sql raise first'", 30), 'the SQL raise committed');
+ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = $oid7 AND source = 'file' AND reason = 'outside, lock held'", 30),
+	'the outside raise is recorded though the server rewrote the file first');
+$node->restart;
+is(sql("SELECT string_agg(scope::text || '=' || mode, ',' ORDER BY scope::text) FROM ks_scopes()"),
+	'agent_7=halt_all,agent_8=halt_all', 'both scopes survive a restart');
+is(refused('agent_7'), 'KS001', 'agent_7 is still refused');
+
 done_testing();
