@@ -423,6 +423,12 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 				pending_file_len = sharedlen;
 				pending_copy = keep_bytes(copy, copylen);
 				pending_copy_len = copylen;
+				ereport(LOG,
+						(errmsg("the scope file was changed outside the server (version " INT64_FORMAT "): %s",
+								file.version,
+								kind == OUTSIDE_RAISES ? "a raise, in force now" :
+								kind == OUTSIDE_RELEASES ? "a release, applied once recorded" : "no scope changes"),
+						 errdetail("The next look of the watcher that holds the lock ordering changes records it.")));
 				ours = true;	/* no verdict: a look records it */
 			}
 		}

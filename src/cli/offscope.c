@@ -19,6 +19,7 @@
  */
 #include "postgres_fe.h"
 
+#include <signal.h>
 #include <sys/time.h>
 #include <sys/stat.h>
 
@@ -134,6 +135,66 @@ base_set(const char *scope_file, const char *copy_file, const char *secret, size
 	*version = Max(file_ok ? file.version : 0, copy_ok ? copy.version : 0);
 }
 
+/* Is a server running on the data directory (postmaster.pid names a live process)? */
+static bool
+server_running(const char *pgdata)
+{
+	char		path[MAXPGPATH];
+	FILE	   *f;
+	long		pid = 0;
+
+	snprintf(path, sizeof(path), "%s/postmaster.pid", pgdata);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return false;
+	if (fscanf(f, "%ld", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return pid > 0 && (kill((pid_t) pid, 0) == 0 || errno == EPERM);
+}
+
+/* Does the scope file hold the server's copy's bytes (the server has judged it)? */
+static bool
+judged(const char *scope_file, const char *copy_file)
+{
+	char	   *a = NULL,
+			   *b = NULL;
+	size_t		alen = 0,
+				blen = 0;
+	char		problem[KS_PROBLEM_LEN];
+	bool		have_a = ks_read_file(scope_file, KS_MAX_FILE_SIZE * 4, &a, &alen, problem, sizeof(problem));
+	bool		have_b = ks_read_file(copy_file, KS_MAX_FILE_SIZE * 4, &b, &blen, problem, sizeof(problem));
+
+	if (!have_a || !have_b)
+		return true;			/* nothing to wait for: the server puts back or judges */
+	return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+/*
+ * While a server runs here, wait (at most KS_SCOPE_JUDGED_WAIT_MS) until it
+ * has recorded the previous outside write of the scope file: the new file
+ * is judged against the server's copy, and two writes in quick succession
+ * would reach it as one — a raise written over a release not yet recorded
+ * would look like a lower without the release key.
+ */
+#define KS_SCOPE_JUDGED_WAIT_MS 5000
+
+static void
+wait_until_judged(const KsOptions *opt, const char *scope_file, const char *copy_file)
+{
+	int			waited = 0;
+
+	if (opt->pgdata == NULL || !server_running(opt->pgdata))
+		return;
+	while (!judged(scope_file, copy_file) && waited < KS_SCOPE_JUDGED_WAIT_MS)
+	{
+		pg_usleep(10 * 1000L);
+		waited += 10;
+	}
+	if (waited >= KS_SCOPE_JUDGED_WAIT_MS)
+		pg_log_warning("the server has not recorded the previous change to the scope file yet; writing anyway");
+}
+
 /* engage|disengage --scope ROLE, offline. */
 int
 ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *secret,
@@ -159,6 +220,8 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 		snprintf(copy_file, sizeof(copy_file), "%s/pg_killswitch/scopes.json", opt->pgdata);
 	if (release)
 		release_key_or_exit(release_key_file, &key, &keylen);
+	if (opt->pgdata)
+		wait_until_judged(opt, scope_file, copy_file);
 	lockfd = release ? ks_lock_dir(state_dir, problem, sizeof(problem))
 		: ks_lock_dir_within(state_dir, KS_SCOPE_LOCK_RAISE_MS, problem, sizeof(problem));
 	if (lockfd < 0 && release)

@@ -6,7 +6,8 @@
 # put back and the scope stays; a release signed with the release key but
 # naming another scope file than the server's is refused too; a replay of an
 # older signed scope file is refused; a file naming an unknown role is
-# refused; an unsigned file is refused.
+# refused; an unsigned file is refused; a release superseded by a change
+# committed before it could be recorded is not applied (no verdict).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -153,5 +154,40 @@ ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = 'a
 	'a raise signed with the secret alone is recorded');
 is(refused('agent_8'), 'KS001', 'and in force');
 is(sql("SELECT ks_status()->>'integrity'"), 'ok', 'no verdict');
+
+# 8. A release superseded: written with the release key while the ordering
+# lock is held, then an SQL raise of another scope commits first (it queued
+# for the lock; the watcher only tries it) and replaces the server's scope
+# file — the release names a file that is gone: not applied, a WARNING, no
+# verdict, the scope stays.
+my $oid8 = sql("SELECT 'agent_8'::regrole::oid");
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('BEGIN; LOCK TABLE killswitch.events IN SHARE ROW EXCLUSIVE MODE');
+my $log_offset = -s $node->logfile;
+($rc, $out, $err) = ks('-D', $pgdata, 'disengage', '--reason', 'superseded', '--by', 'boss', '--scope', $oid8);
+is($rc, 0, 'a release written while the ordering lock is held') or diag($err);
+ok($node->wait_for_log(qr/the scope file was changed outside the server \(version \d+\): a release, applied once recorded/, $log_offset),
+	'the watcher\'s round accepts it (LOG)');
+my $raiser = $node->background_psql('postgres', on_error_stop => 0);
+$raiser->{stdin} .= "SET client_min_messages = warning; SELECT ks_engage('halt_all', 'sql raise first', 'pager', scope => 'agent_7');\n";
+$raiser->{run}->pump_nb;
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%sql raise first%'})
+  or die 'the SQL raise does not wait for the ordering lock';
+is(refused('agent_8'), 'KS001', 'the release is not in force before it is recorded');
+$log_offset = -s $node->logfile;
+$holder->query_safe('COMMIT');
+$holder->quit;
+$raiser->query_safe('SELECT 1');
+$raiser->quit;
+ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'sql raise first'", 30), 'the SQL raise committed');
+ok($node->wait_for_log(qr/a release written to the scope file was superseded/, $log_offset),
+	'the release is superseded, with a WARNING');
+is(sql("SELECT count(*) FROM killswitch.events WHERE reason = 'superseded'"), '0', 'and not recorded');
+is(refused('agent_8'), 'KS001', 'agent_8 stays halted');
+is(refused('agent_7'), 'KS001', 'the SQL raise is in force');
+is(sql("SELECT ks_status()->>'integrity'"), 'ok', 'no verdict');
+ok(ks_within($node, "SELECT pg_read_file('pg_killswitch/kill_switch_scopes.json') = pg_read_file('pg_killswitch/scopes.json')", 30),
+	'the file holds the server\'s bytes');
 
 done_testing();
