@@ -7,7 +7,7 @@ OBJS = src/killswitch.o src/approval.o src/state.o src/startup.o src/persist.o \
        src/owner.o src/modetype.o src/encoding.o src/tasks.o src/api.o src/guard.o \
        src/worker.o src/dirwatch.o src/audit.o src/watch.o src/agents.o src/enforce.o src/functions.o src/allowlist.o src/running.o src/logins.o src/emergency.o src/agentlist.o src/snapshot.o src/ending.o src/alert.o src/lists.o \
        src/sessions.o src/wal.o src/standby.o src/upstream.o src/feed.o src/claim.o src/wait.o \
-       src/interlock.o src/marks.o src/follow.o src/scope.o src/scopechange.o src/scopefile.o src/scopemembers.o
+       src/interlock.o src/marks.o src/follow.o src/scope.o src/scopechange.o src/scopefile.o src/scopeformat.o src/scopemembers.o
 DATA = sql/killswitch--1.0.sql
 PGFILEDESC = "killswitch - cluster-wide kill switch for AI agents"
 
@@ -20,8 +20,8 @@ SHLIB_LINK_INTERNAL = $(libpq)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 # The state-file code again, built for frontend programs.
-FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o
-CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/online.o src/cli/fleet.o src/cli/keycheck.o
+FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o src/scopeformat_fe.o
+CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/offscope.o src/cli/online.o src/cli/fleet.o src/cli/keycheck.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
 TEST_LIBS = test/hooks/ks_test_hooks.so test/faults/ks_faults.so test/shim/ks_pause.so test/shim/ks_oom.so
 EXTRA_CLEAN = $(PG_STAMP) bench/ks_probe test/ks_test_funcs.so test/ks_fastpath $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) $(TEST_LIBS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
@@ -54,14 +54,14 @@ all: $(FE_PROGRAMS)
 # libpq keeps the plain names.  Before 18 the flag changes nothing.
 FE_CPPFLAGS = -DFRONTEND -DUSE_PRIVATE_ENCODING_FUNCS
 
-src/%_fe.o: src/%.c src/store.h src/compat.h $(PG_STAMP)
+src/%_fe.o: src/%.c src/store.h src/scopeformat.h src/compat.h $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(CPPFLAGS) -c -o $@ $<
 
 # The killswitch command: the same store.c, and libpq for -d.
 LIBPQ_INC = -I$(shell $(PG_CONFIG) --includedir)
 LIBPQ_LIB = -L$(shell $(PG_CONFIG) --libdir) -lpq
 
-src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h $(PG_STAMP)
+src/cli/%.o: src/cli/%.c src/cli/cli.h src/store.h src/scopeformat.h $(PG_STAMP)
 	$(CC) $(CFLAGS) $(PG_CFLAGS) $(FE_CPPFLAGS) $(PG_CPPFLAGS) $(LIBPQ_INC) $(CPPFLAGS) -c -o $@ $<
 
 src/cli/killswitch: $(CLI_OBJS) $(FE_OBJS)

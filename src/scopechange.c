@@ -61,6 +61,7 @@ typedef struct ScopeChange
 
 static List *changes = NIL;		/* in TopTransactionContext */
 static bool file_raised = false;	/* the scope file was written at pre-commit */
+static const char *record_source = NULL;	/* an outside write's ("file"); NULL: "sql" */
 static object_access_hook_type prev_object_access_hook = NULL;
 
 /* The role a scope names: not empty, and known.  Nothing is changed on error. */
@@ -215,7 +216,7 @@ record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *re
 	in.reason = reason;
 	in.triggered_by = by;
 	in.affected_tasks = affected;
-	in.source = request ? "release_request" : "sql";
+	in.source = request ? "release_request" : (record_source ? record_source : "sql");
 	in.floor_generation = 0;
 	in.request = request;
 	in.release_target = request ? KS_DISENGAGED : mode;
@@ -372,6 +373,94 @@ ks_scope_change(const char *scope, KsMode mode, const char *reason, const char *
 	scope = GetUserNameFromId(role, false);	/* as the catalog spells it */
 	return release ? release_scope(role, scope, reason, by)
 		: raise_scope(role, scope, mode, reason, by, affected);
+}
+
+/*
+ * The scope's mode as the chain holds it (its newest event; none:
+ * disengaged), for the watcher's record of an outside raise that shared
+ * memory already holds (scopefile.c): the chain, not the set, says whether
+ * it still has to be recorded.  The caller holds the ordering lock.
+ */
+KsMode
+ks_scope_chain_mode(Oid role)
+{
+	KsOwnerContext owner;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(role)};
+	KsMode		mode = KS_DISENGAGED;
+
+	ks_owner_begin(&owner);
+	if (SPI_execute_snapshot(SPI_prepare("SELECT e.mode::text FROM killswitch.events e WHERE e.scope = $1 "
+										 "ORDER BY e.id DESC LIMIT 1", 1, argtypes),
+							 values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read killswitch.events");
+	if (SPI_processed == 1)
+		mode = (KsMode) ks_mode_from_sql_name(SPI_getvalue(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1));
+	ks_owner_end(&owner);
+	return mode;
+}
+
+/*
+ * A release this transaction recorded (the watcher's, of an outside write,
+ * in the look that then settles the scopes) is in the chain it reads, not
+ * yet committed: its scope keeps the mode it holds until the commit.
+ */
+static KsScope *
+keep_own_releases(KsScope *list, int *count)
+{
+	ListCell   *lc;
+	int			n = *count;
+
+	foreach(lc, changes)
+	{
+		ScopeChange *c = lfirst(lc);
+		KsScope		held;
+		KsMode		in_force;
+
+		if (!c->release || !c->recorded || !ks_scope_lookup(c->role, &held, &in_force))
+			continue;
+		list = repalloc(list, sizeof(KsScope) * (n + 1));
+		list[n] = held;
+		list[n].owner = -1;
+		n++;
+	}
+	*count = n;
+	return list;
+}
+
+/*
+ * An outside write of the scope file that the watcher applies (scopefile.c,
+ * ARCHITECTURE §13): the change of role from previous to mode (disengaged: a
+ * release, authorized by the release key), recorded in the watcher's look,
+ * which holds the ordering lock, with source "file".  At its commit the
+ * scope takes it, as an SQL change's.  False if the role does not exist
+ * (the caller's verdict); nothing is recorded then.
+ */
+bool
+ks_scope_record_outside(Oid role, KsMode mode, KsMode previous, const char *reason, const char *by)
+{
+	char	   *scope;
+	bool		lowers = mode < previous;
+
+	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);	/* as scope_role() */
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+		return false;
+	scope = GetUserNameFromId(role, false);
+	if (!lowers)
+		note_change(role, mode);	/* a raise notes its own (record()) */
+	record_source = "file";
+	PG_TRY();
+	{
+		(void) record(role, scope, mode, previous, reason, by, 0, lowers, false);
+	}
+	PG_FINALLY();
+	{
+		record_source = NULL;
+	}
+	PG_END_TRY();
+	return true;
 }
 
 /* At commit: each changed scope takes its newest change; the raises in flight end. */
@@ -592,6 +681,7 @@ ks_scopes_from_history(bool settle)
 		n++;
 	}
 	ks_owner_end(&owner);
+	list = keep_own_releases(list, &n);
 	if (ks_scope_replace_committed(list, n) || settle)
 		ks_scope_file_write();
 }

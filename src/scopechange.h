@@ -12,6 +12,9 @@
 extern Datum ks_scope_change(const char *scope, KsMode mode, const char *reason,
 							 const char *by, int32 affected, bool release);
 extern void ks_scopes_from_history(bool settle);
+extern KsMode ks_scope_chain_mode(Oid role);
+extern bool ks_scope_record_outside(Oid role, KsMode mode, KsMode previous,
+									const char *reason, const char *by);
 extern void ks_scopechange_init(void);
 
 #endif							/* KS_SCOPECHANGE_H */

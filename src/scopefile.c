@@ -32,12 +32,18 @@
 
 #include "miscadmin.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/syscache.h"
 
 #include "guc.h"
 #include "names.h"
 #include "persist.h"
 #include "scope.h"
 #include "scopefile.h"
+#include "scopeformat.h"
+#include "release.h"
+#include "scopechange.h"
+#include "watch.h"
 #include "state.h"
 #include "store.h"
 
@@ -70,41 +76,26 @@ static bool
 file_text(StringInfo out, KsScope *list, int n, int64 version,
 		  const char *secret, size_t secretlen)
 {
-	KsJson	   *obj = ks_json_object();
-	KsJson	   *scopes = ks_json_object();
-	StringInfoData canon;
-	char		key_id[17];
-	char		sig[KS_HEX_DIGEST_LEN + 1];
+	KsScopeFile f;
 
+	memset(&f, 0, sizeof(f));
+	f.entries = palloc0(sizeof(KsScopeEntry) * Max(n, 1));
 	qsort(list, n, sizeof(KsScope), by_role_mode);
 	for (int i = 0; i < n; i++)
 	{
-		KsJson	   *s;
-		char		since[40];
+		KsScopeEntry *e = &f.entries[f.n];
 
 		if (i > 0 && list[i].role == list[i - 1].role)
 			continue;			/* a lower mode of the same role */
-		s = ks_json_object();
-		ks_format_iso_utc(ks_timestamptz_to_unix_usec(list[i].since), since, sizeof(since));
-		ks_json_put_int(s, "generation", list[i].generation);
-		ks_json_put_string(s, "mode", ks_mode_file_names[list[i].mode]);
-		ks_json_put_string(s, "since", pstrdup(since));
-		ks_json_put_bool(s, "unconfirmed", list[i].owner >= 0);
-		ks_json_put_value(scopes, psprintf("%u", list[i].role), s);
+		e->role = list[i].role;
+		e->mode = list[i].mode;
+		e->generation = list[i].generation;
+		e->since_usec = ks_timestamptz_to_unix_usec(list[i].since);
+		e->unconfirmed = list[i].owner >= 0;
+		f.n++;
 	}
-	ks_key_id(secret, secretlen, key_id);
-	ks_json_put_string(obj, "key_id", pstrdup(key_id));
-	ks_json_put_value(obj, "scopes", scopes);
-	ks_json_put_int(obj, "version", version);
-	initStringInfo(&canon);
-	ks_json_canonical(&canon, obj, NULL);
-	if (!ks_hmac_hex(secret, secretlen, canon.data, canon.len, sig))
-		return false;
-	ks_json_put_string(obj, "signature", pstrdup(sig));
-	resetStringInfo(out);
-	ks_json_canonical(out, obj, NULL);
-	appendStringInfoChar(out, '\n');
-	return true;
+	f.version = version;
+	return ks_scope_file_text(out, &f, secret, secretlen, NULL, 0);
 }
 
 /*
@@ -162,6 +153,41 @@ ks_scope_file_write(void)
 static struct stat known_stat;
 static bool known = false;
 
+/*
+ * An outside write the round accepted, waiting for a look to record it: its
+ * bytes and those of the copy it was judged against (TopMemoryContext).
+ * Kept whatever happens to the file meanwhile — a scope change from SQL
+ * rewrites the file with the raise in it — until a look has recorded it.
+ */
+static char *pending_file = NULL;
+static size_t pending_file_len = 0;
+static char *pending_copy = NULL;	/* NULL: there was no copy */
+static size_t pending_copy_len = 0;
+
+static char *
+keep_bytes(const char *bytes, size_t len)
+{
+	char	   *kept;
+
+	if (bytes == NULL)
+		return NULL;
+	kept = MemoryContextAlloc(TopMemoryContext, len + 1);
+	memcpy(kept, bytes, len);
+	kept[len] = '\0';
+	return kept;
+}
+
+static void
+forget_pending(void)
+{
+	if (pending_file)
+		pfree(pending_file);
+	if (pending_copy)
+		pfree(pending_copy);
+	pending_file = pending_copy = NULL;
+	pending_file_len = pending_copy_len = 0;
+}
+
 static bool
 same_stat(const struct stat *a, const struct stat *b)
 {
@@ -170,35 +196,164 @@ same_stat(const struct stat *a, const struct stat *b)
 		a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
-/* Do the scope file and the copy hold the same bytes (both missing: yes)? */
+/* Read the scope file and the copy: same bytes (both missing: yes)? */
 static bool
-same_bytes(const char *path, bool *shared_missing, char **copy, size_t *copylen)
+same_bytes(const char *path, bool *shared_missing, char **shared, size_t *sharedlen,
+		   char **copy, size_t *copylen)
 {
-	char	   *shared = NULL;
-	size_t		sharedlen = 0;
 	char		problem[KS_PROBLEM_LEN];
 	bool		have_copy = ks_read_file(KS_SCOPES_COPY_FILE, KS_MAX_SCOPE_FILE_SIZE, copy, copylen,
 										 problem, sizeof(problem));
-	bool		have_shared = ks_read_file(path, KS_MAX_SCOPE_FILE_SIZE, &shared, &sharedlen,
+	bool		have_shared = ks_read_file(path, KS_MAX_SCOPE_FILE_SIZE, shared, sharedlen,
 										   problem, sizeof(problem));
 
 	*shared_missing = !have_shared && access(path, F_OK) != 0;
 	if (!have_copy)
 		*copy = NULL;
+	if (!have_shared)
+		*shared = NULL;
 	if (!have_copy || !have_shared)
 		return !have_copy && !have_shared;
-	return sharedlen == *copylen && memcmp(shared, *copy, sharedlen) == 0;
+	return *sharedlen == *copylen && memcmp(*shared, *copy, *sharedlen) == 0;
+}
+
+/* Put the copy's bytes back over a refused scope file (no copy: nothing to put back). */
+static void
+put_back(const char *path, const char *copy, size_t copylen)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	if (copy != NULL && !ks_write_shared_file_durably(path, copy, copylen, problem, sizeof(problem)))
+		ereport(WARNING,
+				(errmsg("could not put the scope file back: %s", problem)));
+}
+
+/* What an outside write of the scope file asks, against the server's copy. */
+typedef enum OutsideKind
+{
+	OUTSIDE_SAME,				/* no scope changes (a newer version of the same set) */
+	OUTSIDE_RAISES,				/* raises only: applied at once */
+	OUTSIDE_RELEASES,			/* lowers a scope, with the release credential */
+	OUTSIDE_REFUSED				/* anything else: tampering */
+} OutsideKind;
+
+/*
+ * Judge an outside scope file (verified under the signing secret) against
+ * the server's copy (held; no copy: an empty set of version 0), as the
+ * watcher judges the state file (ARCHITECTURE §5.7): a version not past the
+ * copy's is a replay; raising needs nothing more; lowering or removing any
+ * scope needs the release key's signature and "replaces" naming the copy —
+ * an agent holding only the signing secret can raise, never lower.
+ */
+static OutsideKind
+judge_outside(const KsScopeFile *held, const KsScopeFile *file, char *problem, size_t problemlen)
+{
+	bool		raises = false;
+	bool		lowers = false;
+	char	   *key;
+	size_t		keylen;
+	char		why[KS_PROBLEM_LEN];
+
+	if (file->version <= held->version)
+	{
+		snprintf(problem, problemlen, "%s is a replay: its version " INT64_FORMAT
+				 " is not past the server's " INT64_FORMAT,
+				 KS_SCOPE_FILE_NAME, file->version, held->version);
+		return OUTSIDE_REFUSED;
+	}
+	for (int i = 0; i < held->n; i++)
+	{
+		KsScopeEntry *f = ks_scope_file_find(file, held->entries[i].role);
+
+		lowers |= f == NULL || f->mode < held->entries[i].mode;
+	}
+	for (int i = 0; i < file->n; i++)
+	{
+		KsScopeEntry *h = ks_scope_file_find(held, file->entries[i].role);
+
+		raises |= h == NULL || file->entries[i].mode > h->mode;
+	}
+	if (!lowers)
+		return raises ? OUTSIDE_RAISES : OUTSIDE_SAME;
+	if (!ks_secret_load(ks_release_key_file, false, &key, &keylen, why, sizeof(why)))
+	{
+		snprintf(problem, problemlen, "%s lowers a scope, and the release key cannot be read to verify it: %s",
+				 KS_SCOPE_FILE_NAME, why);
+		return OUTSIDE_REFUSED;
+	}
+	if (!ks_scope_file_release_signed(file, key, keylen, ks_release_key_file, why, sizeof(why)))
+	{
+		ks_secret_forget(key, keylen);
+		snprintf(problem, problemlen, "%s lowers a scope without the release credential: %s",
+				 KS_SCOPE_FILE_NAME, why);
+		return OUTSIDE_REFUSED;
+	}
+	ks_secret_forget(key, keylen);
+	if (file->replaces == NULL || held->signature == NULL ||
+		!ks_hex_equal(file->replaces, held->signature))
+	{
+		snprintf(problem, problemlen, "%s lowers a scope but does not name the server's scope file in \"replaces\" "
+				 "(a release written for an earlier set)", KS_SCOPE_FILE_NAME);
+		return OUTSIDE_REFUSED;
+	}
+	return OUTSIDE_RELEASES;
+}
+
+/*
+ * The copy (NULL: none, an empty set) and an outside file's text, parsed
+ * and judged.  False, with problem, if the copy or the file cannot be
+ * trusted, or the file is refused.
+ */
+static bool
+judge_texts(const char *copy, size_t copylen, const char *shared, size_t sharedlen,
+			const char *secret, size_t secretlen, KsScopeFile *held, KsScopeFile *file,
+			OutsideKind *kind, char *problem, size_t problemlen)
+{
+	char		why[KS_PROBLEM_LEN];
+
+	memset(held, 0, sizeof(*held));
+	if (copy != NULL &&
+		!ks_scope_file_parse(copy, copylen, secret, secretlen, held, why, sizeof(why)))
+	{
+		snprintf(problem, problemlen, "the server's copy %s: %s", KS_SCOPES_COPY_FILE, why);
+		return false;
+	}
+	if (!ks_scope_file_parse(shared, sharedlen, secret, secretlen, file, why, sizeof(why)))
+	{
+		snprintf(problem, problemlen, "%s: %s", KS_SCOPE_FILE_NAME, why);
+		return false;
+	}
+	*kind = judge_outside(held, file, problem, problemlen);
+	return *kind != OUTSIDE_REFUSED;
+}
+
+/* Put every raise of an accepted outside file in force at once (raising needs nothing). */
+static void
+apply_raises(const KsScopeFile *held, const KsScopeFile *file)
+{
+	for (int i = 0; i < file->n; i++)
+	{
+		const KsScopeEntry *f = &file->entries[i];
+		KsScopeEntry *h = ks_scope_file_find(held, f->role);
+
+		if (h == NULL || f->mode > h->mode)
+			ks_scope_set_committed((Oid) f->role, f->mode, f->generation,
+								   ks_unix_usec_to_timestamptz(f->since_usec));
+	}
 }
 
 /*
  * The watcher, at every round (worker.c): is the scope file the server's own
- * bytes, those of its copy?  Outside writes of it are not accepted
- * (ARCHITECTURE §13): false, with problem, is a tamper verdict for the
- * caller; the copy's bytes are put back.  Bytes that differ are read again
- * under the writers' lock before they are called someone else's — a writer
- * between its two writes holds it; taken only if free (busy: the next round
- * looks again).  A missing file is put back, no verdict (nothing was
- * lowered: the scopes in force are shared memory's).  Never an error.
+ * bytes, those of its copy?  An outside write (ARCHITECTURE §13) is judged
+ * against the copy: raises are put in force at once, and a release waits,
+ * unapplied; both wait for a look that holds the ordering lock to record
+ * them (ks_scope_file_record_outside()).  Anything else is false, with
+ * problem — a tamper verdict for the caller — and the copy's bytes put
+ * back.  Bytes that differ are read again under the writers' lock before
+ * they are judged — a writer between its two writes holds it; taken only
+ * if free (busy: the next round looks again).  A missing file is put back,
+ * no verdict (nothing was lowered: the scopes in force are shared memory's).
+ * Never an error.
  */
 bool
 ks_scope_file_is_ours(char *problem, size_t problemlen)
@@ -206,7 +361,9 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 	char		path[MAXPGPATH];
 	struct stat st;
 	char	   *copy;
+	char	   *shared;
 	size_t		copylen;
+	size_t		sharedlen;
 	bool		missing;
 	bool		ours;
 	int			fd;
@@ -221,7 +378,7 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 	/* the files' bytes go with this context: the watcher lives long */
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "killswitch scope file", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(tmp);
-	if (same_bytes(path, &missing, &copy, &copylen))
+	if (same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen))
 		ours = true;
 	else
 	{
@@ -232,7 +389,49 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 			MemoryContextDelete(tmp);
 			return true;		/* a writer is at it: the next round */
 		}
-		ours = same_bytes(path, &missing, &copy, &copylen);
+		ours = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen);
+		if (!ours && shared != NULL)
+		{
+			char	   *secret;
+			size_t		secretlen;
+			KsScopeFile held;
+			KsScopeFile file;
+			OutsideKind kind;
+
+			ResourceOwner saved = CurrentResourceOwner;
+			ResourceOwner owner = ResourceOwnerCreate(NULL, "killswitch scope file");
+			bool		accepted;
+
+			/* the HMACs are resources: the round runs outside any transaction */
+			CurrentResourceOwner = owner;
+			accepted = ks_backend_secret(&secret, &secretlen, problem, problemlen) &&
+				judge_texts(copy, copylen, shared, sharedlen, secret, secretlen,
+							&held, &file, &kind, problem, problemlen);
+			ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
+			ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, true);
+			ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
+			CurrentResourceOwner = saved;
+			ResourceOwnerDelete(owner);
+			ours = false;
+			if (accepted)
+			{
+				if (kind == OUTSIDE_RAISES || kind == OUTSIDE_RELEASES)
+					apply_raises(&held, &file);
+				/* judged against the copy as it is: a newer file replaces an older one */
+				forget_pending();
+				pending_file = keep_bytes(shared, sharedlen);
+				pending_file_len = sharedlen;
+				pending_copy = keep_bytes(copy, copylen);
+				pending_copy_len = copylen;
+				ereport(LOG,
+						(errmsg("the scope file was changed outside the server (version " INT64_FORMAT "): %s",
+								file.version,
+								kind == OUTSIDE_RAISES ? "a raise, in force now" :
+								kind == OUTSIDE_RELEASES ? "a release, applied once recorded" : "no scope changes"),
+						 errdetail("The next look of the watcher that holds the lock ordering changes records it.")));
+				ours = true;	/* no verdict: a look records it */
+			}
+		}
 		if (!ours && copy != NULL &&
 			!ks_write_shared_file_durably(path, copy, copylen, problem, problemlen))
 			ereport(WARNING,
@@ -240,8 +439,6 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 		ks_unlock_dir(fd);
 		if (!ours && missing)
 			ours = true;		/* put back, no verdict */
-		else if (!ours)
-			snprintf(problem, problemlen, "%s was changed outside the server", KS_SCOPE_FILE_NAME);
 	}
 	known = stat(path, &known_stat) == 0;
 	MemoryContextSwitchTo(old);
@@ -249,82 +446,175 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 	return ours;
 }
 
-/* Parse and verify a scope file's text; NULL with problem if it does not verify. */
-static const KsJson *
-verified(const char *text, size_t len, const char *secret, size_t secretlen,
-		 int64 *version, char *problem, size_t problemlen)
+/* Does an outside write of the scope file wait for a look to record it? */
+bool
+ks_scope_file_pending(void)
 {
-	KsJson	   *obj = ks_json_parse(text, len, problem, problemlen);
-	const KsJson *sig;
-	const KsJson *ver;
-	const KsJson *scopes;
-	StringInfoData canon;
-	char		expect[KS_HEX_DIGEST_LEN + 1];
-
-	if (obj == NULL)
-		return NULL;
-	sig = ks_json_get(obj, "signature");
-	ver = ks_json_get(obj, "version");
-	scopes = ks_json_get(obj, "scopes");
-	if (obj->kind != KSJ_OBJECT || sig == NULL || sig->kind != KSJ_STRING ||
-		ver == NULL || ver->kind != KSJ_INT || scopes == NULL || scopes->kind != KSJ_OBJECT)
-	{
-		snprintf(problem, problemlen, "not a scope file (signature, version and scopes required)");
-		return NULL;
-	}
-	initStringInfo(&canon);
-	ks_json_canonical(&canon, obj, "signature");
-	if (!ks_hmac_hex(secret, secretlen, canon.data, canon.len, expect) ||
-		!ks_hex_equal(expect, sig->str))
-	{
-		snprintf(problem, problemlen, "bad signature");
-		return NULL;
-	}
-	for (int i = 0; i < scopes->nitems; i++)
-	{
-		const KsJson *s = scopes->items[i];
-		const KsJson *mode = ks_json_get(s, "mode");
-		const KsJson *gen = ks_json_get(s, "generation");
-		const KsJson *since = ks_json_get(s, "since");
-		char	   *end;
-		int64		usec;
-		unsigned long oid = strtoul(scopes->keys[i], &end, 10);
-
-		if (*end != '\0' || oid == 0 || oid > PG_UINT32_MAX || s->kind != KSJ_OBJECT ||
-			mode == NULL || mode->kind != KSJ_STRING || ks_mode_from_file_name(mode->str) <= (int) KS_DISENGAGED ||
-			gen == NULL || gen->kind != KSJ_INT || gen->ival < 0 || gen->ival > KS_MAX_GENERATION ||
-			since == NULL || since->kind != KSJ_STRING || !ks_parse_iso(since->str, &usec))
-		{
-			snprintf(problem, problemlen, "scope \"%s\" is malformed", scopes->keys[i]);
-			return NULL;
-		}
-	}
-	*version = ver->ival;
-	return scopes;
+	return pending_file != NULL;
 }
 
-/* Put every scope of a verified file in force. */
-static void
-load(const KsJson *scopes)
+/*
+ * A file the look refuses: the copy's bytes back if the file still holds
+ * the refused bytes, and the raises the round put in force from it taken
+ * back to the chain's scopes — the caller's verdict halts the fleet
+ * meanwhile.  Always false.
+ */
+static bool
+refuse(void)
 {
-	for (int i = 0; i < scopes->nitems; i++)
-	{
-		const KsJson *s = scopes->items[i];
-		int64		usec = 0;
+	char		path[MAXPGPATH];
+	char	   *now = NULL;
+	size_t		nowlen = 0;
+	char		problem[KS_PROBLEM_LEN];
 
-		(void) ks_parse_iso(ks_json_get(s, "since")->str, &usec);
-		ks_scope_set_committed((Oid) strtoul(scopes->keys[i], NULL, 10),
-							   (KsMode) ks_mode_from_file_name(ks_json_get(s, "mode")->str),
-							   ks_json_get(s, "generation")->ival,
-							   ks_unix_usec_to_timestamptz(usec));
+	scope_file_path(path, sizeof(path));
+	if (ks_read_file(path, KS_MAX_SCOPE_FILE_SIZE, &now, &nowlen, problem, sizeof(problem)) &&
+		nowlen == pending_file_len && memcmp(now, pending_file, nowlen) == 0)
+		put_back(path, pending_copy, pending_copy_len);
+	forget_pending();
+	ks_scopes_from_history(false);
+	return false;
+}
+
+/*
+ * Record the raises of an accepted file that the chain does not hold yet
+ * (shared memory holds them since the round: the chain says what is
+ * recorded).  False, with problem, if a role does not exist.
+ */
+static bool
+record_raises(const KsScopeFile *file, const char *reason, const char *by,
+			  int *recorded, char *problem, size_t problemlen)
+{
+	for (int i = 0; i < file->n; i++)
+	{
+		const KsScopeEntry *f = &file->entries[i];
+		KsMode		chain = ks_scope_chain_mode((Oid) f->role);
+
+		if (f->mode <= chain)
+			continue;			/* recorded, or raised higher since */
+		if (!ks_scope_record_outside((Oid) f->role, f->mode, chain, reason, by))
+		{
+			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
+					 KS_SCOPE_FILE_NAME, f->role);
+			return false;
+		}
+		(*recorded)++;
+	}
+	return true;
+}
+
+/*
+ * Record the lowers of an accepted release: each scope of the copy it
+ * names that it lowers or removes, from the mode the chain holds.  Only if
+ * the copy is still the one it named — a change committed since (from SQL)
+ * supersedes it: not applied, a WARNING, no verdict, as a raced file that
+ * would lower the state now in force (ARCHITECTURE §5.7).
+ */
+static void
+record_releases(const KsScopeFile *held, const KsScopeFile *file, const char *reason,
+				const char *by, int *recorded)
+{
+	char	   *copy = NULL;
+	size_t		copylen = 0;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_read_file(KS_SCOPES_COPY_FILE, KS_MAX_SCOPE_FILE_SIZE, &copy, &copylen,
+					  problem, sizeof(problem)) ||
+		pending_copy == NULL || copylen != pending_copy_len ||
+		memcmp(copy, pending_copy, copylen) != 0)
+	{
+		ereport(WARNING,
+				(errmsg("a release written to the scope file was superseded by a later change of the scopes"),
+				 errdetail("It names a scope file the server has replaced since; the scopes stay as they are."),
+				 errhint("Write the release again (killswitch -D disengage --scope), or release the scope with ks_disengage().")));
+		return;
+	}
+	for (int i = 0; i < held->n; i++)
+	{
+		const KsScopeEntry *h = &held->entries[i];
+		KsScopeEntry *f = ks_scope_file_find(file, h->role);
+		KsMode		to = f ? f->mode : KS_DISENGAGED;
+		KsMode		chain;
+
+		if (to >= h->mode)
+			continue;
+		chain = ks_scope_chain_mode((Oid) h->role);
+		if (to < chain && ks_scope_record_outside((Oid) h->role, to, chain, reason, by))
+			(*recorded)++;
+		/* a role that is gone has no scope to release */
 	}
 }
 
 /*
+ * In a look of the watcher that holds the ordering lock (worker.c), before
+ * the first look sets the scopes to the chain's: record the outside write
+ * of the scope file the round accepted (ks_scope_file_is_ours(), asked here
+ * first: the first look may come before any round) — each scope it raises
+ * or lowers an event of its own, source "file", in the look's transaction;
+ * at its commit the scopes take them and the file is written with the
+ * server's bytes (scopechange.c; the first look's settling keeps a release
+ * recorded here until its commit).  False, with problem, if the file is
+ * refused: the caller's verdict.
+ */
+bool
+ks_scope_file_record_outside(char *problem, size_t problemlen)
+{
+	char	   *secret;
+	size_t		secretlen;
+	KsScopeFile held;
+	KsScopeFile file;
+	OutsideKind kind;
+	int			recorded = 0;
+	const char *reason;
+	const char *by;
+
+	if (!ks_scope_file_is_ours(problem, problemlen))
+		return false;
+	if (pending_file == NULL)
+		return true;
+	if (!ks_backend_secret(&secret, &secretlen, problem, problemlen))
+		return false;
+	if (!judge_texts(pending_copy, pending_copy_len, pending_file, pending_file_len,
+					 secret, secretlen, &held, &file, &kind, problem, problemlen))
+		return refuse();
+	reason = file.reason ? file.reason : "the scope file was changed outside the server";
+	by = file.triggered_by ? file.triggered_by : "file";
+	/* every role first: a file naming one that does not exist is refused whole */
+	for (int i = 0; i < file.n; i++)
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum((Oid) file.entries[i].role)))
+		{
+			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
+					 KS_SCOPE_FILE_NAME, file.entries[i].role);
+			return refuse();
+		}
+	if (!record_raises(&file, reason, by, &recorded, problem, problemlen))
+		return refuse();
+	if (kind == OUTSIDE_RELEASES)
+		record_releases(&held, &file, reason, by, &recorded);
+	forget_pending();
+	if (recorded == 0)
+		ks_scope_file_write();	/* nothing to record: the server's bytes again */
+	return true;
+}
+/* Put every scope of a verified file in force. */
+static void
+load(const KsScopeFile *f)
+{
+	for (int i = 0; i < f->n; i++)
+		ks_scope_set_committed((Oid) f->entries[i].role, f->entries[i].mode,
+							   f->entries[i].generation,
+							   ks_unix_usec_to_timestamptz(f->entries[i].since_usec));
+}
+
+/*
  * At start, in the postmaster (startup.c): put the scopes of the copy in
- * force and the scope file back to the copy's bytes.  False, with problem,
- * if either cannot be trusted: the caller's verdict is the halt.  Whatever
- * verifies is loaded all the same (raising needs nothing).
+ * force and the scope file back to the copy's bytes.  A scope file ahead of
+ * the copy — an outside write while the server was down (killswitch -D) —
+ * is judged as the watcher judges one (ARCHITECTURE §13): raises are in
+ * force now, and a release waits unapplied, both left in the file for the
+ * watcher's first look to record.  False, with problem, if either cannot be
+ * trusted or the file is refused: the caller's verdict is the halt.
+ * Whatever verifies is loaded all the same (raising needs nothing).
  */
 bool
 ks_scope_file_load(const char *secret, size_t secretlen, char *problem, size_t problemlen)
@@ -339,11 +629,14 @@ ks_scope_file_load(const char *secret, size_t secretlen, char *problem, size_t p
 	char		why[KS_PROBLEM_LEN];
 	bool		have_copy,
 				have_shared;
-	const KsJson *copy_scopes = NULL;
-	const KsJson *shared_scopes = NULL;
-	int64		copy_version = 0,
-				shared_version = 0;
+	KsScopeFile copy_file;
+	KsScopeFile shared_file;
+	bool		copy_ok = false,
+				shared_ok = false;
+	OutsideKind kind = OUTSIDE_SAME;
 
+	memset(&copy_file, 0, sizeof(copy_file));
+	memset(&shared_file, 0, sizeof(shared_file));
 	scope_file_path(path, sizeof(path));
 	have_copy = ks_read_file(KS_SCOPES_COPY_FILE, KS_MAX_SCOPE_FILE_SIZE, &copy, &copylen,
 							 copy_problem, sizeof(copy_problem));
@@ -352,35 +645,41 @@ ks_scope_file_load(const char *secret, size_t secretlen, char *problem, size_t p
 	if (!have_copy && !have_shared)
 		return true;			/* no scope was ever raised here */
 	if (have_copy)
-		copy_scopes = verified(copy, copylen, secret, secretlen, &copy_version, why, sizeof(why));
-	if (have_copy && copy_scopes == NULL)
-		snprintf(copy_problem, sizeof(copy_problem), "%s", why);
+		copy_ok = ks_scope_file_parse(copy, copylen, secret, secretlen, &copy_file,
+									  copy_problem, sizeof(copy_problem));
 	if (have_shared)
-		shared_scopes = verified(shared, sharedlen, secret, secretlen, &shared_version, why, sizeof(why));
-	if (have_shared && shared_scopes == NULL)
-		snprintf(shared_problem, sizeof(shared_problem), "%s", why);
+		shared_ok = ks_scope_file_parse(shared, sharedlen, secret, secretlen, &shared_file,
+										shared_problem, sizeof(shared_problem));
 
-	/* raising needs nothing: whatever verifies is in force */
-	if (copy_scopes)
-		load(copy_scopes);
-	if (shared_scopes && (copy_scopes == NULL || shared_version > copy_version))
-		load(shared_scopes);
-	ks_scope_file_version_set(Max(copy_version, shared_version));
+	/* raising needs nothing: whatever verifies is in force, a release is not */
+	if (copy_ok)
+		load(&copy_file);
+	if (copy_ok && shared_ok && shared_file.version > copy_file.version)
+		apply_raises(&copy_file, &shared_file);
+	else if (shared_ok && !have_copy)
+		load(&shared_file);
+	ks_scope_file_version_set(Max(copy_file.version, shared_file.version));
 
-	if (have_copy && copy_scopes == NULL)
+	if (have_copy && !copy_ok)
 	{
 		snprintf(problem, problemlen, "the server's copy %s: %s", KS_SCOPES_COPY_FILE, copy_problem);
 		return false;
 	}
-	if (have_shared && shared_scopes == NULL)
+	problem[0] = '\0';
+	if (have_shared && !shared_ok)
 		snprintf(problem, problemlen, "%s: %s", KS_SCOPE_FILE_NAME, shared_problem);
-	else if (!have_copy)
-		snprintf(problem, problemlen, "%s without the server's copy: not the server's own", KS_SCOPE_FILE_NAME);
-	else if (have_shared && shared_version > copy_version)
-		snprintf(problem, problemlen, "%s is ahead of the server's copy (version " INT64_FORMAT " > " INT64_FORMAT "): not the server's own",
-				 KS_SCOPE_FILE_NAME, shared_version, copy_version);
-	else
-		problem[0] = '\0';
+	else if (have_shared && (!have_copy || shared_file.version > copy_file.version))
+	{
+		/* an outside write while the server was down: judged, left for the watcher */
+		kind = judge_outside(&copy_file, &shared_file, problem, problemlen);
+		if (kind != OUTSIDE_REFUSED)
+		{
+			ereport(LOG,
+					(errmsg("the scope file was changed while the server was down (version " INT64_FORMAT "); the watcher records it",
+							shared_file.version)));
+			return true;
+		}
+	}
 	if (problem[0] != '\0')
 	{
 		/* set aside (as a rejected state file is), and the server's bytes put back */

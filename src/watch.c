@@ -61,6 +61,7 @@
 #include "state.h"
 #include "store.h"
 #include "wal.h"
+#include "scopefile.h"
 #include "watch.h"
 
 /* What to do about the file. */
@@ -674,7 +675,7 @@ record_waiting(void)
 bool
 ks_watch_due(void)
 {
-	return waiting != NIL || retry_soon;
+	return waiting != NIL || retry_soon || ks_scope_file_pending();
 }
 
 /*

@@ -242,6 +242,7 @@ extension_present(void)
 
 /* Did the last look find the extension, and so a history to record into? */
 static bool had_history = false;
+static void record_scope_file_outside(void);
 
 /* Has the extension been created since the last look?  (Its own transaction.) */
 static bool
@@ -410,8 +411,12 @@ examine_file(const char *path, bool raced)
 		if (locked && !had_history)
 		{
 			ks_reconcile_history();
+			/* an outside write of the scope file first: the settling must not lower it (§13) */
+			record_scope_file_outside();
 			ks_scopes_from_history(true);	/* the committed scopes are the chain's (§13) */
 		}
+		else if (locked && ks_scope_file_pending())
+			record_scope_file_outside();
 		judged = ks_judge_file(path, raced, locked, writer_done);
 	}
 	else
@@ -1273,6 +1278,19 @@ look_at_raced_files(KsWatcher *w)
 	if (failed)
 		w->raced_again_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KS_RETRY_MS);
 	w->raced_due = false;
+}
+
+/*
+ * In a look that holds the ordering lock: record an outside write of the
+ * scope file the round accepted (scopefile.c), or the verdict on it.
+ */
+static void
+record_scope_file_outside(void)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_scope_file_record_outside(problem, sizeof(problem)))
+		ks_watch_tamper(problem);
 }
 
 /* What a round does whatever the file: duties, audit, alert, liveness, problems. */

@@ -44,7 +44,7 @@ typedef struct KsOptions
 	const char *reason;
 	const char *by;
 	int			affected;
-	const char *scope;			/* --scope: a role's scoped halt (online only) */
+	const char *scope;			/* --scope: a role's scoped halt (offline: its OID) */
 	int			limit;			/* for history; 0: all */
 	const char *conninfo;		/* online when set: one cluster */
 	KsTarget   *targets;		/* every -d and --dbname-file line, in order */
@@ -74,6 +74,8 @@ extern bool ks_cli_secret_mismatch(const char *secret, size_t secretlen, const c
 extern void ks_cli_report_mismatch(const KsKeyMismatch *m, bool writing);
 
 extern int	ks_cli_offline(const KsOptions *opt);
+extern int	ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *secret,
+								 size_t secretlen, const char *release_key_file);
 extern int	ks_cli_online(const KsOptions *opt);
 
 /* fleet.c */

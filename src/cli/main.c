@@ -61,7 +61,8 @@ usage(const char *progname)
 		   "                            your user name without)\n"
 		   "      --affected=N          how many tasks are affected (engage)\n"
 		   "      --scope=ROLE          the scoped halt of ROLE and its members, not the\n"
-		   "                            fleet's (status, engage, disengage; needs -d)\n"
+		   "                            fleet's (status, engage, disengage); offline (-D)\n"
+		   "                            ROLE is the role's OID, and status needs -d\n"
 		   "  -n, --limit=N             how many events (history)\n"
 		   "      --json                print JSON for scripts\n"
 		   "      --force               write over a state file that cannot be trusted\n"
@@ -207,9 +208,9 @@ mode_arg(const char *name)
 }
 
 /*
- * --scope names a role's scoped halt, which only the server keeps: the
- * command takes it online, for status, engage and disengage.  Offline
- * it would have to write the server's scope file, which it does not.
+ * --scope names a role's scoped halt: online for status, engage and
+ * disengage; offline (offscope.c) for engage and disengage, which write the
+ * scope file for the server to judge.
  */
 static void
 require_scope_usable(const KsOptions *opt, const char *command)
@@ -227,10 +228,10 @@ require_scope_usable(const KsOptions *opt, const char *command)
 		pg_log_error_hint("--scope applies to status, engage and disengage; %s covers every scope.", command);
 		exit(KS_EXIT_ERROR);
 	}
-	if (opt->ntargets == 0)
+	if (opt->ntargets == 0 && opt->command == CMD_STATUS)
 	{
-		pg_log_error("--scope needs a database connection");
-		pg_log_error_detail("Scoped halts are kept by the server; offline (-D) the command changes and reads the fleet's state file only.");
+		pg_log_error("status --scope needs a database connection");
+		pg_log_error_detail("Offline (-D) the command writes a scope's change to the scope file; the server keeps the scopes in force.");
 		pg_log_error_hint("Give -d the server's connection string.");
 		exit(KS_EXIT_ERROR);
 	}

@@ -463,6 +463,15 @@ replaces_of(const KsState *cur, KsVerdict v, const KsState *held, bool held_ok)
 	return NULL;
 }
 
+/* A standby's state follows its primary: no change is written here. */
+static int
+standby_refused(const KsOptions *opt)
+{
+	pg_log_error("\"%s\" is a standby's data directory: its state follows its primary", opt->pgdata);
+	pg_log_error_hint("Change the kill switch on the primary (killswitch -d), or promote this standby.");
+	return KS_EXIT_ERROR;
+}
+
 /* engage and disengage: read, check, write the new state under the lock. */
 static int
 change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretlen)
@@ -487,11 +496,7 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 	bool		written;
 
 	if (is_standby(opt))
-	{
-		pg_log_error("\"%s\" is a standby's data directory: its state follows its primary", opt->pgdata);
-		pg_log_error_hint("Change the kill switch on the primary (killswitch -d), or promote this standby.");
-		return KS_EXIT_ERROR;
-	}
+		return standby_refused(opt);
 	lockfd = lock_when_judged(opt, p, secret, secretlen, raise, problem, sizeof(problem));
 	if (lockfd < 0 && !raise)
 	{
@@ -621,7 +626,11 @@ ks_cli_offline(const KsOptions *opt)
 		}
 		secret = NULL;
 	}
-	if (opt->command == CMD_STATUS || opt->command == CMD_VERIFY)
+	if (opt->scope != NULL)
+		rc = is_standby(opt) ? standby_refused(opt)
+			: ks_cli_offline_scope(opt, p.state_dir, secret, secretlen,
+								   p.release_key_file[0] ? p.release_key_file : NULL);
+	else if (opt->command == CMD_STATUS || opt->command == CMD_VERIFY)
 		rc = show(opt, &p, secret, secretlen);
 	else
 		rc = change(opt, &p, secret, secretlen);

@@ -1,8 +1,9 @@
 # The killswitch command's --scope ROLE (ARCHITECTURE §13): engage and disengage a role's
 # scoped halt through the server (one cluster and a fleet of them), status
 # --scope shows it (text and JSON, exit 2 while engaged), the fleet's state
-# stays as it was; offline (-D), with verify or history, or without a name,
-# --scope is refused and nothing changes.
+# stays as it was; with verify or history, or without a name, --scope is
+# refused and nothing changes; offline (-D) it takes the role's OID (a name
+# is refused: TAP 228-230 test the offline path) and status needs -d.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -120,8 +121,10 @@ is(sql('a', q{SELECT mode FROM ks_scopes() WHERE scope = '"ETL agents"'::regrole
 my $before = sql('a', 'SELECT count(*) FROM killswitch.events');
 my $pgdata = $node{a}->data_dir;
 ($rc, $out, $err) = ks('-D', $pgdata, 'engage', 'halt_all', '--reason', 'x', '--scope', 'agent_7');
-is($rc, 1, 'offline --scope is refused');
-like($err, qr/--scope needs a database connection/, 'and says it needs -d');
+is($rc, 1, 'offline --scope with a role name is refused');
+like($err, qr/offline, --scope takes the role's OID/, 'and says it takes the OID (TAP 228-230)');
+($rc, $out, $err) = ks('-D', $pgdata, 'status', '--scope', '1234');
+like("$rc $err", qr/^1 .*status --scope needs a database connection/, 'offline status --scope is refused');
 ($rc, $out, $err) = ks('-d', $a, 'verify', '--scope', 'agent_7');
 like("$rc $err", qr/^1 .*cannot use --scope with verify/, 'verify --scope is refused');
 ($rc, $out, $err) = ks('-d', $a, 'history', '--scope', 'agent_7');

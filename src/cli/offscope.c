@@ -1,0 +1,298 @@
+/*
+ * offscope.c — killswitch -D engage|disengage --scope ROLE: a scope changed
+ * through the scope file, kill_switch_scopes.json (ARCHITECTURE §13), with
+ * the server down or without a connection.  The format is scopeformat.c's,
+ * the server's own code built for the frontend.
+ *
+ * Offline there is no catalog to turn a role's name into its OID (the
+ * file's key): pg_authid is a heap only the server can read with its commit
+ * log, and a name kept in the file would be as old as the server's last
+ * write — a role renamed or dropped and created again since would be named
+ * wrongly.  So ROLE is the role's OID here, as ks_scopes() and pg_roles
+ * give it ('agent_7'::regrole::oid); the server checks that it names a role
+ * when it records the change.
+ *
+ * The new file is judged by the server against its copy,
+ * pg_killswitch/scopes.json, as an outside write: a raise needs only the
+ * signing secret; a release needs the release key's signature and names the
+ * copy it replaces ("replaces"), so it can never be replayed.
+ */
+#include "postgres_fe.h"
+
+#include <signal.h>
+#include <sys/time.h>
+#include <sys/stat.h>
+
+#include "common/logging.h"
+
+#include "cli.h"
+#include "scopeformat.h"
+
+/* How long an engage waits for the writers' lock before it writes without it (offline.c's). */
+#define KS_SCOPE_LOCK_RAISE_MS 1000
+
+/* The scope's role OID, from --scope; exits if it is not one. */
+static uint32
+scope_oid(const char *scope)
+{
+	char	   *end;
+	unsigned long oid;
+
+	errno = 0;
+	oid = strtoul(scope, &end, 10);
+	if (scope[0] < '1' || scope[0] > '9' || *end != '\0' || errno != 0 || oid > PG_UINT32_MAX)
+	{
+		pg_log_error("offline, --scope takes the role's OID, not \"%s\"", scope);
+		pg_log_error_detail("Without the server there is no catalog to find a role's name in; the scope file keeps scopes by role OID.");
+		pg_log_error_hint("Find it while the server runs: SELECT 'ROLE'::regrole::oid; or use -d.");
+		exit(KS_EXIT_ERROR);
+	}
+	return (uint32) oid;
+}
+
+static int64
+now_usec(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return (int64) tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+/* Read and verify a scope file; false if it is missing or cannot be trusted (problem says). */
+static bool
+read_scopes(const char *path, const char *secret, size_t secretlen, KsScopeFile *f,
+			bool *missing, char *problem, size_t problemlen)
+{
+	char	   *text;
+	size_t		len;
+	struct stat sb;
+
+	memset(f, 0, sizeof(*f));
+	*missing = lstat(path, &sb) != 0 && errno == ENOENT;
+	if (*missing)
+		return false;
+	if (!ks_read_file(path, KS_MAX_FILE_SIZE * 4, &text, &len, problem, problemlen))
+		return false;
+	return ks_scope_file_parse(text, len, secret, secretlen, f, problem, problemlen);
+}
+
+/* The release key, which a release needs; exits without it. */
+static void
+release_key_or_exit(const char *release_key_file, char **key, size_t *len)
+{
+	char		problem[KS_PROBLEM_LEN];
+
+	if (release_key_file != NULL &&
+		ks_secret_load(release_key_file, false, key, len, problem, sizeof(problem)))
+		return;
+	if (release_key_file == NULL)
+		pg_log_error("a release needs the release key, and its file is not known");
+	else
+		pg_log_error("a release needs the release key: could not read \"%s\": %s",
+					 release_key_file, problem);
+	pg_log_error_hint("Give --release-key-file (default: DATADIR/pg_killswitch/release.key); "
+					  "a scope file that lowers a scope without it is judged tampering.");
+	exit(KS_EXIT_ERROR);
+}
+
+/*
+ * The set the new file starts from: the scope file as read if it verifies
+ * and is not behind the server's copy, else the copy; the copy is also what
+ * the server judges the new file against, so "replaces" names it.
+ */
+static void
+base_set(const char *scope_file, const char *copy_file, const char *secret, size_t secretlen,
+		 KsScopeFile *base, const char **replaces, int64 *version)
+{
+	KsScopeFile file;
+	KsScopeFile copy;
+	bool		file_missing;
+	bool		copy_missing = true;
+	bool		file_ok;
+	bool		copy_ok = false;
+	char		problem[KS_PROBLEM_LEN];
+
+	file_ok = read_scopes(scope_file, secret, secretlen, &file, &file_missing, problem, sizeof(problem));
+	if (!file_ok && !file_missing)
+		pg_log_warning("the scope file cannot be trusted: %s", problem);
+	if (copy_file != NULL)
+		copy_ok = read_scopes(copy_file, secret, secretlen, &copy, &copy_missing, problem, sizeof(problem));
+	if (!copy_ok && !copy_missing)
+		pg_log_warning("the server's copy of the scope file cannot be trusted: %s", problem);
+
+	memset(base, 0, sizeof(*base));
+	*replaces = NULL;
+	*version = 0;
+	if (file_ok && (!copy_ok || file.version >= copy.version))
+		*base = file;
+	else if (copy_ok)
+		*base = copy;
+	if (copy_ok)
+		*replaces = copy.signature;
+	else if (file_ok)
+		*replaces = file.signature;
+	*version = Max(file_ok ? file.version : 0, copy_ok ? copy.version : 0);
+}
+
+/* Is a server running on the data directory (postmaster.pid names a live process)? */
+static bool
+server_running(const char *pgdata)
+{
+	char		path[MAXPGPATH];
+	FILE	   *f;
+	long		pid = 0;
+
+	snprintf(path, sizeof(path), "%s/postmaster.pid", pgdata);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return false;
+	if (fscanf(f, "%ld", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return pid > 0 && (kill((pid_t) pid, 0) == 0 || errno == EPERM);
+}
+
+/* Does the scope file hold the server's copy's bytes (the server has judged it)? */
+static bool
+judged(const char *scope_file, const char *copy_file)
+{
+	char	   *a = NULL,
+			   *b = NULL;
+	size_t		alen = 0,
+				blen = 0;
+	char		problem[KS_PROBLEM_LEN];
+	bool		have_a = ks_read_file(scope_file, KS_MAX_FILE_SIZE * 4, &a, &alen, problem, sizeof(problem));
+	bool		have_b = ks_read_file(copy_file, KS_MAX_FILE_SIZE * 4, &b, &blen, problem, sizeof(problem));
+
+	if (!have_a || !have_b)
+		return true;			/* nothing to wait for: the server puts back or judges */
+	return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+/*
+ * While a server runs here, wait (at most KS_SCOPE_JUDGED_WAIT_MS) until it
+ * has recorded the previous outside write of the scope file: the new file
+ * is judged against the server's copy, and two writes in quick succession
+ * would reach it as one — a raise written over a release not yet recorded
+ * would look like a lower without the release key.
+ */
+#define KS_SCOPE_JUDGED_WAIT_MS 5000
+
+static void
+wait_until_judged(const KsOptions *opt, const char *scope_file, const char *copy_file)
+{
+	int			waited = 0;
+
+	if (opt->pgdata == NULL || !server_running(opt->pgdata))
+		return;
+	while (!judged(scope_file, copy_file) && waited < KS_SCOPE_JUDGED_WAIT_MS)
+	{
+		pg_usleep(10 * 1000L);
+		waited += 10;
+	}
+	if (waited >= KS_SCOPE_JUDGED_WAIT_MS)
+		pg_log_warning("the server has not recorded the previous change to the scope file yet; writing anyway");
+}
+
+/* engage|disengage --scope ROLE, offline. */
+int
+ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *secret,
+					 size_t secretlen, const char *release_key_file)
+{
+	uint32		role = scope_oid(opt->scope);
+	bool		release = opt->command == CMD_DISENGAGE;
+	char		scope_file[MAXPGPATH];
+	char		copy_file[MAXPGPATH];
+	char		problem[KS_PROBLEM_LEN];
+	KsScopeFile base;
+	KsScopeFile next;
+	KsScopeEntry *e;
+	const char *replaces;
+	int64		version;
+	char	   *key = NULL;
+	size_t		keylen = 0;
+	StringInfoData text;
+	int			lockfd;
+
+	snprintf(scope_file, sizeof(scope_file), "%s/%s", state_dir, KS_SCOPE_FILE_NAME);
+	if (opt->pgdata)
+		snprintf(copy_file, sizeof(copy_file), "%s/pg_killswitch/scopes.json", opt->pgdata);
+	if (release)
+		release_key_or_exit(release_key_file, &key, &keylen);
+	if (opt->pgdata)
+		wait_until_judged(opt, scope_file, copy_file);
+	lockfd = release ? ks_lock_dir(state_dir, problem, sizeof(problem))
+		: ks_lock_dir_within(state_dir, KS_SCOPE_LOCK_RAISE_MS, problem, sizeof(problem));
+	if (lockfd < 0 && release)
+	{
+		pg_log_error("could not take the writers' lock: %s", problem);
+		return KS_EXIT_ERROR;
+	}
+	if (lockfd < 0)
+		pg_log_warning("writing without the writers' lock: %s", problem);
+
+	base_set(scope_file, opt->pgdata ? copy_file : NULL, secret, secretlen, &base, &replaces, &version);
+	memset(&next, 0, sizeof(next));
+	next.entries = palloc0(sizeof(KsScopeEntry) * (base.n + 1));
+	memcpy(next.entries, base.entries, sizeof(KsScopeEntry) * base.n);
+	next.n = base.n;
+	e = ks_scope_file_find(&next, role);
+	if (release && e == NULL)
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("scope %u is not halted", role);
+		pg_log_error_detail("Only an active scope can be released; the scope file holds none for this role.");
+		return KS_EXIT_ERROR;
+	}
+	if (!release && e != NULL && e->mode >= (KsMode) opt->mode)
+	{
+		ks_unlock_dir(lockfd);
+		printf("scope %u is already at mode %s: nothing written\n", role, ks_mode_sql_names[e->mode]);
+		return KS_EXIT_OK;
+	}
+	if (release)
+	{
+		*e = next.entries[next.n - 1];	/* the order is restored when written */
+		next.n--;
+	}
+	else
+	{
+		if (e == NULL)
+		{
+			e = &next.entries[next.n++];
+			e->role = role;
+			e->generation = 0;
+		}
+		e->mode = (KsMode) opt->mode;
+		e->generation++;
+		e->since_usec = now_usec();
+		e->unconfirmed = false;
+	}
+	next.version = version + 1;
+	next.replaces = (char *) replaces;
+	next.reason = (char *) opt->reason;
+	next.triggered_by = (char *) opt->by;
+	initStringInfo(&text);
+	if (!ks_scope_file_text(&text, &next, secret, secretlen, key, keylen))
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("could not sign the scope file");
+		return KS_EXIT_ERROR;
+	}
+	ks_secret_forget(key, keylen);
+	if (!ks_write_shared_file_durably(scope_file, text.data, text.len, problem, sizeof(problem)))
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("could not write the scope file: %s", problem);
+		return KS_EXIT_ERROR;
+	}
+	ks_unlock_dir(lockfd);
+	if (opt->json)
+		printf("{\"scope\":%u,\"mode\":\"%s\",\"version\":" INT64_FORMAT "}\n",
+			   role, ks_mode_sql_names[release ? KS_DISENGAGED : opt->mode], next.version);
+	else
+		printf("scope %u %s (version " INT64_FORMAT ") written to %s\n", role,
+			   release ? "released" : ks_mode_sql_names[opt->mode], next.version, scope_file);
+	return KS_EXIT_OK;
+}
