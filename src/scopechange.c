@@ -590,7 +590,13 @@ ks_scopes_from_history(bool settle)
 		n++;
 	}
 	ks_owner_end(&owner);
-	if (ks_scope_replace_committed(list, n) || settle)
+	/*
+	 * Then the heard scopes the chain settles (a standby, §13 "Standbys"):
+	 * those whose event replay brought, every one once out of recovery (the
+	 * history decides) — after the committed scopes, so that the set never
+	 * shows less than either.  Bitwise or: both steps run.
+	 */
+	if ((ks_scope_replace_committed(list, n) | ks_scope_end_heard(list, n, settle)) || settle)
 		ks_scope_file_write();
 }
 
