@@ -15,6 +15,9 @@
  * another system and learns of a failover (upstream.c).  A standby that
  * holds a state heard ahead of replay (its heard overlay) tells that one,
  * from its heard file: so a cascade hears the primary through it.
+ * Its scopes too (ARCHITECTURE §13 "Standbys"): killswitch.committed_scopes()
+ * returns the signed scope copy, and given the copy's version the wait
+ * also ends when the copy moves past it.
  *
  * A long poll that holds no snapshot while it waits.  On a hot standby —
  * the upstream of a cascade — a snapshot held for the wait would make

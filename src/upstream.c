@@ -18,7 +18,10 @@
  * a lower mode never: it comes only by replaying its committed record.
  * The overlay ends when replay reaches its generation, or when the
  * upstream tells of another history (a lower generation, another
- * timeline: a failover), never below what replay brought.
+ * timeline: a failover), never below what replay brought.  The same for
+ * the scoped halts: after each state, the upstream's signed scope copy
+ * (killswitch.committed_scopes()), each scope told above what was
+ * replayed for it held as a heard scope (scope.c ks_scope_take_heard()).
  *
  * The connection never blocks the watcher, the way the walreceiver
  * (libpqwalreceiver) and postgres_fdw drive theirs: PQconnectStartParams()
@@ -678,10 +681,16 @@ scopes_on_another_history(void)
 {
 	if (up.scopes_timeline != 0 && up.told_timeline != up.scopes_timeline &&
 		ks_scope_heard_count() > 0 && ks_scope_end_heard(NULL, 0, true))
+	{
 		ereport(LOG,
 				(errmsg("the standby no longer holds the scopes it heard ahead of replay: its upstream is on another history"),
 				 errdetail("The upstream tells timeline %u; they were heard on timeline %u.",
 						   up.told_timeline, up.scopes_timeline)));
+		ks_scope_file_write();	/* a restart must not bring them back */
+		if (up.known_scopes)
+			pfree(up.known_scopes);
+		up.known_scopes = NULL;	/* what it tells is weighed again */
+	}
 	up.scopes_timeline = up.told_timeline;
 }
 
@@ -710,8 +719,13 @@ hear_scopes(PGresult *res)
 
 	CurrentResourceOwner = up.owner;	/* the HMAC's, outside any transaction */
 	if (PQntuples(res) != 1 || PQnfields(res) != 2 || PQgetisnull(res, 0, 1))
+	{
 		fail("the upstream's scopes could not be read", "they have not the fields this version asks for");
-	else if (PQgetisnull(res, 0, 0))
+		goto done;
+	}
+	/* whatever it tells now, the heard scopes of another history end first */
+	scopes_on_another_history();
+	if (PQgetisnull(res, 0, 0))
 		up.known_scopes_version = strtoi64(PQgetvalue(res, 0, 1), NULL, 10);	/* none there */
 	else if ((bytes = PQunescapeBytea((unsigned char *) PQgetvalue(res, 0, 0), &len)) == NULL)
 		fail("the upstream's scopes could not be read", "out of memory");
@@ -723,7 +737,6 @@ hear_scopes(PGresult *res)
 		fail("the upstream's scopes do not verify with this standby's signing secret", problem);
 	else
 	{
-		scopes_on_another_history();
 		if (ks_scope_take_heard(list, n))
 		{
 			ereport(LOG,
@@ -734,6 +747,7 @@ hear_scopes(PGresult *res)
 		keep_copy(&up.known_scopes, &up.known_scopes_len, (char *) bytes, len);
 		up.known_scopes_version = strtoi64(PQgetvalue(res, 0, 1), NULL, 10);
 	}
+done:
 	CurrentResourceOwner = save;
 	if (bytes)
 		PQfreemem(bytes);

@@ -7,7 +7,10 @@
 # walreceiver cut off, its watcher hearing the primary all the same) holds
 # until the promotion, where the history decides, as for the fleet's heard
 # state (§11): a change the new primary never received did not happen on
-# its timeline.
+# its timeline.  And a follower that heard a scope from the old primary
+# drops it when its upstream tells another timeline — the new primary's
+# history decides — and follows the new primary's scopes (as TAP 158 for
+# the fleet's heard state).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -90,5 +93,34 @@ is(as_role($standby, 'agent_7', 'INSERT INTO t VALUES (7)'), 'KS001', 'after the
 $standby->safe_psql('postgres', "SELECT ks_disengage('after the failover', 'ops', scope => 'agent_7')");
 is(as_role($standby, 'agent_7', 'INSERT INTO t VALUES (7)'), '', 'the new primary\'s release lowers it');
 is(q1($standby, 'SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
+
+# ---- 3. another timeline: a scope heard from the old primary, and the failover ----
+my ($old, $heir, $follower) = ks_forking_fleet('scope_fork');
+q1($old, 'CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent; CREATE TABLE t (x int); GRANT ALL ON t TO PUBLIC');
+$old->wait_for_catchup($heir, 'replay', $old->lsn('insert'));
+$heir->wait_for_catchup($follower, 'replay', $old->lsn('insert'));
+ok(within($follower, "SELECT (ks_status()->>'upstream_heard_at') IS NOT NULL"), 'fork: the follower hears the old primary');
+$heir->stop;
+q1($old, "SELECT ks_engage('halt_all', 'old history', 'ops', scope => 'agent_7')");
+ok(within($follower, "SELECT count(*) = 1 FROM ks_scopes() WHERE scope = 'agent_7'::regrole AND mode = 'halt_all'"),
+	'fork: the follower heard the scope from the old primary (its WAL never came)');
+$old->stop('immediate');
+$heir->start;
+$heir->promote;
+ok(within($heir, "SELECT NOT pg_is_in_recovery()"), 'fork: the heir is promoted');
+is(q1($heir, 'SELECT count(*) FROM ks_scopes()'), '0', 'fork: its history has no scope');
+q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . ks_host_port($heir) . "'; SELECT pg_reload_conf()");
+ok(within($follower, 'SELECT count(*) = 0 FROM ks_scopes()'),
+	'fork: told another timeline, the follower drops the scope heard from the old history');
+ok($follower->log_contains(qr/no longer holds the scopes it heard ahead of replay: its upstream is on another history/),
+	'fork: and says why');
+is(as_role($follower, 'agent_7', 'SELECT ks_mode()'), 'disengaged', 'fork: agent_7 is free on the follower');
+q1($heir, "SELECT ks_engage('emergency', 'new history', 'ops', scope => 'agent_7')");
+ok(within($follower, "SELECT count(*) = 1 FROM ks_scopes() WHERE scope = 'agent_7'::regrole AND mode = 'emergency'"),
+	'fork: the follower follows the new primary\'s scope');
+ok(within($follower, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = 'agent_7'::regrole AND mode = 'emergency'"),
+	'fork: replay brings it on the new timeline');
+q1($heir, "SELECT ks_disengage('new history released', 'ops', scope => 'agent_7')");
+ok(within($follower, 'SELECT count(*) = 0 FROM ks_scopes()'), 'fork: and its release, replayed');
 
 done_testing();
