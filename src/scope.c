@@ -749,30 +749,54 @@ ks_scope_session_mode(KsMode fleet)
  * below the one heard for a scope is another history (a failover): that
  * scope's heard entry ends, and what is told is weighed against replay
  * alone.  True if the set changed.  Never an error: a scope that finds no
- * slot overflows the set (fail closed).
+ * slot overflows the set (fail closed).  O((n + the set) log n), under the
+ * lock once: 10,000 scopes told cost no 10,000 searches of the set.
  */
 bool
 ks_scope_take_heard(const KsScope *list, int n)
 {
+	KsScope    *told = palloc(sizeof(KsScope) * Max(n, 1));
+	int64	   *replayed = palloc0(sizeof(int64) * Max(n, 1));
+	int		   *heard = palloc(sizeof(int) * Max(n, 1));
 	bool		changed = false;
 
+	/* sorted, so that each entry of the set finds its scope told in O(log n) */
+	memcpy(told, list, sizeof(KsScope) * n);
+	qsort(told, n, sizeof(KsScope), by_role);
+	for (int k = 0; k < n; k++)
+		heard[k] = -1;
 	set_lock(LW_EXCLUSIVE);		/* the postmaster too, loading the copy at start */
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < ks_scopes->count; i++)
 	{
-		int			c = find_entry(list[i].role, KS_SCOPE_COMMITTED);
-		int			h = find_entry(list[i].role, KS_SCOPE_HEARD);
-		int64		replayed = c >= 0 ? ks_scopes->entries[c].generation : 0;
+		const KsScope *e = &ks_scopes->entries[i];
+		const KsScope *t;
+
+		if (e->owner != KS_SCOPE_COMMITTED && e->owner != KS_SCOPE_HEARD)
+			continue;
+		t = bsearch(e, told, n, sizeof(KsScope), by_role);
+		if (t == NULL)
+			continue;
+		if (e->owner == KS_SCOPE_COMMITTED)
+			replayed[t - told] = e->generation;
+		else
+			heard[t - told] = i;
+	}
+	/* entries are only appended below: the indices found stay good */
+	for (int k = 0; k < n; k++)
+	{
+		int			h = heard[k];
 		KsScope    *e;
 
-		if (list[i].mode == KS_DISENGAGED)
+		if (told[k].mode == KS_DISENGAGED)
 			continue;
-		if (h >= 0 && list[i].generation < ks_scopes->entries[h].generation)
+		if (h >= 0 && told[k].generation < ks_scopes->entries[h].generation)
 		{
-			remove_entry(h);	/* another history: replay decides */
-			h = -1;
+			/* another history: this heard entry ends (removed below), replay decides */
+			ks_scopes->entries[h].mode = KS_DISENGAGED;
+			ks_scopes->entries[h].generation = 0;
 			changed = true;
 		}
-		if (list[i].generation <= replayed)
+		if (told[k].generation <= replayed[k])
 			continue;			/* replay brought it, or newer */
 		if (h < 0)
 		{
@@ -784,27 +808,34 @@ ks_scope_take_heard(const KsScope *list, int n)
 			}
 			h = ks_scopes->count++;
 			memset(&ks_scopes->entries[h], 0, sizeof(KsScope));
-			ks_scopes->entries[h].role = list[i].role;
+			ks_scopes->entries[h].role = told[k].role;
 			ks_scopes->entries[h].owner = KS_SCOPE_HEARD;
 			ks_scopes->entries[h].mode = KS_DISENGAGED;
 			ks_scopes->heard++;
 		}
 		e = &ks_scopes->entries[h];
-		if (list[i].mode <= e->mode && list[i].generation <= e->generation)
+		if (told[k].mode <= e->mode && told[k].generation <= e->generation)
 			continue;
-		if (list[i].mode == KS_EMERGENCY && e->mode != KS_EMERGENCY)
+		if (told[k].mode == KS_EMERGENCY && e->mode != KS_EMERGENCY)
 			e->emergency_at = GetCurrentTimestamp();
-		if (list[i].mode > e->mode)
+		if (told[k].mode > e->mode)
 		{
-			e->mode = list[i].mode;
-			e->since = list[i].since;
+			e->mode = told[k].mode;
+			e->since = told[k].since;
 		}
-		e->generation = Max(e->generation, list[i].generation);
+		e->generation = Max(e->generation, told[k].generation);
 		changed = true;
 	}
+	for (int i = ks_scopes->count - 1; i >= 0; i--)
+		if (ks_scopes->entries[i].owner == KS_SCOPE_HEARD &&
+			ks_scopes->entries[i].mode == KS_DISENGAGED)
+			remove_entry(i);
 	if (changed)
 		published();
 	set_unlock();
+	pfree(told);
+	pfree(replayed);
+	pfree(heard);
 	return changed;
 }
 
