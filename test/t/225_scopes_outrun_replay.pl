@@ -4,7 +4,9 @@
 # its upstream (killswitch.committed_scopes()) — within a bounded wait: the
 # agent in the scope is refused, the other agents read on, ks_scopes() shows
 # it.  The primary's release does not lower the standby until replay brings
-# it; a scope heard later does not drop one heard before.
+# it; a scope heard later does not drop one heard before.  A server of
+# another system telling a scope copy signed with the standby's own secret
+# is refused, as the fleet's link refuses its state.
 #
 # The standby runs with max_standby_streaming_delay = -1, so a conflict holds
 # replay for good, and each case checks that replay is indeed held (paused,
@@ -127,5 +129,29 @@ caught_up();
 ok(within($standby, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = 'agent_7'::regrole AND mode = 'halt_all'"),
 	'replay brings the event');
 is(q1($standby, "SELECT mode FROM ks_scopes() WHERE scope = 'agent_7'::regrole"), 'halt_all', 'and the scope stays');
+
+# ---- 3. a server of another system, signing with the standby's secret ----
+q1($primary, "SELECT ks_disengage('done', scope => 'agent_7')");
+caught_up();
+ok(within($standby, 'SELECT count(*) = 0 FROM ks_scopes()'), 'no scope left on the standby');
+my $fake = PostgreSQL::Test::Cluster->new('scope_outrun_fake');
+$fake->init;
+$fake->append_conf('postgresql.conf', "shared_preload_libraries = 'killswitch'\n");
+mkdir $fake->data_dir . '/pg_killswitch', 0700;
+append_to_file($fake->data_dir . '/pg_killswitch/signing.key', ks_secret($standby) . "\n");
+chmod 0600, $fake->data_dir . '/pg_killswitch/signing.key';
+$fake->start;
+q1($fake, 'CREATE EXTENSION killswitch CASCADE; CREATE ROLE fake_agent');
+q1($fake, "SELECT ks_engage('emergency', 'another system', 'ops', scope => 'fake_agent')");
+my $oid = q1($fake, "SELECT 'fake_agent'::regrole::oid");
+like(q1($fake, "SELECT convert_from(scopes, 'UTF8') FROM killswitch.committed_scopes()"), qr/"$oid"/,
+	'another system: its feed tells its scope, signed with the same secret');
+q1($standby, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . ks_host_port($fake) . "'; SELECT pg_reload_conf()");
+ok(within($standby, "SELECT ks_status()->>'upstream_problem' LIKE 'the upstream is not of this standby''s system: %'"),
+	'another system: the standby refuses its word, and says so');
+is(q1($standby, 'SELECT count(*) FROM killswitch.active_scopes()'), '0',
+	'another system: its scope, signed with the right secret, is not taken');
+q1($standby, "ALTER SYSTEM RESET killswitch.upstream_conninfo; SELECT pg_reload_conf()");
+ok(within($standby, "SELECT ks_status()->>'upstream_problem' IS NULL"), 'back on its own upstream, it hears again');
 
 done_testing();
