@@ -761,7 +761,8 @@ ks_scope_take_heard(const KsScope *list, int n)
 	bool		changed = false;
 
 	/* sorted, so that each entry of the set finds its scope told in O(log n) */
-	memcpy(told, list, sizeof(KsScope) * n);
+	if (n > 0)
+		memcpy(told, list, sizeof(KsScope) * n);
 	qsort(told, n, sizeof(KsScope), by_role);
 	for (int k = 0; k < n; k++)
 		heard[k] = -1;
@@ -852,7 +853,7 @@ chain_entry(const KsScope *chain, int n, Oid role)
 /*
  * The heard scopes end that the history settles (ARCHITECTURE §13
  * "Standbys"): each one whose scope's newest event in the chain (chain: n
- * of them, sorted by role, releases included) is at or past its heard
+ * of them, in any order, releases included) is at or past its heard
  * generation — or every one (all: recovery has ended, or the upstream is on
  * another timeline), the history deciding.  The caller has set the
  * committed scopes to the chain's first, so nothing shows less than either.
@@ -864,7 +865,8 @@ ks_scope_end_heard(const KsScope *chain, int n, bool all)
 	bool		changed = false;
 	KsScope    *sorted = palloc(sizeof(KsScope) * Max(n, 1));
 
-	memcpy(sorted, chain, sizeof(KsScope) * n);
+	if (n > 0)
+		memcpy(sorted, chain, sizeof(KsScope) * n);
 	qsort(sorted, n, sizeof(KsScope), by_role);
 	chain = sorted;
 	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
