@@ -8,7 +8,7 @@ SELECT (ks_status()->>'generation')::bigint AS g \gset
 SELECT p.proname, p.prokind, pg_get_function_arguments(p.oid) AS args,
        has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_call
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname = 'killswitch' AND p.proname IN ('await_state', 'committed_state') ORDER BY 1;
+WHERE n.nspname = 'killswitch' AND p.proname IN ('await_state', 'committed_state', 'committed_scopes') ORDER BY 1;
 
 -- on a primary: the private copy's signed bytes, no silence, its WAL position
 SELECT convert_from(state, 'UTF8')::jsonb->>'generation' = :'g' AS the_copy,

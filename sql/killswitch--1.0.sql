@@ -199,10 +199,18 @@ CREATE FUNCTION killswitch.shared_state(
 -- this server's word from the primary is (0 on a primary), the primary's WAL
 -- position, and the system identifier and timeline of this server's history
 -- (a standby refuses word from another system, and learns of a failover).
-CREATE PROCEDURE killswitch.await_state(known_generation bigint, timeout_ms integer)
+-- Given known_scopes_version, the wait also ends when the scope copy's version
+-- moves past it; committed_scopes() returns the signed scope copy (§13
+-- "Standbys").  Without it, a watcher of an earlier build waits as before.
+CREATE PROCEDURE killswitch.await_state(known_generation bigint, timeout_ms integer,
+    known_scopes_version bigint DEFAULT NULL)
     AS 'MODULE_PATHNAME', 'ks_await_state' LANGUAGE C;
-COMMENT ON PROCEDURE killswitch.await_state(bigint, integer) IS
-    'For standbys'' watchers: wait, holding no snapshot, until the committed state has another generation than known_generation';
+COMMENT ON PROCEDURE killswitch.await_state(bigint, integer, bigint) IS
+    'For standbys'' watchers: wait, holding no snapshot, until the committed state has another generation than known_generation (or the scope copy another version than known_scopes_version)';
+CREATE FUNCTION killswitch.committed_scopes(OUT scopes bytea, OUT version bigint)
+    AS 'MODULE_PATHNAME', 'ks_committed_scopes' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION killswitch.committed_scopes() IS
+    'For standbys'' watchers: the signed scope copy (every scope in force here, heard ones included on a standby) and its version';
 CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint, OUT wal_lsn pg_lsn,
     OUT system_identifier bigint, OUT timeline_id integer)
     AS 'MODULE_PATHNAME', 'ks_committed_state' LANGUAGE C VOLATILE;

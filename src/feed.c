@@ -15,6 +15,9 @@
  * another system and learns of a failover (upstream.c).  A standby that
  * holds a state heard ahead of replay (its heard overlay) tells that one,
  * from its heard file: so a cascade hears the primary through it.
+ * Its scopes too (ARCHITECTURE §13 "Standbys"): killswitch.committed_scopes()
+ * returns the signed scope copy, and given the copy's version the wait
+ * also ends when the copy moves past it.
  *
  * A long poll that holds no snapshot while it waits.  On a hot standby —
  * the upstream of a cascade — a snapshot held for the wait would make
@@ -42,6 +45,8 @@
 
 #include "compat.h"
 #include "names.h"
+#include "scope.h"
+#include "scopefile.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -52,6 +57,7 @@
 
 PG_FUNCTION_INFO_V1(ks_await_state);
 PG_FUNCTION_INFO_V1(ks_committed_state);
+PG_FUNCTION_INFO_V1(ks_committed_scopes);
 
 /*
  * The copy is written just after the publish that wakes us: while it is
@@ -84,11 +90,13 @@ read_copy(size_t *len, int64 *generation, bool *heard)
 
 /*
  * Sleep until the copy holds a generation other than known, at least the
- * published one (the heard file: exactly the heard overlay's), or until
- * the timeout.  Each look reads the file in a context of its own.
+ * published one (the heard file: exactly the heard overlay's), or — with
+ * known_scopes at 0 or more — until the scope copy's version on disk is
+ * another than known_scopes, or until the timeout.  Each look reads the
+ * file in a context of its own.
  */
 static void
-wait_for_state(int64 known, int timeout_ms)
+wait_for_state(int64 known, int64 known_scopes, int timeout_ms)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext look = AllocSetContextCreate(caller, "killswitch await_state",
@@ -114,6 +122,8 @@ wait_for_state(int64 known, int timeout_ms)
 		behind = readable && (heard ? generation != published : generation < published);
 		if (readable && !behind && generation != known)
 			break;
+		if (known_scopes >= 0 && ks_scope_file_version_told() != known_scopes)
+			break;				/* the scope set moved (each write broadcasts) */
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)
 			break;
@@ -196,15 +206,19 @@ primary_position(void)
 
 /*
  * SQL: PROCEDURE killswitch.await_state(known_generation bigint, timeout_ms
- * integer): return once the committed state has another generation than
- * known_generation, or after timeout_ms; read it with
- * killswitch.committed_state().  A procedure with no result: a CALL that
- * returns a row holds a snapshot for it all along.
+ * integer, known_scopes_version bigint DEFAULT NULL): return once the
+ * committed state has another generation than known_generation, or — given
+ * known_scopes_version — the scope copy another version than that, or
+ * after timeout_ms; read them with killswitch.committed_state() and
+ * killswitch.committed_scopes().  A procedure with no result: a CALL that
+ * returns a row holds a snapshot for it all along.  Without the third
+ * argument (a watcher of an earlier build) it waits as it always did.
  */
 Datum
 ks_await_state(PG_FUNCTION_ARGS)
 {
 	int64		known;
+	int64		known_scopes = -1;
 	int32		timeout_ms;
 
 	ks_require_loaded();
@@ -214,6 +228,14 @@ ks_await_state(PG_FUNCTION_ARGS)
 				 errmsg("known_generation and timeout_ms must not be null")));
 	known = PG_GETARG_INT64(0);
 	timeout_ms = PG_GETARG_INT32(1);
+	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
+	{
+		known_scopes = PG_GETARG_INT64(2);
+		if (known_scopes < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("known_scopes_version must not be negative")));
+	}
 	if (timeout_ms < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -221,7 +243,7 @@ ks_await_state(PG_FUNCTION_ARGS)
 	if (timeout_ms > 0)
 	{
 		let_go_of_snapshot(fcinfo);
-		wait_for_state(known, timeout_ms);
+		wait_for_state(known, known_scopes, timeout_ms);
 	}
 	PG_RETURN_VOID();
 }
@@ -280,5 +302,45 @@ ks_committed_state(PG_FUNCTION_ARGS)
 	values[2] = LSNGetDatum(primary_position());
 	values[3] = Int64GetDatum((int64) GetSystemIdentifier());
 	values[4] = Int32GetDatum((int32) history_timeline());
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/*
+ * SQL: killswitch.committed_scopes(OUT scopes bytea, OUT version bigint):
+ * the signed bytes of this server's scope copy, pg_killswitch/scopes.json
+ * (ARCHITECTURE §13 "Standbys") — every scope in force here, on a standby
+ * those it heard ahead of replay included, so a cascade hears the
+ * primary's through it — and the version on disk, which
+ * killswitch.await_state() waits past; null bytes and version 0 while no
+ * scope was ever in force here.  The watcher of a standby verifies the
+ * bytes and reads the version from them.
+ */
+Datum
+ks_committed_scopes(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	char	   *text;
+	size_t		len;
+	char		problem[KS_PROBLEM_LEN];
+	int64		version;
+
+	ks_require_loaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	/* the version first: bytes read after it are at least as new */
+	version = ks_scope_file_version_told();
+	if (ks_read_file(KS_SCOPES_COPY_FILE, KS_MAX_SCOPE_FILE_SIZE, &text, &len, problem, sizeof(problem)))
+	{
+		bytea	   *scopes = (bytea *) palloc(VARHDRSZ + len);
+
+		SET_VARSIZE(scopes, VARHDRSZ + len);
+		memcpy(VARDATA(scopes), text, len);
+		values[0] = PointerGetDatum(scopes);
+	}
+	else
+		nulls[0] = true;
+	values[1] = Int64GetDatum(version);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

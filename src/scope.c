@@ -47,9 +47,11 @@ typedef struct KsScopeSet
 	pg_atomic_uint64 version;	/* +1 at every change of the set, after it */
 	int			count;			/* entries in use, committed or in flight */
 	int			committed;		/* of which committed */
+	int			heard;			/* of which heard ahead of replay (a standby) */
 	int			fresh;			/* in flight and fresh: each may become a committed scope */
 	bool		overflowed;		/* a committed scope found no slot: every agent at the highest mode */
 	int64		file_version;	/* the scope file's, as last written or loaded (the writers' lock) */
+	pg_atomic_uint64 told;		/* the version of the copy on disk, which the feed tells */
 	KsScope		entries[KS_SCOPE_SLOTS];
 } KsScopeSet;
 
@@ -82,6 +84,7 @@ ks_scopes_shmem_startup(void)
 		memset(ks_scopes, 0, offsetof(KsScopeSet, entries));
 		ks_scopes->lock = &(GetNamedLWLockTranche(KS_SCOPES_TRANCHE))->lock;
 		pg_atomic_init_u64(&ks_scopes->version, 0);
+		pg_atomic_init_u64(&ks_scopes->told, 0);
 	}
 }
 
@@ -117,8 +120,10 @@ find_entry(Oid role, int owner)
 static void
 remove_entry(int i)
 {
-	if (ks_scopes->entries[i].owner < 0)
+	if (ks_scopes->entries[i].owner == KS_SCOPE_COMMITTED)
 		ks_scopes->committed--;
+	else if (ks_scopes->entries[i].owner == KS_SCOPE_HEARD)
+		ks_scopes->heard--;
 	else if (ks_scopes->entries[i].fresh)
 		ks_scopes->fresh--;
 	ks_scopes->entries[i] = ks_scopes->entries[--ks_scopes->count];
@@ -378,7 +383,8 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 typedef enum ScopeCopy
 {
 	SCOPE_COPY_ALL,				/* raises in flight included */
-	SCOPE_COPY_COMMITTED,		/* owner < 0 */
+	SCOPE_COPY_COMMITTED,		/* owner KS_SCOPE_COMMITTED */
+	SCOPE_COPY_IN_FORCE,		/* committed or heard */
 	SCOPE_COPY_EMERGENCY		/* committed or raised */
 } ScopeCopy;
 
@@ -393,7 +399,8 @@ copy_entries_locked(ScopeCopy which, KsScope *out)
 		const KsScope *e = &ks_scopes->entries[i];
 
 		if (which == SCOPE_COPY_ALL ||
-			(which == SCOPE_COPY_COMMITTED && e->owner < 0) ||
+			(which == SCOPE_COPY_COMMITTED && e->owner == KS_SCOPE_COMMITTED) ||
+			(which == SCOPE_COPY_IN_FORCE && e->owner < 0) ||
 			(which == SCOPE_COPY_EMERGENCY && e->mode == KS_EMERGENCY))
 			out[n++] = *e;
 	}
@@ -461,6 +468,7 @@ ks_scope_replace_committed(const KsScope *list, int n)
 {
 	KsScope    *active = palloc(sizeof(KsScope) * Max(n, 1));
 	int			k = 0;
+	int			room;
 
 	for (int i = 0; i < n; i++)
 		if (list[i].mode != KS_DISENGAGED)
@@ -475,13 +483,18 @@ ks_scope_replace_committed(const KsScope *list, int n)
 		return false;
 	}
 	for (int i = ks_scopes->count - 1; i >= 0; i--)
-		if (ks_scopes->entries[i].owner < 0)
+		if (ks_scopes->entries[i].owner == KS_SCOPE_COMMITTED)
 			remove_entry(i);
-	/* more than fit: the highest modes are kept, and the set overflows (fail closed) */
-	if (n > KS_MAX_SCOPES)
+	/*
+	 * More than fit: the highest modes are kept, and the set overflows (fail
+	 * closed).  What fits is KS_MAX_SCOPES, less what a standby's heard scopes
+	 * hold of the slots.
+	 */
+	room = Min(KS_MAX_SCOPES, KS_SCOPE_SLOTS - ks_scopes->count);
+	if (n > room)
 		qsort(active, n, sizeof(KsScope), by_mode_down);
 	ks_scopes->overflowed = false;
-	for (int i = 0; i < Min(n, KS_MAX_SCOPES); i++)
+	for (int i = 0; i < Min(n, room); i++)
 	{
 		ks_scopes->entries[ks_scopes->count] = list[i];
 		ks_scopes->entries[ks_scopes->count].owner = -1;
@@ -490,8 +503,8 @@ ks_scope_replace_committed(const KsScope *list, int n)
 		ks_scopes->count++;
 		ks_scopes->committed++;
 	}
-	if (n > KS_MAX_SCOPES)
-		overflow(n - KS_MAX_SCOPES);
+	if (n > room)
+		overflow(n - room);
 	published();
 	LWLockRelease(ks_scopes->lock);
 	return true;
@@ -516,11 +529,29 @@ ks_scope_file_version_next(void)
 	return v;
 }
 
-/* The version loaded at start (the postmaster). */
+/* The version loaded at start (the postmaster): the copy on disk holds it. */
 void
 ks_scope_file_version_set(int64 version)
 {
 	ks_scopes->file_version = version;
+	pg_atomic_write_u64(&ks_scopes->told, (uint64) version);
+}
+
+/*
+ * The copy on disk now holds this version (its writer, under the writers'
+ * lock): what the feed tells, and waits past (feed.c).
+ */
+void
+ks_scope_file_version_written(int64 version)
+{
+	pg_atomic_write_u64(&ks_scopes->told, (uint64) version);
+}
+
+/* The version of the copy on disk. */
+int64
+ks_scope_file_version_told(void)
+{
+	return (int64) pg_atomic_read_u64(&ks_scopes->told);
 }
 
 /*
@@ -546,11 +577,30 @@ ks_scope_lookup(Oid role, KsScope *committed, KsMode *in_force)
 	return i >= 0;
 }
 
-/* A copy of the committed scopes (palloc'd), for ks_scopes() and the scope file. */
+/*
+ * The scopes in force, one per role (palloc'd), for ks_scopes(): the
+ * committed ones and, on a standby, those heard ahead of replay — a role's
+ * highest.
+ */
 KsScope *
 ks_scope_list(int *count)
 {
-	return copy_entries(SCOPE_COPY_COMMITTED, count);
+	KsScope    *list = copy_entries(SCOPE_COPY_IN_FORCE, count);
+	int			n = 0;
+
+	qsort(list, *count, sizeof(KsScope), by_role);
+	for (int i = 0; i < *count; i++)
+	{
+		if (n > 0 && list[n - 1].role == list[i].role)
+		{
+			if (list[i].mode > list[n - 1].mode)
+				list[n - 1] = list[i];
+			continue;
+		}
+		list[n++] = list[i];
+	}
+	*count = n;
+	return list;
 }
 
 /* Is a committed scope missing from the set (every role may be in one)? */
@@ -699,4 +749,168 @@ ks_scope_session_mode(KsMode fleet)
 	cached_roles[2] = login;
 	cache_valid = true;
 	return Max(fleet, cached_mode);
+}
+
+/*
+ * A standby takes the scopes its upstream tells (committed there, verified:
+ * upstream.c) into its heard overlay, beside what replay brought
+ * (ARCHITECTURE §13 "Standbys"): each scope told at a generation past the
+ * one replayed for it — raising is unconditional.  A heard entry keeps the
+ * highest mode heard and the newest generation; a scope the upstream no
+ * longer tells (released there) stays: only replay lowers.  A generation
+ * below the one heard for a scope is another history (a failover): that
+ * scope's heard entry ends, and what is told is weighed against replay
+ * alone.  True if the set changed.  Never an error: a scope that finds no
+ * slot overflows the set (fail closed).  O((n + the set) log n), under the
+ * lock once: 10,000 scopes told cost no 10,000 searches of the set.
+ */
+bool
+ks_scope_take_heard(const KsScope *list, int n)
+{
+	KsScope    *told = palloc(sizeof(KsScope) * Max(n, 1));
+	int64	   *replayed = palloc0(sizeof(int64) * Max(n, 1));
+	int		   *heard = palloc(sizeof(int) * Max(n, 1));
+	bool		changed = false;
+
+	/* sorted, so that each entry of the set finds its scope told in O(log n) */
+	if (n > 0)
+		memcpy(told, list, sizeof(KsScope) * n);
+	qsort(told, n, sizeof(KsScope), by_role);
+	for (int k = 0; k < n; k++)
+		heard[k] = -1;
+	set_lock(LW_EXCLUSIVE);		/* the postmaster too, loading the copy at start */
+	for (int i = 0; i < ks_scopes->count; i++)
+	{
+		const KsScope *e = &ks_scopes->entries[i];
+		const KsScope *t;
+
+		if (e->owner != KS_SCOPE_COMMITTED && e->owner != KS_SCOPE_HEARD)
+			continue;
+		t = bsearch(e, told, n, sizeof(KsScope), by_role);
+		if (t == NULL)
+			continue;
+		if (e->owner == KS_SCOPE_COMMITTED)
+			replayed[t - told] = e->generation;
+		else
+			heard[t - told] = i;
+	}
+	/* entries are only appended below: the indices found stay good */
+	for (int k = 0; k < n; k++)
+	{
+		int			h = heard[k];
+		KsScope    *e;
+
+		if (told[k].mode == KS_DISENGAGED)
+			continue;
+		if (h >= 0 && told[k].generation < ks_scopes->entries[h].generation)
+		{
+			/* another history: this heard entry ends (removed below), replay decides */
+			ks_scopes->entries[h].mode = KS_DISENGAGED;
+			ks_scopes->entries[h].generation = 0;
+			changed = true;
+		}
+		if (told[k].generation <= replayed[k])
+			continue;			/* replay brought it, or newer */
+		if (h < 0)
+		{
+			if (ks_scopes->count >= KS_SCOPE_SLOTS)
+			{
+				overflow(1);
+				changed = true;
+				continue;
+			}
+			h = ks_scopes->count++;
+			memset(&ks_scopes->entries[h], 0, sizeof(KsScope));
+			ks_scopes->entries[h].role = told[k].role;
+			ks_scopes->entries[h].owner = KS_SCOPE_HEARD;
+			ks_scopes->entries[h].mode = KS_DISENGAGED;
+			ks_scopes->heard++;
+		}
+		e = &ks_scopes->entries[h];
+		if (told[k].mode <= e->mode && told[k].generation <= e->generation)
+			continue;
+		if (told[k].mode == KS_EMERGENCY && e->mode != KS_EMERGENCY)
+			e->emergency_at = GetCurrentTimestamp();
+		if (told[k].mode > e->mode)
+		{
+			e->mode = told[k].mode;
+			e->since = told[k].since;
+		}
+		e->generation = Max(e->generation, told[k].generation);
+		changed = true;
+	}
+	for (int i = ks_scopes->count - 1; i >= 0; i--)
+		if (ks_scopes->entries[i].owner == KS_SCOPE_HEARD &&
+			ks_scopes->entries[i].mode == KS_DISENGAGED)
+			remove_entry(i);
+	if (changed)
+		published();
+	set_unlock();
+	pfree(told);
+	pfree(replayed);
+	pfree(heard);
+	return changed;
+}
+
+/* The chain's entry of role in chain (sorted by role), or NULL. */
+static const KsScope *
+chain_entry(const KsScope *chain, int n, Oid role)
+{
+	KsScope		key;
+
+	key.role = role;
+	return bsearch(&key, chain, n, sizeof(KsScope), by_role);
+}
+
+/*
+ * The heard scopes end that the history settles (ARCHITECTURE §13
+ * "Standbys"): each one whose scope's newest event in the chain (chain: n
+ * of them, in any order, releases included) is at or past its heard
+ * generation — or every one (all: recovery has ended, or the upstream is on
+ * another timeline), the history deciding.  The caller has set the
+ * committed scopes to the chain's first, so nothing shows less than either.
+ * True if the set changed.
+ */
+bool
+ks_scope_end_heard(const KsScope *chain, int n, bool all)
+{
+	bool		changed = false;
+	KsScope    *sorted = palloc(sizeof(KsScope) * Max(n, 1));
+
+	if (n > 0)
+		memcpy(sorted, chain, sizeof(KsScope) * n);
+	qsort(sorted, n, sizeof(KsScope), by_role);
+	chain = sorted;
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	for (int i = ks_scopes->count - 1; i >= 0; i--)
+	{
+		const KsScope *e = &ks_scopes->entries[i];
+		const KsScope *c;
+
+		if (e->owner != KS_SCOPE_HEARD)
+			continue;
+		c = all ? NULL : chain_entry(chain, n, e->role);
+		if (all || (c != NULL && c->generation >= e->generation))
+		{
+			remove_entry(i);
+			changed = true;
+		}
+	}
+	if (changed)
+		published();
+	LWLockRelease(ks_scopes->lock);
+	pfree(sorted);
+	return changed;
+}
+
+/* How many scopes are heard ahead of replay (a standby). */
+int
+ks_scope_heard_count(void)
+{
+	int			n;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	n = ks_scopes->heard;
+	LWLockRelease(ks_scopes->lock);
+	return n;
 }

@@ -15,12 +15,20 @@
 /* Raises of scopes in flight (not yet committed), over every backend. */
 #define KS_MAX_SCOPE_RAISES 1000
 
-/* One scope: committed (owner -1) or a raise in flight of backend owner. */
+/*
+ * Whose an entry is: a raise in flight's owner is its raiser's proc number
+ * (>= 0); a committed scope's is KS_SCOPE_COMMITTED; on a standby, a scope
+ * heard from its upstream ahead of replay is KS_SCOPE_HEARD (§13 "Standbys").
+ */
+#define KS_SCOPE_COMMITTED (-1)
+#define KS_SCOPE_HEARD (-2)
+
+/* One scope: committed (owner -1), heard (-2), or a raise in flight of backend owner. */
 typedef struct KsScope
 {
 	Oid			role;			/* the scope: this role and every member of it */
 	KsMode		mode;
-	int			owner;			/* -1: committed; else the raiser's proc number */
+	int			owner;			/* -1: committed; -2: heard; else the raiser's proc number */
 	bool		fresh;			/* in flight: raised while its role had no committed entry */
 	int64		generation;		/* committed: the scope's own generation line */
 	TimestampTz since;			/* committed: when its mode was set */
@@ -35,6 +43,11 @@ extern void ks_scope_drop_in_flight(Oid role);
 extern void ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since);
 extern bool ks_scope_replace_committed(const KsScope *list, int n);
 extern KsScope *ks_scope_list_all(int *count);
+extern bool ks_scope_take_heard(const KsScope *list, int n);
+extern bool ks_scope_end_heard(const KsScope *chain, int n, bool all);
+extern int	ks_scope_heard_count(void);
+extern void ks_scope_file_version_written(int64 version);
+extern int64 ks_scope_file_version_told(void);
 extern int64 ks_scope_file_version_next(void);
 extern void ks_scope_file_version_set(int64 version);
 extern bool ks_scope_lookup(Oid role, KsScope *committed, KsMode *in_force);

@@ -647,7 +647,9 @@ scope_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
  * and nothing the chain holds is lowered.  Then the scope file follows
  * (settle: at the first look, always — its unconfirmed raises are settled).
  * A standby's watcher calls it after each replayed commit: the scopes
- * replay brought are in force there.
+ * replay brought are in force there, and the scopes it heard ahead of
+ * replay end where the chain has caught up with them (all of them at the
+ * first look as a primary: settle).
  */
 void
 ks_scopes_from_history(bool settle)
@@ -657,6 +659,7 @@ ks_scopes_from_history(bool settle)
 	SPIPlanPtr	plan;
 	KsScope    *list = NULL;
 	int			n = 0;
+	bool		changed;
 
 	ks_owner_begin(&owner);
 	plan = SPI_prepare("SELECT DISTINCT ON (e.scope) e.scope, e.mode::text, e.generation, e.at "
@@ -682,7 +685,16 @@ ks_scopes_from_history(bool settle)
 	}
 	ks_owner_end(&owner);
 	list = keep_own_releases(list, &n);
-	if (ks_scope_replace_committed(list, n) || settle)
+	changed = ks_scope_replace_committed(list, n);
+	/*
+	 * Then the heard scopes the chain settles (a standby, §13 "Standbys"):
+	 * those whose event replay brought, every one once out of recovery (the
+	 * history decides) — after the committed scopes, so that the set never
+	 * shows less than either.
+	 */
+	if (ks_scope_end_heard(list, n, settle))
+		changed = true;
+	if (changed || settle)
 		ks_scope_file_write();
 }
 

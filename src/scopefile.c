@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "miscadmin.h"
+#include "storage/condition_variable.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
@@ -46,9 +47,6 @@
 #include "watch.h"
 #include "state.h"
 #include "store.h"
-
-/* 10,000 scopes of about 110 bytes each, with room */
-#define KS_MAX_SCOPE_FILE_SIZE (4 * 1024 * 1024)
 
 static void
 scope_file_path(char *buf, size_t len)
@@ -115,6 +113,7 @@ ks_scope_file_write(void)
 	KsScope    *list;
 	int			n;
 	int			fd;
+	int64		version;
 	bool		ok;
 
 	if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)))
@@ -135,10 +134,17 @@ ks_scope_file_write(void)
 	/* read under the lock: the last writer writes the newest set */
 	list = ks_scope_list_all(&n);
 	initStringInfo(&text);
-	ok = file_text(&text, list, n, ks_scope_file_version_next(), secret, secretlen);
+	version = ks_scope_file_version_next();
+	ok = file_text(&text, list, n, version, secret, secretlen);
 	if (!ok)
 		strlcpy(problem, "could not compute HMAC-SHA256", sizeof(problem));
 	ok = ok && ks_write_file_durably(KS_SCOPES_COPY_FILE, text.data, text.len, problem, sizeof(problem));
+	if (ok)
+	{
+		/* the feed tells the copy: its long polls wake (feed.c) */
+		ks_scope_file_version_written(version);
+		ConditionVariableBroadcast(&ks_shared->published);
+	}
 	scope_file_path(path, sizeof(path));
 	ok = ok && (ks_shared->state_dir_foreign ||
 				ks_write_shared_file_durably(path, text.data, text.len, problem, sizeof(problem)));
@@ -708,4 +714,93 @@ ks_scope_file_load(const char *secret, size_t secretlen, char *problem, size_t p
 					(errmsg("could not put the scope file back: %s", why)));
 	}
 	return true;
+}
+
+/*
+ * The committed scopes of a scope file's text, verified with the signing
+ * secret (palloc'd; *count of them, *version the file's): what a standby
+ * hears from its upstream (upstream.c).  A raise not yet committed there
+ * ("unconfirmed") is left out: its commit writes the file again, and one
+ * that aborts must not hold a standby.  NULL, with problem, if the text
+ * does not verify.
+ */
+KsScope *
+ks_scope_file_heard(const char *text, size_t len, const char *secret, size_t secretlen,
+					int64 *version, int *count, char *problem, size_t problemlen)
+{
+	KsScopeFile f;
+	KsScope    *list;
+	int			n = 0;
+
+	*count = 0;
+	if (!ks_scope_file_parse(text, len, secret, secretlen, &f, problem, problemlen))
+		return NULL;
+	*version = f.version;
+	list = palloc0(sizeof(KsScope) * Max(f.n, 1));
+	for (int i = 0; i < f.n; i++)
+	{
+		if (f.entries[i].unconfirmed)
+			continue;
+		list[n].role = (Oid) f.entries[i].role;
+		list[n].mode = f.entries[i].mode;
+		list[n].generation = f.entries[i].generation;
+		list[n].since = ks_unix_usec_to_timestamptz(f.entries[i].since_usec);
+		list[n].owner = KS_SCOPE_HEARD;
+		n++;
+	}
+	*count = n;
+	return list;
+}
+
+/*
+ * At start in recovery (the postmaster, startup.c): the standby's own copy
+ * — the scopes it had replayed or heard before it stopped — in force as
+ * heard scopes, so that a restarted standby holds them from its first
+ * connection, not only after its watcher's first look at the replicated
+ * history; that look ends each one only when the chain holds its scope's
+ * event at or past its generation (ks_scope_end_heard()): never lower.
+ * A base backup's copy is the primary's: its committed scopes are in the
+ * chain by the time the backup is consistent, so the first look settles
+ * them; its unconfirmed raises are left out (a commit reaches the standby
+ * by replay or its upstream; an abort must not hold it).  A copy that does
+ * not verify is set aside, as the heard state file is (standby.c): the
+ * standby then holds what replay and its upstream bring.  Never an error.
+ */
+void
+ks_scope_file_load_heard(const char *secret, size_t secretlen)
+{
+	char	   *copy = NULL;
+	size_t		copylen = 0;
+	char		problem[KS_PROBLEM_LEN];
+	int64		version = 0;
+	KsScope    *list = NULL;
+	int			n = 0;
+
+	if (!ks_read_file(KS_SCOPES_COPY_FILE, KS_MAX_SCOPE_FILE_SIZE, &copy, &copylen,
+					  problem, sizeof(problem)))
+		return;					/* none: no scope was ever in force here */
+	if (secret != NULL)
+		list = ks_scope_file_heard(copy, copylen, secret, secretlen, &version, &n,
+								   problem, sizeof(problem));
+	else
+		strlcpy(problem, "no signing secret", sizeof(problem));
+	if (list == NULL)
+	{
+		char		aside[MAXPGPATH];
+
+		snprintf(aside, sizeof(aside), "%s.rejected", KS_SCOPES_COPY_FILE);
+		ereport(WARNING,
+				(errmsg("the standby's scope copy %s is not loaded: %s", KS_SCOPES_COPY_FILE, problem),
+				 errdetail("The standby holds the scopes replay and its upstream bring.")));
+		if (rename(KS_SCOPES_COPY_FILE, aside) != 0)
+			ereport(WARNING,
+					(errmsg("could not set the rejected scope copy aside: %m")));
+		return;
+	}
+	ks_scope_file_version_set(version);
+	if (n > 0 && ks_scope_take_heard(list, n))
+		ereport(LOG,
+				(errmsg_plural("the standby holds %d scope it held before it stopped, until replay brings its event",
+							   "the standby holds %d scopes it held before it stopped, until replay brings their events",
+							   n, n)));
 }

@@ -533,6 +533,8 @@ ks_load_at_startup(void)
 		/* beside what was replayed, what was heard ahead of it; then the file put back */
 		ks_standby_load_heard(secret, secretlen);
 		ks_standby_put_back();
+		/* and the scopes it held, until replay brings them (§13 "Standbys") */
+		ks_scope_file_load_heard(secret, secretlen);
 	}
 	note_file(ks_shared->from_recovery);
 

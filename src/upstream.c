@@ -18,7 +18,10 @@
  * a lower mode never: it comes only by replaying its committed record.
  * The overlay ends when replay reaches its generation, or when the
  * upstream tells of another history (a lower generation, another
- * timeline: a failover), never below what replay brought.
+ * timeline: a failover), never below what replay brought.  The same for
+ * the scoped halts: after each state, the upstream's signed scope copy
+ * (killswitch.committed_scopes()), each scope told above what was
+ * replayed for it held as a heard scope (scope.c ks_scope_take_heard()).
  *
  * The connection never blocks the watcher, the way the walreceiver
  * (libpqwalreceiver) and postgres_fdw drive theirs: PQconnectStartParams()
@@ -52,6 +55,8 @@
 #include "guc.h"
 #include "persist.h"
 #include "release.h"
+#include "scope.h"
+#include "scopefile.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -84,7 +89,8 @@ typedef enum KsQuestion
 {
 	QUESTION_SETUP,				/* no statement_timeout of the role's cuts the long poll short */
 	QUESTION_WAIT,				/* CALL killswitch.await_state(): until the state moves */
-	QUESTION_READ				/* killswitch.committed_state(): what it is */
+	QUESTION_READ,				/* killswitch.committed_state(): what it is */
+	QUESTION_SCOPES				/* killswitch.committed_scopes(): its scopes (§13 "Standbys") */
 } KsQuestion;
 
 typedef enum KsLinkState
@@ -117,6 +123,13 @@ static struct
 	KsQuestion	question;		/* the one asked */
 	PGresult   *answer;			/* LINK_WAITING: the answer as it comes */
 	char		error[KS_WATCHER_PROBLEM_LEN];	/* or the upstream's error */
+	char		error_code[6];	/* its SQLSTATE */
+	bool		scope_feed;		/* the upstream tells its scopes (false: an earlier build) */
+	int64		known_scopes_version;	/* of the last scope copy heard: the poll waits past it */
+	char	   *known_scopes;	/* its verified bytes */
+	size_t		known_scopes_len;
+	TimeLineID	told_timeline;	/* of the last answer */
+	TimeLineID	scopes_timeline;	/* the heard scopes were heard on it; 0: not yet known */
 	int64		known_generation;	/* of the last state heard: the poll waits past it */
 	char	   *known;			/* its verified bytes */
 	size_t		known_len;
@@ -206,6 +219,7 @@ forget_answer(void)
 		PQclear(up.answer);
 	up.answer = NULL;
 	up.error[0] = '\0';
+	up.error_code[0] = '\0';
 }
 
 /* Close the connection, if any; connect again at retry_at. */
@@ -265,6 +279,8 @@ ks_upstream_start(void)
 	up.state = LINK_IDLE;
 	up.retry_at = 0;
 	up.known_generation = -1;
+	up.known_scopes_version = 0;
+	up.scopes_timeline = 0;
 	up.started = true;
 	on_proc_exit(close_link, (Datum) 0);
 	SpinLockAcquire(&ks_shared->mutex);
@@ -298,6 +314,12 @@ ks_upstream_stop(void)
 	up.nbehind = 0;
 	forget_unwritten();
 	up.dropped = false;
+	/* the heard scopes stay until the first look as a primary settles them (§13) */
+	up.known_scopes_version = 0;
+	up.scopes_timeline = 0;
+	if (up.known_scopes)
+		pfree(up.known_scopes);
+	up.known_scopes = NULL;
 	if (ks_heard_generation() >= 0)
 	{
 		ks_drop_heard();
@@ -349,6 +371,7 @@ connect_upstream(void)
 		return;
 	}
 	up.state = LINK_CONNECTING;
+	up.scope_feed = true;		/* until the upstream says it has none */
 	up.polling = PGRES_POLLING_WRITING;
 	up.sock = PQsocket(up.conn);
 	up.epoch++;
@@ -384,18 +407,28 @@ ask(KsQuestion question)
 {
 	char		generation[32];
 	char		timeout[16];
-	const char *params[2];
+	char		scopes_version[32];
+	const char *params[3];
 	int			sent;
 
 	snprintf(generation, sizeof(generation), INT64_FORMAT, up.known_generation);
 	snprintf(timeout, sizeof(timeout), "%d", poll_ms());
+	snprintf(scopes_version, sizeof(scopes_version), INT64_FORMAT, up.known_scopes_version);
 	params[0] = generation;
 	params[1] = timeout;
+	params[2] = scopes_version;
 	if (question == QUESTION_SETUP)
 		sent = PQsendQuery(up.conn, "SET statement_timeout = 0");
+	else if (question == QUESTION_WAIT && up.scope_feed)
+		sent = PQsendQueryParams(up.conn, "CALL killswitch.await_state($1, $2, $3)",
+								 3, NULL, params, NULL, NULL, 0);
 	else if (question == QUESTION_WAIT)
 		sent = PQsendQueryParams(up.conn, "CALL killswitch.await_state($1, $2)",
 								 2, NULL, params, NULL, NULL, 0);
+	else if (question == QUESTION_SCOPES)
+		sent = PQsendQueryParams(up.conn,
+								 "SELECT scopes, version FROM killswitch.committed_scopes()",
+								 0, NULL, NULL, NULL, NULL, 0);
 	else
 		sent = PQsendQueryParams(up.conn,
 								 "SELECT state, silent_ms, wal_lsn, system_identifier, timeline_id"
@@ -617,6 +650,7 @@ hear(PGresult *res)
 	{
 		if (!PQgetisnull(res, 0, 2))
 			lsn = pg_lsn_in_internal(PQgetvalue(res, 0, 2), &lsn_bad);
+		up.told_timeline = (TimeLineID) strtoul(PQgetvalue(res, 0, 4), NULL, 10);
 		if (up.known && len == up.known_len && memcmp(bytes, up.known, len) == 0)
 			note_heard(strtoi64(PQgetvalue(res, 0, 1), NULL, 10), lsn_bad ? InvalidXLogRecPtr : lsn);
 		else if (!verify((char *) bytes, len, &st, problem, sizeof(problem)))
@@ -625,10 +659,96 @@ hear(PGresult *res)
 			fail("the upstream's state is too far ahead of this standby's to be taken", problem);
 		else
 		{
-			take((char *) bytes, len, &st, (TimeLineID) strtoul(PQgetvalue(res, 0, 4), NULL, 10));
+			up.told_timeline = (TimeLineID) strtoul(PQgetvalue(res, 0, 4), NULL, 10);
+			take((char *) bytes, len, &st, up.told_timeline);
 			note_heard(strtoi64(PQgetvalue(res, 0, 1), NULL, 10), lsn_bad ? InvalidXLogRecPtr : lsn);
 		}
 	}
+	if (bytes)
+		PQfreemem(bytes);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(up.cxt);
+}
+
+/*
+ * The upstream's scopes changed history: it is on another timeline than
+ * the one the heard scopes were heard on (a failover).  They end — the new
+ * primary's history decides, as for the heard state — and what it tells is
+ * weighed against replay alone.
+ */
+static void
+scopes_on_another_history(void)
+{
+	if (up.scopes_timeline != 0 && up.told_timeline != up.scopes_timeline &&
+		ks_scope_heard_count() > 0 && ks_scope_end_heard(NULL, 0, true))
+	{
+		ereport(LOG,
+				(errmsg("the standby no longer holds the scopes it heard ahead of replay: its upstream is on another history"),
+				 errdetail("The upstream tells timeline %u; they were heard on timeline %u.",
+						   up.told_timeline, up.scopes_timeline)));
+		ks_scope_file_write();	/* a restart must not bring them back */
+		if (up.known_scopes)
+			pfree(up.known_scopes);
+		up.known_scopes = NULL;	/* what it tells is weighed again */
+	}
+	up.scopes_timeline = up.told_timeline;
+}
+
+/*
+ * An answer to QUESTION_SCOPES: the upstream's signed scope copy and its
+ * version (ARCHITECTURE §13 "Standbys").  Verified with the signing secret
+ * (the answer to QUESTION_READ just before, on this connection, showed
+ * the upstream of this standby's system), its committed scopes go into
+ * the heard overlay, raises only (scope.c ks_scope_take_heard()); the
+ * standby's own copy is written when that changed the set, so a restart
+ * keeps them.  The poll then waits past the version.
+ */
+static void
+hear_scopes(PGresult *res)
+{
+	MemoryContext old = MemoryContextSwitchTo(up.cxt);
+	ResourceOwner save = CurrentResourceOwner;
+	unsigned char *bytes = NULL;
+	size_t		len = 0;
+	char	   *secret;
+	size_t		secretlen;
+	char		problem[KS_PROBLEM_LEN];
+	KsScope    *list = NULL;
+	int			n = 0;
+	int64		version;
+
+	CurrentResourceOwner = up.owner;	/* the HMAC's, outside any transaction */
+	if (PQntuples(res) != 1 || PQnfields(res) != 2 || PQgetisnull(res, 0, 1))
+	{
+		fail("the upstream's scopes could not be read", "they have not the fields this version asks for");
+		goto done;
+	}
+	/* whatever it tells now, the heard scopes of another history end first */
+	scopes_on_another_history();
+	if (PQgetisnull(res, 0, 0))
+		up.known_scopes_version = strtoi64(PQgetvalue(res, 0, 1), NULL, 10);	/* none there */
+	else if ((bytes = PQunescapeBytea((unsigned char *) PQgetvalue(res, 0, 0), &len)) == NULL)
+		fail("the upstream's scopes could not be read", "out of memory");
+	else if (up.known_scopes && len == up.known_scopes_len && memcmp(bytes, up.known_scopes, len) == 0)
+		up.known_scopes_version = strtoi64(PQgetvalue(res, 0, 1), NULL, 10);
+	else if (!ks_backend_secret(&secret, &secretlen, problem, sizeof(problem)) ||
+			 (list = ks_scope_file_heard((char *) bytes, len, secret, secretlen, &version, &n,
+										 problem, sizeof(problem))) == NULL)
+		fail("the upstream's scopes do not verify with this standby's signing secret", problem);
+	else
+	{
+		if (ks_scope_take_heard(list, n))
+		{
+			ereport(LOG,
+					(errmsg("the standby heard scopes from its upstream ahead of replay (scope copy version " INT64_FORMAT ")",
+							version)));
+			ks_scope_file_write();
+		}
+		keep_copy(&up.known_scopes, &up.known_scopes_len, (char *) bytes, len);
+		up.known_scopes_version = strtoi64(PQgetvalue(res, 0, 1), NULL, 10);
+	}
+done:
+	CurrentResourceOwner = save;
 	if (bytes)
 		PQfreemem(bytes);
 	MemoryContextSwitchTo(old);
@@ -682,21 +802,44 @@ go_on_waiting(void)
 		else
 		{
 			if (up.error[0] == '\0' && status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK)
+			{
+				const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
 				strlcpy(up.error, PQresultErrorMessage(res), sizeof(up.error));
+				strlcpy(up.error_code, code ? code : "", sizeof(up.error_code));
+			}
 			PQclear(res);
 		}
 	}
 	if (PQisBusy(up.conn))
 		return;					/* more to come */
+	if (up.error[0] != '\0' && up.question == QUESTION_SCOPES &&
+		strcmp(up.error_code, "42883") == 0)
+	{
+		/* an upstream of an earlier build: no scopes heard, the rest as before */
+		ereport(LOG,
+				(errmsg("the standby's upstream does not tell its scopes"),
+				 errdetail("Its killswitch build has no killswitch.committed_scopes(); a scope reaches this standby when replay brings it.")));
+		up.scope_feed = false;
+		forget_answer();
+		ask(QUESTION_WAIT);
+		return;
+	}
 	if (up.error[0] != '\0')
 		fail("the upstream refused the question", up.error);
 	else if (up.answer == NULL)
 		fail("the upstream gave no answer", PQerrorMessage(up.conn));
-	else if (up.question != QUESTION_READ)
+	else if (up.question == QUESTION_SETUP || up.question == QUESTION_WAIT)
 		ask(QUESTION_READ);
-	else
+	else if (up.question == QUESTION_READ)
 	{
 		hear(up.answer);
+		if (up.state == LINK_WAITING)
+			ask(up.scope_feed ? QUESTION_SCOPES : QUESTION_WAIT);
+	}
+	else
+	{
+		hear_scopes(up.answer);
 		if (up.state == LINK_WAITING)
 			ask(QUESTION_WAIT);
 	}
