@@ -19,6 +19,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "alert.h"
@@ -231,9 +232,13 @@ scope_alert_details(AlertDetails *d, Oid role, const char *name, int64 generatio
 	strlcpy(d->source, "sql", sizeof(d->source));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT id, reason, triggered_by, source FROM killswitch.events "
-							  "WHERE scope = $1 AND generation = $2",
-							  2, argtypes, values, NULL, true, 1) == SPI_OK_SELECT &&
+	/*
+	 * The latest snapshot: the scope's generation is shared memory's, set at
+	 * its commit, which the watcher's transaction may have begun before.
+	 */
+	if (SPI_execute_snapshot(SPI_prepare("SELECT id, reason, triggered_by, source FROM killswitch.events "
+										 "WHERE scope = $1 AND generation = $2", 2, argtypes),
+							 values, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
