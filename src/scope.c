@@ -8,7 +8,11 @@
  * (is_member_of_role_nosuper()).  The set is a fixed array under an
  * LWLock of its own tranche: the committed scopes (owner -1) and, beside
  * them, the raises in flight (owner: the raiser's proc number), which are
- * in force at once and go when their transaction ends (scopechange.c).
+ * in force at once and go when their transaction ends (scopechange.c), and
+ * the committed raises whose event follows (owner -2, by transaction id:
+ * raised while the lock ordering changes was busy), which stay in force
+ * beside the committed scope until their event is recorded — a release
+ * recorded before that event never lowers them.
  * Every change of the set bumps version, and the word's KS_WORD_SCOPES bit
  * says whether the set holds anything, so that while no scope is active a
  * check reads the word and nothing more.
@@ -117,7 +121,7 @@ find_entry(Oid role, int owner)
 static void
 remove_entry(int i)
 {
-	if (ks_scopes->entries[i].owner < 0)
+	if (ks_scopes->entries[i].owner == KS_SCOPE_COMMITTED)
 		ks_scopes->committed--;
 	else if (ks_scopes->entries[i].fresh)
 		ks_scopes->fresh--;
@@ -297,16 +301,31 @@ ks_scope_drop_in_flight(Oid role)
 	LWLockRelease(ks_scopes->lock);
 }
 
+/* The marked entry (a committed raise whose event follows) of role and xid, or -1.  Lock held. */
+static int
+find_marked(Oid role, uint64 xid)
+{
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].owner == KS_SCOPE_MARKED && ks_scopes->entries[i].xid == xid &&
+			(ks_scopes->entries[i].role == role || !OidIsValid(role)))
+			return i;
+	return -1;
+}
+
 /*
  * The slot of a new committed scope of role, or -1: this backend's raise in
- * flight of it becomes the committed entry (so a commit needs no new slot),
- * else a free slot within KS_MAX_SCOPES (at start, loading the scope file).
- * Lock held exclusively.
+ * flight of it, or the marked raise of transaction xid whose event is
+ * recorded now, becomes the committed entry (so a commit needs no new
+ * slot), else a free slot within KS_MAX_SCOPES (at start, loading the scope
+ * file).  Lock held exclusively.
  */
 static int
-committed_slot(Oid role)
+committed_slot(Oid role, uint64 xid)
 {
 	int			i = IsUnderPostmaster ? find_entry(role, ks_my_proc_number()) : -1;
+
+	if (i < 0 && xid != 0)
+		i = find_marked(role, xid);
 
 	if (i >= 0)
 	{
@@ -322,7 +341,8 @@ committed_slot(Oid role)
 	}
 	else
 		return -1;
-	ks_scopes->entries[i].owner = -1;
+	ks_scopes->entries[i].owner = KS_SCOPE_COMMITTED;
+	ks_scopes->entries[i].xid = 0;
 	ks_scopes->committed++;
 	return i;
 }
@@ -336,7 +356,20 @@ committed_slot(Oid role)
 void
 ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since)
 {
+	ks_scope_settle_marked(role, 0, mode, generation, since);
+}
+
+/*
+ * The event of transaction xid's committed raise of role is recorded
+ * (committed): the scope's committed state becomes that of its newest event,
+ * and the marked entry goes, in one step — never lower meanwhile.  (xid 0:
+ * no marked entry; ks_scope_set_committed().)
+ */
+void
+ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation, TimestampTz since)
+{
 	int			i;
+	int			marked;
 	TimestampTz emergency_at = 0;
 
 	set_lock(LW_EXCLUSIVE);
@@ -359,7 +392,7 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 	else
 	{
 		if (i < 0)
-			i = committed_slot(role);
+			i = committed_slot(role, xid);
 		if (i < 0)
 			overflow(1);
 		else
@@ -370,15 +403,70 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 			ks_scopes->entries[i].emergency_at = emergency_at;
 		}
 	}
+	if (xid != 0 && (marked = find_marked(role, xid)) >= 0)
+		remove_entry(marked);
 	published();
 	set_unlock();
+}
+
+/*
+ * This backend's raise in flight of role becomes transaction xid's marked
+ * raise (before its commit record: its mark is written): it stays in force
+ * after the commit until its event is recorded, and goes at an abort
+ * (ks_scope_drop_marked()).  It keeps its slot and counts as in flight.
+ */
+void
+ks_scope_mark_in_flight(Oid role, uint64 xid)
+{
+	int			i;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	i = find_entry(role, ks_my_proc_number());
+	if (i >= 0)
+	{
+		ks_scopes->entries[i].owner = KS_SCOPE_MARKED;
+		ks_scopes->entries[i].xid = xid;
+		published();
+	}
+	LWLockRelease(ks_scopes->lock);
+}
+
+/* Transaction xid's marked raise of role (InvalidOid: every one) goes: it never committed. */
+void
+ks_scope_drop_marked(Oid role, uint64 xid)
+{
+	int			i;
+	bool		changed = false;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	while ((i = find_marked(role, xid)) >= 0)
+	{
+		remove_entry(i);
+		changed = true;
+	}
+	if (changed)
+		published();
+	LWLockRelease(ks_scopes->lock);
+}
+
+/* Does the set hold a committed raise whose event is not recorded yet? */
+bool
+ks_scope_any_marked(void)
+{
+	bool		any = false;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	for (int i = 0; i < ks_scopes->count && !any; i++)
+		any = ks_scopes->entries[i].owner == KS_SCOPE_MARKED;
+	LWLockRelease(ks_scopes->lock);
+	return any;
 }
 
 /* Which entries a copy of the set takes. */
 typedef enum ScopeCopy
 {
 	SCOPE_COPY_ALL,				/* raises in flight included */
-	SCOPE_COPY_COMMITTED,		/* owner < 0 */
+	SCOPE_COPY_COMMITTED,		/* owner KS_SCOPE_COMMITTED */
 	SCOPE_COPY_EMERGENCY		/* committed or raised */
 } ScopeCopy;
 
@@ -393,7 +481,7 @@ copy_entries_locked(ScopeCopy which, KsScope *out)
 		const KsScope *e = &ks_scopes->entries[i];
 
 		if (which == SCOPE_COPY_ALL ||
-			(which == SCOPE_COPY_COMMITTED && e->owner < 0) ||
+			(which == SCOPE_COPY_COMMITTED && e->owner == KS_SCOPE_COMMITTED) ||
 			(which == SCOPE_COPY_EMERGENCY && e->mode == KS_EMERGENCY))
 			out[n++] = *e;
 	}
@@ -475,7 +563,7 @@ ks_scope_replace_committed(const KsScope *list, int n)
 		return false;
 	}
 	for (int i = ks_scopes->count - 1; i >= 0; i--)
-		if (ks_scopes->entries[i].owner < 0)
+		if (ks_scopes->entries[i].owner == KS_SCOPE_COMMITTED)
 			remove_entry(i);
 	/* more than fit: the highest modes are kept, and the set overflows (fail closed) */
 	if (n > KS_MAX_SCOPES)
@@ -484,7 +572,8 @@ ks_scope_replace_committed(const KsScope *list, int n)
 	for (int i = 0; i < Min(n, KS_MAX_SCOPES); i++)
 	{
 		ks_scopes->entries[ks_scopes->count] = list[i];
-		ks_scopes->entries[ks_scopes->count].owner = -1;
+		ks_scopes->entries[ks_scopes->count].owner = KS_SCOPE_COMMITTED;
+		ks_scopes->entries[ks_scopes->count].xid = 0;
 		ks_scopes->entries[ks_scopes->count].fresh = false;
 		ks_scopes->entries[ks_scopes->count].emergency_at = list[i].since;
 		ks_scopes->count++;
@@ -497,7 +586,7 @@ ks_scope_replace_committed(const KsScope *list, int n)
 	return true;
 }
 
-/* Every scope in force, raises in flight included (owner >= 0), for the scope file. */
+/* Every scope in force, raises in flight and marked ones included, for the scope file. */
 KsScope *
 ks_scope_list_all(int *count)
 {

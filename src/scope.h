@@ -15,12 +15,17 @@
 /* Raises of scopes in flight (not yet committed), over every backend. */
 #define KS_MAX_SCOPE_RAISES 1000
 
-/* One scope: committed (owner -1) or a raise in flight of backend owner. */
+/* An entry's owner: committed, or a committed raise whose event follows (its mark). */
+#define KS_SCOPE_COMMITTED (-1)
+#define KS_SCOPE_MARKED (-2)
+
+/* One scope: committed, a committed raise whose event follows, or a raise in flight of backend owner. */
 typedef struct KsScope
 {
 	Oid			role;			/* the scope: this role and every member of it */
 	KsMode		mode;
-	int			owner;			/* -1: committed; else the raiser's proc number */
+	int			owner;			/* KS_SCOPE_COMMITTED, KS_SCOPE_MARKED, else the raiser's proc number */
+	uint64		xid;			/* marked: the raise's transaction (its mark's name) */
 	bool		fresh;			/* in flight: raised while its role had no committed entry */
 	int64		generation;		/* committed: the scope's own generation line */
 	TimestampTz since;			/* committed: when its mode was set */
@@ -33,6 +38,11 @@ extern void ks_scope_raise_in_flight(Oid role, KsMode mode);
 extern void ks_scope_set_in_flight(Oid role, KsMode mode);
 extern void ks_scope_drop_in_flight(Oid role);
 extern void ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since);
+extern void ks_scope_mark_in_flight(Oid role, uint64 xid);
+extern void ks_scope_drop_marked(Oid role, uint64 xid);
+extern void ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation,
+								   TimestampTz since);
+extern bool ks_scope_any_marked(void);
 extern bool ks_scope_replace_committed(const KsScope *list, int n);
 extern KsScope *ks_scope_list_all(int *count);
 extern int64 ks_scope_file_version_next(void);

@@ -89,7 +89,7 @@ file_text(StringInfo out, KsScope *list, int n, int64 version,
 		ks_json_put_int(s, "generation", list[i].generation);
 		ks_json_put_string(s, "mode", ks_mode_file_names[list[i].mode]);
 		ks_json_put_string(s, "since", pstrdup(since));
-		ks_json_put_bool(s, "unconfirmed", list[i].owner >= 0);
+		ks_json_put_bool(s, "unconfirmed", list[i].owner != KS_SCOPE_COMMITTED);
 		ks_json_put_value(scopes, psprintf("%u", list[i].role), s);
 	}
 	ks_key_id(secret, secretlen, key_id);

@@ -57,6 +57,7 @@
 #include "names.h"
 #include "persist.h"
 #include "release.h"
+#include "scopechange.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -815,6 +816,7 @@ judge_and_record(const char *path, bool raced, bool locked, KsWriterDone writer_
 	{
 		ks_settle_marks();
 		ks_record_marks();
+		ks_record_scope_marks(false);	/* scopes' raises whose event followed (§13) */
 	}
 	a = judge_and_report(path, raced, writer_done);
 	if (a.rewrite)
