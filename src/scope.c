@@ -53,6 +53,8 @@ typedef struct KsScopeSet
 	int			committed;		/* of which committed */
 	int			fresh;			/* in flight and fresh: each may become a committed scope */
 	bool		overflowed;		/* a committed scope found no slot: every agent at the highest mode */
+	bool		marks_written;	/* a mark of a scope's raise may wait to be recorded */
+	bool		settle_due;		/* a raise made in a committed entry ended uncommitted */
 	int64		file_version;	/* the scope file's, as last written or loaded (the writers' lock) */
 	KsScope		entries[KS_SCOPE_SLOTS];
 } KsScopeSet;
@@ -176,10 +178,9 @@ drop_mine_at_exit(int code, Datum arg)
  * fewer than KS_MAX_SCOPE_RAISES raises are in flight and the committed
  * scopes and the fresh raises in flight, each of which its commit may turn
  * into a scope, stay within KS_MAX_SCOPES; so a commit always keeps its
- * raise in flight's slot.  A raise of an active scope is refused only when
- * every slot is in use: the KS_MAX_SCOPE_RAISES slots beside the committed
- * scopes are its reserve, which only that many raises in flight at once
- * exhaust.  Lock held exclusively.
+ * raise in flight's slot.  A raise of an active scope is never refused:
+ * with every slot in use it is made in the committed entry
+ * (raise_in_place()).  Lock held exclusively.
  */
 static void
 refuse_beyond_limits(bool fresh)
@@ -227,11 +228,32 @@ overflow(int lost)
 }
 
 /*
+ * A raise of an active scope with no slot free for a raise in flight (every
+ * one in use, or KS_MAX_SCOPE_RAISES in flight): made in the committed
+ * entry itself, never refused.  An abort cannot take it back there (other
+ * raises may share the entry), so its end without a commit leaves the
+ * entry to be settled by the chain at the watcher's next look
+ * (ks_scope_settle_due()): an extra halt until then, never lower than
+ * committed.  Lock held exclusively.
+ */
+static void
+raise_in_place(int i, KsMode mode)
+{
+	if (mode == KS_EMERGENCY && ks_scopes->entries[i].mode != KS_EMERGENCY)
+		ks_scopes->entries[i].emergency_at = GetCurrentTimestamp();
+	ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, mode);
+	ks_scopes->entries[i].in_place++;
+	published();
+}
+
+/*
  * Put this backend's raise of a scope in force at once (a raise in
  * flight), at mode or its own higher one.  The caller then waits at the
- * interlock.  An error, with nothing changed, if the set is full.
+ * interlock.  An error, with nothing changed, if the set is full for a new
+ * scope; true if an active scope's raise was made in its committed entry
+ * (raise_in_place(): the caller ends it, ks_scope_end_in_place()).
  */
-void
+bool
 ks_scope_raise_in_flight(Oid role, KsMode mode)
 {
 	static bool exit_callback = false;
@@ -247,8 +269,15 @@ ks_scope_raise_in_flight(Oid role, KsMode mode)
 	i = find_entry(role, me);
 	if (i < 0)
 	{
-		bool		fresh = find_entry(role, -1) < 0;
+		int			committed = find_entry(role, KS_SCOPE_COMMITTED);
+		bool		fresh = committed < 0;
 
+		if (!fresh && ks_scopes->count >= KS_SCOPE_SLOTS)
+		{
+			raise_in_place(committed, mode);
+			LWLockRelease(ks_scopes->lock);
+			return true;
+		}
 		refuse_beyond_limits(fresh);
 		i = ks_scopes->count++;
 		memset(&ks_scopes->entries[i], 0, sizeof(KsScope));
@@ -264,6 +293,46 @@ ks_scope_raise_in_flight(Oid role, KsMode mode)
 	ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, mode);
 	published();
 	LWLockRelease(ks_scopes->lock);
+	return false;
+}
+
+/*
+ * A raise made in role's committed entry ends: committed (its commit has
+ * set the entry from its event, or its event follows), or not — then the
+ * entry is to be settled by the chain once no such raise is in flight.
+ */
+void
+ks_scope_end_in_place(Oid role, bool committed)
+{
+	int			i;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	i = find_entry(role, KS_SCOPE_COMMITTED);
+	if (i >= 0 && ks_scopes->entries[i].in_place > 0)
+		ks_scopes->entries[i].in_place--;
+	if (!committed)
+		ks_scopes->settle_due = true;
+	LWLockRelease(ks_scopes->lock);
+}
+
+/*
+ * Is the set to be settled by the chain (a raise made in a committed entry
+ * ended uncommitted), and none such still in flight?  Cleared: the caller,
+ * holding the ordering lock, settles it (ks_scopes_from_history()).
+ */
+bool
+ks_scope_settle_due(void)
+{
+	bool		due;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	due = ks_scopes->settle_due;
+	for (int i = 0; i < ks_scopes->count && due; i++)
+		due = ks_scopes->entries[i].in_place == 0;
+	if (due)
+		ks_scopes->settle_due = false;
+	LWLockRelease(ks_scopes->lock);
+	return due;
 }
 
 /*
@@ -384,7 +453,9 @@ ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation, Time
 	}
 	else if (i >= 0)
 		emergency_at = ks_scopes->entries[i].emergency_at;
-	if (mode == KS_DISENGAGED)
+	if (mode == KS_DISENGAGED && i >= 0 && ks_scopes->entries[i].in_place > 0)
+		ks_scopes->settle_due = true;	/* raised in place meanwhile: kept, settled once they end */
+	else if (mode == KS_DISENGAGED)
 	{
 		if (i >= 0)
 			remove_entry(i);
@@ -397,7 +468,9 @@ ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation, Time
 			overflow(1);
 		else
 		{
-			ks_scopes->entries[i].mode = mode;
+			/* raises made in it and still in flight keep their mode */
+			ks_scopes->entries[i].mode = ks_scopes->entries[i].in_place > 0
+				? Max(ks_scopes->entries[i].mode, mode) : mode;
 			ks_scopes->entries[i].generation = generation;
 			ks_scopes->entries[i].since = since;
 			ks_scopes->entries[i].emergency_at = emergency_at;
@@ -449,17 +522,29 @@ ks_scope_drop_marked(Oid role, uint64 xid)
 	LWLockRelease(ks_scopes->lock);
 }
 
-/* Does the set hold a committed raise whose event is not recorded yet? */
-bool
-ks_scope_any_marked(void)
+/* A mark of a scope's raise was written (its event may follow its commit). */
+void
+ks_scope_marks_written(void)
 {
-	bool		any = false;
-
-	LWLockAcquire(ks_scopes->lock, LW_SHARED);
-	for (int i = 0; i < ks_scopes->count && !any; i++)
-		any = ks_scopes->entries[i].owner == KS_SCOPE_MARKED;
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	ks_scopes->marks_written = true;
 	LWLockRelease(ks_scopes->lock);
-	return any;
+}
+
+/*
+ * May a mark of a scope's raise wait to be recorded?  Cleared: the caller
+ * reads the marks, and notes again those it leaves.
+ */
+bool
+ks_scope_marks_take(void)
+{
+	bool		due;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	due = ks_scopes->marks_written;
+	ks_scopes->marks_written = false;
+	LWLockRelease(ks_scopes->lock);
+	return due;
 }
 
 /* Which entries a copy of the set takes. */
@@ -529,6 +614,9 @@ committed_are(const KsScope *list, int n)
 
 	if (n != ks_scopes->committed)
 		return false;
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].in_place > 0)
+			return false;		/* its mode is not the chain's: replaced, and kept */
 	mine = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
 	k = copy_entries_locked(SCOPE_COPY_COMMITTED, mine);
 	qsort(mine, k, sizeof(KsScope), by_role);
@@ -541,6 +629,36 @@ committed_are(const KsScope *list, int n)
 }
 
 /*
+ * After the committed scopes were replaced: the raises made in committed
+ * entries and still in flight stay in force, at least at their mode, in the
+ * scope's new entry (or its old one, if the chain has none).  Lock held
+ * exclusively.
+ */
+static void
+keep_in_place(const KsScope *raised, int n)
+{
+	for (int r = 0; r < n; r++)
+	{
+		int			i = find_entry(raised[r].role, KS_SCOPE_COMMITTED);
+
+		if (i < 0 && ks_scopes->count < KS_SCOPE_SLOTS)
+		{
+			i = ks_scopes->count++;
+			ks_scopes->entries[i] = raised[r];
+			ks_scopes->committed++;
+			continue;
+		}
+		if (i < 0)
+		{
+			overflow(1);
+			continue;
+		}
+		ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, raised[r].mode);
+		ks_scopes->entries[i].in_place = raised[r].in_place;
+	}
+}
+
+/*
  * The committed scopes become exactly these (the chain's: scopechange.c),
  * the raises in flight staying; false if they already were.
  */
@@ -548,6 +666,8 @@ bool
 ks_scope_replace_committed(const KsScope *list, int n)
 {
 	KsScope    *active = palloc(sizeof(KsScope) * Max(n, 1));
+	KsScope    *raised;
+	int			nraised = 0;
 	int			k = 0;
 
 	for (int i = 0; i < n; i++)
@@ -562,9 +682,15 @@ ks_scope_replace_committed(const KsScope *list, int n)
 		LWLockRelease(ks_scopes->lock);
 		return false;
 	}
+	raised = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
 	for (int i = ks_scopes->count - 1; i >= 0; i--)
-		if (ks_scopes->entries[i].owner == KS_SCOPE_COMMITTED)
-			remove_entry(i);
+	{
+		if (ks_scopes->entries[i].owner != KS_SCOPE_COMMITTED)
+			continue;
+		if (ks_scopes->entries[i].in_place > 0)
+			raised[nraised++] = ks_scopes->entries[i];
+		remove_entry(i);
+	}
 	/* more than fit: the highest modes are kept, and the set overflows (fail closed) */
 	if (n > KS_MAX_SCOPES)
 		qsort(active, n, sizeof(KsScope), by_mode_down);
@@ -581,6 +707,7 @@ ks_scope_replace_committed(const KsScope *list, int n)
 	}
 	if (n > KS_MAX_SCOPES)
 		overflow(n - KS_MAX_SCOPES);
+	keep_in_place(raised, nraised);
 	published();
 	LWLockRelease(ks_scopes->lock);
 	return true;

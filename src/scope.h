@@ -26,6 +26,7 @@ typedef struct KsScope
 	KsMode		mode;
 	int			owner;			/* KS_SCOPE_COMMITTED, KS_SCOPE_MARKED, else the raiser's proc number */
 	uint64		xid;			/* marked: the raise's transaction (its mark's name) */
+	int			in_place;		/* committed: raises in flight made in this entry (no slot was free) */
 	bool		fresh;			/* in flight: raised while its role had no committed entry */
 	int64		generation;		/* committed: the scope's own generation line */
 	TimestampTz since;			/* committed: when its mode was set */
@@ -34,7 +35,9 @@ typedef struct KsScope
 
 extern void ks_scopes_shmem_request(void);
 extern void ks_scopes_shmem_startup(void);
-extern void ks_scope_raise_in_flight(Oid role, KsMode mode);
+extern bool ks_scope_raise_in_flight(Oid role, KsMode mode);
+extern void ks_scope_end_in_place(Oid role, bool committed);
+extern bool ks_scope_settle_due(void);
 extern void ks_scope_set_in_flight(Oid role, KsMode mode);
 extern void ks_scope_drop_in_flight(Oid role);
 extern void ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since);
@@ -42,7 +45,8 @@ extern void ks_scope_mark_in_flight(Oid role, uint64 xid);
 extern void ks_scope_drop_marked(Oid role, uint64 xid);
 extern void ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation,
 								   TimestampTz since);
-extern bool ks_scope_any_marked(void);
+extern void ks_scope_marks_written(void);
+extern bool ks_scope_marks_take(void);
 extern bool ks_scope_replace_committed(const KsScope *list, int n);
 extern KsScope *ks_scope_list_all(int *count);
 extern int64 ks_scope_file_version_next(void);

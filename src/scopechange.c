@@ -75,6 +75,7 @@ typedef struct ScopeChange
 	KsEventIdentity who;
 	/* the recorded event of another transaction's committed raise (its mark) */
 	uint64		swept_xid;
+	bool		in_place;		/* made in the committed entry: no slot was free (scope.c) */
 } ScopeChange;
 
 static List *changes = NIL;		/* in TopTransactionContext */
@@ -374,7 +375,7 @@ ks_record_scope_marks(bool all)
 	bool		again = false;
 	char		problem[KS_PROBLEM_LEN];
 
-	if (!all && !ks_scope_any_marked())
+	if (!ks_scope_marks_take() && !all)
 		return;
 	marks = ks_scope_marks_read(&bad, problem, sizeof(problem));
 	if (bad)
@@ -414,7 +415,46 @@ ks_record_scope_marks(bool all)
 		again = true;			/* its marked entry goes at our commit: look once more */
 	}
 	if (again)
+	{
+		ks_scope_marks_written();
 		marks_due_again();
+	}
+}
+
+/*
+ * The watcher's look that holds the ordering lock (watch.c): the scopes'
+ * raises whose event followed are recorded; a committed entry raised in
+ * place by a raise that did not commit is settled by the chain (which
+ * records those first).
+ */
+void
+ks_scope_look(void)
+{
+	if (ks_scope_settle_due())
+		ks_scopes_from_history(true);
+	else
+		ks_record_scope_marks(false);
+}
+
+/* This transaction's raises made in committed entries end (committed or not). */
+static void
+end_in_place(bool committed)
+{
+	ListCell   *lc;
+	bool		any = false;
+
+	foreach(lc, changes)
+	{
+		ScopeChange *c = lfirst(lc);
+
+		if (c->in_place)
+		{
+			ks_scope_end_in_place(c->role, committed);
+			any = true;
+		}
+	}
+	if (any)
+		marks_due_again();		/* the watcher settles the entries, once none is in flight */
 }
 
 /* Record this transaction's own raises whose event was to follow: it holds the lock now. */
@@ -472,7 +512,7 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 
 	/* in force at once, before anything that can wait on another session */
 	c = note_change(role, mode);	/* first: an abort from here on takes it back */
-	ks_scope_raise_in_flight(role, mode);
+	c->in_place = ks_scope_raise_in_flight(role, mode);
 	pg_memory_barrier();
 	ks_interlock_wait();
 
@@ -636,6 +676,7 @@ at_commit(void)
 		ks_scope_drop_in_flight(c->role);
 	}
 	settle_swept();
+	end_in_place(true);
 	if (marked_xid != 0)
 		marks_due_again();		/* our raises' events follow: the watcher records them */
 	ks_scope_file_write();		/* confirmed; a release's first */
@@ -658,6 +699,7 @@ at_abort(void)
 	}
 	if (marked_xid != 0)
 		ks_scope_drop_marked(InvalidOid, marked_xid);
+	end_in_place(false);
 	if (file_raised)
 		ks_scope_file_write();	/* without the raises that did not commit */
 }
@@ -763,6 +805,7 @@ mark_deferred(void)
 	MemoryContextSwitchTo(old);
 	if (xid == 0)
 		return;
+	ks_scope_marks_written();
 	marked_xid = xid;
 	foreach(lc, changes)
 		if (((ScopeChange *) lfirst(lc))->deferred)
@@ -856,6 +899,11 @@ scope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		if (c->subid >= mySubid)
 		{
 			roles = list_append_unique_oid(roles, c->role);
+			if (c->in_place)
+			{
+				ks_scope_end_in_place(c->role, false);
+				marks_due_again();
+			}
 			changes = foreach_delete_current(changes, lc);
 		}
 	}

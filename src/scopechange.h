@@ -13,6 +13,7 @@ extern Datum ks_scope_change(const char *scope, KsMode mode, const char *reason,
 							 const char *by, int32 affected, bool release);
 extern void ks_scopes_from_history(bool settle);
 extern void ks_record_scope_marks(bool all);
+extern void ks_scope_look(void);
 extern void ks_scopechange_init(void);
 
 #endif							/* KS_SCOPECHANGE_H */

@@ -816,7 +816,7 @@ judge_and_record(const char *path, bool raced, bool locked, KsWriterDone writer_
 	{
 		ks_settle_marks();
 		ks_record_marks();
-		ks_record_scope_marks(false);	/* scopes' raises whose event followed (§13) */
+		ks_scope_look();		/* scopes' raises whose event followed, raises in place (§13) */
 	}
 	a = judge_and_report(path, raced, writer_done);
 	if (a.rewrite)

@@ -215,21 +215,34 @@ SELECT count(ks_engage('emergency', 'escalate all', 'pager', scope => 's' || lpa
   FROM generate_series(3, 1002) g});
 is($out, '1000', 'and 1,000 active scopes in one transaction');
 
-# Left to do (finding 3, its remainder): the reserve of an active scope's
-# raise is the 1,000 slots beside the committed scopes, so while 1,000
-# raises are in flight at once (here one open transaction's, of active
-# scopes) a raise of another active scope is still refused.
+# Finding 3, its remainder: while 1,000 raises are in flight at once (here
+# one open transaction's, of active scopes) and every slot is in use, a
+# raise of another active scope is still never refused: it is made in the
+# scope's committed entry (scope.c raise_in_place()).  The open transaction
+# holds the ordering lock too, so its event follows its commit.
 my $bulk = $node->background_psql('postgres');
 $bulk->query_safe(q{SET client_min_messages = warning; BEGIN;
 SELECT count(ks_engage('emergency', 'escalate more', 'pager', scope => 's' || lpad(g::text, 5, '0')))
   FROM generate_series(1003, 2002) g});
-{
-	local $TODO = 'finding 3: 1,000 raises in flight at once exhaust the reserve of an active scope\'s raise';
-	($rc, $out, $err) = $node->psql('postgres',
-		"SET client_min_messages = warning; SELECT (ks_engage('emergency', 'escalate', 'pager', scope => 's02003')).mode");
-	is($err, '', 'an active scope is raised while 1,000 raises are in flight');
-}
+($rc, $out, $err) = $node->psql('postgres',
+	"SET client_min_messages = warning; SELECT (ks_engage('emergency', 'escalate', 'pager', scope => 's02003')).mode");
+is($err, '', 'an active scope is raised while 1,000 raises are in flight');
+is(sql(q{SELECT mode FROM ks_scopes() WHERE scope = 's02003'::regrole}), 'emergency', 'in force at once, in its committed entry');
+# such a raise that rolls back is an extra halt until the watcher settles the entry by the chain
+my $inplace = $node->background_psql('postgres');
+$inplace->query_safe(q{SET client_min_messages = warning; BEGIN;
+SELECT ks_engage('emergency', 'in place, rolled back', 'pager', scope => 's02004')});
+is(sql(q{SELECT mode FROM ks_scopes() WHERE scope = 's02004'::regrole}), 'emergency', 'another, in a transaction: in force');
+$inplace->query_safe('ROLLBACK');
+$inplace->quit;
 $bulk->query_safe('ROLLBACK');
 $bulk->quit;
+ok($node->poll_query_until('postgres', q{SELECT mode = 'halt_all' FROM ks_scopes() WHERE scope = 's02004'::regrole}),
+	'the rolled-back raise made in place is settled back by the watcher (not left higher for good)');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'escalate' AND scope = 's02003'::regrole}),
+	'the committed one is recorded once the lock is free');
+is(sql(q{SELECT mode FROM ks_scopes() WHERE scope = 's02003'::regrole}), 'emergency', 'and stays');
+is(sql(q{SELECT count(*) FROM killswitch.events WHERE reason = 'in place, rolled back'}), '0', 'the rolled-back one has no event');
+is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
 
 done_testing();
