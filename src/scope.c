@@ -783,6 +783,18 @@ ks_scopes_in_emergency(int *count)
 	return copy_entries(SCOPE_COPY_EMERGENCY, count);
 }
 
+/* Is the set overflowed: a committed scope found no slot (every agent at the highest mode)? */
+bool
+ks_scope_overflowed(void)
+{
+	bool		overflowed;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	overflowed = ks_scopes->overflowed;
+	LWLockRelease(ks_scopes->lock);
+	return overflowed;
+}
+
 /* How many scopes are active (committed). */
 int
 ks_scope_count(void)

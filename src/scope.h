@@ -54,6 +54,7 @@ extern void ks_scope_file_version_set(int64 version);
 extern bool ks_scope_lookup(Oid role, KsScope *committed, KsMode *in_force);
 extern KsScope *ks_scope_list(int *count);
 extern int	ks_scope_count(void);
+extern bool ks_scope_overflowed(void);
 extern KsScope *ks_scopes_in_emergency(int *count);
 extern uint64 ks_scope_version(void);
 extern KsMode ks_scope_session_mode(KsMode fleet);

@@ -57,6 +57,7 @@
 #include "store.h"
 
 PG_FUNCTION_INFO_V1(ks_active_scopes);
+PG_FUNCTION_INFO_V1(ks_scopes_overflowed);
 
 /* One change of a scope in this transaction, oldest first. */
 typedef struct ScopeChange
@@ -1031,6 +1032,14 @@ ks_active_scopes(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* SQL: is the set overflowed (a committed scope found no slot), for ks_status()? */
+Datum
+ks_scopes_overflowed(PG_FUNCTION_ARGS)
+{
+	ks_require_loaded();
+	PG_RETURN_BOOL(ks_scope_overflowed());
 }
 
 /* Install the callbacks and the hook; from _PG_init while preloading. */
