@@ -71,6 +71,7 @@ typedef struct ScopeChange
 	TimestampTz at;
 	/* a raise whose event follows the commit (the lock was busy): the change as asked */
 	bool		deferred;
+	SubTransactionId recorded_in;	/* such a raise recorded later: the (sub)transaction that did */
 	char	   *scope_name;
 	KsEventInput in;
 	KsEventIdentity who;
@@ -305,6 +306,7 @@ record_followed(ScopeChange *c)
 	c->mode = in.mode;
 	c->recorded = true;
 	c->deferred = false;
+	c->recorded_in = GetCurrentSubTransactionId();
 	changes = list_delete_ptr(changes, c);
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
@@ -888,6 +890,8 @@ scope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 			if (c->subid == mySubid)
 				c->subid = parentSubid;
+			if (c->recorded_in == mySubid)
+				c->recorded_in = parentSubid;
 		}
 		return;
 	}
@@ -896,6 +900,15 @@ scope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	foreach(lc, changes)
 	{
 		ScopeChange *c = lfirst(lc);
+
+		/* our raise made before the savepoint, recorded in it: its event is gone, it follows again */
+		if (c->subid < mySubid && c->swept_xid == 0 && c->recorded_in >= mySubid)
+		{
+			c->recorded = false;
+			c->deferred = true;
+			c->mode = c->in.mode;
+			c->recorded_in = InvalidSubTransactionId;
+		}
 
 		if (c->subid >= mySubid)
 		{

@@ -154,6 +154,25 @@ is(sql("SELECT count(*) FROM killswitch.events WHERE reason IN ('savepoint raise
 is(refused('agent_8'), 'ok', 'agent_8 writes');
 $raiser->quit;
 
+# A raise made behind the lock, recorded later in the transaction by a
+# savepoint that took the lock and then rolled back: its event went with
+# the savepoint, so it follows the commit again — never lost.
+$holder->query_safe('BEGIN; LOCK killswitch.events IN SHARE ROW EXCLUSIVE MODE');
+$raiser = $node->background_psql('postgres', extra_params => [ '-U', 'op' ]);
+$raiser->query_safe("BEGIN; SELECT ks_engage('halt_all', 'before the savepoint', scope => 'agent_8')");
+$holder->query_safe('COMMIT');
+$raiser->query_safe("SAVEPOINT s; SELECT ks_engage('halt_all', 'in the savepoint', scope => 'agent_9')");
+$raiser->query_safe('ROLLBACK TO s');
+$raiser->query_safe('COMMIT');
+$raiser->quit;
+ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'before the savepoint'"),
+	'the raise before the savepoint is recorded after its commit');
+is(sql("SELECT string_agg(scope::text || '=' || mode, ',') FROM ks_scopes()"), 'agent_8=halt_all',
+	'agent_8 is halted, agent_9 (the savepoint\'s) is not');
+is(sql("SELECT count(*) FROM killswitch.events WHERE reason = 'in the savepoint'"), '0', 'the savepoint\'s raise has no event');
+is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
+sql("SELECT ks_disengage('agent_8 fixed', 'boss', scope => 'agent_8')");
+
 # 4. kill -9 of the postmaster while the committed raise is only a mark:
 #    settled as committed, recorded; the history's settling does not lower it.
 $holder->query_safe('BEGIN; LOCK killswitch.events IN SHARE ROW EXCLUSIVE MODE');
