@@ -53,7 +53,8 @@ typedef struct KsScopeSet
 	int			committed;		/* of which committed */
 	int			fresh;			/* in flight and fresh: each may become a committed scope */
 	bool		overflowed;		/* a committed scope found no slot: every agent at the highest mode */
-	bool		marks_written;	/* a mark of a scope's raise may wait to be recorded */
+	uint64		marks_written;	/* +1 at every write of a mark of a scope's raise */
+	uint64		marks_settled;	/* marks_written as of the last look that found none left */
 	bool		settle_due;		/* a raise made in a committed entry ended uncommitted */
 	int64		file_version;	/* the scope file's, as last written or loaded (the writers' lock) */
 	KsScope		entries[KS_SCOPE_SLOTS];
@@ -527,24 +528,36 @@ void
 ks_scope_marks_written(void)
 {
 	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
-	ks_scopes->marks_written = true;
+	ks_scopes->marks_written++;
 	LWLockRelease(ks_scopes->lock);
 }
 
 /*
- * May a mark of a scope's raise wait to be recorded?  Cleared: the caller
- * reads the marks, and notes again those it leaves.
+ * May a mark of a scope's raise wait to be recorded?  *seen: what to pass
+ * to ks_scope_marks_settled() if the look that follows leaves none.
  */
 bool
-ks_scope_marks_take(void)
+ks_scope_marks_due(uint64 *seen)
 {
 	bool		due;
 
-	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
-	due = ks_scopes->marks_written;
-	ks_scopes->marks_written = false;
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	*seen = ks_scopes->marks_written;
+	due = ks_scopes->marks_written != ks_scopes->marks_settled;
 	LWLockRelease(ks_scopes->lock);
 	return due;
+}
+
+/*
+ * A look found no mark left to record (every one written up to seen): none
+ * is due until the next write.  A look that fails half-way never gets here.
+ */
+void
+ks_scope_marks_settled(uint64 seen)
+{
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	ks_scopes->marks_settled = Max(ks_scopes->marks_settled, seen);
+	LWLockRelease(ks_scopes->lock);
 }
 
 /* Which entries a copy of the set takes. */

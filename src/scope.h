@@ -46,7 +46,8 @@ extern void ks_scope_drop_marked(Oid role, uint64 xid);
 extern void ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation,
 								   TimestampTz since);
 extern void ks_scope_marks_written(void);
-extern bool ks_scope_marks_take(void);
+extern bool ks_scope_marks_due(uint64 *seen);
+extern void ks_scope_marks_settled(uint64 seen);
 extern bool ks_scope_replace_committed(const KsScope *list, int n);
 extern KsScope *ks_scope_list_all(int *count);
 extern int64 ks_scope_file_version_next(void);

@@ -376,15 +376,16 @@ ks_record_scope_marks(bool all)
 	ListCell   *lc;
 	bool		bad;
 	bool		again = false;
+	uint64		seen;
 	char		problem[KS_PROBLEM_LEN];
 
-	if (!ks_scope_marks_take() && !all)
+	if (!ks_scope_marks_due(&seen) && !all)
 		return;
 	marks = ks_scope_marks_read(&bad, problem, sizeof(problem));
 	if (bad)
 		ereport(WARNING,
 				(errmsg("a mark of a scope's raise cannot be read: %s", problem),
-				 errdetail("Its raise, if it committed, is in force from the scope file until a release.")));
+				 errdetail("A raise it names stays in force while the server runs, but its event cannot be recorded.")));
 	foreach(lc, marks)
 	{
 		KsMark	   *m = (KsMark *) lfirst(lc);
@@ -418,10 +419,9 @@ ks_record_scope_marks(bool all)
 		again = true;			/* its marked entry goes at our commit: look once more */
 	}
 	if (again)
-	{
-		ks_scope_marks_written();
 		marks_due_again();
-	}
+	else
+		ks_scope_marks_settled(seen);	/* until the next write (a bad mark is not read again) */
 }
 
 /*
