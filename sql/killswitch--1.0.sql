@@ -432,6 +432,11 @@ $$;
 COMMENT ON FUNCTION @extschema@.ks_audit() IS
     'Agent roles holding powers that get around the kill switch: superuser, BYPASSRLS, CREATEROLE, REPLICATION, server-file roles, writing SECURITY DEFINER functions, and footholds in the sessions of those who operate it (search_path, triggers and rules, their SECURITY DEFINER functions)';
 
+-- Does a committed scope find no slot in the set (ARCHITECTURE §13)?  Every
+-- agent is then held at the highest mode of any scope, until the scopes fit.
+CREATE FUNCTION killswitch.scopes_overflowed() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'ks_scopes_overflowed' LANGUAGE C VOLATILE;
+
 CREATE FUNCTION @extschema@.ks_status() RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
@@ -471,7 +476,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
         'replay_behind_bytes', s.replay_behind_bytes,
         'replay_behind_ms', s.replay_behind_ms,
         'file_problem', s.file_problem,
-        'scopes_active', (SELECT count(*) FROM killswitch.active_scopes()))
+        'scopes_active', (SELECT count(*) FROM killswitch.active_scopes()),
+        'scopes_overflowed', killswitch.scopes_overflowed())
     FROM killswitch.shared_state() s
 $$;
 COMMENT ON FUNCTION @extschema@.ks_status() IS 'Kill switch status, shaped like the reference library''s get_status() plus generation and integrity';

@@ -463,8 +463,8 @@ ks_flush_unrecorded(void)
  * Try the lock that orders the history for a short while (a raise must not
  * queue behind a transaction that holds it).  Interruptible.
  */
-static bool
-order_lock_briefly(void)
+bool
+ks_order_lock_briefly(void)
 {
 	Oid			relid = ks_events_relid();
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -486,8 +486,8 @@ order_lock_briefly(void)
  * commit is in the commit log: the mark of a raise whose event follows is
  * settled by it.  Not the agent's write: the commit backstop lets it pass.
  */
-static void
-own_transaction_id(void)
+void
+ks_own_transaction_id(void)
 {
 	KsOwnerContext owner;
 
@@ -516,7 +516,7 @@ defer_change(const KsChange *c, KsMode current, bool tampered)
 	KsPending  *p;
 	MemoryContext oldcxt;
 
-	own_transaction_id();
+	ks_own_transaction_id();
 	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
 	who.session_role = ks_text_to_utf8(GetUserNameFromId(GetSessionUserId(), false),
 									   "the session user's name");
@@ -584,7 +584,7 @@ make_change(KsMode mode, const char *reason, const char *triggered_by,
 		/* in force at once, before anything that can wait on another session */
 		note_start();
 		set_raising(mode, reason, triggered_by);
-		if (!order_lock_briefly())
+		if (!ks_order_lock_briefly())
 			return defer_change(&c, current, tampered);
 	}
 	else

@@ -27,6 +27,8 @@ typedef struct KsChange
 extern Datum ks_apply_change(const KsChange *change);
 extern void ks_record_marks(void);
 extern void ks_flush_unrecorded(void);
+extern bool ks_order_lock_briefly(void);
+extern void ks_own_transaction_id(void);
 extern void ks_xact_callback(XactEvent event, void *arg);
 extern void ks_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								SubTransactionId parentSubid, void *arg);

@@ -439,6 +439,13 @@ record_event(const KsEventInput *in, Oid scope, const char *scope_name, KsState 
 Datum
 ks_event_row_pending(const KsEventInput *in)
 {
+	return ks_event_row_pending_scope(in, InvalidOid, NULL);
+}
+
+/* The same for a scope's raise (scope and scope_name filled; InvalidOid: the fleet's). */
+Datum
+ks_event_row_pending_scope(const KsEventInput *in, Oid scope, const char *scope_name)
+{
 	TupleDesc	rowdesc = lookup_rowtype_tupdesc(get_rel_type_id(ks_events_relid()), -1);
 	Oid			modetype = ks_mode_type_oid();
 	Datum	   *values = palloc0(sizeof(Datum) * rowdesc->natts);
@@ -486,6 +493,10 @@ ks_event_row_pending(const KsEventInput *in)
 			values[i] = CStringGetTextDatum(r.key_id);
 		else if (strcmp(name, "require_hmac") == 0)
 			values[i] = BoolGetDatum(r.require_hmac);
+		else if (strcmp(name, "scope") == 0 && OidIsValid(scope))
+			values[i] = ObjectIdGetDatum(scope);
+		else if (strcmp(name, "scope_name") == 0 && OidIsValid(scope))
+			values[i] = CStringGetTextDatum(ks_utf8_to_db(scope_name));
 		else
 			nulls[i] = true;	/* id, generation, prev_hash, hash, signature, release_target */
 	}

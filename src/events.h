@@ -36,6 +36,7 @@ extern Datum ks_record_event(const KsEventInput *in, KsState *file_state);
 extern Datum ks_record_scope_event(const KsEventInput *in, Oid scope, const char *scope_name,
 									int64 *generation, TimestampTz *at);
 extern Datum ks_event_row_pending(const KsEventInput *in);
+extern Datum ks_event_row_pending_scope(const KsEventInput *in, Oid scope, const char *scope_name);
 extern bool ks_events_hold(uint64 xid, TimestampTz at);
 extern char *ks_client_address(void);
 extern int64 ks_events_last_generation(void);

@@ -12,7 +12,11 @@
  * role, client address, pid, transaction, time), so that the watcher can
  * record it as that caller's.
  *
- * No writers' lock is needed: each transaction writes only its own mark.
+ * A scope's raise whose event follows (scopechange.c) has a mark of its
+ * own per scope, <xid>_<role>.json, beside its transaction's: the fleet's
+ * readers (the start, the fleet's settling) never see it.
+ *
+ * No writers' lock is needed: each transaction writes only its own marks.
  * Nothing here throws: problems come back in the caller's buffer.
  */
 #include "postgres.h"
@@ -31,11 +35,14 @@
 
 #define KS_IN_FLIGHT_DIR KS_PRIVATE_DIR "/in_flight"
 
-/* The path of a transaction's mark. */
+/* The path of a transaction's mark (of its raise of scope, if valid). */
 static void
-mark_path(uint64 xid, char *buf, size_t len)
+mark_path(uint64 xid, Oid scope, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s/" UINT64_FORMAT ".json", KS_IN_FLIGHT_DIR, xid);
+	if (OidIsValid(scope))
+		snprintf(buf, len, "%s/" UINT64_FORMAT "_%u.json", KS_IN_FLIGHT_DIR, xid, scope);
+	else
+		snprintf(buf, len, "%s/" UINT64_FORMAT ".json", KS_IN_FLIGHT_DIR, xid);
 }
 
 /* The mark as a JSON object, without its signature. */
@@ -62,6 +69,11 @@ mark_object(const KsMark *m)
 		ks_json_put_string(obj, "session_role", m->session_role);
 		ks_json_put_string(obj, "client_addr", m->client_addr);
 		ks_json_put_int(obj, "backend_pid", m->backend_pid);
+		if (OidIsValid(m->scope))
+		{
+			ks_json_put_int(obj, "scope", (int64) m->scope);
+			ks_json_put_string(obj, "scope_name", m->scope_name);
+		}
 	}
 	else
 	{
@@ -110,7 +122,7 @@ ks_mark_write(const KsMark *m, char *problem, size_t problemlen)
 		snprintf(problem, problemlen, "could not create directory \"%s\": %m", KS_IN_FLIGHT_DIR);
 		return false;
 	}
-	mark_path(m->xid, path, sizeof(path));
+	mark_path(m->xid, m->scope, path, sizeof(path));
 	return ks_write_file_durably(path, text.data, text.len, problem, problemlen);
 }
 
@@ -118,9 +130,16 @@ ks_mark_write(const KsMark *m, char *problem, size_t problemlen)
 bool
 ks_mark_remove(uint64 xid)
 {
+	return ks_scope_mark_remove(xid, InvalidOid);
+}
+
+/* Remove a transaction's mark of its raise of scope (InvalidOid: its own mark). */
+bool
+ks_scope_mark_remove(uint64 xid, Oid scope)
+{
 	char		path[MAXPGPATH];
 
-	mark_path(xid, path, sizeof(path));
+	mark_path(xid, scope, path, sizeof(path));
 	if (unlink(path) == 0 || errno == ENOENT)
 		return true;
 	ereport(LOG,
@@ -190,11 +209,14 @@ mark_from_text(const char *text, size_t len, const char *secret, size_t secretle
 	m->session_role = member_string(obj, "session_role");
 	m->client_addr = member_string(obj, "client_addr");
 	m->backend_pid = (int32) member_int(obj, "backend_pid", 0);
+	m->scope = (Oid) member_int(obj, "scope", InvalidOid);
+	m->scope_name = member_string(obj, "scope_name");
 	at = member_string(obj, "at");
 	if (kind == NULL || (int) m->mode < 0 || m->xid == 0 ||
 		(m->deferred ? (at == NULL || !ks_parse_iso(at, &m->at_usec) || m->reason == NULL ||
 						m->triggered_by == NULL || m->session_role == NULL)
-		 : (m->state == NULL || m->generation < 0)))
+		 : (m->state == NULL || m->generation < 0)) ||
+		(OidIsValid(m->scope) && (!m->deferred || m->scope_name == NULL)))
 	{
 		snprintf(problem, problemlen, "it is not a complete mark");
 		return false;
@@ -202,13 +224,30 @@ mark_from_text(const char *text, size_t len, const char *secret, size_t secretle
 	return true;
 }
 
+/* Is a file name a mark: <xid>.json, or for scopes <xid>_<role>.json? */
+static bool
+is_mark_name(const char *name, bool scopes)
+{
+	size_t		n = strlen(name);
+	size_t		digits = strspn(name, "0123456789");
+
+	/* temporary files of an interrupted write are not marks */
+	if (n <= 5 || strcmp(name + n - 5, ".json") != 0 || digits == 0)
+		return false;
+	if (!scopes)
+		return digits == n - 5;
+	return name[digits] == '_' && digits + 1 < n - 5 &&
+		strspn(name + digits + 1, "0123456789") == n - 5 - digits - 1;
+}
+
 /*
- * Every mark in the directory, oldest transaction first is not promised.
- * A mark that cannot be read or verified sets *bad (with the problem) and
- * is left out: the caller assumes the halt.
+ * Every mark in the directory (the fleet's, or those of scopes' raises),
+ * oldest transaction first is not promised.  A mark that cannot be read or
+ * verified sets *bad (with the problem) and is left out: the caller
+ * assumes the halt.
  */
-List *
-ks_marks_read(bool *bad, char *problem, size_t problemlen)
+static List *
+marks_read(bool scopes, bool *bad, char *problem, size_t problemlen)
 {
 	DIR		   *dir;
 	struct dirent *de;
@@ -229,16 +268,15 @@ ks_marks_read(bool *bad, char *problem, size_t problemlen)
 		char	   *text;
 		size_t		len;
 		KsMark	   *m = palloc0(sizeof(KsMark));
-		size_t		n = strlen(de->d_name);
 
-		/* only <xid>.json: temporary files of an interrupted write are not marks */
-		if (n <= 5 || strcmp(de->d_name + n - 5, ".json") != 0 ||
-			strspn(de->d_name, "0123456789") != n - 5)
+		if (!is_mark_name(de->d_name, scopes))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", KS_IN_FLIGHT_DIR, de->d_name);
 		if (!have_secret ||
 			!ks_read_file(path, KS_MAX_FILE_SIZE, &text, &len, why, sizeof(why)) ||
-			!mark_from_text(text, len, secret, secretlen, m, why, sizeof(why)))
+			!mark_from_text(text, len, secret, secretlen, m, why, sizeof(why)) ||
+			(OidIsValid(m->scope) != scopes &&
+			 snprintf(why, sizeof(why), "its content does not match its name") > 0))
 		{
 			*bad = true;
 			snprintf(problem, problemlen, "\"%s\": %s", path, why);
@@ -248,6 +286,20 @@ ks_marks_read(bool *bad, char *problem, size_t problemlen)
 	}
 	closedir(dir);
 	return marks;
+}
+
+/* The fleet's marks (its transactions' changes). */
+List *
+ks_marks_read(bool *bad, char *problem, size_t problemlen)
+{
+	return marks_read(false, bad, problem, problemlen);
+}
+
+/* The marks of scopes' raises whose event follows. */
+List *
+ks_scope_marks_read(bool *bad, char *problem, size_t problemlen)
+{
+	return marks_read(true, bad, problem, problemlen);
 }
 
 /* Remove the temporary files of mark writes a crash interrupted (at start). */

@@ -28,10 +28,15 @@ typedef struct KsMark
 	char	   *client_addr;	/* NULL for a local connection */
 	int32		backend_pid;
 	int64		at_usec;		/* microseconds since 1970 */
+	/* a scope's raise whose event follows (ARCHITECTURE §13): one mark per scope */
+	Oid			scope;			/* InvalidOid: the fleet's */
+	char	   *scope_name;
 } KsMark;
 extern bool ks_mark_write(const KsMark *m, char *problem, size_t problemlen);
 extern bool ks_mark_remove(uint64 xid);
+extern bool ks_scope_mark_remove(uint64 xid, Oid scope);
 extern List *ks_marks_read(bool *bad, char *problem, size_t problemlen);
+extern List *ks_scope_marks_read(bool *bad, char *problem, size_t problemlen);
 extern void ks_marks_clear(void);
 extern void ks_marks_remove_leftovers(void);
 

@@ -8,7 +8,11 @@
  * (is_member_of_role_nosuper()).  The set is a fixed array under an
  * LWLock of its own tranche: the committed scopes (owner -1) and, beside
  * them, the raises in flight (owner: the raiser's proc number), which are
- * in force at once and go when their transaction ends (scopechange.c).
+ * in force at once and go when their transaction ends (scopechange.c), and
+ * the committed raises whose event follows (owner -2, by transaction id:
+ * raised while the lock ordering changes was busy), which stay in force
+ * beside the committed scope until their event is recorded — a release
+ * recorded before that event never lowers them.
  * Every change of the set bumps version, and the word's KS_WORD_SCOPES bit
  * says whether the set holds anything, so that while no scope is active a
  * check reads the word and nothing more.
@@ -50,6 +54,9 @@ typedef struct KsScopeSet
 	int			heard;			/* of which heard ahead of replay (a standby) */
 	int			fresh;			/* in flight and fresh: each may become a committed scope */
 	bool		overflowed;		/* a committed scope found no slot: every agent at the highest mode */
+	uint64		marks_written;	/* +1 at every write of a mark of a scope's raise */
+	uint64		marks_settled;	/* marks_written as of the last look that found none left */
+	bool		settle_due;		/* a raise made in a committed entry ended uncommitted */
 	int64		file_version;	/* the scope file's, as last written or loaded (the writers' lock) */
 	pg_atomic_uint64 told;		/* the version of the copy on disk, which the feed tells */
 	KsScope		entries[KS_SCOPE_SLOTS];
@@ -177,10 +184,9 @@ drop_mine_at_exit(int code, Datum arg)
  * fewer than KS_MAX_SCOPE_RAISES raises are in flight and the committed
  * scopes and the fresh raises in flight, each of which its commit may turn
  * into a scope, stay within KS_MAX_SCOPES; so a commit always keeps its
- * raise in flight's slot.  A raise of an active scope is refused only when
- * every slot is in use: the KS_MAX_SCOPE_RAISES slots beside the committed
- * scopes are its reserve, which only that many raises in flight at once
- * exhaust.  Lock held exclusively.
+ * raise in flight's slot.  A raise of an active scope is never refused:
+ * with every slot in use it is made in the committed entry
+ * (raise_in_place()).  Lock held exclusively.
  */
 static void
 refuse_beyond_limits(bool fresh)
@@ -228,11 +234,32 @@ overflow(int lost)
 }
 
 /*
+ * A raise of an active scope with no slot free for a raise in flight (every
+ * one in use, or KS_MAX_SCOPE_RAISES in flight): made in the committed
+ * entry itself, never refused.  An abort cannot take it back there (other
+ * raises may share the entry), so its end without a commit leaves the
+ * entry to be settled by the chain at the watcher's next look
+ * (ks_scope_settle_due()): an extra halt until then, never lower than
+ * committed.  Lock held exclusively.
+ */
+static void
+raise_in_place(int i, KsMode mode)
+{
+	if (mode == KS_EMERGENCY && ks_scopes->entries[i].mode != KS_EMERGENCY)
+		ks_scopes->entries[i].emergency_at = GetCurrentTimestamp();
+	ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, mode);
+	ks_scopes->entries[i].in_place++;
+	published();
+}
+
+/*
  * Put this backend's raise of a scope in force at once (a raise in
  * flight), at mode or its own higher one.  The caller then waits at the
- * interlock.  An error, with nothing changed, if the set is full.
+ * interlock.  An error, with nothing changed, if the set is full for a new
+ * scope; true if an active scope's raise was made in its committed entry
+ * (raise_in_place(): the caller ends it, ks_scope_end_in_place()).
  */
-void
+bool
 ks_scope_raise_in_flight(Oid role, KsMode mode)
 {
 	static bool exit_callback = false;
@@ -248,8 +275,15 @@ ks_scope_raise_in_flight(Oid role, KsMode mode)
 	i = find_entry(role, me);
 	if (i < 0)
 	{
-		bool		fresh = find_entry(role, -1) < 0;
+		int			committed = find_entry(role, KS_SCOPE_COMMITTED);
+		bool		fresh = committed < 0;
 
+		if (!fresh && ks_scopes->count >= KS_SCOPE_SLOTS)
+		{
+			raise_in_place(committed, mode);
+			LWLockRelease(ks_scopes->lock);
+			return true;
+		}
 		refuse_beyond_limits(fresh);
 		i = ks_scopes->count++;
 		memset(&ks_scopes->entries[i], 0, sizeof(KsScope));
@@ -265,6 +299,46 @@ ks_scope_raise_in_flight(Oid role, KsMode mode)
 	ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, mode);
 	published();
 	LWLockRelease(ks_scopes->lock);
+	return false;
+}
+
+/*
+ * A raise made in role's committed entry ends: committed (its commit has
+ * set the entry from its event, or its event follows), or not — then the
+ * entry is to be settled by the chain once no such raise is in flight.
+ */
+void
+ks_scope_end_in_place(Oid role, bool committed)
+{
+	int			i;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	i = find_entry(role, KS_SCOPE_COMMITTED);
+	if (i >= 0 && ks_scopes->entries[i].in_place > 0)
+		ks_scopes->entries[i].in_place--;
+	if (!committed)
+		ks_scopes->settle_due = true;
+	LWLockRelease(ks_scopes->lock);
+}
+
+/*
+ * Is the set to be settled by the chain (a raise made in a committed entry
+ * ended uncommitted), and none such still in flight?  Cleared: the caller,
+ * holding the ordering lock, settles it (ks_scopes_from_history()).
+ */
+bool
+ks_scope_settle_due(void)
+{
+	bool		due;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	due = ks_scopes->settle_due;
+	for (int i = 0; i < ks_scopes->count && due; i++)
+		due = ks_scopes->entries[i].in_place == 0;
+	if (due)
+		ks_scopes->settle_due = false;
+	LWLockRelease(ks_scopes->lock);
+	return due;
 }
 
 /*
@@ -302,16 +376,31 @@ ks_scope_drop_in_flight(Oid role)
 	LWLockRelease(ks_scopes->lock);
 }
 
+/* The marked entry (a committed raise whose event follows) of role and xid, or -1.  Lock held. */
+static int
+find_marked(Oid role, uint64 xid)
+{
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].owner == KS_SCOPE_MARKED && ks_scopes->entries[i].xid == xid &&
+			(ks_scopes->entries[i].role == role || !OidIsValid(role)))
+			return i;
+	return -1;
+}
+
 /*
  * The slot of a new committed scope of role, or -1: this backend's raise in
- * flight of it becomes the committed entry (so a commit needs no new slot),
- * else a free slot within KS_MAX_SCOPES (at start, loading the scope file).
- * Lock held exclusively.
+ * flight of it, or the marked raise of transaction xid whose event is
+ * recorded now, becomes the committed entry (so a commit needs no new
+ * slot), else a free slot within KS_MAX_SCOPES (at start, loading the scope
+ * file).  Lock held exclusively.
  */
 static int
-committed_slot(Oid role)
+committed_slot(Oid role, uint64 xid)
 {
 	int			i = IsUnderPostmaster ? find_entry(role, ks_my_proc_number()) : -1;
+
+	if (i < 0 && xid != 0)
+		i = find_marked(role, xid);
 
 	if (i >= 0)
 	{
@@ -327,7 +416,8 @@ committed_slot(Oid role)
 	}
 	else
 		return -1;
-	ks_scopes->entries[i].owner = -1;
+	ks_scopes->entries[i].owner = KS_SCOPE_COMMITTED;
+	ks_scopes->entries[i].xid = 0;
 	ks_scopes->committed++;
 	return i;
 }
@@ -341,7 +431,20 @@ committed_slot(Oid role)
 void
 ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since)
 {
+	ks_scope_settle_marked(role, 0, mode, generation, since);
+}
+
+/*
+ * The event of transaction xid's committed raise of role is recorded
+ * (committed): the scope's committed state becomes that of its newest event,
+ * and the marked entry goes, in one step — never lower meanwhile.  (xid 0:
+ * no marked entry; ks_scope_set_committed().)
+ */
+void
+ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation, TimestampTz since)
+{
 	int			i;
+	int			marked;
 	TimestampTz emergency_at = 0;
 
 	set_lock(LW_EXCLUSIVE);
@@ -356,7 +459,9 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 	}
 	else if (i >= 0)
 		emergency_at = ks_scopes->entries[i].emergency_at;
-	if (mode == KS_DISENGAGED)
+	if (mode == KS_DISENGAGED && i >= 0 && ks_scopes->entries[i].in_place > 0)
+		ks_scopes->settle_due = true;	/* raised in place meanwhile: kept, settled once they end */
+	else if (mode == KS_DISENGAGED)
 	{
 		if (i >= 0)
 			remove_entry(i);
@@ -364,19 +469,100 @@ ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz sinc
 	else
 	{
 		if (i < 0)
-			i = committed_slot(role);
+			i = committed_slot(role, xid);
 		if (i < 0)
 			overflow(1);
 		else
 		{
-			ks_scopes->entries[i].mode = mode;
+			/* raises made in it and still in flight keep their mode */
+			ks_scopes->entries[i].mode = ks_scopes->entries[i].in_place > 0
+				? Max(ks_scopes->entries[i].mode, mode) : mode;
 			ks_scopes->entries[i].generation = generation;
 			ks_scopes->entries[i].since = since;
 			ks_scopes->entries[i].emergency_at = emergency_at;
 		}
 	}
+	if (xid != 0 && (marked = find_marked(role, xid)) >= 0)
+		remove_entry(marked);
 	published();
 	set_unlock();
+}
+
+/*
+ * This backend's raise in flight of role becomes transaction xid's marked
+ * raise (before its commit record: its mark is written): it stays in force
+ * after the commit until its event is recorded, and goes at an abort
+ * (ks_scope_drop_marked()).  It keeps its slot and counts as in flight.
+ */
+void
+ks_scope_mark_in_flight(Oid role, uint64 xid)
+{
+	int			i;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	i = find_entry(role, ks_my_proc_number());
+	if (i >= 0)
+	{
+		ks_scopes->entries[i].owner = KS_SCOPE_MARKED;
+		ks_scopes->entries[i].xid = xid;
+		published();
+	}
+	LWLockRelease(ks_scopes->lock);
+}
+
+/* Transaction xid's marked raise of role (InvalidOid: every one) goes: it never committed. */
+void
+ks_scope_drop_marked(Oid role, uint64 xid)
+{
+	int			i;
+	bool		changed = false;
+
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	while ((i = find_marked(role, xid)) >= 0)
+	{
+		remove_entry(i);
+		changed = true;
+	}
+	if (changed)
+		published();
+	LWLockRelease(ks_scopes->lock);
+}
+
+/* A mark of a scope's raise was written (its event may follow its commit). */
+void
+ks_scope_marks_written(void)
+{
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	ks_scopes->marks_written++;
+	LWLockRelease(ks_scopes->lock);
+}
+
+/*
+ * May a mark of a scope's raise wait to be recorded?  *seen: what to pass
+ * to ks_scope_marks_settled() if the look that follows leaves none.
+ */
+bool
+ks_scope_marks_due(uint64 *seen)
+{
+	bool		due;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	*seen = ks_scopes->marks_written;
+	due = ks_scopes->marks_written != ks_scopes->marks_settled;
+	LWLockRelease(ks_scopes->lock);
+	return due;
+}
+
+/*
+ * A look found no mark left to record (every one written up to seen): none
+ * is due until the next write.  A look that fails half-way never gets here.
+ */
+void
+ks_scope_marks_settled(uint64 seen)
+{
+	LWLockAcquire(ks_scopes->lock, LW_EXCLUSIVE);
+	ks_scopes->marks_settled = Max(ks_scopes->marks_settled, seen);
+	LWLockRelease(ks_scopes->lock);
 }
 
 /* Which entries a copy of the set takes. */
@@ -400,7 +586,8 @@ copy_entries_locked(ScopeCopy which, KsScope *out)
 
 		if (which == SCOPE_COPY_ALL ||
 			(which == SCOPE_COPY_COMMITTED && e->owner == KS_SCOPE_COMMITTED) ||
-			(which == SCOPE_COPY_IN_FORCE && e->owner < 0) ||
+			(which == SCOPE_COPY_IN_FORCE &&
+			 (e->owner == KS_SCOPE_COMMITTED || e->owner == KS_SCOPE_HEARD)) ||
 			(which == SCOPE_COPY_EMERGENCY && e->mode == KS_EMERGENCY))
 			out[n++] = *e;
 	}
@@ -448,6 +635,9 @@ committed_are(const KsScope *list, int n)
 
 	if (n != ks_scopes->committed)
 		return false;
+	for (int i = 0; i < ks_scopes->count; i++)
+		if (ks_scopes->entries[i].in_place > 0)
+			return false;		/* its mode is not the chain's: replaced, and kept */
 	mine = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
 	k = copy_entries_locked(SCOPE_COPY_COMMITTED, mine);
 	qsort(mine, k, sizeof(KsScope), by_role);
@@ -460,6 +650,36 @@ committed_are(const KsScope *list, int n)
 }
 
 /*
+ * After the committed scopes were replaced: the raises made in committed
+ * entries and still in flight stay in force, at least at their mode, in the
+ * scope's new entry (or its old one, if the chain has none).  Lock held
+ * exclusively.
+ */
+static void
+keep_in_place(const KsScope *raised, int n)
+{
+	for (int r = 0; r < n; r++)
+	{
+		int			i = find_entry(raised[r].role, KS_SCOPE_COMMITTED);
+
+		if (i < 0 && ks_scopes->count < KS_SCOPE_SLOTS)
+		{
+			i = ks_scopes->count++;
+			ks_scopes->entries[i] = raised[r];
+			ks_scopes->committed++;
+			continue;
+		}
+		if (i < 0)
+		{
+			overflow(1);
+			continue;
+		}
+		ks_scopes->entries[i].mode = Max(ks_scopes->entries[i].mode, raised[r].mode);
+		ks_scopes->entries[i].in_place = raised[r].in_place;
+	}
+}
+
+/*
  * The committed scopes become exactly these (the chain's: scopechange.c),
  * the raises in flight staying; false if they already were.
  */
@@ -467,6 +687,8 @@ bool
 ks_scope_replace_committed(const KsScope *list, int n)
 {
 	KsScope    *active = palloc(sizeof(KsScope) * Max(n, 1));
+	KsScope    *raised;
+	int			nraised = 0;
 	int			k = 0;
 	int			room;
 
@@ -482,9 +704,15 @@ ks_scope_replace_committed(const KsScope *list, int n)
 		LWLockRelease(ks_scopes->lock);
 		return false;
 	}
+	raised = palloc(sizeof(KsScope) * Max(ks_scopes->count, 1));
 	for (int i = ks_scopes->count - 1; i >= 0; i--)
-		if (ks_scopes->entries[i].owner == KS_SCOPE_COMMITTED)
-			remove_entry(i);
+	{
+		if (ks_scopes->entries[i].owner != KS_SCOPE_COMMITTED)
+			continue;
+		if (ks_scopes->entries[i].in_place > 0)
+			raised[nraised++] = ks_scopes->entries[i];
+		remove_entry(i);
+	}
 	/*
 	 * More than fit: the highest modes are kept, and the set overflows (fail
 	 * closed).  What fits is KS_MAX_SCOPES, less what a standby's heard scopes
@@ -497,7 +725,8 @@ ks_scope_replace_committed(const KsScope *list, int n)
 	for (int i = 0; i < Min(n, room); i++)
 	{
 		ks_scopes->entries[ks_scopes->count] = list[i];
-		ks_scopes->entries[ks_scopes->count].owner = -1;
+		ks_scopes->entries[ks_scopes->count].owner = KS_SCOPE_COMMITTED;
+		ks_scopes->entries[ks_scopes->count].xid = 0;
 		ks_scopes->entries[ks_scopes->count].fresh = false;
 		ks_scopes->entries[ks_scopes->count].emergency_at = list[i].since;
 		ks_scopes->count++;
@@ -505,12 +734,13 @@ ks_scope_replace_committed(const KsScope *list, int n)
 	}
 	if (n > room)
 		overflow(n - room);
+	keep_in_place(raised, nraised);
 	published();
 	LWLockRelease(ks_scopes->lock);
 	return true;
 }
 
-/* Every scope in force, raises in flight included (owner >= 0), for the scope file. */
+/* Every scope in force, raises in flight and marked ones included, for the scope file. */
 KsScope *
 ks_scope_list_all(int *count)
 {
@@ -603,18 +833,6 @@ ks_scope_list(int *count)
 	return list;
 }
 
-/* Is a committed scope missing from the set (every role may be in one)? */
-bool
-ks_scope_overflowed(void)
-{
-	bool		overflowed;
-
-	LWLockAcquire(ks_scopes->lock, LW_SHARED);
-	overflowed = ks_scopes->overflowed;
-	LWLockRelease(ks_scopes->lock);
-	return overflowed;
-}
-
 /* The set's version: it moves at every change (for the watcher's NOTIFY, notify.c). */
 uint64
 ks_scope_version(void)
@@ -627,6 +845,18 @@ KsScope *
 ks_scopes_in_emergency(int *count)
 {
 	return copy_entries(SCOPE_COPY_EMERGENCY, count);
+}
+
+/* Is the set overflowed: a committed scope found no slot (every agent at the highest mode)? */
+bool
+ks_scope_overflowed(void)
+{
+	bool		overflowed;
+
+	LWLockAcquire(ks_scopes->lock, LW_SHARED);
+	overflowed = ks_scopes->overflowed;
+	LWLockRelease(ks_scopes->lock);
+	return overflowed;
 }
 
 /* How many scopes are active (committed). */

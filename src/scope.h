@@ -17,18 +17,22 @@
 
 /*
  * Whose an entry is: a raise in flight's owner is its raiser's proc number
- * (>= 0); a committed scope's is KS_SCOPE_COMMITTED; on a standby, a scope
+ * (>= 0); a committed scope's is KS_SCOPE_COMMITTED; a committed raise
+ * whose event follows (its mark) KS_SCOPE_MARKED; on a standby, a scope
  * heard from its upstream ahead of replay is KS_SCOPE_HEARD (§13 "Standbys").
  */
 #define KS_SCOPE_COMMITTED (-1)
 #define KS_SCOPE_HEARD (-2)
+#define KS_SCOPE_MARKED (-3)
 
-/* One scope: committed (owner -1), heard (-2), or a raise in flight of backend owner. */
+/* One scope: committed, heard, a committed raise whose event follows, or a raise in flight of backend owner. */
 typedef struct KsScope
 {
 	Oid			role;			/* the scope: this role and every member of it */
 	KsMode		mode;
-	int			owner;			/* -1: committed; -2: heard; else the raiser's proc number */
+	int			owner;			/* KS_SCOPE_COMMITTED, _HEARD, _MARKED, else the raiser's proc number */
+	uint64		xid;			/* marked: the raise's transaction (its mark's name) */
+	int			in_place;		/* committed: raises in flight made in this entry (no slot was free) */
 	bool		fresh;			/* in flight: raised while its role had no committed entry */
 	int64		generation;		/* committed: the scope's own generation line */
 	TimestampTz since;			/* committed: when its mode was set */
@@ -37,10 +41,19 @@ typedef struct KsScope
 
 extern void ks_scopes_shmem_request(void);
 extern void ks_scopes_shmem_startup(void);
-extern void ks_scope_raise_in_flight(Oid role, KsMode mode);
+extern bool ks_scope_raise_in_flight(Oid role, KsMode mode);
+extern void ks_scope_end_in_place(Oid role, bool committed);
+extern bool ks_scope_settle_due(void);
 extern void ks_scope_set_in_flight(Oid role, KsMode mode);
 extern void ks_scope_drop_in_flight(Oid role);
 extern void ks_scope_set_committed(Oid role, KsMode mode, int64 generation, TimestampTz since);
+extern void ks_scope_mark_in_flight(Oid role, uint64 xid);
+extern void ks_scope_drop_marked(Oid role, uint64 xid);
+extern void ks_scope_settle_marked(Oid role, uint64 xid, KsMode mode, int64 generation,
+								   TimestampTz since);
+extern void ks_scope_marks_written(void);
+extern bool ks_scope_marks_due(uint64 *seen);
+extern void ks_scope_marks_settled(uint64 seen);
 extern bool ks_scope_replace_committed(const KsScope *list, int n);
 extern KsScope *ks_scope_list_all(int *count);
 extern bool ks_scope_take_heard(const KsScope *list, int n);

@@ -10,11 +10,18 @@
  * after the raiser), recorded in the chain in its transaction under the
  * lock that orders changes, and becomes the scope's committed state at
  * commit; an abort (of the transaction, or of the savepoint that made
- * it) takes it back.  A release is recorded in its transaction and
- * changes nothing anyone reads before its commit record is durable.
+ * it) takes it back.  A raise never waits for that lock (ARCHITECTURE
+ * §5.3 "Busy"): when it cannot be had at once, the event follows the
+ * commit — a mark per scope (marks.c) before the commit record, the raise
+ * kept in force after the commit as a marked entry of the set, and the
+ * event recorded, with the generation next on the scope's line then, by
+ * the watcher or the next scope change under the lock
+ * (ks_record_scope_marks()).  A release is recorded in its transaction
+ * and changes nothing anyone reads before its commit record is durable.
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/objectaccess.h"
@@ -22,7 +29,9 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "replication/message.h"
 #include "storage/lmgr.h"
+#include "storage/procarray.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -31,10 +40,12 @@
 #include "utils/timestamp.h"
 
 #include "agents.h"
+#include "change.h"
 #include "encoding.h"
 #include "events.h"
 #include "guc.h"
 #include "interlock.h"
+#include "marks.h"
 #include "modetype.h"
 #include "names.h"
 #include "owner.h"
@@ -46,6 +57,7 @@
 #include "store.h"
 
 PG_FUNCTION_INFO_V1(ks_active_scopes);
+PG_FUNCTION_INFO_V1(ks_scopes_overflowed);
 
 /* One change of a scope in this transaction, oldest first. */
 typedef struct ScopeChange
@@ -57,11 +69,21 @@ typedef struct ScopeChange
 	SubTransactionId subid;		/* the (sub)transaction that made it */
 	int64		generation;
 	TimestampTz at;
+	/* a raise whose event follows the commit (the lock was busy): the change as asked */
+	bool		deferred;
+	SubTransactionId recorded_in;	/* such a raise recorded later: the (sub)transaction that did */
+	char	   *scope_name;
+	KsEventInput in;
+	KsEventIdentity who;
+	/* the recorded event of another transaction's committed raise (its mark) */
+	uint64		swept_xid;
+	bool		in_place;		/* made in the committed entry: no slot was free (scope.c) */
 } ScopeChange;
 
 static List *changes = NIL;		/* in TopTransactionContext */
 static bool file_raised = false;	/* the scope file was written at pre-commit */
 static const char *record_source = NULL;	/* an outside write's ("file"); NULL: "sql" */
+static uint64 marked_xid = 0;	/* this transaction's marks of deferred raises are written */
 static object_access_hook_type prev_object_access_hook = NULL;
 
 /* The role a scope names: not empty, and known.  Nothing is changed on error. */
@@ -198,11 +220,11 @@ note_change(Oid role, KsMode mode)
 
 /*
  * Record the change's event and remember it for the commit (request: a
- * release request).  A raise's change was noted by raise_scope(), last.
+ * release request).  A raise's change was noted by raise_scope(): raised.
  */
 static Datum
 record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *reason,
-	   const char *by, int32 affected, bool release, bool request)
+	   const char *by, int32 affected, bool release, bool request, ScopeChange *raised)
 {
 	KsEventInput in;
 	ScopeChange *c;
@@ -223,13 +245,248 @@ record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *re
 	/* the event takes its texts in UTF-8 (scope is the catalog's, in the database encoding) */
 	row = ks_record_scope_event(&in, role, ks_text_to_utf8(scope, "the scope's role name"), &generation, &at);
 
-	c = release ? note_change(role, mode) : llast(changes);	/* a raise noted its own */
+	c = release ? note_change(role, mode) : raised;
 	c->mode = mode;
 	c->release = release && !request;
 	c->recorded = true;
 	c->generation = generation;
 	c->at = at;
 	return row;
+}
+
+/*
+ * The ordering lock is busy: the raise stands, and its event follows the
+ * commit (ARCHITECTURE §5.3 "Busy", §13).  The transaction gets an id in
+ * our name, so that its commit settles the mark; the change is kept whole
+ * with who asked.  Returns the row as it will be, with id, generation,
+ * prev_hash, hash and signature null.
+ */
+static Datum
+defer_raise(ScopeChange *c, const char *scope, const char *reason, const char *by,
+			int32 affected)
+{
+	MemoryContext old;
+	KsEventInput in;
+
+	ks_own_transaction_id();
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	c->deferred = true;
+	c->scope_name = pstrdup(scope);
+	c->in.mode = c->mode;
+	c->in.previous = mode_held(c->role);
+	c->in.reason = pstrdup(reason);
+	c->in.triggered_by = pstrdup(by);
+	c->in.affected_tasks = affected;
+	c->in.source = "sql";
+	c->who.session_role = ks_text_to_utf8(GetUserNameFromId(GetSessionUserId(), false),
+										  "the session user's name");
+	c->who.client_addr = ks_client_address();
+	c->who.backend_pid = MyProcPid;
+	c->who.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	c->who.at = GetCurrentTimestamp();
+	MemoryContextSwitchTo(old);
+	in = c->in;
+	in.identity = &c->who;
+	return ks_event_row_pending_scope(&in, c->role, scope);
+}
+
+/*
+ * Record a raise whose event followed (ours, or another transaction's
+ * committed one) as its caller's, never below what the scope holds by now.
+ * The change moves to the end: the list is in the chain's order.
+ */
+static void
+record_followed(ScopeChange *c)
+{
+	KsMode		held = mode_held(c->role);
+	KsEventInput in = c->in;
+
+	in.mode = Max(c->in.mode, held);
+	in.previous = held;
+	in.identity = &c->who;
+	(void) ks_record_scope_event(&in, c->role, c->scope_name, &c->generation, &c->at);
+	c->mode = in.mode;
+	c->recorded = true;
+	c->deferred = false;
+	c->recorded_in = GetCurrentSubTransactionId();
+	changes = list_delete_ptr(changes, c);
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		changes = lappend(changes, c);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/* A mark's raise, as a change of this transaction to record (TopTransactionContext). */
+static ScopeChange *
+change_of_mark(const KsMark *m)
+{
+	ScopeChange *c = note_change(m->scope, m->mode);
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+	c->swept_xid = m->xid;
+	c->scope_name = pstrdup(m->scope_name);
+	c->in.mode = m->mode;
+	c->in.reason = pstrdup(m->reason);
+	c->in.triggered_by = pstrdup(m->triggered_by);
+	c->in.affected_tasks = m->affected_tasks;
+	c->in.source = pstrdup(m->source ? m->source : "sql");
+	c->who.session_role = pstrdup(m->session_role);
+	c->who.client_addr = m->client_addr ? pstrdup(m->client_addr) : NULL;
+	c->who.backend_pid = m->backend_pid;
+	c->who.xid = m->xid;
+	c->who.at = ks_unix_usec_to_timestamptz(m->at_usec);
+	MemoryContextSwitchTo(old);
+	return c;
+}
+
+/* Has this transaction recorded the mark of xid's raise of role already? */
+static bool
+swept(Oid role, uint64 xid)
+{
+	ListCell   *lc;
+
+	foreach(lc, changes)
+		if (((ScopeChange *) lfirst(lc))->swept_xid == xid &&
+			((ScopeChange *) lfirst(lc))->role == role)
+			return true;
+	return false;
+}
+
+/* The watcher is to look again (a mark still waits, or its recording is to be confirmed). */
+static void
+marks_due_again(void)
+{
+	SpinLockAcquire(&ks_shared->mutex);
+	ks_shared->marks_due = true;
+	SpinLockRelease(&ks_shared->mutex);
+}
+
+/*
+ * Record, in this transaction, the scopes' raises of committed transactions
+ * whose event followed (their marks), before any change of ours; settle
+ * away those whose transaction did not commit.  The caller holds the lock
+ * that orders changes.  Their marked entries and marks go when this
+ * transaction commits (at_commit()).  all: read the marks even when the
+ * set holds no marked raise (the first look after a start).
+ */
+void
+ks_record_scope_marks(bool all)
+{
+	List	   *marks;
+	ListCell   *lc;
+	bool		bad;
+	bool		again = false;
+	uint64		seen;
+	char		problem[KS_PROBLEM_LEN];
+
+	if (!ks_scope_marks_due(&seen) && !all)
+		return;
+	marks = ks_scope_marks_read(&bad, problem, sizeof(problem));
+	if (bad)
+		ereport(WARNING,
+				(errmsg("a mark of a scope's raise cannot be read: %s", problem),
+				 errdetail("A raise it names stays in force while the server runs, but its event cannot be recorded.")));
+	foreach(lc, marks)
+	{
+		KsMark	   *m = (KsMark *) lfirst(lc);
+		FullTransactionId fxid = FullTransactionIdFromU64(m->xid);
+		TransactionId xid = XidFromFullTransactionId(fxid);
+		bool		before_next = FullTransactionIdPrecedes(fxid, ReadNextFullTransactionId());
+
+		if (TransactionIdIsCurrentTransactionId(xid) || swept(m->scope, m->xid))
+			continue;
+		if (before_next && TransactionIdIsInProgress(xid))
+		{
+			again = true;		/* its backend's business until it ends */
+			continue;
+		}
+		if (!before_next || !TransactionIdDidCommit(xid))
+		{
+			ks_scope_drop_marked(m->scope, m->xid);
+			(void) ks_scope_mark_remove(m->xid, m->scope);
+			ereport(LOG,
+					(errmsg("the raise of scope \"%s\" to %s of transaction %u never committed",
+							m->scope_name, ks_mode_sql_names[m->mode], xid)));
+			continue;
+		}
+		if (ks_events_hold(m->xid, ks_unix_usec_to_timestamptz(m->at_usec)))
+		{
+			/* recorded by a look that committed (and settled the set) but kept the mark */
+			(void) ks_scope_mark_remove(m->xid, m->scope);
+			continue;
+		}
+		record_followed(change_of_mark(m));
+		again = true;			/* its marked entry goes at our commit: look once more */
+	}
+	if (again)
+		marks_due_again();
+	else
+		ks_scope_marks_settled(seen);	/* until the next write (a bad mark is not read again) */
+}
+
+/*
+ * The watcher's look that holds the ordering lock (watch.c): the scopes'
+ * raises whose event followed are recorded; a committed entry raised in
+ * place by a raise that did not commit is settled by the chain (which
+ * records those first).
+ */
+void
+ks_scope_look(void)
+{
+	if (ks_scope_settle_due())
+		ks_scopes_from_history(true);
+	else
+		ks_record_scope_marks(false);
+}
+
+/* This transaction's raises made in committed entries end (committed or not). */
+static void
+end_in_place(bool committed)
+{
+	ListCell   *lc;
+	bool		any = false;
+
+	foreach(lc, changes)
+	{
+		ScopeChange *c = lfirst(lc);
+
+		if (c->in_place)
+		{
+			ks_scope_end_in_place(c->role, committed);
+			any = true;
+		}
+	}
+	if (any)
+		marks_due_again();		/* the watcher settles the entries, once none is in flight */
+}
+
+/* Record this transaction's own raises whose event was to follow: it holds the lock now. */
+static void
+record_own_deferred(void)
+{
+	List	   *own = NIL;
+	ListCell   *lc;
+
+	foreach(lc, changes)
+		if (((ScopeChange *) lfirst(lc))->deferred)
+			own = lappend(own, lfirst(lc));
+	foreach(lc, own)
+		record_followed(lfirst(lc));
+	list_free(own);
+}
+
+/*
+ * Holding the lock that orders changes, before a change of ours: first what
+ * committed before (other transactions' raises whose event followed), then
+ * this transaction's own raises made while the lock was busy.
+ */
+static void
+record_before_ours(void)
+{
+	ks_record_scope_marks(false);
+	record_own_deferred();
 }
 
 /* Raise (or repeat) a scope: in force at once, recorded in this transaction. */
@@ -239,6 +496,7 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 {
 	KsMode		held = mode_held(role);
 	Datum		row;
+	ScopeChange *c;
 
 	if (mode <= held)
 	{
@@ -258,15 +516,17 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 						   scope)));
 
 	/* in force at once, before anything that can wait on another session */
-	note_change(role, mode);	/* first: an abort from here on takes it back */
-	ks_scope_raise_in_flight(role, mode);
+	c = note_change(role, mode);	/* first: an abort from here on takes it back */
+	c->in_place = ks_scope_raise_in_flight(role, mode);
 	pg_memory_barrier();
 	ks_interlock_wait();
 
-	/* the chain follows commit order: the lock is held to commit */
-	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+	/* the chain follows commit order: the lock is held to commit, if it can be had at once */
+	if (!ks_order_lock_briefly())
+		return defer_raise(c, scope, reason, by, affected);
+	record_before_ours();
 	held = mode_held(role);		/* what committed meanwhile */
-	return record(role, scope, Max(mode, held), held, reason, by, affected, false, false);
+	return record(role, scope, Max(mode, held), held, reason, by, affected, false, false, c);
 }
 
 /*
@@ -315,6 +575,7 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 	const char *me;
 
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+	record_before_ours();
 	held = mode_held(role);
 	if (held == KS_DISENGAGED)
 		ereport(ERROR,
@@ -323,7 +584,7 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 				 errdetail("Only an active scope can be released."),
 				 errhint("See ks_scopes() for the active scopes.")));
 	if (ks_release_approvals < 2)
-		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false);
+		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false, NULL);
 
 	/* two administrators: confirm the pending request, or record one */
 	me = GetUserNameFromId(GetSessionUserId(), false);
@@ -341,7 +602,7 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 		ereport(NOTICE,
 				(errmsg("release of scope \"%s\" confirmed: requested by \"%s\" in event " INT64_FORMAT,
 						scope, requested_by, request_id)));
-		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false);
+		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false, NULL);
 	}
 	ereport(NOTICE,
 			(errmsg("release of scope \"%s\" requested; it stays %s until a second administrator confirms",
@@ -349,7 +610,7 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 			 errdetail("killswitch.release_approvals is %d.", ks_release_approvals),
 			 errhint("Another member of \"%s\" must release the same scope within %d seconds.",
 					 KS_ROLE_ADMIN, ks_approval_timeout)));
-	return record(role, scope, held, held, reason, by, 0, true, true);
+	return record(role, scope, held, held, reason, by, 0, true, true, NULL);
 }
 
 /*
@@ -423,7 +684,7 @@ keep_own_releases(KsScope *list, int *count)
 			continue;
 		list = repalloc(list, sizeof(KsScope) * (n + 1));
 		list[n] = held;
-		list[n].owner = -1;
+		list[n].owner = KS_SCOPE_COMMITTED;
 		n++;
 	}
 	*count = n;
@@ -443,24 +704,34 @@ ks_scope_record_outside(Oid role, KsMode mode, KsMode previous, const char *reas
 {
 	char	   *scope;
 	bool		lowers = mode < previous;
+	ScopeChange *raised;
 
 	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);	/* as scope_role() */
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
 		return false;
 	scope = GetUserNameFromId(role, false);
-	if (!lowers)
-		note_change(role, mode);	/* a raise notes its own (record()) */
-	record_source = "file";
-	PG_TRY();
-	{
-		(void) record(role, scope, mode, previous, reason, by, 0, lowers, false);
-	}
-	PG_FINALLY();
-	{
-		record_source = NULL;
-	}
-	PG_END_TRY();
+	raised = lowers ? NULL : note_change(role, mode);	/* a raise notes its own (record()) */
+	record_source = "file";		/* an error here: the abort puts it back */
+	(void) record(role, scope, mode, previous, reason, by, 0, lowers, false, raised);
+	record_source = NULL;
 	return true;
+}
+
+/* At commit: the marks of other transactions' raises recorded here are settled. */
+static void
+settle_swept(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, changes)
+	{
+		ScopeChange *c = lfirst(lc);
+
+		if (c->swept_xid == 0)
+			continue;
+		ks_scope_drop_marked(c->role, c->swept_xid);
+		(void) ks_scope_mark_remove(c->swept_xid, c->role);
+	}
 }
 
 /* At commit: each changed scope takes its newest change; the raises in flight end. */
@@ -487,9 +758,13 @@ at_commit(void)
 				newest = false;
 		if (!newest || !c->recorded)
 			continue;
-		ks_scope_set_committed(c->role, c->mode, c->generation, c->at);
+		ks_scope_settle_marked(c->role, c->swept_xid, c->mode, c->generation, c->at);
 		ks_scope_drop_in_flight(c->role);
 	}
+	settle_swept();
+	end_in_place(true);
+	if (marked_xid != 0)
+		marks_due_again();		/* our raises' events follow: the watcher records them */
 	ks_scope_file_write();		/* confirmed; a release's first */
 	ks_wake_watcher();			/* the NOTIFY */
 }
@@ -501,9 +776,126 @@ at_abort(void)
 	ListCell   *lc;
 
 	foreach(lc, changes)
-		ks_scope_drop_in_flight(((ScopeChange *) lfirst(lc))->role);
+	{
+		ScopeChange *c = lfirst(lc);
+
+		ks_scope_drop_in_flight(c->role);
+		if (marked_xid != 0 && c->deferred)
+			(void) ks_scope_mark_remove(marked_xid, c->role);
+	}
+	if (marked_xid != 0)
+		ks_scope_drop_marked(InvalidOid, marked_xid);
+	end_in_place(false);
 	if (file_raised)
 		ks_scope_file_write();	/* without the raises that did not commit */
+}
+
+/* The mode this transaction's deferred raises of role ask, and the newest of them. */
+static ScopeChange *
+newest_deferred(Oid role, KsMode *mode)
+{
+	ListCell   *lc;
+	ScopeChange *newest = NULL;
+
+	*mode = KS_DISENGAGED;
+	foreach(lc, changes)
+	{
+		ScopeChange *c = lfirst(lc);
+
+		if (c->role == role && c->deferred)
+		{
+			*mode = Max(*mode, c->mode);
+			newest = c;
+		}
+	}
+	return newest;
+}
+
+/* Write the mark of this transaction's deferred raise of c's role; false (problem) if it failed. */
+static bool
+write_mark(const ScopeChange *c, KsMode mode, uint64 xid, char *problem, size_t len)
+{
+	KsMark		m;
+
+	memset(&m, 0, sizeof(m));
+	m.deferred = true;
+	m.xid = xid;
+	m.mode = mode;
+	m.previous = c->in.previous;
+	m.reason = (char *) c->in.reason;
+	m.triggered_by = (char *) c->in.triggered_by;
+	m.source = (char *) c->in.source;
+	m.affected_tasks = c->in.affected_tasks;
+	m.session_role = (char *) c->who.session_role;
+	m.client_addr = (char *) c->who.client_addr;
+	m.backend_pid = c->who.backend_pid;
+	m.at_usec = ks_timestamptz_to_unix_usec(c->who.at);
+	m.scope = c->role;
+	m.scope_name = c->scope_name;
+	return ks_mark_write(&m, problem, len);
+}
+
+/*
+ * The transaction's id must outlive a crash before a mark names it: were
+ * it never in durable WAL, the server would after a crash give the same id
+ * to a new transaction (the watcher's own, recording other marks), whose
+ * commit would then settle this mark as committed.  Replay moves the next
+ * id past the id of every record it reads: one record of ours, flushed
+ * (a logical decoding message, not transactional, which replay ignores).
+ */
+static void
+xid_outlives_crash(void)
+{
+	XLogFlush(LogLogicalMessage("killswitch", "", 0, false));
+}
+
+/*
+ * Before the commit record, the raises whose event follows: a mark per
+ * scope, durable, so that a crash at any instant is settled by the commit
+ * log; then each raise in flight becomes a marked raise, in force after
+ * the commit until its event is recorded.  A mark that cannot be written:
+ * the raise waits for the lock after all and is recorded here (never lost).
+ */
+static void
+mark_deferred(void)
+{
+	ListCell   *lc;
+	uint64		xid = 0;
+	char		problem[KS_PROBLEM_LEN];
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+	foreach(lc, changes)
+	{
+		ScopeChange *c = lfirst(lc);
+		KsMode		mode;
+
+		if (!c->deferred || newest_deferred(c->role, &mode) != c)
+			continue;
+		if (xid == 0)
+			xid_outlives_crash();
+		xid = U64FromFullTransactionId(GetTopFullTransactionId());
+		if (!write_mark(c, mode, xid, problem, sizeof(problem)))
+		{
+			MemoryContextSwitchTo(old);
+			foreach(lc, changes)
+				if (((ScopeChange *) lfirst(lc))->deferred)
+					(void) ks_scope_mark_remove(xid, ((ScopeChange *) lfirst(lc))->role);
+			ereport(WARNING,
+					(errmsg("could not write the mark of a scope's raise: %s", problem),
+					 errdetail("The raise waits for the lock that orders changes and is recorded in its transaction.")));
+			LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+			record_before_ours();
+			return;
+		}
+	}
+	MemoryContextSwitchTo(old);
+	if (xid == 0)
+		return;
+	ks_scope_marks_written();
+	marked_xid = xid;
+	foreach(lc, changes)
+		if (((ScopeChange *) lfirst(lc))->deferred)
+			ks_scope_mark_in_flight(((ScopeChange *) lfirst(lc))->role, xid);
 }
 
 /* Before the commit record: a raise is in the scope file (a release is not, yet). */
@@ -511,6 +903,8 @@ static void
 at_pre_commit(void)
 {
 	ListCell   *lc;
+
+	mark_deferred();
 
 	foreach(lc, changes)
 	{
@@ -526,6 +920,8 @@ at_pre_commit(void)
 static void
 scope_xact_callback(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		record_source = NULL;	/* an outside write's record that failed */
 	if (changes == NIL)
 		return;
 	switch (event)
@@ -544,12 +940,14 @@ scope_xact_callback(XactEvent event, void *arg)
 			at_commit();
 			changes = NIL;
 			file_raised = false;
+			marked_xid = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			at_abort();
 			changes = NIL;
 			file_raised = false;
+			marked_xid = 0;
 			break;
 		default:
 			break;
@@ -577,6 +975,8 @@ scope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 			if (c->subid == mySubid)
 				c->subid = parentSubid;
+			if (c->recorded_in == mySubid)
+				c->recorded_in = parentSubid;
 		}
 		return;
 	}
@@ -586,9 +986,23 @@ scope_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		ScopeChange *c = lfirst(lc);
 
+		/* our raise made before the savepoint, recorded in it: its event is gone, it follows again */
+		if (c->subid < mySubid && c->swept_xid == 0 && c->recorded_in >= mySubid)
+		{
+			c->recorded = false;
+			c->deferred = true;
+			c->mode = c->in.mode;
+			c->recorded_in = InvalidSubTransactionId;
+		}
+
 		if (c->subid >= mySubid)
 		{
 			roles = list_append_unique_oid(roles, c->role);
+			if (c->in_place)
+			{
+				ks_scope_end_in_place(c->role, false);
+				marks_due_again();
+			}
 			changes = foreach_delete_current(changes, lc);
 		}
 	}
@@ -661,6 +1075,12 @@ ks_scopes_from_history(bool settle)
 	int			n = 0;
 	bool		changed;
 
+	/* the raises that committed with their event to follow are history too: recorded first */
+	if (settle)
+	{
+		ks_record_scope_marks(true);
+		CommandCounterIncrement();
+	}
 	ks_owner_begin(&owner);
 	plan = SPI_prepare("SELECT DISTINCT ON (e.scope) e.scope, e.mode::text, e.generation, e.at "
 					   "FROM killswitch.events e WHERE e.scope IS NOT NULL "
@@ -680,7 +1100,7 @@ ks_scopes_from_history(bool settle)
 		list[n].mode = (KsMode) ks_mode_from_sql_name(SPI_getvalue(tup, desc, 2));
 		list[n].generation = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 		list[n].since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
-		list[n].owner = -1;
+		list[n].owner = KS_SCOPE_COMMITTED;
 		n++;
 	}
 	ks_owner_end(&owner);
@@ -723,6 +1143,14 @@ ks_active_scopes(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* SQL: is the set overflowed (a committed scope found no slot), for ks_status()? */
+Datum
+ks_scopes_overflowed(PG_FUNCTION_ARGS)
+{
+	ks_require_loaded();
+	PG_RETURN_BOOL(ks_scope_overflowed());
 }
 
 /* Install the callbacks and the hook; from _PG_init while preloading. */

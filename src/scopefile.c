@@ -89,7 +89,7 @@ file_text(StringInfo out, KsScope *list, int n, int64 version,
 		e->mode = list[i].mode;
 		e->generation = list[i].generation;
 		e->since_usec = ks_timestamptz_to_unix_usec(list[i].since);
-		e->unconfirmed = list[i].owner >= 0;
+		e->unconfirmed = list[i].owner >= 0 || list[i].owner == KS_SCOPE_MARKED;
 		f.n++;
 	}
 	f.version = version;

@@ -57,6 +57,7 @@
 #include "names.h"
 #include "persist.h"
 #include "release.h"
+#include "scopechange.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
@@ -816,6 +817,7 @@ judge_and_record(const char *path, bool raced, bool locked, KsWriterDone writer_
 	{
 		ks_settle_marks();
 		ks_record_marks();
+		ks_scope_look();		/* scopes' raises whose event followed, raises in place (§13) */
 	}
 	a = judge_and_report(path, raced, writer_done);
 	if (a.rewrite)

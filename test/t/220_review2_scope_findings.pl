@@ -30,18 +30,19 @@ CREATE TABLE t (x int);
 GRANT ALL ON t TO PUBLIC;
 });
 
-# Finding 1 (stuck halt): a raise whose wait for the ordering lock fails
-# (lock_timeout, a cancel) before its event is recorded leaves its raise in
-# flight in shared memory for good: the transaction callbacks return at once
-# while this transaction recorded no change (changes == NIL), so neither the
-# abort nor the session's exit takes it back.  The scope is in force though
-# nothing committed, ks_scopes() does not show it, and no release lowers it.
+# Finding 1 (stuck halt): a raise whose transaction ends before its event is
+# recorded (its event was to follow: the ordering lock was busy — before
+# TAP 221's change, it waited for the lock and lock_timeout ended it) must
+# not leave its raise in flight in shared memory: in force though nothing
+# committed, not shown by ks_scopes(), lowered by no release.
 sql('CREATE ROLE agent_s LOGIN IN ROLE killswitch_agent; CREATE ROLE other_scope NOLOGIN');
 my $holder = $node->background_psql('postgres');
 $holder->query_safe("SET client_min_messages = warning; BEGIN; SELECT ks_engage('halt_all', 'holds the ordering lock', 'pager', scope => 'other_scope')");
-my ($rc, $out, $err) = $node->psql('postgres',
-	"SET client_min_messages = warning; SET lock_timeout = '300ms'; SELECT ks_engage('halt_all', 'times out', 'pager', scope => 'agent_s')");
-like($err, qr/lock timeout/, 'the raise of agent_s fails waiting for the ordering lock');
+my $raiser = $node->background_psql('postgres', on_error_stop => 0);
+$raiser->query_safe("SET client_min_messages = warning; SET lock_timeout = '300ms'; BEGIN; SELECT ks_engage('halt_all', 'rolled back', 'pager', scope => 'agent_s')");
+my ($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'agent_s' ]);
+like($err, qr/kill switch engaged/, 'behind the busy lock, the raise of agent_s is in force at once');
+$raiser->query_safe('ROLLBACK');
 $holder->query_safe('ROLLBACK');
 $holder->quit;
 is(sql(q{SELECT count(*) FROM killswitch.events WHERE scope = 'agent_s'::regrole}), '0', 'no event of agent_s committed');
@@ -56,18 +57,13 @@ is(sql('SELECT count(*) FROM ks_scopes()'), '0', 'ks_scopes() shows no scope');
 like($err, qr/is not halted/, 'and no release can lower it: the scope "is not halted"');
 sql('DELETE FROM t');
 
-# The same raise, ended by a FATAL error while it waits for the ordering
-# lock (pg_terminate_backend): its exit takes the raise in flight back.
+# The same raise, its session ended by a FATAL error (pg_terminate_backend)
+# before its commit: its exit takes the raise in flight back.
 $holder = $node->background_psql('postgres');
 $holder->query_safe("SET client_min_messages = warning; BEGIN; SELECT ks_engage('halt_all', 'holds the ordering lock', 'pager', scope => 'other_scope')");
-my $raiser = $node->background_psql('postgres', on_error_stop => 0);
-$raiser->{stdin} .= "SET client_min_messages = warning; SELECT ks_engage('halt_all', 'terminated', 'pager', scope => 'agent_s');\n";
-$raiser->{run}->pump_nb;
-$node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%terminated%'})
-  or die 'the raise does not wait for the ordering lock';
+$raiser->query_safe("BEGIN; SELECT ks_engage('halt_all', 'terminated', 'pager', scope => 'agent_s')");
 ($rc, $out, $err) = $node->psql('postgres', 'INSERT INTO t VALUES (1)', extra_params => [ '-U', 'agent_s' ]);
-like($err, qr/kill switch engaged/, 'while it waits, the raise of agent_s is in force');
+like($err, qr/kill switch engaged/, 'while its transaction is open, the raise of agent_s is in force');
 sql(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%terminated%' AND pid <> pg_backend_pid()});
 $node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE query LIKE '%terminated%' AND pid <> pg_backend_pid()})
   or die 'the raiser does not exit';
@@ -218,21 +214,34 @@ SELECT count(ks_engage('emergency', 'escalate all', 'pager', scope => 's' || lpa
   FROM generate_series(3, 1002) g});
 is($out, '1000', 'and 1,000 active scopes in one transaction');
 
-# Left to do (finding 3, its remainder): the reserve of an active scope's
-# raise is the 1,000 slots beside the committed scopes, so while 1,000
-# raises are in flight at once (here one open transaction's, of active
-# scopes) a raise of another active scope is still refused.
+# Finding 3, its remainder: while 1,000 raises are in flight at once (here
+# one open transaction's, of active scopes) and every slot is in use, a
+# raise of another active scope is still never refused: it is made in the
+# scope's committed entry (scope.c raise_in_place()).  The open transaction
+# holds the ordering lock too, so its event follows its commit.
 my $bulk = $node->background_psql('postgres');
 $bulk->query_safe(q{SET client_min_messages = warning; BEGIN;
 SELECT count(ks_engage('emergency', 'escalate more', 'pager', scope => 's' || lpad(g::text, 5, '0')))
   FROM generate_series(1003, 2002) g});
-{
-	local $TODO = 'finding 3: 1,000 raises in flight at once exhaust the reserve of an active scope\'s raise';
-	($rc, $out, $err) = $node->psql('postgres',
-		"SET client_min_messages = warning; SELECT (ks_engage('emergency', 'escalate', 'pager', scope => 's02003')).mode");
-	is($err, '', 'an active scope is raised while 1,000 raises are in flight');
-}
+($rc, $out, $err) = $node->psql('postgres',
+	"SET client_min_messages = warning; SELECT (ks_engage('emergency', 'escalate', 'pager', scope => 's02003')).mode");
+is($err, '', 'an active scope is raised while 1,000 raises are in flight');
+is(sql(q{SELECT mode FROM ks_scopes() WHERE scope = 's02003'::regrole}), 'emergency', 'in force at once, in its committed entry');
+# such a raise that rolls back is an extra halt until the watcher settles the entry by the chain
+my $inplace = $node->background_psql('postgres');
+$inplace->query_safe(q{SET client_min_messages = warning; BEGIN;
+SELECT ks_engage('emergency', 'in place, rolled back', 'pager', scope => 's02004')});
+is(sql(q{SELECT mode FROM ks_scopes() WHERE scope = 's02004'::regrole}), 'emergency', 'another, in a transaction: in force');
+$inplace->query_safe('ROLLBACK');
+$inplace->quit;
 $bulk->query_safe('ROLLBACK');
 $bulk->quit;
+ok($node->poll_query_until('postgres', q{SELECT mode = 'halt_all' FROM ks_scopes() WHERE scope = 's02004'::regrole}),
+	'the rolled-back raise made in place is settled back by the watcher (not left higher for good)');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'escalate' AND scope = 's02003'::regrole}),
+	'the committed one is recorded once the lock is free');
+is(sql(q{SELECT mode FROM ks_scopes() WHERE scope = 's02003'::regrole}), 'emergency', 'and stays');
+is(sql(q{SELECT count(*) FROM killswitch.events WHERE reason = 'in place, rolled back'}), '0', 'the rolled-back one has no event');
+is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
 
 done_testing();
