@@ -104,6 +104,28 @@
 #define KS_F_PG_LOGICAL_EMIT_MESSAGE_BYTEA F_PG_LOGICAL_EMIT_MESSAGE_BOOL_TEXT_BYTEA
 #endif
 /*
+ * LogLogicalMessage() gained a last argument, flush, in 17 (the caller
+ * flushes here: false).
+ */
+#if PG_VERSION_NUM >= 170000
+#define ks_log_logical_message(prefix, message, size, transactional) \
+	LogLogicalMessage((prefix), (message), (size), (transactional), false)
+#else
+#define ks_log_logical_message(prefix, message, size, transactional) \
+	LogLogicalMessage((prefix), (message), (size), (transactional))
+#endif
+
+/*
+ * A REVOKE of an option only (the membership stays): ADMIN OPTION FOR before
+ * 16 (admin_opt); from 16 on any "<option> OPTION FOR", a list of options.
+ */
+#if PG_VERSION_NUM >= 160000
+#define ks_revokes_option_only(stmt) ((stmt)->opt != NIL)
+#else
+#define ks_revokes_option_only(stmt) ((stmt)->admin_opt)
+#endif
+
+/*
  * A backend's index among the PGPROCs, for arrays with one slot per PGPROC
  * (MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts of them, known from
  * shmem_request_hook on): MyProcNumber and GetNumberFromPGProc() from 17 on,

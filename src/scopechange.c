@@ -41,6 +41,7 @@
 
 #include "agents.h"
 #include "change.h"
+#include "compat.h"
 #include "encoding.h"
 #include "events.h"
 #include "guc.h"
@@ -846,7 +847,7 @@ write_mark(const ScopeChange *c, KsMode mode, uint64 xid, char *problem, size_t 
 static void
 xid_outlives_crash(void)
 {
-	XLogFlush(LogLogicalMessage("killswitch", "", 0, false));
+	XLogFlush(ks_log_logical_message("killswitch", "", 0, false));
 }
 
 /*
@@ -876,10 +877,12 @@ mark_deferred(void)
 		xid = U64FromFullTransactionId(GetTopFullTransactionId());
 		if (!write_mark(c, mode, xid, problem, sizeof(problem)))
 		{
+			ListCell   *written;
+
 			MemoryContextSwitchTo(old);
-			foreach(lc, changes)
-				if (((ScopeChange *) lfirst(lc))->deferred)
-					(void) ks_scope_mark_remove(xid, ((ScopeChange *) lfirst(lc))->role);
+			foreach(written, changes)
+				if (((ScopeChange *) lfirst(written))->deferred)
+					(void) ks_scope_mark_remove(xid, ((ScopeChange *) lfirst(written))->role);
 			ereport(WARNING,
 					(errmsg("could not write the mark of a scope's raise: %s", problem),
 					 errdetail("The raise waits for the lock that orders changes and is recorded in its transaction.")));

@@ -46,6 +46,7 @@
 #include "utils/catcache.h"
 #include "utils/syscache.h"
 
+#include "compat.h"
 #include "modetype.h"
 #include "scope.h"
 #include "scopemembers.h"
@@ -216,8 +217,8 @@ check_membership_change(Node *parsetree)
 			lock_grantees(stmt->grantee_roles);
 			return;
 		}
-		/* REVOKE ADMIN OPTION FOR keeps the membership */
-		if (stmt->admin_opt)
+		/* REVOKE ADMIN OPTION FOR (from 16, any OPTION FOR) keeps the membership */
+		if (ks_revokes_option_only(stmt))
 			return;
 		foreach(lc, stmt->granted_roles)
 		{
