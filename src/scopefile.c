@@ -170,6 +170,16 @@ static size_t pending_file_len = 0;
 static char *pending_copy = NULL;	/* NULL: there was no copy */
 static size_t pending_copy_len = 0;
 
+/*
+ * Every raise the rounds put in force from outside files since the last
+ * look that recorded them, merged (the highest per role): what is in force
+ * is the copy plus these.  A newer outside file is judged against that, and
+ * merged into it, never replacing it — a file that leaves a pending raise
+ * out (written on the copy alone) does not lower it: only a look drops
+ * them, once it has recorded them (TopMemoryContext).
+ */
+static KsScopeFile pending_raises;
+
 static char *
 keep_bytes(const char *bytes, size_t len)
 {
@@ -192,6 +202,9 @@ forget_pending(void)
 		pfree(pending_copy);
 	pending_file = pending_copy = NULL;
 	pending_file_len = pending_copy_len = 0;
+	if (pending_raises.entries)
+		pfree(pending_raises.entries);
+	memset(&pending_raises, 0, sizeof(pending_raises));
 }
 
 static bool
@@ -348,6 +361,82 @@ apply_raises(const KsScopeFile *held, const KsScopeFile *file)
 	}
 }
 
+static int
+by_entry_role(const void *a, const void *b)
+{
+	uint32		x = ((const KsScopeEntry *) a)->role;
+	uint32		y = ((const KsScopeEntry *) b)->role;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* A set's scope of role, its entries in any order (NULL: none). */
+static KsScopeEntry *
+find_unsorted(KsScopeEntry *entries, int n, uint32 role)
+{
+	for (int i = 0; i < n; i++)
+		if (entries[i].role == role)
+			return &entries[i];
+	return NULL;
+}
+
+/*
+ * What the files have put in force: the copy's scopes with the pending
+ * raises merged in, the highest per role (palloc'd, sorted; the copy's
+ * version and signature).
+ */
+static void
+in_force(const KsScopeFile *held, KsScopeFile *out)
+{
+	*out = *held;
+	out->entries = palloc0(sizeof(KsScopeEntry) * Max(held->n + pending_raises.n, 1));
+	if (held->n > 0)
+		memcpy(out->entries, held->entries, sizeof(KsScopeEntry) * held->n);
+	out->n = held->n;
+	for (int i = 0; i < pending_raises.n; i++)
+	{
+		const KsScopeEntry *p = &pending_raises.entries[i];
+		KsScopeEntry *e = find_unsorted(out->entries, out->n, p->role);
+
+		if (e == NULL)
+			out->entries[out->n++] = *p;
+		else if (p->mode > e->mode)
+			*e = *p;
+	}
+	if (out->n > 0)
+		qsort(out->entries, out->n, sizeof(KsScopeEntry), by_entry_role);
+}
+
+/* Keep the raises of an accepted file over what is in force, until a look records them. */
+static void
+merge_pending(const KsScopeFile *now, const KsScopeFile *file)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	if (pending_raises.entries == NULL)
+		pending_raises.entries = palloc0(sizeof(KsScopeEntry) * Max(file->n, 1));
+	else
+		pending_raises.entries = repalloc(pending_raises.entries,
+										  sizeof(KsScopeEntry) * (pending_raises.n + Max(file->n, 1)));
+	for (int i = 0; i < file->n; i++)
+	{
+		const KsScopeEntry *f = &file->entries[i];
+		KsScopeEntry *h = ks_scope_file_find(now, f->role);
+		KsScopeEntry *p;
+
+		if (h != NULL && f->mode <= h->mode)
+			continue;
+		p = find_unsorted(pending_raises.entries, pending_raises.n, f->role);
+		if (p == NULL)
+			pending_raises.entries[pending_raises.n++] = *f;
+		else
+			*p = *f;			/* above what was in force, so above it */
+	}
+	if (pending_raises.n > 0)
+		qsort(pending_raises.entries, pending_raises.n, sizeof(KsScopeEntry), by_entry_role);
+	MemoryContextSwitchTo(old);
+}
+
 /*
  * The watcher, at every round (worker.c): is the scope file the server's own
  * bytes, those of its copy?  An outside write (ARCHITECTURE §13) is judged
@@ -421,10 +510,16 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 			ours = false;
 			if (accepted)
 			{
-				if (kind == OUTSIDE_RAISES || kind == OUTSIDE_RELEASES)
-					apply_raises(&held, &file);
-				/* judged against the copy as it is: a newer file replaces an older one */
-				forget_pending();
+				KsScopeFile now;
+
+				/* raised over what is in force; what it leaves out stays pending */
+				in_force(&held, &now);
+				apply_raises(&now, &file);
+				merge_pending(&now, &file);
+				if (pending_file)
+					pfree(pending_file);
+				if (pending_copy)
+					pfree(pending_copy);
 				pending_file = keep_bytes(shared, sharedlen);
 				pending_file_len = sharedlen;
 				pending_copy = keep_bytes(copy, copylen);
@@ -551,6 +646,20 @@ record_releases(const KsScopeFile *held, const KsScopeFile *file, const char *re
 	}
 }
 
+/* Does every role the set names exist?  False, with problem, if not. */
+static bool
+roles_exist(const KsScopeFile *f, char *problem, size_t problemlen)
+{
+	for (int i = 0; i < f->n; i++)
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum((Oid) f->entries[i].role)))
+		{
+			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
+					 KS_SCOPE_FILE_NAME, f->entries[i].role);
+			return false;
+		}
+	return true;
+}
+
 /*
  * In a look of the watcher that holds the ordering lock (worker.c), before
  * the first look sets the scopes to the chain's: record the outside write
@@ -586,14 +695,12 @@ ks_scope_file_record_outside(char *problem, size_t problemlen)
 	reason = file.reason ? file.reason : "the scope file was changed outside the server";
 	by = file.triggered_by ? file.triggered_by : "file";
 	/* every role first: a file naming one that does not exist is refused whole */
-	for (int i = 0; i < file.n; i++)
-		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum((Oid) file.entries[i].role)))
-		{
-			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
-					 KS_SCOPE_FILE_NAME, file.entries[i].role);
-			return refuse();
-		}
-	if (!record_raises(&file, reason, by, &recorded, problem, problemlen))
+	if (!roles_exist(&file, problem, problemlen) ||
+		!roles_exist(&pending_raises, problem, problemlen))
+		return refuse();
+	/* every raise a round put in force, an earlier file's too, then this file's */
+	if (!record_raises(&pending_raises, reason, by, &recorded, problem, problemlen) ||
+		!record_raises(&file, reason, by, &recorded, problem, problemlen))
 		return refuse();
 	if (kind == OUTSIDE_RELEASES)
 		record_releases(&held, &file, reason, by, &recorded);

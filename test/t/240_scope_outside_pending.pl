@@ -1,13 +1,11 @@
-# Review 3, finding 1: an outside raise of the scope file that a round has
-# put in force, but that no look has recorded yet, is dropped when a later
-# outside file — signed with the secret alone, the copy's own scope set at a
-# higher version — replaces it as "pending" (scopefile.c
-# ks_scope_file_is_ours(): forget_pending() then keep the newer file,
-# judged against the copy, which does not hold the first raise yet).  The
-# look records nothing, the raise stays only in shared memory, never in the
-# chain, and the first look after a restart (ks_scopes_from_history(true))
-# drops it: a hostile agent holding the signing secret lowers a scope
-# without the release key, and without any verdict.
+# An outside raise of the scope file that a round has put in force, but
+# that no look has recorded yet ("pending"), stays in force and is recorded
+# even when a later outside file — signed with the secret alone, the copy's
+# own scope set at a higher version — lands before the look: what is in
+# force is the copy plus the pending raises, and a newer file is merged
+# into them, never replacing them (scopefile.c merge_pending()).  Leaving a
+# pending raise out lowers nothing: only a look drops it, once recorded —
+# so an agent holding the signing secret cannot lower a scope that way.
 # Forced: a session holds the lock that orders changes, so no look can
 # record the first raise before the second file lands (an agent holding
 # killswitch_operator holds it the same way with an open ks_engage()).
@@ -22,7 +20,7 @@ use Digest::SHA qw(hmac_sha256_hex sha256_hex);
 use KsTest;
 
 my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('review3_pending');
+my $node = ks_node('scope_outside_pending');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 my $copy = "$pgdata/pg_killswitch/scopes.json";
@@ -93,12 +91,12 @@ $holder->quit;
 ok(ks_within($node, "SELECT pg_read_file('pg_killswitch/kill_switch_scopes.json') = pg_read_file('pg_killswitch/scopes.json')", 30),
 	'a look has settled the scope file');
 
-# review3_pending: the raise must be recorded (README: "recorded as that scope's event")
+# the raise is recorded (README: "recorded as that scope's event")
 ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = $oid7 AND source = 'file'", 15),
-	'review3_pending: the outside raise is recorded in the chain');
+	'the outside raise is recorded in the chain');
 $node->restart;
-is(refused('agent_7'), 'KS001', 'review3_pending: the outside raise survives a restart (agent_7 still refused)');
+is(refused('agent_7'), 'KS001', 'the outside raise survives a restart (agent_7 still refused)');
 is(sql("SELECT count(*) FROM ks_scopes() WHERE scope = 'agent_7'::regrole"), '1',
-	'review3_pending: ks_scopes() still shows agent_7 after the restart');
+	'ks_scopes() still shows agent_7 after the restart');
 
 done_testing();
