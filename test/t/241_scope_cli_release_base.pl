@@ -1,13 +1,13 @@
-# Review 3, finding 2: killswitch -D disengage --scope builds its release on
-# the scope file in the state directory whenever that file's version is at
-# least the copy's (src/cli/offscope.c base_set()), but names the server's
-# copy in "replaces".  A hostile agent holding only the signing secret and
-# write access to the state directory plants, while the server is down, a
-# scope file that drops another scope; an administrator's release of one
-# scope then signs the agent's set with the release key — and at the next
-# start the server applies both lowers (judge_outside(): release-signed,
-# "replaces" names the copy).  The agent lowers a scope without the release
-# key, laundered through an unrelated release.
+# killswitch -D disengage --scope builds its release on the server's copy
+# (pg_killswitch/scopes.json), never on the scope file in the state
+# directory as it finds it (src/cli/offscope.c base_set(): of that file
+# only a verified newer outside raise's raises are taken, never its
+# lowers), and signs nothing that lowers more than the scope named.  A
+# hostile agent holding only the signing secret and write access to the
+# state directory plants, while the server is down, a scope file that
+# drops another scope; an administrator's release of one scope releases
+# that one only — the planted lower is not laundered through the release
+# key, and the agent's scope stays in force after the start.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -19,7 +19,7 @@ use Digest::SHA qw(hmac_sha256_hex);
 use KsTest;
 
 my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('review3_launder');
+my $node = ks_node('scope_cli_release_base');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 my $secret = ks_secret($node);
@@ -68,13 +68,13 @@ my ($rc, $out, $err) = ks('-D', $pgdata, 'disengage', '--reason', 'agent_7 fixed
 is($rc, 0, 'the administrator\'s release of agent_7 is written') or diag($err);
 my $written = decode_json(slurp_file($file));
 ok(exists $written->{scopes}{$oid8},
-	'review3_launder: the release the administrator signed still holds agent_8\'s scope');
+	'the release the administrator signed still holds agent_8\'s scope');
 
 $node->start;
 ok($node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)"),
 	'agent_7\'s scope is released');
-is(refused('agent_8'), 'KS001', 'review3_launder: agent_8 is still halted');
+is(refused('agent_8'), 'KS001', 'agent_8 is still halted');
 is(sql("SELECT count(*) FROM killswitch.events WHERE scope = $oid8 AND mode = 'disengaged'"), '0',
-	'review3_launder: no release of agent_8\'s scope is recorded');
+	'no release of agent_8\'s scope is recorded');
 
 done_testing();
