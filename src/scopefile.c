@@ -35,6 +35,7 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "guc.h"
 #include "names.h"
@@ -438,6 +439,101 @@ merge_pending(const KsScopeFile *now, const KsScopeFile *file)
 }
 
 /*
+ * How long the watcher lets another writer hold the writers' lock before it
+ * judges an outside scope file without it: as long as it waits for a writer
+ * of the state file (worker.c KS_LOCK_DEFER_MS), since anyone who can write
+ * the state directory can hold the lock (ARCHITECTURE §5.7).
+ */
+#define KS_SCOPE_LOCK_DEFER_MS 250
+
+/* Since when the rounds have found the writers' lock busy (0: it was free). */
+static TimestampTz busy_since = 0;
+
+/*
+ * The writers' lock, or -1 with *stuck: has another process held it past
+ * KS_SCOPE_LOCK_DEFER_MS, or can it not be taken at all?  Then the round
+ * judges without it.
+ */
+static int
+lock_or_stuck(bool *stuck, char *problem, size_t problemlen)
+{
+	int			fd = ks_lock_dir_within(ks_state_dir, 0, problem, problemlen);
+	TimestampTz now;
+
+	*stuck = false;
+	if (fd >= 0 || errno != EWOULDBLOCK)
+	{
+		busy_since = 0;
+		*stuck = fd < 0;
+		return fd;
+	}
+	now = GetCurrentTimestamp();
+	if (busy_since == 0)
+		busy_since = now;
+	*stuck = now >= TimestampTzPlusMilliseconds(busy_since, KS_SCOPE_LOCK_DEFER_MS);
+	return -1;
+}
+
+/*
+ * Judge an outside file's text against the copy (the HMACs are resources:
+ * the round runs outside any transaction).  False, with problem, if it is
+ * refused.
+ */
+static bool
+judge_round(const char *copy, size_t copylen, const char *shared, size_t sharedlen,
+			KsScopeFile *held, KsScopeFile *file, OutsideKind *kind,
+			char *problem, size_t problemlen)
+{
+	char	   *secret;
+	size_t		secretlen;
+	ResourceOwner saved = CurrentResourceOwner;
+	ResourceOwner owner = ResourceOwnerCreate(NULL, "killswitch scope file");
+	bool		accepted;
+
+	CurrentResourceOwner = owner;
+	accepted = ks_backend_secret(&secret, &secretlen, problem, problemlen) &&
+		judge_texts(copy, copylen, shared, sharedlen, secret, secretlen,
+					held, file, kind, problem, problemlen);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, true);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
+	CurrentResourceOwner = saved;
+	ResourceOwnerDelete(owner);
+	return accepted;
+}
+
+/*
+ * An accepted outside file: its raises in force now, over what is in force
+ * (the copy and the raises still pending), and kept until a look records
+ * them.
+ */
+static void
+accept_outside(const char *copy, size_t copylen, const char *shared, size_t sharedlen,
+			   const KsScopeFile *held, const KsScopeFile *file, OutsideKind kind)
+{
+	KsScopeFile now;
+
+	/* raised over what is in force; what it leaves out stays pending */
+	in_force(held, &now);
+	apply_raises(&now, file);
+	merge_pending(&now, file);
+	if (pending_file)
+		pfree(pending_file);
+	if (pending_copy)
+		pfree(pending_copy);
+	pending_file = keep_bytes(shared, sharedlen);
+	pending_file_len = sharedlen;
+	pending_copy = keep_bytes(copy, copylen);
+	pending_copy_len = copylen;
+	ereport(LOG,
+			(errmsg("the scope file was changed outside the server (version " INT64_FORMAT "): %s",
+					file->version,
+					kind == OUTSIDE_RAISES ? "a raise, in force now" :
+					kind == OUTSIDE_RELEASES ? "a release, applied once recorded" : "no scope changes"),
+			 errdetail("The next look of the watcher that holds the lock ordering changes records it.")));
+}
+
+/*
  * The watcher, at every round (worker.c): is the scope file the server's own
  * bytes, those of its copy?  An outside write (ARCHITECTURE §13) is judged
  * against the copy: raises are put in force at once, and a release waits,
@@ -445,95 +541,74 @@ merge_pending(const KsScopeFile *now, const KsScopeFile *file)
  * them (ks_scope_file_record_outside()).  Anything else is false, with
  * problem — a tamper verdict for the caller — and the copy's bytes put
  * back.  Bytes that differ are read again under the writers' lock before
- * they are judged — a writer between its two writes holds it; taken only
- * if free (busy: the next round looks again).  A missing file is put back,
- * no verdict (nothing was lowered: the scopes in force are shared memory's).
- * Never an error.
+ * they are judged — a writer between its two writes holds it.  Busy, the
+ * next round looks again — until another process has held it past
+ * KS_SCOPE_LOCK_DEFER_MS: then the file is judged without it, and only a
+ * file that raises or changes nothing is accepted (raising needs nothing);
+ * a release, a refusal and a put-back wait for the lock (without it, a
+ * server writer between its two writes cannot be told from a replay).
+ * A missing file is put back, no verdict (nothing was lowered: the scopes
+ * in force are shared memory's).  Never an error.
+ *
+ * The stat remembered as the server's own file is taken before the bytes
+ * are read: a write landing after it changes the stat, so the next round
+ * reads and judges it — never a stat of bytes that were not judged.
  */
 bool
 ks_scope_file_is_ours(char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
 	struct stat st;
+	bool		have_st;
 	char	   *copy;
 	char	   *shared;
 	size_t		copylen;
 	size_t		sharedlen;
 	bool		missing;
 	bool		ours;
-	int			fd;
+	bool		stuck;
+	bool		settled = true;
+	int			fd = -1;
 	MemoryContext tmp;
 	MemoryContext old;
 
 	if (ks_shared->state_dir_foreign)
 		return true;
 	scope_file_path(path, sizeof(path));
-	if (stat(path, &st) == 0 && known && same_stat(&st, &known_stat))
+	have_st = stat(path, &st) == 0;
+	if (have_st && known && same_stat(&st, &known_stat))
 		return true;
 	/* the files' bytes go with this context: the watcher lives long */
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "killswitch scope file", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(tmp);
-	if (same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen))
-		ours = true;
-	else
+	ours = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen);
+	if (!ours)
+		fd = lock_or_stuck(&stuck, problem, problemlen);
+	if (!ours && fd < 0 && !stuck)
+		settled = false;		/* a writer is at it: the next round */
+	else if (!ours)
 	{
-		fd = ks_lock_dir_within(ks_state_dir, 0, problem, problemlen);
-		if (fd < 0)
-		{
-			MemoryContextSwitchTo(old);
-			MemoryContextDelete(tmp);
-			return true;		/* a writer is at it: the next round */
-		}
-		ours = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen);
+		if (fd >= 0)
+			ours = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen);
 		if (!ours && shared != NULL)
 		{
-			char	   *secret;
-			size_t		secretlen;
 			KsScopeFile held;
 			KsScopeFile file;
 			OutsideKind kind;
+			bool		accepted = judge_round(copy, copylen, shared, sharedlen,
+											   &held, &file, &kind, problem, problemlen);
 
-			ResourceOwner saved = CurrentResourceOwner;
-			ResourceOwner owner = ResourceOwnerCreate(NULL, "killswitch scope file");
-			bool		accepted;
-
-			/* the HMACs are resources: the round runs outside any transaction */
-			CurrentResourceOwner = owner;
-			accepted = ks_backend_secret(&secret, &secretlen, problem, problemlen) &&
-				judge_texts(copy, copylen, shared, sharedlen, secret, secretlen,
-							&held, &file, &kind, problem, problemlen);
-			ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
-			ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, true);
-			ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
-			CurrentResourceOwner = saved;
-			ResourceOwnerDelete(owner);
-			ours = false;
-			if (accepted)
+			if (accepted && (fd >= 0 || kind != OUTSIDE_RELEASES))
 			{
-				KsScopeFile now;
-
-				/* raised over what is in force; what it leaves out stays pending */
-				in_force(&held, &now);
-				apply_raises(&now, &file);
-				merge_pending(&now, &file);
-				if (pending_file)
-					pfree(pending_file);
-				if (pending_copy)
-					pfree(pending_copy);
-				pending_file = keep_bytes(shared, sharedlen);
-				pending_file_len = sharedlen;
-				pending_copy = keep_bytes(copy, copylen);
-				pending_copy_len = copylen;
-				ereport(LOG,
-						(errmsg("the scope file was changed outside the server (version " INT64_FORMAT "): %s",
-								file.version,
-								kind == OUTSIDE_RAISES ? "a raise, in force now" :
-								kind == OUTSIDE_RELEASES ? "a release, applied once recorded" : "no scope changes"),
-						 errdetail("The next look of the watcher that holds the lock ordering changes records it.")));
+				accept_outside(copy, copylen, shared, sharedlen, &held, &file, kind);
 				ours = true;	/* no verdict: a look records it */
 			}
+			else if (fd < 0)
+				settled = false;	/* a release or a verdict needs the lock */
 		}
-		if (!ours && copy != NULL &&
+		else if (!ours && fd < 0)
+			settled = false;	/* put back under the lock only */
+		if (!ours && settled && copy != NULL &&
 			!ks_write_shared_file_durably(path, copy, copylen, problem, problemlen))
 			ereport(WARNING,
 					(errmsg("could not put the scope file back: %s", problem)));
@@ -541,10 +616,14 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 		if (!ours && missing)
 			ours = true;		/* put back, no verdict */
 	}
-	known = stat(path, &known_stat) == 0;
+	if (settled)
+	{
+		known = have_st;
+		known_stat = st;
+	}
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(tmp);
-	return ours;
+	return ours || !settled;
 }
 
 /* Does an outside write of the scope file wait for a look to record it? */

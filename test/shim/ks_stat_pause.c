@@ -1,9 +1,10 @@
 /*
- * ks_review3_stat.c — an LD_PRELOAD shim for test/t/242_review3_scope_stat_race.pl
- * only, never built into the extension: it stops the watcher between its
- * read of the scope file and the stat() that it remembers as "the server's
- * own file" (scopefile.c ks_scope_file_is_ours(): known_stat), so that a
- * test can make an outside write land there — deterministically.
+ * ks_stat_pause.c — an LD_PRELOAD shim for test/t/242_scope_outside_stat_race.pl
+ * only, never built into the extension: it stops the watcher between a read
+ * of the scope file and its next stat() of it (scopefile.c
+ * ks_scope_file_is_ours(), whose stat is remembered as "the server's own
+ * file"), so that a test can make an outside write land there —
+ * deterministically.
  *
  * A process that has opened a path ending in "/kill_switch_scopes.json"
  * and then calls stat() on that path waits, if "pause_stat" exists in its

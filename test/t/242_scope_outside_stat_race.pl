@@ -1,14 +1,13 @@
-# Review 3, finding 3: the watcher remembers the scope file's stat as "the
-# server's own bytes" with a stat() taken AFTER it compared the bytes (and,
-# on the judging path, after it let go of the writers' lock): scopefile.c
-# ks_scope_file_is_ours(), "known = stat(path, &known_stat) == 0" at its
-# end.  An outside write that lands between the compare and that stat —
-# killswitch -D engage --scope, whose wait_until_judged() saw the file equal
-# to the copy and whose writers' lock is free — is then taken for the
-# server's own file by every later round (the stat matches), and never
-# judged while the server runs: the raise is never in force nor recorded.
-# Forced: an LD_PRELOAD shim (test/shim/ks_review3_stat.c) holds the
-# watcher between its read of the scope file and that stat().
+# The stat the watcher remembers as "the server's own scope file" is taken
+# before it reads the bytes it compares (scopefile.c
+# ks_scope_file_is_ours()), so an outside write landing between its compare
+# and the end of its round — killswitch -D engage --scope, whose
+# wait_until_judged() saw the file equal to the copy and whose writers'
+# lock is free — changes the stat and is judged by the next round: the
+# raise is put in force and recorded, never taken for the server's file.
+# Forced: an LD_PRELOAD shim (test/shim/ks_stat_pause.c) holds the watcher
+# at its stat() of the scope file after a read of it, and the outside write
+# lands there.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -19,8 +18,8 @@ use Time::HiRes qw(usleep);
 use KsTest;
 
 my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $shim = "$ENV{KS_SRCDIR}/test/shim/ks_review3_stat.so";
-my $node = ks_node('review3_stat');
+my $shim = "$ENV{KS_SRCDIR}/test/shim/ks_stat_pause.so";
+my $node = ks_node('scope_outside_stat_race');
 my $pgdata = $node->data_dir;
 my $dir = "$pgdata/pg_killswitch";
 
@@ -69,13 +68,13 @@ $waited = 0;
 usleep(10_000), $waited++ while -e "$dir/stat_paused" && $waited < 3000;
 
 ok(ks_within($node, "SELECT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)", 30),
-	'review3_stat: the outside raise is put in force');
-is(refused('agent_7'), 'KS001', 'review3_stat: agent_7 is refused');
+	'the outside raise is put in force');
+is(refused('agent_7'), 'KS001', 'agent_7 is refused');
 ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = $oid7 AND source = 'file'", 10),
-	'review3_stat: the outside raise is recorded');
-# what the failure means: the outside file sits there, unjudged
+	'the outside raise is recorded');
+# judged and recorded: the scope file holds the server's bytes, the raise in them
 like(slurp_file("$dir/kill_switch_scopes.json"), qr/"$oid7"/, 'the outside raise is still in the scope file');
-isnt(slurp_file("$dir/kill_switch_scopes.json"), slurp_file("$dir/scopes.json"),
-	'and the scope file is not the server\'s copy: no round judged it');
+ok(ks_within($node, "SELECT pg_read_file('pg_killswitch/kill_switch_scopes.json') = pg_read_file('pg_killswitch/scopes.json')", 10),
+	'and the scope file is the server\'s copy again: a look judged and recorded it');
 
 done_testing();

@@ -1,13 +1,11 @@
-# Review 3, finding 4: the watcher judges an outside write of the scope file
-# only under the writers' lock, and skips the round when the lock is busy
-# (scopefile.c ks_scope_file_is_ours(): ks_lock_dir_within(..., 0, ...)
-# fails -> "a writer is at it: the next round" -> true).  A hostile agent
-# with write access to the state directory plants and holds that lock (the
-# move of TAP 167): every outside raise of a scope — killswitch -D engage
-# --scope, which writes without the lock after its bounded wait — is never
-# judged, never in force, never recorded while the agent holds it.  Raising
-# needs nothing (§13): a raise must not wait on a lock anyone may hold
-# (§5.7), as the fleet's own outside raise does not.
+# A planted writers' lock does not keep an outside scope raise from being
+# judged: the watcher waits for the lock at most KS_SCOPE_LOCK_DEFER_MS (as
+# it waits for a writer of the state file, §5.7), then judges the scope
+# file without it and puts its raises in force (scopefile.c
+# lock_or_stuck()) — raising needs nothing; only a release, a verdict and a
+# put-back wait for the lock.  The plant is TAP 167's: a process with write
+# access to the state directory takes and holds the lock while
+# killswitch -D engage --scope writes without it after its bounded wait.
 use strict;
 use warnings;
 use Fcntl qw(:flock O_RDWR O_CREAT);
@@ -18,7 +16,7 @@ use IPC::Run;
 use KsTest;
 
 my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('review3_planted');
+my $node = ks_node('scope_outside_planted_lock');
 my $pgdata = $node->data_dir;
 my $dir = "$pgdata/pg_killswitch";
 
@@ -62,8 +60,8 @@ is($rc, 0, 'the outside raise is written (without the writers\' lock, after its 
 like(slurp_file("$dir/kill_switch_scopes.json"), qr/"$oid7"/, 'the scope file holds the raise');
 
 ok(ks_within($node, "SELECT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)", 30),
-	'review3_planted: the outside raise is in force while the lock is held');
-is(refused('agent_7'), 'KS001', 'review3_planted: agent_7 is refused');
+	'the outside raise is in force while the lock is held');
+is(refused('agent_7'), 'KS001', 'agent_7 is refused');
 
 # the agent lets go: then it is judged (the raise was only held back)
 close $lock;
