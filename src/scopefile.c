@@ -21,9 +21,11 @@
  * the committed scopes to what the chain says (scopechange.c,
  * ks_scopes_from_history()): a raise's event is in its transaction, so the
  * chain holds exactly the committed ones.  A copy or a scope file that does
- * not verify, or a scope file ahead of the copy, is tampering (startup.c
- * makes the verdict).  A scope file that lags the copy (a crash between the
- * two writes) or is missing is put back.  Nothing here throws an error.
+ * not verify, or a scope file ahead of the copy that it refuses, or one not
+ * past it that is not what a crash between the two writes leaves (each
+ * write names the scope file it replaces), is tampering (startup.c makes
+ * the verdict).  A scope file a crash left behind the copy, or a missing
+ * one, is put back.  Nothing here throws an error.
  */
 #include "postgres.h"
 
@@ -72,7 +74,7 @@ by_role_mode(const void *a, const void *b)
  * role, the highest of its committed state and its raises in flight.
  */
 static bool
-file_text(StringInfo out, KsScope *list, int n, int64 version,
+file_text(StringInfo out, KsScope *list, int n, int64 version, char *replaces,
 		  const char *secret, size_t secretlen)
 {
 	KsScopeFile f;
@@ -94,7 +96,29 @@ file_text(StringInfo out, KsScope *list, int n, int64 version,
 		f.n++;
 	}
 	f.version = version;
+	f.replaces = replaces;
 	return ks_scope_file_text(out, &f, secret, secretlen, NULL, 0);
+}
+
+/*
+ * The signature of the scope file as it is before a write (NULL: missing,
+ * or it does not verify), which the new text names in "replaces": a crash
+ * between the write of the copy and that of the scope file leaves exactly
+ * that file, and the start tells it so from a replay (ks_scope_file_load()).
+ */
+static char *
+replaced_signature(const char *path, const char *secret, size_t secretlen)
+{
+	char	   *text;
+	size_t		len;
+	char		problem[KS_PROBLEM_LEN];
+	KsScopeFile f;
+
+	if (ks_shared->state_dir_foreign ||
+		!ks_read_file(path, KS_MAX_SCOPE_FILE_SIZE, &text, &len, problem, sizeof(problem)) ||
+		!ks_scope_file_parse(text, len, secret, secretlen, &f, problem, sizeof(problem)))
+		return NULL;
+	return f.signature;
 }
 
 /*
@@ -136,7 +160,9 @@ ks_scope_file_write(void)
 	list = ks_scope_list_all(&n);
 	initStringInfo(&text);
 	version = ks_scope_file_version_next();
-	ok = file_text(&text, list, n, version, secret, secretlen);
+	scope_file_path(path, sizeof(path));
+	ok = file_text(&text, list, n, version, replaced_signature(path, secret, secretlen),
+				   secret, secretlen);
 	if (!ok)
 		strlcpy(problem, "could not compute HMAC-SHA256", sizeof(problem));
 	ok = ok && ks_write_file_durably(KS_SCOPES_COPY_FILE, text.data, text.len, problem, sizeof(problem));
@@ -146,7 +172,6 @@ ks_scope_file_write(void)
 		ks_scope_file_version_written(version);
 		ConditionVariableBroadcast(&ks_shared->published);
 	}
-	scope_file_path(path, sizeof(path));
 	ok = ok && (ks_shared->state_dir_foreign ||
 				ks_write_shared_file_durably(path, text.data, text.len, problem, sizeof(problem)));
 	ks_unlock_dir(fd);
@@ -799,13 +824,31 @@ load(const KsScopeFile *f)
 }
 
 /*
+ * Is a scope file not past the copy the copy's own bytes, or exactly what a
+ * crash between the server's two writes leaves — the scope file the copy's
+ * write replaced, whose signature the copy names in "replaces"?  Anything
+ * else not past the copy is a replay.
+ */
+static bool
+crash_left(const KsScopeFile *copy_file, const KsScopeFile *shared_file,
+		   const char *shared, size_t sharedlen, const char *copy, size_t copylen)
+{
+	if (sharedlen == copylen && memcmp(shared, copy, copylen) == 0)
+		return true;
+	return copy_file->replaces != NULL && shared_file->signature != NULL &&
+		ks_hex_equal(copy_file->replaces, shared_file->signature);
+}
+
+/*
  * At start, in the postmaster (startup.c): put the scopes of the copy in
  * force and the scope file back to the copy's bytes.  A scope file ahead of
  * the copy — an outside write while the server was down (killswitch -D) —
  * is judged as the watcher judges one (ARCHITECTURE §13): raises are in
  * force now, and a release waits unapplied, both left in the file for the
- * watcher's first look to record.  False, with problem, if either cannot be
- * trusted or the file is refused: the caller's verdict is the halt.
+ * watcher's first look to record.  One not past the copy is put back if it
+ * is what a crash between the two writes leaves (crash_left()), else it is
+ * a replay.  False, with problem, if either cannot be trusted or the file
+ * is refused: the caller's verdict is the halt.
  * Whatever verifies is loaded all the same (raising needs nothing).
  */
 bool
@@ -860,6 +903,11 @@ ks_scope_file_load(const char *secret, size_t secretlen, char *problem, size_t p
 	problem[0] = '\0';
 	if (have_shared && !shared_ok)
 		snprintf(problem, problemlen, "%s: %s", KS_SCOPE_FILE_NAME, shared_problem);
+	else if (have_shared && have_copy && shared_file.version <= copy_file.version &&
+			 !crash_left(&copy_file, &shared_file, shared, sharedlen, copy, copylen))
+		snprintf(problem, problemlen, "%s is a replay: its version " INT64_FORMAT
+				 " is not past the server's " INT64_FORMAT ", and it is not the file the server's copy replaced",
+				 KS_SCOPE_FILE_NAME, shared_file.version, copy_file.version);
 	else if (have_shared && (!have_copy || shared_file.version > copy_file.version))
 	{
 		/* an outside write while the server was down: judged, left for the watcher */
