@@ -312,7 +312,7 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 	{
 		ks_unlock_dir(lockfd);
 		pg_log_error("scope %u is not halted", role);
-		pg_log_error_detail("Only an active scope can be released; the scope file holds none for this role.");
+		pg_log_error_detail("Only an active scope can be released; the server's copy of the scope file holds none for this role.");
 		return KS_EXIT_ERROR;
 	}
 	if (!release && e != NULL && e->mode >= (KsMode) opt->mode)
