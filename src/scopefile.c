@@ -199,10 +199,10 @@ static size_t pending_copy_len = 0;
 /*
  * Every raise the rounds put in force from outside files since the last
  * look that recorded them, merged (the highest per role): what is in force
- * is the copy plus these.  A newer outside file is judged against that, and
- * merged into it, never replacing it — a file that leaves a pending raise
- * out (written on the copy alone) does not lower it: only a look drops
- * them, once it has recorded them (TopMemoryContext).
+ * is the copy plus these.  A newer outside file (judged against the copy)
+ * raises over that and is merged into it, never replacing it — a file that
+ * leaves a pending raise out (written on the copy alone) does not lower it:
+ * only a look drops them, once it has recorded them (TopMemoryContext).
  */
 static KsScopeFile pending_raises;
 
