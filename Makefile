@@ -23,7 +23,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 FE_OBJS = src/store_fe.o src/json_fe.o src/canonical_fe.o src/files_fe.o src/isotime_fe.o src/scopeformat_fe.o
 CLI_OBJS = src/cli/main.o src/cli/offline.o src/cli/offscope.o src/cli/online.o src/cli/fleet.o src/cli/keycheck.o
 FE_PROGRAMS = test/store_vectors src/cli/killswitch
-TEST_LIBS = test/hooks/ks_test_hooks.so test/faults/ks_faults.so test/shim/ks_pause.so test/shim/ks_oom.so
+TEST_LIBS = test/hooks/ks_test_hooks.so test/faults/ks_faults.so test/shim/ks_pause.so test/shim/ks_oom.so test/shim/ks_stat_pause.so
 EXTRA_CLEAN = $(PG_STAMP) bench/ks_probe test/ks_test_funcs.so test/ks_fastpath $(FE_OBJS) $(CLI_OBJS) $(FE_PROGRAMS) $(TEST_LIBS) test/fuzz/fuzz_state tmp_check results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -176,6 +176,11 @@ test/faults/ks_faults.so: test/faults/ks_faults.c
 # The tests' LD_PRELOAD shim that holds a process at its replace of the
 # state file (test/shim/ks_pause.c): never part of the extension.
 test/shim/ks_pause.so: test/shim/ks_pause.c
+	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
+
+# The tests' LD_PRELOAD shim that holds the watcher between a read of the
+# scope file and its next stat() of it (test/shim/ks_stat_pause.c): never part of the extension.
+test/shim/ks_stat_pause.so: test/shim/ks_stat_pause.c
 	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
 
 # The tests' LD_PRELOAD shim that fails one realloc() of one process on

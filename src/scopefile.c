@@ -21,9 +21,11 @@
  * the committed scopes to what the chain says (scopechange.c,
  * ks_scopes_from_history()): a raise's event is in its transaction, so the
  * chain holds exactly the committed ones.  A copy or a scope file that does
- * not verify, or a scope file ahead of the copy, is tampering (startup.c
- * makes the verdict).  A scope file that lags the copy (a crash between the
- * two writes) or is missing is put back.  Nothing here throws an error.
+ * not verify, or a scope file ahead of the copy that it refuses, or one not
+ * past it that is not what a crash between the two writes leaves (each
+ * write names the scope file it replaces), is tampering (startup.c makes
+ * the verdict).  A scope file a crash left behind the copy, or a missing
+ * one, is put back.  Nothing here throws an error.
  */
 #include "postgres.h"
 
@@ -35,6 +37,7 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "guc.h"
 #include "names.h"
@@ -71,7 +74,7 @@ by_role_mode(const void *a, const void *b)
  * role, the highest of its committed state and its raises in flight.
  */
 static bool
-file_text(StringInfo out, KsScope *list, int n, int64 version,
+file_text(StringInfo out, KsScope *list, int n, int64 version, char *replaces,
 		  const char *secret, size_t secretlen)
 {
 	KsScopeFile f;
@@ -93,7 +96,29 @@ file_text(StringInfo out, KsScope *list, int n, int64 version,
 		f.n++;
 	}
 	f.version = version;
+	f.replaces = replaces;
 	return ks_scope_file_text(out, &f, secret, secretlen, NULL, 0);
+}
+
+/*
+ * The signature of the scope file as it is before a write (NULL: missing,
+ * or it does not verify), which the new text names in "replaces": a crash
+ * between the write of the copy and that of the scope file leaves exactly
+ * that file, and the start tells it so from a replay (ks_scope_file_load()).
+ */
+static char *
+replaced_signature(const char *path, const char *secret, size_t secretlen)
+{
+	char	   *text;
+	size_t		len;
+	char		problem[KS_PROBLEM_LEN];
+	KsScopeFile f;
+
+	if (ks_shared->state_dir_foreign ||
+		!ks_read_file(path, KS_MAX_SCOPE_FILE_SIZE, &text, &len, problem, sizeof(problem)) ||
+		!ks_scope_file_parse(text, len, secret, secretlen, &f, problem, sizeof(problem)))
+		return NULL;
+	return f.signature;
 }
 
 /*
@@ -135,7 +160,9 @@ ks_scope_file_write(void)
 	list = ks_scope_list_all(&n);
 	initStringInfo(&text);
 	version = ks_scope_file_version_next();
-	ok = file_text(&text, list, n, version, secret, secretlen);
+	scope_file_path(path, sizeof(path));
+	ok = file_text(&text, list, n, version, replaced_signature(path, secret, secretlen),
+				   secret, secretlen);
 	if (!ok)
 		strlcpy(problem, "could not compute HMAC-SHA256", sizeof(problem));
 	ok = ok && ks_write_file_durably(KS_SCOPES_COPY_FILE, text.data, text.len, problem, sizeof(problem));
@@ -145,7 +172,6 @@ ks_scope_file_write(void)
 		ks_scope_file_version_written(version);
 		ConditionVariableBroadcast(&ks_shared->published);
 	}
-	scope_file_path(path, sizeof(path));
 	ok = ok && (ks_shared->state_dir_foreign ||
 				ks_write_shared_file_durably(path, text.data, text.len, problem, sizeof(problem)));
 	ks_unlock_dir(fd);
@@ -170,6 +196,16 @@ static size_t pending_file_len = 0;
 static char *pending_copy = NULL;	/* NULL: there was no copy */
 static size_t pending_copy_len = 0;
 
+/*
+ * Every raise the rounds put in force from outside files since the last
+ * look that recorded them, merged (the highest per role): what is in force
+ * is the copy plus these.  A newer outside file (judged against the copy)
+ * raises over that and is merged into it, never replacing it — a file that
+ * leaves a pending raise out (written on the copy alone) does not lower it:
+ * only a look drops them, once it has recorded them (TopMemoryContext).
+ */
+static KsScopeFile pending_raises;
+
 static char *
 keep_bytes(const char *bytes, size_t len)
 {
@@ -192,6 +228,9 @@ forget_pending(void)
 		pfree(pending_copy);
 	pending_file = pending_copy = NULL;
 	pending_file_len = pending_copy_len = 0;
+	if (pending_raises.entries)
+		pfree(pending_raises.entries);
+	memset(&pending_raises, 0, sizeof(pending_raises));
 }
 
 static bool
@@ -348,6 +387,177 @@ apply_raises(const KsScopeFile *held, const KsScopeFile *file)
 	}
 }
 
+static int
+by_entry_role(const void *a, const void *b)
+{
+	uint32		x = ((const KsScopeEntry *) a)->role;
+	uint32		y = ((const KsScopeEntry *) b)->role;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* A set's scope of role, its entries in any order (NULL: none). */
+static KsScopeEntry *
+find_unsorted(KsScopeEntry *entries, int n, uint32 role)
+{
+	for (int i = 0; i < n; i++)
+		if (entries[i].role == role)
+			return &entries[i];
+	return NULL;
+}
+
+/*
+ * What the files have put in force: the copy's scopes with the pending
+ * raises merged in, the highest per role (palloc'd, sorted; the copy's
+ * version and signature).
+ */
+static void
+in_force(const KsScopeFile *held, KsScopeFile *out)
+{
+	*out = *held;
+	out->entries = palloc0(sizeof(KsScopeEntry) * Max(held->n + pending_raises.n, 1));
+	if (held->n > 0)
+		memcpy(out->entries, held->entries, sizeof(KsScopeEntry) * held->n);
+	out->n = held->n;
+	for (int i = 0; i < pending_raises.n; i++)
+	{
+		const KsScopeEntry *p = &pending_raises.entries[i];
+		KsScopeEntry *e = find_unsorted(out->entries, out->n, p->role);
+
+		if (e == NULL)
+			out->entries[out->n++] = *p;
+		else if (p->mode > e->mode)
+			*e = *p;
+	}
+	if (out->n > 0)
+		qsort(out->entries, out->n, sizeof(KsScopeEntry), by_entry_role);
+}
+
+/* Keep the raises of an accepted file over what is in force, until a look records them. */
+static void
+merge_pending(const KsScopeFile *now, const KsScopeFile *file)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	if (pending_raises.entries == NULL)
+		pending_raises.entries = palloc0(sizeof(KsScopeEntry) * Max(file->n, 1));
+	else
+		pending_raises.entries = repalloc(pending_raises.entries,
+										  sizeof(KsScopeEntry) * (pending_raises.n + Max(file->n, 1)));
+	for (int i = 0; i < file->n; i++)
+	{
+		const KsScopeEntry *f = &file->entries[i];
+		KsScopeEntry *h = ks_scope_file_find(now, f->role);
+		KsScopeEntry *p;
+
+		if (h != NULL && f->mode <= h->mode)
+			continue;
+		p = find_unsorted(pending_raises.entries, pending_raises.n, f->role);
+		if (p == NULL)
+			pending_raises.entries[pending_raises.n++] = *f;
+		else
+			*p = *f;			/* above what was in force, so above it */
+	}
+	if (pending_raises.n > 0)
+		qsort(pending_raises.entries, pending_raises.n, sizeof(KsScopeEntry), by_entry_role);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * How long the watcher lets another writer hold the writers' lock before it
+ * judges an outside scope file without it: as long as it waits for a writer
+ * of the state file (worker.c KS_LOCK_DEFER_MS), since anyone who can write
+ * the state directory can hold the lock (ARCHITECTURE §5.7).
+ */
+#define KS_SCOPE_LOCK_DEFER_MS 250
+
+/* Since when the rounds have found the writers' lock busy (0: it was free). */
+static TimestampTz busy_since = 0;
+
+/*
+ * The writers' lock, or -1 with *stuck: has another process held it past
+ * KS_SCOPE_LOCK_DEFER_MS, or can it not be taken at all?  Then the round
+ * judges without it.
+ */
+static int
+lock_or_stuck(bool *stuck, char *problem, size_t problemlen)
+{
+	int			fd = ks_lock_dir_within(ks_state_dir, 0, problem, problemlen);
+	TimestampTz now;
+
+	*stuck = false;
+	if (fd >= 0 || errno != EWOULDBLOCK)
+	{
+		busy_since = 0;
+		*stuck = fd < 0;
+		return fd;
+	}
+	now = GetCurrentTimestamp();
+	if (busy_since == 0)
+		busy_since = now;
+	*stuck = now >= TimestampTzPlusMilliseconds(busy_since, KS_SCOPE_LOCK_DEFER_MS);
+	return -1;
+}
+
+/*
+ * Judge an outside file's text against the copy (the HMACs are resources:
+ * the round runs outside any transaction).  False, with problem, if it is
+ * refused.
+ */
+static bool
+judge_round(const char *copy, size_t copylen, const char *shared, size_t sharedlen,
+			KsScopeFile *held, KsScopeFile *file, OutsideKind *kind,
+			char *problem, size_t problemlen)
+{
+	char	   *secret;
+	size_t		secretlen;
+	ResourceOwner saved = CurrentResourceOwner;
+	ResourceOwner owner = ResourceOwnerCreate(NULL, "killswitch scope file");
+	bool		accepted;
+
+	CurrentResourceOwner = owner;
+	accepted = ks_backend_secret(&secret, &secretlen, problem, problemlen) &&
+		judge_texts(copy, copylen, shared, sharedlen, secret, secretlen,
+					held, file, kind, problem, problemlen);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, true);
+	ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
+	CurrentResourceOwner = saved;
+	ResourceOwnerDelete(owner);
+	return accepted;
+}
+
+/*
+ * An accepted outside file: its raises in force now, over what is in force
+ * (the copy and the raises still pending), and kept until a look records
+ * them.
+ */
+static void
+accept_outside(const char *copy, size_t copylen, const char *shared, size_t sharedlen,
+			   const KsScopeFile *held, const KsScopeFile *file, OutsideKind kind)
+{
+	KsScopeFile now;
+
+	/* raised over what is in force; what it leaves out stays pending */
+	in_force(held, &now);
+	apply_raises(&now, file);
+	merge_pending(&now, file);
+	if (pending_file)
+		pfree(pending_file);
+	if (pending_copy)
+		pfree(pending_copy);
+	pending_file = keep_bytes(shared, sharedlen);
+	pending_file_len = sharedlen;
+	pending_copy = keep_bytes(copy, copylen);
+	pending_copy_len = copylen;
+	ereport(LOG,
+			(errmsg("the scope file was changed outside the server (version " INT64_FORMAT "): %s",
+					file->version,
+					kind == OUTSIDE_RAISES ? "a raise, in force now" :
+					kind == OUTSIDE_RELEASES ? "a release, applied once recorded" : "no scope changes"),
+			 errdetail("The next look of the watcher that holds the lock ordering changes records it.")));
+}
+
 /*
  * The watcher, at every round (worker.c): is the scope file the server's own
  * bytes, those of its copy?  An outside write (ARCHITECTURE §13) is judged
@@ -356,89 +566,74 @@ apply_raises(const KsScopeFile *held, const KsScopeFile *file)
  * them (ks_scope_file_record_outside()).  Anything else is false, with
  * problem — a tamper verdict for the caller — and the copy's bytes put
  * back.  Bytes that differ are read again under the writers' lock before
- * they are judged — a writer between its two writes holds it; taken only
- * if free (busy: the next round looks again).  A missing file is put back,
- * no verdict (nothing was lowered: the scopes in force are shared memory's).
- * Never an error.
+ * they are judged — a writer between its two writes holds it.  Busy, the
+ * next round looks again — until another process has held it past
+ * KS_SCOPE_LOCK_DEFER_MS: then the file is judged without it, and only a
+ * file that raises or changes nothing is accepted (raising needs nothing);
+ * a release, a refusal and a put-back wait for the lock (without it, a
+ * server writer between its two writes cannot be told from a replay).
+ * A missing file is put back, no verdict (nothing was lowered: the scopes
+ * in force are shared memory's).  Never an error.
+ *
+ * The stat remembered as the server's own file is taken before the bytes
+ * are read: a write landing after it changes the stat, so the next round
+ * reads and judges it — never a stat of bytes that were not judged.
  */
 bool
 ks_scope_file_is_ours(char *problem, size_t problemlen)
 {
 	char		path[MAXPGPATH];
 	struct stat st;
+	bool		have_st;
 	char	   *copy;
 	char	   *shared;
 	size_t		copylen;
 	size_t		sharedlen;
 	bool		missing;
 	bool		ours;
-	int			fd;
+	bool		stuck;
+	bool		settled = true;
+	int			fd = -1;
 	MemoryContext tmp;
 	MemoryContext old;
 
 	if (ks_shared->state_dir_foreign)
 		return true;
 	scope_file_path(path, sizeof(path));
-	if (stat(path, &st) == 0 && known && same_stat(&st, &known_stat))
+	have_st = stat(path, &st) == 0;
+	if (have_st && known && same_stat(&st, &known_stat))
 		return true;
 	/* the files' bytes go with this context: the watcher lives long */
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "killswitch scope file", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(tmp);
-	if (same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen))
-		ours = true;
-	else
+	ours = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen);
+	if (!ours)
+		fd = lock_or_stuck(&stuck, problem, problemlen);
+	if (!ours && fd < 0 && !stuck)
+		settled = false;		/* a writer is at it: the next round */
+	else if (!ours)
 	{
-		fd = ks_lock_dir_within(ks_state_dir, 0, problem, problemlen);
-		if (fd < 0)
-		{
-			MemoryContextSwitchTo(old);
-			MemoryContextDelete(tmp);
-			return true;		/* a writer is at it: the next round */
-		}
-		ours = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen);
+		if (fd >= 0)
+			ours = same_bytes(path, &missing, &shared, &sharedlen, &copy, &copylen);
 		if (!ours && shared != NULL)
 		{
-			char	   *secret;
-			size_t		secretlen;
 			KsScopeFile held;
 			KsScopeFile file;
 			OutsideKind kind;
+			bool		accepted = judge_round(copy, copylen, shared, sharedlen,
+											   &held, &file, &kind, problem, problemlen);
 
-			ResourceOwner saved = CurrentResourceOwner;
-			ResourceOwner owner = ResourceOwnerCreate(NULL, "killswitch scope file");
-			bool		accepted;
-
-			/* the HMACs are resources: the round runs outside any transaction */
-			CurrentResourceOwner = owner;
-			accepted = ks_backend_secret(&secret, &secretlen, problem, problemlen) &&
-				judge_texts(copy, copylen, shared, sharedlen, secret, secretlen,
-							&held, &file, &kind, problem, problemlen);
-			ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, true);
-			ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, true);
-			ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, true);
-			CurrentResourceOwner = saved;
-			ResourceOwnerDelete(owner);
-			ours = false;
-			if (accepted)
+			if (accepted && (fd >= 0 || kind != OUTSIDE_RELEASES))
 			{
-				if (kind == OUTSIDE_RAISES || kind == OUTSIDE_RELEASES)
-					apply_raises(&held, &file);
-				/* judged against the copy as it is: a newer file replaces an older one */
-				forget_pending();
-				pending_file = keep_bytes(shared, sharedlen);
-				pending_file_len = sharedlen;
-				pending_copy = keep_bytes(copy, copylen);
-				pending_copy_len = copylen;
-				ereport(LOG,
-						(errmsg("the scope file was changed outside the server (version " INT64_FORMAT "): %s",
-								file.version,
-								kind == OUTSIDE_RAISES ? "a raise, in force now" :
-								kind == OUTSIDE_RELEASES ? "a release, applied once recorded" : "no scope changes"),
-						 errdetail("The next look of the watcher that holds the lock ordering changes records it.")));
+				accept_outside(copy, copylen, shared, sharedlen, &held, &file, kind);
 				ours = true;	/* no verdict: a look records it */
 			}
+			else if (fd < 0)
+				settled = false;	/* a release or a verdict needs the lock */
 		}
-		if (!ours && copy != NULL &&
+		else if (!ours && fd < 0)
+			settled = false;	/* put back under the lock only */
+		if (!ours && settled && copy != NULL &&
 			!ks_write_shared_file_durably(path, copy, copylen, problem, problemlen))
 			ereport(WARNING,
 					(errmsg("could not put the scope file back: %s", problem)));
@@ -446,10 +641,14 @@ ks_scope_file_is_ours(char *problem, size_t problemlen)
 		if (!ours && missing)
 			ours = true;		/* put back, no verdict */
 	}
-	known = stat(path, &known_stat) == 0;
+	if (settled)
+	{
+		known = have_st;
+		known_stat = st;
+	}
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(tmp);
-	return ours;
+	return ours || !settled;
 }
 
 /* Does an outside write of the scope file wait for a look to record it? */
@@ -551,6 +750,20 @@ record_releases(const KsScopeFile *held, const KsScopeFile *file, const char *re
 	}
 }
 
+/* Does every role the set names exist?  False, with problem, if not. */
+static bool
+roles_exist(const KsScopeFile *f, char *problem, size_t problemlen)
+{
+	for (int i = 0; i < f->n; i++)
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum((Oid) f->entries[i].role)))
+		{
+			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
+					 KS_SCOPE_FILE_NAME, f->entries[i].role);
+			return false;
+		}
+	return true;
+}
+
 /*
  * In a look of the watcher that holds the ordering lock (worker.c), before
  * the first look sets the scopes to the chain's: record the outside write
@@ -586,14 +799,12 @@ ks_scope_file_record_outside(char *problem, size_t problemlen)
 	reason = file.reason ? file.reason : "the scope file was changed outside the server";
 	by = file.triggered_by ? file.triggered_by : "file";
 	/* every role first: a file naming one that does not exist is refused whole */
-	for (int i = 0; i < file.n; i++)
-		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum((Oid) file.entries[i].role)))
-		{
-			snprintf(problem, problemlen, "%s names a role that does not exist (OID %u)",
-					 KS_SCOPE_FILE_NAME, file.entries[i].role);
-			return refuse();
-		}
-	if (!record_raises(&file, reason, by, &recorded, problem, problemlen))
+	if (!roles_exist(&file, problem, problemlen) ||
+		!roles_exist(&pending_raises, problem, problemlen))
+		return refuse();
+	/* every raise a round put in force, an earlier file's too, then this file's */
+	if (!record_raises(&pending_raises, reason, by, &recorded, problem, problemlen) ||
+		!record_raises(&file, reason, by, &recorded, problem, problemlen))
 		return refuse();
 	if (kind == OUTSIDE_RELEASES)
 		record_releases(&held, &file, reason, by, &recorded);
@@ -613,13 +824,31 @@ load(const KsScopeFile *f)
 }
 
 /*
+ * Is a scope file not past the copy the copy's own bytes, or exactly what a
+ * crash between the server's two writes leaves — the scope file the copy's
+ * write replaced, whose signature the copy names in "replaces"?  Anything
+ * else not past the copy is a replay.
+ */
+static bool
+crash_left(const KsScopeFile *copy_file, const KsScopeFile *shared_file,
+		   const char *shared, size_t sharedlen, const char *copy, size_t copylen)
+{
+	if (sharedlen == copylen && memcmp(shared, copy, copylen) == 0)
+		return true;
+	return copy_file->replaces != NULL && shared_file->signature != NULL &&
+		ks_hex_equal(copy_file->replaces, shared_file->signature);
+}
+
+/*
  * At start, in the postmaster (startup.c): put the scopes of the copy in
  * force and the scope file back to the copy's bytes.  A scope file ahead of
  * the copy — an outside write while the server was down (killswitch -D) —
  * is judged as the watcher judges one (ARCHITECTURE §13): raises are in
  * force now, and a release waits unapplied, both left in the file for the
- * watcher's first look to record.  False, with problem, if either cannot be
- * trusted or the file is refused: the caller's verdict is the halt.
+ * watcher's first look to record.  One not past the copy is put back if it
+ * is what a crash between the two writes leaves (crash_left()), else it is
+ * a replay.  False, with problem, if either cannot be trusted or the file
+ * is refused: the caller's verdict is the halt.
  * Whatever verifies is loaded all the same (raising needs nothing).
  */
 bool
@@ -674,6 +903,11 @@ ks_scope_file_load(const char *secret, size_t secretlen, char *problem, size_t p
 	problem[0] = '\0';
 	if (have_shared && !shared_ok)
 		snprintf(problem, problemlen, "%s: %s", KS_SCOPE_FILE_NAME, shared_problem);
+	else if (have_shared && have_copy && shared_file.version <= copy_file.version &&
+			 !crash_left(&copy_file, &shared_file, shared, sharedlen, copy, copylen))
+		snprintf(problem, problemlen, "%s is a replay: its version " INT64_FORMAT
+				 " is not past the server's " INT64_FORMAT ", and it is not the file the server's copy replaced",
+				 KS_SCOPE_FILE_NAME, shared_file.version, copy_file.version);
 	else if (have_shared && (!have_copy || shared_file.version > copy_file.version))
 	{
 		/* an outside write while the server was down: judged, left for the watcher */

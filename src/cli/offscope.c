@@ -31,6 +31,15 @@
 /* How long an engage waits for the writers' lock before it writes without it (offline.c's). */
 #define KS_SCOPE_LOCK_RAISE_MS 1000
 
+static int
+by_role(const void *a, const void *b)
+{
+	uint32		x = ((const KsScopeEntry *) a)->role;
+	uint32		y = ((const KsScopeEntry *) b)->role;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
 /* The scope's role OID, from --scope; exits if it is not one. */
 static uint32
 scope_oid(const char *scope)
@@ -97,16 +106,22 @@ release_key_or_exit(const char *release_key_file, char **key, size_t *len)
 }
 
 /*
- * The set the new file starts from: the scope file as read if it verifies
- * and is not behind the server's copy, else the copy; the copy is also what
- * the server judges the new file against, so "replaces" names it.
+ * The set the new file starts from: the server's copy, which is what the
+ * server judges the new file against ("replaces" names it), plus — if the
+ * scope file in the state directory verifies and is ahead of the copy (an
+ * outside write not yet recorded) — that file's raises, never its lowers:
+ * the state directory is writable by whoever holds it, and a set built on
+ * a planted file would carry the planter's lowers under the release key.
+ * Without a copy to trust (none, one that does not verify, or no data
+ * directory given) the scope file is the base: an engage goes on (raising
+ * needs nothing; the server judges the file), a release refuses.
  */
 static void
 base_set(const char *scope_file, const char *copy_file, const char *secret, size_t secretlen,
-		 KsScopeFile *base, const char **replaces, int64 *version)
+		 KsScopeFile *base, KsScopeFile *copy, bool *have_copy, const char **replaces,
+		 int64 *version)
 {
 	KsScopeFile file;
-	KsScopeFile copy;
 	bool		file_missing;
 	bool		copy_missing = true;
 	bool		file_ok;
@@ -116,23 +131,67 @@ base_set(const char *scope_file, const char *copy_file, const char *secret, size
 	file_ok = read_scopes(scope_file, secret, secretlen, &file, &file_missing, problem, sizeof(problem));
 	if (!file_ok && !file_missing)
 		pg_log_warning("the scope file cannot be trusted: %s", problem);
+	memset(copy, 0, sizeof(*copy));
 	if (copy_file != NULL)
-		copy_ok = read_scopes(copy_file, secret, secretlen, &copy, &copy_missing, problem, sizeof(problem));
+		copy_ok = read_scopes(copy_file, secret, secretlen, copy, &copy_missing, problem, sizeof(problem));
 	if (!copy_ok && !copy_missing)
 		pg_log_warning("the server's copy of the scope file cannot be trusted: %s", problem);
-
+	*have_copy = copy_ok;
 	memset(base, 0, sizeof(*base));
 	*replaces = NULL;
-	*version = 0;
-	if (file_ok && (!copy_ok || file.version >= copy.version))
-		*base = file;
-	else if (copy_ok)
-		*base = copy;
-	if (copy_ok)
-		*replaces = copy.signature;
-	else if (file_ok)
-		*replaces = file.signature;
-	*version = Max(file_ok ? file.version : 0, copy_ok ? copy.version : 0);
+	*version = Max(file_ok ? file.version : 0, copy_ok ? copy->version : 0);
+	if (!copy_ok)
+	{
+		if (file_ok)
+		{
+			*base = file;
+			*replaces = file.signature;
+		}
+		return;
+	}
+	*replaces = copy->signature;
+	base->entries = palloc0(sizeof(KsScopeEntry) * (copy->n + (file_ok ? file.n : 0) + 1));
+	memcpy(base->entries, copy->entries, sizeof(KsScopeEntry) * copy->n);
+	base->n = copy->n;
+	for (int i = 0; file_ok && file.version > copy->version && i < file.n; i++)
+	{
+		KsScopeEntry *f = &file.entries[i];
+		KsScopeEntry *h = NULL;
+
+		for (int j = 0; j < base->n; j++)
+			if (base->entries[j].role == f->role)
+				h = &base->entries[j];
+		if (h == NULL)
+			base->entries[base->n++] = *f;
+		else if (f->mode > h->mode)
+			*h = *f;
+	}
+	qsort(base->entries, base->n, sizeof(KsScopeEntry), by_role);
+}
+
+/*
+ * Does the new set differ from the server's copy only by the change asked
+ * (role) and by raises?  What the release key signs must lower nothing but
+ * the scope named: checked on the set about to be signed, whatever it was
+ * built from.
+ */
+static bool
+only_the_change(const KsScopeFile *copy, const KsScopeFile *next, uint32 role)
+{
+	for (int i = 0; i < copy->n; i++)
+	{
+		const KsScopeEntry *c = &copy->entries[i];
+		const KsScopeEntry *e = NULL;
+
+		if (c->role == role)
+			continue;
+		for (int j = 0; j < next->n; j++)
+			if (next->entries[j].role == c->role)
+				e = &next->entries[j];
+		if (e == NULL || e->mode < c->mode)
+			return false;
+	}
+	return true;
 }
 
 /* Is a server running on the data directory (postmaster.pid names a live process)? */
@@ -206,6 +265,8 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 	char		copy_file[MAXPGPATH];
 	char		problem[KS_PROBLEM_LEN];
 	KsScopeFile base;
+	KsScopeFile copy;
+	bool		have_copy = false;
 	KsScopeFile next;
 	KsScopeEntry *e;
 	const char *replaces;
@@ -232,7 +293,16 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 	if (lockfd < 0)
 		pg_log_warning("writing without the writers' lock: %s", problem);
 
-	base_set(scope_file, opt->pgdata ? copy_file : NULL, secret, secretlen, &base, &replaces, &version);
+	base_set(scope_file, opt->pgdata ? copy_file : NULL, secret, secretlen,
+			 &base, &copy, &have_copy, &replaces, &version);
+	if (release && !have_copy)
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("a release is built on the server's copy of the scope file, and there is none to trust");
+		pg_log_error_detail("The scope file in the state directory alone may have been written by anyone who can write there; the release key signs only what the server holds.");
+		pg_log_error_hint("Give -D with the data directory, or release the scope with ks_disengage().");
+		return KS_EXIT_ERROR;
+	}
 	memset(&next, 0, sizeof(next));
 	next.entries = palloc0(sizeof(KsScopeEntry) * (base.n + 1));
 	memcpy(next.entries, base.entries, sizeof(KsScopeEntry) * base.n);
@@ -242,7 +312,7 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 	{
 		ks_unlock_dir(lockfd);
 		pg_log_error("scope %u is not halted", role);
-		pg_log_error_detail("Only an active scope can be released; the scope file holds none for this role.");
+		pg_log_error_detail("Only an active scope can be released; the server's copy of the scope file holds none for this role.");
 		return KS_EXIT_ERROR;
 	}
 	if (!release && e != NULL && e->mode >= (KsMode) opt->mode)
@@ -268,6 +338,13 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 		e->generation++;
 		e->since_usec = now_usec();
 		e->unconfirmed = false;
+	}
+	if (have_copy && !only_the_change(&copy, &next, role))
+	{
+		ks_unlock_dir(lockfd);
+		pg_log_error("the new scope file would lower a scope other than %u", role);
+		pg_log_error_detail("It is built on the server's copy of the scope file; a set that lowers more than the scope named is not signed.");
+		return KS_EXIT_ERROR;
 	}
 	next.version = version + 1;
 	next.replaces = (char *) replaces;

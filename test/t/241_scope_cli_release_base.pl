@@ -1,0 +1,80 @@
+# killswitch -D disengage --scope builds its release on the server's copy
+# (pg_killswitch/scopes.json), never on the scope file in the state
+# directory as it finds it (src/cli/offscope.c base_set(): of that file
+# only a verified newer outside raise's raises are taken, never its
+# lowers), and signs nothing that lowers more than the scope named.  A
+# hostile agent holding only the signing secret and write access to the
+# state directory plants, while the server is down, a scope file that
+# drops another scope; an administrator's release of one scope releases
+# that one only — the planted lower is not laundered through the release
+# key, and the agent's scope stays in force after the start.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use JSON::PP;
+use Digest::SHA qw(hmac_sha256_hex);
+use KsTest;
+
+my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
+my $node = ks_node('scope_cli_release_base');
+my $pgdata = $node->data_dir;
+my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
+my $secret = ks_secret($node);
+
+sub ks
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
+sub sql { return $node->safe_psql('postgres', shift); }
+sub refused
+{
+	my ($role) = @_;
+	my ($out, $err) = ('', '');
+	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
+		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
+	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
+}
+
+sql(q{
+CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
+CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
+CREATE TABLE t (x int);
+GRANT ALL ON t TO PUBLIC;
+SELECT ks_engage('halt_all', 'agent_7 loops', 'pager', scope => 'agent_7');
+SELECT ks_engage('halt_all', 'agent_8 loops', 'pager', scope => 'agent_8');
+});
+my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
+my $oid8 = sql("SELECT 'agent_8'::regrole::oid");
+is(refused('agent_8'), 'KS001', 'agent_8 is halted by its scope');
+$node->stop;
+
+# the agent (agent_8): the signing secret, the state directory; its own scope dropped
+my $held = decode_json(slurp_file($file));
+my %scopes = %{ $held->{scopes} };
+delete $scopes{$oid8};
+my $obj = { key_id => $held->{key_id}, scopes => \%scopes, version => $held->{version} + 1 };
+$obj->{signature} = hmac_sha256_hex(JSON::PP->new->canonical->ascii->encode($obj), $secret);
+open my $fh, '>', $file or die $!;
+print $fh JSON::PP->new->canonical->ascii->encode($obj) . "\n";
+close $fh;
+
+# an administrator releases agent_7's scope, and only that one
+my ($rc, $out, $err) = ks('-D', $pgdata, 'disengage', '--reason', 'agent_7 fixed', '--by', 'boss', '--scope', $oid7);
+is($rc, 0, 'the administrator\'s release of agent_7 is written') or diag($err);
+my $written = decode_json(slurp_file($file));
+ok(exists $written->{scopes}{$oid8},
+	'the release the administrator signed still holds agent_8\'s scope');
+
+$node->start;
+ok($node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)"),
+	'agent_7\'s scope is released');
+is(refused('agent_8'), 'KS001', 'agent_8 is still halted');
+is(sql("SELECT count(*) FROM killswitch.events WHERE scope = $oid8 AND mode = 'disengaged'"), '0',
+	'no release of agent_8\'s scope is recorded');
+
+done_testing();

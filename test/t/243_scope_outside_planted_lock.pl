@@ -1,0 +1,71 @@
+# A planted writers' lock does not keep an outside scope raise from being
+# judged: the watcher waits for the lock at most KS_SCOPE_LOCK_DEFER_MS (as
+# it waits for a writer of the state file, §5.7), then judges the scope
+# file without it and puts its raises in force (scopefile.c
+# lock_or_stuck()) — raising needs nothing; only a release, a verdict and a
+# put-back wait for the lock.  The plant is TAP 167's: a process with write
+# access to the state directory takes and holds the lock while
+# killswitch -D engage --scope writes without it after its bounded wait.
+use strict;
+use warnings;
+use Fcntl qw(:flock O_RDWR O_CREAT);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use KsTest;
+
+my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
+my $node = ks_node('scope_outside_planted_lock');
+my $pgdata = $node->data_dir;
+my $dir = "$pgdata/pg_killswitch";
+
+sub ks
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
+sub sql { return $node->safe_psql('postgres', shift); }
+sub refused
+{
+	my ($role) = @_;
+	my ($out, $err) = ('', '');
+	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
+		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
+	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
+}
+sub plant_lock
+{
+	my $lock = "$dir/kill_switch_state.lock";
+	unlink $lock;
+	sysopen(my $fh, $lock, O_RDWR | O_CREAT, 0666) or die "open $lock: $!";
+	chmod 0666, $lock;
+	flock($fh, LOCK_EX) or die "flock: $!";
+	return $fh;
+}
+
+sql(q{
+CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
+CREATE TABLE t (x int);
+GRANT ALL ON t TO PUBLIC;
+SELECT ks_engage('halt_all', 'someone else', 'pager', scope => 'killswitch_operator');
+});
+my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
+is(refused('agent_7'), 'ok', 'agent_7 works before');
+
+my $lock = plant_lock();
+my ($rc, $out, $err) = ks('-D', $pgdata, 'engage', 'halt_all', '--reason', 'outside raise', '--scope', $oid7);
+is($rc, 0, 'the outside raise is written (without the writers\' lock, after its bounded wait)') or diag($err);
+like(slurp_file("$dir/kill_switch_scopes.json"), qr/"$oid7"/, 'the scope file holds the raise');
+
+ok(ks_within($node, "SELECT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)", 30),
+	'the outside raise is in force while the lock is held');
+is(refused('agent_7'), 'KS001', 'agent_7 is refused');
+
+# the agent lets go: then it is judged (the raise was only held back)
+close $lock;
+ok(ks_within($node, "SELECT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)", 30),
+	'once the lock is let go, the raise is in force (it was only held back)');
+
+done_testing();
