@@ -14,10 +14,10 @@
  * "signature" and "release_signature" — the state file's release
  * credential, verified by the same code (store.c).
  */
-#ifdef FRONTEND
-#include "postgres_fe.h"
-#else
+#ifndef FRONTEND
 #include "postgres.h"
+#else
+#include "postgres_fe.h"
 #endif
 
 #include "scopeformat.h"

@@ -58,11 +58,11 @@
 #include "persist.h"
 #include "release.h"
 #include "scopechange.h"
+#include "scopefile.h"
 #include "standby.h"
 #include "state.h"
 #include "store.h"
 #include "wal.h"
-#include "scopefile.h"
 #include "watch.h"
 
 /* What to do about the file. */

@@ -20,8 +20,8 @@
 #include "postgres_fe.h"
 
 #include <signal.h>
-#include <sys/time.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 
 #include "common/logging.h"
 
