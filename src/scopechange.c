@@ -34,9 +34,11 @@
 #include "storage/procarray.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "agents.h"
@@ -740,12 +742,18 @@ static void
 at_commit(void)
 {
 	ListCell   *lc;
-	bool		any_release = false;
+	bool		must_be_durable = false;
 
+	/*
+	 * With synchronous_commit off the commit record is not durable yet: a
+	 * release's must be before anyone reads the lower mode, and one that
+	 * recorded other transactions' raises (their marks go below) before
+	 * their marks go — a crash would otherwise lose a committed raise.
+	 */
 	foreach(lc, changes)
-		any_release |= ((ScopeChange *) lfirst(lc))->release;
-	/* with synchronous_commit off the commit record is not durable yet */
-	if (any_release)
+		must_be_durable |= ((ScopeChange *) lfirst(lc))->release ||
+			((ScopeChange *) lfirst(lc))->swept_xid != 0;
+	if (must_be_durable)
 		XLogFlush(XactLastCommitEnd);
 	foreach(lc, changes)
 	{
@@ -851,11 +859,29 @@ xid_outlives_crash(void)
 }
 
 /*
+ * A raise whose mark cannot be written (a full or read-only disk) is
+ * recorded in its own transaction after all: its commit waits for the
+ * ordering lock.  It is in force meanwhile, and neither lock_timeout nor
+ * statement_timeout may roll it back — the busy path exists for callers
+ * that set them; a cancel or the session's end still does.
+ */
+static void
+lock_order_untimed(void)
+{
+	(void) set_config_option("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	if (get_timeout_active(STATEMENT_TIMEOUT))
+		disable_timeout(STATEMENT_TIMEOUT, false);
+	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+}
+
+/*
  * Before the commit record, the raises whose event follows: a mark per
  * scope, durable, so that a crash at any instant is settled by the commit
  * log; then each raise in flight becomes a marked raise, in force after
  * the commit until its event is recorded.  A mark that cannot be written:
- * the raise waits for the lock after all and is recorded here (never lost).
+ * the raise waits for the lock after all, untimed, and is recorded here
+ * (never lost).
  */
 static void
 mark_deferred(void)
@@ -885,9 +911,12 @@ mark_deferred(void)
 					(void) ks_scope_mark_remove(xid, ((ScopeChange *) lfirst(written))->role);
 			ereport(WARNING,
 					(errmsg("could not write the mark of a scope's raise: %s", problem),
-					 errdetail("The raise waits for the lock that orders changes and is recorded in its transaction.")));
-			LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
+					 errdetail("The raise, in force, waits for the lock that orders changes and is recorded in its transaction; no timeout rolls it back.")));
+			lock_order_untimed();
+			/* at pre-commit no statement's snapshot is left: the record takes one */
+			PushActiveSnapshot(GetTransactionSnapshot());
 			record_before_ours();
+			PopActiveSnapshot();
 			return;
 		}
 	}

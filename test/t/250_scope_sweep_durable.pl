@@ -1,4 +1,4 @@
-# review4: a committed raise whose event followed (the ordering lock was
+# A committed raise whose event followed (the ordering lock was
 # busy) is lost by a crash when the transaction that recorded its event
 # (swept its mark: ks_record_scope_marks() from record_before_ours()) was a
 # RAISE with synchronous_commit = off.  at_commit() -> settle_swept()
@@ -20,7 +20,7 @@ use Test::More;
 use Time::HiRes qw(usleep);
 use KsTest;
 
-my $node = ks_node('review4_async_sweep', conf => "restart_after_crash = off\nbgwriter_lru_maxpages = 0\n");
+my $node = ks_node('scope_sweep_durable', conf => "restart_after_crash = off\nbgwriter_lru_maxpages = 0\n");
 sub sql { return $node->safe_psql('postgres', shift); }
 
 sub refused
