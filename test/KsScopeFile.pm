@@ -13,7 +13,7 @@ use IPC::Run;
 use JSON::PP;
 use KsTest;
 
-our @EXPORT = qw(ks_scope_node ks sql refused signed put);
+our @EXPORT = qw(ks_scope_node agents ks sql refused signed put);
 
 # The node the helpers below act on, and its scope file.
 my ($node, $file);
@@ -24,6 +24,19 @@ sub ks_scope_node
 	$node = ks_node(@_);
 	$file = $node->data_dir . '/pg_killswitch/kill_switch_scopes.json';
 	return $node;
+}
+
+# Two agents, agent_7 and agent_8, and a table t every role may write,
+# then the test's own SQL; returns agent_7's OID (the scope file's key).
+sub agents
+{
+	my ($more) = @_;
+	sql("CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;\n"
+		  . "CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;\n"
+		  . "CREATE TABLE t (x int);\n"
+		  . "GRANT ALL ON t TO PUBLIC;\n"
+		  . ($more // ''));
+	return sql("SELECT 'agent_7'::regrole::oid");
 }
 
 # The killswitch command with these arguments: (exit code, stdout, stderr).

@@ -43,15 +43,10 @@ sub same_files
 	return 0;
 }
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
+my $oid7 = agents(q{
 CREATE ROLE etl_agents NOLOGIN;
 CREATE ROLE agent_9 LOGIN IN ROLE killswitch_agent, etl_agents;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 my $team = sql("SELECT 'etl_agents'::regrole::oid");
 
 # 1. A name is refused offline; the OID is the scope's identity.

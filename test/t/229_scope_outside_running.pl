@@ -18,13 +18,7 @@ my $node = ks_scope_node('scope_outside_running');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
-});
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
+my $oid7 = agents();
 
 # 1. A raise through the file: applied by the watcher, recorded, announced.
 my $bg = $node->background_psql('postgres');

@@ -42,14 +42,9 @@ sub verdict_ok
 	sql("SELECT ks_disengage('checked', 'boss')");
 }
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
+my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'agent_7 loops', 'pager', scope => 'agent_7');
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 my $saved = slurp_file($file);		# a signed scope file, for the replay
 is(refused('agent_7'), 'KS001', 'agent_7 is halted by its scope');
 

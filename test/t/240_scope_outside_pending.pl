@@ -23,14 +23,9 @@ my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 my $copy = "$pgdata/pg_killswitch/scopes.json";
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
+my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'agent_8 loops', 'pager', scope => 'agent_8');
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 is(refused('agent_7'), 'ok', 'agent_7 works before');
 
 my $holder = $node->background_psql('postgres');

@@ -21,15 +21,10 @@ my $node = ks_scope_node('scope_cli_release_base');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
+my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'agent_7 loops', 'pager', scope => 'agent_7');
 SELECT ks_engage('halt_all', 'agent_8 loops', 'pager', scope => 'agent_8');
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 my $oid8 = sql("SELECT 'agent_8'::regrole::oid");
 is(refused('agent_8'), 'KS001', 'agent_8 is halted by its scope');
 $node->stop;

@@ -27,13 +27,7 @@ $node->stop;
 	local $ENV{LD_PRELOAD} = $shim;
 	$node->start;
 }
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
-});
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
+my $oid7 = agents();
 
 # hold the watcher at its next look at the scope file, between compare and stat
 open my $f, '>', "$dir/pause_stat" or die $!;

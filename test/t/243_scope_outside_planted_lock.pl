@@ -29,13 +29,9 @@ sub plant_lock
 	return $fh;
 }
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
+my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'someone else', 'pager', scope => 'killswitch_operator');
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 is(refused('agent_7'), 'ok', 'agent_7 works before');
 
 my $lock = plant_lock();
