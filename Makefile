@@ -175,12 +175,12 @@ test/faults/ks_faults.so: test/faults/ks_faults.c
 
 # The tests' LD_PRELOAD shim that holds a process at its replace of the
 # state file (test/shim/ks_pause.c): never part of the extension.
-test/shim/ks_pause.so: test/shim/ks_pause.c
+test/shim/ks_pause.so: test/shim/ks_pause.c test/shim/ks_shim_pause.h
 	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
 
 # The tests' LD_PRELOAD shim that holds the watcher between a read of the
 # scope file and its next stat() of it (test/shim/ks_stat_pause.c): never part of the extension.
-test/shim/ks_stat_pause.so: test/shim/ks_stat_pause.c
+test/shim/ks_stat_pause.so: test/shim/ks_stat_pause.c test/shim/ks_shim_pause.h
 	$(CC) $(CFLAGS) -shared -fPIC -o $@ $< -ldl
 
 # The tests' LD_PRELOAD shim that fails one realloc() of one process on

@@ -33,18 +33,6 @@ by_role(const void *a, const void *b)
 	return 0;
 }
 
-/* The first 16 hex digits of the key's SHA-256: which key signed, not the key. */
-static bool
-key_id_of(const char *key, size_t keylen, char *id)
-{
-	char		hex[KS_HEX_DIGEST_LEN + 1];
-
-	if (!ks_sha256_hex(key, keylen, hex))
-		return false;
-	strlcpy(id, hex, 17);
-	return true;
-}
-
 /*
  * The file's text, signed (with a release key, release-signed too).  The
  * entries must be one per role; they are sorted here.
@@ -55,11 +43,9 @@ ks_scope_file_text(StringInfo out, KsScopeFile *f, const char *secret, size_t se
 {
 	KsJson	   *obj = ks_json_object();
 	KsJson	   *scopes = ks_json_object();
-	StringInfoData canon;
 	char		key_id[17];
-	char		release_key_id[17];
-	char		sig[KS_HEX_DIGEST_LEN + 1];
-	char		release_sig[KS_HEX_DIGEST_LEN + 1];
+	/* the members point into these: they must live until the text is made */
+	KsSignatures sigs;
 
 	if (f->n > 1)
 		qsort(f->entries, f->n, sizeof(KsScopeEntry), by_role);
@@ -77,7 +63,7 @@ ks_scope_file_text(StringInfo out, KsScopeFile *f, const char *secret, size_t se
 		ks_json_put_bool(s, "unconfirmed", f->entries[i].unconfirmed);
 		ks_json_put_value(scopes, pstrdup(role), s);
 	}
-	if (!key_id_of(secret, secretlen, key_id))
+	if (!ks_key_id_of(secret, secretlen, key_id))
 		return false;
 	ks_json_put_string(obj, "key_id", key_id);
 	ks_json_put_value(obj, "scopes", scopes);
@@ -88,40 +74,12 @@ ks_scope_file_text(StringInfo out, KsScopeFile *f, const char *secret, size_t se
 		ks_json_put_string(obj, "reason", f->reason);
 	if (f->triggered_by)
 		ks_json_put_string(obj, "triggered_by", f->triggered_by);
-	if (release_key != NULL)
-	{
-		if (!key_id_of(release_key, release_keylen, release_key_id))
-			return false;
-		ks_json_put_string(obj, "release_key_id", release_key_id);
-		initStringInfo(&canon);
-		ks_json_canonical(&canon, obj, NULL);
-		if (!ks_hmac_hex(release_key, release_keylen, canon.data, canon.len, release_sig))
-			return false;
-		ks_json_put_string(obj, "release_signature", release_sig);
-	}
-	initStringInfo(&canon);
-	ks_json_canonical(&canon, obj, NULL);
-	if (!ks_hmac_hex(secret, secretlen, canon.data, canon.len, sig))
+	if (!ks_json_sign(obj, secret, secretlen, release_key, release_keylen, &sigs))
 		return false;
-	ks_json_put_string(obj, "signature", sig);
+	ks_json_put_string(obj, "signature", sigs.signature);
 	resetStringInfo(out);
 	ks_json_canonical(out, obj, NULL);
 	appendStringInfoChar(out, '\n');
-	return true;
-}
-
-/* An optional string member: absent is NULL; present, it must be a string. */
-static bool
-take_string(const KsJson *obj, const char *key, char **out)
-{
-	const KsJson *v = ks_json_get(obj, key);
-
-	*out = NULL;
-	if (v == NULL)
-		return true;
-	if (v->kind != KSJ_STRING)
-		return false;
-	*out = v->str;
 	return true;
 }
 
@@ -199,11 +157,11 @@ ks_scope_file_parse(const char *text, size_t len, const char *secret, size_t sec
 		snprintf(problem, problemlen, "bad signature");
 		return false;
 	}
-	if (!take_string(obj, "replaces", &f->replaces) ||
-		!take_string(obj, "reason", &f->reason) ||
-		!take_string(obj, "triggered_by", &f->triggered_by) ||
-		!take_string(obj, "release_signature", &f->release.release_signature) ||
-		!take_string(obj, "release_key_id", &f->release.release_key_id))
+	if (!ks_json_take_string(obj, "replaces", &f->replaces, false) ||
+		!ks_json_take_string(obj, "reason", &f->reason, false) ||
+		!ks_json_take_string(obj, "triggered_by", &f->triggered_by, false) ||
+		!ks_json_take_string(obj, "release_signature", &f->release.release_signature, false) ||
+		!ks_json_take_string(obj, "release_key_id", &f->release.release_key_id, false))
 	{
 		snprintf(problem, problemlen, "a member of the scope file is not a string");
 		return false;

@@ -214,9 +214,12 @@ state_object(const KsState *st)
 	return obj;
 }
 
-/* Which key signed: the first 16 hex digits of its SHA-256 (key_id's rule). */
-static bool
-key_id_of(const char *key, size_t keylen, char *id)
+/*
+ * Which key signed: the first 16 hex digits of its SHA-256 (key_id's rule),
+ * for the state file and the scope file (scopeformat.c) alike.
+ */
+bool
+ks_key_id_of(const char *key, size_t keylen, char *id)
 {
 	char		hex[KS_HEX_DIGEST_LEN + 1];
 
@@ -224,6 +227,38 @@ key_id_of(const char *key, size_t keylen, char *id)
 		return false;
 	strlcpy(id, hex, 17);
 	return true;
+}
+
+/*
+ * Sign a file's object as §3 says.  With a release key, first add
+ * release_key_id and release_signature: the HMAC-SHA256 under the release
+ * key of the canonical form of every member so far.  Then compute the
+ * signature under the shared secret over every member, release_signature
+ * included; the caller adds it as "signature" where its layout puts it.
+ * The members point into sigs: it must live until the text is made.
+ * Shared by the state file and the scope file (scopeformat.c).
+ */
+bool
+ks_json_sign(KsJson *obj, const char *secret, size_t secretlen,
+			 const char *release_key, size_t release_keylen, KsSignatures *sigs)
+{
+	StringInfoData canon;
+
+	if (release_key != NULL)
+	{
+		if (!ks_key_id_of(release_key, release_keylen, sigs->release_key_id))
+			return false;
+		ks_json_put_string(obj, "release_key_id", sigs->release_key_id);
+		initStringInfo(&canon);
+		ks_json_canonical(&canon, obj, NULL);
+		if (!ks_hmac_hex(release_key, release_keylen, canon.data, canon.len,
+						 sigs->release_signature))
+			return false;
+		ks_json_put_string(obj, "release_signature", sigs->release_signature);
+	}
+	initStringInfo(&canon);
+	ks_json_canonical(&canon, obj, NULL);
+	return ks_hmac_hex(secret, secretlen, canon.data, canon.len, sigs->signature);
 }
 
 /*
@@ -243,32 +278,16 @@ ks_state_file_text(StringInfo out, const KsState *state,
 				   const char *release_key, size_t release_keylen)
 {
 	KsJson	   *obj = state_object(state);
-	StringInfoData canon;
-	char		sig[KS_HEX_DIGEST_LEN + 1];
 	/* the members point into these: they must live until the text is made */
-	char		release_key_id[17];
-	char		release_sig[KS_HEX_DIGEST_LEN + 1];
+	KsSignatures sigs;
 	int			sorted[16];
 
 	if (state->generation > KS_MAX_GENERATION)
 		return false;
-	if (release_key != NULL)
-	{
-		initStringInfo(&canon);
-		if (!key_id_of(release_key, release_keylen, release_key_id))
-			return false;
-		ks_json_put_string(obj, "release_key_id", release_key_id);
-		ks_json_canonical(&canon, obj, NULL);
-		if (!ks_hmac_hex(release_key, release_keylen, canon.data, canon.len, release_sig))
-			return false;
-		ks_json_put_string(obj, "release_signature", release_sig);
-	}
-	initStringInfo(&canon);
-	ks_json_canonical(&canon, obj, NULL);
-	if (!ks_hmac_hex(secret, secretlen, canon.data, canon.len, sig))
+	if (!ks_json_sign(obj, secret, secretlen, release_key, release_keylen, &sigs))
 		return false;
 	ks_json_sorted_members(obj, sorted);
-	ks_json_put_string(obj, "signature", sig);
+	ks_json_put_string(obj, "signature", sigs.signature);
 	sorted[obj->nitems - 1] = obj->nitems - 1;
 
 	/*
@@ -288,9 +307,13 @@ ks_state_file_text(StringInfo out, const KsState *state,
 	return true;
 }
 
-/* Copy a string member into *dst; false if it is neither string nor null. */
-static bool
-take_string(const KsJson *obj, const char *key, char **dst, bool nullable)
+/*
+ * Copy a string member into *dst (absent: NULL); false if it is not a
+ * string, or is null and not nullable.  The scope file's reader
+ * (scopeformat.c) takes its members with it too.
+ */
+bool
+ks_json_take_string(const KsJson *obj, const char *key, char **dst, bool nullable)
 {
 	const KsJson *v = ks_json_get(obj, key);
 
@@ -382,12 +405,12 @@ ks_state_from_text(const char *text, size_t len,
 		return PROBLEM("unknown mode");
 	st->mode = ks_mode_from_file_name(mode->str);
 
-	if (!take_string(root, "engaged_at", &st->engaged_at, true) ||
+	if (!ks_json_take_string(root, "engaged_at", &st->engaged_at, true) ||
 		(st->engaged_at && !ks_parse_iso(st->engaged_at, &dummy)))
 		return PROBLEM("\"engaged_at\" is not an ISO-8601 time stamp or null");
-	if (!take_string(root, "reason", &st->reason, true))
+	if (!ks_json_take_string(root, "reason", &st->reason, true))
 		return PROBLEM("\"reason\" is not a string or null");
-	if (!take_string(root, "triggered_by", &st->triggered_by, true))
+	if (!ks_json_take_string(root, "triggered_by", &st->triggered_by, true))
 		return PROBLEM("\"triggered_by\" is not a string or null");
 	if (!take_count(root, "generation", &st->generation))
 		return PROBLEM("\"generation\" is not a non-negative integer");
@@ -397,15 +420,15 @@ ks_state_from_text(const char *text, size_t len,
 		return PROBLEM("\"affected_tasks\" is not a non-negative integer");
 	if (!take_count(root, "event_id", &st->event_id))
 		return PROBLEM("\"event_id\" is not a non-negative integer");
-	if (!take_string(root, "source", &st->source, true))
+	if (!ks_json_take_string(root, "source", &st->source, true))
 		return PROBLEM("\"source\" is not a string");
-	if (!take_string(root, "key_id", &st->key_id, true))
+	if (!ks_json_take_string(root, "key_id", &st->key_id, true))
 		return PROBLEM("\"key_id\" is not a string");
-	if (!take_string(root, "replaces", &st->replaces, true))
+	if (!ks_json_take_string(root, "replaces", &st->replaces, true))
 		return PROBLEM("\"replaces\" is not a string");
-	if (!take_string(root, "release_signature", &st->release_signature, false))
+	if (!ks_json_take_string(root, "release_signature", &st->release_signature, false))
 		return PROBLEM("\"release_signature\" is not a string");
-	if (!take_string(root, "release_key_id", &st->release_key_id, false))
+	if (!ks_json_take_string(root, "release_key_id", &st->release_key_id, false))
 		return PROBLEM("\"release_key_id\" is not a string");
 	st->object = root;
 	{
@@ -415,7 +438,7 @@ ks_state_from_text(const char *text, size_t len,
 			return PROBLEM("\"tampered\" is not a boolean");
 		st->tampered = t != NULL && t->bval;
 	}
-	if (!take_string(root, "previous_mode", &prev, true))
+	if (!ks_json_take_string(root, "previous_mode", &prev, true))
 		return PROBLEM("\"previous_mode\" is not a string");
 	if (prev != NULL)
 	{

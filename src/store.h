@@ -143,6 +143,21 @@ extern bool ks_hmac_hex(const char *key, size_t keylen,
 						const char *data, size_t datalen, char *hex);
 extern bool ks_sha256_hex(const char *data, size_t datalen, char *hex);
 extern bool ks_hex_equal(const char *a, const char *b);
+extern bool ks_key_id_of(const char *key, size_t keylen, char *id);	/* 17 bytes */
+
+/* What ks_json_sign() computes; a signed object's members point into it. */
+typedef struct KsSignatures
+{
+	char		release_key_id[17];
+	char		release_signature[KS_HEX_DIGEST_LEN + 1];
+	char		signature[KS_HEX_DIGEST_LEN + 1];
+} KsSignatures;
+
+extern bool ks_json_sign(KsJson *obj, const char *secret, size_t secretlen,
+						 const char *release_key, size_t release_keylen,
+						 KsSignatures *sigs);
+extern bool ks_json_take_string(const KsJson *obj, const char *key, char **dst,
+								bool nullable);
 
 /* States */
 extern void ks_state_init(KsState *state);

@@ -74,6 +74,10 @@ extern bool ks_cli_secret_mismatch(const char *secret, size_t secretlen, const c
 extern void ks_cli_report_mismatch(const KsKeyMismatch *m, bool writing);
 
 extern int	ks_cli_offline(const KsOptions *opt);
+extern int64 ks_cli_now_usec(void);
+extern bool ks_cli_server_running(const char *pgdata);
+extern bool ks_cli_release_key_load(const char *file, bool needed, const char *lowering,
+									char **key, size_t *len);
 extern int	ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *secret,
 								 size_t secretlen, const char *release_key_file);
 extern int	ks_cli_online(const KsOptions *opt);

@@ -238,9 +238,9 @@ show(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secretle
 	return st.mode == KS_DISENGAGED ? KS_EXIT_OK : KS_EXIT_ENGAGED;
 }
 
-/* Microseconds since the epoch, now. */
-static int64
-now_usec(void)
+/* Microseconds since the epoch, now (offscope.c's clock too). */
+int64
+ks_cli_now_usec(void)
 {
 	struct timeval tv;
 
@@ -249,30 +249,32 @@ now_usec(void)
 }
 
 /*
- * The release key, which a file needs to lower the mode.  A release
- * (needed) fails without it; any other write is signed with it when it can
- * be read and goes without it otherwise (raising the mode needs only the
- * shared secret).
+ * The release key, which a file needs to lower the mode or a scope.  A
+ * release (needed) fails without it, saying why; any other write is signed
+ * with it when it can be read and goes without it otherwise (raising needs
+ * only the shared secret).  file is NULL or "" when not known; lowering
+ * names what is judged tampering without the key (offscope.c's too).
  */
-static bool
-release_key_load(const KsPaths *p, bool needed, char **key, size_t *len)
+bool
+ks_cli_release_key_load(const char *file, bool needed, const char *lowering,
+						char **key, size_t *len)
 {
 	char		problem[KS_PROBLEM_LEN];
+	bool		known = file != NULL && file[0] != '\0';
 
 	*key = NULL;
 	*len = 0;
-	if (p->release_key_file[0] != '\0' &&
-		ks_secret_load(p->release_key_file, false, key, len, problem, sizeof(problem)))
+	if (known && ks_secret_load(file, false, key, len, problem, sizeof(problem)))
 		return true;
 	if (!needed)
 		return true;
-	if (p->release_key_file[0] == '\0')
+	if (!known)
 		pg_log_error("a release needs the release key, and its file is not known");
 	else
 		pg_log_error("a release needs the release key: could not read \"%s\": %s",
-					 p->release_key_file, problem);
+					 file, problem);
 	pg_log_error_hint("Give --release-key-file (default: DATADIR/pg_killswitch/release.key); "
-					  "a file that lowers the mode without it is judged tampering.");
+					  "%s without it is judged tampering.", lowering);
 	return false;
 }
 
@@ -288,17 +290,18 @@ release_key_load(const KsPaths *p, bool needed, char **key, size_t *len)
  */
 #define KS_LOCK_RAISE_FRONTEND_MS 1000
 
-/* Is a server running on the data directory (postmaster.pid names a live process)? */
-static bool
-server_running(const KsOptions *opt)
+/*
+ * Is a server running on the data directory (postmaster.pid names a live
+ * process)?  offscope.c asks it too.
+ */
+bool
+ks_cli_server_running(const char *pgdata)
 {
 	char		path[MAXPGPATH];
 	FILE	   *f;
 	long		pid = 0;
 
-	if (opt->pgdata == NULL)
-		return false;
-	snprintf(path, sizeof(path), "%s/postmaster.pid", opt->pgdata);
+	snprintf(path, sizeof(path), "%s/postmaster.pid", pgdata);
 	f = fopen(path, "r");
 	if (f == NULL)
 		return false;
@@ -340,21 +343,21 @@ static int
 lock_when_judged(const KsOptions *opt, const KsPaths *p, const char *secret,
 				 size_t secretlen, bool raise, char *problem, size_t problemlen)
 {
-	bool		wait = server_running(opt) && p->last_applied[0];
-	int64		deadline = now_usec() +
+	bool		wait = opt->pgdata != NULL && ks_cli_server_running(opt->pgdata) && p->last_applied[0];
+	int64		deadline = ks_cli_now_usec() +
 		(int64) (raise ? KS_JUDGED_WAIT_RAISE_MS : KS_JUDGED_WAIT_MS) * 1000;
 
 	for (;;)
 	{
 		int			lockfd;
 
-		while (wait && !server_has_judged(p, secret, secretlen) && now_usec() < deadline)
+		while (wait && !server_has_judged(p, secret, secretlen) && ks_cli_now_usec() < deadline)
 			pg_usleep(10 * 1000L);
 		lockfd = raise ? ks_lock_dir_within(p->state_dir, KS_LOCK_RAISE_FRONTEND_MS, problem, problemlen)
 			: ks_lock_dir(p->state_dir, problem, problemlen);
 		if (lockfd < 0 || !wait || server_has_judged(p, secret, secretlen))
 			return lockfd;
-		if (now_usec() >= deadline)
+		if (ks_cli_now_usec() >= deadline)
 		{
 			pg_log_warning("the server has not applied the previous change to the state file yet; writing anyway");
 			pg_log_warning_detail("The two changes may be recorded as one event.");
@@ -565,15 +568,15 @@ change(const KsOptions *opt, const KsPaths *p, const char *secret, size_t secret
 		pg_log_error("the generation is at its bound (" INT64_FORMAT "): no change can follow", KS_MAX_GENERATION);
 		return KS_EXIT_ERROR;
 	}
-	if (!release_key_load(p, lowers || opt->command == CMD_DISENGAGE,
-						  &release_key, &release_keylen))
+	if (!ks_cli_release_key_load(p->release_key_file, lowers || opt->command == CMD_DISENGAGE,
+								 "a file that lowers the mode", &release_key, &release_keylen))
 	{
 		ks_unlock_dir(lockfd);
 		return KS_EXIT_ERROR;
 	}
 
 	ks_state_init(&next);
-	ks_format_iso_utc(now_usec(), at, sizeof(at));
+	ks_format_iso_utc(ks_cli_now_usec(), at, sizeof(at));
 	ks_sha256_hex(secret, secretlen, key_hex);
 	key_hex[16] = '\0';
 	next.mode = (KsMode) mode;

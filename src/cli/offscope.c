@@ -19,9 +19,7 @@
  */
 #include "postgres_fe.h"
 
-#include <signal.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 
 #include "common/logging.h"
 
@@ -59,15 +57,6 @@ scope_oid(const char *scope)
 	return (uint32) oid;
 }
 
-static int64
-now_usec(void)
-{
-	struct timeval tv;
-
-	gettimeofday(&tv, NULL);
-	return (int64) tv.tv_sec * 1000000 + tv.tv_usec;
-}
-
 /* Read and verify a scope file; false if it is missing or cannot be trusted (problem says). */
 static bool
 read_scopes(const char *path, const char *secret, size_t secretlen, KsScopeFile *f,
@@ -84,25 +73,6 @@ read_scopes(const char *path, const char *secret, size_t secretlen, KsScopeFile 
 	if (!ks_read_file(path, KS_MAX_FILE_SIZE * 4, &text, &len, problem, problemlen))
 		return false;
 	return ks_scope_file_parse(text, len, secret, secretlen, f, problem, problemlen);
-}
-
-/* The release key, which a release needs; exits without it. */
-static void
-release_key_or_exit(const char *release_key_file, char **key, size_t *len)
-{
-	char		problem[KS_PROBLEM_LEN];
-
-	if (release_key_file != NULL &&
-		ks_secret_load(release_key_file, false, key, len, problem, sizeof(problem)))
-		return;
-	if (release_key_file == NULL)
-		pg_log_error("a release needs the release key, and its file is not known");
-	else
-		pg_log_error("a release needs the release key: could not read \"%s\": %s",
-					 release_key_file, problem);
-	pg_log_error_hint("Give --release-key-file (default: DATADIR/pg_killswitch/release.key); "
-					  "a scope file that lowers a scope without it is judged tampering.");
-	exit(KS_EXIT_ERROR);
 }
 
 /*
@@ -194,24 +164,6 @@ only_the_change(const KsScopeFile *copy, const KsScopeFile *next, uint32 role)
 	return true;
 }
 
-/* Is a server running on the data directory (postmaster.pid names a live process)? */
-static bool
-server_running(const char *pgdata)
-{
-	char		path[MAXPGPATH];
-	FILE	   *f;
-	long		pid = 0;
-
-	snprintf(path, sizeof(path), "%s/postmaster.pid", pgdata);
-	f = fopen(path, "r");
-	if (f == NULL)
-		return false;
-	if (fscanf(f, "%ld", &pid) != 1)
-		pid = 0;
-	fclose(f);
-	return pid > 0 && (kill((pid_t) pid, 0) == 0 || errno == EPERM);
-}
-
 /* Does the scope file hold the server's copy's bytes (the server has judged it)? */
 static bool
 judged(const char *scope_file, const char *copy_file)
@@ -243,7 +195,7 @@ wait_until_judged(const KsOptions *opt, const char *scope_file, const char *copy
 {
 	int			waited = 0;
 
-	if (opt->pgdata == NULL || !server_running(opt->pgdata))
+	if (opt->pgdata == NULL || !ks_cli_server_running(opt->pgdata))
 		return;
 	while (!judged(scope_file, copy_file) && waited < KS_SCOPE_JUDGED_WAIT_MS)
 	{
@@ -280,7 +232,11 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 	if (opt->pgdata)
 		snprintf(copy_file, sizeof(copy_file), "%s/pg_killswitch/scopes.json", opt->pgdata);
 	if (release)
-		release_key_or_exit(release_key_file, &key, &keylen);
+	{
+		if (!ks_cli_release_key_load(release_key_file, true, "a scope file that lowers a scope",
+									 &key, &keylen))
+			exit(KS_EXIT_ERROR);
+	}
 	if (opt->pgdata)
 		wait_until_judged(opt, scope_file, copy_file);
 	lockfd = release ? ks_lock_dir(state_dir, problem, sizeof(problem))
@@ -336,7 +292,7 @@ ks_cli_offline_scope(const KsOptions *opt, const char *state_dir, const char *se
 		}
 		e->mode = (KsMode) opt->mode;
 		e->generation++;
-		e->since_usec = now_usec();
+		e->since_usec = ks_cli_now_usec();
 		e->unconfirmed = false;
 	}
 	if (have_copy && !only_the_change(&copy, &next, role))

@@ -24,10 +24,8 @@
 #define KS_SHIM_EXPORT __attribute__((visibility("default")))
 
 #include <dlfcn.h>
-#include <fcntl.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
+
+#include "ks_shim_pause.h"
 
 #define TARGET "/kill_switch_state.json"
 
@@ -35,29 +33,8 @@
 static void
 pause_if_asked(const char *path)
 {
-	char		dir[4096];
-	char		flag[4200];
-	char		paused[4200];
-	size_t		len = strlen(path);
-	char	   *slash;
-	int			fd;
-
-	if (len < strlen(TARGET) || strcmp(path + len - strlen(TARGET), TARGET) != 0 ||
-		len >= sizeof(dir))
-		return;
-	memcpy(dir, path, len + 1);
-	slash = strrchr(dir, '/');
-	*slash = '\0';
-	snprintf(flag, sizeof(flag), "%s/pause_replace", dir[0] ? dir : "/");
-	snprintf(paused, sizeof(paused), "%s/replace_paused", dir[0] ? dir : "/");
-	if (access(flag, F_OK) != 0)
-		return;
-	fd = open(paused, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	if (fd >= 0)
-		close(fd);
-	for (int i = 0; i < 6000 && access(flag, F_OK) == 0; i++)
-		usleep(10000);
-	unlink(paused);
+	if (ks_shim_is_target(path, TARGET))
+		ks_shim_pause(path, "pause_replace", "replace_paused");
 }
 
 KS_SHIM_EXPORT int

@@ -18,47 +18,13 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <stdarg.h>
-#include <stdio.h>
-#include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
+
+#include "ks_shim_pause.h"
 
 #define TARGET "/kill_switch_scopes.json"
 
 static int	read_since_stat = 0;
-
-static int
-is_target(const char *path)
-{
-	size_t		len = path ? strlen(path) : 0;
-
-	return len >= strlen(TARGET) && strcmp(path + len - strlen(TARGET), TARGET) == 0 &&
-		len < 4000;
-}
-
-static void
-pause_here(const char *path)
-{
-	char		dir[4096];
-	char		flag[4200];
-	char		paused[4200];
-	char	   *slash;
-	int			fd;
-
-	strcpy(dir, path);
-	slash = strrchr(dir, '/');
-	*slash = '\0';
-	snprintf(flag, sizeof(flag), "%s/pause_stat", dir[0] ? dir : "/");
-	snprintf(paused, sizeof(paused), "%s/stat_paused", dir[0] ? dir : "/");
-	if (access(flag, F_OK) != 0)
-		return;
-	fd = open(paused, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	if (fd >= 0)
-		close(fd);
-	for (int i = 0; i < 6000 && access(flag, F_OK) == 0; i++)
-		usleep(10000);
-	unlink(paused);
-}
 
 KS_SHIM_EXPORT int
 open(const char *path, int flags, ...)
@@ -76,7 +42,7 @@ open(const char *path, int flags, ...)
 		mode = va_arg(ap, mode_t);
 		va_end(ap);
 	}
-	if (is_target(path) && (flags & O_ACCMODE) == O_RDONLY)
+	if (ks_shim_is_target(path, TARGET) && (flags & O_ACCMODE) == O_RDONLY)
 		read_since_stat = 1;
 	return next(path, flags, mode);
 }
@@ -88,10 +54,10 @@ stat(const char *path, struct stat *buf)
 
 	if (next == NULL)
 		next = dlsym(RTLD_NEXT, "stat");
-	if (is_target(path))
+	if (ks_shim_is_target(path, TARGET))
 	{
 		if (read_since_stat)
-			pause_here(path);
+			ks_shim_pause(path, "pause_stat", "stat_paused");
 		read_since_stat = 0;
 	}
 	return next(path, buf);

@@ -12,33 +12,17 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 use JSON::PP;
 use Time::HiRes qw(usleep);
 use Digest::SHA qw(hmac_sha256_hex);
 use KsTest;
+use KsScopeFile;
 
-my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('scope_offline');
+my $node = ks_scope_node('scope_offline');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 my $secret = ks_secret($node);
 
-sub ks
-{
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
-	return ($? >> 8, $out, $err);
-}
-sub sql { return $node->safe_psql('postgres', shift); }
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
 sub scopes
 {
 	return sql("SELECT coalesce(string_agg(scope::text || '=' || mode, ',' ORDER BY scope::text), '') FROM ks_scopes()");
@@ -59,15 +43,10 @@ sub same_files
 	return 0;
 }
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
+my $oid7 = agents(q{
 CREATE ROLE etl_agents NOLOGIN;
 CREATE ROLE agent_9 LOGIN IN ROLE killswitch_agent, etl_agents;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 my $team = sql("SELECT 'etl_agents'::regrole::oid");
 
 # 1. A name is refused offline; the OID is the scope's identity.
@@ -130,11 +109,7 @@ $node->stop;
 $obj = decode_json(slurp_file($file));
 delete $obj->{signature};
 my $held = $obj;
-$obj = { key_id => $held->{key_id}, scopes => {}, version => $held->{version} + 1 };
-$obj->{signature} = hmac_sha256_hex(JSON::PP->new->canonical->ascii->encode($obj), $secret);
-open my $fh, '>', $file or die $!;
-print $fh JSON::PP->new->canonical->encode($obj);
-close $fh;
+put(signed({ key_id => $held->{key_id}, scopes => {}, version => $held->{version} + 1 }));
 $node->start;
 is(refused('agent_7'), 'KS001', 'the scope stays');
 is(sql("SELECT ks_mode() || ' ' || (ks_status()->>'integrity')"), 'halt_all tampered',

@@ -10,38 +10,15 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 use JSON::PP;
 use KsTest;
+use KsScopeFile;
 
-my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('scope_outside_running');
+my $node = ks_scope_node('scope_outside_running');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 
-sub ks
-{
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
-	return ($? >> 8, $out, $err);
-}
-sub sql { return $node->safe_psql('postgres', shift); }
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
-
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
-});
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
+my $oid7 = agents();
 
 # 1. A raise through the file: applied by the watcher, recorded, announced.
 my $bg = $node->background_psql('postgres');

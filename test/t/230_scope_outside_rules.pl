@@ -13,57 +13,17 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 use JSON::PP;
-use Digest::SHA qw(hmac_sha256_hex sha256_hex);
+use Digest::SHA qw(sha256_hex);
 use KsTest;
+use KsScopeFile;
 
-my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('scope_outside_rules');
+my $node = ks_scope_node('scope_outside_rules');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
 my $copy = "$pgdata/pg_killswitch/scopes.json";
-my $secret = ks_secret($node);
 my $release_key = ks_release_key($node);
 
-sub ks
-{
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
-	return ($? >> 8, $out, $err);
-}
-sub sql { return $node->safe_psql('postgres', shift); }
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
-
-# A scope file as a writer holding the signing secret (and perhaps the
-# release key) makes it: every member signed, canonical.
-sub signed
-{
-	my ($obj, $rkey) = @_;
-	my $o = {%$obj};
-	if ($rkey)
-	{
-		$o->{release_key_id} = substr(sha256_hex($rkey), 0, 16);
-		$o->{release_signature} = hmac_sha256_hex(JSON::PP->new->canonical->ascii->encode($o), $rkey);
-	}
-	$o->{signature} = hmac_sha256_hex(JSON::PP->new->canonical->ascii->encode($o), $secret);
-	return JSON::PP->new->canonical->ascii->encode($o) . "\n";
-}
-sub put
-{
-	my ($text) = @_;
-	open my $fh, '>', "$file.new" or die $!;
-	print $fh $text;
-	close $fh;
-	rename "$file.new", $file or die $!;
-}
 sub held { return decode_json(slurp_file($copy)); }
 sub verdicts { return sql("SELECT count(*) FROM killswitch.events WHERE source = 'tamper' AND reason LIKE 'scope file rejected%'"); }
 
@@ -82,14 +42,9 @@ sub verdict_ok
 	sql("SELECT ks_disengage('checked', 'boss')");
 }
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
+my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'agent_7 loops', 'pager', scope => 'agent_7');
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 my $saved = slurp_file($file);		# a signed scope file, for the replay
 is(refused('agent_7'), 'KS001', 'agent_7 is halted by its scope');
 

@@ -23,6 +23,20 @@ sub as_role
 		on_error_stop => 1, extra_params => [ '-U', $role ]);
 	return $err;
 }
+
+# Send a statement to a session without waiting for its end, and see it
+# wait for a lock (its query in pg_stat_activity LIKE $like).
+sub waits
+{
+	my ($session, $statement, $like, $what) = @_;
+	$session->{stderr} = '';
+	$session->{stdin} .= "$statement\n";
+	$session->{run}->pump_nb;
+	ok($node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '$like'"),
+		$what);
+}
+
 sub halted
 {
 	my ($agent, $why) = @_;
@@ -100,11 +114,7 @@ sql('CREATE ROLE team2 NOLOGIN; CREATE ROLE agent_d LOGIN IN ROLE killswitch_age
 my $raiser = $node->background_psql('postgres');
 $raiser->query_safe("SET client_min_messages = warning; BEGIN; SELECT ks_engage('halt_all', 'team2 loops', 'pager', scope => 'team2')");
 my $revoker = $node->background_psql('postgres', on_error_stop => 0);
-$revoker->{stderr} = '';
-$revoker->{stdin} .= "REVOKE team2 FROM agent_d;\n";
-$revoker->{run}->pump_nb;
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'REVOKE team2 FROM agent_d%'}),
+waits($revoker, "REVOKE team2 FROM agent_d;", 'REVOKE team2 FROM agent_d%',
 	'a REVOKE waits for the raise under way');
 $raiser->query_safe('COMMIT');
 $revoker->query('SELECT 1');
@@ -114,11 +124,7 @@ halted('agent_d', 'after the REVOKE that raced the raise');
 
 # The same with the raise rolled back: the REVOKE goes through.
 $raiser->query_safe("SET client_min_messages = warning; BEGIN; SELECT ks_engage('halt_all', 'rolled back', 'pager', scope => 'other_group')");
-$revoker->{stderr} = '';
-$revoker->{stdin} .= "REVOKE other_group FROM agent_d;\n";
-$revoker->{run}->pump_nb;
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'REVOKE other_group FROM agent_d%'}),
+waits($revoker, "REVOKE other_group FROM agent_d;", 'REVOKE other_group FROM agent_d%',
 	'a REVOKE waits for a raise of the group under way');
 $raiser->query_safe('ROLLBACK');
 $revoker->query('SELECT 1');
@@ -128,11 +134,7 @@ is($revoker->{stderr}, '', 'and goes through once the raise rolls back');
 # commits, the raise holds what the catalog holds (the revoked role is out).
 sql('CREATE ROLE team3 NOLOGIN; CREATE ROLE agent_e LOGIN IN ROLE killswitch_agent, team3; CREATE ROLE agent_f LOGIN IN ROLE killswitch_agent, team3');
 $revoker->query_safe('BEGIN; REVOKE team3 FROM agent_e');
-$raiser->{stderr} = '';
-$raiser->{stdin} .= "SELECT (ks_engage('halt_all', 'team3 after the revoke', 'pager', scope => 'team3')).mode;\n";
-$raiser->{run}->pump_nb;
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%team3 after the revoke%'}),
+waits($raiser, "SELECT (ks_engage('halt_all', 'team3 after the revoke', 'pager', scope => 'team3')).mode;", '%team3 after the revoke%',
 	'a raise waits for a REVOKE under way in its scope');
 $revoker->query_safe('COMMIT');
 $raiser->query('SELECT 1');
@@ -151,11 +153,7 @@ is(as_role('agent_g', 'INSERT INTO t VALUES (1)'), '', 'agent_g, in group4 outsi
 my $granter = $node->background_psql('postgres');
 $granter->query_safe('BEGIN; GRANT team4 TO group4');
 $revoker = $node->background_psql('postgres', on_error_stop => 0);
-$revoker->{stderr} = '';
-$revoker->{stdin} .= "REVOKE group4 FROM agent_g;\n";
-$revoker->{run}->pump_nb;
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'REVOKE group4 FROM agent_g%'}),
+waits($revoker, "REVOKE group4 FROM agent_g;", 'REVOKE group4 FROM agent_g%',
 	'a REVOKE waits for a GRANT under way of its group into a scope');
 $granter->query_safe('COMMIT');
 $granter->quit;

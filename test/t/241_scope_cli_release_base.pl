@@ -13,42 +13,18 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 use JSON::PP;
-use Digest::SHA qw(hmac_sha256_hex);
 use KsTest;
+use KsScopeFile;
 
-my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('scope_cli_release_base');
+my $node = ks_scope_node('scope_cli_release_base');
 my $pgdata = $node->data_dir;
 my $file = "$pgdata/pg_killswitch/kill_switch_scopes.json";
-my $secret = ks_secret($node);
 
-sub ks
-{
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
-	return ($? >> 8, $out, $err);
-}
-sub sql { return $node->safe_psql('postgres', shift); }
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
-
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
+my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'agent_7 loops', 'pager', scope => 'agent_7');
 SELECT ks_engage('halt_all', 'agent_8 loops', 'pager', scope => 'agent_8');
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 my $oid8 = sql("SELECT 'agent_8'::regrole::oid");
 is(refused('agent_8'), 'KS001', 'agent_8 is halted by its scope');
 $node->stop;
@@ -57,11 +33,7 @@ $node->stop;
 my $held = decode_json(slurp_file($file));
 my %scopes = %{ $held->{scopes} };
 delete $scopes{$oid8};
-my $obj = { key_id => $held->{key_id}, scopes => \%scopes, version => $held->{version} + 1 };
-$obj->{signature} = hmac_sha256_hex(JSON::PP->new->canonical->ascii->encode($obj), $secret);
-open my $fh, '>', $file or die $!;
-print $fh JSON::PP->new->canonical->ascii->encode($obj) . "\n";
-close $fh;
+put(signed({ key_id => $held->{key_id}, scopes => \%scopes, version => $held->{version} + 1 }));
 
 # an administrator releases agent_7's scope, and only that one
 my ($rc, $out, $err) = ks('-D', $pgdata, 'disengage', '--reason', 'agent_7 fixed', '--by', 'boss', '--scope', $oid7);

@@ -13,44 +13,21 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 use Time::HiRes qw(usleep);
 use KsTest;
+use KsScopeFile;
 
-my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
 my $shim = "$ENV{KS_SRCDIR}/test/shim/ks_stat_pause.so";
-my $node = ks_node('scope_outside_stat_race');
+my $node = ks_scope_node('scope_outside_stat_race');
 my $pgdata = $node->data_dir;
 my $dir = "$pgdata/pg_killswitch";
-
-sub ks
-{
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
-	return ($? >> 8, $out, $err);
-}
-sub sql { return $node->safe_psql('postgres', shift); }
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
 
 $node->stop;
 {
 	local $ENV{LD_PRELOAD} = $shim;
 	$node->start;
 }
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE ROLE agent_8 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
-});
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
+my $oid7 = agents();
 
 # hold the watcher at its next look at the scope file, between compare and stat
 open my $f, '>', "$dir/pause_stat" or die $!;

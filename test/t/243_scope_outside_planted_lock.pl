@@ -12,29 +12,13 @@ use Fcntl qw(:flock O_RDWR O_CREAT);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 use KsTest;
+use KsScopeFile;
 
-my $cli = "$ENV{KS_SRCDIR}/src/cli/killswitch";
-my $node = ks_node('scope_outside_planted_lock');
+my $node = ks_scope_node('scope_outside_planted_lock');
 my $pgdata = $node->data_dir;
 my $dir = "$pgdata/pg_killswitch";
 
-sub ks
-{
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ $cli, @_ ], '>', \$out, '2>', \$err);
-	return ($? >> 8, $out, $err);
-}
-sub sql { return $node->safe_psql('postgres', shift); }
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
 sub plant_lock
 {
 	my $lock = "$dir/kill_switch_state.lock";
@@ -45,13 +29,9 @@ sub plant_lock
 	return $fh;
 }
 
-sql(q{
-CREATE ROLE agent_7 LOGIN IN ROLE killswitch_agent;
-CREATE TABLE t (x int);
-GRANT ALL ON t TO PUBLIC;
+my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'someone else', 'pager', scope => 'killswitch_operator');
 });
-my $oid7 = sql("SELECT 'agent_7'::regrole::oid");
 is(refused('agent_7'), 'ok', 'agent_7 works before');
 
 my $lock = plant_lock();
