@@ -72,11 +72,8 @@ ks_backend_secret(char **secret, size_t *len, char *problem, size_t problemlen)
 void
 ks_key_id(const char *secret, size_t len, char *buf)
 {
-	char		hex[KS_HEX_DIGEST_LEN + 1];
-
-	if (!ks_sha256_hex(secret, len, hex))
-		strlcpy(hex, "unknown", sizeof(hex));
-	strlcpy(buf, hex, 17);
+	if (!ks_key_id_of(secret, len, buf))
+		strlcpy(buf, "unknown", 17);
 }
 
 /* The time of a state in microseconds since 1970, or false if it has none. */
