@@ -222,6 +222,30 @@ ks_have_free_procs(int n)
 #else
 #define KS_F_RANDOM F_RANDOM
 #endif
+
+/*
+ * ConditionalLockSharedObject() came in 18; before, the same from
+ * LockAcquire() with dontWait, as LockSharedObject() takes it
+ * (scopemembers.c: a scope's raise never waits on a role's lock).
+ */
+#include "storage/lmgr.h"
+#include "utils/inval.h"
+#if PG_VERSION_NUM >= 180000
+#define ks_conditional_lock_shared_object(classid, objid, objsubid, lockmode) \
+	ConditionalLockSharedObject((classid), (objid), (objsubid), (lockmode))
+#else
+static inline bool
+ks_conditional_lock_shared_object(Oid classid, Oid objid, uint16 objsubid, LOCKMODE lockmode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, classid, objid, objsubid);
+	if (LockAcquire(&tag, lockmode, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	AcceptInvalidationMessages();
+	return true;
+}
+#endif
 #endif							/* !FRONTEND */
 
 #endif							/* KS_COMPAT_H */

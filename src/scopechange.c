@@ -34,11 +34,9 @@
 #include "storage/procarray.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
-#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "agents.h"
@@ -56,6 +54,7 @@
 #include "scope.h"
 #include "scopechange.h"
 #include "scopefile.h"
+#include "scopemembers.h"
 #include "state.h"
 #include "store.h"
 
@@ -89,9 +88,27 @@ static const char *record_source = NULL;	/* an outside write's ("file"); NULL: "
 static uint64 marked_xid = 0;	/* this transaction's marks of deferred raises are written */
 static object_access_hook_type prev_object_access_hook = NULL;
 
-/* The role a scope names: not empty, and known.  Nothing is changed on error. */
+/* A scope that names no role: nothing is changed. */
+static void
+role_unknown(const char *scope)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("role \"%s\" does not exist", scope),
+			 errdetail("A scope names an existing role."),
+			 errhint("Create the role first, or give NULL for the whole fleet.")));
+}
+
+/*
+ * The role a scope names: not empty, and known.  Nothing is changed on
+ * error.  A release holds the role's lock (shared, to its end): a DROP
+ * ROLE or membership change under way is waited for (they take it
+ * exclusively), and one that committed meanwhile is seen.  A raise never
+ * waits for it: it is put in force first and then locks the role as
+ * scopemembers.c orders it with those changes (raise_scope()).
+ */
 static Oid
-scope_role(const char *scope)
+scope_role(const char *scope, bool release)
 {
 	Oid			role;
 
@@ -102,24 +119,14 @@ scope_role(const char *scope)
 				 errdetail("A scope names a role: that role and every role that is a member of it."),
 				 errhint("Give a role's name, or NULL for the whole fleet.")));
 	role = get_role_oid(scope, true);
-	if (OidIsValid(role))
+	if (OidIsValid(role) && release)
 	{
-		/*
-		 * Held to the end of the transaction: a DROP ROLE under way (it
-		 * takes the lock AccessExclusive, scope_object_access()) is waited
-		 * for, and one that committed meanwhile is seen, so that no scope
-		 * outlives its role.
-		 */
 		LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
 		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
 			role = InvalidOid;
 	}
 	if (!OidIsValid(role))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("role \"%s\" does not exist", scope),
-				 errdetail("A scope names an existing role."),
-				 errhint("Create the role first, or give NULL for the whole fleet.")));
+		role_unknown(scope);
 	return role;
 }
 
@@ -524,6 +531,10 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 	pg_memory_barrier();
 	ks_interlock_wait();
 
+	/* no scope outlives its role: a DROP ROLE that committed meanwhile ends the raise */
+	if (!ks_scope_raise_lock_role(role))
+		role_unknown(scope);
+
 	/* the chain follows commit order: the lock is held to commit, if it can be had at once */
 	if (!ks_order_lock_briefly())
 		return defer_raise(c, scope, reason, by, affected);
@@ -633,7 +644,7 @@ ks_scope_change(const char *scope, KsMode mode, const char *reason, const char *
 		ks_check_release_right();
 	else
 		ks_check_engage_right();
-	role = scope_role(scope);
+	role = scope_role(scope, release);
 	scope = GetUserNameFromId(role, false);	/* as the catalog spells it */
 	return release ? release_scope(role, scope, reason, by)
 		: raise_scope(role, scope, mode, reason, by, affected);
@@ -709,7 +720,8 @@ ks_scope_record_outside(Oid role, KsMode mode, KsMode previous, const char *reas
 	bool		lowers = mode < previous;
 	ScopeChange *raised;
 
-	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);	/* as scope_role() */
+	/* the watcher's: already in force, it may wait (as scope_role() for a release) */
+	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
 		return false;
 	scope = GetUserNameFromId(role, false);
@@ -868,10 +880,7 @@ xid_outlives_crash(void)
 static void
 lock_order_untimed(void)
 {
-	(void) set_config_option("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
-	if (get_timeout_active(STATEMENT_TIMEOUT))
-		disable_timeout(STATEMENT_TIMEOUT, false);
+	ks_waits_untimed();
 	LockRelationOid(ks_events_relid(), ShareRowExclusiveLock);
 }
 
@@ -1066,8 +1075,10 @@ scope_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 
 		/*
 		 * DropRole() takes this lock just after the hook: taken first, a
-		 * raise of the role under way (scope_role() holds it shared to its
-		 * commit) has committed or aborted when the set is read.
+		 * raise of the role that holds it shared has committed or aborted
+		 * when the set is read; one that went on without it is in force,
+		 * and one that comes later is seen by the look again at pre-commit
+		 * (scopemembers.c check_again()).
 		 */
 		LockSharedObject(AuthIdRelationId, objectId, 0, AccessExclusiveLock);
 		(void) ks_scope_lookup(objectId, NULL, &in_force);

@@ -23,17 +23,27 @@
  * keeps the membership and is allowed.  A superuser is refused too; one who
  * writes pg_auth_members directly is outside the threat model.
  *
- * The race with a raise: a scope's raise locks its role, shared, to its
- * commit (scopechange.c scope_role()).  A membership change first locks,
- * exclusively and to its own commit, every role the changed role is in,
- * directly or not (each a scope it could leave), and only then reads the
- * set: a raise under way has committed or aborted by then, and a raise that
- * comes later waits for the change and holds what the catalog holds after it.
- * A GRANT holds its grantees shared to its commit, so a change of a role
- * being granted into a scope waits for the GRANT and sees that scope too.
+ * The race with a raise, which never waits for a role's lock (raising is
+ * unconditional): a raise is put in force first (in shared memory, where
+ * every check reads it), then tries its role's lock, shared
+ * (ks_scope_raise_lock_role()).  A membership change locks, exclusively and
+ * to its own end, every role the changed role is in, directly or not (each
+ * a scope it could leave), and only then reads the set: a raise under way is
+ * seen in force.  A raise that finds the role's lock taken (a change is open
+ * over it) goes on without it and takes the role's second lock instead
+ * (objsubid 1, "committing"), shared; the change takes that one
+ * exclusively at its pre-commit and reads the set again, so a raise that
+ * came after its first look is seen, in force or committed, and the change
+ * is refused.  Only a raise that comes while a change is past that last
+ * look — committing — waits, for its commit alone, and then sees the
+ * catalog after it.  A GRANT holds its grantees shared to its commit, so a
+ * change of a role being granted into a scope waits for the GRANT and sees
+ * that scope too.  A transaction that deleted a membership is not prepared:
+ * its second look would have no end to hold it to.
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_auth_members.h"
@@ -44,7 +54,10 @@
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/catcache.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
 
 #include "compat.h"
 #include "modetype.h"
@@ -52,6 +65,24 @@
 #include "scopemembers.h"
 #include "state.h"
 
+/*
+ * A role's second lock (objsubid 1): held exclusively by a membership change
+ * from its look at pre-commit to its end, shared by a raise that went on
+ * without the role's first lock.
+ */
+#define KS_ROLE_COMMITTING_LOCK 1
+
+/* A membership change that passed its first look, to be looked at again at pre-commit. */
+typedef struct CheckedChange
+{
+	Oid			role;			/* the role revoked from or dropped */
+	char	   *name;			/* its name (a dropped role's catalog row is gone) */
+	bool		drop;
+	List	   *over;			/* the roles it is in: the scopes it could leave */
+	SubTransactionId subid;		/* the (sub)transaction that made it */
+} CheckedChange;
+
+static List *checked = NIL;		/* of CheckedChange, in TopTransactionContext */
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
 
@@ -80,8 +111,8 @@ roles_holding(Oid role)
 
 /*
  * Lock every role role is in (each a scope role could leave), exclusively,
- * in OID order: a raise of one of them under way (it holds its role shared
- * to its commit) is waited for, and a later raise waits for this change.
+ * in OID order: a raise of one of them that holds its role's lock is waited
+ * for; a later raise goes on without it (ks_scope_raise_lock_role()).
  * A GRANT that puts role into another role holds role shared to its commit
  * (lock_grantees()): once it is waited for, role is in more roles, so they
  * are looked at again until no new one comes (each lock takes the
@@ -111,7 +142,7 @@ lock_scopes_over(Oid role)
  * A GRANT that makes these roles members of another holds them shared to
  * its commit: a REVOKE or DROP ROLE of one of them (which locks it
  * exclusively) then sees the membership it added, and the scopes over it.
- * A raise takes the same shared lock, so a GRANT never waits for one.
+ * A raise takes the same shared lock, so neither waits for the other.
  */
 static void
 lock_grantees(List *grantees)
@@ -128,14 +159,13 @@ lock_grantees(List *grantees)
 }
 
 /*
- * The active scope (committed or being raised) that holds role, if any:
- * false when none does.  An overflowed set is missing scopes, so it holds
- * every role (fail closed): *scope is then InvalidOid.
+ * The active scope (committed or being raised) over one of the roles in
+ * over, if any: false when none is.  An overflowed set is missing scopes, so
+ * it holds every role (fail closed): *scope is then InvalidOid.
  */
 static bool
-scope_holding(Oid role, Oid *scope, KsMode *mode)
+scope_active_over(List *over, Oid *scope, KsMode *mode)
 {
-	List	   *over = lock_scopes_over(role);
 	KsScope    *list;
 	int			n;
 
@@ -156,36 +186,137 @@ scope_holding(Oid role, Oid *scope, KsMode *mode)
 	return false;
 }
 
-/* Refuse a change that would take members of role out of an active scope. */
-static void
-refuse_if_in_scope(Oid role, bool drop)
+/* A scope's name for a message: a role this transaction dropped has none left. */
+static const char *
+scope_name_of(Oid scope, const CheckedChange *change)
 {
-	Oid			scope;
-	KsMode		mode;
-	const char *name;
+	const char *name = GetUserNameFromId(scope, true);
+
+	if (name != NULL)
+		return name;
+	if (scope == change->role)
+		return change->name;
+	return psprintf("%u", scope);
+}
+
+/* The error of a change that would take members of change->role out of an active scope. */
+static void
+refuse(const CheckedChange *change, Oid scope, KsMode mode)
+{
 	const char *scope_name;
 
-	if (!OidIsValid(role) || ks_shared == NULL || !scope_holding(role, &scope, &mode))
-		return;
-	name = GetUserNameFromId(role, false);
 	if (!OidIsValid(scope))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg(drop ? "cannot drop role \"%s\" while the set of scopes is overflowed"
+				 errmsg(change->drop ? "cannot drop role \"%s\" while the set of scopes is overflowed"
 						: "cannot revoke membership in role \"%s\" while the set of scopes is overflowed",
-						name),
+						change->name),
 				 errdetail("More scopes are active than the server holds, so any role may be in one."),
 				 errhint("Release scopes first, until the server's log says they fit.")));
-	scope_name = GetUserNameFromId(scope, false);
+	scope_name = scope_name_of(scope, change);
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_IN_USE),
-			 errmsg(drop ? "cannot drop role \"%s\" while a scope that holds it is halted"
+			 errmsg(change->drop ? "cannot drop role \"%s\" while a scope that holds it is halted"
 					: "cannot revoke membership in role \"%s\" while a scope that holds it is halted",
-					name),
-			 errdetail(drop ? "Role \"%s\" is in scope \"%s\", at mode %s: it and its members would leave the scope without a release."
+					change->name),
+			 errdetail(change->drop ? "Role \"%s\" is in scope \"%s\", at mode %s: it and its members would leave the scope without a release."
 					   : "Role \"%s\" is in scope \"%s\", at mode %s: its members would leave the scope without a release.",
-					   name, scope_name, ks_mode_sql_names[mode]),
+					   change->name, scope_name, ks_mode_sql_names[mode]),
 			 errhint("Release the scope first: ks_disengage(reason, scope => '%s').", scope_name)));
+}
+
+/*
+ * Refuse a change that would take members of role out of an active scope;
+ * one that passes is looked at again at pre-commit (check_again()).
+ */
+static void
+refuse_if_in_scope(Oid role, bool drop)
+{
+	MemoryContext old;
+	CheckedChange *change;
+	Oid			scope;
+	KsMode		mode;
+
+	if (!OidIsValid(role) || ks_shared == NULL)
+		return;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	change = palloc(sizeof(CheckedChange));
+	change->role = role;
+	change->name = pstrdup(GetUserNameFromId(role, false));
+	change->drop = drop;
+	change->over = lock_scopes_over(role);
+	change->subid = GetCurrentSubTransactionId();
+	MemoryContextSwitchTo(old);
+	if (scope_active_over(change->over, &scope, &mode))
+		refuse(change, scope, mode);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	checked = lappend(checked, change);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * At pre-commit, the second look: every role over a change is locked
+ * exclusively (a raise that went on without the first lock holds this one
+ * shared to its end: it is waited for), then the set is read again.  A
+ * raise that came after the first look is in force or committed by now.
+ */
+static void
+check_again(void)
+{
+	List	   *roles = NIL;
+	ListCell   *lc;
+
+	foreach(lc, checked)
+		roles = list_concat_unique_oid(roles, ((CheckedChange *) lfirst(lc))->over);
+	list_sort(roles, list_oid_cmp);
+	foreach(lc, roles)
+		LockSharedObject(AuthIdRelationId, lfirst_oid(lc), KS_ROLE_COMMITTING_LOCK, AccessExclusiveLock);
+	foreach(lc, checked)
+	{
+		CheckedChange *change = lfirst(lc);
+		Oid			scope;
+		KsMode		mode;
+
+		if (scope_active_over(change->over, &scope, &mode))
+			refuse(change, scope, mode);
+	}
+}
+
+/*
+ * The rest of this transaction's waits take neither lock_timeout nor
+ * statement_timeout: a raise in force waits for what its record needs, and
+ * no timeout the caller set may roll it back (a cancel or the session's
+ * end still does).
+ */
+void
+ks_waits_untimed(void)
+{
+	(void) set_config_option("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	if (get_timeout_active(STATEMENT_TIMEOUT))
+		disable_timeout(STATEMENT_TIMEOUT, false);
+}
+
+/*
+ * A raise of role's scope, already in force: order it with the membership
+ * changes over role without waiting for an open one (see the file's head).
+ * False when role was dropped by a change that committed meanwhile.
+ */
+bool
+ks_scope_raise_lock_role(Oid role)
+{
+	if (!ks_conditional_lock_shared_object(AuthIdRelationId, role, 0, AccessShareLock) &&
+		!ks_conditional_lock_shared_object(AuthIdRelationId, role, KS_ROLE_COMMITTING_LOCK, AccessShareLock))
+	{
+		/*
+		 * A change over role is committing: past its last look, it has only
+		 * its commit left.  The raise, in force, waits for it: no timeout
+		 * may roll the raise back (a cancel still does).
+		 */
+		ks_waits_untimed();
+		LockSharedObject(AuthIdRelationId, role, KS_ROLE_COMMITTING_LOCK, AccessShareLock);
+	}
+	return SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role));
 }
 
 /* The members this ALTER ROLE adds or drops (ALTER GROUP ... ADD/DROP USER), or NIL. */
@@ -266,6 +397,53 @@ scopemembers_object_access(ObjectAccessType access, Oid classId, Oid objectId, i
 		refuse_if_in_scope(objectId, true);
 }
 
+static void
+scopemembers_xact_callback(XactEvent event, void *arg)
+{
+	if (checked == NIL)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			check_again();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot prepare a transaction that revoked a role membership or dropped a role"),
+					 errdetail("Such a change is checked against the scoped halts again when its own session commits.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			checked = NIL;
+			break;
+		default:
+			break;
+	}
+}
+
+/* A savepoint's changes: kept by its parent at release, gone at its abort. */
+static void
+scopemembers_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							  SubTransactionId parentSubid, void *arg)
+{
+	ListCell   *lc;
+
+	foreach(lc, checked)
+	{
+		CheckedChange *change = lfirst(lc);
+
+		if (change->subid != mySubid)
+			continue;
+		if (event == SUBXACT_EVENT_COMMIT_SUB)
+			change->subid = parentSubid;
+		else if (event == SUBXACT_EVENT_ABORT_SUB)
+			checked = foreach_delete_current(checked, lc);
+	}
+}
+
 /* Install the hooks; from _PG_init while preloading. */
 void
 ks_scopemembers_init(void)
@@ -274,4 +452,6 @@ ks_scopemembers_init(void)
 	ProcessUtility_hook = scopemembers_ProcessUtility;
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = scopemembers_object_access;
+	RegisterXactCallback(scopemembers_xact_callback, NULL);
+	RegisterSubXactCallback(scopemembers_subxact_callback, NULL);
 }
