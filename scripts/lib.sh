@@ -40,6 +40,30 @@ ks_as_server_user() {
 KS_PASSED=${KS_PASSED:-0}
 KS_FAILED=${KS_FAILED:-0}
 KS_FAILURES=()
+# What failed, a few lines per failing section (the failed tests, their
+# got/expected), repeated at the end of a run by ks_failure_summary: a CI
+# that keeps only the tail of the output still names them.
+KS_NOTES=${KS_NOTES:-}
+
+# ks_note_failure SECTION LOG: keep what LOG says failed for the summary.
+ks_note_failure() {
+    [ -n "$KS_NOTES" ] || KS_NOTES=$(mktemp)
+    {
+        echo "--- $1"
+        grep -E -A8 '^#   Failed test|Dubious|\.\.\. FAILED|^not ok [0-9]+|^[0-9]+ passed, [1-9][0-9]* failed' "$2" | head -80
+    } >> "$KS_NOTES"
+}
+
+# ks_failure_summary: the notes of every failing section, once, at the end.
+ks_failure_summary() {
+    [ -n "$KS_NOTES" ] || return 0
+    if [ -s "$KS_NOTES" ]; then
+        echo "=== what failed (again, from each failing section above)"
+        cat "$KS_NOTES"
+    fi
+    rm -f "$KS_NOTES"
+    KS_NOTES=""
+}
 
 # ks_pg_label PG_CONFIG: "PostgreSQL 18.6", and what the build is if it is
 # not a release build ("PostgreSQL 15.18, assertions").
@@ -75,6 +99,7 @@ ks_run_suite() {
     KS_PASSED=$((KS_PASSED + p)); KS_FAILED=$((KS_FAILED + f))
     if [ "$rc" -ne 0 ]; then
         KS_FAILURES+=("$name ($label)")
+        ks_note_failure "$name ($label)" "$log"
         [ "$f" -gt 0 ] || KS_FAILED=$((KS_FAILED + 1))
         for d in tmp_check/regress-out/regression.diffs tmp_check/isolation-out/regression.diffs; do
             [ -s "$d" ] && { echo "--- $d"; head -200 "$d"; }
