@@ -956,7 +956,8 @@ ks_lock_dir_within(const char *dir, int wait_ms, char *problem, size_t problemle
 		if (waited >= wait_ms)
 		{
 			snprintf(problem, problemlen,
-					 "could not lock \"%s\": another process holds it (waited %ld ms)", path, waited);
+					 "could not lock \"%s\": another process holds it (waited %ld ms of at most %d)",
+					 path, waited, wait_ms);
 			close(fd);
 			errno = EWOULDBLOCK;
 			return -1;
