@@ -74,10 +74,10 @@ $node->_update_pid(-1);
 $node->start;
 
 is(refused('agent_7'), 'KS001', 'after the crash agent_7 (op\'s committed raise) is halted');
-sleep 2;    # the watcher's first look settles the set by the history
-is(refused('agent_7'), 'KS001', 'and stays halted after the watcher\'s first look');
-is(sql("SELECT count(*) FROM killswitch.events WHERE reason = 'committed raise'"), '1',
+# the watcher's first look records the mark left by the crash, then settles the set by the history
+ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'committed raise'"),
 	'op\'s committed raise has its event');
+is(refused('agent_7'), 'KS001', 'and stays halted after the watcher\'s first look');
 is(sql("SELECT coalesce(string_agg(scope::text || '=' || mode, ','), '') FROM ks_scopes() WHERE scope = 'agent_7'::regrole"),
 	'agent_7=emergency', 'ks_scopes() holds it');
 is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the chain verifies');
