@@ -720,8 +720,17 @@ ks_scope_record_outside(Oid role, KsMode mode, KsMode previous, const char *reas
 	bool		lowers = mode < previous;
 	ScopeChange *raised;
 
-	/* the watcher's: already in force, it may wait (as scope_role() for a release) */
-	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+	/*
+	 * A release waits for the role's changes, as scope_role() does for one
+	 * from SQL.  A raise, in force since the watcher's round, orders itself
+	 * as an SQL raise does and never waits for an open change: the watcher
+	 * holds the ordering lock, and an agent's open REVOKE over the scope
+	 * held it (review5, TAP 253).
+	 */
+	if (lowers)
+		LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+	else if (!ks_scope_raise_lock_role(role))
+		return false;
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
 		return false;
 	scope = GetUserNameFromId(role, false);
