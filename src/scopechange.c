@@ -800,6 +800,18 @@ at_commit(void)
 }
 
 /* At abort: every raise in flight of this transaction ends. */
+/* Did this transaction raise a scope (in flight until its end)? */
+static bool
+raised_any(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, changes)
+		if (!((ScopeChange *) lfirst(lc))->release)
+			return true;
+	return false;
+}
+
 static void
 at_abort(void)
 {
@@ -816,8 +828,17 @@ at_abort(void)
 	if (marked_xid != 0)
 		ks_scope_drop_marked(InvalidOid, marked_xid);
 	end_in_place(false);
-	if (file_raised)
-		ks_scope_file_write();	/* without the raises that did not commit */
+
+	/*
+	 * Without the raises that did not commit.  Not only when this
+	 * transaction wrote the file: another's write while a raise was in
+	 * flight holds it "unconfirmed" (a raise that failed after it was in
+	 * force, its role dropped meanwhile, was left there, and the next
+	 * outside write, naming a role that does not exist, was refused with
+	 * the fleet halted: review5, TAP 253).
+	 */
+	if (file_raised || raised_any())
+		ks_scope_file_write();
 }
 
 /* The mode this transaction's deferred raises of role ask, and the newest of them. */
