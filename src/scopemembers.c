@@ -326,9 +326,9 @@ check_again(void)
 
 /*
  * The rest of this transaction's waits take neither lock_timeout nor
- * statement_timeout: a raise in force waits for what its record needs, and
- * no timeout the caller set may roll it back (a cancel or the session's
- * end still does).
+ * statement_timeout (nor, from 17, transaction_timeout): a raise in force
+ * waits for what its record needs, and no timeout the caller set may roll
+ * it back (a cancel or the session's end still does).
  */
 void
 ks_waits_untimed(void)
@@ -337,6 +337,11 @@ ks_waits_untimed(void)
 							 GUC_ACTION_LOCAL, true, 0, false);
 	if (get_timeout_active(STATEMENT_TIMEOUT))
 		disable_timeout(STATEMENT_TIMEOUT, false);
+#if PG_VERSION_NUM >= 170000
+	/* its assign hook ends the timeout under way */
+	(void) set_config_option("transaction_timeout", "0", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+#endif
 }
 
 /*
