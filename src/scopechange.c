@@ -720,8 +720,17 @@ ks_scope_record_outside(Oid role, KsMode mode, KsMode previous, const char *reas
 	bool		lowers = mode < previous;
 	ScopeChange *raised;
 
-	/* the watcher's: already in force, it may wait (as scope_role() for a release) */
-	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+	/*
+	 * A release waits for the role's changes, as scope_role() does for one
+	 * from SQL.  A raise, in force since the watcher's round, orders itself
+	 * as an SQL raise does and never waits for an open change: the watcher
+	 * holds the ordering lock, and an agent's open REVOKE over the scope
+	 * held it (review5, TAP 253).
+	 */
+	if (lowers)
+		LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+	else if (!ks_scope_raise_lock_role(role))
+		return false;
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
 		return false;
 	scope = GetUserNameFromId(role, false);
@@ -791,6 +800,18 @@ at_commit(void)
 }
 
 /* At abort: every raise in flight of this transaction ends. */
+/* Did this transaction raise a scope (in flight until its end)? */
+static bool
+raised_any(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, changes)
+		if (!((ScopeChange *) lfirst(lc))->release)
+			return true;
+	return false;
+}
+
 static void
 at_abort(void)
 {
@@ -807,8 +828,17 @@ at_abort(void)
 	if (marked_xid != 0)
 		ks_scope_drop_marked(InvalidOid, marked_xid);
 	end_in_place(false);
-	if (file_raised)
-		ks_scope_file_write();	/* without the raises that did not commit */
+
+	/*
+	 * Without the raises that did not commit.  Not only when this
+	 * transaction wrote the file: another's write while a raise was in
+	 * flight holds it "unconfirmed" (a raise that failed after it was in
+	 * force, its role dropped meanwhile, was left there, and the next
+	 * outside write, naming a role that does not exist, was refused with
+	 * the fleet halted: review5, TAP 253).
+	 */
+	if (file_raised || raised_any())
+		ks_scope_file_write();
 }
 
 /* The mode this transaction's deferred raises of role ask, and the newest of them. */

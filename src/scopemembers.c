@@ -254,11 +254,48 @@ refuse_if_in_scope(Oid role, bool drop)
 	MemoryContextSwitchTo(old);
 }
 
+/* The first change of this transaction that could take members out of scope. */
+static const CheckedChange *
+change_under(Oid scope)
+{
+	ListCell   *lc;
+
+	foreach(lc, checked)
+	{
+		CheckedChange *change = lfirst(lc);
+
+		if (list_member_oid(change->over, scope))
+			return change;
+	}
+	return linitial(checked);
+}
+
+/* The error of a change whose scope's second lock a raise holds: it is being raised. */
+static void
+refuse_raising(const CheckedChange *change, Oid scope)
+{
+	const char *scope_name = scope_name_of(scope, change);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg(change->drop ? "cannot drop role \"%s\" while a scope that holds it is being raised"
+					: "cannot revoke membership in role \"%s\" while a scope that holds it is being raised",
+					change->name),
+			 errdetail(change->drop ? "Role \"%s\" is in scope \"%s\", raised meanwhile: it and its members would leave the scope without a release."
+					   : "Role \"%s\" is in scope \"%s\", raised meanwhile: its members would leave the scope without a release.",
+					   change->name, scope_name),
+			 errhint("Release the scope first: ks_disengage(reason, scope => '%s').", scope_name)));
+}
+
 /*
  * At pre-commit, the second look: every role over a change is locked
- * exclusively (a raise that went on without the first lock holds this one
- * shared to its end: it is waited for), then the set is read again.  A
- * raise that came after the first look is in force or committed by now.
+ * exclusively, then the set is read again.  A raise that came after the
+ * first look is in force or committed by now.  The locks are only tried:
+ * one held is held shared by a raise that went on without the first lock —
+ * in force, so the change is refused at once.  Waiting for it, holding
+ * another role's second lock, would close a cycle with a transaction that
+ * raises that role next (it waits for a change that holds the second lock:
+ * "committing"), and the deadlock could end the raises (review5, TAP 253).
  */
 static void
 check_again(void)
@@ -270,7 +307,12 @@ check_again(void)
 		roles = list_concat_unique_oid(roles, ((CheckedChange *) lfirst(lc))->over);
 	list_sort(roles, list_oid_cmp);
 	foreach(lc, roles)
-		LockSharedObject(AuthIdRelationId, lfirst_oid(lc), KS_ROLE_COMMITTING_LOCK, AccessExclusiveLock);
+	{
+		Oid			role = lfirst_oid(lc);
+
+		if (!ks_conditional_lock_shared_object(AuthIdRelationId, role, KS_ROLE_COMMITTING_LOCK, AccessExclusiveLock))
+			refuse_raising(change_under(role), role);
+	}
 	foreach(lc, checked)
 	{
 		CheckedChange *change = lfirst(lc);
@@ -284,9 +326,9 @@ check_again(void)
 
 /*
  * The rest of this transaction's waits take neither lock_timeout nor
- * statement_timeout: a raise in force waits for what its record needs, and
- * no timeout the caller set may roll it back (a cancel or the session's
- * end still does).
+ * statement_timeout (nor, from 17, transaction_timeout): a raise in force
+ * waits for what its record needs, and no timeout the caller set may roll
+ * it back (a cancel or the session's end still does).
  */
 void
 ks_waits_untimed(void)
@@ -295,6 +337,11 @@ ks_waits_untimed(void)
 							 GUC_ACTION_LOCAL, true, 0, false);
 	if (get_timeout_active(STATEMENT_TIMEOUT))
 		disable_timeout(STATEMENT_TIMEOUT, false);
+#if PG_VERSION_NUM >= 170000
+	/* its assign hook ends the timeout under way */
+	(void) set_config_option("transaction_timeout", "0", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+#endif
 }
 
 /*
