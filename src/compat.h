@@ -214,6 +214,19 @@ ks_have_free_procs(int n)
 #endif
 
 /*
+ * transaction_timeout came in 17: a wait no timeout may end (a raise in
+ * force, scopemembers.c ks_waits_untimed()) turns it off for the rest of
+ * the transaction; its assign hook ends the timeout under way.
+ */
+#if PG_VERSION_NUM >= 170000
+#define ks_transaction_timeout_off() \
+	((void) set_config_option("transaction_timeout", "0", PGC_USERSET, PGC_S_SESSION, \
+							  GUC_ACTION_LOCAL, true, 0, false))
+#else
+#define ks_transaction_timeout_off() ((void) 0)
+#endif
+
+/*
  * random() took overloads in 17 (random(min, max)), which renamed the entry
  * of the one without arguments in fmgroids.h (allowlist.c).
  */

@@ -799,7 +799,6 @@ at_commit(void)
 	ks_wake_watcher();			/* the NOTIFY */
 }
 
-/* At abort: every raise in flight of this transaction ends. */
 /* Did this transaction raise a scope (in flight until its end)? */
 static bool
 raised_any(void)
@@ -812,6 +811,7 @@ raised_any(void)
 	return false;
 }
 
+/* At abort: every raise in flight of this transaction ends. */
 static void
 at_abort(void)
 {

@@ -337,11 +337,7 @@ ks_waits_untimed(void)
 							 GUC_ACTION_LOCAL, true, 0, false);
 	if (get_timeout_active(STATEMENT_TIMEOUT))
 		disable_timeout(STATEMENT_TIMEOUT, false);
-#if PG_VERSION_NUM >= 170000
-	/* its assign hook ends the timeout under way */
-	(void) set_config_option("transaction_timeout", "0", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
-#endif
+	ks_transaction_timeout_off();
 }
 
 /*
