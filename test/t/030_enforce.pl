@@ -65,7 +65,7 @@ sub eventually_allowed
 {
 	my ($sqltext, $what, $db) = @_;
 	my ($rc, $err);
-	for (1 .. 50)
+	for (1 .. 300)
 	{
 		($rc, $err) = as_bot($sqltext, $db);
 		last if $rc == 0;
