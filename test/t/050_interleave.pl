@@ -184,7 +184,7 @@ for my $i (1 .. $trials)
 	{
 		$bad_error++, diag("trial $i: $err") if $err ne '';
 		soon("SELECT ks_mode() = 'emergency'") or $lost++;
-		for (1 .. 100) { last if superseded_logged(); usleep(100_000); }
+		for (1 .. 300) { last if superseded_logged(); usleep(100_000); }
 		$lost++, diag("trial $i: the superseded release was not logged") unless superseded_logged();
 		$lost++, diag("trial $i: the release was applied") if event_with("cli $i") ne '';
 		$lost++ unless event_with("sql $i") =~ /^emergency sql \d+$/;
@@ -239,7 +239,7 @@ for my $i (1 .. $trials)
 	else
 	{
 		$lost++, diag("trial $i: $err") if $err ne '';
-		for (1 .. 100) { last if superseded_logged(); usleep(100_000); }
+		for (1 .. 300) { last if superseded_logged(); usleep(100_000); }
 		$lost++, diag("trial $i: the superseded release was not logged") unless superseded_logged();
 		$lost++ unless event_with("py $i") eq '' && event_with("sql py $i") =~ /^emergency sql \d+$/;
 	}
