@@ -29,7 +29,7 @@ sub notifications
 	$action->();
 	sql("SELECT ks_engage(greatest(ks_mode(), 'halt_noncritical'), 'marker', 'tester')");
 	my $all = '';
-	for (1 .. 100)
+	for (1 .. 600)
 	{
 		# psql prints notifications when it next talks to the server
 		my ($out) = $bg->query('SELECT 1');

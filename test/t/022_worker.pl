@@ -51,13 +51,16 @@ sql('ALTER SYSTEM RESET killswitch.poll_interval');
 $node->reload;
 ok($node->poll_query_until('postgres', "SELECT (ks_status()->>'watcher_age_ms')::int < 500"),
 	'and the default again after the next one');
+# Sampled for four seconds: at 3 s the newest look is over 2 s old for a
+# third of the time (a dozen samples); at the default it is only when a look
+# is a second late, which a loaded machine can make happen once in a while.
 my $stale = 0;
-for (1 .. 10)
+for (1 .. 40)
 {
-	$stale++ if sql($age) eq 't';
+	$stale++ if sql("SELECT (ks_status()->>'watcher_age_ms')::int > 2000") eq 't';
 	usleep(100_000);
 }
-is($stale, 0, 'with the default, the watcher looks at least every second');
+cmp_ok($stale, '<=', 3, "with the default, the watcher looks about every second ($stale of 40 samples over 4 s)");
 
 # 4. It goes when the postmaster goes, and comes back with the server.
 $old = watcher_pid();

@@ -45,11 +45,11 @@ my $secret = ks_secret($node);
 
 sub generation { return sql("SELECT (ks_status()->>'generation')::bigint"); }
 
-# Wait (bounded) until a condition holds.
+# Wait (bounded: a minute, for a loaded machine) until a condition holds.
 sub within
 {
 	my ($cond) = @_;
-	for (1 .. 1000)
+	for (1 .. 6000)
 	{
 		return 1 if $cond->();
 		usleep(10_000);

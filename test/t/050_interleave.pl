@@ -184,7 +184,7 @@ for my $i (1 .. $trials)
 	{
 		$bad_error++, diag("trial $i: $err") if $err ne '';
 		soon("SELECT ks_mode() = 'emergency'") or $lost++;
-		for (1 .. 100) { last if superseded_logged(); usleep(100_000); }
+		for (1 .. 300) { last if superseded_logged(); usleep(100_000); }
 		$lost++, diag("trial $i: the superseded release was not logged") unless superseded_logged();
 		$lost++, diag("trial $i: the release was applied") if event_with("cli $i") ne '';
 		$lost++ unless event_with("sql $i") =~ /^emergency sql \d+$/;
@@ -239,7 +239,7 @@ for my $i (1 .. $trials)
 	else
 	{
 		$lost++, diag("trial $i: $err") if $err ne '';
-		for (1 .. 100) { last if superseded_logged(); usleep(100_000); }
+		for (1 .. 300) { last if superseded_logged(); usleep(100_000); }
 		$lost++, diag("trial $i: the superseded release was not logged") unless superseded_logged();
 		$lost++ unless event_with("py $i") eq '' && event_with("sql py $i") =~ /^emergency sql \d+$/;
 	}
@@ -263,10 +263,12 @@ for my $i (1 .. $trials)
 	my ($rc, $out, $err);
 	do
 	{
-		$tries++;
+		# retried until the watcher has applied the outside change: a minute
+		# at most (fifty quick tries were a few seconds, short of a loaded look)
+		usleep(100_000) if $tries++;
 		($rc, $out, $err) = $node->psql('postgres',
 			"SELECT 1 FROM ks_engage('halt_noncritical', 'after $i', 'tester')");
-	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 50);
+	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 600);
 	$lost++ if $rc != 0;
 	soon("SELECT count(*) = 1 FROM killswitch.events WHERE reason = 'early $i'");
 	my $order = sql("SELECT string_agg(reason, ',' ORDER BY id) FROM killswitch.events "
@@ -312,10 +314,12 @@ for my $i (1 .. $trials)
 	my $tries = 0;
 	do
 	{
-		$tries++;
+		# retried until the watcher has applied the outside change: a minute
+		# at most (fifty quick tries were a few seconds, short of a loaded look)
+		usleep(100_000) if $tries++;
 		($rc, $out, $err) = $node->psql('postgres',
 			"SELECT 1 FROM ks_engage('halt_noncritical', 'sql race $i', 'tester')");
-	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 50);
+	} while ($rc != 0 && $err =~ /changed outside the database/ && $tries < 600);
 	$lost++ if $rc != 0;
 	my $order = sql("SELECT string_agg(reason || ' ' || generation, ',' ORDER BY id) FROM killswitch.events "
 		  . "WHERE reason IN ('cli race $i', 'sql race $i')");

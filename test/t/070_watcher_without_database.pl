@@ -71,7 +71,7 @@ eval { $bg->quit };
 my ($rc, $stdout, $stderr) = $node->psql('other', 'SELECT 1', extra_params => [ '-U', 'bot' ]);
 like($stderr, qr/login by agent "bot" refused/, 'agent logins are refused');
 my $snapfile = "$pgdata/pg_killswitch/kill_switch_snapshot.json";
-for (1 .. 50) { last if -s $snapfile; usleep(100_000); }
+for (1 .. 600) { last if -s $snapfile; usleep(100_000); }
 my $snap = decode_json(slurp_file($snapfile));
 is($snap->{status}{mode}, 'emergency', 'the snapshot file holds the status');
 ok((grep { $_->{role} eq 'bot' && $_->{database} eq 'other' && $_->{query} =~ /agent-nodb/ } @{ $snap->{sessions} }),
@@ -79,7 +79,8 @@ ok((grep { $_->{role} eq 'bot' && $_->{database} eq 'other' && $_->{query} =~ /a
 ok($node->wait_for_log(qr/kill switch emergency \(generation \d+\): 1 agent session ended/),
 	'the emergency WARNING is logged');
 my $envfile = "$pgdata/alert.env";
-for (1 .. 50) { last if -s $envfile; usleep(100_000); }
+# the command runs at no moment the test can name, and env may write in pieces
+for (1 .. 600) { last if -s $envfile && slurp_file($envfile) =~ /^KS_REASON=.*\n/m; usleep(100_000); }
 like(slurp_file($envfile), qr/^KS_REASON=fire, no db$/m, 'the alert command runs');
 is(sql("SELECT count(*) FROM killswitch.events WHERE reason = 'fire, no db'"), '0',
 	'nothing is recorded in the old database');

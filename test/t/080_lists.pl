@@ -175,7 +175,7 @@ refused('bot', "SET killswitch.task = 'audit_logging'; INSERT INTO t VALUES (8)"
 	qr/not granted to role "bot"/, 'and in the database of the table (rebuilt on the spot)');
 $node->poll_query_until('postgres', "SELECT ks_status()->>'refused_claims' IS NOT NULL");
 my $seen = 0;
-for (1 .. 50)
+for (1 .. 300)
 {
 	my ($rc, $err) = as_role('bot', "SET killswitch.task = 'audit_logging'; INSERT INTO o VALUES (8)", 'other');
 	if ($err =~ /not granted to role "bot"/) { $seen = 1; last; }
@@ -188,7 +188,7 @@ is(sql("SELECT ks_check_task('nightly_export')->>'allowed'"), 'false', 'a prepar
 # COMMIT PREPARED from another session than the one that prepared
 sql("COMMIT PREPARED 'grant'");
 my $ok = 0;
-for (1 .. 50)
+for (1 .. 300)
 {
 	my ($rc) = as_role('bot', "SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (9)", 'other');
 	if ($rc == 0) { $ok = 1; last; }
@@ -207,7 +207,7 @@ sql("BEGIN; DELETE FROM killswitch.task_grants WHERE task = 'nightly_export' AND
 	. "PREPARE TRANSACTION 'across'");
 $node->restart;
 $ok = 0;
-for (1 .. 50)
+for (1 .. 300)
 {
 	my ($rc) = as_role('bot', "SET killswitch.task = 'nightly_export'; INSERT INTO o VALUES (11)", 'other');
 	if ($rc == 0) { $ok = 1; last; }
@@ -263,7 +263,7 @@ for my $r ('fleet_00001', 'fleet_05000', 'fleet_10000', 'bot')
 		$err = '';
 		$rc = $node->psql('postgres', undef, stderr => \$err,
 			extra_params => [ '-U', $r, '-c', 'SELECT 1' ]);
-	} while ($tries < 30 && $err !~ /login by agent/);
+	} while ($tries < 300 && $err !~ /login by agent/);
 	ok($rc != 0 && $err =~ /login by agent "$r" refused/, "the login of agent $r is refused in emergency") or diag($err);
 }
 allowed('human', 'SELECT 1', 'a non-agent login is admitted in emergency');

@@ -68,7 +68,7 @@ is(eval { $alice->wait_connect; $alice->query_safe("SELECT mode FROM ks_engage('
 
 # The agents' waits end with the change; nobody was left hanging.  (Had the
 # operators been kept out, the agents would still be waiting: end them.)
-for (1 .. 100)
+for (1 .. 600)
 {
 	last if sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'bot'") eq '0';
 	usleep(100_000);

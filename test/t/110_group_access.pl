@@ -47,11 +47,11 @@ ok($node->poll_query_until('postgres',
 	'an outside write is applied');
 # the writer's chmod may land on the server's rewrite (it chmods by name):
 # the watcher sees it and writes its file again
-for (1 .. 100) { last if mode_of($file) eq '0640'; select(undef, undef, undef, 0.1); }
+for (1 .. 600) { last if mode_of($file) eq '0640'; select(undef, undef, undef, 0.1); }
 is(mode_of($file), '0640', 'and the server rewrites the file 0640');
 # the emergency's snapshot, beside the state file, holds the agents' queries
 my $snap = "$shared/kill_switch_snapshot.json";
-for (1 .. 100) { last if -e $snap; select(undef, undef, undef, 0.1); }
+for (1 .. 600) { last if -e $snap; select(undef, undef, undef, 0.1); }
 is(mode_of($snap), '0600', 'the emergency snapshot in that directory stays 0600');
 
 # A tamper verdict's rewrite too.

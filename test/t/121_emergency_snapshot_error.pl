@@ -81,14 +81,14 @@ sub sql_within
 my $ended = 0;
 for (1 .. 100)
 {
-	my $left = sql_within("SELECT count(*) FROM pg_stat_activity WHERE usename = 'bot'", 10);
+	my $left = sql_within("SELECT count(*) FROM pg_stat_activity WHERE usename = 'bot'", 60);
 	last unless defined $left;
 	$ended = 1, last if $left eq '0';
 	usleep(100_000);
 }
 ok($ended, 'the busy agent session is ended, its locks given back');
 eval { $bg->quit } if $ended;
-ok(defined sql_within('BEGIN; LOCK TABLE u IN ACCESS EXCLUSIVE MODE; COMMIT', 10),
+ok(defined sql_within('BEGIN; LOCK TABLE u IN ACCESS EXCLUSIVE MODE; COMMIT', 60),
 	'an ACCESS EXCLUSIVE lock is granted at once');
 # held, every later query would wait forever
 unless ($ended)

@@ -22,7 +22,9 @@ use KsTest;
 
 # A guarantee that holds is seen within seconds; without it, never (or
 # only after the 30 s a delayed standby waits).
-my $BOUND = 15;
+# a bound for what must come (replay is held, it does not race): generous,
+# for a loaded machine; it costs nothing when the effect comes
+my $BOUND = 60;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
@@ -239,10 +241,12 @@ $engaged = q1($primary, "SELECT generation FROM ks_engage('halt_all', 'delayed s
 for my $node ($delayed, $dcascade)
 {
 	my $name = $node->name;
-	ok(within($node, "SELECT ks_mode() = 'halt_all'", 10), "$name: halted at once, not after the delay");
+	ok(within($node, "SELECT ks_mode() = 'halt_all'", 30), "$name: halted at once, not after the delay");
 	is(q1($node, "SELECT ks_status()->>'replayed_generation'"), $before, "$name: before replaying it");
 }
-cmp_ok(time - $t0, '<', 20, 'both within seconds of the commit');
+# the bound that matters is the delay (30 s from the commit): halted before
+# replay could have brought it, whatever the load
+cmp_ok(time - $t0, '<', 30, 'both before the delay let replay bring the change');
 ok(within($delayed, "SELECT (ks_status()->>'replay_behind_bytes')::numeric > 0 AND (ks_status()->>'replay_behind_ms')::bigint > 1000"),
 	'the delayed standby says how far its replay is behind, in bytes and time');
 ok(within($standby, "SELECT ks_status()->>'replay_behind_bytes' || ' ' || (ks_status()->>'replay_behind_ms') = '0 0'"),

@@ -37,7 +37,8 @@ for my $node ($standby, $cascade)
 		"$name: replay is paused at the release's commit");
 	ok($node->poll_query_until('postgres', "SELECT ks_mode() = 'disengaged' AND ks_status()->>'generation' = '$gen'"),
 		"$name: follows the release");
-	ok($node->log_contains(qr/the standby follows the replicated kill switch history: mode disengaged \(generation/),
+	# the watcher publishes the state, then logs it (standby.c): wait for the line
+	ok($node->wait_for_log(qr/the standby follows the replicated kill switch history: mode disengaged \(generation/),
 		"$name: through the history");
 	is(q1($node, "SELECT ks_status()->>'state_lsn' = pg_last_wal_replay_lsn()::text"), 't',
 		"$name: state_lsn is the replay position where it took the state");

@@ -17,7 +17,7 @@ use KsTest;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 
-sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 20); }
+sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 60); }
 
 my $primary = ks_node('step_primary', init => { allows_streaming => 1 }, no_extension => 1);
 q1($primary, q(

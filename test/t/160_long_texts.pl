@@ -40,7 +40,7 @@ is(sql('SELECT ok FROM ks_verify_events()'), 't', 'the history verifies');
 
 # The notifications arrive, shortened and valid JSON.
 my @payloads;
-for (1 .. 50)
+for (1 .. 600)
 {
 	my ($out) = $bg->query('SELECT 1');
 	push @payloads, ($out =~ /Asynchronous notification "killswitch" with payload "(.*)" received/g);

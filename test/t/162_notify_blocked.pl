@@ -73,7 +73,7 @@ $node->append_conf('postgresql.conf', "synchronous_standby_names = ''\n");
 $node->reload;
 sql("SELECT ks_engage('emergency', 'queue free again', 'tester')");
 my $seen = '';
-for (1 .. 100)
+for (1 .. 600)
 {
 	my ($o) = $listener->query('SELECT 1');
 	$seen .= $o;

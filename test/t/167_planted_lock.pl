@@ -168,9 +168,9 @@ GRANT SELECT ON t TO bot;
 	$reader->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t;');
 	sql('DELETE FROM t; VACUUM t;');
 	sql("SELECT ks_engage('emergency', 'planted 4', 'tester')");
-	ok(within($standby, "SELECT ks_mode() = 'emergency'", 10),
+	ok(within($standby, "SELECT ks_mode() = 'emergency'", 60),
 		'the standby hears the emergency while an agent holds a lock it planted');
-	ok(within($standby, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $rpid", 10),
+	ok(within($standby, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $rpid", 60),
 		'and ends the agent that holds its replay back');
 	$reader->quit;
 

@@ -7,8 +7,11 @@
 #    notifications queued by NOTIFY (not pg_notify(), a built-in whose
 #    setup before the halt has the raise cancel the agent's statement,
 #    running.c — which would end this commit through another path), held
-#    after the check for 1.5 s — longer than the
-#    raiser waits for committing agents (KS_INTERLOCK_WAIT_MS, 1 s).  The
+#    after the check for 5 s — longer than the raiser waits for committing
+#    agents (KS_INTERLOCK_WAIT_MS, 1 s), by enough that the engage (a psql
+#    started once the COMMIT is seen running) is raised within the hold on
+#    a loaded machine too (at 1.5 s it had to come within about half a
+#    second, or the agent ended inside the raiser's wait).  The
 #    drops read the mode again (the object access hook, OAT_DROP): the
 #    commit is refused.  Before, the raiser gave up after 1 s, the engage
 #    committed, and the agent's commit record followed it.
@@ -78,7 +81,7 @@ INSERT INTO work VALUES (1, 1);
 DO $$BEGIN FOR i IN 1..20000 LOOP
   EXECUTE format('NOTIFY workers, %L', 'queued before the halt ' || i);
 END LOOP; END$$;
-SET LOCAL ks_test.commit_delay_ms = 1500;
+SET LOCAL ks_test.commit_delay_ms = 5000;
 });
 	my $xid = $agent->query_safe('SELECT pg_current_xact_id()');
 	my $start = sql('SELECT pg_current_wal_insert_lsn()');

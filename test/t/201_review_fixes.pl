@@ -11,7 +11,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 use KsTest;
 
-sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 15); }
+sub within { my ($node, $sql, $secs) = @_; return ks_within($node, $sql, $secs // 60); }
 
 my $shared = PostgreSQL::Test::Utils::tempdir;
 chmod 0770, $shared;
@@ -132,7 +132,7 @@ CREATE FUNCTION killswitch.committed_state(OUT state bytea, OUT silent_ms bigint
 	ok(within($standby, "SELECT ks_status()->>'upstream_heard_at' IS NOT NULL AND ks_mode() = 'disengaged'"),
 		'the standby hears the upstream that says its word is from the future');
 	$liar->stop;
-	ok(within($standby, "SELECT ks_mode() = 'halt_all' AND ks_status()->>'upstream_lost' = 'true'", 15),
+	ok(within($standby, "SELECT ks_mode() = 'halt_all' AND ks_status()->>'upstream_lost' = 'true'", 60),
 		'it goes quiet: the standby holds halt_all after killswitch.standby_max_silence all the same');
 	$standby->stop('immediate');
 	$primary->stop('immediate');

@@ -58,7 +58,7 @@ is(sql("SELECT string_agg(scope::text || '=' || mode, ',' ORDER BY scope::text) 
 
 # two-person release: one administrator's release of a scope is a request
 sql("ALTER SYSTEM SET killswitch.release_approvals = 2; SELECT pg_reload_conf()");
-ks_within($node, "SELECT current_setting('killswitch.release_approvals') = '2'", 10);
+ks_within($node, "SELECT current_setting('killswitch.release_approvals') = '2'", 60);
 ($got, $err) = as_role('boss', "SELECT ks_disengage('one admin', scope => 'agent_7')");
 is($got, 'ok', 'with two approvals required, one administrator\'s release of a scope is recorded') or diag($err);
 like($err, qr/release of scope "agent_7" requested; it stays halt_all until a second administrator confirms/,
@@ -81,7 +81,7 @@ like($err, qr/release of scope "agent_7" confirmed: requested by "boss"/, 'and i
 is(sql("SELECT count(*) FROM ks_scopes() WHERE scope = 'agent_7'::regrole"), '0', 'the scope is released');
 is(sql("SELECT mode FROM ks_scopes() WHERE scope = 'etl_agents'::regrole"), 'halt_noncritical', 'the other still halted');
 sql("ALTER SYSTEM RESET killswitch.release_approvals; SELECT pg_reload_conf()");
-ks_within($node, "SELECT current_setting('killswitch.release_approvals') = '1'", 10);
+ks_within($node, "SELECT current_setting('killswitch.release_approvals') = '1'", 60);
 sql("SELECT ks_engage('halt_all', 'again', 'pager', scope => 'agent_7')");
 
 # an administrator releases

@@ -20,7 +20,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use KsTest;
 
-my $BOUND = 15;
+# a bound for what must come (replay is held, it does not race): generous,
+# for a loaded machine; it costs nothing when the effect comes
+my $BOUND = 60;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 sub within { my ($node, $sql) = @_; return ks_within($node, $sql, $BOUND); }

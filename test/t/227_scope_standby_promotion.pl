@@ -18,7 +18,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use KsTest;
 
-my $BOUND = 15;
+# a bound for what must come (replay is held, it does not race): generous,
+# for a loaded machine; it costs nothing when the effect comes
+my $BOUND = 60;
 
 sub q1 { my ($node, $sql) = @_; return $node->safe_psql('postgres', $sql); }
 sub within { my ($node, $sql) = @_; return ks_within($node, $sql, $BOUND); }
@@ -112,7 +114,8 @@ is(q1($heir, 'SELECT count(*) FROM ks_scopes()'), '0', 'fork: its history has no
 q1($follower, "ALTER SYSTEM SET killswitch.upstream_conninfo = '" . ks_host_port($heir) . "'; SELECT pg_reload_conf()");
 ok(within($follower, 'SELECT count(*) = 0 FROM ks_scopes()'),
 	'fork: told another timeline, the follower drops the scope heard from the old history');
-ok($follower->log_contains(qr/no longer holds the scopes it heard ahead of replay: its upstream is on another history/),
+# the scopes end, then the line is logged (upstream.c): wait for it
+ok($follower->wait_for_log(qr/no longer holds the scopes it heard ahead of replay: its upstream is on another history/),
 	'fork: and says why');
 is(as_role($follower, 'agent_7', 'SELECT ks_mode()'), 'disengaged', 'fork: agent_7 is free on the follower');
 q1($heir, "SELECT ks_engage('emergency', 'new history', 'ops', scope => 'agent_7')");

@@ -53,7 +53,7 @@ ok(ks_within($node, "SELECT pg_read_file('pg_killswitch/kill_switch_scopes.json'
 	'a look has settled the scope file');
 
 # the raise is recorded (README: "recorded as that scope's event")
-ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = $oid7 AND source = 'file'", 15),
+ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = $oid7 AND source = 'file'", 60),
 	'the outside raise is recorded in the chain');
 $node->restart;
 is(refused('agent_7'), 'KS001', 'the outside raise survives a restart (agent_7 still refused)');

@@ -47,11 +47,11 @@ usleep(10_000), $waited++ while -e "$dir/stat_paused" && $waited < 3000;
 ok(ks_within($node, "SELECT EXISTS (SELECT FROM ks_scopes() WHERE scope = 'agent_7'::regrole)", 30),
 	'the outside raise is put in force');
 is(refused('agent_7'), 'KS001', 'agent_7 is refused');
-ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = $oid7 AND source = 'file'", 10),
+ok(ks_within($node, "SELECT count(*) = 1 FROM killswitch.events WHERE scope = $oid7 AND source = 'file'", 60),
 	'the outside raise is recorded');
 # judged and recorded: the scope file holds the server's bytes, the raise in them
 like(slurp_file("$dir/kill_switch_scopes.json"), qr/"$oid7"/, 'the outside raise is still in the scope file');
-ok(ks_within($node, "SELECT pg_read_file('pg_killswitch/kill_switch_scopes.json') = pg_read_file('pg_killswitch/scopes.json')", 10),
+ok(ks_within($node, "SELECT pg_read_file('pg_killswitch/kill_switch_scopes.json') = pg_read_file('pg_killswitch/scopes.json')", 60),
 	'and the scope file is the server\'s copy again: a look judged and recorded it');
 
 done_testing();

@@ -123,7 +123,10 @@ $revoker->quit;
 # lock_timeout does not end it — and then finds the role gone.
 $agent = agent_session('agent_9');
 $dropper->{stderr} = '';
-$dropper->query_safe("SET ks_test.commit_delay_ms = 4000; BEGIN; DROP ROLE agent_9;");
+# (held 10 s: a background psql, two polls and a query must fit in the hold
+# on a loaded machine; the DROP ROLE committing before the raise waits
+# would fail the test though the product is right)
+$dropper->query_safe("SET ks_test.commit_delay_ms = 10000; BEGIN; DROP ROLE agent_9;");
 $dropper->{stderr} = '';
 $dropper->{stdin} .= "COMMIT;\n";
 $dropper->{run}->pump_nb;
