@@ -15,7 +15,7 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
   ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within ks_forking_fleet ks_host_port
-  ks_commit_lsns ks_wait_ready);
+  ks_commit_lsns ks_wait_ready ks_refused);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -273,6 +273,17 @@ sub ks_wait_ready
 		usleep(100_000);
 	}
 	return 0;
+}
+
+# A write as role (INSERT INTO t VALUES (1), the table the tests make):
+# 'ok', 'KS001' (refused by the kill switch) or "error: " and the error.
+sub ks_refused
+{
+	my ($node, $role) = @_;
+	my ($out, $err) = ('', '');
+	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
+		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
+	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
 }
 
 1;

@@ -27,14 +27,7 @@ my $in_flight = $node->data_dir . '/pg_killswitch/in_flight';
 sub sql { return $node->safe_psql('postgres', shift); }
 
 # A write as role: 'ok', 'KS001' or the error.
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
+sub refused { return ks_refused($node, shift); }
 
 # A scope's engage as op with low timeouts and a client timeout: (returned, output, error).
 sub engage_scope

@@ -19,14 +19,7 @@ use KsTest;
 
 my $node = ks_node('scope_overflow', conf => "max_prepared_transactions = 2\n");
 sub sql { return $node->safe_psql('postgres', shift); }
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
+sub refused { return ks_refused($node, shift); }
 
 sql(q{
 CREATE TABLE t (x int);

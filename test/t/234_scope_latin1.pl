@@ -46,14 +46,8 @@ CREATE TABLE t (x int);
 GRANT ALL ON t TO PUBLIC;
 });
 
-sub write_as
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, extra_params => [ '-U', Encode::encode('latin1', $role) ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
+# a write as role, its name sent in the cluster's encoding
+sub write_as { return ks_refused($node, Encode::encode('latin1', shift)); }
 
 # The names as every reader shows them, byte for byte (UTF-8 hex).
 sub names_shown

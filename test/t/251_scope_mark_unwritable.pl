@@ -20,14 +20,7 @@ my $node = ks_node('scope_mark_unwritable');
 sub sql { return $node->safe_psql('postgres', shift); }
 my $in_flight = $node->data_dir . '/pg_killswitch/in_flight';
 
-sub refused
-{
-	my ($role) = @_;
-	my ($out, $err) = ('', '');
-	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
-		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
-	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
-}
+sub refused { return ks_refused($node, shift); }
 
 sql(q{
 CREATE ROLE op LOGIN IN ROLE killswitch_operator;
