@@ -83,7 +83,6 @@ typedef struct ScopeChange
 } ScopeChange;
 
 static List *changes = NIL;		/* in TopTransactionContext */
-static bool file_raised = false;	/* the scope file was written at pre-commit */
 static const char *record_source = NULL;	/* an outside write's ("file"); NULL: "sql" */
 static uint64 marked_xid = 0;	/* this transaction's marks of deferred raises are written */
 static object_access_hook_type prev_object_access_hook = NULL;
@@ -831,13 +830,13 @@ at_abort(void)
 
 	/*
 	 * Without the raises that did not commit.  Not only when this
-	 * transaction wrote the file: another's write while a raise was in
-	 * flight holds it "unconfirmed" (a raise that failed after it was in
-	 * force, its role dropped meanwhile, was left there, and the next
-	 * outside write, naming a role that does not exist, was refused with
-	 * the fleet halted: review5, TAP 253).
+	 * transaction wrote the file at pre-commit: another's write while a
+	 * raise was in flight holds it "unconfirmed" (a raise that failed after
+	 * it was in force, its role dropped meanwhile, was left there, and the
+	 * next outside write, naming a role that does not exist, was refused
+	 * with the fleet halted: review5, TAP 253).
 	 */
-	if (file_raised || raised_any())
+	if (raised_any())
 		ks_scope_file_write();
 }
 
@@ -973,19 +972,9 @@ mark_deferred(void)
 static void
 at_pre_commit(void)
 {
-	ListCell   *lc;
-
 	mark_deferred();
-
-	foreach(lc, changes)
-	{
-		if (!((ScopeChange *) lfirst(lc))->release)
-		{
-			ks_scope_file_write();
-			file_raised = true;
-			return;
-		}
-	}
+	if (raised_any())
+		ks_scope_file_write();
 }
 
 static void
@@ -1010,14 +999,12 @@ scope_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			at_commit();
 			changes = NIL;
-			file_raised = false;
 			marked_xid = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			at_abort();
 			changes = NIL;
-			file_raised = false;
 			marked_xid = 0;
 			break;
 		default:
