@@ -7,6 +7,7 @@ use strict;
 use warnings;
 use Exporter 'import';
 use Digest::SHA qw(hmac_sha256_hex sha256_hex);
+use Fcntl qw(:flock O_RDWR O_CREAT);
 use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
@@ -15,7 +16,7 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(ks_node ks_secret ks_signed_text ks_release_key ks_release_signed_text
   ks_held_signature ks_running ks_kill9_and_start ks_init_from_backup ks_pgbouncer ks_within ks_forking_fleet ks_host_port
-  ks_commit_lsns ks_wait_ready ks_refused);
+  ks_commit_lsns ks_wait_ready ks_refused ks_plant_lock);
 
 # A started node with killswitch preloaded (plus any extra settings) and,
 # unless no_extension is given, the extension created in database postgres.
@@ -284,6 +285,20 @@ sub ks_refused
 	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\nINSERT INTO t VALUES (1)",
 		stdout => \$out, stderr => \$err, on_error_stop => 1, extra_params => [ '-U', $role ]);
 	return $rc == 0 ? 'ok' : $err =~ /KS001/ ? 'KS001' : "error: $err";
+}
+
+# An agent's move on a state directory it can write: its own writers'
+# lock file in place of the server's, held (flock) until the returned
+# handle is unlocked or closed.
+sub ks_plant_lock
+{
+	my ($dir) = @_;
+	my $lock = "$dir/kill_switch_state.lock";
+	unlink $lock;
+	sysopen(my $fh, $lock, O_RDWR | O_CREAT, 0666) or die "open $lock: $!";
+	chmod 0666, $lock;
+	flock($fh, LOCK_EX) or die "flock: $!";
+	return $fh;
 }
 
 1;

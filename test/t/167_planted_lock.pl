@@ -28,7 +28,7 @@
 # standby's watcher hung in its put-back; 5 redo waited 2 s per record.
 use strict;
 use warnings;
-use Fcntl qw(:flock O_RDWR O_CREAT);
+use Fcntl qw(:flock);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -38,18 +38,6 @@ use Time::HiRes qw(time usleep);
 use KsTest;
 
 sub within { return ks_within(@_); }
-
-# The agent's move: its own lock file in place of the server's, held.
-sub plant_lock
-{
-	my ($dir) = @_;
-	my $lock = "$dir/kill_switch_state.lock";
-	unlink $lock;
-	sysopen(my $fh, $lock, O_RDWR | O_CREAT, 0666) or die "open $lock: $!";
-	chmod 0666, $lock;
-	flock($fh, LOCK_EX) or die "flock: $!";
-	return $fh;
-}
 
 sub file_state { my ($f) = @_; return eval { decode_json(slurp_file($f)) } // {}; }
 
@@ -64,7 +52,7 @@ my $events = 'SELECT count(*) FROM killswitch.events';
 # ---------------------------------------------------------------------------
 # 1. An SQL engage with the planted lock held.
 {
-	my $fh = plant_lock($shared);
+	my $fh = ks_plant_lock($shared);
 	my $n = sql($events);
 	my ($out, $err) = ('', '');
 	my $rc = IPC::Run::run([ 'psql', '-X', '-At', '-d', $node->connstr('postgres'), '-c',
@@ -89,7 +77,7 @@ my $events = 'SELECT count(*) FROM killswitch.events';
 	my $secret = ks_secret($node);
 	my $release_key = ks_release_key($node);
 	my $held = file_state($node->data_dir . '/pg_killswitch/last_applied.json')->{signature};
-	my $fh = plant_lock($shared);
+	my $fh = ks_plant_lock($shared);
 	my $file = "$shared/kill_switch_state.json";
 	open my $out, '>', "$file.new" or die $!;
 	print $out ks_release_signed_text($secret, $release_key, mode => 'DISENGAGED',
@@ -120,7 +108,7 @@ my $events = 'SELECT count(*) FROM killswitch.events';
 # 3. An SQL release with the planted lock held, no statement_timeout.
 {
 	sql("SELECT ks_engage('halt_all', 'planted 3', 'tester')");
-	my $fh = plant_lock($shared);
+	my $fh = ks_plant_lock($shared);
 	my ($out, $err) = ('', '');
 	# before the fix this waited until cancelled: the harness's timeout ends it
 	my $rc = eval {
@@ -158,7 +146,7 @@ GRANT SELECT ON t TO bot;
 	ok(within($standby, "SELECT ks_status()->>'upstream_heard_at' IS NOT NULL", 30),
 		'the standby hears its upstream');
 
-	my $fh = plant_lock($sdir);
+	my $fh = ks_plant_lock($sdir);
 	utime undef, undef, "$sdir/kill_switch_state.json";
 	sleep 1;
 

@@ -8,7 +8,6 @@
 # killswitch -D engage --scope writes without it after its bounded wait.
 use strict;
 use warnings;
-use Fcntl qw(:flock O_RDWR O_CREAT);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -19,22 +18,12 @@ my $node = ks_scope_node('scope_outside_planted_lock');
 my $pgdata = $node->data_dir;
 my $dir = "$pgdata/pg_killswitch";
 
-sub plant_lock
-{
-	my $lock = "$dir/kill_switch_state.lock";
-	unlink $lock;
-	sysopen(my $fh, $lock, O_RDWR | O_CREAT, 0666) or die "open $lock: $!";
-	chmod 0666, $lock;
-	flock($fh, LOCK_EX) or die "flock: $!";
-	return $fh;
-}
-
 my $oid7 = agents(q{
 SELECT ks_engage('halt_all', 'someone else', 'pager', scope => 'killswitch_operator');
 });
 is(refused('agent_7'), 'ok', 'agent_7 works before');
 
-my $lock = plant_lock();
+my $lock = ks_plant_lock($dir);
 my ($rc, $out, $err) = ks('-D', $pgdata, 'engage', 'halt_all', '--reason', 'outside raise', '--scope', $oid7);
 is($rc, 0, 'the outside raise is written (without the writers\' lock, after its bounded wait)') or diag($err);
 like(slurp_file("$dir/kill_switch_scopes.json"), qr/"$oid7"/, 'the scope file holds the raise');
