@@ -83,7 +83,6 @@ typedef struct ScopeChange
 } ScopeChange;
 
 static List *changes = NIL;		/* in TopTransactionContext */
-static const char *record_source = NULL;	/* an outside write's ("file"); NULL: "sql" */
 static uint64 marked_xid = 0;	/* this transaction's marks of deferred raises are written */
 static object_access_hook_type prev_object_access_hook = NULL;
 
@@ -229,11 +228,13 @@ note_change(Oid role, KsMode mode)
 
 /*
  * Record the change's event and remember it for the commit (request: a
- * release request).  A raise's change was noted by raise_scope(): raised.
+ * release request; source: "sql", or "file" for an outside write the
+ * watcher applies).  A raise's change was noted by raise_scope(): raised.
  */
 static Datum
 record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *reason,
-	   const char *by, int32 affected, bool release, bool request, ScopeChange *raised)
+	   const char *by, int32 affected, bool release, bool request, const char *source,
+	   ScopeChange *raised)
 {
 	KsEventInput in;
 	ScopeChange *c;
@@ -247,7 +248,7 @@ record(Oid role, const char *scope, KsMode mode, KsMode previous, const char *re
 	in.reason = reason;
 	in.triggered_by = by;
 	in.affected_tasks = affected;
-	in.source = request ? "release_request" : (record_source ? record_source : "sql");
+	in.source = request ? "release_request" : source;
 	in.floor_generation = 0;
 	in.request = request;
 	in.release_target = request ? KS_DISENGAGED : mode;
@@ -539,7 +540,8 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 		return defer_raise(c, scope, reason, by, affected);
 	record_before_ours();
 	held = mode_held(role);		/* what committed meanwhile */
-	return record(role, scope, Max(mode, held), held, reason, by, affected, false, false, c);
+	return record(role, scope, Max(mode, held), held, reason, by, affected, false, false,
+				  "sql", c);
 }
 
 /*
@@ -597,7 +599,7 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 				 errdetail("Only an active scope can be released."),
 				 errhint("See ks_scopes() for the active scopes.")));
 	if (ks_release_approvals < 2)
-		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false, NULL);
+		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false, "sql", NULL);
 
 	/* two administrators: confirm the pending request, or record one */
 	me = GetUserNameFromId(GetSessionUserId(), false);
@@ -615,7 +617,7 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 		ereport(NOTICE,
 				(errmsg("release of scope \"%s\" confirmed: requested by \"%s\" in event " INT64_FORMAT,
 						scope, requested_by, request_id)));
-		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false, NULL);
+		return record(role, scope, KS_DISENGAGED, held, reason, by, 0, true, false, "sql", NULL);
 	}
 	ereport(NOTICE,
 			(errmsg("release of scope \"%s\" requested; it stays %s until a second administrator confirms",
@@ -623,7 +625,7 @@ release_scope(Oid role, const char *scope, const char *reason, const char *by)
 			 errdetail("killswitch.release_approvals is %d.", ks_release_approvals),
 			 errhint("Another member of \"%s\" must release the same scope within %d seconds.",
 					 KS_ROLE_ADMIN, ks_approval_timeout)));
-	return record(role, scope, held, held, reason, by, 0, true, true, NULL);
+	return record(role, scope, held, held, reason, by, 0, true, true, "sql", NULL);
 }
 
 /*
@@ -734,9 +736,7 @@ ks_scope_record_outside(Oid role, KsMode mode, KsMode previous, const char *reas
 		return false;
 	scope = GetUserNameFromId(role, false);
 	raised = lowers ? NULL : note_change(role, mode);	/* a raise notes its own (record()) */
-	record_source = "file";		/* an error here: the abort puts it back */
-	(void) record(role, scope, mode, previous, reason, by, 0, lowers, false, raised);
-	record_source = NULL;
+	(void) record(role, scope, mode, previous, reason, by, 0, lowers, false, "file", raised);
 	return true;
 }
 
@@ -980,8 +980,6 @@ at_pre_commit(void)
 static void
 scope_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-		record_source = NULL;	/* an outside write's record that failed */
 	if (changes == NIL)
 		return;
 	switch (event)
