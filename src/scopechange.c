@@ -98,12 +98,26 @@ role_unknown(const char *scope)
 }
 
 /*
+ * Lock role for a change of its scope, and say whether it still exists.
+ * A release holds the role's lock (shared, to its end): a DROP ROLE or
+ * membership change under way is waited for (they take it exclusively),
+ * and one that committed meanwhile is seen.  A raise, already in force,
+ * never waits for an open change: it orders itself with those changes as
+ * scopemembers.c does (ks_scope_raise_lock_role()).
+ */
+static bool
+role_locked(Oid role, bool release)
+{
+	if (!release)
+		return ks_scope_raise_lock_role(role);
+	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+	return SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role));
+}
+
+/*
  * The role a scope names: not empty, and known.  Nothing is changed on
- * error.  A release holds the role's lock (shared, to its end): a DROP
- * ROLE or membership change under way is waited for (they take it
- * exclusively), and one that committed meanwhile is seen.  A raise never
- * waits for it: it is put in force first and then locks the role as
- * scopemembers.c orders it with those changes (raise_scope()).
+ * error.  A release locks it here; a raise once it is in force
+ * (raise_scope()), so that it never waits before.
  */
 static Oid
 scope_role(const char *scope, bool release)
@@ -117,12 +131,8 @@ scope_role(const char *scope, bool release)
 				 errdetail("A scope names a role: that role and every role that is a member of it."),
 				 errhint("Give a role's name, or NULL for the whole fleet.")));
 	role = get_role_oid(scope, true);
-	if (OidIsValid(role) && release)
-	{
-		LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
-		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
-			role = InvalidOid;
-	}
+	if (OidIsValid(role) && release && !role_locked(role, true))
+		role = InvalidOid;
 	if (!OidIsValid(role))
 		role_unknown(scope);
 	return role;
@@ -532,7 +542,7 @@ raise_scope(Oid role, const char *scope, KsMode mode, const char *reason,
 	ks_interlock_wait();
 
 	/* no scope outlives its role: a DROP ROLE that committed meanwhile ends the raise */
-	if (!ks_scope_raise_lock_role(role))
+	if (!role_locked(role, false))
 		role_unknown(scope);
 
 	/* the chain follows commit order: the lock is held to commit, if it can be had at once */
@@ -722,17 +732,11 @@ ks_scope_record_outside(Oid role, KsMode mode, KsMode previous, const char *reas
 	ScopeChange *raised;
 
 	/*
-	 * A release waits for the role's changes, as scope_role() does for one
-	 * from SQL.  A raise, in force since the watcher's round, orders itself
-	 * as an SQL raise does and never waits for an open change: the watcher
-	 * holds the ordering lock, and an agent's open REVOKE over the scope
-	 * held it (review5, TAP 253).
+	 * As an SQL change: a raise, in force since the watcher's round, never
+	 * waits for an open change (the watcher holds the ordering lock, and an
+	 * agent's open REVOKE over the scope held it: review5, TAP 253).
 	 */
-	if (lowers)
-		LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
-	else if (!ks_scope_raise_lock_role(role))
-		return false;
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+	if (!role_locked(role, lowers))
 		return false;
 	scope = GetUserNameFromId(role, false);
 	raised = lowers ? NULL : note_change(role, mode);	/* a raise notes its own (record()) */
